@@ -1,0 +1,480 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Pinhole cameras and camera paths.
+
+Public API:
+    Cameras                     a batch of pinhole cameras (world-to-camera viewmats, pixel Ks, size, times)
+    intrinsics_from_fov         pixel K from a vertical field of view
+    intrinsics_from_focal       pixel K from focal lengths in pixels
+    look_at                     world-to-camera matrices looking from eye to target
+    orbit_poses                 cameras on a sphere around a centre, by elevation / azimuth / radius
+    coco4d_outpaint_poses       CoCo4D App. A outpaint pose sets (loop 1, loop 2)
+    diffusion4d_orbit           Diffusion4D's 24-view orbit where view and time advance together
+    moge4d_path                 MoGe4D camera paths relative to the input image's camera
+    keyframe_path               smooth interpolation through user keyframes
+
+Design notes:
+    Conventions follow gsplat: OpenCV camera axes (x right, y down, z forward), world-to-camera
+    ``viewmats [C,4,4]`` and pixel intrinsics ``Ks [C,3,3]`` with the pixel centre at +0.5.
+    The world shares the OpenCV handedness, so "up" is ``-y`` by default: a scene lifted from the
+    depth of an input image (camera = identity) needs no change of axes, and the orbit pose
+    (elevation 0, azimuth 0) looks along ``+z`` at its centre. Positive elevation raises the
+    camera (it looks down); positive azimuth moves it towards ``+x`` (to the right).
+    Angles are degrees at the public surface, times are normalised to ``[0, 1]``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "Cameras",
+    "intrinsics_from_fov",
+    "intrinsics_from_focal",
+    "look_at",
+    "orbit_poses",
+    "coco4d_outpaint_poses",
+    "diffusion4d_orbit",
+    "moge4d_path",
+    "MOGE4D_PATHS",
+    "keyframe_path",
+    "DEFAULT_UP",
+]
+
+DEFAULT_UP = (0.0, -1.0, 0.0)
+
+
+@dataclass(frozen=True)
+class Cameras:
+    """A batch of ``C`` pinhole cameras sharing one image size.
+
+    Args:
+        viewmats: ``[C,4,4]`` world-to-camera matrices (OpenCV axes).
+        Ks: ``[C,3,3]`` pixel intrinsics.
+        width: image width in pixels.
+        height: image height in pixels.
+        times: ``[C]`` normalised time of each camera in ``[0, 1]`` (the scene time it sees).
+        near: near clipping distance along the optical axis.
+        far: far clipping distance.
+    """
+
+    viewmats: Tensor
+    Ks: Tensor
+    width: int
+    height: int
+    times: Tensor
+    near: float = 0.01
+    far: float = 1e10
+
+    def __post_init__(self) -> None:
+        vm, ks = self.viewmats, self.Ks
+        if not isinstance(vm, Tensor) or vm.dim() != 3 or vm.shape[-2:] != (4, 4):
+            raise ValueError(f"Cameras: viewmats must be [C,4,4], got {_shape(vm)}")
+        if not isinstance(ks, Tensor) or ks.shape != (vm.shape[0], 3, 3):
+            raise ValueError(f"Cameras: Ks must be [{vm.shape[0]},3,3], got {_shape(ks)}")
+        if not isinstance(self.times, Tensor) or self.times.shape != (vm.shape[0],):
+            raise ValueError(f"Cameras: times must be [{vm.shape[0]}], got {_shape(self.times)}")
+        if int(self.width) <= 0 or int(self.height) <= 0:
+            raise ValueError(f"Cameras: width and height must be positive, got {self.width}x{self.height}")
+        if not (0.0 < self.near < self.far):
+            raise ValueError(f"Cameras: need 0 < near < far, got near={self.near}, far={self.far}")
+        if not torch.isfinite(vm).all() or not torch.isfinite(ks).all():
+            raise ValueError("Cameras: viewmats and Ks must be finite")
+        if (ks[:, 0, 0] <= 0).any() or (ks[:, 1, 1] <= 0).any():
+            raise ValueError("Cameras: focal lengths in Ks must be positive")
+
+    def __len__(self) -> int:
+        return self.viewmats.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.viewmats.device
+
+    @property
+    def camtoworlds(self) -> Tensor:
+        """``[C,4,4]`` camera-to-world matrices."""
+        return torch.linalg.inv(self.viewmats)
+
+    @property
+    def centers(self) -> Tensor:
+        """``[C,3]`` camera centres in world space."""
+        return self.camtoworlds[:, :3, 3]
+
+    @property
+    def fovy_deg(self) -> Tensor:
+        """``[C]`` vertical field of view in degrees."""
+        return torch.rad2deg(2.0 * torch.atan(0.5 * self.height / self.Ks[:, 1, 1]))
+
+    def to(self, device: torch.device | str) -> "Cameras":
+        return replace(self, viewmats=self.viewmats.to(device), Ks=self.Ks.to(device), times=self.times.to(device))
+
+    def __getitem__(self, index) -> "Cameras":
+        if isinstance(index, int):
+            index = slice(index, index + 1 if index != -1 else None)
+        return replace(self, viewmats=self.viewmats[index], Ks=self.Ks[index], times=self.times[index])
+
+    def resized(self, width: int, height: int) -> "Cameras":
+        """The same cameras at another image size (intrinsics scaled per axis)."""
+        sx, sy = width / self.width, height / self.height
+        ks = self.Ks.clone()
+        ks[:, 0, :] *= sx
+        ks[:, 1, :] *= sy
+        return replace(self, Ks=ks, width=int(width), height=int(height))
+
+    @staticmethod
+    def cat(parts: Sequence["Cameras"]) -> "Cameras":
+        """Concatenate camera batches of the same image size."""
+        if not parts:
+            raise ValueError("Cameras.cat: need at least one Cameras")
+        first = parts[0]
+        for p in parts[1:]:
+            if (p.width, p.height) != (first.width, first.height):
+                raise ValueError(
+                    f"Cameras.cat: image sizes differ ({first.width}x{first.height} vs {p.width}x{p.height})"
+                )
+        return replace(
+            first,
+            viewmats=torch.cat([p.viewmats for p in parts]),
+            Ks=torch.cat([p.Ks for p in parts]),
+            times=torch.cat([p.times for p in parts]),
+        )
+
+    def to_dict(self) -> dict:
+        """Plain tensors and numbers, for safetensors / JSON."""
+        return {
+            "viewmats": self.viewmats,
+            "Ks": self.Ks,
+            "times": self.times,
+            "width": int(self.width),
+            "height": int(self.height),
+            "near": float(self.near),
+            "far": float(self.far),
+        }
+
+
+def _shape(x) -> str:
+    return str(tuple(x.shape)) if isinstance(x, Tensor) else type(x).__name__
+
+
+def intrinsics_from_fov(fovy_deg: float, width: int, height: int, fovx_deg: float | None = None) -> Tensor:
+    """Pixel intrinsics ``[3,3]`` from a vertical field of view (square pixels unless ``fovx_deg``).
+
+    The principal point sits at the image centre, ``(W/2, H/2)``, in gsplat's pixel convention
+    where pixel ``(i, j)`` covers ``[j, j+1) x [i, i+1)``.
+    """
+    if not (0.0 < fovy_deg < 180.0):
+        raise ValueError(f"intrinsics_from_fov: fovy_deg must be in (0, 180), got {fovy_deg}")
+    if fovx_deg is not None and not (0.0 < fovx_deg < 180.0):
+        raise ValueError(f"intrinsics_from_fov: fovx_deg must be in (0, 180), got {fovx_deg}")
+    if width <= 0 or height <= 0:
+        raise ValueError(f"intrinsics_from_fov: width and height must be positive, got {width}x{height}")
+    fy = 0.5 * height / math.tan(math.radians(fovy_deg) / 2.0)
+    fx = fy if fovx_deg is None else 0.5 * width / math.tan(math.radians(fovx_deg) / 2.0)
+    return intrinsics_from_focal(fx, fy, width, height)
+
+
+def intrinsics_from_focal(
+    fx: float, fy: float, width: int, height: int, cx: float | None = None, cy: float | None = None
+) -> Tensor:
+    """Pixel intrinsics ``[3,3]`` from focal lengths in pixels (principal point defaults to the centre)."""
+    if fx <= 0 or fy <= 0:
+        raise ValueError(f"intrinsics_from_focal: focal lengths must be positive, got fx={fx}, fy={fy}")
+    if width <= 0 or height <= 0:
+        raise ValueError(f"intrinsics_from_focal: width and height must be positive, got {width}x{height}")
+    cx = width / 2.0 if cx is None else cx
+    cy = height / 2.0 if cy is None else cy
+    return torch.tensor([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]], dtype=torch.float32)
+
+
+def look_at(eye: Tensor, target: Tensor, up: Tensor | Sequence[float] = DEFAULT_UP) -> Tensor:
+    """World-to-camera matrices ``[C,4,4]`` for cameras at ``eye [C,3]`` looking at ``target [C,3]``.
+
+    The camera's ``-y`` axis is aligned with ``up`` as far as possible (OpenCV: y points down).
+
+    Raises:
+        ValueError: if eye equals target, or the view direction is parallel to ``up``.
+    """
+    eye = torch.as_tensor(eye, dtype=torch.float32)
+    target = torch.as_tensor(target, dtype=torch.float32, device=eye.device)
+    eye, target = torch.broadcast_tensors(eye.reshape(-1, 3), target.reshape(-1, 3))
+    up_t = torch.as_tensor(up, dtype=torch.float32, device=eye.device).reshape(-1, 3).expand_as(eye)
+    forward = target - eye
+    dist = forward.norm(dim=-1, keepdim=True)
+    if (dist < 1e-9).any():
+        raise ValueError("look_at: eye and target coincide; the view direction is undefined")
+    forward = forward / dist
+    right = torch.cross(-up_t, forward, dim=-1)  # x = y × z with y = -up
+    rnorm = right.norm(dim=-1, keepdim=True)
+    if (rnorm < 1e-6 * up_t.norm(dim=-1, keepdim=True).clamp_min(1e-12)).any():
+        raise ValueError("look_at: view direction is parallel to up; pass another up vector")
+    right = right / rnorm
+    down = torch.cross(forward, right, dim=-1)
+    rot = torch.stack([right, down, forward], dim=-2)  # rows: camera axes in world coords
+    viewmats = torch.eye(4, dtype=eye.dtype, device=eye.device).repeat(eye.shape[0], 1, 1)
+    viewmats[:, :3, :3] = rot
+    viewmats[:, :3, 3] = -(rot @ eye.unsqueeze(-1)).squeeze(-1)
+    return viewmats
+
+
+def _orbit_direction(elevation_deg: Tensor, azimuth_deg: Tensor) -> Tensor:
+    """Unit vector from the orbit centre to the camera (the camera then looks along its negative)."""
+    e = torch.deg2rad(elevation_deg)
+    a = torch.deg2rad(azimuth_deg)
+    # (0,0) sits behind the centre on -z; elevation lifts towards -y (up); azimuth swings to +x.
+    return torch.stack([torch.cos(e) * torch.sin(a), -torch.sin(e), -torch.cos(e) * torch.cos(a)], dim=-1)
+
+
+def _as_vector(values, n: int, name: str) -> Tensor:
+    t = torch.as_tensor(values, dtype=torch.float32).reshape(-1)
+    if t.numel() == 1:
+        t = t.expand(n)
+    if t.numel() != n:
+        raise ValueError(f"{name}: expected 1 or {n} values, got {t.numel()}")
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{name}: values must be finite")
+    return t
+
+
+def orbit_poses(
+    elevations_deg,
+    azimuths_deg,
+    radius=2.0,
+    center: Sequence[float] = (0.0, 0.0, 0.0),
+    up: Sequence[float] = DEFAULT_UP,
+) -> Tensor:
+    """World-to-camera matrices ``[C,4,4]`` on a sphere around ``center``, looking at it.
+
+    ``radius`` may be 0: the camera then sits at ``center`` and only turns (a pure rotation, as
+    for outpainting around a fixed viewpoint). Elevations beyond ±90° are rejected because the
+    orbit frame flips there.
+    """
+    el = torch.as_tensor(elevations_deg, dtype=torch.float32).reshape(-1)
+    az = torch.as_tensor(azimuths_deg, dtype=torch.float32).reshape(-1)
+    n = max(el.numel(), az.numel())
+    el, az = _as_vector(el, n, "orbit_poses: elevations_deg"), _as_vector(az, n, "orbit_poses: azimuths_deg")
+    rad = _as_vector(radius, n, "orbit_poses: radius")
+    if (el.abs() >= 90.0).any():
+        raise ValueError("orbit_poses: elevations must lie strictly between -90 and 90 degrees")
+    if (rad < 0).any():
+        raise ValueError(f"orbit_poses: radius must be >= 0, got {rad.min().item()}")
+    c = torch.as_tensor(center, dtype=torch.float32).reshape(1, 3)
+    direction = _orbit_direction(el, az)
+    eye = c + rad[:, None] * direction
+    target = eye - direction  # one unit ahead along the view direction; works for radius 0 too
+    return look_at(eye, target, up)
+
+
+def _cameras(viewmats: Tensor, K: Tensor, width: int, height: int, times: Tensor, near: float, far: float) -> Cameras:
+    c = viewmats.shape[0]
+    return Cameras(viewmats, K.expand(c, 3, 3).clone(), int(width), int(height), times, near, far)
+
+
+def _frame_times(num: int) -> Tensor:
+    return torch.linspace(0.0, 1.0, num) if num > 1 else torch.zeros(num)
+
+
+COCO4D_LOOPS: dict[int, tuple[tuple[float, float], ...]] = {
+    # (elevation, azimuth) in degrees, CoCo4D App. A.
+    1: ((0.0, 30.0), (0.0, -30.0), (15.0, 0.0), (-15.0, 0.0)),
+    2: ((15.0, 30.0), (15.0, -30.0), (-15.0, 30.0), (-15.0, -30.0)),
+}
+
+
+def coco4d_outpaint_poses(
+    loop: int,
+    width: int,
+    height: int,
+    radius: float = 0.0,
+    center: Sequence[float] = (0.0, 0.0, 0.0),
+    fovy_deg: float = 60.0,
+    near: float = 0.1,
+    far: float = 10000.0,
+    time: float = 0.0,
+) -> Cameras:
+    """CoCo4D App. A outpaint pose set of one loop (4 poses), fovy 60°, visible range 0.1–10000.
+
+    The poses turn around ``center`` at ``radius`` relative to the reference view (elevation 0,
+    azimuth 0). With the defaults (radius 0, centre at the origin) the reference camera is the
+    identity and the outpaint cameras rotate in place, which suits a background lifted from the
+    reference frame's depth.
+    """
+    if loop not in COCO4D_LOOPS:
+        raise ValueError(f"coco4d_outpaint_poses: loop must be one of {sorted(COCO4D_LOOPS)}, got {loop}")
+    el, az = zip(*COCO4D_LOOPS[loop])
+    vm = orbit_poses(el, az, radius, center)
+    if radius > 0:
+        vm = _recentre_on_reference(vm, radius, center)
+    return _cameras(vm, intrinsics_from_fov(fovy_deg, width, height), width, height,
+                    torch.full((len(el),), float(time)), near, far)
+
+
+def _recentre_on_reference(vm: Tensor, radius: float, center: Sequence[float]) -> Tensor:
+    """Express orbit poses so that the (0°, 0°) pose is the identity camera."""
+    ref = orbit_poses([0.0], [0.0], radius, center)[0]
+    return vm @ torch.linalg.inv(ref)
+
+
+def diffusion4d_orbit(
+    width: int = 256,
+    height: int = 256,
+    num_views: int = 24,
+    elevation_deg: float = 0.0,
+    radius: float = 2.0,
+    fovy_deg: float = 49.1,
+    start_azimuth_deg: float = 0.0,
+    dynamic: bool = True,
+    near: float = 0.01,
+    far: float = 100.0,
+) -> Cameras:
+    """Diffusion4D orbit: ``num_views`` views at fixed elevation and distance, azimuth 0→360°.
+
+    With ``dynamic`` the scene time advances with the view (frame ``i`` at azimuth
+    ``360·i/num_views`` sees time ``i/(num_views-1)``), as in the paper's 4D-aware orbital
+    videos; otherwise every view sees time 0 (the static 3D-aware orbit).
+    """
+    if num_views < 1:
+        raise ValueError(f"diffusion4d_orbit: num_views must be >= 1, got {num_views}")
+    if radius <= 0:
+        raise ValueError(f"diffusion4d_orbit: radius must be positive, got {radius}")
+    az = start_azimuth_deg + 360.0 * torch.arange(num_views, dtype=torch.float32) / num_views
+    vm = orbit_poses(torch.full((num_views,), float(elevation_deg)), az, radius)
+    times = _frame_times(num_views) if dynamic else torch.zeros(num_views)
+    return _cameras(vm, intrinsics_from_fov(fovy_deg, width, height), width, height, times, near, far)
+
+
+MOGE4D_PATHS = (
+    "static",
+    "orbit",
+    "rotate_left_30",
+    "rotate_right_30",
+    "forward_backward",
+    "up_90",
+    "down_90",
+    "left_90",
+    "right_90",
+)
+
+
+def moge4d_path(
+    name: str,
+    num_frames: int,
+    width: int,
+    height: int,
+    pivot_depth: float = 1.0,
+    fovy_deg: float = 60.0,
+    K: Tensor | None = None,
+    near: float = 0.01,
+    far: float = 1e4,
+) -> Cameras:
+    """MoGe4D camera paths, relative to the input image's camera (the identity at frame 0).
+
+    Every path starts at the input view and moves about a pivot ``pivot_depth`` ahead of it
+    (typically the scene's median depth); frame ``i`` sees time ``i/(num_frames-1)``.
+
+    - ``static``: the input camera for every frame.
+    - ``orbit``: a full circle of viewing angles through the input view (15° across), looking
+      at the pivot, back at the input view at the last frame.
+    - ``rotate_left_30`` / ``rotate_right_30``: an arc of 30° about the pivot.
+    - ``forward_backward``: dolly in to half the pivot depth and back.
+    - ``up_90`` / ``down_90`` / ``left_90`` / ``right_90``: an arc of 90° about the pivot (up and
+      down stop at 89° so the view never aligns with the up axis).
+    """
+    if name not in MOGE4D_PATHS:
+        raise ValueError(f"moge4d_path: name must be one of {MOGE4D_PATHS}, got {name!r}")
+    if num_frames < 1:
+        raise ValueError(f"moge4d_path: num_frames must be >= 1, got {num_frames}")
+    if pivot_depth <= 0:
+        raise ValueError(f"moge4d_path: pivot_depth must be positive, got {pivot_depth}")
+    s = _frame_times(num_frames)
+    zero = torch.zeros(num_frames)
+    el, az, dist = zero.clone(), zero.clone(), torch.full((num_frames,), float(pivot_depth))
+    if name == "orbit":
+        # A circle of 7.5° radius in (azimuth, elevation) through the input view: starts and ends there.
+        phase = 2.0 * math.pi * s
+        el, az = 7.5 * torch.sin(phase), 7.5 * (1.0 - torch.cos(phase))
+    elif name.startswith("rotate_"):
+        az = (-30.0 if name.endswith("left_30") else 30.0) * s
+    elif name == "forward_backward":
+        dist = pivot_depth * (1.0 - 0.5 * torch.sin(math.pi * s))
+    elif name != "static":
+        sign = {"up_90": (1, 0), "down_90": (-1, 0), "left_90": (0, -1), "right_90": (0, 1)}[name]
+        el, az = sign[0] * 89.0 * s, sign[1] * 90.0 * s
+    center = (0.0, 0.0, float(pivot_depth))
+    direction = _orbit_direction(el, az)
+    eye = torch.tensor(center)[None] + dist[:, None] * direction
+    vm = look_at(eye, torch.tensor(center).expand_as(eye))
+    K = intrinsics_from_fov(fovy_deg, width, height) if K is None else torch.as_tensor(K, dtype=torch.float32)
+    return _cameras(vm, K, width, height, s, near, far)
+
+
+def keyframe_path(
+    keyframes: Sequence[dict],
+    num_frames: int,
+    width: int,
+    height: int,
+    fovy_deg: float = 60.0,
+    center: Sequence[float] = (0.0, 0.0, 0.0),
+    near: float = 0.01,
+    far: float = 1e4,
+) -> Cameras:
+    """A smooth orbit path through user keyframes.
+
+    Each keyframe is a dict with ``t`` in ``[0,1]`` and any of ``elevation``, ``azimuth`` (degrees),
+    ``radius`` and ``fovy`` (degrees); missing values carry over from the previous keyframe
+    (defaults 0°, 0°, 2.0, ``fovy_deg``). Values between keyframes follow a monotone cubic
+    (Fritsch–Carlson) so the path has no overshoot; frame ``i`` sees time ``i/(num_frames-1)``.
+    """
+    if num_frames < 1:
+        raise ValueError(f"keyframe_path: num_frames must be >= 1, got {num_frames}")
+    if not keyframes:
+        raise ValueError("keyframe_path: need at least one keyframe")
+    fields = ("elevation", "azimuth", "radius", "fovy")
+    current = {"elevation": 0.0, "azimuth": 0.0, "radius": 2.0, "fovy": float(fovy_deg)}
+    rows = []
+    for i, kf in enumerate(sorted(keyframes, key=lambda k: float(k.get("t", 0.0)))):
+        unknown = set(kf) - set(fields) - {"t"}
+        if unknown:
+            raise ValueError(f"keyframe_path: keyframe {i} has unknown keys {sorted(unknown)}; allowed: t, {fields}")
+        t = float(kf.get("t", 0.0))
+        if not (0.0 <= t <= 1.0):
+            raise ValueError(f"keyframe_path: keyframe {i} has t={t}; t must lie in [0, 1]")
+        current = {**current, **{k: float(kf[k]) for k in fields if k in kf}}
+        rows.append([t] + [current[k] for k in fields])
+    table = torch.tensor(rows, dtype=torch.float32)
+    if (table[1:, 0] - table[:-1, 0] <= 0).any():
+        raise ValueError("keyframe_path: keyframe times must be distinct")
+    s = _frame_times(num_frames)
+    values = _monotone_cubic(table[:, 0], table[:, 1:], s)
+    el, az, rad, fov = values.unbind(-1)
+    if (rad < 0).any() or (fov <= 0).any() or (fov >= 180).any():
+        raise ValueError("keyframe_path: radius must be >= 0 and fovy in (0, 180)")
+    vm = orbit_poses(el, az, rad, center)
+    Ks = torch.stack([intrinsics_from_fov(float(f), width, height) for f in fov])
+    return Cameras(vm, Ks, int(width), int(height), s, near, far)
+
+
+def _monotone_cubic(x: Tensor, y: Tensor, xq: Tensor) -> Tensor:
+    """Fritsch–Carlson monotone cubic interpolation of ``y [K,D]`` at ``xq [M]``; clamps outside."""
+    if x.numel() == 1:
+        return y.expand(xq.numel(), -1).clone()
+    h = x[1:] - x[:-1]
+    delta = (y[1:] - y[:-1]) / h[:, None]
+    m = torch.zeros_like(y)
+    m[0], m[-1] = delta[0], delta[-1]
+    if x.numel() > 2:
+        same_sign = (delta[:-1] * delta[1:]) > 0
+        w1 = (2 * h[1:] + h[:-1])[:, None]
+        w2 = (h[1:] + 2 * h[:-1])[:, None]
+        harmonic = (w1 + w2) / (w1 / delta[:-1].where(same_sign, torch.ones_like(delta[:-1]))
+                                + w2 / delta[1:].where(same_sign, torch.ones_like(delta[1:])))
+        m[1:-1] = torch.where(same_sign, harmonic, torch.zeros_like(harmonic))
+    xq = xq.clamp(float(x[0]), float(x[-1]))
+    idx = torch.searchsorted(x.contiguous(), xq, right=True).clamp(1, x.numel() - 1) - 1
+    t = ((xq - x[idx]) / h[idx])[:, None]
+    h00, h10 = 2 * t**3 - 3 * t**2 + 1, t**3 - 2 * t**2 + t
+    h01, h11 = -2 * t**3 + 3 * t**2, t**3 - t**2
+    return h00 * y[idx] + h10 * h[idx, None] * m[idx] + h01 * y[idx + 1] + h11 * h[idx, None] * m[idx + 1]

@@ -1,0 +1,235 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Cameras and camera paths (core/cameras.py): geometry checked from first principles."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from gen4d.core import cameras
+from gen4d.core.cameras import Cameras
+
+ATOL = 1e-5
+
+
+def forward_axes(viewmats: torch.Tensor) -> torch.Tensor:
+    """``[C,3]`` world-space viewing direction (camera +z) of world-to-camera matrices."""
+    return viewmats[:, 2, :3]
+
+
+def centers(viewmats: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.inv(viewmats)[:, :3, 3]
+
+
+def angles_from_forward(f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(elevation, azimuth) in degrees of a camera turned in place: +elevation looks down (+y), +azimuth
+    turns the view towards -x (the orbit camera moved to +x looks back towards -x)."""
+    el = torch.rad2deg(torch.asin(f[:, 1].clamp(-1, 1)))
+    az = torch.rad2deg(torch.atan2(-f[:, 0], f[:, 2]))
+    return el, az
+
+
+def assert_rotation(R: torch.Tensor) -> None:
+    eye = torch.eye(3).expand_as(R)
+    torch.testing.assert_close(R @ R.transpose(-1, -2), eye, rtol=0, atol=ATOL)
+    torch.testing.assert_close(torch.linalg.det(R), torch.ones(R.shape[0]), rtol=0, atol=ATOL)
+
+
+def test_look_at_is_orthonormal_and_centres_the_target():
+    eye = torch.randn(16, 3) * 3
+    target = torch.randn(16, 3)
+    vm = cameras.look_at(eye, target)
+    assert vm.shape == (16, 4, 4)
+    assert_rotation(vm[:, :3, :3])
+    torch.testing.assert_close(vm[:, 3], torch.tensor([0.0, 0, 0, 1]).expand(16, 4), rtol=0, atol=0)
+    ones = torch.ones(16, 1)
+    eye_cam = (vm @ torch.cat([eye, ones], 1)[..., None])[..., 0]
+    torch.testing.assert_close(eye_cam[:, :3], torch.zeros(16, 3), rtol=0, atol=1e-4)
+    tgt_cam = (vm @ torch.cat([target, ones], 1)[..., None])[..., 0][:, :3]
+    dist = (target - eye).norm(dim=-1)
+    torch.testing.assert_close(tgt_cam, torch.stack([torch.zeros(16), torch.zeros(16), dist], -1), rtol=0, atol=1e-4)
+    K = cameras.intrinsics_from_fov(50.0, 320, 240)
+    pix = (K @ tgt_cam.T).T
+    torch.testing.assert_close(pix[:, :2] / pix[:, 2:], torch.tensor([160.0, 120.0]).expand(16, 2), rtol=0, atol=1e-3)
+    # "up" is world -y by default: the camera's y axis (down) must point along +y as far as possible.
+    assert (vm[:, 1, 1] > 0).all()
+
+
+def test_look_at_rejects_degenerate_input():
+    with pytest.raises(ValueError, match="parallel to up"):
+        cameras.look_at(torch.zeros(3), torch.tensor([0.0, -2.0, 0.0]))
+    with pytest.raises(ValueError, match="coincide"):
+        cameras.look_at(torch.ones(3), torch.ones(3))
+
+
+def test_orbit_radius_zero_turns_in_place():
+    vm = cameras.orbit_poses([0, 20, -30], [0, 45, -90], 0.0, center=(1.0, 2.0, 3.0))
+    torch.testing.assert_close(centers(vm), torch.tensor([[1.0, 2, 3]]).expand(3, 3), rtol=0, atol=ATOL)
+    assert_rotation(vm[:, :3, :3])
+    el, az = angles_from_forward(forward_axes(vm))
+    torch.testing.assert_close(el, torch.tensor([0.0, 20, -30]), rtol=0, atol=1e-3)
+    torch.testing.assert_close(az, torch.tensor([0.0, 45, -90]), rtol=0, atol=1e-3)
+
+
+def test_orbit_radius_positive_looks_at_centre():
+    el = torch.tensor([0.0, 0.0, 30.0, -45.0, 10.0])
+    az = torch.tensor([0.0, 90.0, 0.0, 180.0, -60.0])
+    c = torch.tensor([0.5, -1.0, 2.0])
+    vm = cameras.orbit_poses(el, az, 3.0, center=c.tolist())
+    cam = centers(vm)
+    torch.testing.assert_close((cam - c).norm(dim=-1), torch.full((5,), 3.0), rtol=0, atol=1e-4)
+    torch.testing.assert_close(forward_axes(vm), torch.nn.functional.normalize(c - cam, dim=-1), rtol=0, atol=ATOL)
+    offset = (cam - c) / 3.0
+    torch.testing.assert_close(offset[0], torch.tensor([0.0, 0, -1]), rtol=0, atol=ATOL)  # behind, looking +z
+    torch.testing.assert_close(offset[1], torch.tensor([1.0, 0, 0]), rtol=0, atol=ATOL)  # +azimuth -> +x
+    assert offset[2, 1] == pytest.approx(-0.5, abs=1e-5)  # +elevation -> up (-y)
+    with pytest.raises(ValueError, match="elevations"):
+        cameras.orbit_poses([90.0], [0.0], 1.0)
+    with pytest.raises(ValueError, match="radius"):
+        cameras.orbit_poses([0.0], [0.0], -1.0)
+
+
+@pytest.mark.parametrize("loop, expected", [
+    (1, [(0.0, 30.0), (0.0, -30.0), (15.0, 0.0), (-15.0, 0.0)]),
+    (2, [(15.0, 30.0), (15.0, -30.0), (-15.0, 30.0), (-15.0, -30.0)]),
+])
+def test_coco4d_outpaint_loops(loop, expected):
+    cams = cameras.coco4d_outpaint_poses(loop, 512, 512)
+    assert len(cams) == 4 and (cams.near, cams.far) == (0.1, 10000.0)
+    torch.testing.assert_close(cams.fovy_deg, torch.full((4,), 60.0), rtol=0, atol=1e-3)
+    torch.testing.assert_close(cams.centers, torch.zeros(4, 3), rtol=0, atol=ATOL)
+    el, az = angles_from_forward(forward_axes(cams.viewmats))
+    got = sorted(zip([round(v, 3) for v in el.tolist()], [round(v, 3) for v in az.tolist()], strict=True))
+    assert got == sorted(expected)
+    assert torch.equal(cams.times, torch.zeros(4))
+
+
+def test_coco4d_with_radius_is_relative_to_the_reference_camera():
+    cams = cameras.coco4d_outpaint_poses(1, 64, 64, radius=2.0)
+    pivot = torch.tensor([0.0, 0.0, 2.0])  # the orbit centre, 2 units ahead of the identity camera
+    torch.testing.assert_close((cams.centers - pivot).norm(dim=-1), torch.full((4,), 2.0), rtol=0, atol=1e-4)
+    torch.testing.assert_close(forward_axes(cams.viewmats), torch.nn.functional.normalize(pivot - cams.centers, dim=-1),
+                               rtol=0, atol=ATOL)
+    with pytest.raises(ValueError, match="loop"):
+        cameras.coco4d_outpaint_poses(3, 64, 64)
+
+
+@pytest.mark.parametrize("dynamic", [True, False])
+def test_diffusion4d_orbit(dynamic):
+    cams = cameras.diffusion4d_orbit(dynamic=dynamic)
+    assert len(cams) == 24
+    cam = cams.centers
+    torch.testing.assert_close(cam.norm(dim=-1), torch.full((24,), 2.0), rtol=0, atol=1e-4)
+    torch.testing.assert_close(cam[:, 1], torch.zeros(24), rtol=0, atol=ATOL)  # elevation 0
+    torch.testing.assert_close(forward_axes(cams.viewmats), -cam / 2.0, rtol=0, atol=ATOL)
+    az = torch.rad2deg(torch.atan2(cam[:, 0], -cam[:, 2]))
+    step = torch.remainder(az.roll(-1) - az, 360.0)
+    torch.testing.assert_close(step, torch.full((24,), 15.0), rtol=0, atol=1e-3)
+    assert az[0].abs() < 1e-4
+    expected = torch.linspace(0, 1, 24) if dynamic else torch.zeros(24)
+    torch.testing.assert_close(cams.times, expected, rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", cameras.MOGE4D_PATHS)
+def test_moge4d_paths_start_at_identity(name):
+    cams = cameras.moge4d_path(name, 25, 64, 48, pivot_depth=3.0)
+    assert len(cams) == 25
+    torch.testing.assert_close(cams.viewmats[0], torch.eye(4), rtol=0, atol=ATOL)
+    torch.testing.assert_close(cams.times, torch.linspace(0, 1, 25), rtol=0, atol=1e-7)
+    assert_rotation(cams.viewmats[:, :3, :3])
+    pivot = torch.tensor([0.0, 0.0, 3.0])
+    if name != "forward_backward":  # arcs keep their distance to the pivot and look at it
+        torch.testing.assert_close((cams.centers - pivot).norm(dim=-1), torch.full((25,), 3.0), rtol=0, atol=1e-4)
+    torch.testing.assert_close(forward_axes(cams.viewmats)[1:],
+                               torch.nn.functional.normalize(pivot - cams.centers, dim=-1)[1:], rtol=0, atol=1e-4)
+
+
+def test_moge4d_specific_paths():
+    p = 2.0
+    right = cameras.moge4d_path("right_90", 9, 64, 64, pivot_depth=p)
+    torch.testing.assert_close(right.centers[-1], torch.tensor([p, 0.0, p]), rtol=0, atol=1e-4)
+    torch.testing.assert_close(forward_axes(right.viewmats)[-1], torch.tensor([-1.0, 0, 0]), rtol=0, atol=ATOL)
+    left = cameras.moge4d_path("left_90", 9, 64, 64, pivot_depth=p)
+    torch.testing.assert_close(left.centers[-1], torch.tensor([-p, 0.0, p]), rtol=0, atol=1e-4)
+    assert cameras.moge4d_path("up_90", 9, 64, 64, pivot_depth=p).centers[-1, 1] < -1.9  # up is -y
+    fb = cameras.moge4d_path("forward_backward", 9, 64, 64, pivot_depth=p)
+    torch.testing.assert_close(fb.viewmats[-1], torch.eye(4), rtol=0, atol=1e-5)
+    torch.testing.assert_close(fb.centers[4], torch.tensor([0.0, 0.0, p / 2]), rtol=0, atol=1e-5)
+    assert (fb.centers[1:5, 2].diff() > 0).all() and (fb.centers[4:, 2].diff() < 0).all()
+    rot30 = cameras.moge4d_path("rotate_left_30", 5, 64, 64, pivot_depth=p)
+    angle = torch.rad2deg(torch.atan2(rot30.centers[-1, 0], p - rot30.centers[-1, 2]))
+    assert angle.item() == pytest.approx(-30.0, abs=1e-3)
+    static = cameras.moge4d_path("static", 4, 64, 64)
+    torch.testing.assert_close(static.viewmats, torch.eye(4).expand(4, 4, 4), rtol=0, atol=ATOL)
+    with pytest.raises(ValueError, match="name must be one of"):
+        cameras.moge4d_path("spiral", 4, 64, 64)
+    with pytest.raises(ValueError, match="pivot_depth"):
+        cameras.moge4d_path("orbit", 4, 64, 64, pivot_depth=0.0)
+
+
+def test_keyframe_path_passes_through_keys_monotonically():
+    keys = [{"t": 0.0, "azimuth": 0.0, "elevation": 10.0, "radius": 2.0},
+            {"t": 0.5, "azimuth": 90.0, "radius": 3.0, "fovy": 40.0},
+            {"t": 1.0, "azimuth": 100.0}]
+    cams = cameras.keyframe_path(keys, 21, 64, 64, fovy_deg=60.0)
+    cam = cams.centers
+    radius = cam.norm(dim=-1)
+    el = torch.rad2deg(torch.asin(-cam[:, 1] / radius))
+    az = torch.rad2deg(torch.atan2(cam[:, 0], -cam[:, 2]))
+    for frame, (a, r, fov) in {0: (0.0, 2.0, 60.0), 10: (90.0, 3.0, 40.0), 20: (100.0, 3.0, 40.0)}.items():
+        assert az[frame].item() == pytest.approx(a, abs=1e-3)
+        assert radius[frame].item() == pytest.approx(r, abs=1e-4)
+        assert cams.fovy_deg[frame].item() == pytest.approx(fov, abs=1e-3)
+    torch.testing.assert_close(el, torch.full((21,), 10.0), rtol=0, atol=1e-3)  # carried over
+    assert (az.diff() > 0).all() and az.max() <= 100.0 + 1e-3  # monotone, no overshoot
+    assert (radius[:11].diff() > 0).all() and torch.allclose(radius[10:], torch.tensor(3.0), atol=1e-4)
+    assert (az[1:10] < 90.0).all() and (az[11:20] > 90.0).all()
+    torch.testing.assert_close(cams.times, torch.linspace(0, 1, 21), rtol=0, atol=1e-7)
+
+
+def test_keyframe_path_errors():
+    with pytest.raises(ValueError, match="distinct"):
+        cameras.keyframe_path([{"t": 0.5}, {"t": 0.5}], 3, 8, 8)
+    with pytest.raises(ValueError, match="t must lie"):
+        cameras.keyframe_path([{"t": 1.5}], 3, 8, 8)
+    with pytest.raises(ValueError, match="unknown keys"):
+        cameras.keyframe_path([{"t": 0.0, "roll": 3}], 3, 8, 8)
+    with pytest.raises(ValueError, match="at least one"):
+        cameras.keyframe_path([], 3, 8, 8)
+
+
+def test_intrinsics_and_validation_errors():
+    K = cameras.intrinsics_from_fov(90.0, 200, 100)
+    assert K[1, 1].item() == pytest.approx(50.0) and K[0, 0].item() == pytest.approx(50.0)
+    assert (K[0, 2].item(), K[1, 2].item()) == (100.0, 50.0)
+    for fov in (0.0, -10.0, 180.0):
+        with pytest.raises(ValueError, match="fovy_deg"):
+            cameras.intrinsics_from_fov(fov, 64, 64)
+    vm, ks, times = torch.eye(4)[None].repeat(2, 1, 1), K[None].repeat(2, 1, 1), torch.zeros(2)
+    Cameras(vm, ks, 200, 100, times)
+    bad = [
+        (dict(viewmats=vm[:, :3]), "viewmats"), (dict(Ks=ks[:1]), "Ks"), (dict(times=torch.zeros(3)), "times"),
+        (dict(width=0), "width"), (dict(near=1.0, far=0.5), "near"),
+        (dict(Ks=ks * torch.tensor([-1.0, 1, 1])[:, None]), "focal"),
+        (dict(viewmats=vm * float("nan")), "finite"),
+    ]
+    for change, msg in bad:
+        args = {**dict(viewmats=vm, Ks=ks, width=200, height=100, times=times), **change}
+        with pytest.raises(ValueError, match=msg):
+            Cameras(**args)
+
+
+def test_cameras_helpers():
+    cams = cameras.diffusion4d_orbit(64, 32, num_views=6)
+    assert len(cams[2]) == 1 and len(cams[-1]) == 1 and torch.equal(cams[-1].viewmats[0], cams.viewmats[5])
+    both = Cameras.cat([cams, cams[:2]])
+    assert len(both) == 8 and torch.equal(both.times[6:], cams.times[:2])
+    half = cams.resized(32, 16)
+    torch.testing.assert_close(half.Ks[:, :2, :], cams.Ks[:, :2, :] * 0.5, rtol=0, atol=0)
+    torch.testing.assert_close(half.fovy_deg, cams.fovy_deg, rtol=0, atol=1e-4)
+    with pytest.raises(ValueError, match="image sizes differ"):
+        Cameras.cat([cams, half])
+    torch.testing.assert_close(cams.camtoworlds @ cams.viewmats, torch.eye(4).expand(6, 4, 4), rtol=0, atol=1e-5)
+    assert math.isclose(float(cams.fovy_deg[0]), 49.1, abs_tol=1e-3)
