@@ -1,0 +1,68 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Analytic ground-truth worlds: a small ray caster independent of any Gaussian renderer.
+
+Public API:
+    object_world, scene_world, articulated_object        the built-in worlds (deterministic by seed)
+    World, render, cast_rays, pixel_rays, pixel_centers  worlds and exact ray casting
+    albedo, move_points, surface_distance                textures, rigid part motion, distances
+    trajectories                                         dense ground-truth 3D point tracks
+    sample_surface, sample_gaussians, surface_motion     Gaussians on the surfaces, with exact motion
+    SurfaceSamples, SurfaceMotion                        their containers
+    Primitive, Rectangle, Sphere, Box                    analytic primitives
+    Motion, Fixed, Swing, Bob, Travel, Chain             rigid motions over normalised time
+    Texture, Solid, Checker, Stripes, Gradient, Waves, Shaded   procedural local textures
+
+Design notes:
+    Imports only torch and the pack's ``core``. Used by tests, benchmarks, the oracle backends and
+    the demo as ground truth: rgb, z-depth, alpha, part ids, group masks and trajectories are
+    exact for any camera at any time, and renders are view independent (unshaded albedo with
+    shading baked into the parts' local frames).
+"""
+
+from __future__ import annotations
+
+from .motion import Bob, Chain, Fixed, Motion, Swing, Travel, check_times
+from .primitives import Box, Primitive, Rectangle, Sphere
+from .raycast import World, albedo, cast_rays, move_points, pixel_centers, pixel_rays, render, surface_distance
+from .sampling import SurfaceMotion, SurfaceSamples, sample_gaussians, sample_surface, surface_motion
+from .textures import Checker, Gradient, Shaded, Solid, Stripes, Texture, Waves
+from .trajectories import trajectories
+from .worlds import articulated_object, object_world, scene_world
+
+__all__ = [
+    "Bob",
+    "Box",
+    "Chain",
+    "Checker",
+    "Fixed",
+    "Gradient",
+    "Motion",
+    "Primitive",
+    "Rectangle",
+    "Shaded",
+    "Solid",
+    "Sphere",
+    "Stripes",
+    "SurfaceMotion",
+    "SurfaceSamples",
+    "Swing",
+    "Texture",
+    "Travel",
+    "Waves",
+    "World",
+    "albedo",
+    "articulated_object",
+    "cast_rays",
+    "check_times",
+    "move_points",
+    "object_world",
+    "pixel_centers",
+    "pixel_rays",
+    "render",
+    "sample_gaussians",
+    "sample_surface",
+    "scene_world",
+    "surface_distance",
+    "surface_motion",
+    "trajectories",
+]
