@@ -1,5 +1,15 @@
 # SPDX-License-Identifier: Apache-2.0
-"""ComfyUI nodes of the pack; each module exports NODES, a list of node classes."""
+"""ComfyUI nodes of the pack; each module exports ``NODES = {node_id: (class, display name)}``."""
 
-NODE_CLASS_MAPPINGS: dict = {}
-NODE_DISPLAY_NAME_MAPPINGS: dict = {}
+from __future__ import annotations
+
+from . import cameras, render, scene_io, synthetic
+
+_MODULES = (cameras, render, scene_io, synthetic)
+
+NODE_CLASS_MAPPINGS: dict[str, type] = {}
+NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}
+for _module in _MODULES:
+    for _node_id, (_cls, _display) in _module.NODES.items():
+        NODE_CLASS_MAPPINGS[_node_id] = _cls
+        NODE_DISPLAY_NAME_MAPPINGS[_node_id] = _display

@@ -1,0 +1,82 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Numbered scene bundles in an output folder: one compact scene file plus per-frame PLYs.
+
+Public API:
+    SCENE_SUFFIX                    ".gen4d.safetensors"
+    next_free_stem(root, prefix)    "<prefix>_00001"-style stem not used yet under ``root``
+    save_scene_bundle(...)          write ``<stem>.gen4d.safetensors`` and ``<stem>_ply/frame_*.ply``
+
+Design notes:
+    Every file goes through ``safe_output_path`` (no ``..``, no absolute names, no escape
+    through links) and is written atomically, so an interrupted save leaves only whole files.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .paths import safe_output_path
+from .scene import Scene4D, save_ply_sequence
+
+__all__ = ["SCENE_SUFFIX", "SceneBundle", "next_free_stem", "save_scene_bundle"]
+
+SCENE_SUFFIX = ".gen4d.safetensors"
+
+
+@dataclass
+class SceneBundle:
+    """What :func:`save_scene_bundle` wrote (paths are absolute)."""
+
+    scene_file: Path
+    ply_files: list[Path] = field(default_factory=list)
+    complete: bool = True
+
+
+def next_free_stem(root: str | os.PathLike, prefix: str) -> str:
+    """The relative stem ``<prefix>_<n:05d>`` with ``n`` one past the highest already in use."""
+    probe = safe_output_path(root, f"{prefix}_00000")
+    folder, base = probe.parent, probe.name[: -len("_00000")]
+    pattern = re.compile(re.escape(base) + r"_(\d{5})(?:_ply|\.|$)")
+    used = [int(m.group(1)) for p in (folder.iterdir() if folder.is_dir() else []) if (m := pattern.match(p.name))]
+    rel_parent = probe.parent.relative_to(Path(root).resolve())
+    stem = f"{base}_{max(used, default=0) + 1:05d}"
+    return str(rel_parent / stem) if str(rel_parent) != "." else stem
+
+
+def save_scene_bundle(
+    scene: Scene4D,
+    root: str | os.PathLike,
+    prefix: str,
+    write_ply_frames: bool = True,
+    num_frames: int | None = None,
+    callback: Callable | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> SceneBundle:
+    """Save ``scene`` under ``root`` as a new numbered bundle.
+
+    Args:
+        scene: the scene to save.
+        root: the output folder every file must stay inside.
+        prefix: user-given relative name, e.g. ``"gen4d/scene"``.
+        write_ply_frames: also bake one standard 3DGS PLY per frame.
+        num_frames: frames to bake (default: the scene's own count).
+        callback, should_stop: progress and interruption hooks of the PLY loop.
+
+    Raises:
+        ValueError: for an unsafe prefix or an invalid scene.
+    """
+    if not isinstance(scene, Scene4D):
+        raise ValueError(f"save_scene_bundle: scene must be a Scene4D, got {type(scene).__name__}")
+    stem = next_free_stem(root, prefix)
+    scene_file = scene.save(stem + SCENE_SUFFIX, root=root)
+    bundle = SceneBundle(scene_file)
+    if write_ply_frames:
+        frames = scene.num_frames if num_frames is None else int(num_frames)
+        bundle.ply_files = save_ply_sequence(scene, stem + "_ply", "frame", frames, root=root,
+                                             callback=callback, should_stop=should_stop)
+        bundle.complete = len(bundle.ply_files) == frames
+    return bundle

@@ -1,0 +1,132 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The one bridge between the pack and the ComfyUI process it may run in.
+
+Public API:
+    in_comfy()                  True when ComfyUI's modules are importable
+    Progress(total)             progress bar (ComfyUI's when present) with optional preview images
+    should_stop()               True once the user pressed "Cancel" in ComfyUI
+    raise_if_interrupted()      raise ComfyUI's interrupt exception, if the user cancelled
+    output_directory()          ComfyUI's output folder (or ``$GEN4D_OUTPUT_DIR`` / ``./outputs``)
+    temp_directory()            ComfyUI's temp folder (or a ``temp`` folder beside the outputs)
+    compute_device()            the device ComfyUI assigns to models (or CUDA if present, else CPU)
+    intermediate_device()       where IMAGE/MASK tensors travel between nodes
+    soft_empty_cache()          release cached GPU memory
+
+Design notes:
+    ``comfy`` and ``folder_paths`` are imported lazily inside each call, so the pack imports and
+    runs without ComfyUI (tests, the headless runner). Without ComfyUI every function falls back
+    to plain, predictable behaviour.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+
+import torch
+
+__all__ = [
+    "in_comfy",
+    "Progress",
+    "should_stop",
+    "raise_if_interrupted",
+    "output_directory",
+    "input_directory",
+    "temp_directory",
+    "compute_device",
+    "intermediate_device",
+    "soft_empty_cache",
+]
+
+
+def _module(name: str):
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
+
+
+def in_comfy() -> bool:
+    return _module("comfy.model_management") is not None and _module("folder_paths") is not None
+
+
+class Progress:
+    """Progress reporting bound to ComfyUI's ProgressBar when it exists.
+
+    Use as the ``callback(step, total, preview)`` of core loops: ``preview`` is an optional
+    ``[H,W,3]`` float image in 0..1 shown on the node.
+    """
+
+    def __init__(self, total: int):
+        self.total = max(int(total), 1)
+        utils = _module("comfy.utils")
+        self._bar = utils.ProgressBar(self.total) if utils is not None else None
+        self.step = 0
+
+    def __call__(self, step: int, total: int | None = None, preview: torch.Tensor | None = None) -> None:
+        self.step = int(step)
+        if self._bar is None:
+            return
+        total = self.total if total is None else int(total)
+        image = None
+        if preview is not None:
+            from PIL import Image
+
+            array = (preview.detach().float().clamp(0, 1).cpu().numpy() * 255).astype("uint8")
+            image = ("JPEG", Image.fromarray(array), 512)
+        self._bar.update_absolute(self.step, total, image)
+
+
+def should_stop() -> bool:
+    mm = _module("comfy.model_management")
+    return bool(mm is not None and mm.processing_interrupted())
+
+
+def raise_if_interrupted() -> None:
+    mm = _module("comfy.model_management")
+    if mm is not None:
+        mm.throw_exception_if_processing_interrupted()
+
+
+def output_directory() -> Path:
+    fp = _module("folder_paths")
+    if fp is not None:
+        return Path(fp.get_output_directory())
+    return Path(os.environ.get("GEN4D_OUTPUT_DIR", "outputs")).resolve()
+
+
+def input_directory() -> Path:
+    fp = _module("folder_paths")
+    if fp is not None:
+        return Path(fp.get_input_directory())
+    return Path(os.environ.get("GEN4D_INPUT_DIR", "inputs")).resolve()
+
+
+def temp_directory() -> Path:
+    fp = _module("folder_paths")
+    if fp is not None:
+        return Path(fp.get_temp_directory())
+    return output_directory().parent / "temp"
+
+
+def compute_device() -> torch.device:
+    mm = _module("comfy.model_management")
+    if mm is not None:
+        return mm.get_torch_device()
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def intermediate_device() -> torch.device:
+    mm = _module("comfy.model_management")
+    if mm is not None and hasattr(mm, "intermediate_device"):
+        return mm.intermediate_device()
+    return torch.device("cpu")
+
+
+def soft_empty_cache() -> None:
+    mm = _module("comfy.model_management")
+    if mm is not None:
+        mm.soft_empty_cache()
+    elif torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -1,0 +1,143 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Gen4D_SaveScene / Gen4D_LoadScene: the compact scene file and per-frame standard 3DGS PLYs."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from ..core.export import SCENE_SUFFIX, save_scene_bundle
+from ..core.ply import load_ply
+from ..core.scene import Scene4D
+from . import host
+from . import types as T
+from .widgets import bool_in, combo_in, int_in, socket_in, str_in
+
+logger = logging.getLogger(__name__)
+
+
+def _as_scene(scene, gaussians, node: str) -> Scene4D:
+    if scene is not None:
+        return scene
+    if gaussians is not None:
+        return Scene4D.static(gaussians)
+    raise ValueError(f"{node}: connect a scene or a gaussians input")
+
+
+class SaveScene:
+    DESCRIPTION = (
+        "Save a 4D scene under ComfyUI's output folder: one compact .gen4d.safetensors file (reload it with "
+        "Load Scene) and, optionally, one standard 3DGS .ply per frame that splat viewers open. "
+        "Files are numbered, never overwritten, and written atomically."
+    )
+    CATEGORY = f"{T.CATEGORY}/io"
+    RETURN_TYPES = (T.STRING,)
+    RETURN_NAMES = ("scene_file",)
+    OUTPUT_TOOLTIPS = ("Path of the saved scene file, relative to the output folder.",)
+    OUTPUT_NODE = True
+    FUNCTION = "save"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "filename_prefix": str_in("gen4d/scene", "Relative name under the output folder; sub-folders "
+                                          "allowed, '..' and absolute paths are refused."),
+                "write_ply_frames": bool_in(True, "Also write one standard 3DGS PLY per frame."),
+                "num_frames": int_in(0, 0, 100000, "Frames to bake as PLY; 0 uses the scene's own frame count."),
+            },
+            "optional": {
+                "scene": socket_in(T.SCENE, "The 4D scene to save."),
+                "gaussians": socket_in(T.GAUSSIANS, "A static Gaussian set to save (when no scene is connected)."),
+            },
+        }
+
+    def save(self, filename_prefix, write_ply_frames, num_frames, scene=None, gaussians=None):
+        scene = _as_scene(scene, gaussians, "Gen4D_SaveScene")
+        root = host.output_directory()
+        frames = num_frames or scene.num_frames
+        progress = host.Progress(frames)
+        bundle = save_scene_bundle(scene, root, filename_prefix, write_ply_frames, frames,
+                                   callback=progress, should_stop=host.should_stop)
+        host.raise_if_interrupted()
+        rel = os.path.relpath(bundle.scene_file, root)
+        text = f"saved {rel}" + (f" and {len(bundle.ply_files)} PLY frames" if bundle.ply_files else "")
+        logger.info(text)
+        return {"ui": {"text": [text]}, "result": (rel,)}
+
+
+def scene_files() -> list[str]:
+    """Scene and PLY files under the output and input folders, in ComfyUI's annotated form."""
+    found = []
+    for label, folder in (("output", host.output_directory()), ("input", host.input_directory())):
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.rglob("*")):
+            name = path.name.lower()
+            if name.endswith(SCENE_SUFFIX) or name.endswith(".ply"):
+                found.append(f"{path.relative_to(folder).as_posix()} [{label}]")
+    return found
+
+
+def resolve_scene_file(annotated: str) -> Path:
+    """Map ``"sub/file.ply [output]"`` to a path that must lie inside that folder."""
+    name, _, label = annotated.rpartition(" [")
+    roots = {"output]": host.output_directory(), "input]": host.input_directory()}
+    if not name or label not in roots:
+        raise ValueError(f"Gen4D_LoadScene: expected 'name [output]' or 'name [input]', got {annotated!r}")
+    root = roots[label].resolve()
+    path = (root / name).resolve()
+    if root not in path.parents:
+        raise ValueError(f"Gen4D_LoadScene: {annotated!r} lies outside the {label[:-1]} folder")
+    if not path.is_file():
+        raise ValueError(f"Gen4D_LoadScene: file {annotated!r} does not exist")
+    return path
+
+
+class LoadScene:
+    DESCRIPTION = (
+        "Load a scene saved by Save Scene (.gen4d.safetensors) or any standard 3DGS .ply from the output "
+        "or input folder. A PLY loads as a static scene."
+    )
+    CATEGORY = f"{T.CATEGORY}/io"
+    RETURN_TYPES = (T.SCENE, T.GAUSSIANS)
+    RETURN_NAMES = ("scene", "gaussians")
+    OUTPUT_TOOLTIPS = ("The loaded scene.", "The scene's Gaussians at time 0.")
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        files = scene_files() or ["(no scene files found)"]
+        return {"required": {"file": combo_in(files, "A .gen4d.safetensors scene or a 3DGS .ply, from the "
+                                              "output or input folder.")}}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, file):
+        try:
+            resolve_scene_file(file)
+        except ValueError as exc:
+            return str(exc)
+        return True
+
+    @classmethod
+    def IS_CHANGED(cls, file):
+        try:
+            stat = resolve_scene_file(file).stat()
+        except ValueError:
+            return float("nan")
+        return f"{stat.st_mtime_ns}-{stat.st_size}"
+
+    def load(self, file):
+        path = resolve_scene_file(file)
+        if path.name.lower().endswith(".ply"):
+            scene = Scene4D.static(load_ply(path))
+        else:
+            scene = Scene4D.load(path)
+        return scene, scene.at(0.0)
+
+
+NODES = {
+    "Gen4D_SaveScene": (SaveScene, "Gen4D Save Scene"),
+    "Gen4D_LoadScene": (LoadScene, "Gen4D Load Scene"),
+}

@@ -1,0 +1,32 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Socket types of the pack (DESIGN §3), declared once.
+
+Payloads are core dataclasses: GEN4D_GAUSSIANS carries ``core.gaussians.Gaussians``,
+GEN4D_SCENE ``core.scene.Scene4D``, GEN4D_CAMERAS ``core.cameras.Cameras``.
+"""
+
+from __future__ import annotations
+
+GAUSSIANS = "GEN4D_GAUSSIANS"
+SCENE = "GEN4D_SCENE"
+CAMERAS = "GEN4D_CAMERAS"
+TRACKS = "GEN4D_TRACKS"
+
+VIDEO_MODEL = "GEN4D_VIDEO_MODEL"
+SEGMENTER_MODEL = "GEN4D_SEGMENTER_MODEL"
+DEPTH_MODEL = "GEN4D_DEPTH_MODEL"
+INPAINT_MODEL = "GEN4D_INPAINT_MODEL"
+VIDEO_INPAINT_MODEL = "GEN4D_VIDEO_INPAINT_MODEL"
+GUIDANCE_MODEL = "GEN4D_GUIDANCE_MODEL"
+ORBITAL_MODEL = "GEN4D_ORBITAL_MODEL"
+TRAJECTORY_MODEL = "GEN4D_TRAJECTORY_MODEL"
+
+# ComfyUI core types used at the edges.
+IMAGE = "IMAGE"
+MASK = "MASK"
+STRING = "STRING"
+INT = "INT"
+FLOAT = "FLOAT"
+BOOLEAN = "BOOLEAN"
+
+CATEGORY = "Gen4D"

@@ -1,0 +1,33 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Small builders for V1 input specs, so every input carries a tooltip and defaults stay in one place."""
+
+from __future__ import annotations
+
+
+def int_in(default: int, lo: int, hi: int, tooltip: str, step: int = 1, **extra) -> tuple:
+    return ("INT", {"default": int(default), "min": lo, "max": hi, "step": step, "tooltip": tooltip, **extra})
+
+
+def float_in(default: float, lo: float, hi: float, tooltip: str, step: float = 0.01, **extra) -> tuple:
+    return ("FLOAT", {"default": float(default), "min": lo, "max": hi, "step": step, "tooltip": tooltip, **extra})
+
+
+def bool_in(default: bool, tooltip: str) -> tuple:
+    return ("BOOLEAN", {"default": bool(default), "tooltip": tooltip})
+
+
+def str_in(default: str, tooltip: str, multiline: bool = False) -> tuple:
+    return ("STRING", {"default": default, "multiline": multiline, "tooltip": tooltip})
+
+
+def combo_in(options, tooltip: str, default: str | None = None) -> tuple:
+    options = list(options)
+    return (options, {"default": default if default is not None else options[0], "tooltip": tooltip})
+
+
+def socket_in(type_name: str, tooltip: str) -> tuple:
+    return (type_name, {"tooltip": tooltip})
+
+
+def seed_in(tooltip: str = "Seed of every random choice in this node; the same seed gives the same result.") -> tuple:
+    return ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "tooltip": tooltip})
