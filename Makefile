@@ -1,0 +1,37 @@
+# ComfyUI-Gen4D developer commands. Everything installs into .venv from nothing.
+#   make test   install, then run the CPU test suite
+#   make demo   install, then render the synthetic scene world as 4D Gaussians (outputs/demo/)
+#   make lint   ruff
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+TORCH  := torch==2.13.0
+STAMP  := $(VENV)/.installed
+
+.PHONY: install test demo lint bench-render clean
+
+install: $(STAMP)
+
+# torch goes in first, pinned (a CPU build where there is no CUDA), and stays pinned for every
+# later install so nothing pulls another torch or CUDA packages. torchvision is never needed.
+$(STAMP): requirements.txt requirements-dev.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt "$(TORCH)"
+	$(BIN)/python -c "import torch, numpy, safetensors, PIL, imageio_ffmpeg, pytest; print('torch', torch.__version__)"
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+demo: $(STAMP)
+	$(BIN)/python tools/demo.py --out outputs/demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+bench-render: $(STAMP)
+	$(BIN)/python bench/render_speed.py
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache
