@@ -365,6 +365,13 @@ def test_runnable_workflows_execute(server, object_info):
     runnable = [f for f in _workflow_files() if is_runnable(load_workflow(f))]
     if not runnable:
         pytest.skip("no workflow is marked extra.gen4d.runnable yet")
+    output = server.base / "output"
     for path in runnable:
         LOG.info("running %s", path.name)
+        before = set(output.rglob("*")) if output.exists() else set()
         server.run_prompt(ui_to_api(load_workflow(path), {}, object_info))
+        written = {p for p in output.rglob("*") if p.is_file()} - before
+        assert written, f"{path.name} ran but wrote nothing under the output folder"
+        scenes = [p for p in written if p.name.endswith(".gen4d.safetensors")]
+        for scene_file in scenes:
+            assert gen4d.core.scene.Scene4D.load(scene_file).num_gaussians > 0
