@@ -434,11 +434,17 @@ def keyframe_path(
         raise ValueError("keyframe_path: need at least one keyframe")
     fields = ("elevation", "azimuth", "radius", "fovy")
     current = {"elevation": 0.0, "azimuth": 0.0, "radius": 2.0, "fovy": float(fovy_deg)}
-    rows = []
-    for i, kf in enumerate(sorted(keyframes, key=lambda k: float(k.get("t", 0.0)))):
+    for i, kf in enumerate(keyframes):
+        if not isinstance(kf, dict):
+            raise ValueError(f"keyframe_path: keyframe {i} must be a dict, got {type(kf).__name__}")
         unknown = set(kf) - set(fields) - {"t"}
         if unknown:
             raise ValueError(f"keyframe_path: keyframe {i} has unknown keys {sorted(unknown)}; allowed: t, {fields}")
+        for key, value in kf.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"keyframe_path: keyframe {i} key {key!r} must be a number, got {value!r}")
+    rows = []
+    for i, kf in enumerate(sorted(keyframes, key=lambda k: float(k.get("t", 0.0)))):
         t = float(kf.get("t", 0.0))
         if not (0.0 <= t <= 1.0):
             raise ValueError(f"keyframe_path: keyframe {i} has t={t}; t must lie in [0, 1]")

@@ -224,7 +224,8 @@ class Gaussians:
                                                                                        device=self.device)
         if R.shape != (3, 3):
             raise ValueError(f"Gaussians.transform: rotation must be [3,3], got {tuple(R.shape)}")
-        if not torch.allclose(R @ R.T, torch.eye(3, dtype=R.dtype, device=self.device), atol=1e-4) or torch.linalg.det(R) < 0:
+        identity = torch.eye(3, dtype=R.dtype, device=self.device)
+        if not torch.allclose(R @ R.T, identity, atol=1e-4) or torch.linalg.det(R) < 0:
             raise ValueError("Gaussians.transform: rotation must be a proper rotation matrix")
         t = torch.zeros(3, device=self.device) if translation is None else torch.as_tensor(
             translation, dtype=self.dtype, device=self.device).reshape(3)

@@ -25,7 +25,8 @@ Design notes:
     tile, the per-pixel transmittance is a segmented cumulative sum of ``log(1 - alpha)`` in
     float64 (exact up to rounding, and differentiable), and colours are summed per tile with
     ``index_add``. Autograd supplies exact gradients for means, quats, scales, opacities and
-    colours. Memory grows with ``intersections x 256``; cameras are processed one at a time.
+    colours. Cameras are processed one at a time and intersections in tile-aligned chunks of
+    ``CHUNK_ROWS``, so the working set stays bounded (autograd still keeps what backward needs).
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ ALPHA_THRESHOLD = 1.0 / 255.0
 TRANSMITTANCE_THRESHOLD = 1e-4
 MAX_ALPHA = 0.999
 MAX_EXTENT = 3.33
+# Intersections composited per step: bounds the [rows, 256] working set (~32 MB per float64 array).
+CHUNK_ROWS = 16384
+_LOG_T_MIN = float(torch.log(torch.tensor(TRANSMITTANCE_THRESHOLD, dtype=torch.float64)))
 
 
 @dataclass
@@ -79,13 +83,11 @@ def project(
     eps2d: float = 0.3,
 ) -> Projection:
     """EWA projection of activated Gaussians into ``C`` pinhole cameras (see module notes)."""
-    R = viewmats[:, None, :3, :3]  # [C,1,3,3]
-    t = viewmats[:, None, :3, 3]  # [C,1,3]
-    mean_c = (R @ means[None, :, :, None]).squeeze(-1) + t  # [C,N,3]
-    rot = quat_to_rotmat(quats)  # [N,3,3]
-    M = rot * scales[:, None, :]
-    covar = M @ M.transpose(-1, -2)  # [N,3,3]
-    covar_c = R @ covar[None] @ R.transpose(-1, -2)  # [C,N,3,3]
+    R = viewmats[:, :3, :3]  # [C,3,3]
+    mean_c = torch.einsum("cij,nj->cni", R, means) + viewmats[:, None, :3, 3]  # [C,N,3]
+    # Covariance factor in camera space, Mc = R_cam R_q S, so that covar_c = Mc Mc^T.
+    M = quat_to_rotmat(quats) * scales[:, None, :]  # [N,3,3]
+    Mc = torch.einsum("cij,njk->cnik", R, M)  # [C,N,3,3]
 
     fx, fy = Ks[:, 0, 0, None], Ks[:, 1, 1, None]  # [C,1]
     cx, cy = Ks[:, 0, 2, None], Ks[:, 1, 2, None]
@@ -98,14 +100,12 @@ def project(
     lim_y_pos, lim_y_neg = (height - cy) / fy + 0.3 * tan_fovy, cy / fy + 0.3 * tan_fovy
     tx = z_safe * torch.minimum(lim_x_pos, torch.maximum(-lim_x_neg, x * rz))
     ty = z_safe * torch.minimum(lim_y_pos, torch.maximum(-lim_y_neg, y * rz))
-    zeros = torch.zeros_like(z)
-    J = torch.stack(
-        [fx * rz, zeros, -fx * tx * rz * rz, zeros, fy * rz, -fy * ty * rz * rz], dim=-1
-    ).reshape(*z.shape, 2, 3)
-    cov2d = J @ covar_c @ J.transpose(-1, -2)  # [C,N,2,2]
-    a = cov2d[..., 0, 0] + eps2d
-    b = cov2d[..., 0, 1]
-    c = cov2d[..., 1, 1] + eps2d
+    # EWA Jacobian rows [fx/z, 0, -fx tx/z^2] and [0, fy/z, -fy ty/z^2], applied elementwise to Mc.
+    row_x = (fx * rz)[..., None] * Mc[..., 0, :] - (fx * tx * rz * rz)[..., None] * Mc[..., 2, :]  # [C,N,3]
+    row_y = (fy * rz)[..., None] * Mc[..., 1, :] - (fy * ty * rz * rz)[..., None] * Mc[..., 2, :]
+    a = (row_x * row_x).sum(-1) + eps2d
+    b = (row_x * row_y).sum(-1)
+    c = (row_y * row_y).sum(-1) + eps2d
     det = a * c - b * b
     det_ok = det > 0
     det_safe = torch.where(det_ok, det, torch.ones_like(det))
@@ -214,9 +214,10 @@ def _intersections(means2d: Tensor, radii: Tensor, depths: Tensor, tile_size: in
     ty = y0[owner] + torch.div(local, w[owner], rounding_mode="floor")
     tile = ty * tiles_x + tx
     isect_gid = gid[owner]
-    # Depth order inside a tile by the float's bit pattern (z > 0), ties by Gaussian index: gsplat's radix key.
-    depth_bits = depths.detach()[isect_gid].contiguous().view(torch.int32).long()
-    order = torch.sort((tile << 32) | depth_bits, stable=True).indices
+    # Lexicographic (tile, depth, Gaussian index) like gsplat's radix key: two stable sorts.
+    by_depth = torch.sort(depths.detach()[isect_gid], stable=True).indices
+    by_tile = torch.sort(tile[by_depth], stable=True).indices
+    order = by_depth[by_tile]
     return isect_gid[order], tile[order]
 
 
@@ -242,32 +243,56 @@ def _composite(
     pix = tile_size * tile_size
     color_tiles = feats.new_zeros(n_tiles, pix, dim)
     log_t_tiles = torch.zeros(n_tiles, pix, dtype=torch.float64, device=dev)
-    if isect_gid.numel() > 0:
-        offs = torch.arange(tile_size, device=dev, dtype=dt) + 0.5
-        py, px = torch.meshgrid(offs, offs, indexing="ij")
-        px, py = px.reshape(1, pix), py.reshape(1, pix)
-        ox = ((isect_tile % tiles_x) * tile_size).to(dt)[:, None]
-        oy = (torch.div(isect_tile, tiles_x, rounding_mode="floor") * tile_size).to(dt)[:, None]
-        mean = means2d[isect_gid]
-        con = conics[isect_gid]
-        dx = mean[:, 0:1] - (ox + px)  # [I,P]
-        dy = mean[:, 1:2] - (oy + py)
-        sigma = 0.5 * (con[:, 0:1] * dx * dx + con[:, 2:3] * dy * dy) + con[:, 1:2] * dx * dy
-        alpha = torch.clamp(opacities[isect_gid][:, None] * torch.exp(-sigma), max=MAX_ALPHA)
-        keep = (sigma >= 0) & (alpha >= ALPHA_THRESHOLD)
-        alpha = torch.where(keep, alpha, torch.zeros_like(alpha))
-        log_1m = torch.log1p(-alpha.double())  # [I,P]
-        inclusive = _segment_cumsum(log_1m, isect_tile)
-        contributes = inclusive.detach() > torch.log(torch.tensor(TRANSMITTANCE_THRESHOLD, dtype=torch.float64))
-        weight = (alpha.double() * torch.exp(inclusive - log_1m) * contributes).to(dt)  # alpha_i * T_i
-        color_tiles = color_tiles.index_add(0, isect_tile, weight[..., None] * feats[isect_gid][:, None, :])
-        log_t_tiles = log_t_tiles.index_add(0, isect_tile, log_1m * contributes)
+    offs = torch.arange(tile_size, device=dev, dtype=dt) + 0.5
+    py, px = torch.meshgrid(offs, offs, indexing="ij")
+    pixel = (px.reshape(1, pix), py.reshape(1, pix))
+    for start, end in _tile_aligned_chunks(isect_tile, CHUNK_ROWS):
+        gid, tile = isect_gid[start:end], isect_tile[start:end]
+        colors, log_t = _composite_rows(gid, tile, means2d, conics, opacities, feats, pixel, tiles_x, tile_size)
+        color_tiles = color_tiles.index_add(0, tile, colors)
+        log_t_tiles = log_t_tiles.index_add(0, tile, log_t)
     transmittance = torch.exp(log_t_tiles).to(dt)[..., None]  # [T,P,1]
     if background is not None:
         color_tiles = color_tiles + transmittance * background
     image = _untile(color_tiles, tiles_y, tiles_x, tile_size)[:height, :width]
     alpha_img = _untile(1.0 - transmittance, tiles_y, tiles_x, tile_size)[:height, :width]
     return image, alpha_img
+
+
+def _composite_rows(gid, tile, means2d, conics, opacities, feats, pixel, tiles_x: int, tile_size: int):
+    """Weighted colours ``[I,P,D]`` and log-transmittance ``[I,P]`` of intersections covering whole tiles."""
+    dt = feats.dtype
+    px, py = pixel
+    ox = ((tile % tiles_x) * tile_size).to(dt)[:, None]
+    oy = (torch.div(tile, tiles_x, rounding_mode="floor") * tile_size).to(dt)[:, None]
+    mean = means2d[gid]
+    con = conics[gid]
+    dx = mean[:, 0:1] - (ox + px)  # [I,P]
+    dy = mean[:, 1:2] - (oy + py)
+    sigma = 0.5 * (con[:, 0:1] * dx * dx + con[:, 2:3] * dy * dy) + con[:, 1:2] * dx * dy
+    alpha = torch.clamp(opacities[gid][:, None] * torch.exp(-sigma), max=MAX_ALPHA)
+    keep = (sigma >= 0) & (alpha >= ALPHA_THRESHOLD)
+    alpha = torch.where(keep, alpha, torch.zeros_like(alpha))
+    log_1m = torch.log1p(-alpha.double())  # [I,P]
+    inclusive = _segment_cumsum(log_1m, tile)
+    contributes = inclusive.detach() > _LOG_T_MIN
+    weight = (alpha.double() * torch.exp(inclusive - log_1m) * contributes).to(dt)  # alpha_i * T_i
+    return weight[..., None] * feats[gid][:, None, :], log_1m * contributes
+
+
+def _tile_aligned_chunks(tiles: Tensor, max_rows: int) -> list[tuple[int, int]]:
+    """Row ranges of the sorted intersection list, each holding whole tiles and about ``max_rows`` rows."""
+    n = tiles.numel()
+    if n == 0:
+        return []
+    starts = torch.ones(n, dtype=torch.bool, device=tiles.device)
+    starts[1:] = tiles[1:] != tiles[:-1]
+    first_rows = torch.nonzero(starts, as_tuple=True)[0]
+    window = torch.div(first_rows, max_rows, rounding_mode="floor")
+    new_chunk = torch.ones_like(window, dtype=torch.bool)
+    new_chunk[1:] = window[1:] != window[:-1]
+    bounds = first_rows[new_chunk].tolist() + [n]
+    return list(zip(bounds[:-1], bounds[1:], strict=True))
 
 
 def _segment_cumsum(values: Tensor, segments: Tensor) -> Tensor:

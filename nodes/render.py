@@ -46,7 +46,9 @@ class Render:
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, background="#000000", **_):
+    def VALIDATE_INPUTS(cls, background=None):
+        if background is None:  # linked from another node: checked when it runs
+            return True
         try:
             parse_color(background)
         except ValueError as exc:

@@ -82,6 +82,8 @@ def scene_files() -> list[str]:
 
 def resolve_scene_file(annotated: str) -> Path:
     """Map ``"sub/file.ply [output]"`` to a path that must lie inside that folder."""
+    if not isinstance(annotated, str):
+        raise ValueError(f"Gen4D_LoadScene: file must be a string 'name [output]', got {type(annotated).__name__}")
     name, _, label = annotated.rpartition(" [")
     roots = {"output]": host.output_directory(), "input]": host.input_directory()}
     if not name or label not in roots:
@@ -113,7 +115,9 @@ class LoadScene:
                                               "output or input folder.")}}
 
     @classmethod
-    def VALIDATE_INPUTS(cls, file):
+    def VALIDATE_INPUTS(cls, file=None):
+        if file is None:  # linked from another node: checked when it runs
+            return True
         try:
             resolve_scene_file(file)
         except ValueError as exc:

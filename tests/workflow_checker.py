@@ -657,7 +657,8 @@ def _check_link(graph: _Graph, link: Link) -> list[str]:
     )
     if not types_match(out_type, in_type):
         problems.append(
-            f"{where}: type mismatch, {_label(origin)} gives {out_type}, {_label(target)} input {in_entry.get('name')!r} takes {in_type}"
+            f"{where}: type mismatch, {_label(origin)} gives {out_type}, "
+            f"{_label(target)} input {in_entry.get('name')!r} takes {in_type}"
         )
     elif not types_match(link.type, out_type):
         problems.append(f"{where}: link typed {link.type} but {_label(origin)} gives {out_type}")
