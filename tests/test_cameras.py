@@ -7,7 +7,6 @@ import math
 
 import pytest
 import torch
-
 from gen4d.core import cameras
 from gen4d.core.cameras import Cameras
 

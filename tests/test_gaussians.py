@@ -8,7 +8,6 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from gen4d.core import gaussians as G
 from gen4d.core import sh as SH
 from gen4d.core.gaussians import Gaussians

@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from gen4d.core import ply
 from gen4d.core.gaussians import Gaussians
 

@@ -14,7 +14,6 @@ import logging
 
 import pytest
 import torch
-
 from gen4d.core.cameras import intrinsics_from_fov, orbit_poses
 from gen4d.core.rasterize import rasterize
 

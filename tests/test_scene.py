@@ -9,7 +9,6 @@ import os
 import pytest
 import safetensors.torch
 import torch
-
 from gen4d.core import ply, scene
 from gen4d.core.gaussians import Gaussians
 from gen4d.core.scene import KeyframeMotion, Motion, Scene4D, ScenePart, StaticMotion

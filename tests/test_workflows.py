@@ -6,9 +6,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import pytest
-
 import gen4d
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from workflow_checker import check_workflow, load_workflow  # noqa: E402
