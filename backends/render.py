@@ -43,14 +43,20 @@ class RenderOutput:
         rgb: ``[C,H,W,3]`` colour, background composited, not clamped.
         alpha: ``[C,H,W,1]`` accumulated opacity.
         depth: ``[C,H,W,1]`` expected z-depth, 0 where alpha is 0.
+        means2d: ``[C,N,2]`` screen-space centres with ``retain_grad()`` set (only with
+            ``screen_grads=True``): after backward, ``means2d.grad`` drives densification.
+        radii: ``[C,N,2]`` screen-space radii in pixels (0 = not visible), with ``screen_grads``.
     """
 
     rgb: Tensor
     alpha: Tensor
     depth: Tensor
+    means2d: Tensor | None = None
+    radii: Tensor | None = None
 
     @staticmethod
     def cat(parts: list["RenderOutput"]) -> "RenderOutput":
+        """Images of several renders in one batch (screen-space data is dropped)."""
         return RenderOutput(*(torch.cat([getattr(p, k) for p in parts]) for k in ("rgb", "alpha", "depth")))
 
     def reorder(self, index: Tensor) -> "RenderOutput":
@@ -112,6 +118,7 @@ def render(
     background=None,
     backend: str = "auto",
     sh_degree: int | None = None,
+    screen_grads: bool = False,
 ) -> RenderOutput:
     """Render a Gaussian set from every camera (cameras' times are ignored here).
 
@@ -121,6 +128,7 @@ def render(
         background: ``[3]`` or ``[C,3]`` colour behind the splats (default black).
         backend: "auto", "gsplat" (CUDA) or "torch".
         sh_degree: SH degree to evaluate (default: all the set holds).
+        screen_grads: keep the screen-space centres and radii for densification.
 
     Raises:
         ValueError: empty or non-finite Gaussians, bad background, unusable backend.
@@ -151,14 +159,22 @@ def render(
         int(cams.height),
     )
     if name == "gsplat":
-        colors, alphas, _ = _gsplat_rasterization()(
-            *args, near_plane=cams.near, far_plane=cams.far, sh_degree=degree, backgrounds=bg,
-            render_mode="RGB+ED",
+        # gsplat 1.5 rejects backgrounds in "RGB+ED" mode; composite them the way it would (+ T * bg).
+        colors, alphas, meta = _gsplat_rasterization()(
+            *args, near_plane=cams.near, far_plane=cams.far, sh_degree=degree, render_mode="RGB+ED",
+            packed=False,
         )
+        means2d, radii = meta["means2d"], meta["radii"]
+        rgb = colors[..., :3] if bg is None else colors[..., :3] + (1.0 - alphas) * bg[:, None, None, :]
     else:
-        colors, alphas = rasterize(*args, near_plane=cams.near, far_plane=cams.far, sh_degree=degree,
-                                   backgrounds=bg, render_depth=True)
-    return RenderOutput(colors[..., :3], alphas, colors[..., 3:4])
+        colors, alphas, proj = rasterize(*args, near_plane=cams.near, far_plane=cams.far, sh_degree=degree,
+                                         backgrounds=bg, render_depth=True, return_projection=True)
+        means2d, radii = proj.means2d, proj.radii
+        rgb = colors[..., :3]
+    if screen_grads and means2d.requires_grad:
+        means2d.retain_grad()
+    keep = screen_grads
+    return RenderOutput(rgb, alphas, colors[..., 3:4], means2d if keep else None, radii if keep else None)
 
 
 def render_scene(

@@ -141,7 +141,8 @@ def rasterize(
     backgrounds: Tensor | None = None,  # [C,D] or [D]
     render_depth: bool = True,
     tile_size: int = 16,
-) -> tuple[Tensor, Tensor]:
+    return_projection: bool = False,
+) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Projection]:
     """Render ``C`` images of ``N`` activated Gaussians.
 
     Args:
@@ -155,9 +156,11 @@ def rasterize(
         backgrounds: colour behind the splats, ``[C,D]`` or ``[D]`` (depth gets 0).
         render_depth: append expected depth as the last channel (gsplat "RGB+ED").
         tile_size: tile edge in pixels.
+        return_projection: also return the :class:`Projection`; call ``means2d.retain_grad()``
+            on it before backward to read the screen-space gradients densification uses.
 
     Returns:
-        ``(render_colors [C,H,W,D(+1)], render_alphas [C,H,W,1])``.
+        ``(render_colors [C,H,W,D(+1)], render_alphas [C,H,W,1])`` (+ the projection).
     """
     proj = project(means, quats, scales, opacities, viewmats, Ks, width, height, near_plane, far_plane, eps2d)
     n_cams = viewmats.shape[0]
@@ -188,6 +191,8 @@ def rasterize(
     if render_depth:
         depth = render_colors[..., -1:] / render_alphas.clamp(min=1e-10)
         render_colors = torch.cat([render_colors[..., :-1], depth], dim=-1)
+    if return_projection:
+        return render_colors, render_alphas, proj
     return render_colors, render_alphas
 
 
