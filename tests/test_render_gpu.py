@@ -170,5 +170,7 @@ def test_render_backends_agree_through_the_pack_api():
         # Same threshold story as the parity test: nearly every pixel within 1e-4.
         assert (err > 1e-4).float().mean().item() < 1e-3, key
         assert err.max().item() < 5e-3, key
-    assert torch.equal(a.radii.to(torch.int32), b.radii.to(torch.int32))
+    # A radius is a ceil() of float32 maths (CUDA's fast log): allow the odd one-pixel disagreement.
+    radius_diff = (a.radii.to(torch.int32) - b.radii.to(torch.int32)).abs()
+    assert radius_diff.max().item() <= 1 and (radius_diff > 0).float().mean().item() < 1e-3
     assert (a.means2d - b.means2d).abs().max().item() < 1e-3
