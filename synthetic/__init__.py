@@ -6,6 +6,7 @@ Public API:
     World, render, cast_rays, pixel_rays, pixel_centers  worlds and exact ray casting
     albedo, move_points, surface_distance                textures, rigid part motion, distances
     trajectories                                         dense ground-truth 3D point tracks
+    OracleGuidance                                       SDS guidance answering from the ground truth
     sample_surface, sample_gaussians, surface_motion     Gaussians on the surfaces, with exact motion
     SurfaceSamples, SurfaceMotion                        their containers
     Primitive, Rectangle, Sphere, Box                    analytic primitives
@@ -22,6 +23,7 @@ Design notes:
 from __future__ import annotations
 
 from .motion import Bob, Chain, Fixed, Motion, Swing, Travel, check_times
+from .oracles import OracleGuidance
 from .primitives import Box, Primitive, Rectangle, Sphere
 from .raycast import World, albedo, cast_rays, move_points, pixel_centers, pixel_rays, render, surface_distance
 from .sampling import SurfaceMotion, SurfaceSamples, sample_gaussians, sample_surface, surface_motion
@@ -30,6 +32,7 @@ from .trajectories import trajectories
 from .worlds import articulated_object, object_world, scene_world
 
 __all__ = [
+    "OracleGuidance",
     "Bob",
     "Box",
     "Chain",
