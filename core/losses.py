@@ -1,0 +1,478 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Image-space losses and metrics for fitting Gaussians to frames.
+
+Public API:
+    l1_loss, l2_loss          (optionally mask-weighted) mean absolute / squared error
+    ssim                      Gaussian-window SSIM (Wang et al. 2004)
+    dssim_loss                ``(1 - SSIM) / 2``
+    mask_loss                 rendered alpha vs. a silhouette mask (MSE or BCE)
+    depth_smoothness_loss     edge-aware first-order depth smoothness (Godard et al. 2017)
+    psnr                      peak signal-to-noise ratio in dB
+    LPIPSLoss                 optional LPIPS (Zhang et al. 2018) from a local weights file
+    ReconstructionLoss        weighted sum of the above for one rendered batch
+
+Design notes:
+    Images are ComfyUI's layout, ``[B,H,W,C]`` float in 0..1, masks ``[B,H,W]`` (``[B,H,W,1]``
+    is accepted too). Convolutions run on ``[B,C,H,W]`` internally.
+
+    SSIM uses an ``11x11`` Gaussian window with ``sigma = 1.5`` and ``C1 = 0.01^2``,
+    ``C2 = 0.03^2`` (data range 1). Local statistics are computed with a separable, depthwise
+    (per-channel) convolution; ``padding="valid"`` (the default) evaluates only windows that
+    lie fully inside the image, as Wang et al.'s reference code does, so the map is
+    ``[B,C,H-10,W-10]``; ``padding="reflect"`` keeps the full size by mirroring the borders.
+    (The 3DGS code pads with zeros, which darkens the statistics at the border; we do not.)
+
+    Diffusion4D §3.4 fits 4DGS with ``L1 + LPIPS + depth smoothness`` (refs [5, 25] there are
+    the Monodepth-style edge-aware regulariser): ``mean(|d_x d| exp(-|d_x I|)) + mean(|d_y d|
+    exp(-|d_y I|))`` with the image gradient averaged over colour channels.
+
+    LPIPS is optional and never downloaded: :meth:`LPIPSLoss.maybe_create` returns ``None``
+    (logging "LPIPS off: ..." once per reason) when no weights path is given or the ``lpips``
+    package is not importable (it needs torchvision, which this pack does not require). The
+    weights file must hold the *whole* LPIPS state dict (backbone and linear heads), e.g.
+    ``torch.save(lpips.LPIPS(net="alex").state_dict(), path)`` or the same as safetensors;
+    the linear-heads-only files shipped inside the ``lpips`` package are not enough because
+    the backbone would otherwise be fetched from torchvision's hub.
+
+    :class:`ReconstructionLoss` is ``total = sum_i w_i L_i`` with the weights used as given.
+    The default ``l1=1.0, dssim=0.2`` gives ``L1 + 0.1 (1 - SSIM)``; the exact 3DGS objective
+    ``0.8 L1 + 0.2 (1 - SSIM)`` (Kerbl et al. 2023 §7.1) is ``l1=0.8, dssim=0.4``. Parts are
+    returned weighted (they sum to the total) and detached, for logging.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "l1_loss",
+    "l2_loss",
+    "ssim",
+    "dssim_loss",
+    "mask_loss",
+    "depth_smoothness_loss",
+    "psnr",
+    "LPIPSLoss",
+    "ReconstructionLoss",
+    "SSIM_C1",
+    "SSIM_C2",
+]
+
+logger = logging.getLogger(__name__)
+
+SSIM_C1 = 0.01**2
+SSIM_C2 = 0.03**2
+_LOGGED: set[str] = set()
+
+
+def _log_once(message: str, level: int = logging.INFO) -> None:
+    if message not in _LOGGED:
+        _LOGGED.add(message)
+        logger.log(level, message)
+
+
+# -- helpers ---------------------------------------------------------------------------------
+def _check_images(name: str, x: Tensor, y: Tensor) -> None:
+    if not isinstance(x, Tensor) or not isinstance(y, Tensor):
+        raise TypeError(f"{name}: expected tensors, got {type(x).__name__} and {type(y).__name__}")
+    if x.dim() != 4 or x.shape != y.shape:
+        raise ValueError(f"{name}: expected two [B,H,W,C] images of the same shape, got "
+                         f"{tuple(x.shape)} and {tuple(y.shape)}")
+
+
+def _mask_bhw1(name: str, mask: Tensor, like: Tensor) -> Tensor:
+    """``[B,H,W]`` or ``[B,H,W,1]`` mask -> ``[B,H,W,1]`` in ``like``'s dtype."""
+    b, h, w = like.shape[:3]
+    if mask.dim() == 3:
+        mask = mask[..., None]
+    if mask.dim() != 4 or tuple(mask.shape) != (b, h, w, 1):
+        raise ValueError(f"{name}: mask must be [B,H,W]=[{b},{h},{w}] (or [B,H,W,1]), got {tuple(mask.shape)}")
+    return mask.to(like.dtype)
+
+
+def _weighted_mean(err: Tensor, mask: Tensor | None, name: str) -> Tensor:
+    """Mean of ``err [B,H,W,C]``; with a mask, ``sum(m e) / (sum(m) C)``."""
+    if mask is None:
+        return err.mean()
+    m = _mask_bhw1(name, mask, err)
+    denom = (m.sum() * err.shape[-1]).clamp_min(1e-8)
+    return (err * m).sum() / denom
+
+
+# -- pixel losses ------------------------------------------------------------------------------
+def l1_loss(x: Tensor, y: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Mean absolute error.
+
+    Args:
+        x, y: ``[B,H,W,C]`` images.
+        mask: optional ``[B,H,W]`` weights in 0..1; the mean is taken over the weighted pixels.
+
+    Returns:
+        Scalar tensor.
+    """
+    _check_images("l1_loss", x, y)
+    return _weighted_mean((x - y).abs(), mask, "l1_loss")
+
+
+def l2_loss(x: Tensor, y: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Mean squared error (the CoCo4D / DreamGaussian reference-view loss).
+
+    Args:
+        x, y: ``[B,H,W,C]`` images.
+        mask: optional ``[B,H,W]`` weights in 0..1.
+
+    Returns:
+        Scalar tensor.
+    """
+    _check_images("l2_loss", x, y)
+    return _weighted_mean((x - y).square(), mask, "l2_loss")
+
+
+# -- SSIM --------------------------------------------------------------------------------------
+def _gaussian_window(window: int, sigma: float, dtype: torch.dtype, device: torch.device) -> Tensor:
+    coords = torch.arange(window, dtype=torch.float64) - (window - 1) / 2.0
+    g = torch.exp(-(coords**2) / (2.0 * sigma**2))
+    return (g / g.sum()).to(dtype=dtype, device=device)
+
+
+def _filter(x: Tensor, g: Tensor, padding: str) -> Tensor:
+    """Separable depthwise Gaussian filter of ``x [B,C,H,W]``."""
+    c, w = x.shape[1], g.numel()
+    if padding == "reflect":
+        p = w // 2
+        x = F.pad(x, (p, p, p, p), mode="reflect")
+    kx = g.view(1, 1, 1, w).expand(c, 1, 1, w)
+    ky = g.view(1, 1, w, 1).expand(c, 1, w, 1)
+    return F.conv2d(F.conv2d(x, kx, groups=c), ky, groups=c)
+
+
+def ssim(
+    x: Tensor,
+    y: Tensor,
+    window: int = 11,
+    sigma: float = 1.5,
+    padding: Literal["valid", "reflect"] = "valid",
+    reduction: Literal["mean", "none"] = "mean",
+) -> Tensor:
+    """Structural similarity (Wang, Bovik, Sheikh, Simoncelli 2004, eq. 13).
+
+    ``SSIM = (2 mu_x mu_y + C1)(2 s_xy + C2) / ((mu_x^2 + mu_y^2 + C1)(s_x^2 + s_y^2 + C2))``
+    with Gaussian-weighted local statistics, ``C1 = 0.01^2``, ``C2 = 0.03^2`` (data range 1).
+
+    Args:
+        x, y: ``[B,H,W,C]`` images in 0..1.
+        window: odd window size in pixels.
+        sigma: standard deviation of the Gaussian window in pixels.
+        padding: ``"valid"`` (only windows inside the image; needs ``H, W >= window``) or
+            ``"reflect"`` (mirror the borders, full-size map; needs ``H, W > window // 2``).
+        reduction: ``"mean"`` -> scalar; ``"none"`` -> ``[B]`` per-image mean SSIM.
+
+    Returns:
+        Scalar or ``[B]`` tensor; 1 for identical images.
+    """
+    _check_images("ssim", x, y)
+    if window < 1 or window % 2 == 0:
+        raise ValueError(f"ssim: window must be a positive odd integer, got {window}")
+    if sigma <= 0:
+        raise ValueError(f"ssim: sigma must be > 0, got {sigma}")
+    if padding not in ("valid", "reflect"):
+        raise ValueError(f"ssim: padding must be 'valid' or 'reflect', got {padding!r}")
+    if reduction not in ("mean", "none"):
+        raise ValueError(f"ssim: reduction must be 'mean' or 'none', got {reduction!r}")
+    h, w = x.shape[1:3]
+    need = window if padding == "valid" else window // 2 + 1
+    if h < need or w < need:
+        raise ValueError(f"ssim: images of {h}x{w} are too small for a {window}-pixel window with "
+                         f"padding={padding!r} (need at least {need}x{need})")
+    xc = x.permute(0, 3, 1, 2)
+    yc = y.permute(0, 3, 1, 2)
+    g = _gaussian_window(window, sigma, x.dtype, x.device)
+    mu_x = _filter(xc, g, padding)
+    mu_y = _filter(yc, g, padding)
+    sxx = _filter(xc * xc, g, padding) - mu_x * mu_x
+    syy = _filter(yc * yc, g, padding) - mu_y * mu_y
+    sxy = _filter(xc * yc, g, padding) - mu_x * mu_y
+    num = (2 * mu_x * mu_y + SSIM_C1) * (2 * sxy + SSIM_C2)
+    den = (mu_x * mu_x + mu_y * mu_y + SSIM_C1) * (sxx + syy + SSIM_C2)
+    smap = num / den
+    return smap.mean() if reduction == "mean" else smap.flatten(1).mean(1)
+
+
+def dssim_loss(x: Tensor, y: Tensor, **kwargs) -> Tensor:
+    """Structural dissimilarity ``(1 - SSIM) / 2`` in [0, 1]; ``kwargs`` go to :func:`ssim`."""
+    return (1.0 - ssim(x, y, **kwargs)) / 2.0
+
+
+# -- silhouettes and geometry ------------------------------------------------------------------
+def mask_loss(alpha: Tensor, mask: Tensor, mode: Literal["mse", "bce"] = "mse") -> Tensor:
+    """Rendered alpha against a silhouette mask.
+
+    Args:
+        alpha: ``[B,H,W,1]`` (or ``[B,H,W]``) rendered opacity in 0..1.
+        mask: ``[B,H,W]`` (or ``[B,H,W,1]``) target in 0..1.
+        mode: ``"mse"`` (DreamGaussian's mask term) or ``"bce"`` (alpha clamped to ``[1e-6, 1-1e-6]``).
+
+    Returns:
+        Scalar tensor; zero (MSE) when ``alpha`` equals ``mask``.
+    """
+    if alpha.dim() == 3:
+        alpha = alpha[..., None]
+    if alpha.dim() != 4 or alpha.shape[-1] != 1:
+        raise ValueError(f"mask_loss: alpha must be [B,H,W,1], got {tuple(alpha.shape)}")
+    m = _mask_bhw1("mask_loss", mask, alpha)
+    if mode == "mse":
+        return (alpha - m).square().mean()
+    if mode == "bce":
+        eps = 1e-6
+        return F.binary_cross_entropy(alpha.clamp(eps, 1.0 - eps), m)
+    raise ValueError(f"mask_loss: mode must be 'mse' or 'bce', got {mode!r}")
+
+
+def depth_smoothness_loss(
+    depth: Tensor,
+    image: Tensor | None = None,
+    mask: Tensor | None = None,
+    edge_weight: float = 1.0,
+) -> Tensor:
+    """Edge-aware first-order depth smoothness (Godard et al. 2017, eq. 3; Diffusion4D §3.4).
+
+    ``mean(|d_x D| exp(-k |d_x I|)) + mean(|d_y D| exp(-k |d_y I|))`` with forward differences
+    and ``|d I|`` averaged over colour channels; without ``image`` the weights are 1.
+
+    Args:
+        depth: ``[B,H,W,1]`` (or ``[B,H,W]``) depth.
+        image: optional ``[B,H,W,C]`` guide image (the target frame).
+        mask: optional ``[B,H,W]`` weights; a difference counts where both pixels are inside.
+        edge_weight: ``k``, how strongly image edges relax the penalty.
+
+    Returns:
+        Scalar tensor; zero for constant depth.
+    """
+    if depth.dim() == 3:
+        depth = depth[..., None]
+    if depth.dim() != 4 or depth.shape[-1] != 1:
+        raise ValueError(f"depth_smoothness_loss: depth must be [B,H,W,1], got {tuple(depth.shape)}")
+    b, h, w = depth.shape[:3]
+    d = depth[..., 0]
+    dx = (d[:, :, 1:] - d[:, :, :-1]).abs()  # [B,H,W-1]
+    dy = (d[:, 1:, :] - d[:, :-1, :]).abs()  # [B,H-1,W]
+    if image is not None:
+        if image.dim() != 4 or tuple(image.shape[:3]) != (b, h, w):
+            raise ValueError(f"depth_smoothness_loss: image must be [B,H,W,C]=[{b},{h},{w},C], "
+                             f"got {tuple(image.shape)}")
+        img = image.to(d.dtype)
+        ix = (img[:, :, 1:] - img[:, :, :-1]).abs().mean(-1)
+        iy = (img[:, 1:, :] - img[:, :-1, :]).abs().mean(-1)
+        dx = dx * torch.exp(-edge_weight * ix)
+        dy = dy * torch.exp(-edge_weight * iy)
+    if mask is None:
+        return dx.mean() + dy.mean()
+    m = _mask_bhw1("depth_smoothness_loss", mask, depth)[..., 0]
+    mx = m[:, :, 1:] * m[:, :, :-1]
+    my = m[:, 1:, :] * m[:, :-1, :]
+    return (dx * mx).sum() / mx.sum().clamp_min(1e-8) + (dy * my).sum() / my.sum().clamp_min(1e-8)
+
+
+# -- metrics -----------------------------------------------------------------------------------
+def psnr(
+    x: Tensor,
+    y: Tensor,
+    mask: Tensor | None = None,
+    data_range: float = 1.0,
+    reduction: Literal["mean", "none"] = "mean",
+) -> Tensor:
+    """Peak signal-to-noise ratio ``10 log10(R^2 / MSE)`` per image, in dB.
+
+    Args:
+        x, y: ``[B,H,W,C]`` images.
+        mask: optional ``[B,H,W]`` weights; MSE over the weighted pixels of each image.
+        data_range: ``R``, the peak value (1 for ComfyUI images).
+        reduction: ``"mean"`` -> mean over the batch of per-image PSNR (the usual video
+            figure); ``"none"`` -> ``[B]``.
+
+    Returns:
+        Scalar or ``[B]`` tensor (``inf`` for identical images).
+    """
+    _check_images("psnr", x, y)
+    err = (x - y).square()
+    if mask is None:
+        mse = err.flatten(1).mean(1)
+    else:
+        m = _mask_bhw1("psnr", mask, err)
+        mse = (err * m).flatten(1).sum(1) / (m.flatten(1).sum(1) * err.shape[-1]).clamp_min(1e-8)
+    out = 10.0 * torch.log10(data_range**2 / mse)
+    if reduction == "none":
+        return out
+    if reduction == "mean":
+        return out.mean()
+    raise ValueError(f"psnr: reduction must be 'mean' or 'none', got {reduction!r}")
+
+
+# -- LPIPS -------------------------------------------------------------------------------------
+class LPIPSLoss(torch.nn.Module):
+    """LPIPS distance (Zhang et al. 2018) with weights from a local file only.
+
+    Build it with :meth:`maybe_create`; the network is frozen and in eval mode.
+
+    Args:
+        net: an ``lpips.LPIPS`` module (or any module ``net(x, y, normalize=False) -> [B,1,1,1]``
+            taking ``[B,3,H,W]`` images in -1..1).
+    """
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net.eval()
+        for p in self.net.parameters():
+            p.requires_grad_(False)
+
+    @classmethod
+    def maybe_create(cls, path: str | os.PathLike | None, net: str = "alex") -> "LPIPSLoss | None":
+        """LPIPS from a local state-dict file, or ``None`` when it cannot be had offline.
+
+        Args:
+            path: ``.safetensors`` or torch file holding the full ``lpips.LPIPS`` state dict
+                (backbone + linear heads). ``None``/``""`` switches LPIPS off.
+            net: backbone name the file was saved from: ``"alex"``, ``"vgg"`` or ``"squeeze"``.
+
+        Returns:
+            The loss module, or ``None`` (logging "LPIPS off: ..." once per reason) when no path
+            is given or the ``lpips`` package cannot be imported.
+
+        Raises:
+            ValueError: the path is not a file, or its keys do not match the chosen ``net``.
+        """
+        if path is None or str(path) == "":
+            _log_once("LPIPS off: no local LPIPS weights file given (weights are never downloaded)")
+            return None
+        try:
+            import lpips  # noqa: PLC0415 - optional, needs torchvision
+        except ImportError as exc:
+            _log_once(f"LPIPS off: the 'lpips' package is not importable ({exc}); install lpips "
+                      "and torchvision to use the LPIPS loss")
+            return None
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise ValueError(f"LPIPSLoss: weights path {path!r} is not a file; expected a full "
+                             "lpips.LPIPS state dict (.safetensors or torch.save)")
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file  # noqa: PLC0415 - optional
+
+            state = load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        # pretrained=False, pnet_rand=True: build the architecture without fetching anything.
+        model = lpips.LPIPS(net=net, pretrained=False, pnet_rand=True, verbose=False)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.endswith("shift") and not k.endswith("scale")]
+        if missing or unexpected:
+            raise ValueError(f"LPIPSLoss: {path!r} does not hold a full lpips.LPIPS(net={net!r}) state dict "
+                             f"(missing {missing[:4]}{'...' if len(missing) > 4 else ''}, unexpected "
+                             f"{list(unexpected)[:4]}); a linear-heads-only file is not enough offline")
+        return cls(model)
+
+    def forward(self, x: Tensor, y: Tensor) -> Tensor:
+        """Mean LPIPS distance of ``[B,H,W,3]`` images in 0..1 (scalar)."""
+        _check_images("LPIPSLoss", x, y)
+        p = next(self.net.parameters(), None)
+        if p is not None and p.device != x.device:
+            self.net.to(x.device)
+        xc = x.permute(0, 3, 1, 2) * 2.0 - 1.0
+        yc = y.permute(0, 3, 1, 2) * 2.0 - 1.0
+        return self.net(xc, yc, normalize=False).mean()
+
+
+# -- combined ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ReconstructionLoss:
+    """Weighted photometric / silhouette / geometry loss for one rendered batch.
+
+    ``total = l1 L1 + l2 L2 + dssim (1-SSIM)/2 + mask L_mask + depth_smoothness L_depth + lpips LPIPS``.
+
+    Attributes:
+        l1, l2, dssim, mask, depth_smoothness, lpips: non-negative weights (0 skips a term).
+        mask_mode: ``"mse"`` or ``"bce"`` for the silhouette term.
+        lpips_path: local LPIPS weights file (see :class:`LPIPSLoss`); when LPIPS is off the
+            term is skipped and logged once.
+        lpips_net: backbone the LPIPS file was saved from.
+        mask_rgb: weight the colour terms (L1, L2) with the target mask when one is given.
+    """
+
+    l1: float = 1.0
+    l2: float = 0.0
+    dssim: float = 0.2
+    mask: float = 0.0
+    depth_smoothness: float = 0.0
+    lpips: float = 0.0
+    mask_mode: str = "mse"
+    lpips_path: str | None = None
+    lpips_net: str = "alex"
+    mask_rgb: bool = False
+    _lpips_cache: list = field(default_factory=list, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        for name in ("l1", "l2", "dssim", "mask", "depth_smoothness", "lpips"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"ReconstructionLoss: weight {name} must be a finite number >= 0, got {value!r}")
+        if self.mask_mode not in ("mse", "bce"):
+            raise ValueError(f"ReconstructionLoss: mask_mode must be 'mse' or 'bce', got {self.mask_mode!r}")
+
+    def _lpips_module(self) -> LPIPSLoss | None:
+        if not self._lpips_cache:
+            self._lpips_cache.append(LPIPSLoss.maybe_create(self.lpips_path, self.lpips_net))
+        return self._lpips_cache[0]
+
+    def __call__(
+        self, rendered: dict[str, Tensor], target: Tensor, mask: Tensor | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Evaluate the weighted loss.
+
+        Args:
+            rendered: ``{"rgb": [B,H,W,3], "alpha": [B,H,W,1] (for mask), "depth": [B,H,W,1]
+                (for depth_smoothness)}``.
+            target: ``[B,H,W,3]`` target frames.
+            mask: optional ``[B,H,W]`` target silhouette (needed when ``mask > 0``).
+
+        Returns:
+            ``(total, parts)``: scalar total with gradients, and the weighted terms by name
+            (detached; they sum to ``total``).
+
+        Raises:
+            ValueError: a needed entry is missing from ``rendered`` or ``mask`` is absent.
+        """
+        if not isinstance(rendered, dict) or "rgb" not in rendered:
+            raise ValueError("ReconstructionLoss: rendered must be a dict with at least 'rgb' [B,H,W,3]")
+        rgb = rendered["rgb"]
+        pixel_mask = mask if (self.mask_rgb and mask is not None) else None
+        terms: dict[str, Tensor] = {}
+        if self.l1 > 0:
+            terms["l1"] = self.l1 * l1_loss(rgb, target, pixel_mask)
+        if self.l2 > 0:
+            terms["l2"] = self.l2 * l2_loss(rgb, target, pixel_mask)
+        if self.dssim > 0:
+            terms["dssim"] = self.dssim * dssim_loss(rgb, target)
+        if self.mask > 0:
+            if mask is None or "alpha" not in rendered:
+                raise ValueError("ReconstructionLoss: mask weight > 0 needs rendered['alpha'] and a target mask")
+            terms["mask"] = self.mask * mask_loss(rendered["alpha"], mask, self.mask_mode)
+        if self.depth_smoothness > 0:
+            if "depth" not in rendered:
+                raise ValueError("ReconstructionLoss: depth_smoothness weight > 0 needs rendered['depth']")
+            terms["depth_smoothness"] = self.depth_smoothness * depth_smoothness_loss(rendered["depth"], target)
+        if self.lpips > 0:
+            module = self._lpips_module()
+            if module is not None:
+                terms["lpips"] = self.lpips * module(rgb, target)
+        if terms:
+            total = torch.stack(list(terms.values())).sum()
+        else:
+            total = rgb.sum() * 0.0
+        return total, {k: v.detach() for k, v in terms.items()}

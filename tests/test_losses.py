@@ -1,0 +1,268 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Losses and metrics (core/losses.py) against independent float64 maths and known values."""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import types
+
+import numpy as np
+import pytest
+import torch
+from gen4d.core import losses as L
+from numpy.lib.stride_tricks import sliding_window_view
+
+
+def reference_ssim(x: np.ndarray, y: np.ndarray, window: int = 11, sigma: float = 1.5, reflect: bool = False) -> float:
+    """Direct float64 SSIM: explicit 2D Gaussian window over every local patch (Wang et al. 2004)."""
+    x = x.astype(np.float64)
+    y = y.astype(np.float64)
+    r = np.arange(window) - (window - 1) / 2
+    g = np.exp(-(r**2) / (2 * sigma**2))
+    w2 = np.outer(g, g)
+    w2 /= w2.sum()
+    c1, c2 = 0.01**2, 0.03**2
+    values = []
+    for b in range(x.shape[0]):
+        for c in range(x.shape[-1]):
+            a, bb = x[b, :, :, c], y[b, :, :, c]
+            if reflect:
+                p = window // 2
+                a, bb = np.pad(a, p, mode="reflect"), np.pad(bb, p, mode="reflect")
+            pa = sliding_window_view(a, (window, window))  # [H',W',w,w]
+            pb = sliding_window_view(bb, (window, window))
+            mu_a = (pa * w2).sum((-1, -2))
+            mu_b = (pb * w2).sum((-1, -2))
+            va = (((pa - mu_a[..., None, None]) ** 2) * w2).sum((-1, -2))
+            vb = (((pb - mu_b[..., None, None]) ** 2) * w2).sum((-1, -2))
+            cov = ((pa - mu_a[..., None, None]) * (pb - mu_b[..., None, None]) * w2).sum((-1, -2))
+            s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (va + vb + c2))
+            values.append(s)
+    return float(np.mean(np.stack(values)))
+
+
+@pytest.fixture
+def images():
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(2, 32, 32, 3, generator=g)
+    # y correlated with x so SSIM is well inside (0, 1).
+    y = (0.6 * x + 0.4 * torch.rand(2, 32, 32, 3, generator=g)).clamp(0, 1)
+    return x, y
+
+
+@pytest.mark.parametrize("padding", ["valid", "reflect"])
+def test_ssim_matches_float64_reference(images, padding):
+    x, y = images
+    ours = L.ssim(x, y, padding=padding)
+    ref = reference_ssim(x.numpy(), y.numpy(), reflect=padding == "reflect")
+    assert 0.05 < ref < 0.95
+    assert abs(float(ours) - ref) <= 1e-5
+
+
+def test_ssim_identical_is_one_and_falls_with_noise(images):
+    x, _ = images
+    assert float(L.ssim(x, x)) == pytest.approx(1.0, abs=1e-6)
+    assert float(L.ssim(x, x, padding="reflect")) == pytest.approx(1.0, abs=1e-6)
+    g = torch.Generator().manual_seed(2)
+    noise = torch.randn(x.shape, generator=g)
+    values = [float(L.ssim(x, x + s * noise)) for s in (0.01, 0.05, 0.1, 0.3)]
+    assert all(a > b for a, b in zip(values, values[1:])), values
+    assert values[0] < 1.0 - 1e-4
+
+
+def test_ssim_per_image_and_dssim(images):
+    x, y = images
+    per = L.ssim(x, y, reduction="none")
+    assert per.shape == (2,)
+    assert float(per.mean()) == pytest.approx(float(L.ssim(x, y)), abs=1e-6)
+    # Image 0 identical, image 1 not: per-image SSIM tells them apart.
+    mixed = torch.stack([x[0], y[1]])
+    per = L.ssim(x, mixed, reduction="none")
+    assert float(per[0]) == pytest.approx(1.0, abs=1e-6) and float(per[1]) < 0.95
+    assert float(L.dssim_loss(x, y)) == pytest.approx((1 - float(L.ssim(x, y))) / 2, abs=1e-7)
+
+
+def test_ssim_gradient_and_errors(images):
+    x, y = images
+    x = x.clone().requires_grad_(True)
+    L.dssim_loss(x, y).backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="too small"):
+        L.ssim(torch.rand(1, 8, 8, 3), torch.rand(1, 8, 8, 3))
+    with pytest.raises(ValueError, match="same shape"):
+        L.ssim(torch.rand(1, 16, 16, 3), torch.rand(1, 16, 16, 1))
+    with pytest.raises(ValueError, match="odd"):
+        L.ssim(x.detach(), y, window=10)
+
+
+def test_l1_l2_with_and_without_mask():
+    x = torch.zeros(1, 4, 4, 3)
+    y = torch.zeros(1, 4, 4, 3)
+    y[:, :2] = 0.5  # top half off by 0.5
+    assert float(L.l1_loss(x, y)) == pytest.approx(0.25)
+    assert float(L.l2_loss(x, y)) == pytest.approx(0.125)
+    mask = torch.zeros(1, 4, 4)
+    mask[:, :2] = 1.0
+    assert float(L.l1_loss(x, y, mask)) == pytest.approx(0.5)
+    assert float(L.l2_loss(x, y, mask)) == pytest.approx(0.25)
+    assert float(L.l1_loss(x, y, 1.0 - mask)) == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="mask"):
+        L.l1_loss(x, y, torch.ones(1, 3, 4))
+
+
+def test_mask_loss():
+    g = torch.Generator().manual_seed(3)
+    mask = (torch.rand(2, 8, 8, generator=g) > 0.5).float()
+    assert float(L.mask_loss(mask[..., None], mask)) == 0.0
+    assert float(L.mask_loss(mask[..., None], mask, mode="bce")) < 1e-5
+    alpha = torch.full((2, 8, 8, 1), 0.5)
+    assert float(L.mask_loss(alpha, mask)) == pytest.approx(0.25)
+    assert float(L.mask_loss(alpha, mask, mode="bce")) == pytest.approx(math.log(2), rel=1e-5)
+    with pytest.raises(ValueError, match="mode"):
+        L.mask_loss(alpha, mask, mode="l1")
+
+
+def test_depth_smoothness():
+    b, h, w = 2, 16, 16
+    const = torch.full((b, h, w, 1), 2.5)
+    image = torch.rand(b, h, w, 3)
+    assert float(L.depth_smoothness_loss(const)) == 0.0
+    assert float(L.depth_smoothness_loss(const, image)) == 0.0
+    noisy = const + 0.1 * torch.randn(b, h, w, 1)
+    assert float(L.depth_smoothness_loss(noisy, image)) > 1e-3
+    # A ramp along x with slope a: |d_x d| = a everywhere, d_y = 0 -> loss a.
+    ramp = (0.05 * torch.arange(w, dtype=torch.float32)).expand(b, h, w)[..., None]
+    assert float(L.depth_smoothness_loss(ramp)) == pytest.approx(0.05, rel=1e-5)
+    # Edge awareness: a depth step aligned with an image edge costs less than one in a flat image.
+    step = torch.zeros(b, h, w, 1)
+    step[:, :, w // 2:] = 1.0
+    flat = torch.zeros(b, h, w, 3)
+    edge = step.expand(b, h, w, 3).clone()
+    plain = float(L.depth_smoothness_loss(step, flat))
+    aware = float(L.depth_smoothness_loss(step, edge))
+    assert aware == pytest.approx(plain * math.exp(-1.0), rel=1e-5)
+    # Mask: differences that straddle the masked-out half do not count.
+    mask = torch.zeros(b, h, w)
+    mask[:, :, : w // 2] = 1.0
+    assert float(L.depth_smoothness_loss(step, None, mask)) == 0.0
+
+
+def test_psnr_known_mse():
+    x = torch.rand(3, 8, 8, 3)
+    y = x + 0.1  # MSE 0.01 -> 20 dB
+    assert float(L.psnr(x, y)) == pytest.approx(20.0, abs=1e-3)
+    y2 = x.clone()
+    y2[1] += 0.01  # 40 dB for image 1
+    per = L.psnr(x, y2, reduction="none")
+    assert torch.isinf(per[0]) and float(per[1]) == pytest.approx(40.0, abs=1e-2)
+    assert float(L.psnr(x, x + 0.2, data_range=2.0)) == pytest.approx(20.0, abs=1e-3)
+    mask = torch.zeros(3, 8, 8)
+    mask[:, :4] = 1.0
+    y3 = x + 0.5
+    y3[:, :4] = x[:, :4] + 0.1
+    assert float(L.psnr(x, y3, mask)) == pytest.approx(20.0, abs=1e-3)
+
+
+def _rendered(b=2, h=16, w=16, grad=True):
+    g = torch.Generator().manual_seed(4)
+    out = {
+        "rgb": torch.rand(b, h, w, 3, generator=g),
+        "alpha": torch.rand(b, h, w, 1, generator=g),
+        "depth": torch.rand(b, h, w, 1, generator=g),
+    }
+    return {k: v.requires_grad_(grad) for k, v in out.items()}
+
+
+def test_reconstruction_loss_parts_sum_to_total():
+    rendered = _rendered()
+    target = torch.rand(2, 16, 16, 3)
+    mask = (torch.rand(2, 16, 16) > 0.5).float()
+    loss = L.ReconstructionLoss(l1=1.0, l2=0.5, dssim=0.2, mask=0.3, depth_smoothness=0.1)
+    total, parts = loss(rendered, target, mask)
+    assert set(parts) == {"l1", "l2", "dssim", "mask", "depth_smoothness"}
+    assert float(sum(parts.values())) == pytest.approx(float(total.detach()), rel=1e-6)
+    assert float(parts["l2"]) == pytest.approx(0.5 * float(L.l2_loss(rendered["rgb"].detach(), target)), rel=1e-6)
+    total.backward()
+    assert all(v.grad is not None and v.grad.abs().sum() > 0 for v in rendered.values())
+
+
+def test_reconstruction_loss_defaults_and_errors():
+    cfg = L.ReconstructionLoss()
+    assert (cfg.l1, cfg.l2, cfg.dssim, cfg.mask, cfg.depth_smoothness, cfg.lpips) == (1.0, 0.0, 0.2, 0.0, 0.0, 0.0)
+    rendered = _rendered(grad=False)
+    total, parts = cfg(rendered, rendered["rgb"].clone())
+    assert set(parts) == {"l1", "dssim"} and float(total) == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="mask"):
+        L.ReconstructionLoss(mask=1.0)(rendered, rendered["rgb"])
+    with pytest.raises(ValueError, match="depth"):
+        L.ReconstructionLoss(depth_smoothness=1.0)({"rgb": rendered["rgb"]}, rendered["rgb"])
+    with pytest.raises(ValueError, match="l1"):
+        L.ReconstructionLoss(l1=-1.0)
+
+
+def test_lpips_off_without_path_logs_once(caplog, monkeypatch):
+    monkeypatch.setattr(L, "_LOGGED", set())
+    with caplog.at_level(logging.INFO, logger=L.__name__):
+        assert L.LPIPSLoss.maybe_create(None) is None
+        assert L.LPIPSLoss.maybe_create("") is None
+        rendered = _rendered(grad=False)
+        total, parts = L.ReconstructionLoss(lpips=0.5)(rendered, torch.rand(2, 16, 16, 3))
+        assert "lpips" not in parts
+    messages = [r.getMessage() for r in caplog.records if r.getMessage().startswith("LPIPS off")]
+    assert len(messages) == 1
+
+
+def test_lpips_off_without_package(caplog, monkeypatch, tmp_path):
+    monkeypatch.setattr(L, "_LOGGED", set())
+    monkeypatch.setitem(sys.modules, "lpips", None)  # makes `import lpips` raise ImportError
+    weights = tmp_path / "lpips.pth"
+    torch.save({}, weights)
+    with caplog.at_level(logging.INFO, logger=L.__name__):
+        assert L.LPIPSLoss.maybe_create(weights) is None
+        assert L.LPIPSLoss.maybe_create(weights) is None
+    messages = [r.getMessage() for r in caplog.records if r.getMessage().startswith("LPIPS off")]
+    assert len(messages) == 1 and "lpips" in messages[0]
+
+
+class _FakeLPIPS(torch.nn.Module):
+    """Stands in for lpips.LPIPS: a conv feature distance with the same call signature."""
+
+    def __init__(self, net="alex", pretrained=True, pnet_rand=False, verbose=True):
+        super().__init__()
+        assert pretrained is False and pnet_rand is True  # nothing may be fetched
+        self.feat = torch.nn.Conv2d(3, 4, 3)
+        self.lin = torch.nn.Conv2d(4, 1, 1, bias=False)
+
+    def forward(self, x, y, normalize=False):
+        assert x.dim() == 4 and x.shape[1] == 3 and x.min() >= -1 and x.max() <= 1
+        d = (self.feat(x) - self.feat(y)).square()
+        return self.lin(d).mean((2, 3), keepdim=True)
+
+
+def test_lpips_wrapper_loads_local_state_dict(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "lpips", types.SimpleNamespace(LPIPS=_FakeLPIPS))
+    torch.manual_seed(5)
+    ref = _FakeLPIPS(pretrained=False, pnet_rand=True)
+    path = tmp_path / "lpips_alex.pth"
+    torch.save(ref.state_dict(), path)
+    module = L.LPIPSLoss.maybe_create(str(path))
+    assert isinstance(module, L.LPIPSLoss)
+    assert all(not p.requires_grad for p in module.parameters())
+    x, y = torch.rand(2, 12, 12, 3), torch.rand(2, 12, 12, 3)
+    expect = ref(x.permute(0, 3, 1, 2) * 2 - 1, y.permute(0, 3, 1, 2) * 2 - 1).mean()
+    assert float(module(x, y)) == pytest.approx(float(expect), rel=1e-6)
+    assert float(module(x, x)) == 0.0
+    rendered = {"rgb": x.clone().requires_grad_(True)}
+    loss = L.ReconstructionLoss(l1=0.0, dssim=0.0, lpips=1.0, lpips_path=str(path))
+    total, parts = loss(rendered, y)
+    assert set(parts) == {"lpips"} and float(total) == pytest.approx(float(expect), rel=1e-6)
+    total.backward()
+    assert rendered["rgb"].grad.abs().sum() > 0
+    # Wrong files are errors, not silent fallbacks.
+    torch.save({"lin.weight": torch.zeros(1, 4, 1, 1)}, tmp_path / "heads_only.pth")
+    with pytest.raises(ValueError, match="full"):
+        L.LPIPSLoss.maybe_create(tmp_path / "heads_only.pth")
+    with pytest.raises(ValueError, match="not a file"):
+        L.LPIPSLoss.maybe_create(tmp_path / "missing.pth")
