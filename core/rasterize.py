@@ -21,7 +21,7 @@ Design notes:
 
     Pixels outside a Gaussian's ``extent`` box always have ``alpha < 1/255``, so the tile
     binning below only affects speed, never values. Compositing is vectorised over all
-    (Gaussian, tile) intersections: each intersection is evaluated on the 16x16 pixels of its
+    (Gaussian, tile) intersections: each intersection is evaluated on the pixels of its
     tile, the per-pixel transmittance is a segmented cumulative sum of ``log(1 - alpha)`` in
     float64 (exact up to rounding, and differentiable), and colours are summed per tile with
     ``index_add``. Autograd supplies exact gradients for means, quats, scales, opacities and
@@ -45,8 +45,9 @@ ALPHA_THRESHOLD = 1.0 / 255.0
 TRANSMITTANCE_THRESHOLD = 1e-4
 MAX_ALPHA = 0.999
 MAX_EXTENT = 3.33
-# Intersections composited per step: bounds the [rows, 256] working set (~32 MB per float64 array).
-CHUNK_ROWS = 16384
+# Intersections composited per step: bounds the [rows, tile pixels] working set (~32 MB per float64
+# array with 8x8 tiles).
+CHUNK_ROWS = 65536
 _LOG_T_MIN = float(torch.log(torch.tensor(TRANSMITTANCE_THRESHOLD, dtype=torch.float64)))
 
 
@@ -140,7 +141,7 @@ def rasterize(
     sh_degree: int | None = None,
     backgrounds: Tensor | None = None,  # [C,D] or [D]
     render_depth: bool = True,
-    tile_size: int = 16,
+    tile_size: int = 8,
     return_projection: bool = False,
 ) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Projection]:
     """Render ``C`` images of ``N`` activated Gaussians.
@@ -155,7 +156,8 @@ def rasterize(
         near_plane, far_plane, eps2d: as gsplat.
         backgrounds: colour behind the splats, ``[C,D]`` or ``[D]`` (depth gets 0).
         render_depth: append expected depth as the last channel (gsplat "RGB+ED").
-        tile_size: tile edge in pixels.
+        tile_size: tile edge in pixels; it changes speed, never values (8 is about twice as fast
+            as gsplat's 16 on CPU: small Gaussians waste fewer pixel evaluations).
         return_projection: also return the :class:`Projection`; call ``means2d.retain_grad()``
             on it before backward to read the screen-space gradients densification uses.
 

@@ -140,6 +140,9 @@ def register_motion(cls: type[Motion]) -> type[Motion]:
 def motion_class(kind: str) -> type[Motion]:
     """The registered Motion class of ``kind``; ``ValueError`` listing the known kinds otherwise."""
     if kind not in _MOTIONS:
+        # Motion kinds defined in other core modules register on import.
+        from . import deformation  # noqa: F401
+    if kind not in _MOTIONS:
         raise ValueError(f"unknown motion kind {kind!r}; known kinds: {sorted(_MOTIONS)}")
     return _MOTIONS[kind]
 
