@@ -1,0 +1,308 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Dynamic fitting: a HexPlane deformation on canonical Gaussians, fit to posed frames over time.
+
+Public API:
+    DeformationFitConfig      CoCo4D foreground defaults (800 iterations, batch of 4 timestamps)
+    fit_deformation(...)      the deformation fit (CoCo4D §3.1 eqs. 3-4; Diffusion4D fine stage)
+    CoarseToFineConfig        Diffusion4D §3.4 stage lengths (5k coarse + 2k fine for 4DGS)
+    fit_coarse_to_fine(...)   coarse static fit on static + 4D orbits, then fine deformation fit
+
+Design notes:
+    Each step draws ``times_per_step`` frames, deforms the canonical set to all their times in one
+    pass of the field (``Deformation.forward_batch``), renders each at its own camera and adds:
+    the reconstruction loss (CoCo4D eq. 3, L2 on the frames, plus a silhouette term with masks),
+    the rigidity loss of Luiten et al. on k canonical neighbours (eq. 4), the HexPlane plane TV,
+    time-smoothness and time-plane L1 regularisers of 4DGS, and, with a guidance object, score
+    distillation at one of the drawn timestamps from poses around the object (eq. 4's SDS term).
+    The canonical Gaussians are frozen by default (CoCo4D: "we freeze parameters of the static
+    3D Gaussians"); Diffusion4D's fine stage trains them too (``freeze_canonical=False``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field, replace
+from typing import Callable
+
+import torch
+
+from . import regularizers as reg
+from .deformation import COCO4D_FOREGROUND_LR, Deformation, DeformationMotion, HexPlaneConfig, param_groups
+from .fit_static import (
+    FitDivergedError,
+    FitResult,
+    GaussianLearningRates,
+    RenderFn,
+    StaticFitConfig,
+    _check_finite,
+    _targets,
+    fit_static,
+    make_optimizer,
+    memory_guard,
+)
+from .gaussians import Gaussians
+from .guidance import Guidance, PoseSampling, sample_guidance_cameras
+from .losses import ReconstructionLoss
+from .views import PosedImages
+
+__all__ = [
+    "DeformationFitConfig",
+    "fit_deformation",
+    "CoarseToFineConfig",
+    "fit_coarse_to_fine",
+    "FitDivergedError",
+]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DeformationFitConfig:
+    """Settings of :func:`fit_deformation` (defaults: CoCo4D foreground, App. A Table 3).
+
+    Args:
+        iterations: optimisation steps (CoCo4D foreground 800).
+        times_per_step: timestamps per step (CoCo4D batch 4).
+        deformation_lr, grid_lr: Adam rates of the MLPs and the HexPlane planes.
+        hexplane: field settings; ``time_resolution=None`` follows the number of distinct frame
+            times (at most 64).
+        loss: reconstruction loss on the frames (eq. 3: L2; masks add a silhouette term).
+        rigidity_weight: weight of the local-rigidity loss (0 off); ``rigidity_k`` neighbours.
+        tv_weight, time_smoothness_weight, time_l1_weight: 4DGS plane regularisers.
+        freeze_canonical: keep the canonical Gaussians fixed (CoCo4D); False also trains them
+            at ``canonical_learning_rates`` (4DGS / Diffusion4D fine stage).
+        sds_weight, sds_every, pose_sampling: per-timestamp score distillation.
+        background: colour behind the splats and behind masked targets.
+        preview_every: preview interval for the callback (0 = never).
+        seed: seed of the field initialisation and of frame / pose sampling.
+    """
+
+    iterations: int = 800
+    times_per_step: int = 4
+    deformation_lr: float = COCO4D_FOREGROUND_LR[0]
+    grid_lr: float = COCO4D_FOREGROUND_LR[1]
+    hexplane: HexPlaneConfig = field(default_factory=lambda: HexPlaneConfig(time_resolution=25))
+    adapt_time_resolution: bool = True
+    loss: ReconstructionLoss = field(default_factory=lambda: ReconstructionLoss(l1=0.0, l2=1.0, dssim=0.0,
+                                                                                mask=1.0))
+    rigidity_weight: float = 1.0
+    rigidity_k: int = 8
+    tv_weight: float = 2e-4
+    time_smoothness_weight: float = 1e-3
+    time_l1_weight: float = 1e-4
+    freeze_canonical: bool = True
+    canonical_learning_rates: GaussianLearningRates = field(
+        default_factory=lambda: GaussianLearningRates(position=0.00016))
+    sds_weight: float = 1.0
+    sds_every: int = 1
+    pose_sampling: PoseSampling = field(default_factory=PoseSampling)
+    background: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    preview_every: int = 50
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.iterations < 1 or self.times_per_step < 1 or self.sds_every < 1 or self.rigidity_k < 1:
+            raise ValueError("DeformationFitConfig: iterations, times_per_step, sds_every and rigidity_k must be "
+                             f">= 1, got {self.iterations}, {self.times_per_step}, {self.sds_every}, "
+                             f"{self.rigidity_k}")
+        for name in ("rigidity_weight", "tv_weight", "time_smoothness_weight", "time_l1_weight", "sds_weight"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"DeformationFitConfig: {name} must be a finite number >= 0, got {value}")
+
+
+def _field_config(cfg: DeformationFitConfig, views: PosedImages) -> HexPlaneConfig:
+    if not cfg.adapt_time_resolution:
+        return cfg.hexplane
+    frames = int(torch.unique(views.times.detach().cpu()).numel())
+    return replace(cfg.hexplane, time_resolution=int(min(max(frames, 2), 64)))
+
+
+def fit_deformation(
+    canonical: Gaussians,
+    views: PosedImages,
+    render_fn: RenderFn,
+    config: DeformationFitConfig | None = None,
+    guidance: Guidance | None = None,
+    callback: Callable | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    device: torch.device | str | None = None,
+    deformation: Deformation | None = None,
+) -> FitResult:
+    """Fit a HexPlane deformation of ``canonical`` to frames seen at their cameras and times.
+
+    Args:
+        canonical: the static Gaussians to animate.
+        views: frames with cameras; ``cameras.times`` say which time each frame shows.
+        render_fn: renderer (``backends.render.render`` with ``screen_grads=True``).
+        config: settings (CoCo4D foreground defaults).
+        guidance: optional SDS guidance, evaluated at one drawn timestamp per SDS step.
+        callback: ``callback(step, total, preview)``.
+        should_stop: polled every step; True ends the fit early.
+        device: where to optimise (default: the canonical set's device).
+        deformation: continue from this module instead of a fresh (identity) one.
+
+    Returns:
+        :class:`FitResult` with ``gaussians`` = the canonical set (refined unless frozen) and
+        ``extra["motion"]`` = a :class:`DeformationMotion` ready for a ``Scene4D``.
+
+    Raises:
+        FitDivergedError: a loss went NaN/inf (names it and the step; carries the last good state).
+        ValueError: invalid inputs or out of memory.
+    """
+    cfg = config or DeformationFitConfig()
+    if not isinstance(views, PosedImages):
+        raise ValueError(f"fit_deformation: views must be PosedImages, got {type(views).__name__}")
+    if len(canonical) == 0:
+        raise ValueError("fit_deformation: the canonical Gaussian set is empty")
+    canonical.validate(check_finite=True)
+    dev = torch.device(device) if device is not None else canonical.device
+    views = views.to(dev)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    if deformation is None:
+        deformation = Deformation(_field_config(cfg, views), canonical.detach(), generator=gen)
+    deformation = deformation.to(dev).train()
+    groups = param_groups(deformation, cfg.deformation_lr, cfg.grid_lr)
+    optimizers = [torch.optim.Adam(groups, eps=1e-15)]
+    params = {k: torch.nn.Parameter(v.detach().clone().float().to(dev)) for k, v in canonical.tensors().items()}
+    if cfg.freeze_canonical:
+        for p in params.values():
+            p.requires_grad_(False)
+    else:
+        optimizers.append(make_optimizer(params, cfg.canonical_learning_rates))
+    background = torch.tensor(cfg.background, dtype=torch.float32, device=dev)
+    knn_index = reg.knn(params["means"].detach(), min(cfg.rigidity_k, len(canonical) - 1)) \
+        if cfg.rigidity_weight > 0 and len(canonical) > 1 else None
+
+    def snapshot(step: int) -> FitResult:
+        motion = DeformationMotion(_copy_module(deformation))
+        return FitResult(Gaussians(**{k: v.detach().clone() for k, v in params.items()}), steps=step,
+                         extra={"motion": motion})
+
+    result, last_good = snapshot(0), snapshot(0)
+    with memory_guard("fit_deformation", lambda: len(canonical)):
+        for step in range(cfg.iterations):
+            if should_stop is not None and should_stop():
+                result.stopped = True
+                break
+            index = torch.randperm(len(views), generator=gen)[: cfg.times_per_step].to(dev)
+            times = views.times[index]
+            base = Gaussians(**params)
+            deformed = deformation.forward_batch(base, times)
+            outs = [render_fn(g, views.cameras[index[i : i + 1]], background) for i, g in enumerate(deformed)]
+            rendered = {key: torch.cat([getattr(o, key) for o in outs]) for key in ("rgb", "alpha", "depth")}
+            target, masks = _targets(views, index, background)
+            total, parts = cfg.loss(rendered, target, masks)
+            terms = dict(parts)
+            if knn_index is not None:
+                stacked_means = torch.stack([g.means for g in deformed])
+                stacked_quats = torch.stack([g.quats for g in deformed])
+                rigid = cfg.rigidity_weight * reg.rigidity_loss(
+                    base.means, stacked_means, knn_index, canonical_quats=base.quats, deformed_quats=stacked_quats)
+                terms["rigidity"] = rigid.detach()
+                total = total + rigid
+            for name, weight, fn in (("tv", cfg.tv_weight, reg.plane_tv_loss),
+                                     ("time_smoothness", cfg.time_smoothness_weight, reg.time_smoothness_loss),
+                                     ("time_l1", cfg.time_l1_weight, reg.time_l1_loss)):
+                if weight > 0:
+                    value = weight * fn(deformation)
+                    terms[name] = value.detach()
+                    total = total + value
+            if guidance is not None and cfg.sds_weight > 0 and step % cfg.sds_every == 0:
+                k = int(torch.randint(0, len(deformed), (1,), generator=gen))
+                t = float(times[k])
+                cams = sample_guidance_cameras(cfg.pose_sampling, t, gen).to(dev)
+                sds_out = render_fn(deformed[k], cams, background)
+                sds = cfg.sds_weight * guidance.sds_loss(sds_out.rgb, cams, t, step / max(cfg.iterations - 1, 1))
+                terms["sds"] = sds.detach()
+                total = total + sds
+            _check_finite({**terms, "total": total.detach()}, step, "fit_deformation", last_good)
+            for opt in optimizers:
+                opt.zero_grad(set_to_none=True)
+            total.backward()
+            for opt in optimizers:
+                opt.step()
+            record = {k: float(v) for k, v in terms.items()}
+            record.update(step=step, total=float(total.detach()))
+            result.history.append(record)
+            result.steps = step + 1
+            if (step + 1) % 10 == 0 or step + 1 == cfg.iterations:
+                last_good = snapshot(step + 1)
+            if callback is not None:
+                preview = None
+                if cfg.preview_every and ((step + 1) % cfg.preview_every == 0 or step + 1 == cfg.iterations):
+                    preview = rendered["rgb"][0].detach().clamp(0, 1)
+                callback(step + 1, cfg.iterations, preview)
+    final = snapshot(result.steps)
+    result.gaussians, result.extra = final.gaussians, final.extra
+    result.extra["motion"].deformation.eval()
+    return result
+
+
+def _copy_module(module: Deformation) -> Deformation:
+    clone = Deformation(module.config)
+    clone.load_state_dict({k: v.detach().clone() for k, v in module.state_dict().items()})
+    return clone.to(next(module.parameters()).device)
+
+
+@dataclass(frozen=True)
+class CoarseToFineConfig:
+    """Diffusion4D §3.4 / §4.1: 4DGS construction in two stages.
+
+    Args:
+        coarse: static fit on the static orbit and the 4D orbit together (5k iterations).
+        fine: deformation fit on the 4D orbit only (2k iterations; canonical trained too).
+    """
+
+    coarse: StaticFitConfig = field(default_factory=lambda: StaticFitConfig(
+        iterations=5000, views_per_step=4, loss=ReconstructionLoss(l1=1.0, dssim=0.0, mask=0.0,
+                                                                   depth_smoothness=0.0)))
+    fine: DeformationFitConfig = field(default_factory=lambda: DeformationFitConfig(
+        iterations=2000, loss=ReconstructionLoss(l1=1.0, l2=0.0, dssim=0.0, mask=0.0), rigidity_weight=0.0,
+        freeze_canonical=False))
+
+
+def fit_coarse_to_fine(
+    init: Gaussians,
+    orbit_4d: PosedImages,
+    render_fn: RenderFn,
+    static_orbit: PosedImages | None = None,
+    config: CoarseToFineConfig | None = None,
+    callback: Callable | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    device: torch.device | str | None = None,
+) -> FitResult:
+    """Coarse static Gaussians from every orbit view, then a deformation fit on the 4D orbit.
+
+    Args:
+        init: initial Gaussians (e.g. a sphere).
+        orbit_4d: the 4D orbit: views whose time advances with the azimuth.
+        render_fn: renderer.
+        static_orbit: the static orbit at time 0 (Diffusion4D's ``V'``), merged into the coarse
+            stage; optional.
+        config: stage settings.
+        callback: progress over both stages, ``callback(step, total, preview)``.
+        should_stop: early stop for either stage.
+        device: where to optimise.
+
+    Returns:
+        The fine stage's :class:`FitResult` (``extra["motion"]``, ``extra["coarse"]`` the coarse result).
+    """
+    cfg = config or CoarseToFineConfig()
+    coarse_views = orbit_4d if static_orbit is None else PosedImages.cat([static_orbit, orbit_4d])
+    total = cfg.coarse.iterations + cfg.fine.iterations
+
+    def shifted(offset: int):
+        if callback is None:
+            return None
+        return lambda step, _total, preview=None: callback(offset + step, total, preview)
+
+    coarse = fit_static(init, coarse_views, render_fn, cfg.coarse, None, shifted(0), should_stop, device)
+    if coarse.stopped:
+        coarse.extra["coarse"] = coarse
+        return coarse
+    fine = fit_deformation(coarse.gaussians, orbit_4d, render_fn, cfg.fine, None, shifted(cfg.coarse.iterations),
+                           should_stop, device)
+    fine.extra["coarse"] = coarse
+    return fine

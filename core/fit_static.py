@@ -1,0 +1,327 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Static 3D Gaussian fitting: posed images (one seen view or many) plus optional score distillation.
+
+Public API:
+    GaussianLearningRates     CoCo4D Table 3 per-parameter learning rates
+    StaticFitConfig           iterations, losses, densification, SDS weight and pose sampling
+    FitResult                 the fitted set, per-step history, how the fit ended
+    FitDivergedError          a loss went NaN/inf: names the loss and step, carries the last good state
+    fit_static(init, views, config, guidance=None, callback=None, should_stop=None) -> FitResult
+
+Design notes:
+    CoCo4D §3.1 eqs. (1)-(2): the seen view is fit with an L2 reconstruction loss while SDS
+    (Zero123 for objects, Stable Diffusion for scenes; ``core.guidance.Guidance``) shapes unseen
+    views rendered from poses around the object. Diffusion4D §3.4's coarse stage is the same
+    loop over many posed views and no guidance. Adam with CoCo4D's per-parameter learning rates
+    (position decays exponentially), densification every 100 steps (``core.densify``) and an
+    optional activated-scale clamp (CoCo4D background: 0.2). ``core`` never imports
+    ``backends``, so the renderer is injected (``render_fn``; the nodes pass
+    ``backends.render.render``), which also lets tests swap it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from . import densify as dens
+from .cameras import Cameras
+from .gaussians import Gaussians
+from .guidance import Guidance, PoseSampling, sample_guidance_cameras
+from .losses import ReconstructionLoss, psnr
+from .views import PosedImages
+
+__all__ = [
+    "GaussianLearningRates",
+    "StaticFitConfig",
+    "FitResult",
+    "FitDivergedError",
+    "RenderFn",
+    "fit_static",
+    "evaluate",
+    "scene_extent",
+    "make_optimizer",
+    "memory_guard",
+]
+
+logger = logging.getLogger(__name__)
+
+# render_fn(gaussians, cameras, background [3]) -> object with rgb [C,H,W,3], alpha [C,H,W,1],
+# depth [C,H,W,1], means2d [C,N,2] (retain_grad set) and radii [C,N,2].
+RenderFn = Callable[[Gaussians, Cameras, Tensor], object]
+PARAM_NAMES = ("means", "quats", "log_scales", "logit_opacities", "sh")
+
+
+@dataclass(frozen=True)
+class GaussianLearningRates:
+    """Adam learning rates per parameter (CoCo4D App. A Table 3).
+
+    ``position`` decays log-linearly to ``position * position_final_ratio`` over the fit.
+    """
+
+    feature: float = 0.01
+    position: float = 0.001
+    position_final_ratio: float = 0.01
+    scaling: float = 0.005
+    opacity: float = 0.05
+    rotation: float = 0.005
+
+
+@dataclass(frozen=True)
+class StaticFitConfig:
+    """Settings of :func:`fit_static` (defaults: CoCo4D foreground, App. A Table 3).
+
+    Args:
+        iterations: optimisation steps (CoCo4D foreground 1000, background 300).
+        views_per_step: posed images rendered per step (all of them when fewer).
+        learning_rates: per-parameter Adam learning rates.
+        loss: reconstruction loss on posed views (CoCo4D eq. 1 is L2; with masks, a silhouette
+            term keeps the object's outline).
+        densify: adaptive density control; ``None`` turns it off.
+        max_scale: clamp on activated scales after each step (CoCo4D background: 0.2).
+        sds_weight: weight of the guidance loss (eq. 2); used only with a guidance object.
+        sds_every: take an SDS step every this many iterations.
+        pose_sampling: where SDS views are rendered from (radius 2.5, 10° azimuth grid, batch 4).
+        background: colour behind the splats, and behind masked targets.
+        preview_every: send a preview image to the callback this often (0 = never).
+        seed: seed of view and pose sampling and of densification.
+    """
+
+    iterations: int = 1000
+    views_per_step: int = 1
+    learning_rates: GaussianLearningRates = field(default_factory=GaussianLearningRates)
+    loss: ReconstructionLoss = field(default_factory=lambda: ReconstructionLoss(l1=0.0, l2=1.0, dssim=0.0,
+                                                                                mask=1.0))
+    densify: dens.DensifyConfig | None = field(default_factory=dens.DensifyConfig)
+    max_scale: float | None = None
+    sds_weight: float = 1.0
+    sds_every: int = 1
+    pose_sampling: PoseSampling = field(default_factory=PoseSampling)
+    background: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    preview_every: int = 50
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.iterations < 1 or self.views_per_step < 1 or self.sds_every < 1:
+            raise ValueError(f"StaticFitConfig: iterations, views_per_step and sds_every must be >= 1, got "
+                             f"{self.iterations}, {self.views_per_step}, {self.sds_every}")
+        if self.max_scale is not None and self.max_scale <= 0:
+            raise ValueError(f"StaticFitConfig: max_scale must be positive or None, got {self.max_scale}")
+        if not math.isfinite(self.sds_weight) or self.sds_weight < 0:
+            raise ValueError(f"StaticFitConfig: sds_weight must be a finite number >= 0, got {self.sds_weight}")
+
+
+@dataclass
+class FitResult:
+    """Outcome of a fit.
+
+    Attributes:
+        gaussians: the fitted set (detached).
+        history: one dict per step with the loss terms (floats) and the Gaussian count.
+        steps: steps completed.
+        stopped: True when ``should_stop`` ended the fit early.
+        extra: fit-specific outputs (a deformation module, trajectories, ...).
+    """
+
+    gaussians: Gaussians
+    history: list[dict] = field(default_factory=list)
+    steps: int = 0
+    stopped: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+class FitDivergedError(ValueError):
+    """A loss became NaN or inf; ``result`` holds the last state whose losses were finite."""
+
+    def __init__(self, message: str, result: FitResult):
+        super().__init__(message)
+        self.result = result
+
+
+def make_optimizer(params: dict[str, torch.nn.Parameter], lrs: GaussianLearningRates) -> torch.optim.Adam:
+    """Adam over the Gaussian parameters, one group per parameter with its learning rate."""
+    rate = {"means": lrs.position, "quats": lrs.rotation, "log_scales": lrs.scaling,
+            "logit_opacities": lrs.opacity, "sh": lrs.feature}
+    groups = [{"params": [params[name]], "lr": rate[name], "name": name} for name in PARAM_NAMES]
+    return torch.optim.Adam(groups, lr=lrs.position, eps=1e-15)
+
+
+def _as_params(gaussians: Gaussians) -> dict[str, torch.nn.Parameter]:
+    return {name: torch.nn.Parameter(getattr(gaussians, name).detach().clone().float()) for name in PARAM_NAMES}
+
+
+def _to_gaussians(params: dict[str, torch.nn.Parameter]) -> Gaussians:
+    return Gaussians(**{name: params[name] for name in PARAM_NAMES})
+
+
+def scene_extent(views: PosedImages, gaussians: Gaussians) -> float:
+    """Radius of the camera centres around their mean, or of the Gaussians when cameras coincide."""
+    centers = views.cameras.centers
+    radius = (centers - centers.mean(0)).norm(dim=-1).max().item()
+    if radius < 1e-6:
+        means = gaussians.means.detach()
+        radius = (means - means.mean(0)).norm(dim=-1).max().item()
+    return max(radius * 1.1, 1e-3)
+
+
+class memory_guard:
+    """Turn an out-of-memory error into a ``ValueError`` with the Gaussian count and a suggested cap."""
+
+    def __init__(self, what: str, count: Callable[[], int]):
+        self.what, self.count = what, count
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc is None:
+            return False
+        oom = isinstance(exc, torch.cuda.OutOfMemoryError) or (
+            isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
+        if oom:
+            n = self.count()
+            raise ValueError(f"{self.what}: ran out of memory with {n} Gaussians; cap the count "
+                             f"(max_gaussians about {max(n // 2, 1000)}), lower the resolution or the "
+                             f"views per step") from exc
+        return False
+
+
+def _check_finite(terms: dict[str, Tensor], step: int, who: str, last_good: FitResult) -> None:
+    for name, value in terms.items():
+        if not torch.isfinite(value).all():
+            raise FitDivergedError(f"{who}: loss '{name}' became {value.item()} at step {step}; the last "
+                                   f"state with finite losses (step {last_good.steps}) is kept in the error",
+                                   last_good)
+
+
+def _targets(views: PosedImages, index: Tensor, background: Tensor) -> tuple[Tensor, Tensor | None]:
+    """Target images with masked-out pixels replaced by the background (the render's background)."""
+    images = views.images[index]
+    if views.masks is None:
+        return images, None
+    masks = views.masks[index]
+    return images * masks[..., None] + background * (1.0 - masks[..., None]), masks
+
+
+def fit_static(
+    init: Gaussians,
+    views: PosedImages,
+    render_fn: RenderFn,
+    config: StaticFitConfig | None = None,
+    guidance: Guidance | None = None,
+    callback: Callable | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    device: torch.device | str | None = None,
+) -> FitResult:
+    """Fit static Gaussians to posed images, optionally with score distillation.
+
+    Args:
+        init: initial Gaussians (sphere init for objects, back-projected depth for scenes).
+        views: supervision; a single seen view is the CoCo4D setting, an orbit the Diffusion4D one.
+        render_fn: renderer (``backends.render.render`` with ``screen_grads=True``).
+        config: settings; defaults are CoCo4D's foreground.
+        guidance: optional SDS guidance (``core.guidance.Guidance``).
+        callback: ``callback(step, total, preview)`` with an optional ``[H,W,3]`` preview.
+        should_stop: polled every step; True ends the fit early with the current state.
+        device: where to optimise (default: where ``init`` lives).
+
+    Returns:
+        :class:`FitResult`.
+
+    Raises:
+        FitDivergedError: a loss went NaN/inf (names it and the step; carries the last good state).
+        ValueError: invalid inputs, or out of memory (with the count and a suggested cap).
+    """
+    cfg = config or StaticFitConfig()
+    if not isinstance(views, PosedImages):
+        raise ValueError(f"fit_static: views must be PosedImages, got {type(views).__name__}")
+    if len(init) == 0:
+        raise ValueError("fit_static: the initial Gaussian set is empty")
+    init.validate(check_finite=True)
+    dev = torch.device(device) if device is not None else init.device
+    views = views.to(dev)
+    params = {k: torch.nn.Parameter(v.to(dev)) for k, v in _as_params(init).items()}
+    optimizer = make_optimizer(params, cfg.learning_rates)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    background = torch.tensor(cfg.background, dtype=torch.float32, device=dev)
+    dcfg = cfg.densify
+    if dcfg is not None and dcfg.total_iterations != cfg.iterations:
+        dcfg = dens.DensifyConfig(**{**dcfg.__dict__, "total_iterations": cfg.iterations})
+    state = dens.DensifyState()
+    extent = scene_extent(views, init)
+    lr0 = cfg.learning_rates.position
+    result = FitResult(init.detach().clone())
+    last_good = FitResult(init.detach().clone())
+    with memory_guard("fit_static", lambda: params["means"].shape[0]):
+        for step in range(cfg.iterations):
+            if should_stop is not None and should_stop():
+                result.stopped = True
+                break
+            for group in optimizer.param_groups:
+                if group.get("name") == "means":
+                    group["lr"] = dens.exponential_lr(step, lr0, lr0 * cfg.learning_rates.position_final_ratio,
+                                                      cfg.iterations)
+            gaussians = _to_gaussians(params)
+            index = _pick(len(views), cfg.views_per_step, gen).to(dev)
+            target, masks = _targets(views, index, background)
+            out = render_fn(gaussians, views.cameras[index], background)
+            total, parts = cfg.loss({"rgb": out.rgb, "alpha": out.alpha, "depth": out.depth}, target, masks)
+            terms = {**parts}
+            renders = [out]
+            if guidance is not None and cfg.sds_weight > 0 and step % cfg.sds_every == 0:
+                t = float(views.times[index[0]])
+                cams = sample_guidance_cameras(cfg.pose_sampling, t, gen).to(dev)
+                sds_out = render_fn(gaussians, cams, background)
+                sds = cfg.sds_weight * guidance.sds_loss(sds_out.rgb, cams, t, step / max(cfg.iterations - 1, 1))
+                total = total + sds
+                terms["sds"] = sds.detach()
+                renders.append(sds_out)
+            _check_finite({**terms, "total": total.detach()}, step, "fit_static", last_good)
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            if dcfg is not None:
+                for r in renders:
+                    if r.means2d is not None and r.means2d.grad is not None:
+                        dens.accumulate(state, r.means2d.grad, r.radii, r.rgb.shape[2], r.rgb.shape[1])
+            optimizer.step()
+            if dcfg is not None:
+                dens.step(params, optimizer, state, step + 1, dcfg, extent, gen)
+            if cfg.max_scale is not None:
+                dens.clamp_scales(params, cfg.max_scale)
+            record = {k: float(v) for k, v in terms.items()}
+            record.update(step=step, total=float(total.detach()), count=params["means"].shape[0])
+            result.history.append(record)
+            result.steps = step + 1
+            if (step + 1) % 10 == 0 or step + 1 == cfg.iterations:
+                last_good = FitResult(_to_gaussians(params).detach().clone(), steps=step + 1)
+            if callback is not None:
+                preview = None
+                if cfg.preview_every and ((step + 1) % cfg.preview_every == 0 or step + 1 == cfg.iterations):
+                    preview = out.rgb[0].detach().clamp(0, 1)
+                callback(step + 1, cfg.iterations, preview)
+    result.gaussians = _to_gaussians(params).detach()
+    return result
+
+
+def _pick(n: int, k: int, gen: torch.Generator) -> Tensor:
+    """``k`` distinct view indices (all views, in random order, when ``k >= n``)."""
+    return torch.randperm(n, generator=gen)[: min(k, n)]
+
+
+def evaluate(gaussians: Gaussians, views: PosedImages, render_fn: RenderFn,
+             background=(1.0, 1.0, 1.0)) -> dict[str, float]:
+    """PSNR (and mask IoU when views have masks) of a Gaussian set against posed images."""
+    bg = torch.tensor(background, dtype=torch.float32, device=gaussians.device)
+    with torch.no_grad():
+        out = render_fn(gaussians, views.cameras.to(gaussians.device), bg)
+        target, masks = _targets(views.to(gaussians.device), torch.arange(len(views)), bg)
+        scores = {"psnr": float(psnr(out.rgb.clamp(0, 1), target))}
+        if masks is not None:
+            pred, truth = out.alpha[..., 0] > 0.5, masks > 0.5
+            scores["mask_iou"] = float((pred & truth).sum() / (pred | truth).sum().clamp_min(1))
+    return scores
