@@ -28,7 +28,8 @@ from ..core.cameras import Cameras
 from ..core.gaussians import Gaussians
 from ..core.rasterize import rasterize
 
-__all__ = ["RenderOutput", "render", "render_scene", "available_backends", "resolve_backend", "BACKENDS"]
+__all__ = ["RenderOutput", "render", "render_scene", "training_render", "available_backends", "resolve_backend",
+           "BACKENDS"]
 
 logger = logging.getLogger(__name__)
 
@@ -214,3 +215,8 @@ def render_scene(
         order.append(idx)
     merged = RenderOutput.cat(outputs)
     return merged.reorder(torch.argsort(torch.cat(order)).to(merged.rgb.device))
+
+
+def training_render(gaussians: Gaussians, cameras: Cameras, background) -> RenderOutput:
+    """The ``render_fn`` of the fit loops: best backend, screen-space data kept for densification."""
+    return render(gaussians, cameras, background, screen_grads=True)

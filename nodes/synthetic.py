@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ..core.convert import DEPTH_MODES, depth_to_image, to_image, to_mask
 from ..core.scene import KeyframeMotion, Scene4D, ScenePart
-from ..synthetic import object_world, render, scene_world, surface_motion
+from ..synthetic import OracleGuidance, object_world, render, scene_world, surface_motion
 from . import host
 from . import types as T
 from .widgets import combo_in, float_in, int_in, seed_in, socket_in
@@ -21,14 +21,16 @@ class SyntheticWorld:
         "masks, depth, cameras, and the world as a 4D Gaussian scene."
     )
     CATEGORY = f"{T.CATEGORY}/synthetic"
-    RETURN_TYPES = (T.IMAGE, T.MASK, T.IMAGE, T.CAMERAS, T.SCENE)
-    RETURN_NAMES = ("images", "foreground_mask", "depth", "cameras", "gaussian_twin")
+    RETURN_TYPES = (T.IMAGE, T.MASK, T.IMAGE, T.CAMERAS, T.SCENE, T.GUIDANCE_MODEL)
+    RETURN_NAMES = ("images", "foreground_mask", "depth", "cameras", "gaussian_twin", "oracle_guidance")
     OUTPUT_TOOLTIPS = (
         "The world seen by the cameras, one image per camera at its time.",
         "Foreground (moving object) mask per image.",
         "Depth per image, encoded as chosen in depth_mode.",
         "The cameras used (the world's reference view over time unless cameras were given).",
         "The world as 4D Gaussians sampled on its surfaces, moving exactly like the world.",
+        "Score-distillation guidance answering from the world's ground truth (a weight-free stand-in for "
+        "Zero123 / SD guidance).",
     )
     FUNCTION = "build"
 
@@ -63,7 +65,8 @@ class SyntheticWorld:
         twin = build_twin(w, num_frames, twin_points, seed, fps)
         alpha = views["alpha"]
         return (to_image(views["rgb"]), to_mask(views["foreground"]),
-                depth_to_image(views["depth"][..., None], depth_mode, alpha[..., None]), cams, twin)
+                depth_to_image(views["depth"][..., None], depth_mode, alpha[..., None]), cams, twin,
+                OracleGuidance(w))
 
 
 def build_twin(world, num_frames: int, num_points: int, seed: int, fps: float) -> Scene4D:

@@ -1,0 +1,212 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Gen4D_StaticGaussians and Gen4D_DeformationFit: the optimisation stages of all three pipelines."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+
+import torch
+
+from ..backends.render import render, training_render
+from ..core.convert import check_image, check_mask, parse_color
+from ..core.densify import DensifyConfig
+from ..core.fit_dynamic import DeformationFitConfig, fit_deformation
+from ..core.fit_static import StaticFitConfig, fit_static
+from ..core.gaussians import sphere_init
+from ..core.guidance import PoseSampling
+from ..core.reference import reference_clip
+from ..core.scene import Scene4D, ScenePart
+from ..core.screen_trajectory import refine_trajectory
+from . import host
+from . import types as T
+from .widgets import bool_in, float_in, int_in, seed_in, socket_in, str_in
+
+logger = logging.getLogger(__name__)
+
+_S = StaticFitConfig()
+_D = DeformationFitConfig()
+
+_COMMON_OPTIONAL = {
+    "masks": socket_in(T.MASK, "Object masks per frame (e.g. from SAM2): add a silhouette loss and let the "
+                       "object be centred like CoCo4D."),
+    "cameras": socket_in(T.CAMERAS, "Cameras of the images (posed multi-view or orbit videos). Default: "
+                         "CoCo4D's seen view, elevation 0 at radius 2.5, fovy 49.1."),
+    "guidance": socket_in(T.GUIDANCE_MODEL, "Score-distillation guidance (Zero123 for objects, SD for scenes) "
+                          "for the views the images do not show."),
+}
+
+
+def _setup(images, masks, cameras, center, background):
+    frames = check_image(images, "images")
+    mask_t = None if masks is None else check_mask(masks, "masks", like=frames)
+    return reference_clip(frames, mask_t, cameras, center, tuple(parse_color(background).tolist()))
+
+
+def _stopped_or_done(result) -> None:
+    if result.stopped:
+        host.raise_if_interrupted()
+
+
+class StaticGaussians:
+    DESCRIPTION = (
+        "Fit static 3D Gaussians: to the first frame of a reference video from the seen view (CoCo4D §3.1, "
+        "eq. 1, with optional SDS guidance for unseen views, eq. 2) or to posed multi-view images such as an "
+        "orbit video (Diffusion4D coarse stage). Starts from a sphere of Gaussians or from given Gaussians."
+    )
+    CATEGORY = f"{T.CATEGORY}/optimize"
+    RETURN_TYPES = (T.GAUSSIANS,)
+    RETURN_NAMES = ("gaussians",)
+    OUTPUT_TOOLTIPS = ("The fitted static Gaussians.",)
+    FUNCTION = "fit"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "images": socket_in(T.IMAGE, "Reference video (only frame 0 is fitted unless cameras are given) or "
+                                    "posed images."),
+                "iterations": int_in(_S.iterations, 1, 100000, "Optimisation steps (CoCo4D foreground 1000, "
+                                     "background 300, Diffusion4D coarse 5000)."),
+                "num_points": int_in(5000, 100, 1_000_000, "Gaussians of the sphere init (CoCo4D: 5000)."),
+                "sphere_radius": float_in(0.5, 0.01, 100.0, "Radius of the sphere init in scene units."),
+                "views_per_step": int_in(4, 1, 64, "Posed images rendered per step (multi-view fits)."),
+                "sds_weight": float_in(_S.sds_weight, 0.0, 1000.0, "Weight of the guidance (SDS) loss."),
+                "densify": bool_in(True, "Clone/split/prune Gaussians every 100 steps (3DGS density control)."),
+                "max_scale": float_in(0.0, 0.0, 100.0, "Clamp Gaussian scales (CoCo4D background: 0.2); 0 = off."),
+                "center_object": bool_in(True, "With masks and no cameras: move the object to the image centre "
+                                         "(CoCo4D). Use the same setting in Deformation Fit."),
+                "background": str_in("#ffffff", "Background colour behind the object (#rrggbb)."),
+                "preview_every": int_in(_S.preview_every, 0, 100000, "Show a preview this often (0 = never)."),
+                "seed": seed_in(),
+            },
+            "optional": {
+                **_COMMON_OPTIONAL,
+                "init": socket_in(T.GAUSSIANS, "Start from these Gaussians instead of a sphere (e.g. lifted depth)."),
+            },
+        }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, background=None):
+        if background is None:
+            return True
+        try:
+            parse_color(background)
+        except ValueError as exc:
+            return str(exc)
+        return True
+
+    def fit(self, images, iterations, num_points, sphere_radius, views_per_step, sds_weight, densify, max_scale,
+            center_object, background, preview_every, seed, masks=None, cameras=None, guidance=None, init=None):
+        clip = _setup(images, masks, cameras, center_object, background)
+        views = clip.views if cameras is not None else clip.views.subset([0])
+        gen = torch.Generator().manual_seed(seed)
+        start = init if init is not None else sphere_init(num_points, sphere_radius, generator=gen)
+        loss = _S.loss if views.masks is not None else replace(_S.loss, mask=0.0)
+        config = replace(
+            _S, iterations=iterations, views_per_step=views_per_step, sds_weight=sds_weight, seed=seed,
+            densify=DensifyConfig(total_iterations=iterations) if densify else None, loss=loss,
+            max_scale=max_scale or None, background=tuple(parse_color(background).tolist()),
+            preview_every=preview_every,
+            pose_sampling=PoseSampling(width=min(views.cameras.width, 256), height=min(views.cameras.height, 256)),
+        )
+        progress = host.Progress(iterations)
+        with torch.inference_mode(False), torch.enable_grad():
+            result = fit_static(_fresh(start), views, training_render, config, guidance, progress,
+                                host.should_stop, host.compute_device())
+        _stopped_or_done(result)
+        return (result.gaussians.to("cpu"),)
+
+
+class DeformationFit:
+    DESCRIPTION = (
+        "Animate static Gaussians with a HexPlane deformation field fitted to a reference video (CoCo4D §3.1, "
+        "eqs. 3-4: frozen canonical Gaussians, rigidity loss, optional SDS per timestamp) or to a 4D orbit "
+        "video (Diffusion4D fine stage). With masks, the object's screen-space trajectory (shift and scale "
+        "per frame) is refined against the video. Outputs a 4D scene."
+    )
+    CATEGORY = f"{T.CATEGORY}/optimize"
+    RETURN_TYPES = (T.SCENE,)
+    RETURN_NAMES = ("scene",)
+    OUTPUT_TOOLTIPS = ("The animated scene: canonical Gaussians + deformation field (+ screen trajectory).",)
+    FUNCTION = "fit"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "gaussians": socket_in(T.GAUSSIANS, "Canonical Gaussians (from Static Gaussians)."),
+                "images": socket_in(T.IMAGE, "Reference video, one frame per time step (or posed frames)."),
+                "iterations": int_in(_D.iterations, 1, 100000, "Optimisation steps (CoCo4D 800, Diffusion4D "
+                                     "fine 2000)."),
+                "times_per_step": int_in(_D.times_per_step, 1, 64, "Timestamps per step (CoCo4D batch 4)."),
+                "rigidity_weight": float_in(_D.rigidity_weight, 0.0, 1000.0, "Local rigidity between neighbouring "
+                                            "Gaussians (Luiten et al.); 0 = off."),
+                "sds_weight": float_in(_D.sds_weight, 0.0, 1000.0, "Weight of the guidance (SDS) loss."),
+                "freeze_canonical": bool_in(_D.freeze_canonical, "Keep the canonical Gaussians fixed (CoCo4D); "
+                                            "off also refines them (4DGS / Diffusion4D fine stage)."),
+                "center_object": bool_in(True, "With masks and no cameras: centre the object like Static "
+                                         "Gaussians did, then learn the screen trajectory."),
+                "trajectory_iterations": int_in(50, 0, 10000, "Screen-trajectory refinement steps "
+                                                "(CoCo4D: 50 at lr 0.1); 0 keeps the centring trajectory."),
+                "fps": float_in(8.0, 0.1, 240.0, "Frame rate stored with the scene."),
+                "background": str_in("#ffffff", "Background colour behind the object (#rrggbb)."),
+                "preview_every": int_in(_D.preview_every, 0, 100000, "Show a preview this often (0 = never)."),
+                "seed": seed_in(),
+            },
+            "optional": dict(_COMMON_OPTIONAL),
+        }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, background=None):
+        return StaticGaussians.VALIDATE_INPUTS(background)
+
+    def fit(self, gaussians, images, iterations, times_per_step, rigidity_weight, sds_weight, freeze_canonical,
+            center_object, trajectory_iterations, fps, background, preview_every, seed, masks=None, cameras=None,
+            guidance=None):
+        clip = _setup(images, masks, cameras, center_object, background)
+        loss = _D.loss if clip.views.masks is not None else replace(_D.loss, mask=0.0)
+        config = replace(
+            _D, iterations=iterations, times_per_step=times_per_step, rigidity_weight=rigidity_weight,
+            sds_weight=sds_weight, freeze_canonical=freeze_canonical, loss=loss, seed=seed,
+            background=tuple(parse_color(background).tolist()), preview_every=preview_every,
+            pose_sampling=PoseSampling(width=min(clip.views.cameras.width, 256),
+                                       height=min(clip.views.cameras.height, 256)),
+        )
+        progress = host.Progress(iterations + trajectory_iterations)
+        device = host.compute_device()
+        with torch.inference_mode(False), torch.enable_grad():
+            result = fit_deformation(_fresh(gaussians), clip.views, training_render, config, guidance, progress,
+                                     host.should_stop, device)
+            _stopped_or_done(result)
+            canonical, motion = result.gaussians, result.extra["motion"]
+            trajectory = clip.trajectory
+            if trajectory is not None and trajectory_iterations > 0:
+                trajectory = _refine(canonical, motion, clip, trajectory_iterations)
+                progress(iterations + trajectory_iterations)
+        part = ScenePart("foreground", canonical.to("cpu"), motion.to("cpu"),
+                         None if trajectory is None else trajectory.as_dict())
+        return (Scene4D([part], num_frames=len(clip.frames), fps=fps),)
+
+
+def _fresh(gaussians):
+    """A copy outside ComfyUI's inference mode (tensors made there cannot be trained)."""
+    return gaussians.map(lambda t: t.detach().clone())
+
+
+def _refine(canonical, motion, clip, iterations):
+    """Render the centred object at every frame (black background = premultiplied) and refine."""
+    with torch.no_grad():
+        frames = [render(motion.apply(canonical, float(t)), clip.views.cameras[i])
+                  for i, t in enumerate(clip.views.times.tolist())]
+    alpha = torch.cat([f.alpha for f in frames])[..., 0].cpu()
+    rgb = torch.cat([f.rgb for f in frames]).cpu() / alpha[..., None].clamp_min(1e-6)
+    refined, losses = refine_trajectory(rgb, alpha, clip.frames, clip.masks, clip.trajectory, iterations)
+    logger.info("screen trajectory refined: loss %.3g -> %.3g", losses[0], losses[-1])
+    return refined
+
+
+NODES = {
+    "Gen4D_StaticGaussians": (StaticGaussians, "Gen4D Static Gaussians"),
+    "Gen4D_DeformationFit": (DeformationFit, "Gen4D Deformation Fit"),
+}
