@@ -314,7 +314,8 @@ def _grow(
         means = params["means"].detach()
         scales = torch.exp(params["log_scales"].detach()[split_idx])  # [S,3]
         rot = quat_to_rotmat(params["quats"].detach()[split_idx])  # [S,3,3]
-        noise = torch.randn((2, n_split, 3), generator=generator, device=means.device, dtype=means.dtype)
+        # Drawn on the CPU generator (reproducible on any device), then moved.
+        noise = torch.randn((2, n_split, 3), generator=generator).to(device=means.device, dtype=means.dtype)
         offsets = torch.einsum("sij,ksj->ksi", rot, noise * scales[None])  # [2,S,3]
         children_means = (means[split_idx][None] + offsets).reshape(2 * n_split, 3)
     src = torch.cat([clone_idx, split_idx, split_idx])  # rows the new entries come from

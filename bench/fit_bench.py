@@ -1,0 +1,175 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Fit-engine benchmarks at paper settings on the synthetic worlds (run on the GPU machine).
+
+Cases (pick with --case, default all):
+    static      object world, 24-view static orbit at 256², 1000 iterations; held-out PSNR
+                (target >= 30 dB).
+    orbital     Diffusion4D construction: static orbit + 4D orbit (24 views, view and time advance
+                together), coarse 5k + fine 2k; PSNR on held-out (view, time) pairs (target >= 27 dB).
+    coco4d_fg   CoCo4D foreground without guidance: seen view at 256², 1000 static iterations from a
+                5000-point sphere, then 800 deformation iterations at batch 4 (target < 30 s).
+
+Usage: python bench/fit_bench.py [--case static] [--scale 1.0] [--json out.json]
+``--scale`` multiplies every iteration count (quick checks on a CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from pack_loader import load_pack  # noqa: E402
+
+load_pack()
+from gen4d import synthetic  # noqa: E402
+from gen4d.backends.render import available_backends, render_scene, training_render  # noqa: E402
+from gen4d.core.cameras import Cameras, diffusion4d_orbit, intrinsics_from_fov, orbit_poses  # noqa: E402
+from gen4d.core.fit_dynamic import CoarseToFineConfig, DeformationFitConfig, fit_coarse_to_fine, fit_deformation  # noqa: E402,E501
+from gen4d.core.fit_static import StaticFitConfig, evaluate, fit_static  # noqa: E402
+from gen4d.core.gaussians import sphere_init  # noqa: E402
+from gen4d.core.losses import ReconstructionLoss, psnr  # noqa: E402
+from gen4d.core.reference import reference_clip  # noqa: E402
+from gen4d.core.scene import Scene4D, ScenePart  # noqa: E402
+from gen4d.core.views import PosedImages  # noqa: E402
+
+SIZE = 256
+WHITE = (1.0, 1.0, 1.0)
+
+
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _views(world, cameras: Cameras) -> PosedImages:
+    truth = synthetic.render(world, cameras, supersample=3)
+    return PosedImages(truth["rgb"], cameras, truth["foreground"])
+
+
+def _held_out(n: int, dynamic: bool) -> Cameras:
+    """Views between the training azimuths, off the training elevation, at in-between times."""
+    g = torch.Generator().manual_seed(123)
+    az = 7.5 + 15.0 * torch.randint(0, 24, (n,), generator=g).float()
+    el = torch.empty(n).uniform_(-15.0, 15.0, generator=g)
+    times = (az / 360.0).clamp(0, 1) if dynamic else torch.zeros(n)
+    K = intrinsics_from_fov(49.1, SIZE, SIZE).expand(n, 3, 3).clone()
+    return Cameras(orbit_poses(el, az, 2.0), K, SIZE, SIZE, times, 0.01, 100.0)
+
+
+class Timer:
+    def __enter__(self):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self.seconds = time.perf_counter() - self.start
+        self.peak_mib = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else float("nan")
+
+
+def case_static(scale: float) -> dict:
+    world = synthetic.object_world(0)
+    train = _views(world, diffusion4d_orbit(SIZE, SIZE, 24, dynamic=False))
+    test = _views(world, _held_out(8, dynamic=False))
+    iters = max(int(1000 * scale), 1)
+    cfg = StaticFitConfig(iterations=iters, views_per_step=4, preview_every=0,
+                          loss=ReconstructionLoss(l1=0.8, dssim=0.2, mask=0.5))
+    init = sphere_init(5000, 0.5, generator=torch.Generator().manual_seed(0))
+    with Timer() as t:
+        result = fit_static(init, train, training_render, cfg, device=_device())
+    score = evaluate(result.gaussians, test, training_render, WHITE)
+    return {"case": "static", "iterations": iters, "seconds": t.seconds, "it_per_s": iters / t.seconds,
+            "peak_mib": t.peak_mib, "gaussians": len(result.gaussians), "heldout_psnr": score["psnr"],
+            "heldout_mask_iou": score.get("mask_iou"), "target_psnr": 30.0}
+
+
+def case_orbital(scale: float) -> dict:
+    world = synthetic.object_world(0)
+    orbit_4d = _views(world, diffusion4d_orbit(SIZE, SIZE, 24, dynamic=True))
+    static = _views(world, diffusion4d_orbit(SIZE, SIZE, 24, dynamic=False))
+    test_cams = _held_out(12, dynamic=True)
+    test = synthetic.render(world, test_cams, supersample=3)["rgb"]
+    base = CoarseToFineConfig()
+    cfg = CoarseToFineConfig(
+        coarse=replace(base.coarse, iterations=max(int(5000 * scale), 1), preview_every=0),
+        fine=replace(base.fine, iterations=max(int(2000 * scale), 1), preview_every=0),
+    )
+    init = sphere_init(5000, 0.5, generator=torch.Generator().manual_seed(0))
+    with Timer() as t:
+        result = fit_coarse_to_fine(init, orbit_4d, training_render, static, cfg, device=_device())
+    scene = Scene4D([ScenePart("object", result.gaussians, result.extra["motion"])], 24, 8.0)
+    coarse = Scene4D.static(result.extra["coarse"].gaussians)
+    with torch.no_grad():
+        bg = torch.tensor(WHITE)
+        fine_rgb = render_scene(scene, test_cams, bg, device=_device()).rgb.clamp(0, 1).cpu()
+        coarse_rgb = render_scene(coarse, test_cams, bg, device=_device()).rgb.clamp(0, 1).cpu()
+    return {"case": "orbital", "coarse_iterations": cfg.coarse.iterations, "fine_iterations": cfg.fine.iterations,
+            "seconds": t.seconds, "peak_mib": t.peak_mib, "gaussians": len(result.gaussians),
+            "heldout_psnr": float(psnr(fine_rgb, test)), "coarse_only_psnr": float(psnr(coarse_rgb, test)),
+            "target_psnr": 27.0}
+
+
+def case_coco4d_fg(scale: float) -> dict:
+    world = synthetic.object_world(0)
+    truth = synthetic.render(world, world.reference_cameras(SIZE, SIZE, 16), supersample=3)
+    clip = reference_clip(truth["rgb"], truth["foreground"], center=True)
+    s_iters, d_iters = max(int(1000 * scale), 1), max(int(800 * scale), 1)
+    init = sphere_init(5000, 0.5, generator=torch.Generator().manual_seed(0))
+    with Timer() as t_static:
+        static = fit_static(init, clip.views.subset([0]), training_render,
+                            StaticFitConfig(iterations=s_iters, preview_every=0), device=_device())
+    with Timer() as t_dyn:
+        dynamic = fit_deformation(static.gaussians, clip.views, training_render,
+                                  DeformationFitConfig(iterations=d_iters, preview_every=0), device=_device())
+    scene = Scene4D([ScenePart("fg", dynamic.gaussians, dynamic.extra["motion"])], 16, 8.0)
+    with torch.no_grad():
+        out = render_scene(scene, clip.views.cameras, torch.tensor(WHITE), device=_device()).rgb.clamp(0, 1).cpu()
+    return {"case": "coco4d_fg", "static_iterations": s_iters, "deformation_iterations": d_iters,
+            "static_seconds": t_static.seconds, "deformation_seconds": t_dyn.seconds,
+            "total_seconds": t_static.seconds + t_dyn.seconds,
+            "peak_mib": max(t_static.peak_mib, t_dyn.peak_mib), "gaussians": len(dynamic.gaussians),
+            "seen_view_video_psnr": float(psnr(out, clip.views.images)), "target_seconds": 30.0}
+
+
+def _warm_up(device: torch.device) -> None:
+    g = sphere_init(100, 0.5).to(device)
+    cams = diffusion4d_orbit(32, 32, 2).to(device)
+    training_render(g.requires_grad_(True), cams, torch.ones(3, device=device)).rgb.sum().backward()
+
+
+CASES = {"static": case_static, "orbital": case_orbital, "coco4d_fg": case_coco4d_fg}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--case", choices=list(CASES), action="append")
+    ap.add_argument("--scale", type=float, default=1.0)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    device = _device()
+    name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
+    start = time.perf_counter()
+    _warm_up(device)  # gsplat's first use may JIT-compile its CUDA code: keep that out of the timings
+    print(f"device {name}, backends {available_backends()}, torch {torch.__version__}, "
+          f"warm-up {time.perf_counter() - start:.1f} s", flush=True)
+    results = []
+    for case in args.case or list(CASES):
+        row = CASES[case](args.scale)
+        results.append(row)
+        print(json.dumps(row), flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
