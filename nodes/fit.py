@@ -20,7 +20,7 @@ from ..core.scene import Scene4D, ScenePart
 from ..core.screen_trajectory import refine_trajectory
 from . import host
 from . import types as T
-from .widgets import bool_in, float_in, int_in, seed_in, socket_in, str_in
+from .widgets import bool_in, combo_in, float_in, int_in, seed_in, socket_in, str_in
 
 logger = logging.getLogger(__name__)
 
@@ -64,8 +64,9 @@ class StaticGaussians:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "images": socket_in(T.IMAGE, "Reference video (only frame 0 is fitted unless cameras are given) or "
-                                    "posed images."),
+                "images": socket_in(T.IMAGE, "Reference video or posed images (orbit videos)."),
+                "fit_frames": combo_in(("first", "all"), "first: the seen view of frame 0 (CoCo4D); all: every "
+                                       "image with its camera (multi-view / orbit fits, Diffusion4D coarse stage)."),
                 "iterations": int_in(_S.iterations, 1, 100000, "Optimisation steps (CoCo4D foreground 1000, "
                                      "background 300, Diffusion4D coarse 5000)."),
                 "num_points": int_in(5000, 100, 1_000_000, "Gaussians of the sphere init (CoCo4D: 5000)."),
@@ -96,10 +97,11 @@ class StaticGaussians:
             return str(exc)
         return True
 
-    def fit(self, images, iterations, num_points, sphere_radius, views_per_step, sds_weight, densify, max_scale,
-            center_object, background, preview_every, seed, masks=None, cameras=None, guidance=None, init=None):
+    def fit(self, images, fit_frames, iterations, num_points, sphere_radius, views_per_step, sds_weight, densify,
+            max_scale, center_object, background, preview_every, seed, masks=None, cameras=None, guidance=None,
+            init=None):
         clip = _setup(images, masks, cameras, center_object, background)
-        views = clip.views if cameras is not None else clip.views.subset([0])
+        views = clip.views if fit_frames == "all" else clip.views.subset([0])
         gen = torch.Generator().manual_seed(seed)
         start = init if init is not None else sphere_init(num_points, sphere_radius, generator=gen)
         loss = _S.loss if views.masks is not None else replace(_S.loss, mask=0.0)
