@@ -40,6 +40,7 @@ from .fit_static import (
     fit_static,
     make_optimizer,
     memory_guard,
+    record_step,
 )
 from .gaussians import Gaussians
 from .guidance import Guidance, PoseSampling, sample_guidance_cameras
@@ -72,7 +73,8 @@ class DeformationFitConfig:
         tv_weight, time_smoothness_weight, time_l1_weight: 4DGS plane regularisers.
         freeze_canonical: keep the canonical Gaussians fixed (CoCo4D); False also trains them
             at ``canonical_learning_rates`` (4DGS / Diffusion4D fine stage).
-        sds_weight, sds_every, pose_sampling: per-timestamp score distillation.
+        sds_weight, sds_every, pose_sampling: per-timestamp score distillation (weight 1e-4 against
+            the mean-reduced reference loss, as in :class:`StaticFitConfig`).
         background: colour behind the splats and behind masked targets.
         preview_every: preview interval for the callback (0 = never).
         seed: seed of the field initialisation and of frame / pose sampling.
@@ -94,7 +96,7 @@ class DeformationFitConfig:
     freeze_canonical: bool = True
     canonical_learning_rates: GaussianLearningRates = field(
         default_factory=lambda: GaussianLearningRates(position=0.00016))
-    sds_weight: float = 1.0
+    sds_weight: float = 1e-4
     sds_every: int = 1
     pose_sampling: PoseSampling = field(default_factory=PoseSampling)
     background: tuple[float, float, float] = (1.0, 1.0, 1.0)
@@ -223,17 +225,9 @@ def fit_deformation(
             total.backward()
             for opt in optimizers:
                 opt.step()
-            record = {k: float(v) for k, v in terms.items()}
-            record.update(step=step, total=float(total.detach()))
-            result.history.append(record)
-            result.steps = step + 1
-            if (step + 1) % 10 == 0 or step + 1 == cfg.iterations:
-                last_good = snapshot(step + 1)
-            if callback is not None:
-                preview = None
-                if cfg.preview_every and ((step + 1) % cfg.preview_every == 0 or step + 1 == cfg.iterations):
-                    preview = rendered["rgb"][0].detach().clamp(0, 1)
-                callback(step + 1, cfg.iterations, preview)
+            record_step(result, step, cfg.iterations, terms, total, callback, cfg.preview_every, rendered["rgb"])
+            if result.steps % 10 == 0 or result.steps == cfg.iterations:
+                last_good = snapshot(result.steps)
     final = snapshot(result.steps)
     result.gaussians, result.extra = final.gaussians, final.extra
     result.extra["motion"].deformation.eval()

@@ -84,7 +84,8 @@ class StaticFitConfig:
             term keeps the object's outline).
         densify: adaptive density control; ``None`` turns it off.
         max_scale: clamp on activated scales after each step (CoCo4D background: 0.2).
-        sds_weight: weight of the guidance loss (eq. 2); used only with a guidance object.
+        sds_weight: weight of the guidance loss (eq. 2) against the mean-reduced reference loss;
+            1e-4 is DreamGaussian's balance (reference ×10^4, SDS ×1), whose code CoCo4D builds on.
         sds_every: take an SDS step every this many iterations.
         pose_sampling: where SDS views are rendered from (radius 2.5, 10° azimuth grid, batch 4).
         background: colour behind the splats, and behind masked targets.
@@ -99,7 +100,7 @@ class StaticFitConfig:
                                                                                 mask=1.0))
     densify: dens.DensifyConfig | None = field(default_factory=dens.DensifyConfig)
     max_scale: float | None = None
-    sds_weight: float = 1.0
+    sds_weight: float = 1e-4
     sds_every: int = 1
     pose_sampling: PoseSampling = field(default_factory=PoseSampling)
     background: tuple[float, float, float] = (1.0, 1.0, 1.0)
@@ -186,7 +187,7 @@ class memory_guard:
         if oom:
             n = self.count()
             raise ValueError(f"{self.what}: ran out of memory with {n} Gaussians; cap the count "
-                             f"(max_gaussians about {max(n // 2, 1000)}), lower the resolution or the "
+                             f"(max_gaussians about {max(n // 2, 1)}), lower the resolution or the "
                              f"views per step") from exc
         return False
 
@@ -293,19 +294,24 @@ def fit_static(
                 dens.step(params, optimizer, state, step + 1, dcfg, extent, gen)
             if cfg.max_scale is not None:
                 dens.clamp_scales(params, cfg.max_scale)
-            record = {k: float(v) for k, v in terms.items()}
-            record.update(step=step, total=float(total.detach()), count=params["means"].shape[0])
-            result.history.append(record)
-            result.steps = step + 1
-            if (step + 1) % 10 == 0 or step + 1 == cfg.iterations:
-                last_good = FitResult(_to_gaussians(params).detach().clone(), steps=step + 1)
-            if callback is not None:
-                preview = None
-                if cfg.preview_every and ((step + 1) % cfg.preview_every == 0 or step + 1 == cfg.iterations):
-                    preview = out.rgb[0].detach().clamp(0, 1)
-                callback(step + 1, cfg.iterations, preview)
+            record_step(result, step, cfg.iterations, terms, total, callback, cfg.preview_every, out.rgb,
+                        count=params["means"].shape[0])
+            if result.steps % 10 == 0 or result.steps == cfg.iterations:
+                last_good = FitResult(_to_gaussians(params).detach().clone(), steps=result.steps)
     result.gaussians = _to_gaussians(params).detach()
     return result
+
+
+def record_step(result: FitResult, step: int, total_steps: int, terms: dict[str, Tensor], total: Tensor,
+                callback: Callable | None, preview_every: int, images: Tensor, **extra) -> None:
+    """Append one step's losses to the history and report progress (with a preview when due)."""
+    record = {k: float(v) for k, v in terms.items()}
+    record.update(step=step, total=float(total.detach()), **extra)
+    result.history.append(record)
+    result.steps = step + 1
+    if callback is not None:
+        due = preview_every and (result.steps % preview_every == 0 or result.steps == total_steps)
+        callback(result.steps, total_steps, images[0].detach().clamp(0, 1) if due else None)
 
 
 def _pick(n: int, k: int, gen: torch.Generator) -> Tensor:

@@ -20,7 +20,7 @@ from ..core.scene import Scene4D, ScenePart
 from ..core.screen_trajectory import refine_trajectory
 from . import host
 from . import types as T
-from .widgets import bool_in, combo_in, float_in, int_in, seed_in, socket_in, str_in
+from .widgets import bool_in, color_error, combo_in, float_in, int_in, seed_in, socket_in, str_in
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +72,8 @@ class StaticGaussians:
                 "num_points": int_in(5000, 100, 1_000_000, "Gaussians of the sphere init (CoCo4D: 5000)."),
                 "sphere_radius": float_in(0.5, 0.01, 100.0, "Radius of the sphere init in scene units."),
                 "views_per_step": int_in(4, 1, 64, "Posed images rendered per step (multi-view fits)."),
-                "sds_weight": float_in(_S.sds_weight, 0.0, 1000.0, "Weight of the guidance (SDS) loss."),
+                "sds_weight": float_in(_S.sds_weight, 0.0, 1000.0, "Weight of the guidance (SDS) loss relative to the "
+                                      "reference loss (1e-4 = DreamGaussian's 1 : 10^4 balance).", step=1e-5),
                 "densify": bool_in(True, "Clone/split/prune Gaussians every 100 steps (3DGS density control)."),
                 "max_scale": float_in(0.0, 0.0, 100.0, "Clamp Gaussian scales (CoCo4D background: 0.2); 0 = off."),
                 "center_object": bool_in(True, "With masks and no cameras: move the object to the image centre "
@@ -89,13 +90,7 @@ class StaticGaussians:
 
     @classmethod
     def VALIDATE_INPUTS(cls, background=None):
-        if background is None:
-            return True
-        try:
-            parse_color(background)
-        except ValueError as exc:
-            return str(exc)
-        return True
+        return color_error(background)
 
     def fit(self, images, fit_frames, iterations, num_points, sphere_radius, views_per_step, sds_weight, densify,
             max_scale, center_object, background, preview_every, seed, masks=None, cameras=None, guidance=None,
@@ -116,8 +111,9 @@ class StaticGaussians:
         with torch.inference_mode(False), torch.enable_grad():
             result = fit_static(_fresh(start), views, training_render, config, guidance, progress,
                                 host.should_stop, host.compute_device())
-        _stopped_or_done(result)
-        return (result.gaussians.to("cpu"),)
+            _stopped_or_done(result)
+            gaussians = result.gaussians.to("cpu")
+        return (gaussians,)
 
 
 class DeformationFit:
@@ -144,7 +140,8 @@ class DeformationFit:
                 "times_per_step": int_in(_D.times_per_step, 1, 64, "Timestamps per step (CoCo4D batch 4)."),
                 "rigidity_weight": float_in(_D.rigidity_weight, 0.0, 1000.0, "Local rigidity between neighbouring "
                                             "Gaussians (Luiten et al.); 0 = off."),
-                "sds_weight": float_in(_D.sds_weight, 0.0, 1000.0, "Weight of the guidance (SDS) loss."),
+                "sds_weight": float_in(_D.sds_weight, 0.0, 1000.0, "Weight of the guidance (SDS) loss relative to the "
+                                      "reference loss (1e-4 = DreamGaussian's 1 : 10^4 balance).", step=1e-5),
                 "freeze_canonical": bool_in(_D.freeze_canonical, "Keep the canonical Gaussians fixed (CoCo4D); "
                                             "off also refines them (4DGS / Diffusion4D fine stage)."),
                 "center_object": bool_in(True, "With masks and no cameras: centre the object like Static "
@@ -161,7 +158,7 @@ class DeformationFit:
 
     @classmethod
     def VALIDATE_INPUTS(cls, background=None):
-        return StaticGaussians.VALIDATE_INPUTS(background)
+        return color_error(background)
 
     def fit(self, gaussians, images, iterations, times_per_step, rigidity_weight, sds_weight, freeze_canonical,
             center_object, trajectory_iterations, fps, background, preview_every, seed, masks=None, cameras=None,
@@ -186,9 +183,11 @@ class DeformationFit:
             if trajectory is not None and trajectory_iterations > 0:
                 trajectory = _refine(canonical, motion, clip, trajectory_iterations)
                 progress(iterations + trajectory_iterations)
-        part = ScenePart("foreground", canonical.to("cpu"), motion.to("cpu"),
-                         None if trajectory is None else trajectory.as_dict())
-        return (Scene4D([part], num_frames=len(clip.frames), fps=fps),)
+            # Built outside inference mode, so later stages can still optimise through the scene.
+            part = ScenePart("foreground", canonical.to("cpu"), motion.to("cpu"),
+                             None if trajectory is None else trajectory.as_dict())
+            scene = Scene4D([part], num_frames=len(clip.frames), fps=fps)
+        return (scene,)
 
 
 def _fresh(gaussians):

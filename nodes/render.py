@@ -9,7 +9,7 @@ from ..backends.render import BACKENDS, RenderOutput, render_scene
 from ..core.convert import DEPTH_MODES, depth_to_image, parse_color, to_image, to_mask
 from . import host
 from . import types as T
-from .widgets import combo_in, int_in, socket_in, str_in
+from .widgets import color_error, combo_in, int_in, socket_in, str_in
 
 
 class Render:
@@ -47,13 +47,7 @@ class Render:
 
     @classmethod
     def VALIDATE_INPUTS(cls, background=None):
-        if background is None:  # linked from another node: checked when it runs
-            return True
-        try:
-            parse_color(background)
-        except ValueError as exc:
-            return str(exc)
-        return True
+        return color_error(background)
 
     def render(self, cameras, background, depth_mode, backend, batch_size, scene=None, gaussians=None):
         source = scene if scene is not None else gaussians

@@ -31,3 +31,19 @@ def socket_in(type_name: str, tooltip: str) -> tuple:
 
 def seed_in(tooltip: str = "Seed of every random choice in this node; the same seed gives the same result.") -> tuple:
     return ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "tooltip": tooltip})
+
+
+def color_error(value) -> bool | str:
+    """``VALIDATE_INPUTS`` answer for a colour widget: True, or the message shown in ComfyUI.
+
+    A linked input arrives as ``None`` before execution and is checked when the node runs.
+    """
+    if value is None:
+        return True
+    from ..core.convert import parse_color
+
+    try:
+        parse_color(value)
+    except ValueError as exc:
+        return str(exc)
+    return True

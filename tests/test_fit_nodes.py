@@ -1,0 +1,206 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Gen4D_StaticGaussians and Gen4D_DeformationFit as ComfyUI runs them: chained with the synthetic world
+and the renderer, inside (fake) ComfyUI with progress, previews and interrupts, under inference mode."""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import gen4d
+import pytest
+import torch
+from gen4d.core.gaussians import Gaussians, sphere_init
+from gen4d.core.scene import Scene4D
+
+NODES = gen4d.NODE_CLASS_MAPPINGS
+SIZE, FRAMES = 32, 3
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Two shared cores: torch's default thread count oversubscribes them (about 10x slower)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def defaults(node_id: str) -> dict:
+    """Widget defaults of a node, read from its INPUT_TYPES (sockets left out)."""
+    out = {}
+    for section in ("required", "optional"):
+        for name, (_kind, opts) in NODES[node_id].INPUT_TYPES().get(section, {}).items():
+            if "default" in opts:
+                out[name] = opts["default"]
+    return out
+
+
+def run(node_id: str, **inputs):
+    """Call a node's FUNCTION with its widget defaults overridden by ``inputs``; returns the result tuple."""
+    cls = NODES[node_id]
+    out = getattr(cls(), cls.FUNCTION)(**{**defaults(node_id), **inputs})
+    return out["result"] if isinstance(out, dict) else out
+
+
+def synthetic_world() -> types.SimpleNamespace:
+    """The object world's 3-frame reference video (32 px) with masks, cameras, twin and oracle guidance."""
+    images, masks, depth, cameras, twin, oracle = run(
+        "Gen4D_SyntheticWorld", world="object", width=SIZE, height=SIZE, num_frames=FRAMES, seed=0,
+        twin_points=300, supersample=1, depth_mode="metric")
+    return types.SimpleNamespace(images=images, masks=masks, depth=depth, cameras=cameras, twin=twin,
+                                 oracle=oracle)
+
+
+def static_gaussians(world, **kw) -> Gaussians:
+    args = {"images": world.images, "masks": world.masks, "iterations": 8, "num_points": 400,
+            "preview_every": 0, "seed": 0, **kw}
+    return run("Gen4D_StaticGaussians", **args)[0]
+
+
+def deformation_fit(world, gaussians, **kw) -> Scene4D:
+    args = {"gaussians": gaussians, "images": world.images, "masks": world.masks, "iterations": 6,
+            "times_per_step": 2, "trajectory_iterations": 5, "preview_every": 0, "seed": 0, **kw}
+    return run("Gen4D_DeformationFit", **args)[0]
+
+
+def assert_finite(gaussians: Gaussians) -> None:
+    for name, tensor in gaussians.tensors().items():
+        assert torch.isfinite(tensor).all(), name
+
+
+class Interrupted(Exception):
+    """Stands in for comfy.model_management.InterruptProcessingException."""
+
+
+@pytest.fixture
+def fake_comfy(monkeypatch):
+    """Fake ``comfy``, ``comfy.utils`` and ``comfy.model_management``: a recording ProgressBar and an
+    interrupt flag that rises once ``state.interrupt_after`` progress updates were made."""
+    state = types.SimpleNamespace(interrupted=False, updates=[], totals=[], interrupt_after=None)
+
+    class ProgressBar:
+        def __init__(self, total, node_id=None):
+            state.totals.append(total)
+
+        def update_absolute(self, value, total=None, preview=None):
+            state.updates.append((value, total, preview))
+            if state.interrupt_after is not None and len(state.updates) >= state.interrupt_after:
+                state.interrupted = True
+
+    def throw_exception_if_processing_interrupted():
+        if state.interrupted:
+            state.interrupted = False
+            raise Interrupted("Processing interrupted")
+
+    mm = types.ModuleType("comfy.model_management")
+    mm.processing_interrupted = lambda: state.interrupted
+    mm.throw_exception_if_processing_interrupted = throw_exception_if_processing_interrupted
+    mm.get_torch_device = lambda: torch.device("cpu")
+    mm.soft_empty_cache = lambda force=False: None
+    utils = types.ModuleType("comfy.utils")
+    utils.ProgressBar = ProgressBar
+    comfy = types.ModuleType("comfy")
+    comfy.__path__ = []
+    comfy.utils, comfy.model_management = utils, mm
+    for name, module in (("comfy", comfy), ("comfy.utils", utils), ("comfy.model_management", mm)):
+        monkeypatch.setitem(sys.modules, name, module)
+    return state
+
+
+@pytest.fixture(scope="module")
+def world():
+    return synthetic_world()
+
+
+@pytest.fixture(scope="module")
+def inference_world():
+    """The same inputs made the way ComfyUI makes them: inside ``torch.inference_mode()``."""
+    with torch.inference_mode():
+        made = synthetic_world()
+    assert made.images.is_inference() and made.masks.is_inference()
+    return made
+
+
+# --------------------------------------------------------------------------- the chain
+
+
+def test_world_static_deformation_render_chain(world):
+    gaussians = static_gaussians(world, guidance=world.oracle, iterations=10, sds_weight=1.0)
+    assert isinstance(gaussians, Gaussians) and len(gaussians) > 0 and gaussians.device.type == "cpu"
+    assert_finite(gaussians)
+    assert world.oracle.calls == 10, "the oracle guidance was used at every step"
+
+    scene = deformation_fit(world, gaussians)
+    assert isinstance(scene, Scene4D) and scene.num_frames == FRAMES and len(scene.parts) == 1
+    part = scene.parts[0]
+    assert part.trajectory is not None, "masks + centring give a screen trajectory"
+    assert part.trajectory["shift"].shape == (FRAMES, 2) and part.trajectory["scale"].shape == (FRAMES,)
+    assert torch.isfinite(part.trajectory["shift"]).all() and (part.trajectory["scale"] > 0).all()
+    assert torch.equal(part.gaussians.means, gaussians.means), "canonical set frozen by default"
+    for t in (0.0, 0.5, 1.0):
+        assert_finite(scene.at(t))
+
+    images, alpha, depth = run("Gen4D_Render", cameras=world.cameras, scene=scene, background="#ffffff",
+                               depth_mode="metric", backend="torch")
+    assert images.shape == (FRAMES, SIZE, SIZE, 3) and images.dtype == torch.float32
+    assert alpha.shape == (FRAMES, SIZE, SIZE) and depth.shape == (FRAMES, SIZE, SIZE, 3)
+    assert 0.0 <= images.min() and images.max() <= 1.0 and 0.0 <= alpha.min() and alpha.max() <= 1.0
+    assert torch.isfinite(depth).all() and depth.min() >= 0.0
+    assert alpha.amax(dim=(1, 2)).min() > 0.5, "the fitted object is visible in every frame"
+
+
+# --------------------------------------------------------------------------- inside ComfyUI
+
+
+def test_static_gaussians_stops_on_interrupt(fake_comfy, world):
+    fake_comfy.interrupt_after = 3
+    with pytest.raises(Interrupted):
+        static_gaussians(world, iterations=500)
+    assert fake_comfy.totals == [500]
+    assert 3 <= len(fake_comfy.updates) <= 4, f"stopped after {len(fake_comfy.updates)} of 500 steps"
+
+
+def test_deformation_fit_stops_on_interrupt(fake_comfy, world):
+    gaussians = sphere_init(300, 0.5, generator=torch.Generator().manual_seed(0))
+    fake_comfy.interrupt_after = 3
+    with pytest.raises(Interrupted):
+        deformation_fit(world, gaussians, iterations=500, trajectory_iterations=50)
+    assert fake_comfy.totals == [550]
+    assert 3 <= len(fake_comfy.updates) <= 4, f"stopped after {len(fake_comfy.updates)} of 550 steps"
+
+
+def test_nodes_optimise_under_inference_mode(fake_comfy, inference_world):
+    """ComfyUI runs nodes under torch.inference_mode(): the fits must still train."""
+    w = inference_world
+    with torch.inference_mode():
+        gaussians = static_gaussians(w, num_points=300, iterations=8)
+        start = sphere_init(300, 0.5, generator=torch.Generator().manual_seed(0))
+        scene = deformation_fit(w, gaussians, iterations=6)
+        # Downstream nodes (Render, SaveScene) also run in inference mode.
+        moved = (scene.at(0.5).means - scene.at(0.0).means).abs().max()
+        assert_finite(scene.at(1.0))
+    assert len(gaussians) == 300 and not torch.equal(gaussians.means, start.means), "static fit moved the set"
+    assert not torch.equal(gaussians.sh, start.sh), "static fit changed the colours"
+    assert moved > 0, "the deformation field left the identity it starts at"
+
+
+def test_progress_and_previews_reach_the_progress_bar(fake_comfy, world):
+    static_gaussians(world, iterations=6, preview_every=2)
+    assert fake_comfy.totals == [6]
+    assert [(v, t) for v, t, _ in fake_comfy.updates] == [(i, 6) for i in range(1, 7)]
+    previews = [p for _, _, p in fake_comfy.updates if p is not None]
+    assert len(previews) == 3, "steps 2, 4, 6"
+    kind, image, size = previews[0]
+    assert kind == "JPEG" and image.size == (SIZE, SIZE) and size == 512
+
+    fake_comfy.updates.clear()
+    gaussians = sphere_init(300, 0.5, generator=torch.Generator().manual_seed(0))
+    deformation_fit(world, gaussians, iterations=4, trajectory_iterations=5, preview_every=2)
+    assert fake_comfy.totals[-1] == 9
+    values = [v for v, _, _ in fake_comfy.updates]
+    assert values[:4] == [1, 2, 3, 4] and values[-1] == 9, values
+    assert sum(p is not None for _, _, p in fake_comfy.updates) >= 1
