@@ -69,11 +69,15 @@ class SyntheticWorld:
                 OracleGuidance(w))
 
 
-def build_twin(world, num_frames: int, num_points: int, seed: int, fps: float) -> Scene4D:
-    """The world as a 4D Gaussian scene: surface samples with exact per-frame motion."""
+def build_twin(world, num_frames: int, num_points: int, seed: int, fps: float, cameras=None) -> Scene4D:
+    """The world as a 4D Gaussian scene: surface samples with exact per-frame motion.
+
+    With ``cameras``, points go where those cameras see the world (about one per pixel), which
+    makes renders from them much sharper.
+    """
     frames = max(int(num_frames), 2)
     times = [i / (frames - 1) for i in range(frames)]
-    motion = surface_motion(world, times, num_points, seed)
+    motion = surface_motion(world, times, num_points, seed, cameras=cameras)
     part = ScenePart(world.name, motion.gaussians, KeyframeMotion(motion.means, motion.quats))
     return Scene4D([part], num_frames=frames, fps=fps)
 

@@ -390,6 +390,73 @@ def test_gaussian_colours_match_render():
     assert ((rgb[i, j] - samples.colors).abs().amax(-1) < 0.02)[sel].float().mean() > 0.98
 
 
+def _nn_spread(points: torch.Tensor) -> tuple[float, float]:
+    """Coefficient of variation of nearest-neighbour distances and the smallest one over their mean."""
+    d = torch.cdist(points, points)
+    d.fill_diagonal_(math.inf)
+    nn = d.min(dim=1).values
+    return float(nn.std() / nn.mean()), float(nn.min() / nn.mean())
+
+
+def test_surface_sampling_is_even():
+    card = World("card", (Rectangle(name="card", half_size=(1.0, 0.5)),))
+    ball = World("ball", (Sphere(name="ball", radius=0.7),))
+    for world in (card, ball):
+        samples = sample_surface(world, 2000, seed=3)
+        assert len(samples) == 2000
+        cv, closest = _nn_spread(samples.local_points.float())
+        assert cv < 0.2 and closest > 0.5, (world.name, cv, closest)  # measured ~0.08-0.09 and ~0.74
+    # control: uniform random points on the same card clump and leave gaps (cv ~0.52, closest ~0)
+    control = torch.rand(2000, 2, generator=torch.Generator().manual_seed(3)) * torch.tensor([2.0, 1.0])
+    cv, closest = _nn_spread(control)
+    assert cv > 0.4 and closest < 0.5
+
+
+def test_gaussian_twin_renders_close_to_ground_truth():
+    from gen4d.backends.render import render as render_gaussians
+
+    world = object_world(0)
+    cams = world.reference_cameras(64, 64, 2)
+    truth = render(world, cams, supersample=3)["rgb"]
+    background = torch.tensor(world.background)
+
+    def psnr(samples) -> float:
+        rgb = torch.cat([render_gaussians(samples.gaussians(float(cams.times[i])), cams[i:i + 1], background).rgb
+                         for i in range(len(cams))]).clamp(0, 1)
+        mse = ((rgb - truth) ** 2).mean(dim=(1, 2, 3))
+        return float((-10.0 * torch.log10(mse)).mean())
+
+    view_aware = sample_surface(world, 15000, seed=0, cameras=cams)
+    assert len(view_aware) == 15000
+    # measured 20.8 dB (the former uniform random sampler: 16.7 dB)
+    assert psnr(view_aware) > 19.3
+    again = sample_surface(world, 15000, seed=0, cameras=cams)
+    assert torch.equal(again.local_points, view_aware.local_points) and torch.equal(again.scales, view_aware.scales)
+
+
+def test_view_aware_sampling_cuts_infinite_planes():
+    floor = Rectangle(name="floor", half_size=None, texture=Solid((0.3, 0.6, 0.3)),
+                      motion=Fixed(translation=(0.0, 1.0, 0.0), axis=(1.0, 0.0, 0.0), angle_deg=90.0))
+    ball = Sphere(name="ball", radius=0.3, motion=Fixed(translation=(0.0, 0.7, 3.0)))
+    world = World("floor", (floor, ball))
+    cams = _identity_cams(64, 48, times=(0.0, 1.0))
+    with pytest.raises(ValueError, match="'floor' is unbounded"):
+        sample_surface(world, 1000)
+    samples = sample_surface(world, 4000, seed=0, cameras=cams)
+    means = samples.at([0.0])[0][0].double()
+    on_floor = samples.part_ids == 0
+    assert len(samples) == 4000 and 100 < (~on_floor).sum() < 2000
+    assert (means[on_floor, 1] - 1.0).abs().max() < 1e-6
+    uv = means[on_floor] @ cams.Ks[0].double().T
+    uv = uv[:, :2] / uv[:, 2:]
+    inside = (uv[:, 0] > -4) & (uv[:, 0] < 68) & (uv[:, 1] > -4) & (uv[:, 1] < 52)
+    # the floor is cut to the part the cameras see (from z ~ 1.77 on; measured 74% inside the image)
+    assert (means[on_floor, 2] > 1.5).all() and inside.double().mean() > 0.6
+    up = Cameras(torch.tensor([[1.0, 0, 0, 0], [0, 0, 1, 0], [0, -1, 0, 0], [0, 0, 0, 1]]).expand(2, 4, 4).clone(),
+                 cams.Ks, 64, 48, cams.times)  # looking at the sky (-y): the floor is never seen
+    assert (sample_surface(world, 500, seed=0, cameras=up).part_ids == 1).all()
+
+
 # -- validation -------------------------------------------------------------------------------
 
 

@@ -61,8 +61,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
 
     world = synthetic.scene_world(seed=args.seed)
-    scene = build_twin(world, args.frames, args.points, args.seed, fps=8.0)
     cameras = demo_cameras(args.frames, args.size)
+    scene = build_twin(world, args.frames, args.points, args.seed, fps=8.0, cameras=cameras)
     background = torch.tensor(world.background, dtype=torch.float32)
 
     start = time.perf_counter()
