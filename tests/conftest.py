@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -15,3 +16,65 @@ load_pack()
 def _seeded():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Run a module on one torch thread: on two shared cores the default oversubscribes them."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+class Interrupted(Exception):
+    """Stands in for comfy.model_management.InterruptProcessingException."""
+
+
+@pytest.fixture
+def fake_comfy(tmp_path, monkeypatch):
+    """Fake ``comfy``, ``comfy.utils``, ``comfy.model_management`` and ``folder_paths`` modules.
+
+    The ProgressBar records ``(value, total, preview)`` updates; ``state.interrupt_after = k`` raises
+    the interrupt flag once k updates were recorded, and the next interrupt check raises
+    :class:`Interrupted`.
+    """
+    state = types.SimpleNamespace(interrupted=False, updates=[], totals=[], interrupt_after=None,
+                                  output=tmp_path / "comfy_output", input=tmp_path / "comfy_input",
+                                  temp=tmp_path / "comfy_temp", Interrupted=Interrupted)
+    for folder in (state.output, state.input, state.temp):
+        folder.mkdir()
+
+    class ProgressBar:
+        def __init__(self, total, node_id=None):
+            state.totals.append(total)
+
+        def update_absolute(self, value, total=None, preview=None):
+            state.updates.append((value, total, preview))
+            if state.interrupt_after is not None and len(state.updates) >= state.interrupt_after:
+                state.interrupted = True
+
+    def throw_exception_if_processing_interrupted():
+        if state.interrupted:
+            state.interrupted = False
+            raise Interrupted("Processing interrupted")
+
+    mm = types.ModuleType("comfy.model_management")
+    mm.processing_interrupted = lambda: state.interrupted
+    mm.throw_exception_if_processing_interrupted = throw_exception_if_processing_interrupted
+    mm.get_torch_device = lambda: torch.device("cpu")
+    mm.soft_empty_cache = lambda force=False: None
+    utils = types.ModuleType("comfy.utils")
+    utils.ProgressBar = ProgressBar
+    comfy = types.ModuleType("comfy")
+    comfy.__path__ = []
+    comfy.utils, comfy.model_management = utils, mm
+    fp = types.ModuleType("folder_paths")
+    fp.get_output_directory = lambda: str(state.output)
+    fp.get_input_directory = lambda: str(state.input)
+    fp.get_temp_directory = lambda: str(state.temp)
+    for name, module in (("comfy", comfy), ("comfy.utils", utils), ("comfy.model_management", mm),
+                         ("folder_paths", fp)):
+        monkeypatch.setitem(sys.modules, name, module)
+    monkeypatch.setenv("GEN4D_OUTPUT_DIR", str(tmp_path / "env_output"))
+    return state

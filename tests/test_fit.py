@@ -41,12 +41,8 @@ L2_MASK = ReconstructionLoss(l1=0.0, l2=1.0, dssim=0.0, mask=1.0)
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Two shared cores: torch's default thread count oversubscribes them (about 10x slower)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+def _one_thread(one_thread):
+    """Fits are many small ops: one torch thread avoids oversubscribing two shared cores."""
 
 
 # --------------------------------------------------------------------------- helpers

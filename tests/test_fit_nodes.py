@@ -4,7 +4,6 @@ and the renderer, inside (fake) ComfyUI with progress, previews and interrupts, 
 
 from __future__ import annotations
 
-import sys
 import types
 
 import gen4d
@@ -13,17 +12,12 @@ import torch
 from gen4d.core.gaussians import Gaussians, sphere_init
 from gen4d.core.scene import Scene4D
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 NODES = gen4d.NODE_CLASS_MAPPINGS
 SIZE, FRAMES = 32, 3
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Two shared cores: torch's default thread count oversubscribes them (about 10x slower)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -72,43 +66,6 @@ def assert_finite(gaussians: Gaussians) -> None:
         assert torch.isfinite(tensor).all(), name
 
 
-class Interrupted(Exception):
-    """Stands in for comfy.model_management.InterruptProcessingException."""
-
-
-@pytest.fixture
-def fake_comfy(monkeypatch):
-    """Fake ``comfy``, ``comfy.utils`` and ``comfy.model_management``: a recording ProgressBar and an
-    interrupt flag that rises once ``state.interrupt_after`` progress updates were made."""
-    state = types.SimpleNamespace(interrupted=False, updates=[], totals=[], interrupt_after=None)
-
-    class ProgressBar:
-        def __init__(self, total, node_id=None):
-            state.totals.append(total)
-
-        def update_absolute(self, value, total=None, preview=None):
-            state.updates.append((value, total, preview))
-            if state.interrupt_after is not None and len(state.updates) >= state.interrupt_after:
-                state.interrupted = True
-
-    def throw_exception_if_processing_interrupted():
-        if state.interrupted:
-            state.interrupted = False
-            raise Interrupted("Processing interrupted")
-
-    mm = types.ModuleType("comfy.model_management")
-    mm.processing_interrupted = lambda: state.interrupted
-    mm.throw_exception_if_processing_interrupted = throw_exception_if_processing_interrupted
-    mm.get_torch_device = lambda: torch.device("cpu")
-    mm.soft_empty_cache = lambda force=False: None
-    utils = types.ModuleType("comfy.utils")
-    utils.ProgressBar = ProgressBar
-    comfy = types.ModuleType("comfy")
-    comfy.__path__ = []
-    comfy.utils, comfy.model_management = utils, mm
-    for name, module in (("comfy", comfy), ("comfy.utils", utils), ("comfy.model_management", mm)):
-        monkeypatch.setitem(sys.modules, name, module)
-    return state
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +115,7 @@ def test_world_static_deformation_render_chain(world):
 
 def test_static_gaussians_stops_on_interrupt(fake_comfy, world):
     fake_comfy.interrupt_after = 3
-    with pytest.raises(Interrupted):
+    with pytest.raises(fake_comfy.Interrupted):
         static_gaussians(world, iterations=500)
     assert fake_comfy.totals == [500]
     assert 3 <= len(fake_comfy.updates) <= 4, f"stopped after {len(fake_comfy.updates)} of 500 steps"
@@ -167,7 +124,7 @@ def test_static_gaussians_stops_on_interrupt(fake_comfy, world):
 def test_deformation_fit_stops_on_interrupt(fake_comfy, world):
     gaussians = sphere_init(300, 0.5, generator=torch.Generator().manual_seed(0))
     fake_comfy.interrupt_after = 3
-    with pytest.raises(Interrupted):
+    with pytest.raises(fake_comfy.Interrupted):
         deformation_fit(world, gaussians, iterations=500, trajectory_iterations=50)
     assert fake_comfy.totals == [550]
     assert 3 <= len(fake_comfy.updates) <= 4, f"stopped after {len(fake_comfy.updates)} of 550 steps"

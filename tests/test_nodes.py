@@ -324,55 +324,6 @@ def test_save_refuses_unsafe_prefixes(folders, small, tmp_path, prefix):
 # --------------------------------------------------------------------------- inside a (fake) ComfyUI
 
 
-class Interrupted(Exception):
-    """Stands in for comfy.model_management.InterruptProcessingException."""
-
-
-@pytest.fixture
-def fake_comfy(tmp_path, monkeypatch):
-    """Fake ``comfy``, ``comfy.utils``, ``comfy.model_management`` and ``folder_paths`` modules.
-
-    ``state.interrupt_after`` = k raises the interrupt flag once k progress updates were recorded.
-    """
-    state = types.SimpleNamespace(interrupted=False, updates=[], totals=[], interrupt_after=None,
-                                  output=tmp_path / "comfy_output", input=tmp_path / "comfy_input",
-                                  temp=tmp_path / "comfy_temp")
-    for folder in (state.output, state.input, state.temp):
-        folder.mkdir()
-
-    class ProgressBar:
-        def __init__(self, total, node_id=None):
-            state.totals.append(total)
-
-        def update_absolute(self, value, total=None, preview=None):
-            state.updates.append((value, total, preview))
-            if state.interrupt_after is not None and len(state.updates) >= state.interrupt_after:
-                state.interrupted = True
-
-    def throw_exception_if_processing_interrupted():
-        if state.interrupted:
-            state.interrupted = False
-            raise Interrupted("Processing interrupted")
-
-    mm = types.ModuleType("comfy.model_management")
-    mm.processing_interrupted = lambda: state.interrupted
-    mm.throw_exception_if_processing_interrupted = throw_exception_if_processing_interrupted
-    mm.get_torch_device = lambda: torch.device("cpu")
-    mm.soft_empty_cache = lambda force=False: None
-    utils = types.ModuleType("comfy.utils")
-    utils.ProgressBar = ProgressBar
-    comfy = types.ModuleType("comfy")
-    comfy.__path__ = []
-    comfy.utils, comfy.model_management = utils, mm
-    fp = types.ModuleType("folder_paths")
-    fp.get_output_directory = lambda: str(state.output)
-    fp.get_input_directory = lambda: str(state.input)
-    fp.get_temp_directory = lambda: str(state.temp)
-    for name, module in (("comfy", comfy), ("comfy.utils", utils), ("comfy.model_management", mm),
-                         ("folder_paths", fp)):
-        monkeypatch.setitem(sys.modules, name, module)
-    monkeypatch.setenv("GEN4D_OUTPUT_DIR", str(tmp_path / "env_output"))
-    return state
 
 
 def test_host_uses_comfy_when_present(fake_comfy):
@@ -395,18 +346,18 @@ def test_render_reports_progress(fake_comfy, small):
 
 def test_render_stops_when_interrupted(fake_comfy, small):
     fake_comfy.interrupted = True
-    with pytest.raises(Interrupted):
+    with pytest.raises(fake_comfy.Interrupted):
         render(small.cams, scene=small.twin, batch_size=1)
     assert fake_comfy.updates == []
     fake_comfy.interrupt_after = 1
-    with pytest.raises(Interrupted):
+    with pytest.raises(fake_comfy.Interrupted):
         render(small.cams, scene=small.twin, batch_size=1)
     assert len(fake_comfy.updates) == 1, "stopped at the next batch"
 
 
 def test_save_interrupted_leaves_only_complete_files(fake_comfy, small, tmp_path):
     fake_comfy.interrupt_after = 1
-    with pytest.raises(Interrupted):
+    with pytest.raises(fake_comfy.Interrupted):
         save(small.twin)
     out = fake_comfy.output
     assert files_under(out) == {"gen4d", "gen4d/scene_00001.gen4d.safetensors", "gen4d/scene_00001_ply",
