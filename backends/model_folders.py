@@ -1,0 +1,141 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Where model weights live: ComfyUI model folders per kind, listing and resolution with clear errors.
+
+Public API:
+    MODEL_KINDS                 kind -> sub-folder of ComfyUI's ``models/`` directory
+    register_model_folders()    make every kind known to ComfyUI's ``folder_paths`` (idempotent)
+    model_roots(kind)           the folders searched for a kind
+    list_models(kind)           names a loader's picker shows (model folders and single weight files)
+    resolve_model(kind, name, required=())   absolute path, or ValueError naming folders and files
+    preferred_dtype(device)     bf16 on CUDA devices that support it, else float32
+
+Design notes:
+    With ComfyUI, folders come from ``folder_paths`` (so ``extra_model_paths.yaml`` works); without
+    it, from ``$GEN4D_MODELS_DIR/<sub-folder>`` (default ``./models``). A model is either a folder
+    in diffusers / transformers layout (``config.json`` or ``model_index.json`` inside) or a single
+    ``.safetensors`` file. Nothing here downloads: a missing model is an error that says where to
+    put which files.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+
+import torch
+
+__all__ = [
+    "MODEL_KINDS",
+    "register_model_folders",
+    "model_roots",
+    "list_models",
+    "resolve_model",
+    "preferred_dtype",
+    "NO_MODELS",
+]
+
+MODEL_KINDS: dict[str, str] = {
+    "depth": "gen4d/depth",
+    "sam2": "sam2",
+    "video": "diffusers",
+    "inpaint": "diffusers",
+    "video_inpaint": "diffusers",
+    "zero123": "gen4d/zero123",
+    "sd_guidance": "diffusers",
+    "orbital": "gen4d/diffusion4d",
+    "trajectory": "gen4d/moge4d",
+}
+_FOLDER_KEY = "gen4d_{kind}"
+NO_MODELS = "(no models found)"
+WEIGHT_SUFFIXES = (".safetensors",)
+LAYOUT_MARKERS = ("config.json", "model_index.json")
+
+
+def _folder_paths():
+    try:
+        return importlib.import_module("folder_paths")
+    except ImportError:
+        return None
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"model kind must be one of {sorted(MODEL_KINDS)}, got {kind!r}")
+
+
+def register_model_folders() -> None:
+    """Register ``models/<sub-folder>`` of every kind with ComfyUI (no-op without ComfyUI)."""
+    fp = _folder_paths()
+    if fp is None:
+        return
+    base = Path(fp.models_dir)
+    for kind, sub in MODEL_KINDS.items():
+        key = _FOLDER_KEY.format(kind=kind)
+        existing = fp.folder_names_and_paths.get(key, ([], set()))[0]
+        path = str(base / sub)
+        if path not in existing:
+            fp.add_model_folder_path(key, path)
+
+
+def model_roots(kind: str) -> list[Path]:
+    """Folders searched for models of ``kind``, in priority order."""
+    _check_kind(kind)
+    fp = _folder_paths()
+    if fp is not None:
+        register_model_folders()
+        return [Path(p) for p in fp.get_folder_paths(_FOLDER_KEY.format(kind=kind))]
+    return [Path(os.environ.get("GEN4D_MODELS_DIR", "models")).resolve() / MODEL_KINDS[kind]]
+
+
+def _is_model_dir(path: Path) -> bool:
+    return path.is_dir() and any((path / marker).is_file() for marker in LAYOUT_MARKERS)
+
+
+def list_models(kind: str) -> list[str]:
+    """Model folders (diffusers/transformers layout) and ``.safetensors`` files of ``kind``, by name."""
+    names: list[str] = []
+    for root in model_roots(kind):
+        if not root.is_dir():
+            continue
+        for path in sorted(root.iterdir()):
+            if _is_model_dir(path) or (path.is_file() and path.suffix in WEIGHT_SUFFIXES):
+                if path.name not in names:
+                    names.append(path.name)
+    return names
+
+
+def resolve_model(kind: str, name: str, required: tuple[str, ...] = ()) -> Path:
+    """The path of model ``name`` of ``kind``, checked for the files a loader needs.
+
+    Args:
+        kind: a key of :data:`MODEL_KINDS`.
+        name: a folder or file name as listed by :func:`list_models`, or an absolute path to a
+            local diffusers / transformers folder.
+        required: files that must exist inside a model folder (e.g. ``("config.json",)``).
+
+    Raises:
+        ValueError: naming the folders searched and the files expected.
+    """
+    _check_kind(kind)
+    if not name or name == NO_MODELS:
+        roots = ", ".join(str(r) for r in model_roots(kind))
+        raise ValueError(f"no {kind} model selected; put a model folder or .safetensors file into {roots}")
+    candidates = [Path(name)] if Path(name).is_absolute() else [root / name for root in model_roots(kind)]
+    for path in candidates:
+        if path.exists():
+            missing = [f for f in required if not (path / f).is_file()] if path.is_dir() else []
+            if missing:
+                raise ValueError(f"{kind} model {str(path)!r} is missing {missing}; expected a complete folder "
+                                 f"with {list(required)}")
+            return path.resolve()
+    searched = ", ".join(str(p) for p in candidates)
+    raise ValueError(f"{kind} model {name!r} not found (looked at {searched}); put the model folder there")
+
+
+def preferred_dtype(device: torch.device | str) -> torch.dtype:
+    """bf16 on CUDA devices that support it (numerically safe for inference), float32 elsewhere."""
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
