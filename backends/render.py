@@ -178,6 +178,14 @@ def render(
     return RenderOutput(rgb, alphas, colors[..., 3:4], means2d if keep else None, radii if keep else None)
 
 
+def _on_device(scene, device: torch.device) -> bool:
+    parts = getattr(scene, "parts", None)
+    if not parts:
+        return True
+    have = parts[0].gaussians.device
+    return have.type == device.type and (have.index == device.index or None in (have.index, device.index))
+
+
 def render_scene(
     scene,
     cameras: Cameras,
@@ -200,14 +208,14 @@ def render_scene(
         return render(gaussians, cameras, background, backend, sh_degree)
     if not callable(getattr(scene, "at", None)):
         raise TypeError(f"render_scene: scene must be a Scene4D or Gaussians, got {type(scene).__name__}")
+    if device is not None and not _on_device(scene, torch.device(device)):
+        scene = scene.to(device)  # once, so motion (e.g. a deformation field) runs on the render device
     times = cameras.times.detach().cpu()
     unique, inverse = torch.unique(times, return_inverse=True)
     outputs, order = [], []
     for k, t in enumerate(unique.tolist()):
         idx = torch.nonzero(inverse == k, as_tuple=True)[0]
         gaussians = scene.at(t)
-        if device is not None:
-            gaussians = gaussians.to(device)
         bg = background
         if background is not None and torch.as_tensor(background).dim() == 2:
             bg = torch.as_tensor(background)[idx]
