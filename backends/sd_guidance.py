@@ -1,0 +1,256 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Stable Diffusion (2.1) text-conditioned score distillation, for scenes.
+
+Public API:
+    SDGuidance            ``sds_loss(images BHWC, cameras, t, step_ratio) -> scalar`` (core.guidance.Guidance)
+    SDComponents          the loaded networks of a diffusers SD folder
+    load_sd_guidance(path)   load (and cache) a diffusers Stable Diffusion folder with clear errors
+    SD_COMPONENTS         sub-folders a model folder must hold
+
+Design notes:
+    Reads the diffusers layout of ``stabilityai/stable-diffusion-2-1(-base)``: ``unet/``, ``vae/``,
+    ``text_encoder/`` (transformers ``CLIPTextModel``), ``tokenizer/`` (``CLIPTokenizer``) and
+    ``scheduler/``; only the parts SDS needs are loaded (no pipeline, no safety checker).
+
+    SDS follows DreamFusion (Poole et al. 2022, eq. 3; applied per timestamp as CoCo4D eq. 2):
+    renders are resized to the model's resolution (``unet.sample_size`` times the VAE's
+    down-scaling: 512 for SD 2.1-base, 768 for SD 2.1), encoded to the scaled VAE mean, noised at
+    ``t`` drawn from :func:`core.guidance.annealed_timestep_range`, and the classifier-free-guided
+    prediction ``ε̂ = ε_u + s (ε_c - ε_u)`` (``ε_u`` with the negative prompt, empty by default)
+    gives the direction ``(1 - ᾱ_t)(ε̂ - ε)`` carried back by :func:`core.guidance.sds_surrogate`.
+    v-prediction checkpoints (SD 2.1 768) are converted to ε first. The default guidance scale is
+    DreamFusion's 100: SDS needs a far larger scale than sampling (7.5) to give sharp results;
+    lower it (e.g. 7.5-30) for softer, more diverse guidance.
+
+    The prompt is encoded once per device/dtype and kept; the networks are loaded once per
+    (folder, dtype) and shared (see :mod:`backends.zero123` for the cache, the safetensors checks
+    and the SDS core, which both guidances use).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from ..core.cameras import Cameras
+from .tiny import tiny_builder
+from .zero123 import (
+    _cached,
+    _check_folder,
+    _folder_key,
+    _load,
+    move_modules,
+    resolve_device_dtype,
+    sample_timesteps,
+    sds_from_latents,
+    tiny_unet,
+    tiny_vae,
+    to_model_images,
+)
+
+__all__ = ["SDGuidance", "SDComponents", "load_sd_guidance", "SD_COMPONENTS"]
+
+logger = logging.getLogger(__name__)
+
+SD_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+
+
+@dataclass
+class SDComponents:
+    """The networks of one Stable Diffusion folder (frozen, eval mode)."""
+
+    path: Path
+    unet: torch.nn.Module
+    vae: torch.nn.Module
+    text_encoder: torch.nn.Module
+    tokenizer: object
+    alphas_cumprod: Tensor
+    num_train_timesteps: int
+    prediction_type: str
+    dtype: torch.dtype = torch.float32
+
+    @property
+    def resolution(self) -> int:
+        """Image size of the model: latent size times the VAE's down-scaling (512 for SD 2.1-base)."""
+        return int(self.unet.config.sample_size) * 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def modules(self) -> tuple[torch.nn.Module, ...]:
+        return (self.unet, self.vae, self.text_encoder)
+
+
+def load_sd_guidance(path: str | Path, dtype: torch.dtype = torch.float32) -> SDComponents:
+    """Load the SDS parts of a diffusers Stable Diffusion folder (cached; on the CPU).
+
+    Raises:
+        ValueError: missing sub-folders or config files, unreadable or truncated weights, or a
+            text encoder whose width does not match the UNet's cross-attention.
+    """
+    path = Path(path)
+    what = f"sd_guidance model {str(path)!r}"
+    _check_folder(path, SD_COMPONENTS, what)
+    return _cached(("sd", *_folder_key(path), str(dtype)), lambda: _load_sd(path, dtype, what))
+
+
+def _load_sd(path: Path, dtype: torch.dtype, what: str) -> SDComponents:
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    unet = _load(what, "unet", lambda: UNet2DConditionModel.from_pretrained(path / "unet", torch_dtype=dtype))
+    vae = _load(what, "vae", lambda: AutoencoderKL.from_pretrained(path / "vae", torch_dtype=dtype))
+    text = _load(what, "text_encoder", lambda: CLIPTextModel.from_pretrained(path / "text_encoder", dtype=dtype))
+    tokenizer = _load(what, "tokenizer", lambda: CLIPTokenizer.from_pretrained(path / "tokenizer"))
+    scheduler = _load(what, "scheduler", lambda: DDPMScheduler.from_pretrained(path / "scheduler"))
+    if unet.config.in_channels != vae.config.latent_channels:
+        raise ValueError(f"{what}: unet takes {unet.config.in_channels} input channels but the vae makes "
+                         f"{vae.config.latent_channels} (an inpainting or depth model is not a text-to-image model)")
+    if text.config.hidden_size != unet.config.cross_attention_dim:
+        raise ValueError(f"{what}: text_encoder width {text.config.hidden_size} does not match unet "
+                         f"cross_attention_dim {unet.config.cross_attention_dim}")
+    for module in (unet, vae, text):
+        module.eval().requires_grad_(False)
+    logger.info("loaded sd guidance model %s (%s)", path, dtype)
+    return SDComponents(path, unet, vae, text, tokenizer, scheduler.alphas_cumprod.float(),
+                        int(scheduler.config.num_train_timesteps), scheduler.config.prediction_type, dtype)
+
+
+@dataclass
+class SDGuidance:
+    """Text-conditioned SDS guidance (DreamFusion) with Stable Diffusion.
+
+    Args:
+        components: from :func:`load_sd_guidance`.
+        prompt: what the rendered views should look like.
+        negative_prompt: the unconditional branch's text (empty = plain classifier-free guidance).
+        guidance_scale: CFG scale (DreamFusion: 100).
+        seed: seed of timesteps and noise.
+        device, dtype: fixed compute device / dtype; ``None`` follows the images (bf16 on CUDA).
+        t_range: noise-level range before annealing.
+    """
+
+    components: SDComponents
+    prompt: str
+    negative_prompt: str = ""
+    guidance_scale: float = 100.0
+    seed: int = 0
+    device: torch.device | str | None = None
+    dtype: torch.dtype | None = None
+    t_range: tuple[float, float] = (0.02, 0.98)
+    _embeds: dict = field(init=False, repr=False, default_factory=dict)
+    _generator: torch.Generator = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.prompt, str) or not self.prompt.strip():
+            raise ValueError("SDGuidance: the prompt is empty; describe the scene the views should show")
+        if not (math.isfinite(self.guidance_scale) and self.guidance_scale >= 0):
+            raise ValueError(f"SDGuidance: guidance_scale must be a finite number >= 0, got {self.guidance_scale}")
+        self._generator = torch.Generator().manual_seed(int(self.seed))
+
+    def reseed(self, seed: int | None = None) -> None:
+        """Restart the timestep/noise stream (at ``seed``, default the constructor's)."""
+        self._generator.manual_seed(int(self.seed if seed is None else seed))
+
+    def offload(self) -> None:
+        """Move the networks to the CPU and drop cached prompt embeddings."""
+        move_modules(self.components.modules, torch.device("cpu"), next(self.components.unet.parameters()).dtype)
+        self._embeds.clear()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def _context(self, device: torch.device, dtype: torch.dtype) -> Tensor:
+        key = (str(device), str(dtype))
+        if key not in self._embeds:
+            c = self.components
+            tokens = c.tokenizer([self.prompt, self.negative_prompt], padding="max_length", truncation=True,
+                                 max_length=c.tokenizer.model_max_length, return_tensors="pt")
+            with torch.no_grad():
+                hidden = c.text_encoder(tokens.input_ids.to(device))[0]
+            self._embeds[key] = hidden.to(dtype)  # [2, L, D]: prompt, negative prompt
+        return self._embeds[key]
+
+    def sds_loss(self, images: Tensor, cameras: Cameras, t: float, step_ratio: float) -> Tensor:
+        """SDS loss of rendered ``images [B,H,W,3]`` (cameras and scene time are not used by SD).
+
+        Raises:
+            ValueError: images not ``[B,H,W,3]``.
+        """
+        c = self.components
+        x = to_model_images(images, c.resolution, "SDGuidance.sds_loss")
+        batch = x.shape[0]
+        device, dtype = resolve_device_dtype(self.device, self.dtype, images)
+        move_modules(c.modules, device, dtype)
+        text = self._context(device, dtype)
+        context = torch.cat([text[:1].expand(batch, -1, -1), text[1:].expand(batch, -1, -1)])
+        latents = c.vae.encode(x.to(device, dtype)).latent_dist.mean * c.vae.config.scaling_factor
+
+        def predict(x_t: Tensor, steps: Tensor) -> tuple[Tensor, Tensor]:
+            out = c.unet(torch.cat([x_t, x_t]), torch.cat([steps, steps]), encoder_hidden_states=context).sample
+            return out.chunk(2)
+
+        steps = sample_timesteps(self._generator, batch, step_ratio, c.num_train_timesteps, self.t_range)
+        noise = torch.randn(latents.shape, generator=self._generator).to(device)
+        return sds_from_latents(latents, predict, c.alphas_cumprod, steps, noise, self.guidance_scale,
+                                c.prediction_type)
+
+
+# --------------------------------------------------------------------------- tiny weights
+
+_TINY_WORDS = ("a", "photo", "of", "cat", "dog", "forest", "city", "at", "night", "red", "blue", "car")
+
+
+def write_tiny_tokenizer(folder: Path) -> None:
+    """A CLIP BPE tokenizer over letters plus a few whole words, written as vocab.json / merges.txt."""
+    import json
+
+    from transformers import CLIPTokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tokens = ["<|startoftext|>", "<|endoftext|>"]
+    letters = [chr(i) for i in range(ord("a"), ord("z") + 1)]
+    tokens += letters + [f"{ch}</w>" for ch in letters]
+    merges: list[str] = []
+    for word in _TINY_WORDS:  # merge each word left to right, the last piece carrying </w>
+        pieces = list(word[:-1]) + [word[-1] + "</w>"]
+        while len(pieces) > 1:
+            merges.append(f"{pieces[0]} {pieces[1]}")
+            pieces = [pieces[0] + pieces[1]] + pieces[2:]
+            if pieces[0] not in tokens:
+                tokens.append(pieces[0])
+    merges = list(dict.fromkeys(merges))
+    (folder / "vocab.json").write_text(json.dumps({tok: i for i, tok in enumerate(tokens)}), encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=16)
+    tokenizer.save_pretrained(folder)
+
+
+@tiny_builder("guidance_sd")
+def build_tiny_sd(folder: Path, seed: int) -> Path:
+    """A tiny Stable Diffusion folder in the diffusers layout (resolution 32, text width 16)."""
+    import json
+
+    from diffusers import DDIMScheduler
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    folder = Path(folder)
+    write_tiny_tokenizer(folder / "tokenizer")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        tiny_unet(4, 16).save_pretrained(folder / "unet")
+        tiny_vae().save_pretrained(folder / "vae")
+        config = CLIPTextConfig(vocab_size=128, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                num_attention_heads=2, max_position_embeddings=16, bos_token_id=0, eos_token_id=1,
+                                pad_token_id=1)
+        CLIPTextModel(config).save_pretrained(folder / "text_encoder")
+    DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
+                  set_alpha_to_one=False).save_pretrained(folder / "scheduler")
+    (folder / "model_index.json").write_text(json.dumps({
+        "_class_name": "StableDiffusionPipeline", "vae": ["diffusers", "AutoencoderKL"],
+        "unet": ["diffusers", "UNet2DConditionModel"], "scheduler": ["diffusers", "DDIMScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"]},
+        indent=2))
+    return folder
