@@ -1,0 +1,132 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Zero123-size score distillation on the GPU: seconds per SDS step and the guided CoCo4D foreground fit.
+
+Builds a real-size Zero123 from configs with random weights (no download): the SD 1.x UNet with
+8 input channels and 768-wide cross-attention, the SD VAE, a CLIP ViT-L/14 image encoder and the
+772 -> 768 camera projection, in bf16.
+
+Cases:
+    step    seconds per SDS step, batch 4 at 256² (VAE encode + 2x UNet with CFG + backward).
+    fit     CoCo4D foreground with guidance on the object world: 1000 static + 800 deformation
+            iterations, one SDS step (batch 4) per iteration (target: under 90 s).
+
+Usage: python bench/guidance_bench.py [--case step] [--scale 1.0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from pack_loader import load_pack  # noqa: E402
+
+load_pack()
+from gen4d import synthetic  # noqa: E402
+from gen4d.backends.render import training_render  # noqa: E402
+from gen4d.backends.zero123 import CameraProjection, Zero123Components, Zero123Guidance  # noqa: E402
+from gen4d.core.fit_dynamic import DeformationFitConfig, fit_deformation  # noqa: E402
+from gen4d.core.fit_static import StaticFitConfig, fit_static  # noqa: E402
+from gen4d.core.gaussians import sphere_init  # noqa: E402
+from gen4d.core.guidance import PoseSampling, sample_guidance_cameras  # noqa: E402
+from gen4d.core.reference import reference_clip  # noqa: E402
+
+
+def real_size_zero123(device: torch.device, dtype: torch.dtype) -> Zero123Components:
+    """Zero123 at its published sizes with random weights."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(0)
+    with torch.device(device):
+        unet = UNet2DConditionModel(sample_size=32, in_channels=8, out_channels=4, cross_attention_dim=768,
+                                    block_out_channels=(320, 640, 1280, 1280), layers_per_block=2,
+                                    attention_head_dim=8)
+        vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, sample_size=256,
+                            block_out_channels=(128, 256, 512, 512), layers_per_block=2,
+                            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+        clip = CLIPVisionModelWithProjection(CLIPVisionConfig(
+            hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16, image_size=224,
+            patch_size=14, projection_dim=768))
+        projection = CameraProjection(768, 4)
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+    for module in (unet, vae, clip, projection):
+        module.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        if device.type == "cuda":
+            module.to(memory_format=torch.channels_last)  # as backends.zero123 places loaded models
+    return Zero123Components(Path("zero123-random"), unet, vae, clip, projection,
+                             scheduler.alphas_cumprod.to(device), 1000, "epsilon", dtype=dtype)
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def case_step(components, device) -> dict:
+    world = synthetic.object_world(0)
+    cond = synthetic.render(world, world.reference_cameras(256, 256, 1))["rgb"][0]
+    guidance = Zero123Guidance(components, cond)
+    sampling = PoseSampling(batch=4)
+    cams = sample_guidance_cameras(sampling, 0.0, torch.Generator().manual_seed(0))
+    images = torch.rand(4, 256, 256, 3, device=device, requires_grad=True)
+    times = []
+    for i in range(12):
+        _sync()
+        start = time.perf_counter()
+        guidance.sds_loss(images, cams, 0.0, i / 11).backward()
+        _sync()
+        times.append(time.perf_counter() - start)
+    steady = sorted(times[2:])[len(times[2:]) // 2]
+    return {"case": "step", "batch": 4, "size": 256, "seconds_per_sds_step": steady,
+            "peak_mib": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None}
+
+
+def case_fit(components, device, scale: float) -> dict:
+    world = synthetic.object_world(0)
+    truth = synthetic.render(world, world.reference_cameras(256, 256, 16), supersample=3)
+    clip = reference_clip(truth["rgb"], truth["foreground"], center=True)
+    guidance = Zero123Guidance(components, clip.views.images)
+    s_iters, d_iters = max(int(1000 * scale), 1), max(int(800 * scale), 1)
+    init = sphere_init(5000, 0.5, generator=torch.Generator().manual_seed(0))
+    _sync()
+    start = time.perf_counter()
+    static = fit_static(init, clip.views.subset([0]), training_render,
+                        replace(StaticFitConfig(iterations=s_iters, preview_every=0)), guidance, device=device)
+    _sync()
+    mid = time.perf_counter()
+    fit_deformation(static.gaussians, clip.views, training_render,
+                    DeformationFitConfig(iterations=d_iters, preview_every=0), guidance, device=device)
+    _sync()
+    end = time.perf_counter()
+    return {"case": "fit", "static_iterations": s_iters, "deformation_iterations": d_iters,
+            "static_seconds": mid - start, "deformation_seconds": end - mid, "total_seconds": end - start,
+            "target_seconds": 90.0,
+            "peak_mib": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--case", choices=("step", "fit"), action="append")
+    ap.add_argument("--scale", type=float, default=1.0)
+    args = ap.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    start = time.perf_counter()
+    components = real_size_zero123(device, dtype)
+    params = sum(p.numel() for m in components.modules for p in m.parameters())
+    print(f"device {device}, Zero123 components {params / 1e6:.0f}M parameters, {dtype}, "
+          f"built in {time.perf_counter() - start:.1f} s", flush=True)
+    for case in args.case or ["step", "fit"]:
+        row = case_step(components, device) if case == "step" else case_fit(components, device, args.scale)
+        print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()
