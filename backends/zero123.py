@@ -227,13 +227,11 @@ def resolve_device_dtype(fixed_device, fixed_dtype, images: Tensor) -> tuple[tor
 
 
 def move_modules(modules, device: torch.device, dtype: torch.dtype) -> None:
-    """Put modules on ``device`` in ``dtype``; on CUDA convolutions run channels-last (faster with bf16)."""
+    """Put modules on ``device`` in ``dtype`` (no-op when they are there already)."""
     for module in modules:
         p = next(module.parameters())
         if p.device != device or p.dtype != dtype:
             module.to(device=device, dtype=dtype)
-            if device.type == "cuda":
-                module.to(memory_format=torch.channels_last)
 
 
 # --------------------------------------------------------------------------- Zero123

@@ -58,8 +58,6 @@ def real_size_zero123(device: torch.device, dtype: torch.dtype) -> Zero123Compon
     scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
     for module in (unet, vae, clip, projection):
         module.to(device=device, dtype=dtype).eval().requires_grad_(False)
-        if device.type == "cuda":
-            module.to(memory_format=torch.channels_last)  # as backends.zero123 places loaded models
     return Zero123Components(Path("zero123-random"), unet, vae, clip, projection,
                              scheduler.alphas_cumprod.to(device), 1000, "epsilon", dtype=dtype)
 
