@@ -3,9 +3,9 @@
 
 from __future__ import annotations
 
-from . import cameras, depth, fit, guidance, render, scene_io, segment, synthetic
+from . import cameras, depth, fit, guidance, inpaint, render, scene_io, segment, synthetic
 
-_MODULES = (cameras, synthetic, fit, render, scene_io, depth, guidance, segment)
+_MODULES = (cameras, synthetic, fit, render, scene_io, depth, guidance, segment, inpaint)
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}

@@ -1,0 +1,335 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Video inpainting with diffusers Wan VACE, with partial-noise refinement (CoCo4D eq. 7).
+
+Public API:
+    VideoInpainter          ``inpaint(frames [T,H,W,3], masks [T,H,W], prompt, ...) -> [T,H,W,3]``
+    load_video_inpainter(path, dtype)   load (and cache) a diffusers Wan VACE folder with clear errors
+    start_step(steps, strength)         first denoising step of a partial-noise run
+    WAN_VACE_COMPONENTS                 sub-folders a model folder must hold
+
+Design notes:
+    CoCo4D §3.2 refines the copy-pasted pseudo video of a new pose with a video inpainter
+    (COCOCO in the paper) *from the given frames*: the frames are encoded and noised to ratio
+    ``r`` (eq. 7: 0.5 on the pasted regions, refinement at 0.7), and denoising starts there rather
+    than at pure noise. Wan VACE's diffusers pipeline only starts from noise, so the sampling loop
+    is run here with the pipeline's own pieces (prompt encoder, VACE condition latents and mask
+    packing, transformer, scheduler): ``strength`` r picks the first of ``steps`` scheduler steps
+    (``steps - round(r * steps)``, the img2img convention), the clean latents of the whole video are
+    noised to that timestep with the scheduler's own forward process (flow matching:
+    ``x_t = (1 - σ) x_0 + σ ε``), and the remaining steps run. ``strength = 1`` is plain VACE
+    inpainting from noise; ``strength = 0`` returns the input (after the composite).
+
+    VACE conditioning: the frames with the holes blanked (inactive) and the holes' content
+    (reactive) are encoded separately, and the mask is packed per latent pixel; the model fills the
+    holes consistently with the rest of the video. The mask is binarised at 0.5 for the model;
+    the final composite uses the soft mask and keeps every pixel where ``mask == 0`` exactly.
+
+    Resize policy: frames are resized (bilinear; masks nearest) to the nearest multiple of the VAE
+    down-scaling times the transformer patch (8 x 2 = 16) and the frame count is padded to
+    ``4k + 1`` (Wan's temporal compression) by repeating the last frame; the result is cropped
+    back to T frames and resized to the input size. Networks are cached per (folder, stamps, dtype),
+    moved to the call-time device for a call and back to the CPU afterwards; the VAE runs in float32
+    (Wan's VAE is not reliable in half precision). Noise comes from a CPU generator.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .inpaint import (
+    _cpu_generator,
+    check_frames_and_masks,
+    check_sampling,
+    composite,
+    default_device,
+    model_size,
+    read_model_index,
+)
+from .tiny import tiny_builder
+from .zero123 import _cached, _check_folder, _folder_key, _load
+
+__all__ = ["VideoInpainter", "load_video_inpainter", "start_step", "WAN_VACE_COMPONENTS"]
+
+logger = logging.getLogger(__name__)
+
+WAN_VACE_COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
+
+
+def start_step(steps: int, strength: float) -> int:
+    """Index of the first of ``steps`` scheduler steps run at noise ratio ``strength`` (0..1)."""
+    return int(steps) - min(int(round(float(strength) * int(steps))), int(steps))
+
+
+def load_video_inpainter(path: str | Path, dtype: torch.dtype = torch.float32) -> "VideoInpainter":
+    """Load (cached per folder and dtype, on the CPU) a diffusers Wan VACE folder.
+
+    Raises:
+        ValueError: not a folder, missing ``model_index.json`` or component files, a pipeline other
+            than Wan VACE, corrupt or truncated safetensors, or unreadable components.
+    """
+    path = Path(path)
+    what = f"video_inpaint model {str(path)!r}"
+    name = str(read_model_index(path, what).get("_class_name", ""))
+    if name != "WanVACEPipeline":
+        raise ValueError(f"{what}: model_index.json names {name!r}; expected 'WanVACEPipeline' (a Wan VACE "
+                         f"diffusers folder, e.g. Wan-AI/Wan2.1-VACE-1.3B-diffusers)")
+    _check_folder(path, WAN_VACE_COMPONENTS, what)
+    return _cached(("video_inpaint", *_folder_key(path), str(dtype)), lambda: _load_vace(path, dtype, what))
+
+
+def _load_vace(path: Path, dtype: torch.dtype, what: str) -> "VideoInpainter":
+    from diffusers import AutoencoderKLWan, WanVACEPipeline
+
+    vae = _load(what, "vae", lambda: AutoencoderKLWan.from_pretrained(path / "vae", dtype=torch.float32))
+    transformer = _load(what, "transformer", lambda: _load_transformer(path / "transformer", dtype))
+    pipe = _load(what, "pipeline", lambda: WanVACEPipeline.from_pretrained(path, vae=vae, transformer=transformer,
+                                                                           dtype=dtype))
+    pipe.set_progress_bar_config(disable=True)
+    for module in (pipe.transformer, pipe.transformer_2, pipe.text_encoder, pipe.vae):
+        if module is not None:
+            module.eval().requires_grad_(False)
+    logger.info("loaded Wan VACE video inpainter %s (%s)", path, dtype)
+    return VideoInpainter(pipe, path, dtype)
+
+
+def _load_transformer(folder: Path, dtype: torch.dtype):
+    """The VACE transformer; without ``accelerate`` diffusers refuses models with fp32-kept modules,
+    so the config and safetensors are then read directly (same weights, same fp32-kept modules)."""
+    from diffusers import WanVACETransformer3DModel
+    from safetensors.torch import load_file
+
+    try:
+        return WanVACETransformer3DModel.from_pretrained(folder, dtype=dtype)
+    except ValueError as exc:
+        if "low_cpu_mem_usage" not in str(exc):
+            raise
+    model = WanVACETransformer3DModel.from_config(WanVACETransformer3DModel.load_config(folder))
+    state: dict[str, Tensor] = {}
+    for file in sorted(folder.glob("*.safetensors")):
+        state.update(load_file(file))
+    model.load_state_dict(state, strict=True)
+    keep = tuple(getattr(model, "_keep_in_fp32_modules", None) or ())
+    for name, param in model.named_parameters():
+        if not any(k in name.split(".") for k in keep):
+            param.data = param.data.to(dtype)
+    return model
+
+
+@dataclass
+class VideoInpainter:
+    """A loaded Wan VACE pipeline used as a masked video inpainter with partial noise.
+
+    Args:
+        pipe: the diffusers ``WanVACEPipeline`` (kept on the CPU between calls).
+        path: its folder.
+        dtype: transformer / text-encoder dtype (the VAE stays float32).
+        device: a fixed compute device; ``None`` asks ``device_fn`` at every call.
+        device_fn: the call-time device lookup (the node layer binds ComfyUI's).
+        max_sequence_length: prompt tokens (Wan: 512).
+    """
+
+    pipe: object
+    path: Path
+    dtype: torch.dtype
+    device: torch.device | None = None
+    device_fn: Callable[[], torch.device] = field(default=default_device, repr=False)
+    max_sequence_length: int = 512
+
+    @property
+    def multiple(self) -> int:
+        """Sides must be multiples of this (VAE down-scaling x transformer patch)."""
+        return int(self.pipe.vae_scale_factor_spatial) * int(self.pipe.transformer.config.patch_size[1])
+
+    @property
+    def temporal(self) -> int:
+        return int(self.pipe.vae_scale_factor_temporal)
+
+    def offload(self) -> None:
+        """Park the networks on the CPU."""
+        self.pipe.to("cpu")
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def _place(self, device: torch.device) -> None:
+        for module in (self.pipe.transformer, self.pipe.transformer_2, self.pipe.text_encoder, self.pipe.vae):
+            if module is not None:
+                module.to(device)
+
+    def _normalise(self, latents: Tensor, inverse: bool = False) -> Tensor:
+        cfg = self.pipe.vae.config
+        mean = torch.tensor(cfg.latents_mean, device=latents.device, dtype=torch.float32).view(1, -1, 1, 1, 1)
+        std = torch.tensor(cfg.latents_std, device=latents.device, dtype=torch.float32).view(1, -1, 1, 1, 1)
+        return latents * std + mean if inverse else (latents - mean) / std
+
+    def inpaint(self, frames: Tensor, masks: Tensor, prompt: str = "", negative_prompt: str = "",
+                strength: float = 0.7, steps: int = 30, guidance_scale: float = 5.0, seed: int = 0,
+                callback: Callable | None = None, should_stop: Callable[[], bool] | None = None) -> Tensor:
+        """Inpaint the masked regions of a video, starting from the given frames at noise ratio ``strength``.
+
+        Args:
+            frames: ``[T,H,W,3]`` float in 0..1 (e.g. CoCo4D's copy-pasted pseudo video).
+            masks: ``[T,H,W]`` in 0..1, 1 = regenerate.
+            prompt, negative_prompt: text conditions.
+            strength: noise ratio r of the start point (CoCo4D: 0.7); 1 = from pure noise.
+            steps: scheduler steps of a full run (about ``steps * strength`` run).
+            guidance_scale: classifier-free guidance scale (<= 1 disables the unconditional pass).
+            seed: seed of the CPU noise generator.
+            callback: ``callback(step, total, preview)`` after each denoising step.
+            should_stop: polled before each step; when True, InterruptedError is raised.
+
+        Returns:
+            ``[T,H,W,3]`` float32 on the CPU in 0..1; pixels with ``mask == 0`` equal the input exactly.
+
+        Raises:
+            ValueError: bad shapes, frame/mask count mismatch, sizes or sampling settings.
+            InterruptedError: ``should_stop`` returned True.
+        """
+        what = "VideoInpainter.inpaint"
+        frames, masks = check_frames_and_masks(frames, masks, what, video=True)
+        check_sampling(what, strength, steps, guidance_scale)
+        if not (masks > 0).any() or start_step(steps, strength) >= int(steps):
+            return frames.clone()
+        device = torch.device(self.device) if self.device is not None else self.device_fn()
+        self._place(device)
+        try:
+            out = self._run(frames, masks, prompt, negative_prompt, float(strength), int(steps),
+                            float(guidance_scale), int(seed), device, callback, should_stop)
+        finally:
+            self.offload()
+        return composite(frames, out, masks)
+
+    def _encode_text(self, texts: list[str], device: torch.device) -> Tensor:
+        """UMT5 hidden states ``[B, L, D]``, zero past each prompt's tokens (Wan's convention).
+
+        Done here rather than with the pipeline's ``encode_prompt``, which needs ``ftfy`` for text
+        clean-up; only whitespace is normalised.
+        """
+        pipe = self.pipe
+        texts = [" ".join(str(t).split()) for t in texts]
+        tokens = pipe.tokenizer(texts, padding="max_length", max_length=self.max_sequence_length, truncation=True,
+                                add_special_tokens=True, return_attention_mask=True, return_tensors="pt")
+        ids, attention = tokens.input_ids.to(device), tokens.attention_mask.to(device)
+        hidden = pipe.text_encoder(ids, attention).last_hidden_state
+        return hidden * attention[..., None].to(hidden.dtype)
+
+    @torch.no_grad()
+    def _run(self, frames, masks, prompt, negative_prompt, strength, steps, guidance_scale, seed, device,
+             callback, should_stop) -> Tensor:
+        pipe = self.pipe
+        count, height, width = frames.shape[:3]
+        mh, mw = model_size(height, width, self.multiple)
+        padded = (count - 1 + self.temporal - 1) // self.temporal * self.temporal + 1
+        x = frames.permute(0, 3, 1, 2)
+        m = masks[:, None]
+        if (mh, mw) != (height, width):
+            x = F.interpolate(x, (mh, mw), mode="bilinear", align_corners=False)
+            m = F.interpolate(m, (mh, mw), mode="nearest")
+        if padded > count:
+            x = torch.cat([x, x[-1:].expand(padded - count, -1, -1, -1)])
+            m = torch.cat([m, m[-1:].expand(padded - count, -1, -1, -1)])
+        video = (x * 2 - 1).permute(1, 0, 2, 3)[None].to(device)          # [1,3,T',H',W'] in [-1,1]
+        mask = (m > 0.5).float().permute(1, 0, 2, 3)[None].expand(1, 3, -1, -1, -1).to(device)
+        generator = _cpu_generator(seed)
+        cfg = guidance_scale > 1.0
+        transformer = pipe.transformer if pipe.transformer is not None else pipe.transformer_2
+        tdtype = self.dtype
+
+        embeds = self._encode_text([prompt], device).to(tdtype)
+        negative = self._encode_text([negative_prompt or ""], device).to(tdtype) if cfg else None
+        condition = pipe.prepare_video_latents(video, mask, [[]], None, device)
+        condition = torch.cat([condition, pipe.prepare_masks(mask, [[]], None)], dim=1).to(tdtype)
+        scale = torch.ones(len(transformer.config.vace_layers), device=device, dtype=tdtype)
+
+        scheduler = pipe.scheduler
+        scheduler.set_timesteps(steps, device=device)
+        first = start_step(steps, strength) * scheduler.order
+        timesteps = scheduler.timesteps[first:]
+        if hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(first)
+        clean = self._normalise(pipe.vae.encode(video.float()).latent_dist.mode().float())
+        noise = torch.randn(clean.shape, generator=generator, dtype=torch.float32).to(device)
+        if first == 0:
+            latents = noise * float(getattr(scheduler, "init_noise_sigma", 1.0))
+        elif hasattr(scheduler, "scale_noise"):
+            latents = scheduler.scale_noise(clean, timesteps[:1], noise)
+        else:
+            latents = scheduler.add_noise(clean, noise, timesteps[:1])
+        boundary = pipe.config.boundary_ratio
+        boundary_t = None if boundary is None else boundary * scheduler.config.num_train_timesteps
+        total = len(timesteps)
+        for i, t in enumerate(timesteps):
+            if should_stop is not None and should_stop():
+                raise InterruptedError("VideoInpainter.inpaint: stopped by the user")
+            model = pipe.transformer if boundary_t is None or t >= boundary_t or pipe.transformer_2 is None \
+                else pipe.transformer_2
+            step_t = t.expand(1)
+            kwargs = dict(hidden_states=latents.to(tdtype), timestep=step_t, control_hidden_states=condition,
+                          control_hidden_states_scale=scale, return_dict=False)
+            pred = model(encoder_hidden_states=embeds, **kwargs)[0].float()
+            if cfg:
+                uncond = model(encoder_hidden_states=negative, **kwargs)[0].float()
+                pred = uncond + guidance_scale * (pred - uncond)
+            latents = scheduler.step(pred, t, latents, return_dict=False)[0]
+            if callback is not None:
+                callback(i + 1, total, None)
+        decoded = pipe.vae.decode(self._normalise(latents.float(), inverse=True), return_dict=False)[0]
+        out = (decoded.float()[0].permute(1, 0, 2, 3)[:count] / 2 + 0.5).clamp(0, 1).cpu()   # [T,3,H',W']
+        if (mh, mw) != (height, width):
+            out = F.interpolate(out, (height, width), mode="bilinear", align_corners=False)
+        return out.permute(0, 2, 3, 1).contiguous()
+
+
+# --------------------------------------------------------------------------- tiny weights
+
+_TINY_WORDS = ("a", "photo", "of", "cat", "dog", "forest", "city", "at", "night", "red", "blue", "car", "scene")
+
+
+def write_tiny_t5_tokenizer(folder: Path) -> None:
+    """A tiny T5 (Unigram) tokenizer made locally: special tokens, a few words, and letters."""
+    from transformers import T5Tokenizer
+
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    pieces += [(f"\u2581{w}", -1.0) for w in _TINY_WORDS] + [("\u2581", -3.0)]
+    pieces += [(chr(c), -5.0) for c in range(ord("a"), ord("z") + 1)]
+    tokenizer = T5Tokenizer(vocab=pieces, extra_ids=0)
+    tokenizer.save_pretrained(folder)
+
+
+@tiny_builder("video_inpaint_wan_vace")
+def build_tiny_wan_vace(folder: Path, seed: int) -> Path:
+    """A tiny Wan VACE folder (2-layer transformer width 24, 4-channel Wan VAE, UMT5 width 16)."""
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanVACEPipeline, WanVACETransformer3DModel
+    from transformers import AutoTokenizer, UMT5Config, UMT5EncoderModel
+
+    folder = Path(folder)
+    source = folder / "_tokenizer_src"
+    write_tiny_t5_tokenizer(source)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    z = 4
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        vae = AutoencoderKLWan(base_dim=8, z_dim=z, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                               temperal_downsample=[False, True, True], latents_mean=[0.0] * z,
+                               latents_std=[1.0] * z)
+        text = UMT5EncoderModel(UMT5Config(vocab_size=len(tokenizer), d_model=16, d_kv=8, d_ff=32, num_layers=1,
+                                           num_heads=2, relative_attention_num_buckets=8, pad_token_id=0,
+                                           eos_token_id=1, decoder_start_token_id=0))
+        transformer = WanVACETransformer3DModel(
+            patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=z, out_channels=z,
+            text_dim=16, freq_dim=16, ffn_dim=32, num_layers=2, cross_attn_norm=True, rope_max_seq_len=32,
+            vace_layers=[0], vace_in_channels=2 * z + 64)
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
+    pipe = WanVACEPipeline(tokenizer=tokenizer, text_encoder=text, vae=vae, scheduler=scheduler,
+                           transformer=transformer)
+    pipe.save_pretrained(folder, safe_serialization=True)
+    import shutil
+
+    shutil.rmtree(source, ignore_errors=True)
+    return folder
