@@ -3,9 +3,9 @@
 
 from __future__ import annotations
 
-from . import cameras, depth, fit, guidance, inpaint, render, scene_io, segment, synthetic
+from . import cameras, depth, fit, guidance, inpaint, render, scene_io, segment, synthetic, video
 
-_MODULES = (cameras, synthetic, fit, render, scene_io, depth, guidance, segment, inpaint)
+_MODULES = (cameras, synthetic, video, segment, depth, guidance, inpaint, fit, render, scene_io)
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}
