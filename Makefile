@@ -2,13 +2,14 @@
 #   make test   install, then run the CPU test suite
 #   make demo   install, then render the synthetic scene world as 4D Gaussians (outputs/demo/)
 #   make lint   ruff
+#   make test-browser   headless chromium test of the 4D viewer (installs chromium + playwright-core)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 TORCH  := torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test demo lint bench-render clean
+.PHONY: install test demo lint bench-render clean test-browser
 
 install: $(STAMP)
 
@@ -26,6 +27,15 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python tools/demo.py --out outputs/demo
+
+# Browser test of web/gen4d_viewer.js: Debian chromium (SwiftShader) + playwright-core, localhost only.
+# Kept out of `make test`: chromium comes from apt (root + network to the Debian mirror).
+CHROMIUM ?= /usr/bin/chromium
+test-browser: $(STAMP)
+	test -x $(CHROMIUM) || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
+	test -d tests/browser/node_modules/playwright-core || (cd tests/browser && npm install --no-audit --no-fund)
+	$(BIN)/python tests/browser/make_fixtures.py
+	CHROMIUM=$(CHROMIUM) PYTHON=$(abspath $(BIN)/python) node tests/browser/viewer.test.mjs
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -3,9 +3,9 @@
 
 from __future__ import annotations
 
-from . import cameras, depth, fit, guidance, inpaint, render, scene_io, segment, synthetic, video
+from . import cameras, depth, fit, guidance, inpaint, preview, render, scene_io, segment, synthetic, video
 
-_MODULES = (cameras, synthetic, video, segment, depth, guidance, inpaint, fit, render, scene_io)
+_MODULES = (cameras, synthetic, video, segment, depth, guidance, inpaint, fit, render, scene_io, preview)
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}

@@ -1,0 +1,88 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Gen4D_Preview4D: an interactive 4D splat viewer on the node (web/gen4d_preview.js).
+
+The node writes a compact ``.g4d`` asset (core/preview_asset.py) into ComfyUI's temp folder and
+returns ``{"ui": {"gen4d_preview": [{"filename", "subfolder", "type": "temp"}]}}``; the web
+extension fetches it through ComfyUI's ``/view`` route and plays it in a WebGL2 widget.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+
+from ..core.paths import atomic_write_bytes, safe_output_path
+from ..core.preview_asset import DEFAULT_MAX_SPLATS, SUFFIX, encode_scene, encode_tracks
+from ..core.scene import Scene4D
+from . import host
+from . import types as T
+from .widgets import int_in, socket_in
+
+logger = logging.getLogger(__name__)
+
+SUBFOLDER = "gen4d_preview"
+
+
+def _tracks_fields(tracks):
+    """``(points, colors, visibility, fps)`` from a GEN4D_TRACKS payload (object or dict)."""
+    get = tracks.get if isinstance(tracks, dict) else (lambda k, d=None: getattr(tracks, k, d))
+    points = get("points")
+    if points is None:
+        points = get("positions")
+    colors = get("colors")
+    if points is None or colors is None:
+        raise ValueError(f"Gen4D_Preview4D: tracks must carry 'points' [T,H,W,3] and 'colors', got a "
+                         f"{type(tracks).__name__} without them")
+    return points, colors, get("visibility"), float(get("fps", 24.0) or 24.0)
+
+
+class Preview4D:
+    DESCRIPTION = (
+        "Interactive 4D preview on the node: orbit (left drag), pan (right/middle drag or shift+drag), zoom "
+        "(wheel), play/pause, time scrubber, frame rate, background colour and reset view. The scene is "
+        "baked per frame, subsampled to max_splats by opacity and size, quantised and written to ComfyUI's "
+        "temp folder (positions move per frame; rotations, scales and colours come from the first frame)."
+    )
+    CATEGORY = f"{T.CATEGORY}/io"
+    RETURN_TYPES = ()
+    RETURN_NAMES = ()
+    OUTPUT_TOOLTIPS = ()
+    OUTPUT_NODE = True
+    FUNCTION = "preview"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "max_splats": int_in(DEFAULT_MAX_SPLATS, 1, 2_000_000, "Largest number of splats sent to the "
+                                     "viewer; the most opaque and largest are kept (deterministic).", step=1000),
+                "num_frames": int_in(0, 0, 1000, "Frames to bake for the viewer; 0 uses the scene's own count."),
+            },
+            "optional": {
+                "scene": socket_in(T.SCENE, "The 4D scene to preview."),
+                "gaussians": socket_in(T.GAUSSIANS, "A static Gaussian set to preview (when no scene is connected)."),
+                "tracks": socket_in(T.TRACKS, "Dense point trajectories to preview as splats (when no scene or "
+                                    "gaussians are connected)."),
+            },
+        }
+
+    def preview(self, max_splats, num_frames, scene=None, gaussians=None, tracks=None):
+        if scene is not None:
+            data = encode_scene(scene, int(max_splats), int(num_frames) or None)
+        elif gaussians is not None:
+            data = encode_scene(Scene4D.static(gaussians), int(max_splats), int(num_frames) or None)
+        elif tracks is not None:
+            points, colors, visibility, fps = _tracks_fields(tracks)
+            data = encode_tracks(points, colors, visibility, fps, int(max_splats))
+        else:
+            raise ValueError("Gen4D_Preview4D: connect a scene, gaussians or tracks input")
+        host.raise_if_interrupted()
+        root = host.temp_directory()
+        name = f"preview_{secrets.token_hex(8)}{SUFFIX}"
+        path = safe_output_path(root, f"{SUBFOLDER}/{name}")
+        atomic_write_bytes(path, data)
+        logger.info("Gen4D_Preview4D: wrote %s (%.1f MB)", path, len(data) / 1e6)
+        return {"ui": {"gen4d_preview": [{"filename": name, "subfolder": SUBFOLDER, "type": "temp"}]}}
+
+
+NODES = {"Gen4D_Preview4D": (Preview4D, "Gen4D Preview 4D")}
