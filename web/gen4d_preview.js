@@ -19,48 +19,59 @@ function viewUrl(entry) {
   return typeof api?.apiURL === "function" ? api.apiURL(route) : route;
 }
 
-app.registerExtension({
-  name: "Gen4D.Preview4D",
-  async beforeRegisterNodeDef(nodeType, nodeData) {
-    if (nodeData?.name !== NODE_ID) return;
+// ComfyUI serves this folder twice when both pyproject's [tool.comfy] web and WEB_DIRECTORY name it
+// (/extensions/comfyui-gen4d/ and /extensions/<folder>/), so the frontend imports this module twice;
+// register once and stay quiet on the second import instead of throwing "already registered".
+const EXTENSION_NAME = "Gen4D.Preview4D";
+const REGISTERED = Symbol.for("gen4d.preview4d.registered");
+const alreadyRegistered = Boolean(globalThis[REGISTERED]) ||
+  (Array.isArray(app?.extensions) && app.extensions.some((e) => e?.name === EXTENSION_NAME));
 
-    const onNodeCreated = nodeType.prototype.onNodeCreated;
-    nodeType.prototype.onNodeCreated = function () {
-      const result = onNodeCreated?.apply(this, arguments);
-      const host = document.createElement("div");
-      Object.assign(host.style, { width: "100%", height: "100%", minHeight: "260px" });
-      try {
-        this.gen4dViewer = createViewer(host);
-      } catch (err) {
-        host.textContent = `Gen4D viewer failed to start: ${err?.message ?? err}`;
-      }
-      this.addDOMWidget("gen4d_viewer", "GEN4D_VIEWER", host, {
-        serialize: false,
-        hideOnZoom: false,
-        getMinHeight: () => 300,
-      });
-      this.setSize([Math.max(this.size?.[0] ?? 0, 440), Math.max(this.size?.[1] ?? 0, 440)]);
-      return result;
-    };
+if (!alreadyRegistered) {
+  globalThis[REGISTERED] = true;
+  app.registerExtension({
+    name: EXTENSION_NAME,
+    async beforeRegisterNodeDef(nodeType, nodeData) {
+      if (nodeData?.name !== NODE_ID) return;
 
-    const onExecuted = nodeType.prototype.onExecuted;
-    nodeType.prototype.onExecuted = function (message) {
-      onExecuted?.apply(this, arguments);
-      const viewer = this.gen4dViewer;
-      if (!viewer) return;
-      const entry = message?.gen4d_preview?.[0];
-      if (!entry || !entry.filename) {
-        viewer.showMessage("Cannot show the 4D preview: the node output names no preview asset.");
-        return;
-      }
-      viewer.load(viewUrl(entry));
-    };
+      const onNodeCreated = nodeType.prototype.onNodeCreated;
+      nodeType.prototype.onNodeCreated = function () {
+        const result = onNodeCreated?.apply(this, arguments);
+        const host = document.createElement("div");
+        Object.assign(host.style, { width: "100%", height: "100%", minHeight: "260px" });
+        try {
+          this.gen4dViewer = createViewer(host);
+        } catch (err) {
+          host.textContent = `Gen4D viewer failed to start: ${err?.message ?? err}`;
+        }
+        this.addDOMWidget("gen4d_viewer", "GEN4D_VIEWER", host, {
+          serialize: false,
+          hideOnZoom: false,
+          getMinHeight: () => 300,
+        });
+        this.setSize([Math.max(this.size?.[0] ?? 0, 440), Math.max(this.size?.[1] ?? 0, 440)]);
+        return result;
+      };
 
-    const onRemoved = nodeType.prototype.onRemoved;
-    nodeType.prototype.onRemoved = function () {
-      this.gen4dViewer?.dispose();
-      this.gen4dViewer = null;
-      return onRemoved?.apply(this, arguments);
-    };
-  },
-});
+      const onExecuted = nodeType.prototype.onExecuted;
+      nodeType.prototype.onExecuted = function (message) {
+        onExecuted?.apply(this, arguments);
+        const viewer = this.gen4dViewer;
+        if (!viewer) return;
+        const entry = message?.gen4d_preview?.[0];
+        if (!entry || !entry.filename) {
+          viewer.showMessage("Cannot show the 4D preview: the node output names no preview asset.");
+          return;
+        }
+        viewer.load(viewUrl(entry));
+      };
+
+      const onRemoved = nodeType.prototype.onRemoved;
+      nodeType.prototype.onRemoved = function () {
+        this.gen4dViewer?.dispose();
+        this.gen4dViewer = null;
+        return onRemoved?.apply(this, arguments);
+      };
+    },
+  });
+}
