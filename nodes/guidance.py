@@ -7,35 +7,13 @@ import logging
 
 import torch
 
-from ..backends.model_folders import NO_MODELS, list_models, preferred_dtype, resolve_model
+from ..backends.model_folders import resolve_model
 from ..core.convert import check_image
-from . import host
 from . import types as T
-from .widgets import combo_in, float_in, seed_in, socket_in, str_in
+from .placement import device_in, dtype_in, model_in, placement
+from .widgets import float_in, seed_in, socket_in, str_in
 
 logger = logging.getLogger(__name__)
-
-_DEVICES = ("auto", "cuda", "cpu")
-_DTYPES = {"auto": None, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-_DEVICE_TIP = "Where the guidance runs: auto follows the renders (ComfyUI's device), else a fixed device."
-_DTYPE_TIP = "Weights precision: auto = bf16 on CUDA, fp32 on CPU."
-
-
-def _models(kind: str) -> list[str]:
-    return list_models(kind) or [NO_MODELS]
-
-
-def _placement(device: str, dtype: str) -> tuple[torch.device | None, torch.dtype]:
-    if device not in _DEVICES:
-        raise ValueError(f"device must be one of {list(_DEVICES)}, got {device!r}")
-    if dtype not in _DTYPES:
-        raise ValueError(f"dtype must be one of {list(_DTYPES)}, got {dtype!r}")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was chosen but no CUDA device is available; use auto or cpu")
-    fixed = None if device == "auto" else torch.device(device)
-    target = fixed if fixed is not None else host.compute_device()
-    return fixed, _DTYPES[dtype] or preferred_dtype(target)
-
 
 class Zero123GuidanceLoader:
     DESCRIPTION = (
@@ -53,7 +31,7 @@ class Zero123GuidanceLoader:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model": combo_in(_models("zero123"), "Model folder under models/gen4d/zero123 (e.g. "
+                "model": model_in("zero123", "Model folder under models/gen4d/zero123 (e.g. "
                                   "stable-zero123-diffusers; a name containing 'stable' selects Stable-Zero123's "
                                   "camera embedding)."),
                 "condition_image": socket_in(T.IMAGE, "The seen view: object centred on a white background "
@@ -65,8 +43,8 @@ class Zero123GuidanceLoader:
                 "condition_radius": float_in(2.5, 0.01, 100.0, "Camera distance of the seen view (CoCo4D: 2.5)."),
                 "guidance_scale": float_in(5.0, 0.0, 200.0, "Classifier-free guidance scale (DreamGaussian: 5).",
                                            step=0.1),
-                "device": combo_in(_DEVICES, _DEVICE_TIP),
-                "dtype": combo_in(tuple(_DTYPES), _DTYPE_TIP),
+                "device": device_in(),
+                "dtype": dtype_in(),
                 "seed": seed_in("Seed of the SDS timesteps and noise; the same seed repeats a fit."),
             }
         }
@@ -78,7 +56,7 @@ class Zero123GuidanceLoader:
         image = check_image(condition_image, "condition_image", channels=(3, 4))
         path = resolve_model("zero123", model, tuple(f"{c}/config.json" for c in ZERO123_COMPONENTS
                                                      if c != "scheduler"))
-        fixed, weights_dtype = _placement(device, dtype)
+        fixed, weights_dtype = placement("Gen4D guidance loader", device, dtype)
         with torch.inference_mode(False):  # parameters must not be inference tensors: the fit backprops
             components = load_zero123(path, weights_dtype)
             guidance = Zero123Guidance(components, image.clone(), condition_elevation, condition_azimuth,
@@ -102,14 +80,14 @@ class SDGuidanceLoader:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model": combo_in(_models("sd_guidance"), "Diffusers Stable Diffusion folder under models/diffusers "
+                "model": model_in("sd_guidance", "Diffusers Stable Diffusion folder under models/diffusers "
                                   "(e.g. stable-diffusion-2-1-base)."),
                 "prompt": str_in("", "What the scene should look like from the unseen views.", multiline=True),
                 "negative_prompt": str_in("", "What to steer away from (the unconditional branch).", multiline=True),
                 "guidance_scale": float_in(100.0, 0.0, 200.0, "Classifier-free guidance scale: DreamFusion's 100 "
                                            "for sharp SDS; 7.5-30 is softer.", step=0.5),
-                "device": combo_in(_DEVICES, _DEVICE_TIP),
-                "dtype": combo_in(tuple(_DTYPES), _DTYPE_TIP),
+                "device": device_in(),
+                "dtype": dtype_in(),
                 "seed": seed_in("Seed of the SDS timesteps and noise; the same seed repeats a fit."),
             }
         }
@@ -119,7 +97,7 @@ class SDGuidanceLoader:
 
         path = resolve_model("sd_guidance", model, ("unet/config.json", "vae/config.json",
                                                     "text_encoder/config.json"))
-        fixed, weights_dtype = _placement(device, dtype)
+        fixed, weights_dtype = placement("Gen4D guidance loader", device, dtype)
         with torch.inference_mode(False):
             components = load_sd_guidance(path, weights_dtype)
             guidance = SDGuidance(components, prompt, negative_prompt, guidance_scale, seed, device=fixed,

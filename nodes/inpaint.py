@@ -22,44 +22,16 @@ import logging
 
 import torch
 
-from ..backends.model_folders import NO_MODELS, list_models, preferred_dtype, resolve_model
+from ..backends.model_folders import resolve_model
 from ..core.convert import check_image, check_mask
 from . import host
 from . import types as T
-from .widgets import combo_in, float_in, int_in, seed_in, socket_in, str_in
+from .placement import device_in, dtype_in, model_in, placement, validate_model
+from .widgets import float_in, int_in, seed_in, socket_in, str_in
 
 __all__ = ["InpaintModelLoader", "Inpaint", "VideoInpaintModelLoader", "VideoInpaint", "NODES"]
 
 logger = logging.getLogger(__name__)
-
-DEVICES = ("auto", "cpu")
-DTYPES = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-_DEVICE_TIP = "'auto': ComfyUI's compute device when the stage runs (the GPU when present); 'cpu': always the CPU."
-_DTYPE_TIP = "Weight precision: 'auto' = bf16 on GPUs that support it, fp32 on the CPU."
-
-
-def _models(kind: str) -> list[str]:
-    return list_models(kind) or [NO_MODELS]
-
-
-def _placement(node: str, device: str, dtype: str) -> tuple[torch.device | None, torch.dtype]:
-    if device not in DEVICES:
-        raise ValueError(f"{node}: device must be one of {list(DEVICES)}, got {device!r}")
-    if dtype not in DTYPES:
-        raise ValueError(f"{node}: dtype must be one of {list(DTYPES)}, got {dtype!r}")
-    fixed = torch.device("cpu") if device == "cpu" else None
-    return fixed, DTYPES[dtype] or preferred_dtype(fixed or host.compute_device())
-
-
-def _validate(kind: str, node: str, model) -> bool | str:
-    if model is None:
-        return True
-    try:
-        resolve_model(kind, model, ("model_index.json",))
-    except ValueError as exc:
-        return f"{node}: {exc}"
-    return True
-
 
 def _run_interruptible(fn):
     host.raise_if_interrupted()
@@ -89,22 +61,22 @@ class InpaintModelLoader:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model": combo_in(_models("inpaint"), "Diffusers inpainting folder under models/diffusers, or an "
+                "model": model_in("inpaint", "Diffusers inpainting folder under models/diffusers, or an "
                                   "absolute path to one."),
-                "device": combo_in(DEVICES, _DEVICE_TIP),
-                "dtype": combo_in(tuple(DTYPES), _DTYPE_TIP),
+                "device": device_in(),
+                "dtype": dtype_in(),
             }
         }
 
     @classmethod
     def VALIDATE_INPUTS(cls, model=None):
-        return _validate("inpaint", "Gen4D_InpaintModelLoader", model)
+        return validate_model("inpaint", "Gen4D_InpaintModelLoader", model)
 
     def load(self, model, device="auto", dtype="auto"):
         from ..backends.inpaint import load_image_inpainter
 
         path = resolve_model("inpaint", model, ("model_index.json",))
-        fixed, weights_dtype = _placement("Gen4D_InpaintModelLoader", device, dtype)
+        fixed, weights_dtype = placement("Gen4D_InpaintModelLoader", device, dtype)
         with torch.inference_mode(False):
             inpainter = load_image_inpainter(path, weights_dtype)
         inpainter.device, inpainter.device_fn = fixed, host.compute_device
@@ -181,22 +153,22 @@ class VideoInpaintModelLoader:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model": combo_in(_models("video_inpaint"), "Diffusers Wan VACE folder under models/diffusers, "
+                "model": model_in("video_inpaint", "Diffusers Wan VACE folder under models/diffusers, "
                                   "or an absolute path to one."),
-                "device": combo_in(DEVICES, _DEVICE_TIP),
-                "dtype": combo_in(tuple(DTYPES), _DTYPE_TIP),
+                "device": device_in(),
+                "dtype": dtype_in(),
             }
         }
 
     @classmethod
     def VALIDATE_INPUTS(cls, model=None):
-        return _validate("video_inpaint", "Gen4D_VideoInpaintModelLoader", model)
+        return validate_model("video_inpaint", "Gen4D_VideoInpaintModelLoader", model)
 
     def load(self, model, device="auto", dtype="auto"):
         from ..backends.video_inpaint import load_video_inpainter
 
         path = resolve_model("video_inpaint", model, ("model_index.json",))
-        fixed, weights_dtype = _placement("Gen4D_VideoInpaintModelLoader", device, dtype)
+        fixed, weights_dtype = placement("Gen4D_VideoInpaintModelLoader", device, dtype)
         with torch.inference_mode(False):
             inpainter = load_video_inpainter(path, weights_dtype)
         inpainter.device, inpainter.device_fn = fixed, host.compute_device
