@@ -37,14 +37,13 @@ from ..backends.model_folders import NO_MODELS, list_models, preferred_dtype, re
 from ..core.convert import DEPTH_MODES, check_image, depth_to_image
 from . import host
 from . import types as T
+from .placement import DEVICES, DTYPES, device_in, dtype_in
 from .widgets import combo_in, int_in, socket_in
 
 __all__ = ["DepthLoader", "Depth", "load_depth_model", "to_z_depth", "clear_cache", "NODES"]
 
 logger = logging.getLogger(__name__)
 
-DEVICES = ("auto", "cpu")
-DTYPES = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _CACHE_SIZE = 3
 _CACHE: OrderedDict[tuple, DepthAnythingV2] = OrderedDict()
 
@@ -127,10 +126,8 @@ class DepthLoader:
             "required": {
                 "model_name": combo_in(list_models("depth") or [NO_MODELS],
                                        "Model folder under models/gen4d/depth (config.json + model.safetensors)."),
-                "device": combo_in(DEVICES, "'auto': ComfyUI's compute device (the GPU when present); 'cpu': "
-                                   "always the CPU."),
-                "dtype": combo_in(tuple(DTYPES), "Weight precision. 'auto': bf16 on GPUs that support it, "
-                                  "fp32 otherwise."),
+                "device": device_in(),
+                "dtype": dtype_in(),
             },
         }
 

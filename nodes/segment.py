@@ -31,22 +31,19 @@ import logging
 from collections import OrderedDict
 from pathlib import Path
 
-import torch
-
 from ..backends.model_folders import NO_MODELS, list_models, resolve_model
 from ..backends.sam2_video import REQUIRED_FILES, Sam2VideoSegmenter, SegmentationStopped, check_model_folder
 from ..core.convert import check_image, check_mask, parse_color, to_image, to_mask
 from ..core.segmentation import FILL_MODES, parse_box, parse_points, points_to_prompt, split_video
 from . import host
 from . import types as T
+from .placement import DEVICES, DTYPES, device_in, dtype_in
 from .widgets import color_error, combo_in, socket_in, str_in
 
 __all__ = ["SAM2Loader", "SAM2Split", "load_segmenter", "clear_cache", "NODES"]
 
 logger = logging.getLogger(__name__)
 
-DEVICES = ("auto", "cpu")
-DTYPES = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 MIN_SIDE = 8
 _CACHE_SIZE = 2
 _CACHE: OrderedDict[tuple, Sam2VideoSegmenter] = OrderedDict()
@@ -120,10 +117,8 @@ class SAM2Loader:
                 "model_name": combo_in(list_models("sam2") or [NO_MODELS],
                                        "Model folder under models/sam2 (config.json + model.safetensors of a "
                                        "facebook/sam2.1-hiera-* checkpoint)."),
-                "device": combo_in(DEVICES, "'auto': ComfyUI's compute device (the GPU when present), looked up "
-                                   "each run; 'cpu': always the CPU."),
-                "dtype": combo_in(tuple(DTYPES), "Compute precision. 'auto': bf16 on GPUs that support it, fp32 "
-                                  "otherwise."),
+                "device": device_in(),
+                "dtype": dtype_in(),
             },
             "optional": {
                 "local_folder": str_in("", "Absolute path of a local transformers SAM2 folder; when set it is "

@@ -33,14 +33,13 @@ from ..backends.model_folders import NO_MODELS, list_models, preferred_dtype, re
 from ..core.convert import check_image, to_image
 from . import host
 from . import types as T
+from .placement import DEVICES, DTYPES, device_in, dtype_in
 from .widgets import combo_in, float_in, int_in, seed_in, socket_in, str_in
 
 __all__ = ["VideoModelLoader", "I2VReference", "VideoModel", "clear_cache", "NODES"]
 
 logger = logging.getLogger(__name__)
 
-DEVICES = ("auto", "cpu")
-DTYPES = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 OFFLOAD = ("after_use", "model_cpu_offload", "keep")
 
 
@@ -86,10 +85,8 @@ class VideoModelLoader:
             "required": {
                 "model": combo_in(_models(), "Diffusers pipeline folder under models/diffusers (model_index.json "
                                   "plus one sub-folder per component)."),
-                "device": combo_in(DEVICES, "'auto': ComfyUI's compute device (the GPU when present), looked up "
-                                   "at each run; 'cpu': always the CPU (very slow for real models)."),
-                "dtype": combo_in(tuple(DTYPES), "Weight precision. 'auto': bf16 on GPUs that support it, fp32 "
-                                  "otherwise."),
+                "device": device_in(),
+                "dtype": dtype_in(),
                 "offload": combo_in(OFFLOAD, "'after_use': move the model back to the CPU after each run; "
                                     "'model_cpu_offload': only the running sub-model sits on the GPU (needs "
                                     "accelerate; for GPUs that cannot hold the whole model); 'keep': stay on the GPU."),
