@@ -7,14 +7,19 @@ Public API:
     model_roots(kind)           the folders searched for a kind
     list_models(kind)           names a loader's picker shows (model folders and single weight files)
     resolve_model(kind, name, required=())   absolute path, or ValueError naming folders and files
+    HUB_IDS                     the published model ids of each kind (named in errors)
+    download_model(kind, repo_id)            fetch into the kind's folder, only when allowed
+    downloads_allowed()         ``GEN4D_ALLOW_DOWNLOADS=1`` (off by default)
     preferred_dtype(device)     bf16 on CUDA devices that support it, else float32
 
 Design notes:
     With ComfyUI, folders come from ``folder_paths`` (so ``extra_model_paths.yaml`` works); without
     it, from ``$GEN4D_MODELS_DIR/<sub-folder>`` (default ``./models``). A model is either a folder
     in diffusers / transformers layout (``config.json`` or ``model_index.json`` inside) or a single
-    ``.safetensors`` file. Nothing here downloads: a missing model is an error that says where to
-    put which files.
+    ``.safetensors`` file. Nothing downloads unless the user opts in with
+    ``GEN4D_ALLOW_DOWNLOADS=1``; then :func:`download_model` fetches a published id into the
+    kind's first folder. Otherwise a missing model is an error that says where to put which
+    files and which published ids fit.
 """
 
 from __future__ import annotations
@@ -33,6 +38,9 @@ __all__ = [
     "resolve_model",
     "preferred_dtype",
     "NO_MODELS",
+    "HUB_IDS",
+    "download_model",
+    "downloads_allowed",
 ]
 
 MODEL_KINDS: dict[str, str] = {
@@ -45,6 +53,18 @@ MODEL_KINDS: dict[str, str] = {
     "sd_guidance": "diffusers",
     "orbital": "gen4d/diffusion4d",
     "trajectory": "gen4d/moge4d",
+}
+HUB_IDS: dict[str, tuple[str, ...]] = {
+    "depth": ("depth-anything/Depth-Anything-V2-Small-hf", "depth-anything/Depth-Anything-V2-Large-hf"),
+    "sam2": ("facebook/sam2.1-hiera-tiny", "facebook/sam2.1-hiera-small", "facebook/sam2.1-hiera-large"),
+    "video": ("Wan-AI/Wan2.1-I2V-14B-480P-Diffusers", "THUDM/CogVideoX-5b-I2V", "THUDM/CogVideoX-5b",
+              "stabilityai/stable-video-diffusion-img2vid-xt"),
+    "inpaint": ("stabilityai/stable-diffusion-2-inpainting", "diffusers/stable-diffusion-xl-1.0-inpainting-0.1"),
+    "video_inpaint": ("Wan-AI/Wan2.1-VACE-1.3B-diffusers", "Wan-AI/Wan2.1-VACE-14B-diffusers"),
+    "zero123": ("ashawkey/stable-zero123-diffusers",),
+    "sd_guidance": ("stabilityai/stable-diffusion-2-1-base",),
+    "orbital": (),
+    "trajectory": ("Yanran21/MoGe4D",),
 }
 _FOLDER_KEY = "gen4d_{kind}"
 NO_MODELS = "(no models found)"
@@ -130,7 +150,42 @@ def resolve_model(kind: str, name: str, required: tuple[str, ...] = ()) -> Path:
                                  f"with {list(required)}")
             return path.resolve()
     searched = ", ".join(str(p) for p in candidates)
-    raise ValueError(f"{kind} model {name!r} not found (looked at {searched}); put the model folder there")
+    raise ValueError(f"{kind} model {name!r} not found (looked at {searched}); put the model folder there"
+                     + _hub_hint(kind))
+
+
+def _hub_hint(kind: str) -> str:
+    ids = HUB_IDS.get(kind, ())
+    if not ids:
+        return ""
+    how = "" if downloads_allowed() else " (set GEN4D_ALLOW_DOWNLOADS=1 to let the loader fetch one)"
+    return f". Published models of this kind: {', '.join(ids)}{how}"
+
+
+def downloads_allowed() -> bool:
+    """True only when the user opted in with ``GEN4D_ALLOW_DOWNLOADS=1``."""
+    return os.environ.get("GEN4D_ALLOW_DOWNLOADS", "") == "1"
+
+
+def download_model(kind: str, repo_id: str) -> Path:
+    """Fetch ``repo_id`` into the first folder of ``kind`` (safetensors and configs only).
+
+    Raises:
+        ValueError: downloads are not allowed, or the download failed.
+    """
+    _check_kind(kind)
+    if not downloads_allowed():
+        raise ValueError(f"downloading {repo_id!r} is off; set GEN4D_ALLOW_DOWNLOADS=1 or put the model into "
+                         f"{model_roots(kind)[0]}")
+    from huggingface_hub import snapshot_download
+
+    target = model_roots(kind)[0] / repo_id.split("/")[-1]
+    try:
+        snapshot_download(repo_id, local_dir=target,
+                          allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.py"])
+    except Exception as exc:  # the hub client raises many types; report them all the same way
+        raise ValueError(f"downloading {repo_id!r} into {target} failed: {exc}") from exc
+    return target
 
 
 def preferred_dtype(device: torch.device | str) -> torch.dtype:
