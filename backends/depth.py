@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..core.convert import check_image
+from .memory import make_room
 from .tiny import tiny_builder
 
 __all__ = [
@@ -333,6 +334,7 @@ class DepthAnythingV2(DepthEstimator):
         resize_for_model(height, width, size)  # size errors before any weights move
         self.materialize()
         if self._model_device() != self.device:
+            make_room([self.model], self.device)
             self.model.to(self.device)
         outputs: list[Tensor] = []
         with torch.inference_mode():

@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .memory import make_room, pipeline_modules
 from .tiny import tiny_builder
 from .zero123 import _cached, _check_folder, _folder_key, _load
 
@@ -275,6 +276,7 @@ class ImageInpainter:
         device = torch.device(self.device) if self.device is not None else self.device_fn()
         total = max(int(int(steps) * float(strength)), 1)
         state = {"stopped": False}
+        make_room(pipeline_modules(self.pipe), device)
         self.pipe.to(device)
         try:
             out = self.pipe(prompt=prompt, negative_prompt=negative_prompt or None, image=x.clamp(0, 1),

@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..core.segmentation import points_to_prompt
+from .memory import make_room
 from .model_folders import preferred_dtype
 from .tiny import tiny_builder
 
@@ -266,6 +267,7 @@ class Sam2VideoSegmenter:
             self._rounded = False
         if dtype != torch.float32:
             self._rounded = True
+        make_room([self.model], device)
         self.model.to(device=device, dtype=dtype)
 
     def offload(self) -> None:

@@ -61,6 +61,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .memory import make_room, pipeline_modules
 from .tiny import tiny_builder
 from .zero123 import check_weights
 
@@ -282,6 +283,7 @@ class VideoGenerator:
         if self._offload_hooked:
             self.pipe.remove_all_hooks()
             self._offload_hooked = False
+        make_room(pipeline_modules(self.pipe), device)
         self.pipe.to(device)
 
     def offload(self) -> None:

@@ -52,6 +52,7 @@ from .inpaint import (
     model_size,
     read_model_index,
 )
+from .memory import make_room
 from .tiny import tiny_builder
 from .zero123 import _cached, _check_folder, _folder_key, _load
 
@@ -158,7 +159,9 @@ class VideoInpainter:
             torch.cuda.empty_cache()
 
     def _place(self, device: torch.device) -> None:
-        for module in (self.pipe.transformer, self.pipe.transformer_2, self.pipe.text_encoder, self.pipe.vae):
+        modules = (self.pipe.transformer, self.pipe.transformer_2, self.pipe.text_encoder, self.pipe.vae)
+        make_room(modules, device)
+        for module in modules:
             if module is not None:
                 module.to(device)
 

@@ -68,6 +68,7 @@ from torch import Tensor
 
 from ..core.cameras import Cameras
 from ..core.guidance import annealed_timestep_range, orbit_angles, sds_surrogate
+from .memory import make_room
 from .model_folders import preferred_dtype
 from .tiny import tiny_builder
 
@@ -228,6 +229,7 @@ def resolve_device_dtype(fixed_device, fixed_dtype, images: Tensor) -> tuple[tor
 
 def move_modules(modules, device: torch.device, dtype: torch.dtype) -> None:
     """Put modules on ``device`` in ``dtype`` (no-op when they are there already)."""
+    make_room(modules, device)
     for module in modules:
         p = next(module.parameters())
         if p.device != device or p.dtype != dtype:

@@ -3,9 +3,13 @@
 
 from __future__ import annotations
 
-from . import cameras, depth, fit, guidance, inpaint, preview, render, scene_io, segment, synthetic, video
+from ..backends.memory import set_host_hook
+from . import cameras, depth, fit, guidance, host, inpaint, preview, render, scene_io, segment, synthetic, video
 
 _MODULES = (cameras, synthetic, video, segment, depth, guidance, inpaint, fit, render, scene_io, preview)
+
+# Our models ask ComfyUI's model manager for room before they move to the GPU.
+set_host_hook(host.free_memory_for)
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}

@@ -11,6 +11,7 @@ Public API:
     compute_device()            the device ComfyUI assigns to models (or CUDA if present, else CPU)
     intermediate_device()       where IMAGE/MASK tensors travel between nodes
     soft_empty_cache()          release cached GPU memory
+    free_memory_for(n, device)  ask ComfyUI's model manager to unload its models until ``n`` bytes fit
 
 Design notes:
     ``comfy`` and ``folder_paths`` are imported lazily inside each call, so the pack imports and
@@ -37,6 +38,7 @@ __all__ = [
     "compute_device",
     "intermediate_device",
     "soft_empty_cache",
+    "free_memory_for",
 ]
 
 
@@ -130,3 +132,12 @@ def soft_empty_cache() -> None:
         mm.soft_empty_cache()
     elif torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def free_memory_for(num_bytes: int, device: torch.device) -> None:
+    """Let ComfyUI unload its own models until ``num_bytes`` (plus a working margin) fit on ``device``."""
+    mm = _module("comfy.model_management")
+    if mm is None or not hasattr(mm, "free_memory"):
+        return
+    margin = 1.2  # activations and allocator slack on top of the weights
+    mm.free_memory(int(num_bytes * margin), torch.device(device))
