@@ -40,6 +40,7 @@ from torch import Tensor
 from ..core.cameras import Cameras
 from .tiny import tiny_builder
 from .zero123 import (
+    GuidanceLifecycle,
     _cached,
     _check_folder,
     _folder_key,
@@ -120,7 +121,7 @@ def _load_sd(path: Path, dtype: torch.dtype, what: str) -> SDComponents:
 
 
 @dataclass
-class SDGuidance:
+class SDGuidance(GuidanceLifecycle):
     """Text-conditioned SDS guidance (DreamFusion) with Stable Diffusion.
 
     Args:
@@ -150,17 +151,6 @@ class SDGuidance:
         if not (math.isfinite(self.guidance_scale) and self.guidance_scale >= 0):
             raise ValueError(f"SDGuidance: guidance_scale must be a finite number >= 0, got {self.guidance_scale}")
         self._generator = torch.Generator().manual_seed(int(self.seed))
-
-    def reseed(self, seed: int | None = None) -> None:
-        """Restart the timestep/noise stream (at ``seed``, default the constructor's)."""
-        self._generator.manual_seed(int(self.seed if seed is None else seed))
-
-    def offload(self) -> None:
-        """Move the networks to the CPU and drop cached prompt embeddings."""
-        move_modules(self.components.modules, torch.device("cpu"), next(self.components.unet.parameters()).dtype)
-        self._embeds.clear()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
 
     def _context(self, device: torch.device, dtype: torch.dtype) -> Tensor:
         key = (str(device), str(dtype))

@@ -355,8 +355,23 @@ def camera_embedding(elevation: Tensor, azimuth: Tensor, radius: Tensor, conditi
     return torch.stack([d_polar, torch.sin(d_az), torch.cos(d_az), last], dim=-1)
 
 
+class GuidanceLifecycle:
+    """``reseed`` and ``offload`` of the SDS guidances (fields: components, seed, _generator, _embeds)."""
+
+    def reseed(self, seed: int | None = None) -> None:
+        """Restart the timestep/noise stream (at ``seed``, default the constructor's)."""
+        self._generator.manual_seed(int(self.seed if seed is None else seed))
+
+    def offload(self) -> None:
+        """Move the networks to the CPU and drop cached condition embeddings."""
+        move_modules(self.components.modules, torch.device("cpu"), next(self.components.unet.parameters()).dtype)
+        self._embeds.clear()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
 @dataclass
-class Zero123Guidance:
+class Zero123Guidance(GuidanceLifecycle):
     """Zero123 SDS guidance for novel views of the object in ``condition_image``.
 
     Args:
@@ -400,17 +415,6 @@ class Zero123Guidance:
         if not self.condition_radius > 0:
             raise ValueError(f"Zero123Guidance: condition_radius must be > 0, got {self.condition_radius}")
         self._generator = torch.Generator().manual_seed(int(self.seed))
-
-    def reseed(self, seed: int | None = None) -> None:
-        """Restart the timestep/noise stream (at ``seed``, default the constructor's)."""
-        self._generator.manual_seed(int(self.seed if seed is None else seed))
-
-    def offload(self) -> None:
-        """Move the networks to the CPU and drop cached condition embeddings."""
-        move_modules(self.components.modules, torch.device("cpu"), next(self.components.unet.parameters()).dtype)
-        self._embeds.clear()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
 
     def _condition(self, index: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         key = (index, str(device), str(dtype))
