@@ -1,0 +1,321 @@
+# SPDX-License-Identifier: Apache-2.0
+"""MoGe4D building blocks: depth lifting, depth-guided motion normalisation and MAdaNorm.
+
+Public API:
+    official_pinhole      the fixed pinhole the official MoGe4D inference assumes (pixel K [3,3])
+    backproject           z-depth [H,W] -> camera-space points [H,W,3] (pixel centres at +0.5)
+    normalize_motion      trajectories [T,H,W,3] -> depth-normalised relative motion (paper eq. 1)
+    denormalize_motion    exact inverse of ``normalize_motion``
+    motion_tokens         motion features [B,C_m,h,w] resized onto a DiT token grid -> [B,N,C_m]
+    MAdaNorm              motion-aware adaptive normalisation (paper eqs. 4-6)
+
+Design notes:
+    Camera axes follow ``core.cameras`` (OpenCV: x right, y down, z forward); intrinsics are pixel
+    intrinsics and the centre of pixel ``(i, j)`` is ``(j + 0.5, i + 0.5)``. Everything lives in the
+    input image's camera frame (camera = identity), as in the official inference.
+
+    Eq. 1 (MoGe4D §4.2): with ``ΔP_t = P_t - P_0`` and ``z = P_0^(z)`` (frame-0 depth of the point),
+    ``Δx~ = α_x Δx / z``, ``Δy~ = α_y Δy / z``, ``Δz~ = Δz / z`` where ``α_x = f_x / W`` and
+    ``α_y = f_y / H`` (focal lengths in pixels over the image size, i.e. the normalised focal
+    lengths). ``P_0`` is the *reference* frame-0 point cloud handed in (points, or depth lifted
+    with ``K``), not ``tracks[0]``: the paper's decoder outputs relative motion that is "fused with
+    the initial point cloud", so both directions use the same reference and the inverse is exact.
+    This matches the official ``normalize_track_z`` mode (x divided by ``z / f_x_norm`` etc.).
+
+    MAdaNorm (§4.2, eqs. 4-6) is implemented as one modulated normalisation; a DiT block uses two
+    instances (the attention input of eq. 5 and the MLP input of eq. 6). One Linear producing all
+    four of ``α_1, α_2, β_1, β_2`` (eq. 4) is the same as two Linears producing two each. The gates
+    ``γ`` are zero-initialised and the modulation is applied as a gated residual on the wrapped
+    normalisation, ``y = LN(F) + γ ⊙ (α ⊙ LN(F) + β)``, so a fresh module returns exactly
+    ``LN(F)`` and a pretrained block is unchanged at the start of fine-tuning (see ``MAdaNorm``).
+
+    Torch only; no comfy / diffusers / transformers imports.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "OFFICIAL_REFERENCE_HW",
+    "official_pinhole",
+    "backproject",
+    "normalize_motion",
+    "denormalize_motion",
+    "motion_tokens",
+    "MAdaNorm",
+]
+
+OFFICIAL_REFERENCE_HW = (540, 960)
+"""``(height, width)`` of the reference aspect the official inference derives its pinhole from."""
+
+
+def official_pinhole(height: int, width: int, reference_hw: Sequence[int] = OFFICIAL_REFERENCE_HW) -> Tensor:
+    """The fixed pinhole of the official MoGe4D inference, as pixel intrinsics.
+
+    Reading of the official code (anchors §1.3): the camera is written in *normalised* image units
+    (image spans ``[0, 1]`` on both axes) with principal point ``(0.5, 0.5)``. With a reference
+    size ``H_r x W_r`` (540 x 960) and the working size ``H x W``:
+
+    * if ``W_r / W > H_r / H``: ``fx_n = 1`` and ``fy_n = (W_r / H_r) / (W / H)``;
+    * otherwise:               ``fx_n = (H_r / W_r) / (H / W)`` and ``fy_n = 1``.
+
+    So the focal length equals the full image extent along the axis that the reference aspect
+    "fills", and the other axis is rescaled by the ratio of the two aspects. In pixels this is
+    ``fx = fx_n * W``, ``fy = fy_n * H``, ``cx = W / 2``, ``cy = H / 2``. For a working size with
+    the reference aspect (e.g. 540 x 960) both ``fx_n`` and ``fy_n`` are 1 and ``fx = W``,
+    ``fy = H``; for other aspects the pixels are not square (``fx != fy``), exactly as in the
+    official code. ``α_x = fx_n`` and ``α_y = fy_n`` are then eq. 1's scaling factors.
+
+    Args:
+        height: working image height ``H`` in pixels.
+        width: working image width ``W`` in pixels.
+        reference_hw: ``(H_r, W_r)`` of the reference aspect; default ``(540, 960)``.
+
+    Returns:
+        ``[3,3]`` float32 pixel intrinsics.
+
+    Raises:
+        ValueError: for a non-positive size.
+    """
+    h, w = int(height), int(width)
+    hr, wr = (float(v) for v in reference_hw)
+    if h <= 0 or w <= 0 or hr <= 0 or wr <= 0:
+        raise ValueError(f"official_pinhole: sizes must be positive, got {h}x{w} and reference {hr}x{wr}")
+    if wr / w > hr / h:
+        fx_n, fy_n = 1.0, (wr / hr) / (w / h)
+    else:
+        fx_n, fy_n = (hr / wr) / (h / w), 1.0
+    return torch.tensor([[fx_n * w, 0.0, 0.5 * w], [0.0, fy_n * h, 0.5 * h], [0.0, 0.0, 1.0]], dtype=torch.float32)
+
+
+def _check_K(K: Tensor) -> None:
+    if not isinstance(K, Tensor) or K.shape != (3, 3):
+        got = tuple(K.shape) if isinstance(K, Tensor) else type(K).__name__
+        raise ValueError(f"K must be a [3,3] tensor, got {got}")
+    if not bool(torch.isfinite(K).all()) or float(K[0, 0]) <= 0 or float(K[1, 1]) <= 0:
+        raise ValueError("K must be finite with positive focal lengths")
+
+
+def _check_depth(depth: Tensor, name: str, valid: Tensor | None = None) -> None:
+    bad = ~(torch.isfinite(depth) & (depth > 0))
+    if valid is not None:
+        bad = bad & valid
+    n = int(bad.sum())
+    if n:
+        raise ValueError(f"{name}: {n} pixel(s) with non-positive or non-finite depth")
+
+
+def backproject(depth: Tensor, K: Tensor | None = None) -> Tensor:
+    """Lift a z-depth map to camera-space points (OpenCV axes).
+
+    Pixel ``(i, j)`` is sampled at its centre ``(u, v) = (j + 0.5, i + 0.5)`` and mapped to
+    ``X = (u - cx) z / fx``, ``Y = (v - cy) z / fy``, ``Z = z``.
+
+    Args:
+        depth: ``[H,W]`` z-depth (distance along the optical axis), any sign is accepted here.
+        K: ``[3,3]`` pixel intrinsics; ``None`` uses ``official_pinhole(H, W)``.
+
+    Returns:
+        ``[H,W,3]`` points in the camera frame, dtype/device of ``depth``.
+
+    Raises:
+        ValueError: for a depth that is not 2-D or a malformed ``K``.
+    """
+    if not isinstance(depth, Tensor) or depth.dim() != 2:
+        got = tuple(depth.shape) if isinstance(depth, Tensor) else type(depth).__name__
+        raise ValueError(f"backproject: depth must be an [H,W] tensor, got {got}")
+    h, w = depth.shape
+    K = official_pinhole(h, w) if K is None else K
+    _check_K(K)
+    K = K.to(device=depth.device, dtype=depth.dtype)
+    v = torch.arange(h, device=depth.device, dtype=depth.dtype) + 0.5
+    u = torch.arange(w, device=depth.device, dtype=depth.dtype) + 0.5
+    x = (u[None, :] - K[0, 2]) / K[0, 0] * depth
+    y = (v[:, None] - K[1, 2]) / K[1, 1] * depth
+    return torch.stack([x, y, depth], dim=-1)
+
+
+def _reference(reference: Tensor, K: Tensor | None, valid: Tensor | None, name: str):
+    """Frame-0 points ``[H,W,3]``, their depth ``[H,W]`` and eq. 1's ``(α_x, α_y, 1)`` ``[3]``."""
+    if (
+        not isinstance(reference, Tensor)
+        or reference.dim() not in (2, 3)
+        or (reference.dim() == 3 and reference.shape[-1] != 3)
+    ):
+        got = tuple(reference.shape) if isinstance(reference, Tensor) else type(reference).__name__
+        raise ValueError(f"{name}: reference must be depth0 [H,W] or points0 [H,W,3], got {got}")
+    h, w = reference.shape[:2]
+    if valid is not None and (not isinstance(valid, Tensor) or valid.shape != (h, w)):
+        raise ValueError(f"{name}: valid must be an [H,W]=({h},{w}) bool tensor")
+    K = official_pinhole(h, w) if K is None else K
+    _check_K(K)
+    if reference.dim() == 2:
+        _check_depth(reference, f"{name}: depth0", valid)
+        points0 = backproject(reference, K)
+    else:
+        _check_depth(reference[..., 2], f"{name}: points0 z", valid)
+        points0 = reference
+    one = torch.ones((), dtype=torch.float64)
+    alpha = torch.stack([K[0, 0].double() / w, K[1, 1].double() / h, one]).to(reference.dtype)
+    return points0, points0[..., 2], alpha.to(reference.device)
+
+
+def _check_tracks(tracks: Tensor, hw, name: str) -> None:
+    if not isinstance(tracks, Tensor) or tracks.dim() != 4 or tracks.shape[1:] != (*hw, 3):
+        got = tuple(tracks.shape) if isinstance(tracks, Tensor) else type(tracks).__name__
+        raise ValueError(f"{name}: expected a [T,{hw[0]},{hw[1]},3] tensor, got {got}")
+
+
+def normalize_motion(tracks: Tensor, reference: Tensor, K: Tensor | None = None, valid: Tensor | None = None) -> Tensor:
+    """Depth-guided motion normalisation, MoGe4D eq. 1.
+
+    ``ΔP_t = P_t - P_0``; ``(Δx~, Δy~, Δz~) = (α_x Δx / z, α_y Δy / z, Δz / z)`` with
+    ``z = P_0^(z)``, ``α_x = f_x / W``, ``α_y = f_y / H``.
+
+    Args:
+        tracks: ``[T,H,W,3]`` camera-frame positions ``P_t`` of the frame-0 pixels.
+        reference: frame-0 geometry, either ``depth0 [H,W]`` (lifted with ``backproject(depth0, K)``)
+            or ``points0 [H,W,3]`` (used as ``P_0`` directly; ``K`` then only supplies ``α``).
+        K: ``[3,3]`` pixel intrinsics; ``None`` uses ``official_pinhole(H, W)``.
+        valid: optional ``[H,W]`` bool; pixels outside it are not validated and come out as 0.
+
+    Returns:
+        ``[T,H,W,3]`` normalised relative motion.
+
+    Raises:
+        ValueError: for malformed shapes, or a reference with non-positive / non-finite depth at
+            (valid) pixels; the message names the number of offending pixels.
+    """
+    points0, z, alpha = _reference(reference, K, valid, "normalize_motion")
+    _check_tracks(tracks, points0.shape[:2], "normalize_motion: tracks")
+    z = z if valid is None else torch.where(valid, z, torch.ones_like(z))
+    out = (tracks - points0) * alpha / z[..., None]
+    return out if valid is None else torch.where(valid[..., None], out, torch.zeros_like(out))
+
+
+def denormalize_motion(
+    normalized: Tensor, reference: Tensor, K: Tensor | None = None, valid: Tensor | None = None
+) -> Tensor:
+    """Inverse of ``normalize_motion``: ``P_t = P_0 + (Δx~ z / α_x, Δy~ z / α_y, Δz~ z)``.
+
+    Args:
+        normalized: ``[T,H,W,3]`` normalised relative motion.
+        reference: ``depth0 [H,W]`` or ``points0 [H,W,3]``, the same one used to normalise.
+        K: ``[3,3]`` pixel intrinsics; ``None`` uses ``official_pinhole(H, W)``.
+        valid: optional ``[H,W]`` bool; pixels outside it are returned as ``P_0`` (no motion).
+
+    Returns:
+        ``[T,H,W,3]`` trajectories in the camera frame.
+
+    Raises:
+        ValueError: as ``normalize_motion``.
+    """
+    points0, z, alpha = _reference(reference, K, valid, "denormalize_motion")
+    _check_tracks(normalized, points0.shape[:2], "denormalize_motion: normalized")
+    delta = normalized * z[..., None] / alpha
+    if valid is not None:
+        delta = torch.where(valid[..., None], delta, torch.zeros_like(delta))
+    return points0 + delta
+
+
+def motion_tokens(motion_features: Tensor, grid: Sequence[int]) -> Tensor:
+    """Resize image motion features onto a DiT token grid (the "spatial alignment" before eq. 4).
+
+    The features of the single input image are bilinearly resized (``align_corners=False``) to the
+    token grid's ``hh x ww`` and repeated over its ``f`` latent frames; tokens are flattened
+    frame-major, ``n = (t * hh + y) * ww + x``, the order of a DiT patchifier over ``(f, h, w)``.
+
+    Args:
+        motion_features: ``[B,C_m,h,w]`` patch-level motion features ``S``.
+        grid: ``(f, hh, ww)`` token grid.
+
+    Returns:
+        ``[B, f*hh*ww, C_m]``.
+
+    Raises:
+        ValueError: for a malformed tensor or grid.
+    """
+    if not isinstance(motion_features, Tensor) or motion_features.dim() != 4:
+        got = tuple(motion_features.shape) if isinstance(motion_features, Tensor) else type(motion_features).__name__
+        raise ValueError(f"motion_features must be a [B,C_m,h,w] tensor, got {got}")
+    if len(grid) != 3 or any(int(g) < 1 for g in grid):
+        raise ValueError(f"grid must be three positive ints (f, hh, ww), got {tuple(grid)}")
+    f, hh, ww = (int(g) for g in grid)
+    s = motion_features
+    if s.shape[-2:] != (hh, ww):
+        s = F.interpolate(s, size=(hh, ww), mode="bilinear", align_corners=False)
+    s = s.flatten(2).transpose(1, 2)  # [B, hh*ww, C_m]
+    return s.repeat(1, f, 1)
+
+
+class MAdaNorm(nn.Module):
+    """Motion-aware adaptive normalisation, MoGe4D eqs. 4-6.
+
+    Eq. 4: ``α, β = Linear(S)`` token-wise (``S`` = motion features resized to the token grid,
+    ``motion_tokens``). Eqs. 5/6 feed ``γ α ⊙ LN(F) + γ β`` to the attention / MLP. Read literally,
+    a zero gate would feed zeros to a pretrained block; we therefore apply the gated term as a
+    residual on the normalisation the module wraps:
+
+        ``y = LN(F) + γ ⊙ (α ⊙ LN(F) + β)``,   ``γ ∈ R^C`` learnable, initialised to 0,
+
+    so a freshly built module returns exactly ``LN(F)`` (the plain normalisation) while gradients
+    still reach ``γ`` (the Linear keeps its default, non-zero initialisation). This is eq. 5/6's
+    modulation with ``α`` read as a deviation from unit scale, as in AdaLN-style ``(1 + scale)``.
+    One instance serves one of eqs. 5 / 6; a block uses two.
+
+    Args:
+        dim: token width ``C``.
+        motion_dim: motion feature width ``C_m``.
+        norm: the normalisation to wrap, mapping ``[B,N,C] -> [B,N,C]``; default
+            ``nn.LayerNorm(dim, eps=eps, elementwise_affine=False)``.
+        eps: LayerNorm epsilon for the default ``norm``.
+    """
+
+    def __init__(self, dim: int, motion_dim: int, norm: nn.Module | None = None, eps: float = 1e-6):
+        super().__init__()
+        if int(dim) < 1 or int(motion_dim) < 1:
+            raise ValueError(f"MAdaNorm: dim and motion_dim must be positive, got {dim}, {motion_dim}")
+        self.dim, self.motion_dim = int(dim), int(motion_dim)
+        self.norm = norm if norm is not None else nn.LayerNorm(self.dim, eps=eps, elementwise_affine=False)
+        self.linear = nn.Linear(self.motion_dim, 2 * self.dim)  # eq. 4: [α | β]
+        self.gate = nn.Parameter(torch.zeros(self.dim))  # γ, zero-initialised
+
+    def forward(self, tokens: Tensor, motion_features: Tensor, grid: Sequence[int]) -> Tensor:
+        """Modulate the normalised tokens.
+
+        Args:
+            tokens: ``[B,N,C]`` block input ``F`` with ``N = f*hh*ww``.
+            motion_features: ``[B,C_m,h,w]`` motion features ``S``.
+            grid: ``(f, hh, ww)`` token grid of ``tokens``.
+
+        Returns:
+            ``[B,N,C]`` ``LN(F) + γ ⊙ (α ⊙ LN(F) + β)``.
+
+        Raises:
+            ValueError: for mismatched shapes.
+        """
+        if not isinstance(tokens, Tensor) or tokens.dim() != 3 or tokens.shape[-1] != self.dim:
+            got = tuple(tokens.shape) if isinstance(tokens, Tensor) else type(tokens).__name__
+            raise ValueError(f"MAdaNorm: tokens must be [B,N,{self.dim}], got {got}")
+        if (
+            isinstance(motion_features, Tensor)
+            and motion_features.dim() == 4
+            and (motion_features.shape[0] != tokens.shape[0] or motion_features.shape[1] != self.motion_dim)
+        ):
+            raise ValueError(
+                f"MAdaNorm: motion_features must be [{tokens.shape[0]},{self.motion_dim},h,w], "
+                f"got {tuple(motion_features.shape)}"
+            )
+        s = motion_tokens(motion_features, grid)
+        if s.shape[1] != tokens.shape[1]:
+            raise ValueError(
+                f"MAdaNorm: grid {tuple(grid)} has {s.shape[1]} tokens but tokens have N={tokens.shape[1]}"
+            )
+        alpha, beta = self.linear(s.to(tokens.dtype)).chunk(2, dim=-1)
+        n = self.norm(tokens)
+        return n + self.gate * (alpha * n + beta)

@@ -1,0 +1,203 @@
+# SPDX-License-Identifier: Apache-2.0
+"""MoGe4D: back-projection, depth-guided motion normalisation (eq. 1) and MAdaNorm (eqs. 4-6)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from gen4d import synthetic
+from gen4d.core.moge4d import (
+    MAdaNorm,
+    backproject,
+    denormalize_motion,
+    motion_tokens,
+    normalize_motion,
+    official_pinhole,
+)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _rel_err(a, b):
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
+
+
+def test_official_pinhole_reading():
+    K = official_pinhole(540, 960)  # the reference aspect itself: fx = W, fy = H
+    assert torch.allclose(K, torch.tensor([[960.0, 0, 480], [0, 540, 270], [0, 0, 1]]))
+    K = official_pinhole(368, 512)  # wider reference: fx_n = 1, fy_n = (960/540)/(512/368)
+    assert math.isclose(float(K[0, 0]), 512.0, rel_tol=1e-6)
+    assert math.isclose(float(K[1, 1]), (960 / 540) / (512 / 368) * 368, rel_tol=1e-6)
+    assert (float(K[0, 2]), float(K[1, 2])) == (256.0, 184.0)
+    K = official_pinhole(512, 512)  # square: 960/512 > 540/512 -> fx_n = 1, fy_n = 960/540
+    assert math.isclose(float(K[0, 0]), 512.0, rel_tol=1e-6)
+    assert math.isclose(float(K[1, 1]), 960 / 540 * 512, rel_tol=1e-6)
+    K = official_pinhole(100, 400)  # wider than reference: fx_n = (540/960)/(100/400), fy_n = 1
+    assert math.isclose(float(K[0, 0]), (540 / 960) / (100 / 400) * 400, rel_tol=1e-6)
+    assert math.isclose(float(K[1, 1]), 100.0, rel_tol=1e-6)
+
+
+@pytest.mark.parametrize("K", [None, torch.tensor([[30.0, 0, 15.5], [0, 28.0, 11.0], [0, 0, 1]])])
+def test_backproject_reprojects_to_pixel_centres(K):
+    h, w = 12, 20
+    depth = torch.rand(h, w, dtype=torch.float64) * 4 + 0.5
+    pts = backproject(depth, None if K is None else K.double())
+    Kd = (official_pinhole(h, w) if K is None else K).double()
+    assert pts.shape == (h, w, 3)
+    uvw = pts @ Kd.T
+    uv = uvw[..., :2] / uvw[..., 2:]
+    jj, ii = torch.meshgrid(torch.arange(w), torch.arange(h), indexing="xy")
+    assert torch.allclose(uv[..., 0], jj.double() + 0.5, atol=1e-9)
+    assert torch.allclose(uv[..., 1], ii.double() + 0.5, atol=1e-9)
+    assert torch.equal(pts[..., 2], depth)
+
+
+def test_normalize_matches_eq1_and_round_trips_random():
+    t, h, w = 5, 6, 8
+    K = torch.tensor([[40.0, 0, 4.0], [0, 30.0, 3.0], [0, 0, 1]])
+    depth0 = torch.rand(h, w) * 5 + 0.3
+    p0 = backproject(depth0, K)
+    tracks = p0 + torch.randn(t, h, w, 3) * 0.2
+    n = normalize_motion(tracks, depth0, K)
+    # eq. 1 written out: α_x = f_x / W = 40/8, α_y = f_y / H = 30/6
+    d = tracks - p0
+    assert torch.allclose(n[..., 0], (40.0 / 8) * d[..., 0] / depth0, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(n[..., 1], (30.0 / 6) * d[..., 1] / depth0, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(n[..., 2], d[..., 2] / depth0, rtol=1e-5, atol=1e-6)
+    for ref in (depth0, p0):
+        back = denormalize_motion(normalize_motion(tracks, ref, K), ref, K)
+        assert _rel_err(back, tracks) <= 1e-6
+    # default pinhole; float64 round trip is exact to rounding
+    tr64, d64 = tracks.double(), depth0.double()
+    assert _rel_err(denormalize_motion(normalize_motion(tr64, d64), d64), tr64) <= 1e-12
+
+
+def test_scale_invariance():
+    """Scaling the whole scene (depth and motion) leaves the normalised motion unchanged."""
+    h, w = 4, 5
+    depth0 = torch.rand(h, w, dtype=torch.float64) + 1
+    tracks = backproject(depth0)[None] + torch.randn(3, h, w, 3, dtype=torch.float64) * 0.1
+    a = normalize_motion(tracks, depth0)
+    b = normalize_motion(tracks * 7.0, depth0 * 7.0)
+    assert torch.allclose(a, b, atol=1e-12)
+
+
+def test_round_trip_on_synthetic_world_tracks():
+    world = synthetic.scene_world(0)
+    cams = world.reference_cameras(32, 24, 5)
+    out = synthetic.trajectories(world, cams)
+    valid = out["valid"]
+    assert valid.any()
+    vm = cams.viewmats[0]
+    tracks = out["points"] @ vm[:3, :3].T + vm[:3, 3]  # world -> camera-0 frame (OpenCV)
+    depth0 = tracks[0, ..., 2]
+    K = cams.Ks[0]
+    # the lifted depth reproduces the tracked frame-0 points (same pixel-centre convention)
+    lifted = backproject(depth0, K)
+    assert torch.allclose(lifted[valid], tracks[0][valid], atol=1e-4)
+    assert (tracks[1:] - tracks[:1])[:, valid].abs().max() > 1e-3  # the world actually moves
+    for ref in (depth0, tracks[0]):
+        n = normalize_motion(tracks, ref, K, valid=valid)
+        assert torch.isfinite(n).all() and (n[:, ~valid] == 0).all()
+        back = denormalize_motion(n, ref, K, valid=valid)
+        assert _rel_err(back[:, valid], tracks[:, valid]) <= 1e-6
+    # holes in the depth (e.g. sky) must be masked out explicitly, otherwise they are named
+    holed = depth0.clone()
+    holed[:2] = 0.0
+    with pytest.raises(ValueError, match=r"64 pixel\(s\) with non-positive"):
+        normalize_motion(tracks, holed, K)
+    keep = valid.clone()
+    keep[:2] = False
+    n = normalize_motion(tracks, holed, K, valid=keep)
+    assert _rel_err(denormalize_motion(n, holed, K, valid=keep)[:, keep], tracks[:, keep]) <= 1e-6
+
+
+def test_normalize_rejects_bad_inputs():
+    depth0 = torch.ones(4, 5)
+    tracks = torch.zeros(2, 4, 5, 3)
+    bad = depth0.clone()
+    bad[0, 0], bad[1, 2], bad[3, 4] = 0.0, -1.0, float("nan")
+    with pytest.raises(ValueError, match="3 pixel"):
+        normalize_motion(tracks, bad)
+    with pytest.raises(ValueError, match="3 pixel"):
+        denormalize_motion(tracks, bad)
+    with pytest.raises(ValueError, match=r"\[T,4,5,3\]"):
+        normalize_motion(torch.zeros(2, 4, 6, 3), depth0)
+    with pytest.raises(ValueError, match="depth0 \\[H,W\\] or points0"):
+        normalize_motion(tracks, torch.ones(4, 5, 2))
+    with pytest.raises(ValueError, match="K must be"):
+        normalize_motion(tracks, depth0, torch.eye(4))
+    with pytest.raises(ValueError, match="depth must be an"):
+        backproject(torch.ones(2, 3, 4))
+    with pytest.raises(ValueError, match="sizes must be positive"):
+        official_pinhole(0, 4)
+
+
+def _hand_module():
+    m = MAdaNorm(dim=2, motion_dim=1, eps=0.0)
+    with torch.no_grad():
+        m.linear.weight.copy_(torch.tensor([[2.0], [0.0], [1.0], [3.0]]))  # rows: α0, α1, β0, β1
+        m.linear.bias.copy_(torch.tensor([0.1, 0.2, -0.1, 0.0]))
+        m.gate.copy_(torch.tensor([0.5, 2.0]))
+    return m
+
+
+def test_madanorm_hand_computed():
+    m = _hand_module()
+    tokens = torch.tensor([[[1.0, 3.0], [2.0, -2.0]]])  # [B=1, N=2, C=2]
+    s = torch.tensor([[[[0.5, -1.0]]]])  # [B=1, C_m=1, h=1, w=2] -> grid (1,1,2), no resize
+    y = m(tokens, s, (1, 1, 2))
+    # LN (no affine, eps 0): [1,3] -> mean 2, std 1 -> [-1, 1]; [2,-2] -> mean 0, std 2 -> [1, -1]
+    # token 0, s=0.5: α = [2*0.5+0.1, 0*0.5+0.2] = [1.1, 0.2]; β = [0.5-0.1, 1.5] = [0.4, 1.5]
+    # token 1, s=-1 : α = [-2+0.1, 0.2] = [-1.9, 0.2];          β = [-1-0.1, -3] = [-1.1, -3.0]
+    expected = torch.tensor(
+        [
+            [
+                [-1 + 0.5 * (1.1 * -1 + 0.4), 1 + 2.0 * (0.2 * 1 + 1.5)],
+                [1 + 0.5 * (-1.9 * 1 + -1.1), -1 + 2.0 * (0.2 * -1 + -3.0)],
+            ]
+        ]
+    )
+    assert torch.allclose(expected, torch.tensor([[[-1.35, 4.4], [-0.5, -7.4]]]))
+    assert torch.allclose(y, expected, atol=1e-6)
+    # two latent frames reuse the same image motion features
+    y2 = m(tokens.repeat(1, 2, 1), s, (2, 1, 2))
+    assert torch.allclose(y2, expected.repeat(1, 2, 1), atol=1e-6)
+
+
+def test_motion_tokens_resize_and_order():
+    s = torch.arange(2 * 3 * 4, dtype=torch.float32).reshape(1, 2, 3, 4)
+    tok = motion_tokens(s, (2, 3, 4))
+    assert tok.shape == (1, 24, 2)
+    assert torch.equal(tok[0, 5], s[0, :, 1, 1]) and torch.equal(tok[0, 12 + 5], s[0, :, 1, 1])
+    small = motion_tokens(torch.ones(1, 2, 7, 9), (1, 3, 4))
+    assert small.shape == (1, 12, 2) and torch.allclose(small, torch.ones_like(small))
+
+
+def test_madanorm_identity_at_init_and_gate_gradients():
+    m = MAdaNorm(dim=8, motion_dim=5)
+    assert torch.equal(m.gate, torch.zeros(8))
+    tokens = torch.randn(2, 2 * 3 * 4, 8)
+    s = torch.randn(2, 5, 6, 8)
+    y = m(tokens, s, (2, 3, 4))
+    plain = torch.nn.functional.layer_norm(tokens, (8,), eps=1e-6)
+    assert torch.allclose(y, plain, atol=1e-6)
+    (y * torch.randn_like(y)).sum().backward()
+    assert m.gate.grad is not None and m.gate.grad.abs().sum() > 0
+
+
+def test_madanorm_rejects_bad_inputs():
+    m = MAdaNorm(dim=4, motion_dim=3)
+    s = torch.randn(1, 3, 2, 2)
+    with pytest.raises(ValueError, match="has 8 tokens but tokens have N=6"):
+        m(torch.randn(1, 6, 4), s, (2, 2, 2))
+    with pytest.raises(ValueError, match=r"tokens must be \[B,N,4\]"):
+        m(torch.randn(1, 8, 5), s, (2, 2, 2))
+    with pytest.raises(ValueError, match="motion_features must be"):
+        m(torch.randn(1, 8, 4), torch.randn(1, 2, 2, 2), (2, 2, 2))
+    with pytest.raises(ValueError, match="grid must be"):
+        m(torch.randn(1, 8, 4), s, (2, 2))
+    with pytest.raises(ValueError, match="must be positive"):
+        MAdaNorm(0, 3)
