@@ -30,16 +30,7 @@ from gen4d.backends.inpaint import ImageInpainter  # noqa: E402
 from gen4d.backends.sam2_video import Sam2VideoSegmenter  # noqa: E402
 from gen4d.backends.sd_guidance import SDComponents, SDGuidance, write_tiny_tokenizer  # noqa: E402
 from gen4d.backends.video_inpaint import VideoInpainter, write_tiny_t5_tokenizer  # noqa: E402
-from gen4d.core.guidance import PoseSampling, sample_guidance_cameras  # noqa: E402
-
-
-def _sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def _peak() -> float | None:
-    return torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
+from timing import peak_mib, sds_step_seconds, sync  # noqa: E402
 
 
 def real_size_sd21(device: torch.device, dtype: torch.dtype) -> SDComponents:
@@ -69,18 +60,9 @@ def real_size_sd21(device: torch.device, dtype: torch.dtype) -> SDComponents:
 def case_sd_sds(device: torch.device, dtype: torch.dtype) -> dict:
     components = real_size_sd21(device, dtype)
     guidance = SDGuidance(components, "a cozy room", guidance_scale=100.0)
-    cams = sample_guidance_cameras(PoseSampling(batch=4), 0.0, torch.Generator().manual_seed(0))
-    images = torch.rand(4, 256, 256, 3, device=device, requires_grad=True)
-    times = []
-    for i in range(12):
-        _sync()
-        start = time.perf_counter()
-        guidance.sds_loss(images, cams, 0.0, i / 11).backward()
-        _sync()
-        times.append(time.perf_counter() - start)
-    steady = sorted(times[2:])[len(times[2:]) // 2]
+    steady = sds_step_seconds(guidance, device)
     return {"case": "sd_sds", "batch": 4, "render_size": 256, "model_size": components.resolution,
-            "seconds_per_sds_step": steady, "peak_mib": _peak()}
+            "seconds_per_sds_step": steady, "peak_mib": peak_mib()}
 
 
 def case_sam2(device: torch.device, dtype: torch.dtype, frames: int) -> dict:
@@ -94,13 +76,13 @@ def case_sam2(device: torch.device, dtype: torch.dtype, frames: int) -> dict:
     video = torch.rand(frames, 1024, 1024, 3)
     params = sum(p.numel() for p in model.parameters()) / 1e6
     segmenter.segment(video[:2], points=[[512, 512]])  # warm-up
-    _sync()
+    sync()
     start = time.perf_counter()
     segmenter.segment(video, points=[[512, 512]])
-    _sync()
+    sync()
     seconds = time.perf_counter() - start
     return {"case": "sam2", "image_size": int(config.image_size), "frames": frames, "params_m": params,
-            "seconds_per_frame": seconds / frames, "peak_mib": _peak()}
+            "seconds_per_frame": seconds / frames, "peak_mib": peak_mib()}
 
 
 def _tiny_clip_tokenizer():
@@ -143,12 +125,12 @@ def case_sdxl_inpaint(device: torch.device, dtype: torch.dtype) -> dict:
     mask = torch.zeros(1024, 1024)
     mask[256:768, 256:768] = 1.0
     inpainter.inpaint(image, mask, "a room", steps=2)  # warm-up
-    _sync()
+    sync()
     start = time.perf_counter()
     inpainter.inpaint(image, mask, "a room", steps=30)
-    _sync()
+    sync()
     return {"case": "sdxl_inpaint", "size": 1024, "steps": 30, "seconds": time.perf_counter() - start,
-            "peak_mib": _peak()}
+            "peak_mib": peak_mib()}
 
 
 def case_video_inpaint(device: torch.device, dtype: torch.dtype, frames: int = 33) -> dict:
@@ -178,13 +160,13 @@ def case_video_inpaint(device: torch.device, dtype: torch.dtype, frames: int = 3
     masks = torch.zeros(frames, 480, 832)
     masks[:, :, :300] = 1.0
     inpainter.inpaint(video[:5], masks[:5], "a room", strength=0.7, steps=2)  # warm-up
-    _sync()
+    sync()
     start = time.perf_counter()
     inpainter.inpaint(video, masks, "a room", strength=0.7, steps=30)
-    _sync()
+    sync()
     seconds = time.perf_counter() - start
     return {"case": "video_inpaint", "frames": frames, "size": "832x480", "steps_run": 21, "seconds": seconds,
-            "seconds_per_frame": seconds / frames, "peak_mib": _peak()}
+            "seconds_per_frame": seconds / frames, "peak_mib": peak_mib()}
 
 
 CASES = ("sd_sds", "sam2", "sdxl_inpaint", "video_inpaint")

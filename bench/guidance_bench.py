@@ -34,8 +34,8 @@ from gen4d.backends.zero123 import CameraProjection, Zero123Components, Zero123G
 from gen4d.core.fit_dynamic import DeformationFitConfig, fit_deformation  # noqa: E402
 from gen4d.core.fit_static import StaticFitConfig, fit_static  # noqa: E402
 from gen4d.core.gaussians import sphere_init  # noqa: E402
-from gen4d.core.guidance import PoseSampling, sample_guidance_cameras  # noqa: E402
 from gen4d.core.reference import reference_clip  # noqa: E402
+from timing import peak_mib, sds_step_seconds, sync  # noqa: E402
 
 
 def real_size_zero123(device: torch.device, dtype: torch.dtype) -> Zero123Components:
@@ -62,28 +62,13 @@ def real_size_zero123(device: torch.device, dtype: torch.dtype) -> Zero123Compon
                              scheduler.alphas_cumprod.to(device), 1000, "epsilon", dtype=dtype)
 
 
-def _sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
 def case_step(components, device) -> dict:
     world = synthetic.object_world(0)
     cond = synthetic.render(world, world.reference_cameras(256, 256, 1))["rgb"][0]
     guidance = Zero123Guidance(components, cond)
-    sampling = PoseSampling(batch=4)
-    cams = sample_guidance_cameras(sampling, 0.0, torch.Generator().manual_seed(0))
-    images = torch.rand(4, 256, 256, 3, device=device, requires_grad=True)
-    times = []
-    for i in range(12):
-        _sync()
-        start = time.perf_counter()
-        guidance.sds_loss(images, cams, 0.0, i / 11).backward()
-        _sync()
-        times.append(time.perf_counter() - start)
-    steady = sorted(times[2:])[len(times[2:]) // 2]
+    steady = sds_step_seconds(guidance, device)
     return {"case": "step", "batch": 4, "size": 256, "seconds_per_sds_step": steady,
-            "peak_mib": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None}
+            "peak_mib": peak_mib()}
 
 
 def case_fit(components, device, scale: float) -> dict:
@@ -93,20 +78,20 @@ def case_fit(components, device, scale: float) -> dict:
     guidance = Zero123Guidance(components, clip.views.images)
     s_iters, d_iters = max(int(1000 * scale), 1), max(int(800 * scale), 1)
     init = sphere_init(5000, 0.5, generator=torch.Generator().manual_seed(0))
-    _sync()
+    sync()
     start = time.perf_counter()
     static = fit_static(init, clip.views.subset([0]), training_render,
                         replace(StaticFitConfig(iterations=s_iters, preview_every=0)), guidance, device=device)
-    _sync()
+    sync()
     mid = time.perf_counter()
     fit_deformation(static.gaussians, clip.views, training_render,
                     DeformationFitConfig(iterations=d_iters, preview_every=0), guidance, device=device)
-    _sync()
+    sync()
     end = time.perf_counter()
     return {"case": "fit", "static_iterations": s_iters, "deformation_iterations": d_iters,
             "static_seconds": mid - start, "deformation_seconds": end - mid, "total_seconds": end - start,
             "target_seconds": 90.0,
-            "peak_mib": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None}
+            "peak_mib": peak_mib()}
 
 
 def main() -> None:

@@ -4,7 +4,9 @@ and the renderer, inside (fake) ComfyUI with progress, previews and interrupts, 
 
 from __future__ import annotations
 
+import sys
 import types
+from pathlib import Path
 
 import gen4d
 import pytest
@@ -13,6 +15,9 @@ from gen4d.core.gaussians import Gaussians, sphere_init
 from gen4d.core.scene import Scene4D
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from node_runner import defaults, run  # noqa: E402, F401
 
 NODES = gen4d.NODE_CLASS_MAPPINGS
 SIZE, FRAMES = 32, 3
@@ -23,21 +28,6 @@ SIZE, FRAMES = 32, 3
 # --------------------------------------------------------------------------- helpers
 
 
-def defaults(node_id: str) -> dict:
-    """Widget defaults of a node, read from its INPUT_TYPES (sockets left out)."""
-    out = {}
-    for section in ("required", "optional"):
-        for name, (_kind, opts) in NODES[node_id].INPUT_TYPES().get(section, {}).items():
-            if "default" in opts:
-                out[name] = opts["default"]
-    return out
-
-
-def run(node_id: str, **inputs):
-    """Call a node's FUNCTION with its widget defaults overridden by ``inputs``; returns the result tuple."""
-    cls = NODES[node_id]
-    out = getattr(cls(), cls.FUNCTION)(**{**defaults(node_id), **inputs})
-    return out["result"] if isinstance(out, dict) else out
 
 
 def synthetic_world() -> types.SimpleNamespace:

@@ -18,6 +18,7 @@ from gen4d.core.ply import load_ply
 from gen4d.core.scene import Scene4D
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from node_runner import defaults, run  # noqa: E402, F401
 from workflow_checker import check_workflow, ui_to_api  # noqa: E402
 
 NODES = gen4d.NODE_CLASS_MAPPINGS
@@ -27,21 +28,6 @@ SCENE_REL = "gen4d/scene_00001.gen4d.safetensors"
 # --------------------------------------------------------------------------- helpers
 
 
-def defaults(node_id: str) -> dict:
-    """Widget defaults of a node, read from its INPUT_TYPES (sockets left out)."""
-    out = {}
-    for section in ("required", "optional"):
-        for name, (_kind, opts) in NODES[node_id].INPUT_TYPES().get(section, {}).items():
-            if "default" in opts:
-                out[name] = opts["default"]
-    return out
-
-
-def run(node_id: str, **inputs):
-    """Call a node's FUNCTION with its widget defaults overridden by ``inputs``; returns the result tuple."""
-    cls = NODES[node_id]
-    out = getattr(cls(), cls.FUNCTION)(**{**defaults(node_id), **inputs})
-    return out["result"] if isinstance(out, dict) else out
 
 
 def camera_path(preset: str = "diffusion4d_orbit", **kw):
