@@ -1,13 +1,31 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Gen4D_SyntheticWorld: a ground-truth world as ordinary video, masks, depth, cameras and a 4D twin."""
+"""Gen4D_SyntheticWorld: a ground-truth world as ordinary video, masks, depth, cameras, a 4D twin,
+ground-truth tracks and oracle model handles (weight-free stand-ins for every generative model)."""
 
 from __future__ import annotations
 
+import torch
+
+from ..core.cameras import Cameras
 from ..core.convert import DEPTH_MODES, depth_to_image, to_image, to_mask
 from ..core.scene import KeyframeMotion, Scene4D, ScenePart
-from ..synthetic import OracleGuidance, object_world, render, scene_world, surface_motion
+from ..core.tracks import Tracks
+from ..synthetic import (
+    OracleDepth,
+    OracleGuidance,
+    OracleImageInpainter,
+    OracleSegmenter,
+    OracleVideoGenerator,
+    OracleVideoInpainter,
+    object_world,
+    render,
+    scene_world,
+    surface_motion,
+    trajectories,
+)
 from . import host
 from . import types as T
+from .video import VideoModel
 from .widgets import combo_in, float_in, int_in, seed_in, socket_in
 
 WORLDS = {"object": object_world, "scene": scene_world}
@@ -18,11 +36,16 @@ class SyntheticWorld:
         "A synthetic world with exact ground truth, rendered by an analytic ray caster: 'object' is an "
         "articulated figure on an empty background, 'scene' a textured room with props, a drifting balloon and "
         "the figure walking through. Gives a weight-free twin of every workflow: reference video, foreground "
-        "masks, depth, cameras, and the world as a 4D Gaussian scene."
+        "masks, depth, cameras, the world as a 4D Gaussian scene, its static (time 0) views, ground-truth point "
+        "tracks, and oracle model handles (video model, segmenter, depth model, image and video inpainters) that "
+        "answer from the world's ground truth, so the real pipelines run unchanged without weights."
     )
     CATEGORY = f"{T.CATEGORY}/synthetic"
-    RETURN_TYPES = (T.IMAGE, T.MASK, T.IMAGE, T.CAMERAS, T.SCENE, T.GUIDANCE_MODEL)
-    RETURN_NAMES = ("images", "foreground_mask", "depth", "cameras", "gaussian_twin", "oracle_guidance")
+    RETURN_TYPES = (T.IMAGE, T.MASK, T.IMAGE, T.CAMERAS, T.SCENE, T.GUIDANCE_MODEL, T.IMAGE, T.TRACKS,
+                    T.VIDEO_MODEL, T.SEGMENTER_MODEL, T.DEPTH_MODEL, T.INPAINT_MODEL, T.VIDEO_INPAINT_MODEL)
+    RETURN_NAMES = ("images", "foreground_mask", "depth", "cameras", "gaussian_twin", "oracle_guidance",
+                    "static_images", "tracks", "video_model", "segmenter", "depth_model", "inpaint_model",
+                    "video_inpaint_model")
     OUTPUT_TOOLTIPS = (
         "The world seen by the cameras, one image per camera at its time.",
         "Foreground (moving object) mask per image.",
@@ -31,6 +54,13 @@ class SyntheticWorld:
         "The world as 4D Gaussians sampled on its surfaces, moving exactly like the world.",
         "Score-distillation guidance answering from the world's ground truth (a weight-free stand-in for "
         "Zero123 / SD guidance).",
+        "The same cameras seeing the world frozen at time 0 (e.g. the static 3D orbit of Diffusion4D).",
+        "Ground-truth 3D tracks of the first camera's pixels over the cameras' times (MoGe4D's target).",
+        "Video model returning the world's reference video (stand-in for Gen4D Video Model Loader).",
+        "Segmenter returning the true foreground masks (stand-in for SAM2).",
+        "Metric depth model answering with the true depth (stand-in for Depth Anything / UniDepth).",
+        "Image inpainter filling holes with the world's true background at the pose the pipeline declares.",
+        "Video inpainter filling holes with the world's true background at the declared per-frame poses.",
     )
     FUNCTION = "build"
 
@@ -64,9 +94,25 @@ class SyntheticWorld:
         views = render(w, cams, supersample=supersample)
         twin = build_twin(w, num_frames, twin_points, seed, fps)
         alpha = views["alpha"]
+        host.raise_if_interrupted()
+        static = static_views(w, cams, views["rgb"], supersample)
+        tracks = Tracks.from_world_dict(trajectories(w, cams), cams.Ks[0], cams.viewmats[0], fps)
+        video = VideoModel(OracleVideoGenerator(w, int(cams.width), int(cams.height), len(cams), fps, supersample))
         return (to_image(views["rgb"]), to_mask(views["foreground"]),
                 depth_to_image(views["depth"][..., None], depth_mode, alpha[..., None]), cams, twin,
-                OracleGuidance(w))
+                OracleGuidance(w), to_image(static), tracks, video, OracleSegmenter(w, supersample),
+                OracleDepth(w, supersample), OracleImageInpainter(w, supersample), OracleVideoInpainter(w, supersample))
+
+
+def static_views(world, cameras: Cameras, rgb, supersample: int):
+    """The cameras seeing the world frozen at time 0; ``rgb`` is their render at their own times.
+
+    A fixed camera whose first time is 0 (a reference video) already shows it in frame 0.
+    """
+    fixed = bool((cameras.viewmats == cameras.viewmats[:1]).all() and (cameras.Ks == cameras.Ks[:1]).all())
+    if fixed and float(cameras.times[0]) == 0.0:
+        return rgb[:1].expand_as(rgb).clone()
+    return render(world, cameras, times=torch.zeros(len(cameras)), supersample=supersample)["rgb"]
 
 
 def build_twin(world, num_frames: int, num_points: int, seed: int, fps: float, cameras=None) -> Scene4D:

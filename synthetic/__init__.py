@@ -7,6 +7,9 @@ Public API:
     albedo, move_points, surface_distance                textures, rigid part motion, distances
     trajectories                                         dense ground-truth 3D point tracks
     OracleGuidance                                       SDS guidance answering from the ground truth
+    OracleDepth, OracleSegmenter, OracleImageInpainter, OracleVideoInpainter, OracleVideoGenerator
+                                                         model stand-ins answering from the ground truth
+    background_world                                     a world without its foreground group
     sample_surface, sample_gaussians, surface_motion     Gaussians on the surfaces, with exact motion
     SurfaceSamples, SurfaceMotion                        their containers
     Primitive, Rectangle, Sphere, Box                    analytic primitives
@@ -23,7 +26,15 @@ Design notes:
 from __future__ import annotations
 
 from .motion import Bob, Chain, Fixed, Motion, Swing, Travel, check_times
-from .oracles import OracleGuidance
+from .oracles import (
+    OracleDepth,
+    OracleGuidance,
+    OracleImageInpainter,
+    OracleSegmenter,
+    OracleVideoGenerator,
+    OracleVideoInpainter,
+    background_world,
+)
 from .primitives import Box, Primitive, Rectangle, Sphere
 from .raycast import World, albedo, cast_rays, move_points, pixel_centers, pixel_rays, render, surface_distance
 from .sampling import SurfaceMotion, SurfaceSamples, sample_gaussians, sample_surface, surface_motion
@@ -32,7 +43,13 @@ from .trajectories import trajectories
 from .worlds import articulated_object, object_world, scene_world
 
 __all__ = [
+    "OracleDepth",
     "OracleGuidance",
+    "OracleImageInpainter",
+    "OracleSegmenter",
+    "OracleVideoGenerator",
+    "OracleVideoInpainter",
+    "background_world",
     "Bob",
     "Box",
     "Chain",

@@ -67,7 +67,7 @@ def twin_case():
     """The object world seen by a 3-view Diffusion4D orbit (narrow fov so the figure fills the frame), its
     Gaussian twin, and the twin rendered by Gen4D_Render at the same cameras."""
     cams = camera_path("diffusion4d_orbit", width=64, height=64, fovy_deg=20.0)
-    images, fg, depth, cams_out, twin, _guidance = world(cams, twin_points=6000, supersample=3)
+    images, fg, depth, cams_out, twin, _guidance, *_ = world(cams, twin_points=6000, supersample=3)
     r_images, r_alpha, r_depth = render(cams, scene=twin, background="#ffffff")
     return types.SimpleNamespace(cams=cams, images=images, fg=fg, depth=depth, cams_out=cams_out, twin=twin,
                                  r_images=r_images, r_alpha=r_alpha, r_depth=r_depth)
@@ -449,10 +449,8 @@ def tiny_workflow() -> dict:
     """UI-format: CameraPath -> SyntheticWorld(cameras) -> Render(scene=gaussian_twin) -> SaveScene, plus a
     core PreviewImage of the render. Widget values are spelled out: saved workflows depend on their order."""
     cam_out = [{"name": "cameras", "type": "GEN4D_CAMERAS", "links": [1, 4]}]
-    world_out = [{"name": n, "type": t, "links": []} for n, t in
-                 (("images", "IMAGE"), ("foreground_mask", "MASK"), ("depth", "IMAGE"),
-                  ("cameras", "GEN4D_CAMERAS"), ("gaussian_twin", "GEN4D_SCENE"),
-                  ("oracle_guidance", "GEN4D_GUIDANCE_MODEL"))]
+    world_cls = NODES["Gen4D_SyntheticWorld"]
+    world_out = [{"name": n, "type": t, "links": []} for n, t in zip(world_cls.RETURN_NAMES, world_cls.RETURN_TYPES)]
     world_out[4]["links"] = [2, 3]
     return {
         "last_node_id": 5, "last_link_id": 5, "version": 0.4, "groups": [], "config": {}, "extra": {},

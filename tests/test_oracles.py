@@ -1,0 +1,124 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Oracle backends answer from the world's ground truth at the declared viewpoint, through the real nodes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from gen4d import synthetic
+from gen4d.backends.depth import METRIC_DEPTH
+from gen4d.core.cameras import Cameras, orbit_poses
+from gen4d.core.tracks import Tracks
+from gen4d.core.viewpoint import current_viewpoint, seen_from
+from node_runner import run
+
+SIZE = (40, 32)  # width, height
+FRAMES = 4
+
+
+@pytest.fixture(scope="module")
+def scene(one_thread):
+    w = synthetic.scene_world(0)
+    outs = run("Gen4D_SyntheticWorld", world="scene", width=SIZE[0], height=SIZE[1], num_frames=FRAMES,
+               twin_points=300, supersample=1, depth_mode="metric")
+    return w, dict(zip(run.__globals__["NODES"]["Gen4D_SyntheticWorld"].RETURN_NAMES, outs))
+
+
+def turned(world, yaw_deg: float, times) -> Cameras:
+    """The reference camera turned in place by ``yaw_deg``, one camera per time."""
+    ref = world.reference_cameras(*SIZE, len(times))
+    vm = orbit_poses(torch.zeros(len(times)), torch.full((len(times),), yaw_deg), radius=0.0)
+    return Cameras(vm, ref.Ks, ref.width, ref.height, torch.as_tensor(times, dtype=torch.float32), ref.near, ref.far)
+
+
+def test_viewpoint_is_scoped():
+    w = synthetic.scene_world(0)
+    cams = w.reference_cameras(*SIZE, 1)
+    assert current_viewpoint() is None
+    with seen_from(cams, "background") as outer:
+        with seen_from(cams) as inner:
+            assert current_viewpoint() is inner
+        assert current_viewpoint() is outer and outer.content == "background"
+    assert current_viewpoint() is None
+    with pytest.raises(ValueError, match="content"):
+        with seen_from(cams, "sky"):
+            pass
+    with pytest.raises(TypeError, match="Cameras"):
+        with seen_from("front"):
+            pass
+
+
+def test_new_outputs_have_the_right_shapes(scene):
+    w, out = scene
+    assert out["static_images"].shape == (FRAMES, SIZE[1], SIZE[0], 3)
+    # a fixed reference camera starting at t=0: every static frame is frame 0
+    assert torch.equal(out["static_images"][1], out["images"][0])
+    tracks = out["tracks"]
+    assert isinstance(tracks, Tracks) and tracks.points.shape == (FRAMES, SIZE[1], SIZE[0], 3)
+    assert tracks.valid.all(), "the scene world's backdrop fills the reference view"
+    # the track of a pixel at time 0 is the surface point the pixel sees: re-project it
+    p0 = tracks.points[0].reshape(-1, 3)
+    uv = (tracks.K @ p0.T).T
+    uv = uv[:, :2] / uv[:, 2:]
+    grid = torch.stack(torch.meshgrid(torch.arange(SIZE[1]), torch.arange(SIZE[0]), indexing="ij")[::-1], -1)
+    assert torch.allclose(uv, grid.reshape(-1, 2).float() + 0.5, atol=1e-3)
+
+
+def test_oracle_depth_matches_truth_and_honours_content(scene):
+    w, out = scene
+    depth_model = out["depth_model"]
+    assert depth_model.kind == METRIC_DEPTH
+    truth = synthetic.render(w, w.reference_cameras(*SIZE, FRAMES))
+    pred = depth_model.predict(out["images"])  # no viewpoint: the reference video
+    assert torch.allclose(pred, truth["depth"], atol=1e-5)
+    bg_truth = synthetic.render(synthetic.background_world(w), w.reference_cameras(*SIZE, FRAMES))["depth"]
+    with seen_from(w.reference_cameras(*SIZE, FRAMES), "background"):
+        bg = depth_model.predict(out["images"])
+    assert torch.allclose(bg, bg_truth, atol=1e-5)
+    fg = truth["foreground"] > 0.5
+    assert fg.any() and (bg[fg] > pred[fg] + 0.1).all(), "behind the figure the background is farther"
+
+
+def test_oracle_inpainters_fill_with_background_at_the_declared_pose(scene):
+    w, out = scene
+    cams = turned(w, 20.0, [0.0, 0.5, 1.0])
+    truth = synthetic.render(synthetic.background_world(w), cams)["rgb"]
+    frames = torch.zeros(3, SIZE[1], SIZE[0], 3)
+    masks = torch.zeros(3, SIZE[1], SIZE[0])
+    masks[:, :, : SIZE[0] // 2] = 1.0
+    with seen_from(cams, "background"):
+        video = out["video_inpaint_model"].inpaint(frames, masks, "a room", strength=0.7)
+        image = out["inpaint_model"].inpaint(frames[1], masks[1], "a room")
+    left = masks > 0
+    assert torch.allclose(video[left], truth[left], atol=1e-5)
+    assert torch.equal(video[~left], frames[~left]), "unmasked pixels stay exactly"
+    with seen_from(cams[1:2], "background"):
+        image = out["inpaint_model"].inpaint(frames[1], masks[1], "a room")
+    assert torch.allclose(image[left[1]], truth[1][left[1]], atol=1e-5)
+    with seen_from(w.reference_cameras(16, 16, 1)):
+        with pytest.raises(ValueError, match="declared viewpoint"):
+            out["inpaint_model"].inpaint(frames[0], masks[0])
+
+
+def test_oracle_segmenter_and_video_model(scene):
+    w, out = scene
+    truth = synthetic.render(w, w.reference_cameras(*SIZE, FRAMES))
+    masks = out["segmenter"].segment(out["images"], points=[(1, 1)])
+    assert torch.equal(masks, (truth["foreground"] > 0.5).float())
+    assert masks.sum() > 0
+    video = run("Gen4D_I2VReference", video_model=out["video_model"], prompt="", negative_prompt="", num_frames=0,
+                fps=0.0, steps=1, guidance_scale=1.0, width=0, height=0, seed=0)
+    assert torch.allclose(video[0], out["images"], atol=1e-6)
+    split = run("Gen4D_SAM2Split", images=out["images"], segmenter=out["segmenter"], points="[[5, 5]]", box="",
+                foreground_background="#ffffff", background_fill="color", fill_color="#000000")
+    assert torch.equal(split[2], masks)
+
+
+def test_object_world_background_is_empty():
+    w = synthetic.object_world(0)
+    assert synthetic.background_world(w) is None
+    oracle = synthetic.OracleImageInpainter(w, supersample=1)
+    image = torch.zeros(16, 16, 3)
+    with seen_from(w.reference_cameras(16, 16, 1), "background"):
+        out = oracle.inpaint(image, torch.ones(16, 16))
+    assert torch.allclose(out, torch.tensor(w.background).expand(16, 16, 3))
