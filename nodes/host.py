@@ -4,6 +4,7 @@
 Public API:
     in_comfy()                  True when ComfyUI's modules are importable
     Progress(total)             progress bar (ComfyUI's when present) with optional preview images
+    set_progress_sink(fn)       where progress goes without ComfyUI (the headless runner logs it)
     should_stop()               True once the user pressed "Cancel" in ComfyUI
     raise_if_interrupted()      raise ComfyUI's interrupt exception, if the user cancelled
     output_directory()          ComfyUI's output folder (or ``$GEN4D_OUTPUT_DIR`` / ``./outputs``)
@@ -30,6 +31,7 @@ import torch
 __all__ = [
     "in_comfy",
     "Progress",
+    "set_progress_sink",
     "should_stop",
     "raise_if_interrupted",
     "output_directory",
@@ -53,6 +55,15 @@ def in_comfy() -> bool:
     return _module("comfy.model_management") is not None and _module("folder_paths") is not None
 
 
+_progress_sink = None
+
+
+def set_progress_sink(sink) -> None:
+    """Send progress ``sink(step, total)`` outside ComfyUI (None: nowhere)."""
+    global _progress_sink
+    _progress_sink = sink
+
+
 class Progress:
     """Progress reporting bound to ComfyUI's ProgressBar when it exists.
 
@@ -69,6 +80,8 @@ class Progress:
     def __call__(self, step: int, total: int | None = None, preview: torch.Tensor | None = None) -> None:
         self.step = int(step)
         if self._bar is None:
+            if _progress_sink is not None:
+                _progress_sink(self.step, self.total if total is None else int(total))
             return
         total = self.total if total is None else int(total)
         image = None

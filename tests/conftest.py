@@ -7,6 +7,8 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# tools/ holds the workflow checker and the headless runner the tests drive
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 from pack_loader import load_pack  # noqa: E402
 
 load_pack()

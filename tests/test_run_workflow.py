@@ -1,0 +1,64 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The headless runner executes shipped workflows with the pack's nodes and writes under --out only."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from run_workflow import WorkflowError, main, run_workflow
+from workflow_checker import is_runnable, load_workflow
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
+RUNNABLE = [p for p in WORKFLOWS if is_runnable(load_workflow(p))]
+ORBIT = ROOT / "workflows" / "Gen4D_SyntheticOrbit.json"
+
+
+def test_runner_writes_outputs_and_applies_overrides(tmp_path, one_thread):
+    wf = load_workflow(ORBIT)
+    world = next(n for n in wf["nodes"] if n["type"] == "Gen4D_SyntheticWorld")
+    cams = next(n for n in wf["nodes"] if n["type"] == "Gen4D_CameraPath")
+    results = run_workflow(ORBIT, tmp_path / "out", overrides={f"{cams['id']}.num_frames": 3,
+                                                                f"{world['id']}.twin_points": 500,
+                                                                f"{world['id']}.num_frames": 3})
+    images = results[str(world["id"])][0]
+    assert images.shape[0] == 3, "the override reached the node"
+    files = sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*") if p.is_file())
+    assert any(f.endswith(".webp") for f in files), files
+    assert any(f.endswith(".gen4d.safetensors") for f in files), files
+    assert sum(f.endswith(".ply") for f in files) == 3
+    assert not any(p.name.endswith(".tmp") for p in tmp_path.rglob("*")), "no temp files left"
+
+
+def test_runner_rejects_what_it_cannot_run(tmp_path):
+    api = {"1": {"class_type": "KSampler", "inputs": {}},
+           "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 0]}}}
+    with pytest.raises(WorkflowError, match="cannot execute"):
+        run_workflow(api, tmp_path)
+    with pytest.raises(WorkflowError, match="no output node"):
+        run_workflow({"1": {"class_type": "PrimitiveInt", "inputs": {"value": 1}}}, tmp_path)
+    cycle = {"1": {"class_type": "ImageFromBatch", "inputs": {"image": ["2", 0], "batch_index": 0, "length": 1}},
+             "2": {"class_type": "ImageFromBatch", "inputs": {"image": ["1", 0], "batch_index": 0, "length": 1}},
+             "3": {"class_type": "PreviewImage", "inputs": {"images": ["2", 0]}}}
+    with pytest.raises(WorkflowError, match="cycle"):
+        run_workflow(cycle, tmp_path)
+    with pytest.raises(WorkflowError, match="no node '99'"):
+        run_workflow(ORBIT, tmp_path, overrides={"99.seed": 1})
+
+
+def test_cli_reports_errors_with_exit_code(tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"1": {"class_type": "NotANode", "inputs": {}}}))
+    assert main([str(bad), "--out", str(tmp_path / "o")]) == 2
+    assert main([str(ORBIT), "--out", str(tmp_path / "o"), "--set", "nonsense"]) == 2
+
+
+@pytest.mark.parametrize("path", RUNNABLE, ids=lambda p: p.name)
+def test_runnable_workflows_run_headless(path, tmp_path, one_thread):
+    """Every workflow marked runnable runs; ``extra.gen4d.test_overrides`` shrinks it for CI."""
+    overrides = load_workflow(path).get("extra", {}).get("gen4d", {}).get("test_overrides", {})
+    results = run_workflow(path, tmp_path / "out", overrides=overrides)
+    assert results
+    assert any(p.is_file() for p in (tmp_path / "out").rglob("*")), "the workflow saved nothing"
