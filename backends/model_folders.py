@@ -70,6 +70,8 @@ _FOLDER_KEY = "gen4d_{kind}"
 NO_MODELS = "(no models found)"
 WEIGHT_SUFFIXES = (".safetensors",)
 LAYOUT_MARKERS = ("config.json", "model_index.json")
+# Releases in their own layouts, recognised by a file inside (kind -> extra markers).
+KIND_MARKERS: dict[str, tuple[str, ...]] = {"trajectory": ("4D-STraG/diffusion_pytorch_model.safetensors",)}
 
 
 def _folder_paths():
@@ -108,8 +110,9 @@ def model_roots(kind: str) -> list[Path]:
     return [Path(os.environ.get("GEN4D_MODELS_DIR", "models")).resolve() / MODEL_KINDS[kind]]
 
 
-def _is_model_dir(path: Path) -> bool:
-    return path.is_dir() and any((path / marker).is_file() for marker in LAYOUT_MARKERS)
+def _is_model_dir(path: Path, kind: str = "") -> bool:
+    markers = LAYOUT_MARKERS + KIND_MARKERS.get(kind, ())
+    return path.is_dir() and any((path / marker).is_file() for marker in markers)
 
 
 def list_models(kind: str) -> list[str]:
@@ -119,7 +122,7 @@ def list_models(kind: str) -> list[str]:
         if not root.is_dir():
             continue
         for path in sorted(root.iterdir()):
-            if _is_model_dir(path) or (path.is_file() and path.suffix in WEIGHT_SUFFIXES):
+            if _is_model_dir(path, kind) or (path.is_file() and path.suffix in WEIGHT_SUFFIXES):
                 if path.name not in names:
                     names.append(path.name)
     return names

@@ -18,9 +18,9 @@ Design notes:
     The image-model oracles answer "from the world at the pose the images were seen from": the
     pipelines declare that pose with ``core.viewpoint.seen_from`` around every model call. Without
     a declared viewpoint an oracle assumes the world's reference view over ``linspace(0, 1)`` times
-    (what a reference video is). With ``content="background"`` the depth oracle sees the world
-    without its foreground group; the inpainters always fill with that background world (CoCo4D
-    inpaints only its background branch). Empty pixels have depth 0 (the pack's "infinitely far").
+    (what a reference video is). With ``content="background"`` the oracles see the world without
+    its foreground group (CoCo4D's background branch); with ``"scene"`` the whole world (e.g.
+    MoGe4D's ViSM filling disocclusions). Empty pixels have depth 0 (the pack's "infinitely far").
 """
 
 from __future__ import annotations
@@ -131,6 +131,9 @@ class _WorldOracle:
             raise ValueError(f"{what}: {count} images but {len(cams)} cameras in the declared viewpoint")
         return cams, view.content
 
+    def _world(self, content: str) -> World | None:
+        return self.background if content == "background" else self.world
+
     def _render(self, world: World | None, cams: Cameras, supersample: int | None = None) -> dict[str, Tensor]:
         self.calls += 1
         with torch.no_grad():
@@ -177,8 +180,7 @@ class OracleDepth(_WorldOracle):
         images = _check_rgb(images, 4, "OracleDepth.predict")
         count, height, width = images.shape[:3]
         cams, content = self._cameras(count, height, width, "OracleDepth.predict")
-        world = self.background if content == "background" else self.world
-        depth = self._render(world, cams, supersample=1)["depth"]
+        depth = self._render(self._world(content), cams, supersample=1)["depth"]
         if callback is not None:
             callback(count, count, None)
         return depth.float()
@@ -201,7 +203,7 @@ class OracleSegmenter(_WorldOracle):
 
 
 class OracleImageInpainter(_WorldOracle):
-    """Fills the mask with the background world rendered at the declared viewpoint (``ImageInpainter``).
+    """Fills the mask with the world rendered at the declared viewpoint (``ImageInpainter``).
 
     A viewpoint of several cameras (a video's) means the image is its first frame.
     """
@@ -215,15 +217,15 @@ class OracleImageInpainter(_WorldOracle):
         mask = _check_mask(mask, image, "OracleImageInpainter.inpaint")
         if not (mask > 0).any():
             return image.clone()
-        cams, _ = self._cameras(1, image.shape[0], image.shape[1], "OracleImageInpainter.inpaint", first=True)
-        truth = self._render(self.background, cams)["rgb"][0]
+        cams, content = self._cameras(1, image.shape[0], image.shape[1], "OracleImageInpainter.inpaint", first=True)
+        truth = self._render(self._world(content), cams)["rgb"][0]
         if callback is not None:
             callback(1, 1, None)
         return _composite(image, truth, mask)
 
 
 class OracleVideoInpainter(_WorldOracle):
-    """Fills the masks with the background world at the declared per-frame cameras (``VideoInpainter``)."""
+    """Fills the masks with the world at the declared per-frame cameras (``VideoInpainter``)."""
 
     multiple = 1
     temporal = 1
@@ -235,8 +237,8 @@ class OracleVideoInpainter(_WorldOracle):
         masks = _check_mask(masks, frames, "OracleVideoInpainter.inpaint")
         if not (masks > 0).any():
             return frames.clone()
-        cams, _ = self._cameras(*frames.shape[:3], "OracleVideoInpainter.inpaint")
-        truth = self._render(self.background, cams)["rgb"]
+        cams, content = self._cameras(*frames.shape[:3], "OracleVideoInpainter.inpaint")
+        truth = self._render(self._world(content), cams)["rgb"]
         if callback is not None:
             callback(1, 1, None)
         return _composite(frames, truth, masks)

@@ -57,3 +57,13 @@ def test_download_when_allowed_goes_into_the_kind_folder(models_dir, monkeypatch
 def test_unknown_kind_is_rejected(models_dir):
     with pytest.raises(ValueError, match="model kind must be one of"):
         mf.model_roots("nope")
+
+
+def test_release_layouts_are_listed_by_their_kind_marker(models_dir):
+    release = models_dir / "gen4d" / "moge4d" / "MoGe4D"
+    (release / "4D-STraG").mkdir(parents=True)
+    (release / "4D-STraG" / "diffusion_pytorch_model.safetensors").write_bytes(b"")
+    assert mf.list_models("trajectory") == ["MoGe4D"]
+    (models_dir / "gen4d" / "depth" / "MoGe4D" / "4D-STraG").mkdir(parents=True)
+    (models_dir / "gen4d" / "depth" / "MoGe4D" / "4D-STraG" / "diffusion_pytorch_model.safetensors").write_bytes(b"")
+    assert mf.list_models("depth") == [], "the marker belongs to the trajectory kind only"

@@ -95,6 +95,10 @@ def test_oracle_inpainters_fill_with_background_at_the_declared_pose(scene):
     with seen_from(cams[1:2], "background"):
         image = out["inpaint_model"].inpaint(frames[1], masks[1], "a room")
     assert torch.allclose(image[left[1]], truth[1][left[1]], atol=1e-5)
+    full = synthetic.render(w, cams)["rgb"]
+    with seen_from(cams, "scene"):
+        video = out["video_inpaint_model"].inpaint(frames, masks)
+    assert torch.allclose(video[left], full[left], atol=1e-5), "scene content: the whole world"
     with seen_from(w.reference_cameras(16, 16, 1)):
         with pytest.raises(ValueError, match="declared viewpoint"):
             out["inpaint_model"].inpaint(frames[0], masks[0])
