@@ -97,11 +97,13 @@ class SyntheticWorld:
         host.raise_if_interrupted()
         static = static_views(w, cams, views["rgb"], supersample)
         tracks = Tracks.from_world_dict(trajectories(w, cams), cams.Ks[0], cams.viewmats[0], fps)
-        video = VideoModel(OracleVideoGenerator(w, int(cams.width), int(cams.height), len(cams), fps, supersample))
+        video = VideoModel(OracleVideoGenerator(w, int(cams.width), int(cams.height), len(cams), fps, supersample,
+                                                cams))
+        oracles = (OracleSegmenter(w, supersample, cams), OracleDepth(w, supersample, cams),
+                   OracleImageInpainter(w, supersample, cams), OracleVideoInpainter(w, supersample, cams))
         return (to_image(views["rgb"]), to_mask(views["foreground"]),
                 depth_to_image(views["depth"][..., None], depth_mode, alpha[..., None]), cams, twin,
-                OracleGuidance(w), to_image(static), tracks, video, OracleSegmenter(w, supersample),
-                OracleDepth(w, supersample), OracleImageInpainter(w, supersample), OracleVideoInpainter(w, supersample))
+                OracleGuidance(w), to_image(static), tracks, video, *oracles)
 
 
 def static_views(world, cameras: Cameras, rgb, supersample: int):

@@ -17,10 +17,11 @@ Design notes:
 
     The image-model oracles answer "from the world at the pose the images were seen from": the
     pipelines declare that pose with ``core.viewpoint.seen_from`` around every model call. Without
-    a declared viewpoint an oracle assumes the world's reference view over ``linspace(0, 1)`` times
-    (what a reference video is). With ``content="background"`` the oracles see the world without
-    its foreground group (CoCo4D's background branch); with ``"scene"`` the whole world (e.g.
-    MoGe4D's ViSM filling disocclusions). Empty pixels have depth 0 (the pack's "infinitely far").
+    a declared viewpoint an oracle assumes its own cameras (those of the SyntheticWorld node that
+    made it: the reference video), or the world's reference view over ``linspace(0, 1)`` times.
+    With ``content="background"`` the oracles see the world without its foreground group (CoCo4D's
+    background branch); with ``"scene"`` the whole world (e.g. MoGe4D's ViSM filling
+    disocclusions). Empty pixels have depth 0 (the pack's "infinitely far").
 """
 
 from __future__ import annotations
@@ -98,12 +99,29 @@ class _WorldOracle:
 
     name = "oracle"
 
-    def __init__(self, world: World, supersample: int = 3):
+    def __init__(self, world: World, supersample: int = 3, cameras: Cameras | None = None):
         self.world = world
         self.background = background_world(world)
         self.supersample = int(supersample)
+        self.cameras = cameras.to("cpu") if cameras is not None else None
         self.device = torch.device("cpu")
         self.calls = 0
+
+    def default_cameras(self, count: int, height: int, width: int) -> Cameras:
+        """Cameras assumed for images given without a viewpoint: the oracle's own cameras when they
+        fit, else their first pose (or the world's reference view) over ``linspace(0, 1)`` times,
+        with intrinsics scaled to the image size."""
+        cams = self.cameras
+        if cams is not None and len(cams) == count and (int(cams.height), int(cams.width)) == (height, width):
+            return cams
+        ref = self.world.reference_cameras(width, height, count)
+        if cams is None:
+            return ref
+        K = cams.Ks[0].clone()
+        K[0] *= width / cams.width
+        K[1] *= height / cams.height
+        return Cameras(cams.viewmats[:1].expand(count, 4, 4).clone(), K.expand(count, 3, 3).clone(), width, height,
+                       ref.times, cams.near, cams.far)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(world={self.world.name!r})"
@@ -116,7 +134,7 @@ class _WorldOracle:
         """
         view = current_viewpoint()
         if view is None:
-            return self.world.reference_cameras(width, height, count), "scene"
+            return self.default_cameras(count, height, width), "scene"
         cams = view.cameras.to("cpu")
         if first:
             cams = cams[:count]
@@ -248,7 +266,8 @@ class OracleVideoGenerator(_WorldOracle):
     """The world's reference video, with the ``VideoGenerator.generate`` interface.
 
     The condition image and prompts are ignored; ``width``/``height``/``num_frames`` of 0 mean the
-    native values given at construction.
+    native values given at construction. The video is seen by the oracle's cameras (see
+    ``default_cameras``).
     """
 
     family = "oracle"
@@ -256,8 +275,8 @@ class OracleVideoGenerator(_WorldOracle):
     uses_prompt = False
 
     def __init__(self, world: World, width: int = 256, height: int = 256, num_frames: int = 16, fps: float = 8.0,
-                 supersample: int = 3):
-        super().__init__(world, supersample)
+                 supersample: int = 3, cameras: Cameras | None = None):
+        super().__init__(world, supersample, cameras)
         self._native = (int(width), int(height), int(num_frames), float(fps))
 
     def native(self) -> tuple[int, int, int, float]:
@@ -268,7 +287,7 @@ class OracleVideoGenerator(_WorldOracle):
                  callback=None, should_stop=None, device=None, offload: str = "after_use") -> Tensor:
         nw, nh, nf, _ = self._native
         w, h, f = int(width) or nw, int(height) or nh, int(num_frames) or nf
-        frames = self._render(self.world, self.world.reference_cameras(w, h, f))["rgb"]
+        frames = self._render(self.world, self.default_cameras(f, h, w))["rgb"]
         if callback is not None:
             callback(1, 1)
         return frames.float()

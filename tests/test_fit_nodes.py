@@ -32,7 +32,7 @@ SIZE, FRAMES = 32, 3
 
 def synthetic_world() -> types.SimpleNamespace:
     """The object world's 3-frame reference video (32 px) with masks, cameras, twin and oracle guidance."""
-    images, masks, depth, cameras, twin, oracle = run(
+    images, masks, depth, cameras, twin, oracle, *_ = run(
         "Gen4D_SyntheticWorld", world="object", width=SIZE, height=SIZE, num_frames=FRAMES, seed=0,
         twin_points=300, supersample=1, depth_mode="metric")
     return types.SimpleNamespace(images=images, masks=masks, depth=depth, cameras=cameras, twin=twin,

@@ -126,3 +126,22 @@ def test_object_world_background_is_empty():
     with seen_from(w.reference_cameras(16, 16, 1), "background"):
         out = oracle.inpaint(image, torch.ones(16, 16))
     assert torch.allclose(out, torch.tensor(w.background).expand(16, 16, 3))
+
+
+def test_oracles_default_to_the_cameras_of_their_world_node():
+    """A narrow-lens reference video: the video model, segmenter and depth model all assume its cameras."""
+    w = synthetic.scene_world(0)
+    ref = w.reference_cameras(*SIZE, FRAMES)
+    K = ref.Ks.clone()
+    K[:, :2, :2] *= 1.8
+    cams = Cameras(ref.viewmats, K, ref.width, ref.height, ref.times, ref.near, ref.far)
+    outs = run("Gen4D_SyntheticWorld", world="scene", width=SIZE[0], height=SIZE[1], num_frames=FRAMES,
+               twin_points=300, supersample=1, depth_mode="metric", cameras=cams)
+    out = dict(zip(run.__globals__["NODES"]["Gen4D_SyntheticWorld"].RETURN_NAMES, outs))
+    truth = synthetic.render(w, cams)
+    video = out["video_model"].generator.generate(None, "")
+    assert torch.allclose(video, out["images"], atol=1e-6)
+    assert torch.allclose(out["depth_model"].predict(video), truth["depth"], atol=1e-5)
+    assert torch.equal(out["segmenter"].segment(video), (truth["foreground"] > 0.5).float())
+    half = out["video_model"].generator.generate(None, "", width=SIZE[0] // 2, height=SIZE[1] // 2)
+    assert half.shape == (FRAMES, SIZE[1] // 2, SIZE[0] // 2, 3)
