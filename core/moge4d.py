@@ -8,6 +8,12 @@ Public API:
     denormalize_motion    exact inverse of ``normalize_motion``
     motion_tokens         motion features [B,C_m,h,w] resized onto a DiT token grid -> [B,N,C_m]
     MAdaNorm              motion-aware adaptive normalisation (paper eqs. 4-6)
+    OFFICIAL_REFERENCE_HW   (540, 960): reference aspect of the official back-projection pinhole
+    TRAINING_NORMALIZATION_HW  (720, 960): reference aspect of the official eq. 1 training targets
+    motion_intrinsics     pixel K whose f/W, f/H are eq. 1's alpha for the released model
+    depth_condition       z-depth [H,W] -> the DiT's depth condition image in [-1,1] (official min-max)
+    valid_frame_counts    frame counts near a request that a Wan VAE takes (4k+1)
+    fuse_motion           normalised motion [T,H,W,3] -> trajectories (eq. 1 inverse + initial points)
 
 Design notes:
     Camera axes follow ``core.cameras`` (OpenCV: x right, y down, z forward); intrinsics are pixel
@@ -26,8 +32,22 @@ Design notes:
     instances (the attention input of eq. 5 and the MLP input of eq. 6). One Linear producing all
     four of ``α_1, α_2, β_1, β_2`` (eq. 4) is the same as two Linears producing two each. The gates
     ``γ`` are zero-initialised and the modulation is applied as a gated residual on the wrapped
-    normalisation, ``y = LN(F) + γ ⊙ (α ⊙ LN(F) + β)``, so a fresh module returns exactly
-    ``LN(F)`` and a pretrained block is unchanged at the start of fine-tuning (see ``MAdaNorm``).
+    normalisation, ``y = LN(F) + γ ⊙ (α ⊙ LN(F) + β) = LN(F) ⊙ (1 + γ α) + γ β``, so a fresh module
+    returns exactly ``LN(F)`` and a pretrained block is unchanged at the start of fine-tuning (see
+    ``MAdaNorm``). This is the form of the official ``SpatialGuidanceModule``: there the Linear reads
+    ``SiLU(S)`` (our default ``activation="silu"``), the result is split ``[α | β]`` in that order,
+    and in a Wan block "LN(F)" is the block's timestep-modulated LayerNorm output
+    (``LN(F)(1 + scale_t) + shift_t``), so ``MAdaNorm.modulate`` is applied after the AdaLN.
+
+    Two reference sizes appear in the official code, and they differ: the inference back-projects
+    depth with a pinhole derived from a 540 x 960 reference (``OFFICIAL_REFERENCE_HW``), while the
+    training targets of eq. 1 were normalised with the focal lengths of a 720 x 960 reference at
+    368 x 512 (``TRAINING_NORMALIZATION_HW``). The model therefore predicts motion in the 720 x 960
+    normalisation; ``motion_intrinsics`` gives that K for denormalising. (The official inference
+    script adds the decoded motion to the initial points without undoing eq. 1 at all; we follow
+    the paper, §4.2 / App. F.3, and undo it.) The official back-projection samples pixels at
+    ``linspace(0, 1, W)`` (first and last pixel at the image borders); we keep pixel centres
+    ``(j + 0.5) / W``, which differ by under half a pixel and keep ``K`` exact for reprojection.
 
     Torch only; no comfy / diffusers / transformers imports.
 """
@@ -48,10 +68,18 @@ __all__ = [
     "denormalize_motion",
     "motion_tokens",
     "MAdaNorm",
+    "TRAINING_NORMALIZATION_HW",
+    "motion_intrinsics",
+    "depth_condition",
+    "valid_frame_counts",
+    "fuse_motion",
 ]
 
 OFFICIAL_REFERENCE_HW = (540, 960)
 """``(height, width)`` of the reference aspect the official inference derives its pinhole from."""
+
+TRAINING_NORMALIZATION_HW = (720, 960)
+"""``(height, width)`` of the reference aspect the official training used for eq. 1's focal lengths."""
 
 
 def official_pinhole(height: int, width: int, reference_hw: Sequence[int] = OFFICIAL_REFERENCE_HW) -> Tensor:
@@ -253,20 +281,110 @@ def motion_tokens(motion_features: Tensor, grid: Sequence[int]) -> Tensor:
     return s.repeat(1, f, 1)
 
 
+def motion_intrinsics(height: int, width: int) -> Tensor:
+    """Pixel K whose ``f_x / W`` and ``f_y / H`` are eq. 1's ``α`` for the released 4D-STraG model.
+
+    The official training targets were normalised with the pinhole rule of ``official_pinhole``
+    applied to a 720 x 960 reference (``TRAINING_NORMALIZATION_HW``); this returns that K, to pass
+    as ``K`` to ``normalize_motion`` / ``denormalize_motion`` / ``fuse_motion`` together with the
+    back-projected ``points0`` as the reference (``K`` then only supplies ``α``).
+
+    Args:
+        height: working image height ``H``.
+        width: working image width ``W``.
+
+    Returns:
+        ``[3,3]`` float32.
+    """
+    return official_pinhole(height, width, TRAINING_NORMALIZATION_HW)
+
+
+def depth_condition(depth: Tensor) -> Tensor:
+    """The depth image the 4D-STraG DiT is conditioned on (eq. 2's ``z_depth`` before the VAE).
+
+    As the official training and inference: non-finite or tiny (``< 1e-5``) depths are set to 1,
+    depths are clipped to ``[0, 10000]``, then min-max normalised over the image to ``[-1, 1]``
+    (``2 (z - min) / (max - min + 1e-8) - 1``).
+
+    Args:
+        depth: ``[H,W]`` z-depth.
+
+    Returns:
+        ``[H,W]`` float32 in ``[-1, 1]``.
+
+    Raises:
+        ValueError: for a tensor that is not ``[H,W]``.
+    """
+    if not isinstance(depth, Tensor) or depth.dim() != 2:
+        got = tuple(depth.shape) if isinstance(depth, Tensor) else type(depth).__name__
+        raise ValueError(f"depth_condition: depth must be an [H,W] tensor, got {got}")
+    z = depth.float()
+    bad = ~torch.isfinite(z) | (z < 1e-5)
+    z = torch.where(bad, torch.ones_like(z), z.clamp(0.0, 10000.0))
+    lo, hi = z.min(), z.max()
+    return 2.0 * (z - lo) / (hi - lo + 1e-8) - 1.0
+
+
+def valid_frame_counts(requested: int, temporal_compression: int = 4) -> tuple[int, int]:
+    """The frame counts ``k * c + 1`` nearest below and above ``requested`` (``c`` = 4 for Wan).
+
+    Returns:
+        ``(below, above)``; equal to ``(requested, requested)`` when ``requested`` is valid.
+    """
+    c = int(temporal_compression)
+    n = max(int(requested), 1)
+    below = (n - 1) // c * c + 1
+    above = below if below == n else below + c
+    return below, above
+
+
+def fuse_motion(
+    normalized: Tensor, points0: Tensor, K: Tensor | None = None, valid: Tensor | None = None
+) -> Tensor:
+    """Decoded normalised relative motion -> trajectories fused with the initial point cloud (§4.4).
+
+    ``P_t = P_0 + ΔP_t`` with ``ΔP_t`` from the inverse of eq. 1 (``denormalize_motion``); frame 0
+    is the initial point cloud itself, as in the official inference, whatever the model predicted
+    for it.
+
+    Args:
+        normalized: ``[T,H,W,3]`` normalised relative motion.
+        points0: ``[H,W,3]`` back-projected initial points (camera frame).
+        K: pixel K supplying eq. 1's ``α`` (``motion_intrinsics(H, W)`` for the released model);
+            ``None`` = ``official_pinhole(H, W)``.
+        valid: optional ``[H,W]`` bool; pixels outside stay at ``P_0``.
+
+    Returns:
+        ``[T,H,W,3]`` trajectories.
+
+    Raises:
+        ValueError: as ``denormalize_motion``.
+    """
+    tracks = denormalize_motion(normalized, points0, K, valid)
+    if tracks.shape[0] > 0:
+        tracks = torch.cat([points0[None].to(tracks.dtype), tracks[1:]], dim=0)
+    return tracks
+
+
+_ACTIVATIONS = ("silu", "none")
+
+
 class MAdaNorm(nn.Module):
     """Motion-aware adaptive normalisation, MoGe4D eqs. 4-6.
 
-    Eq. 4: ``α, β = Linear(S)`` token-wise (``S`` = motion features resized to the token grid,
-    ``motion_tokens``). Eqs. 5/6 feed ``γ α ⊙ LN(F) + γ β`` to the attention / MLP. Read literally,
-    a zero gate would feed zeros to a pretrained block; we therefore apply the gated term as a
-    residual on the normalisation the module wraps:
+    Eq. 4: ``α, β = Linear(act(S))`` token-wise (``S`` = motion features resized to the token grid,
+    ``motion_tokens``; ``act`` = SiLU as in the official module, or none). Eqs. 5/6 feed
+    ``γ α ⊙ LN(F) + γ β`` to the attention / MLP. Read literally, a zero gate would feed zeros to a
+    pretrained block; like the official code we apply the gated term as a residual on the
+    normalisation the module wraps:
 
-        ``y = LN(F) + γ ⊙ (α ⊙ LN(F) + β)``,   ``γ ∈ R^C`` learnable, initialised to 0,
+        ``y = LN(F) + γ ⊙ (α ⊙ LN(F) + β) = LN(F) ⊙ (1 + γ α) + γ β``,   ``γ ∈ R^C``, initialised to 0,
 
     so a freshly built module returns exactly ``LN(F)`` (the plain normalisation) while gradients
-    still reach ``γ`` (the Linear keeps its default, non-zero initialisation). This is eq. 5/6's
-    modulation with ``α`` read as a deviation from unit scale, as in AdaLN-style ``(1 + scale)``.
-    One instance serves one of eqs. 5 / 6; a block uses two.
+    still reach ``γ`` (the Linear keeps its default, non-zero initialisation; the official code
+    zero-initialises it too, which only matters for training from scratch). One instance serves
+    one of eqs. 5 / 6; a block uses two. In a Wan block ``LN(F)`` is the timestep-modulated
+    LayerNorm output and the block calls ``modulate`` on it.
 
     Args:
         dim: token width ``C``.
@@ -274,19 +392,70 @@ class MAdaNorm(nn.Module):
         norm: the normalisation to wrap, mapping ``[B,N,C] -> [B,N,C]``; default
             ``nn.LayerNorm(dim, eps=eps, elementwise_affine=False)``.
         eps: LayerNorm epsilon for the default ``norm``.
+        activation: ``"silu"`` (official) or ``"none"``, applied to ``S`` before the Linear.
     """
 
-    def __init__(self, dim: int, motion_dim: int, norm: nn.Module | None = None, eps: float = 1e-6):
+    def __init__(
+        self,
+        dim: int,
+        motion_dim: int,
+        norm: nn.Module | None = None,
+        eps: float = 1e-6,
+        activation: str = "silu",
+    ):
         super().__init__()
         if int(dim) < 1 or int(motion_dim) < 1:
             raise ValueError(f"MAdaNorm: dim and motion_dim must be positive, got {dim}, {motion_dim}")
-        self.dim, self.motion_dim = int(dim), int(motion_dim)
+        if activation not in _ACTIVATIONS:
+            raise ValueError(f"MAdaNorm: activation must be one of {_ACTIVATIONS}, got {activation!r}")
+        self.dim, self.motion_dim, self.activation = int(dim), int(motion_dim), activation
         self.norm = norm if norm is not None else nn.LayerNorm(self.dim, eps=eps, elementwise_affine=False)
         self.linear = nn.Linear(self.motion_dim, 2 * self.dim)  # eq. 4: [α | β]
         self.gate = nn.Parameter(torch.zeros(self.dim))  # γ, zero-initialised
 
+    def scale_shift(self, motion_tokens_: Tensor) -> tuple[Tensor, Tensor]:
+        """Eq. 4: token-wise ``(α, β)``, each ``[B,N_s,C]``, from ``[B,N_s,C_m]`` motion tokens."""
+        s = F.silu(motion_tokens_) if self.activation == "silu" else motion_tokens_
+        alpha, beta = self.linear(s.to(self.linear.weight.dtype)).chunk(2, dim=-1)
+        return alpha, beta
+
+    def modulate(self, normed: Tensor, motion_tokens_: Tensor) -> Tensor:
+        """``normed ⊙ (1 + γ α) + γ β`` on already-normalised tokens (eqs. 5 / 6 without the LN).
+
+        Args:
+            normed: ``[B,N,C]`` normalised (in a Wan block: AdaLN-modulated) tokens.
+            motion_tokens_: ``[B,N_s,C_m]`` with ``N_s <= N``; tokens past ``N_s`` are left
+                unchanged (zero ``α``, ``β``), as the official module pads them.
+
+        Returns:
+            ``[B,N,C]`` in the dtype of ``normed``.
+
+        Raises:
+            ValueError: for mismatched shapes.
+        """
+        if normed.dim() != 3 or normed.shape[-1] != self.dim:
+            raise ValueError(f"MAdaNorm: tokens must be [B,N,{self.dim}], got {tuple(normed.shape)}")
+        if (
+            motion_tokens_.dim() != 3
+            or motion_tokens_.shape[0] not in (1, normed.shape[0])
+            or motion_tokens_.shape[-1] != self.motion_dim
+            or motion_tokens_.shape[1] > normed.shape[1]
+        ):
+            raise ValueError(
+                f"MAdaNorm: motion tokens must be [{normed.shape[0]},<= {normed.shape[1]},{self.motion_dim}], "
+                f"got {tuple(motion_tokens_.shape)}"
+            )
+        alpha, beta = self.scale_shift(motion_tokens_)
+        gate = self.gate.to(alpha.dtype)
+        scale, shift = (gate * alpha).to(normed.dtype), (gate * beta).to(normed.dtype)
+        n_s = motion_tokens_.shape[1]
+        if n_s == normed.shape[1]:
+            return normed * (1 + scale) + shift
+        head = normed[:, :n_s] * (1 + scale) + shift
+        return torch.cat([head, normed[:, n_s:]], dim=1)
+
     def forward(self, tokens: Tensor, motion_features: Tensor, grid: Sequence[int]) -> Tensor:
-        """Modulate the normalised tokens.
+        """Normalise and modulate the tokens.
 
         Args:
             tokens: ``[B,N,C]`` block input ``F`` with ``N = f*hh*ww``.
@@ -316,6 +485,4 @@ class MAdaNorm(nn.Module):
             raise ValueError(
                 f"MAdaNorm: grid {tuple(grid)} has {s.shape[1]} tokens but tokens have N={tokens.shape[1]}"
             )
-        alpha, beta = self.linear(s.to(tokens.dtype)).chunk(2, dim=-1)
-        n = self.norm(tokens)
-        return n + self.gate * (alpha * n + beta)
+        return self.modulate(self.norm(tokens), s)

@@ -7,6 +7,7 @@ Public API:
     motion_class(kind)          the registered class of a kind
     StaticMotion                identity
     KeyframeMotion              absolute per-frame means ``[T,N,3]`` (and optional quats ``[T,N,4]``)
+    PlacedMotion                another motion followed by a per-frame similarity (scale, rotation, translation)
     ScenePart                   named canonical Gaussians + motion + optional screen-space trajectory
     Scene4D                     parts, frame count and fps; ``at(t)``, ``bake``, ``save``/``load``
     save_ply_sequence           one 3DGS PLY per frame, ``prefix_00000.ply`` …
@@ -39,7 +40,7 @@ import safetensors.torch
 import torch
 from torch import Tensor
 
-from .gaussians import Gaussians
+from .gaussians import Gaussians, quat_multiply, quat_to_rotmat
 from .paths import atomic_path, safe_output_path
 from .ply import save_ply
 
@@ -49,6 +50,7 @@ __all__ = [
     "motion_class",
     "StaticMotion",
     "KeyframeMotion",
+    "PlacedMotion",
     "ScenePart",
     "Scene4D",
     "save_ply_sequence",
@@ -250,6 +252,99 @@ class KeyframeMotion(Motion):
 
 def _shape(x) -> str:
     return str(tuple(x.shape)) if isinstance(x, Tensor) else type(x).__name__
+
+
+@register_motion
+class PlacedMotion(Motion):
+    """Another motion, then a per-frame similarity ``x -> s_i R_i x + b_i`` (kind ``"placed"``).
+
+    It puts an object reconstructed in its own frame into a scene (``core.compose``, CoCo4D §3.3):
+    the inner motion animates the object, the similarity places it at time ``t``.
+
+    Args:
+        inner: the object's own motion.
+        scales: ``[T]`` positive scale factors ``s_i`` at ``t = i/(T-1)``.
+        quats: ``[T,4]`` wxyz rotations ``R_i`` (normalised on use).
+        translations: ``[T,3]`` translations ``b_i``.
+
+    Between keyframes ``log s`` and ``b`` are interpolated linearly, rotations by normalised lerp
+    in one hemisphere. Gaussians rotate with ``R``, their scales grow by ``s``; SH coefficients of
+    degree > 0 are not rotated (as :meth:`Gaussians.transform`).
+    """
+
+    kind = "placed"
+
+    def __init__(self, inner: Motion, scales: Tensor, quats: Tensor, translations: Tensor) -> None:
+        if not isinstance(inner, Motion):
+            raise ValueError(f"PlacedMotion: inner must be a Motion, got {type(inner).__name__}")
+        if not isinstance(scales, Tensor) or scales.dim() != 1 or scales.shape[0] < 1:
+            raise ValueError(f"PlacedMotion: scales must be [T>=1], got {_shape(scales)}")
+        n = scales.shape[0]
+        if not isinstance(quats, Tensor) or tuple(quats.shape) != (n, 4):
+            raise ValueError(f"PlacedMotion: quats must be [{n},4], got {_shape(quats)}")
+        if not isinstance(translations, Tensor) or tuple(translations.shape) != (n, 3):
+            raise ValueError(f"PlacedMotion: translations must be [{n},3], got {_shape(translations)}")
+        if not all(torch.isfinite(x).all() for x in (scales, quats, translations)) or not (scales > 0).all():
+            raise ValueError("PlacedMotion: scales must be positive and all placements finite")
+        if (quats.norm(dim=-1) < 1e-8).any():
+            raise ValueError("PlacedMotion: quats must not be zero")
+        self.inner = inner
+        self.scales = scales
+        self.quats = quats
+        self.translations = translations
+
+    @property
+    def num_frames(self) -> int:
+        return self.scales.shape[0]
+
+    def check_compatible(self, num_gaussians: int) -> None:
+        self.inner.check_compatible(num_gaussians)
+
+    def placement(self, t: float | Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Scale ``[]``, unit quaternion ``[4]`` and translation ``[3]`` at time ``t``."""
+        t = _check_time(t, "PlacedMotion.placement")
+        l0, l1, w = _lerp_frames(self.scales.log(), t)
+        b0, b1, _ = _lerp_frames(self.translations, t)
+        q0, q1, _ = _lerp_frames(torch.nn.functional.normalize(self.quats, dim=-1), t)
+        q1 = torch.where((q0 * q1).sum(-1, keepdim=True) < 0, -q1, q1)
+        wt = w if isinstance(w, Tensor) else float(w)
+        scale = torch.lerp(l0, l1, wt).exp()
+        quat = torch.nn.functional.normalize(torch.lerp(q0, q1, wt), dim=-1)
+        return scale, quat, torch.lerp(b0, b1, wt)
+
+    def apply(self, gaussians: Gaussians, t: float | Tensor) -> Gaussians:
+        t = _check_time(t, "PlacedMotion.apply")
+        g = self.inner.apply(gaussians, t)
+        scale, quat, shift = (x.to(g.dtype) for x in self.placement(t))
+        R = quat_to_rotmat(quat)
+        return Gaussians(scale * g.means @ R.T + shift, quat_multiply(quat.expand_as(g.quats), g.quats),
+                         g.log_scales + scale.log(), g.logit_opacities, g.sh)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        tensors = {"scales": self.scales, "quats": self.quats, "translations": self.translations}
+        tensors.update({f"inner.{k}": v for k, v in self.inner.state_dict().items()})
+        return tensors
+
+    def config(self) -> dict:
+        return {"num_frames": self.num_frames, "inner": {"kind": self.inner.kind, "config": self.inner.config()}}
+
+    @classmethod
+    def from_state(cls, config: dict, tensors: dict[str, Tensor]) -> "PlacedMotion":
+        missing = [k for k in ("scales", "quats", "translations") if k not in tensors]
+        if missing or not isinstance(config.get("inner"), dict) or "kind" not in config["inner"]:
+            raise ValueError(f"PlacedMotion: state lacks {missing or 'the inner motion description'}")
+        inner_tensors = {k[len("inner."):]: v for k, v in tensors.items() if k.startswith("inner.")}
+        inner = motion_class(config["inner"]["kind"]).from_state(dict(config["inner"].get("config", {})),
+                                                                 inner_tensors)
+        motion = cls(inner, tensors["scales"], tensors["quats"], tensors["translations"])
+        if "num_frames" in config and int(config["num_frames"]) != motion.num_frames:
+            raise ValueError(f"PlacedMotion: config says {config['num_frames']} frames, tensors hold "
+                             f"{motion.num_frames}")
+        return motion
+
+    def to(self, device: torch.device | str) -> "PlacedMotion":
+        return PlacedMotion(self.inner.to(device), self.scales.to(device), self.quats.to(device),
+                            self.translations.to(device))
 
 
 @dataclass(frozen=True, eq=False)

@@ -4,9 +4,26 @@
 from __future__ import annotations
 
 from ..backends.memory import set_host_hook
-from . import cameras, depth, fit, guidance, host, inpaint, preview, render, scene_io, segment, synthetic, video
+from . import (
+    cameras,
+    compose,
+    depth,
+    fit,
+    guidance,
+    host,
+    inpaint,
+    moge4d,
+    preview,
+    render,
+    scene_io,
+    segment,
+    synthetic,
+    video,
+    vism,
+)
 
-_MODULES = (cameras, synthetic, video, segment, depth, guidance, inpaint, fit, render, scene_io, preview)
+_MODULES = (cameras, synthetic, video, segment, depth, guidance, inpaint, fit, compose, moge4d, vism, render,
+            scene_io, preview)
 
 # Our models ask ComfyUI's model manager for room before they move to the GPU.
 set_host_hook(host.free_memory_for)

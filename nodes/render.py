@@ -1,7 +1,15 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Gen4D_Render: a scene or Gaussian set seen along a camera path -> IMAGE, MASK, depth IMAGE."""
+"""Gen4D_Render: a scene or Gaussian set seen along a camera path -> IMAGE, MASK, depth IMAGE.
+
+Screen-space trajectories: a part that still carries one (the object-centred foreground straight
+out of Gen4D_DeformationFit) is rendered as it is, object-centred, with a warning. A 2D warp is
+right only at the seen view, so it is not applied here; Gen4D_Compose turns the trajectory into a
+3D placement (``core.compose``), after which every camera sees the object where it belongs.
+"""
 
 from __future__ import annotations
+
+import logging
 
 import torch
 
@@ -11,12 +19,15 @@ from . import host
 from . import types as T
 from .widgets import color_error, combo_in, int_in, socket_in, str_in
 
+logger = logging.getLogger(__name__)
+
 
 class Render:
     DESCRIPTION = (
         "Render a dynamic scene (each camera sees the scene at its own time) or a static Gaussian set "
         "along a camera path. Uses gsplat on CUDA and the built-in torch rasterizer elsewhere; both give "
-        "the same pixels. Outputs a video as an IMAGE batch, the alpha as a MASK and the depth."
+        "the same pixels. Outputs a video as an IMAGE batch, the alpha as a MASK and the depth. A foreground "
+        "that still carries its screen trajectory is shown object-centred: compose it first (Gen4D Compose)."
     )
     CATEGORY = f"{T.CATEGORY}/render"
     RETURN_TYPES = (T.IMAGE, T.MASK, T.IMAGE)
@@ -53,6 +64,7 @@ class Render:
         source = scene if scene is not None else gaussians
         if source is None:
             raise ValueError("Gen4D_Render: connect a scene or a gaussians input")
+        _warn_screen_trajectories(source)
         bg = parse_color(background)
         device = host.compute_device()
         progress = host.Progress(len(cameras))
@@ -65,6 +77,13 @@ class Render:
                 progress(start + len(chunk), preview=parts[-1].rgb[-1].clamp(0, 1))
         out = RenderOutput.cat(parts)
         return to_image(out.rgb), to_mask(out.alpha), depth_to_image(out.depth, depth_mode, out.alpha)
+
+
+def _warn_screen_trajectories(source) -> None:
+    names = [p.name for p in getattr(source, "parts", ()) if p.trajectory]
+    if names:
+        logger.warning("Gen4D_Render: part(s) %s carry a screen-space trajectory, which is not applied here; they "
+                       "render object-centred. Connect them through Gen4D_Compose to place them in the scene.", names)
 
 
 def _to_cpu(out: RenderOutput) -> RenderOutput:

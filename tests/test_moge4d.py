@@ -12,9 +12,13 @@ from gen4d.core.moge4d import (
     MAdaNorm,
     backproject,
     denormalize_motion,
+    depth_condition,
+    fuse_motion,
+    motion_intrinsics,
     motion_tokens,
     normalize_motion,
     official_pinhole,
+    valid_frame_counts,
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -103,6 +107,11 @@ def test_round_trip_on_synthetic_world_tracks():
         assert torch.isfinite(n).all() and (n[:, ~valid] == 0).all()
         back = denormalize_motion(n, ref, K, valid=valid)
         assert _rel_err(back[:, valid], tracks[:, valid]) <= 1e-6
+    # the pipeline's direction: model-space motion (training α) fused with the lifted points
+    Km = motion_intrinsics(*depth0.shape)
+    n = normalize_motion(tracks, lifted, Km, valid=valid)
+    fused = fuse_motion(n, lifted, Km, valid=valid)
+    assert _rel_err(fused[1:, valid], tracks[1:, valid]) <= 1e-6
     # holes in the depth (e.g. sky) must be masked out explicitly, otherwise they are named
     holed = depth0.clone()
     holed[:2] = 0.0
@@ -135,8 +144,8 @@ def test_normalize_rejects_bad_inputs():
         official_pinhole(0, 4)
 
 
-def _hand_module():
-    m = MAdaNorm(dim=2, motion_dim=1, eps=0.0)
+def _hand_module(activation="none"):
+    m = MAdaNorm(dim=2, motion_dim=1, eps=0.0, activation=activation)
     with torch.no_grad():
         m.linear.weight.copy_(torch.tensor([[2.0], [0.0], [1.0], [3.0]]))  # rows: α0, α1, β0, β1
         m.linear.bias.copy_(torch.tensor([0.1, 0.2, -0.1, 0.0]))
@@ -165,6 +174,22 @@ def test_madanorm_hand_computed():
     # two latent frames reuse the same image motion features
     y2 = m(tokens.repeat(1, 2, 1), s, (2, 1, 2))
     assert torch.allclose(y2, expected.repeat(1, 2, 1), atol=1e-6)
+
+
+def test_madanorm_hand_computed_official_silu():
+    """The official SpatialGuidanceModule reads SiLU(S): α, β = Linear(SiLU(S)); y = x (1 + γ α) + γ β."""
+    m = _hand_module("silu")
+    tokens = torch.tensor([[[1.0, 3.0]]])  # LN -> [-1, 1]
+    s = torch.tensor([[[[2.0]]]])  # SiLU(2) = 2 / (1 + e^-2)
+    silu = 2.0 / (1.0 + math.exp(-2.0))  # 1.761594
+    a0, a1, b0, b1 = 2 * silu + 0.1, 0.2, silu - 0.1, 3 * silu
+    expected = torch.tensor([[[-1 * (1 + 0.5 * a0) + 0.5 * b0, 1 * (1 + 2.0 * a1) + 2.0 * b1]]])
+    assert torch.allclose(expected, torch.tensor([[[-1.9808, 11.9696]]]), atol=1e-4)
+    assert torch.allclose(m(tokens, s, (1, 1, 1)), expected, atol=1e-6)
+    # modulate() on already-normalised tokens; tokens past the motion tokens are left unchanged
+    normed = torch.tensor([[[-1.0, 1.0], [5.0, -7.0]]])
+    out = m.modulate(normed, torch.tensor([[[2.0]]]))
+    assert torch.allclose(out[:, :1], expected, atol=1e-6) and torch.equal(out[:, 1], normed[:, 1])
 
 
 def test_motion_tokens_resize_and_order():
@@ -201,3 +226,35 @@ def test_madanorm_rejects_bad_inputs():
         m(torch.randn(1, 8, 4), s, (2, 2))
     with pytest.raises(ValueError, match="must be positive"):
         MAdaNorm(0, 3)
+    with pytest.raises(ValueError, match="activation must be one of"):
+        MAdaNorm(4, 3, activation="relu")
+    with pytest.raises(ValueError, match="motion tokens must be"):
+        m.modulate(torch.randn(1, 2, 4), torch.randn(1, 3, 3))
+
+
+def test_training_normalisation_intrinsics_and_fuse_motion():
+    # 720 x 960 reference at 368 x 512: 960/512 < 720/368 -> fx_n = (720/960)/(368/512), fy_n = 1
+    K = motion_intrinsics(368, 512)
+    assert math.isclose(float(K[0, 0]) / 512, (720 / 960) / (368 / 512), rel_tol=1e-6)
+    assert math.isclose(float(K[1, 1]) / 368, 1.0, rel_tol=1e-6)
+    h, w = 6, 8
+    depth0 = torch.rand(h, w, dtype=torch.float64) * 3 + 0.5
+    p0 = backproject(depth0)
+    tracks = p0 + torch.randn(4, h, w, 3, dtype=torch.float64) * 0.1
+    tracks[0] = p0
+    Km = motion_intrinsics(h, w).double()
+    n = normalize_motion(tracks, p0, Km)
+    fused = fuse_motion(n, p0, Km)
+    assert torch.allclose(fused, tracks, atol=1e-12)
+    n[0] = 5.0  # whatever the model says for frame 0, it is the initial point cloud
+    assert torch.equal(fuse_motion(n, p0, Km)[0], p0)
+
+
+def test_depth_condition_and_frame_counts():
+    z = torch.tensor([[1.0, 3.0], [float("inf"), 0.0]])
+    # invalid -> 1 before the min-max: values [1, 3, 1, 1] -> [-1, 1, -1, -1]
+    assert torch.allclose(depth_condition(z), torch.tensor([[-1.0, 1.0], [-1.0, -1.0]]), atol=1e-6)
+    assert valid_frame_counts(49) == (49, 49) and valid_frame_counts(50) == (49, 53)
+    assert valid_frame_counts(2) == (1, 5)
+    with pytest.raises(ValueError, match="depth must be an"):
+        depth_condition(torch.ones(2, 2, 2))

@@ -1,0 +1,1053 @@
+# SPDX-License-Identifier: Apache-2.0
+"""MoGe4D's 4D Scene Trajectory Generator (4D-STraG): loading the official release, sampling
+normalised relative motion with flow matching, and turning it into dense trajectories.
+
+Public API:
+    TrajectoryModel             the loaded model: DiT, Wan VAE, trajectory decoder (+ encoder), UMT5, CLIP
+    load_trajectory_model(path, dtype)   cached loader of a MoGe4D model folder (official layout)
+    find_layout(path)           the files of a MoGe4D model folder, or ValueError naming what is missing
+    generate_tracks(model, image, depth, prompt, ...)   image + z-depth + prompt -> TrajectoryResult
+    TrajectoryResult            tracks (core.tracks.Tracks), motion maps, normalised motion, depth
+    SamplerConfig               the paper / official inference defaults (49 frames, 512x368, 50 steps,
+                                guidance 6, shift 3)
+    check_size(width, height), check_frames(n)      ValueError naming the valid values
+    fit_image(image, width, height)  centre-crop + resize to the working size (never stretched)
+    fov_intrinsics(h, w, fov)   square-pixel pinhole from a horizontal field of view
+    params_on_meta()            context manager: build modules with parameters on the meta device
+    clear_cache()
+
+Design notes:
+    Folder layout (the official ``./models`` folder of the MoGe4D README): ``4D-STraG/
+    diffusion_pytorch_model.safetensors`` (the fine-tuned transformer in the original Wan /
+    VideoX-Fun naming, mapped by ``trajectory_dit_names.name_map``), ``VAE/decoder_prompt/
+    pytorch_model.bin`` (Trajectory Decoder), optionally ``VAE/encoder_prompt/pytorch_model.bin``
+    (Trajectory Encoder) and ``VAE/vae/pytorch_model.bin`` (the fine-tuned Wan VAE, ``model.``
+    prefixed), plus the base model ``alibaba-pai/Wan2.1-Fun-V1.1-14B-Control`` in its release
+    layout, either in a sub-folder (any depth up to 3) or at the root: ``config.json`` +
+    ``diffusion_pytorch_model*.safetensors``, ``Wan2.1_VAE.pth``, ``models_t5_umt5-xxl-enc-bf16.pth``
+    + ``google/umt5-xxl`` (tokenizer), ``models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth``.
+    Weights are read with safetensors / ``torch.load(weights_only=True)`` only. The transformer
+    is built with its parameters on the meta device and filled from the 4D-STraG file first; only
+    parameters that file lacks are read from the base checkpoint (lazily, by name); any parameter
+    still missing is an error naming it. The OmniMAE weights come from the 4D-STraG file
+    (``omnimae_extractor.*``) or, when absent, from ``vitb_pretrain.torch`` in the folder.
+
+    Inference follows the official ``scripts/inference/infer.py`` (stage 1): control video = the
+    input image repeated over all frames, reference latent = the image, start-image latents = 0,
+    depth condition = ``core.moge4d.depth_condition`` of the z-depth repeated over all frames; the
+    CLIP image is a mid-grey frame (as the official script passes); UMT5 prompt (512 tokens),
+    classifier-free guidance on the prompt only (``v_u + w (v_c - v_u)``), flow-matching Euler steps
+    (diffusers ``FlowMatchEulerDiscreteScheduler`` with ``shift``). The sampled latents are
+    un-normalised with MoGe4D's trajectory latent statistics and then Wan's (``use_traj_norm``, the
+    official decode), decoded by the VAE to an RGB motion map in ``[-1,1]`` and by the Trajectory
+    Decoder to eq. 1's normalised motion, which ``core.moge4d.fuse_motion`` de-normalises with the
+    model's training ``α`` (``motion_intrinsics``) and adds to the back-projected points.
+
+    Note on ``shift``: the official "Flow" sampler builds its scheduler from the YAML config
+    (``shift: 5.0``) and passes ``mu=1`` with dynamic shifting off, so its ``--shift 3`` only reaches
+    the UniPC / DPM++ samplers. We use the ``shift`` argument (default 3, as the paper states).
+
+    Devices are chosen per call; each sub-model moves to the device just for its part (text and
+    CLIP encoders, VAE encode, DiT sampling, VAE decode) and back to the CPU afterwards, asking the
+    host (``backends.memory.make_room``) for room first. On CUDA weights are bf16 (VAE and
+    trajectory decoder fp32) and attention uses PyTorch SDPA.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..core.moge4d import backproject, depth_condition, fuse_motion, motion_intrinsics, official_pinhole
+from ..core.tracks import Tracks
+from .memory import make_room
+from .tiny import tiny_builder
+from .trajectory_dit_modules import (
+    LATENT_CHANNELS,
+    DiTConfig,
+    OmniMAEFeatures,
+    TrajectoryDecoder,
+    TrajectoryDiT,
+    TrajectoryEncoder,
+)
+from .trajectory_dit_names import (
+    MappingError,
+    adaptor_name_map,
+    diffusers_vae_to_official,
+    name_map,
+    official_vae_to_diffusers,
+    wan_clip_to_hf,
+    wan_t5_to_umt5,
+)
+
+__all__ = [
+    "TrajectoryModel",
+    "TrajectoryResult",
+    "SamplerConfig",
+    "load_trajectory_model",
+    "find_layout",
+    "generate_tracks",
+    "check_size",
+    "check_frames",
+    "fit_image",
+    "fov_intrinsics",
+    "params_on_meta",
+    "clear_cache",
+    "WAN_LATENT_MEAN",
+    "WAN_LATENT_STD",
+    "TRAJ_LATENT_MEAN",
+    "TRAJ_LATENT_STD",
+]
+
+logger = logging.getLogger(__name__)
+
+# Wan2.1 VAE latent statistics (the VAE's published normalisation).
+WAN_LATENT_MEAN = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
+                   0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921)
+WAN_LATENT_STD = (2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
+                  3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160)
+# MoGe4D's second normalisation of motion latents (``traj_mean`` / ``traj_std`` of the official VAE).
+TRAJ_LATENT_MEAN = (0.9336646795272827, -1.5638998746871948, 0.09716760367155075, -0.0003718015505000949,
+                    -0.4085753560066223, 2.252105474472046, -1.7826536893844604, 1.4354853630065918,
+                    -0.9819669127464294, -0.7372986078262329, 1.0731526613235474, -1.6012202501296997,
+                    -1.4650976657867432, -0.640479326248169, -0.23738965392112732, -1.252833604812622)
+TRAJ_LATENT_STD = (0.4107, 0.5508, 0.2565, 0.3021, 0.2372, 0.5350, 0.3000, 0.4359,
+                   0.2033, 0.4194, 0.2107, 0.3985, 0.3314, 0.4098, 0.3906, 0.2863)
+
+SPATIAL = 8  # Wan VAE spatial compression
+TEMPORAL = 4  # Wan VAE temporal compression
+PATCH = 2  # DiT spatial patch
+MULTIPLE = SPATIAL * PATCH
+
+STRAG_FILE = "4D-STraG/diffusion_pytorch_model.safetensors"
+BASE_VAE = "Wan2.1_VAE.pth"
+BASE_T5 = "models_t5_umt5-xxl-enc-bf16.pth"
+BASE_T5_TOKENIZER = "google/umt5-xxl"
+BASE_CLIP = "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth"
+OMNIMAE_FILE = "vitb_pretrain.torch"
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """Official inference defaults (``infer.sh``; paper §5.1)."""
+
+    num_frames: int = 49
+    width: int = 512
+    height: int = 368
+    steps: int = 50
+    guidance_scale: float = 6.0
+    shift: float = 3.0
+    fps: float = 8.0
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def check_size(width: int, height: int, what: str = "generate_tracks") -> None:
+    """Width and height must be multiples of 16 (VAE 8 x patch 2) and at least one latent patch.
+
+    Raises:
+        ValueError: naming the nearest valid sizes.
+    """
+    for name, v in (("width", int(width)), ("height", int(height))):
+        if v < MULTIPLE:
+            raise ValueError(f"{what}: {name} {v} is smaller than one latent patch ({MULTIPLE} pixels = VAE "
+                             f"{SPATIAL} x DiT patch {PATCH}); use at least {MULTIPLE}")
+        if v % MULTIPLE:
+            lo = v // MULTIPLE * MULTIPLE
+            raise ValueError(f"{what}: {name} {v} must be a multiple of {MULTIPLE}; nearest valid: {lo} or "
+                             f"{lo + MULTIPLE}")
+
+
+def check_frames(n: int, what: str = "generate_tracks") -> None:
+    """The Wan VAE takes ``4k + 1`` frames (``k >= 1``).
+
+    Raises:
+        ValueError: naming the valid counts nearest to ``n``.
+    """
+    n = int(n)
+    if n >= 1 + TEMPORAL and (n - 1) % TEMPORAL == 0:
+        return
+    below = max((n - 1) // TEMPORAL * TEMPORAL + 1, 1 + TEMPORAL)
+    above = below + TEMPORAL if below <= n else below
+    options = sorted({below, above})
+    raise ValueError(f"{what}: num_frames {n} cannot be taken by the Wan VAE (4k+1 frames, at least 5); "
+                     f"nearest valid: {' or '.join(str(o) for o in options)}")
+
+
+# --------------------------------------------------------------------------- meta-device construction
+
+
+@contextlib.contextmanager
+def params_on_meta() -> Iterator[None]:
+    """Build modules with their parameters on the meta device (buffers stay real), so a 14B model
+    costs no memory until ``load_state_dict(..., assign=True)`` or an explicit materialisation."""
+    original = nn.Module.register_parameter
+
+    def register(self, name, param):
+        original(self, name, param)
+        if param is not None:
+            kwargs = {"requires_grad": param.requires_grad}
+            self._parameters[name] = nn.Parameter(self._parameters[name].to("meta"), **kwargs)
+
+    nn.Module.register_parameter = register
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = original
+
+
+def _assign(module: nn.Module, state: dict[str, Tensor], dtype: torch.dtype | None, what: str,
+            keep_fp32: tuple[str, ...] = ()) -> None:
+    """Load ``state`` into a (meta-parameter) module exactly: every parameter / persistent buffer
+    present, no extra keys, shapes equal."""
+    expected = module.state_dict(keep_vars=True)
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    bad = sorted(k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape))
+    if missing or extra or bad:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)}: {', '.join(missing[:12])}{' ...' if len(missing) > 12 else ''}")
+        if extra:
+            parts.append(f"unexpected {len(extra)}: {', '.join(extra[:12])}{' ...' if len(extra) > 12 else ''}")
+        if bad:
+            parts.append("shape mismatch: " + ", ".join(
+                f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}" for k in bad[:6]))
+        raise ValueError(f"{what}: checkpoint does not fit the model ({'; '.join(parts)})")
+    cast = {}
+    for k, v in state.items():
+        target = torch.float32 if (dtype is None or any(p in k for p in keep_fp32)) else dtype
+        cast[k] = v.to(target) if v.is_floating_point() else v
+    module.load_state_dict(cast, strict=True, assign=True)
+
+
+# --------------------------------------------------------------------------- folder layout
+
+
+def _torch_load(path: Path) -> dict[str, Tensor]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for unreadable / unsafe pickles
+        raise ValueError(f"could not read {path} with torch.load(weights_only=True): {type(exc).__name__}: {exc}") \
+            from exc
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: expected a state dict, got {type(state).__name__}")
+    return state
+
+
+def _read_weights(path: Path) -> dict[str, Tensor]:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as exc:  # safetensors raises its own error types for corrupt files
+            raise ValueError(f"could not read {path}: {type(exc).__name__}: {exc}") from exc
+    return _torch_load(path)
+
+
+def _first(root: Path, names: tuple[str, ...]) -> Path | None:
+    for name in names:
+        if (root / name).is_file():
+            return root / name
+    return None
+
+
+def _find_base(root: Path) -> Path | None:
+    def ok(d: Path) -> bool:
+        return (d / "config.json").is_file() and (d / BASE_VAE).is_file()
+
+    if ok(root):
+        return root
+    frontier = [root]
+    for _ in range(3):
+        nxt = []
+        for d in frontier:
+            for sub in sorted(p for p in d.iterdir() if p.is_dir()):
+                if ok(sub):
+                    return sub
+                nxt.append(sub)
+        frontier = nxt
+    return None
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The files of a MoGe4D model folder."""
+
+    root: Path
+    strag: Path
+    decoder: Path
+    encoder: Path | None
+    vae_finetuned: Path | None
+    base: Path
+    base_transformer: tuple[Path, ...]
+    base_vae: Path
+    t5: Path
+    tokenizer: Path
+    clip: Path | None
+    omnimae: Path | None
+
+
+def _vae_dir(root: Path) -> Path:
+    vae = root / "VAE"
+    if (vae / "decoder_prompt").is_dir():
+        return vae
+    checkpoints = sorted((p for p in vae.glob("checkpoint-*") if p.is_dir()),
+                         key=lambda p: int(p.name.split("-")[-1]) if p.name.split("-")[-1].isdigit() else -1)
+    return checkpoints[-1] if checkpoints else vae
+
+
+def find_layout(path: str | Path) -> Layout:
+    """Locate every file of a MoGe4D model folder (see the module notes).
+
+    Raises:
+        ValueError: listing what is missing and where it was looked for.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise ValueError(f"trajectory model {str(root)!r} is not a folder; expected the MoGe4D models folder with "
+                         f"4D-STraG/, VAE/ and the Wan2.1-Fun-V1.1-14B-Control base")
+    missing = []
+    strag = root / STRAG_FILE
+    if not strag.is_file():
+        missing.append(STRAG_FILE)
+    vae = _vae_dir(root)
+    decoder = _first(vae, ("decoder_prompt/pytorch_model.bin", "decoder_prompt/model.safetensors",
+                           "decoder_prompt/diffusion_pytorch_model.safetensors"))
+    if decoder is None:
+        missing.append("VAE/decoder_prompt/pytorch_model.bin (Trajectory Decoder)")
+    encoder = _first(vae, ("encoder_prompt/pytorch_model.bin", "encoder_prompt/model.safetensors"))
+    vae_ft = _first(vae, ("vae/pytorch_model.bin", "vae/diffusion_pytorch_model.safetensors", "vae/model.safetensors"))
+    base = _find_base(root)
+    t5 = tok = clip = base_vae = None
+    shards: tuple[Path, ...] = ()
+    if base is None:
+        missing.append(f"the Wan2.1-Fun-V1.1-14B-Control base (a folder with config.json and {BASE_VAE}, at the "
+                       f"root or in a sub-folder)")
+    else:
+        shards = tuple(sorted(base.glob("diffusion_pytorch_model*.safetensors")))
+        base_vae = base / BASE_VAE
+        t5 = _first(base, (BASE_T5, "models_t5_umt5-xxl-enc-fp32.pth"))
+        if t5 is None:
+            missing.append(f"{base.name}/{BASE_T5}")
+        tok = base / BASE_T5_TOKENIZER
+        if not tok.is_dir():
+            missing.append(f"{base.name}/{BASE_T5_TOKENIZER}/ (UMT5 tokenizer)")
+        clip = _first(base, (BASE_CLIP,))
+    if missing:
+        raise ValueError(f"trajectory model {str(root)!r} is incomplete; missing: {'; '.join(missing)}. Put the "
+                         f"MoGe4D release (Yanran21/MoGe4D) and alibaba-pai/Wan2.1-Fun-V1.1-14B-Control there")
+    omni = _first(root, (OMNIMAE_FILE, f"OmniMAE/{OMNIMAE_FILE}"))
+    return Layout(root, strag, decoder, encoder, vae_ft, base, shards, base_vae, t5, tok, clip, omni)
+
+
+# --------------------------------------------------------------------------- component loaders
+
+
+def _base_index(layout: Layout) -> dict[str, tuple[Path, str, tuple[int, ...]]]:
+    """Our name -> (shard, official name, shape) for every tensor of the base transformer (no data read)."""
+    from safetensors import safe_open
+
+    index: dict[str, tuple[Path, str, tuple[int, ...]]] = {}
+    for shard in layout.base_transformer:
+        try:
+            with safe_open(str(shard), framework="pt") as fh:
+                keys = list(fh.keys())
+                shapes = {k: tuple(fh.get_slice(k).get_shape()) for k in keys}
+        except Exception as exc:  # safetensors raises its own error types for corrupt files
+            raise ValueError(f"could not read {shard}: {type(exc).__name__}: {exc}") from exc
+        try:
+            mapped = name_map({k: k for k in keys})  # names only
+        except MappingError as exc:
+            raise ValueError(f"{shard}: {exc}") from exc
+        for ours_k, off_k in mapped.items():
+            index[ours_k] = (shard, off_k, shapes[off_k])
+    return index
+
+
+def _config_from_shapes(cfg: dict, shapes: dict[str, tuple[int, ...]]) -> DiTConfig:
+    def dim_of(key: str, axis: int, default: int) -> int:
+        return int(shapes[key][axis]) if key in shapes else default
+
+    emb = "wan.condition_embedder."
+    return DiTConfig.from_wan_config(
+        cfg,
+        in_channels=dim_of("wan.patch_embedding.weight", 1, 4 * LATENT_CHANNELS),
+        text_dim=dim_of(emb + "text_embedder.linear_1.weight", 1, int(cfg.get("text_dim", 4096))),
+        freq_dim=dim_of(emb + "time_embedder.linear_1.weight", 1, int(cfg.get("freq_dim", 256))),
+        image_dim=dim_of(emb + "image_embedder.norm1.weight", 0, 1280),
+        motion_dim=dim_of("motion_adapter.0.weight", 0, 768))
+
+
+def _load_dit(layout: Layout, dtype: torch.dtype) -> TrajectoryDiT:
+    from safetensors import safe_open
+
+    cfg = json.loads((layout.base / "config.json").read_text())
+    try:
+        ours = name_map(_read_weights(layout.strag))
+    except MappingError as exc:
+        raise ValueError(f"{layout.strag}: {exc}") from exc
+    omni = {k[len("motion_extractor."):]: v for k, v in ours.items() if k.startswith("motion_extractor.")}
+    ours = {k: v for k, v in ours.items() if not k.startswith("motion_extractor.")}
+    if not omni and layout.omnimae is not None:
+        raw = {"omnimae_extractor." + k: v for k, v in _torch_load(layout.omnimae).items()}
+        omni = {k[len("motion_extractor."):]: v for k, v in name_map(raw).items() if k.startswith("motion_extractor.")}
+    index = _base_index(layout)
+    shapes = {k: tuple(v[2]) for k, v in index.items()}
+    shapes.update({k: tuple(v.shape) for k, v in ours.items()})
+    config = _config_from_shapes(cfg, shapes)
+    with params_on_meta():
+        model = TrajectoryDiT(config)
+    need = sorted(set(model.state_dict()) - set(ours))
+    by_shard: dict[Path, list[tuple[str, str]]] = {}
+    for k in need:
+        if k in index:
+            by_shard.setdefault(index[k][0], []).append((k, index[k][1]))
+    for shard, pairs in by_shard.items():
+        with safe_open(str(shard), framework="pt") as fh:
+            for k, off in pairs:
+                ours[k] = fh.get_tensor(off)
+    patch = ours.get("wan.patch_embedding.weight")
+    if patch is not None and patch.shape[1] != config.in_channels:
+        raise ValueError(f"{layout.strag}: patch_embedding takes {patch.shape[1]} channels; 4D-STraG needs "
+                         f"{config.in_channels} (noise, image, start image, depth latents)")
+    _assign(model, ours, dtype, f"4D-STraG transformer ({layout.strag} over {layout.base.name})",
+            keep_fp32=("scale_shift_table", "norm1", "norm2", "norm3", "time_embedder"))
+    if omni:
+        dim = int(omni["patch_embed.weight"].shape[0])
+        depth = len({k.split(".")[1] for k in omni if k.startswith("blocks.")})
+        table = int(omni["pos_embed"].shape[1]) if "pos_embed" in omni else 8 * 196
+        patch_size = int(omni["patch_embed.weight"].shape[-1])
+        grid2 = (224 // patch_size) ** 2
+        with params_on_meta():
+            extractor = OmniMAEFeatures(dim=dim, depth=depth, heads=_vit_heads(dim), patch=patch_size,
+                                        table_frames=max(table // grid2, 1))
+        _assign(extractor, omni, dtype, "OmniMAE motion-feature extractor")
+        model.motion_extractor = extractor.eval().requires_grad_(False)
+    else:
+        logger.warning("%s: no OmniMAE weights (neither in the 4D-STraG file nor %s); the Motion Perception "
+                       "Module is off", layout.root, OMNIMAE_FILE)
+    return model.eval().requires_grad_(False)
+
+
+def _vit_heads(dim: int) -> int:
+    """Attention heads of a ViT of width ``dim`` (not stored in checkpoints): 64-wide heads, as ViT-B
+    (768 / 12) and ViT-L (1024 / 16); ViT-H/14 (1280) uses 16 heads of 80."""
+    if dim == 1280:
+        return 16
+    return max(1, dim // 64)
+
+
+def _load_adaptor(path: Path | None, which: str):
+    if path is None:
+        return None
+    state = adaptor_name_map(_read_weights(path), which)
+    width = int(state["conv_in.weight"].shape[0])
+    blocks = len({k.split(".")[1] for k in state if k.startswith("blocks.")})
+    groups = 32 if width % 32 == 0 else math.gcd(width, 32)
+    module = (TrajectoryEncoder if which == "encoder" else TrajectoryDecoder)(width, blocks, groups)
+    _assign(module, state, None, f"trajectory {which} {path}")
+    return module.eval().requires_grad_(False)
+
+
+def _load_vae(layout: Layout):
+    from diffusers import AutoencoderKLWan
+
+    state = official_vae_to_diffusers(_read_weights(layout.base_vae))
+    if layout.vae_finetuned is not None:
+        state.update(official_vae_to_diffusers(_read_weights(layout.vae_finetuned)))
+    base_dim = int(state["encoder.conv_in.weight"].shape[0])
+    z = int(state["post_quant_conv.weight"].shape[0])
+    vae = AutoencoderKLWan(base_dim=base_dim, z_dim=z, latents_mean=list(WAN_LATENT_MEAN[:z]),
+                           latents_std=list(WAN_LATENT_STD[:z]))
+    _assign(vae, state, None, f"Wan VAE {layout.base_vae}")
+    return vae.eval().requires_grad_(False)
+
+
+def _load_text(layout: Layout, dtype: torch.dtype):
+    from transformers import AutoTokenizer, UMT5Config, UMT5EncoderModel
+
+    state = wan_t5_to_umt5(_read_weights(layout.t5))
+    emb = state["encoder.embed_tokens.weight"]
+    heads = int(state["encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"].shape[1])
+    config = UMT5Config(
+        vocab_size=int(emb.shape[0]), d_model=int(emb.shape[1]),
+        d_kv=int(state["encoder.block.0.layer.0.SelfAttention.q.weight"].shape[0]) // heads,
+        d_ff=int(state["encoder.block.0.layer.1.DenseReluDense.wi_0.weight"].shape[0]),
+        num_layers=len({k.split(".")[2] for k in state if k.startswith("encoder.block.")}), num_heads=heads,
+        relative_attention_num_buckets=int(
+            state["encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"].shape[0]),
+        feed_forward_proj="gated-gelu", tie_word_embeddings=False, pad_token_id=0, eos_token_id=1,
+        decoder_start_token_id=0)
+    with params_on_meta():
+        model = UMT5EncoderModel(config)
+    _assign(model, state, dtype, f"UMT5 {layout.t5}")
+    tokenizer = AutoTokenizer.from_pretrained(layout.tokenizer)
+    return tokenizer, model.eval().requires_grad_(False)
+
+
+def _load_clip(layout: Layout, dtype: torch.dtype):
+    if layout.clip is None:
+        return None
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    state = wan_clip_to_hf(_read_weights(layout.clip))
+    patch = state["vision_model.embeddings.patch_embedding.weight"]
+    hidden, p = int(patch.shape[0]), int(patch.shape[-1])
+    n = int(state["vision_model.embeddings.position_embedding.weight"].shape[0]) - 1
+    layers = len({k.split(".")[3] for k in state if k.startswith("vision_model.encoder.layers.")})
+    config = CLIPVisionConfig(
+        hidden_size=hidden, intermediate_size=int(state["vision_model.encoder.layers.0.mlp.fc1.weight"].shape[0]),
+        num_hidden_layers=layers, num_attention_heads=_vit_heads(hidden),
+        image_size=int(round(math.sqrt(n))) * p, patch_size=p, hidden_act="gelu", layer_norm_eps=1e-5)
+    with params_on_meta():
+        model = CLIPVisionModel(config)
+    expected = model.state_dict()
+    if not any(k.startswith("vision_model.") for k in expected):  # transformers >= 5 drops the prefix
+        state = {k[len("vision_model."):]: v for k, v in state.items()}
+    for k in expected:
+        if k.endswith("position_ids"):
+            state[k] = torch.arange(n + 1)[None]
+    _assign(model, state, dtype, f"CLIP {layout.clip}")
+    return model.eval().requires_grad_(False)
+
+
+# --------------------------------------------------------------------------- the model
+
+
+_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class TrajectoryModel:
+    """A loaded 4D-STraG model (held on the CPU between runs).
+
+    Attributes:
+        dit, vae, decoder, encoder (or None), tokenizer, text_encoder, image_encoder (or None), path, dtype.
+    """
+
+    def __init__(self, dit: TrajectoryDiT, vae, decoder: TrajectoryDecoder, encoder: TrajectoryEncoder | None,
+                 tokenizer, text_encoder, image_encoder, path: Path, dtype: torch.dtype, text_len: int = 512):
+        self.dit, self.vae, self.decoder, self.encoder = dit, vae, decoder, encoder
+        self.tokenizer, self.text_encoder, self.image_encoder = tokenizer, text_encoder, image_encoder
+        self.path, self.dtype, self.text_len = Path(path), dtype, int(text_len)
+        z = LATENT_CHANNELS
+        self._stats = {name: torch.tensor(v[:z], dtype=torch.float32).view(1, z, 1, 1, 1) for name, v in (
+            ("mean", WAN_LATENT_MEAN), ("std", WAN_LATENT_STD), ("traj_mean", TRAJ_LATENT_MEAN),
+            ("traj_std", TRAJ_LATENT_STD))}
+        self._clip_cache: dict[tuple, Tensor] = {}
+
+    def modules(self) -> list[nn.Module]:
+        return [m for m in (self.dit, self.vae, self.decoder, self.encoder, self.text_encoder, self.image_encoder)
+                if m is not None]
+
+    def offload(self) -> None:
+        """Move every sub-model to the CPU."""
+        for m in self.modules():
+            m.to("cpu")
+
+    @contextlib.contextmanager
+    def on(self, device: torch.device, *modules: nn.Module | None) -> Iterator[None]:
+        """Run ``modules`` on ``device`` for the block, then move them back to the CPU."""
+        mods = [m for m in modules if m is not None]
+        make_room(mods, device)
+        for m in mods:
+            m.to(device)
+        try:
+            yield
+        finally:
+            if device.type != "cpu":
+                for m in mods:
+                    m.to("cpu")
+
+    def _stat(self, name: str, like: Tensor) -> Tensor:
+        return self._stats[name].to(device=like.device, dtype=like.dtype)
+
+    # ----------------------------------------------------------------- encoders
+
+    @torch.no_grad()
+    def encode_prompt(self, prompts: list[str], device: torch.device) -> Tensor:
+        """UMT5 embeddings ``[B,512,C]``, zero past each prompt's tokens (as the official pipeline)."""
+        tok = self.tokenizer(prompts, padding="max_length", max_length=self.text_len, truncation=True,
+                             add_special_tokens=True, return_tensors="pt")
+        ids, mask = tok.input_ids.to(device), tok.attention_mask.to(device)
+        with self.on(device, self.text_encoder):
+            out = self.text_encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        return out * mask[..., None].to(out.dtype)
+
+    @torch.no_grad()
+    def clip_context(self, height: int, width: int, device: torch.device) -> Tensor:
+        """CLIP tokens ``[1,257,C]`` of the mid-grey frame the official inference conditions on
+        (penultimate layer, as Wan's ``use_31_block``); zeros without an image encoder."""
+        key = (int(height), int(width), str(device))
+        if key in self._clip_cache:
+            return self._clip_cache[key]
+        cfg_dim = self.dit.config.image_dim
+        if self.image_encoder is None:
+            out = torch.zeros(1, 257, cfg_dim, device=device)
+        else:
+            grey = torch.full((1, 3, int(height), int(width)), 127.0 / 255.0, device=device)
+            size = self.image_encoder.config.image_size
+            x = F.interpolate(grey, size=(size, size), mode="bicubic", align_corners=False)
+            mean = torch.tensor(_CLIP_MEAN, device=device).view(1, 3, 1, 1)
+            std = torch.tensor(_CLIP_STD, device=device).view(1, 3, 1, 1)
+            x = ((x - mean) / std).to(self.image_encoder.dtype)
+            with self.on(device, self.image_encoder):
+                out = self.image_encoder(pixel_values=x, output_hidden_states=True).hidden_states[-2]
+        self._clip_cache = {key: out}
+        return out
+
+    @torch.no_grad()
+    def encode_video(self, frames: Tensor) -> Tensor:
+        """``[B,3,T,H,W]`` in ``[-1,1]`` -> Wan-normalised latents (posterior mode) ``[B,16,T',h,w]``."""
+        mu = self.vae.encode(frames.to(self.vae.dtype)).latent_dist.mode()
+        return (mu - self._stat("mean", mu)) / self._stat("std", mu)
+
+    @torch.no_grad()
+    def decode_motion(self, latents: Tensor, use_traj_norm: bool = True) -> tuple[Tensor, Tensor]:
+        """Latents ``[B,16,T',h,w]`` -> (normalised motion ``[B,3,T,H,W]``, RGB motion map in ``[-1,1]``)."""
+        z = latents.float()
+        if use_traj_norm:
+            z = z * self._stat("traj_std", z) + self._stat("traj_mean", z)
+        z = z * self._stat("std", z) + self._stat("mean", z)
+        rgb = self.vae.decode(z.to(self.vae.dtype)).sample.clamp(-1, 1)
+        return self.decoder(rgb.to(self.decoder.conv_in.weight.dtype)), rgb
+
+    @torch.no_grad()
+    def encode_motion(self, motion: Tensor, use_traj_norm: bool = True) -> Tensor:
+        """Training direction: normalised motion ``[B,3,T,H,W]`` -> Trajectory Encoder -> RGB map -> VAE
+        -> latents in the DiT's space (raises without a Trajectory Encoder)."""
+        if self.encoder is None:
+            raise ValueError(f"{self.path}: no Trajectory Encoder (VAE/encoder_prompt) in this model folder")
+        rgb = self.encoder(motion.to(self.encoder.conv_in.weight.dtype)) * 2 - 1
+        z = self.encode_video(rgb)
+        if use_traj_norm:
+            z = (z - self._stat("traj_mean", z)) / self._stat("traj_std", z)
+        return z
+
+
+# --------------------------------------------------------------------------- loading / caching
+
+_CACHE: OrderedDict[tuple, TrajectoryModel] = OrderedDict()
+_CACHE_SIZE = 1
+
+
+def _stamp(layout: Layout) -> tuple:
+    files = [layout.strag, layout.decoder, layout.encoder, layout.vae_finetuned, *layout.base_transformer,
+             layout.base_vae, layout.t5, layout.clip, layout.omnimae]
+    return tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in files if p is not None)
+
+
+def load_trajectory_model(path: str | Path, dtype: torch.dtype = torch.float32) -> TrajectoryModel:
+    """Load (once per folder, file stamps and dtype; kept on the CPU) a MoGe4D model folder.
+
+    Raises:
+        ValueError: incomplete folder (naming the missing files), unreadable files, or checkpoints
+            whose names / shapes do not fit (naming the keys).
+    """
+    layout = find_layout(path)
+    key = (str(layout.root.resolve()), str(dtype), _stamp(layout))
+    if key in _CACHE:
+        _CACHE.move_to_end(key)
+        return _CACHE[key]
+    dit = _load_dit(layout, dtype)
+    decoder = _load_adaptor(layout.decoder, "decoder")
+    encoder = _load_adaptor(layout.encoder, "encoder")
+    vae = _load_vae(layout)
+    tokenizer, text = _load_text(layout, dtype)
+    clip = _load_clip(layout, dtype)
+    cfg = json.loads((layout.base / "config.json").read_text())
+    model = TrajectoryModel(dit, vae, decoder, encoder, tokenizer, text, clip, layout.root, dtype,
+                            text_len=min(int(cfg.get("text_len", 512)), 512))
+    _CACHE[key] = model
+    while len(_CACHE) > _CACHE_SIZE:
+        _CACHE.popitem(last=False)
+    logger.info("loaded MoGe4D trajectory model %s (%s)", layout.root, dtype)
+    return model
+
+
+def clear_cache() -> None:
+    """Forget every loaded trajectory model."""
+    _CACHE.clear()
+
+
+# --------------------------------------------------------------------------- pipeline
+
+
+def fit_image(image: Tensor, width: int, height: int) -> Tensor:
+    """Centre-crop ``image [H,W,3]`` to the aspect ``width/height`` and resize (bilinear, antialiased) to
+    exactly ``height x width`` (never stretched). Returns ``[height,width,3]`` float32 in 0..1."""
+    h, w = int(image.shape[0]), int(image.shape[1])
+    target = width / height
+    if w / h > target:
+        cw, ch = max(1, round(h * target)), h
+    else:
+        cw, ch = w, max(1, round(w / target))
+    top, left = (h - ch) // 2, (w - cw) // 2
+    x = image[top:top + ch, left:left + cw].permute(2, 0, 1)[None].float()
+    if (ch, cw) != (height, width):
+        x = F.interpolate(x, size=(int(height), int(width)), mode="bilinear", align_corners=False, antialias=True)
+    return x[0].permute(1, 2, 0).clamp(0, 1).contiguous()
+
+
+def fov_intrinsics(height: int, width: int, fov_degrees: float) -> Tensor:
+    """Square-pixel pinhole with horizontal field of view ``fov_degrees`` and the principal point at the
+    image centre: ``f = (W / 2) / tan(fov / 2)``.
+
+    Raises:
+        ValueError: ``fov_degrees`` outside (0, 180).
+    """
+    if not 0.0 < float(fov_degrees) < 180.0:
+        raise ValueError(f"fov must be in (0, 180) degrees, got {fov_degrees}")
+    f = 0.5 * width / math.tan(math.radians(float(fov_degrees)) / 2)
+    return torch.tensor([[f, 0.0, 0.5 * width], [0.0, f, 0.5 * height], [0.0, 0.0, 1.0]], dtype=torch.float32)
+
+
+@dataclass
+class TrajectoryResult:
+    """Output of ``generate_tracks``.
+
+    Attributes:
+        tracks: ``core.tracks.Tracks`` in the input camera's frame (viewmat = identity).
+        motion_maps: ``[T,H,W,3]`` the decoded RGB motion maps in 0..1.
+        normalized: ``[T,H,W,3]`` eq. 1's normalised relative motion from the Trajectory Decoder.
+        depth: ``[H,W]`` z-depth used (invalid pixels 0).
+    """
+
+    tracks: Tracks
+    motion_maps: Tensor
+    normalized: Tensor
+    depth: Tensor
+
+
+def _prepare_depth(depth: Tensor, height: int, width: int) -> tuple[Tensor, Tensor]:
+    if not isinstance(depth, Tensor) or depth.dim() != 2:
+        got = tuple(depth.shape) if isinstance(depth, Tensor) else type(depth).__name__
+        raise ValueError(f"generate_tracks: depth must be a z-depth [H,W] tensor, got {got}")
+    z = depth.detach().float().cpu()
+    finite = torch.isfinite(z)
+    if bool((finite & (z < 0)).any()):
+        n = int((finite & (z < 0)).sum())
+        raise ValueError(f"generate_tracks: depth has {n} negative value(s); expected a z-depth (distance along "
+                         f"the optical axis, > 0; 0 or inf = no surface)")
+    valid = finite & (z > 0)
+    if not bool(valid.any()):
+        raise ValueError("generate_tracks: depth has no positive finite value; expected a z-depth map with "
+                         "at least one surface pixel")
+    if tuple(z.shape) != (height, width):
+        fill = torch.where(valid, z, torch.zeros_like(z))
+        w = F.interpolate(valid.float()[None, None], size=(height, width), mode="bilinear", align_corners=False)[0, 0]
+        s = F.interpolate(fill[None, None], size=(height, width), mode="bilinear", align_corners=False)[0, 0]
+        valid = w > 0.5
+        z = torch.where(valid, s / w.clamp_min(1e-6), torch.zeros_like(s))
+    far = z[valid].max()
+    return torch.where(valid, z, far), valid
+
+
+@torch.no_grad()
+def generate_tracks(
+    model: TrajectoryModel,
+    image: Tensor,
+    depth: Tensor,
+    prompt: str,
+    negative_prompt: str = "",
+    num_frames: int = SamplerConfig.num_frames,
+    steps: int = SamplerConfig.steps,
+    guidance_scale: float = SamplerConfig.guidance_scale,
+    shift: float = SamplerConfig.shift,
+    seed: int = 0,
+    K: Tensor | None = None,
+    device: torch.device | str | None = None,
+    fps: float = SamplerConfig.fps,
+    callback: Callable | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> TrajectoryResult:
+    """Image + z-depth + prompt -> dense 4D trajectories (MoGe4D §4.4 / App. F.3).
+
+    Args:
+        model: a loaded ``TrajectoryModel``.
+        image: ``[H,W,3]`` RGB in 0..1 at the working size (``H``, ``W`` multiples of 16).
+        depth: ``[H',W']`` z-depth of the image (resized to ``H x W`` if needed; 0 / inf / NaN =
+            no surface, those pixels get ``valid = False`` and keep their initial position).
+        prompt, negative_prompt: text.
+        num_frames: ``4k + 1`` frames.
+        steps, guidance_scale, shift: flow-matching sampler settings.
+        seed: seed of the initial noise (CPU generator, so results match across devices).
+        K: ``[3,3]`` pixel intrinsics for back-projection; ``None`` = ``official_pinhole(H, W)``.
+        device: where to run; ``None`` = CUDA when present, else CPU.
+        fps: frame rate stored in the tracks.
+        callback: ``callback(step, steps, None)`` after every sampling step.
+        should_stop: polled before every step; when True an ``InterruptedError`` is raised.
+
+    Returns:
+        ``TrajectoryResult``.
+
+    Raises:
+        ValueError: bad sizes (naming valid ones), frame counts the VAE cannot take (naming the
+            nearest valid), negative or all-invalid depth, malformed inputs.
+        InterruptedError: ``should_stop`` returned True.
+    """
+    if not isinstance(image, Tensor) or image.dim() != 3 or image.shape[-1] != 3:
+        got = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
+        raise ValueError(f"generate_tracks: image must be [H,W,3] RGB in 0..1, got {got}")
+    h, w = int(image.shape[0]), int(image.shape[1])
+    check_size(w, h)
+    check_frames(num_frames)
+    if int(steps) < 1:
+        raise ValueError(f"generate_tracks: steps must be >= 1, got {steps}")
+    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available()
+                                                                          else "cpu")
+    z, valid = _prepare_depth(depth, h, w)
+    K_bp = official_pinhole(h, w) if K is None else K.float().cpu()
+    points0 = backproject(z, K_bp)
+    img = image.detach().float().cpu().clamp(0, 1)
+    dit, dtype = model.dit, model.dtype
+
+    # conditions (eq. 2): control image video, start-image zeros, depth video; reference latent
+    t_lat = (int(num_frames) - 1) // TEMPORAL + 1
+    rgb = (img.permute(2, 0, 1)[None, :, None] * 2 - 1).to(device)  # [1,3,1,H,W]
+    dcond = depth_condition(torch.where(valid, z, torch.zeros_like(z)))[None, None, None].expand(1, 3, 1, h, w)
+    with model.on(device, model.vae):
+        control = model.encode_video(rgb.expand(1, 3, int(num_frames), h, w))
+        depth_lat = model.encode_video(dcond.to(device).expand(1, 3, int(num_frames), h, w))
+        ref = model.encode_video(rgb)[:, :, 0]
+    cond = torch.cat([control, torch.zeros_like(control), depth_lat], dim=1)
+
+    prompts = [str(negative_prompt), str(prompt)] if guidance_scale > 1.0 else [str(prompt)]
+    text = model.encode_prompt(prompts, device)
+    clip = model.clip_context(h, w, device)
+
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=float(shift))
+    scheduler.set_timesteps(int(steps), device=device)
+    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    latents = torch.randn((1, LATENT_CHANNELS, t_lat, h // SPATIAL, w // SPATIAL), generator=gen).to(device)
+    b = len(prompts)
+    with model.on(device, dit):
+        motion = None
+        if dit.motion_extractor is not None:
+            motion = dit.motion_features(img.permute(2, 0, 1)[None].to(device))
+            motion = motion.expand(b, *motion.shape[1:])
+        cond_b = cond.expand(b, *cond.shape[1:]).to(dtype)
+        ref_b = ref.expand(b, *ref.shape[1:]).to(dtype)
+        clip_b = clip.expand(b, *clip.shape[1:])
+        total = len(scheduler.timesteps)
+        for i, t in enumerate(scheduler.timesteps):
+            if should_stop is not None and should_stop():
+                raise InterruptedError("generate_tracks: interrupted")
+            x = latents.expand(b, *latents.shape[1:]).to(dtype)
+            v = dit(x, t.expand(b).to(device), text, clip_b, cond_b, ref_b, motion).float()
+            if b == 2:
+                v_u, v_c = v.chunk(2)
+                v = v_u + float(guidance_scale) * (v_c - v_u)
+            latents = scheduler.step(v, t, latents, return_dict=False)[0]
+            if callback is not None:
+                callback(i + 1, total, None)
+    with model.on(device, model.vae, model.decoder):
+        normalized, rgb_maps = model.decode_motion(latents)
+    normalized = normalized[0].permute(1, 2, 3, 0).float().cpu()[: int(num_frames)]  # [T,H,W,3]
+    maps = ((rgb_maps[0].permute(1, 2, 3, 0).float().cpu() + 1) / 2).clamp(0, 1)[: int(num_frames)]
+    points = fuse_motion(normalized, points0, motion_intrinsics(h, w), valid)
+    t_count = points.shape[0]
+    tracks = Tracks(points=points.float(), colors=img, valid=valid, visible=torch.ones(t_count, h, w, dtype=torch.bool),
+                    K=K_bp.float(), viewmat=torch.eye(4), fps=float(fps))
+    return TrajectoryResult(tracks, maps, normalized, torch.where(valid, z, torch.zeros_like(z)))
+
+
+# --------------------------------------------------------------------------- tiny weights
+
+
+def _tiny_vae_official(seed: int) -> dict[str, Tensor]:
+    from diffusers import AutoencoderKLWan
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        vae = AutoencoderKLWan(base_dim=4, z_dim=LATENT_CHANNELS)
+    return diffusers_vae_to_official(vae.state_dict())
+
+
+def _official_dit_state(model: TrajectoryDiT) -> dict[str, Tensor]:
+    """Our TrajectoryDiT state -> the official 4D-STraG names (inverse of ``name_map``, checked)."""
+    ours = model.state_dict()
+    official = {_our_to_official(k): v for k, v in ours.items()}
+    if set(name_map(official)) != set(ours):
+        raise RuntimeError("tiny builder: the official naming does not round-trip through name_map")
+    return official
+
+
+def _our_to_official(k: str) -> str:
+    import re
+
+    fixed = {
+        "wan.scale_shift_table": "head.modulation",
+        "motion_extractor.pos_embed": "omnimae_extractor.trunk.pos_embed",
+    }
+    if k in fixed:
+        return fixed[k]
+    m = re.match(r"^(attn|ffn)_madanorms\.(\d+)\.(linear\.(weight|bias)|gate)$", k)
+    if m:
+        which = "self" if m.group(1) == "attn" else "ffn"
+        tail = "gate" if m.group(3) == "gate" else f"spatial_guide.1.{m.group(4)}"
+        return f"blocks.{m.group(2)}.spatial_guidance_{which}.{tail}"
+    m = re.match(r"^wan\.blocks\.(\d+)\.(.+)$", k)
+    if m:
+        i, rest = m.groups()
+        subs = (("scale_shift_table", "modulation"), ("attn1.to_q.", "self_attn.q."), ("attn1.to_k.", "self_attn.k."),
+                ("attn1.to_v.", "self_attn.v."), ("attn1.to_out.0.", "self_attn.o."),
+                ("attn1.norm_q.", "self_attn.norm_q."), ("attn1.norm_k.", "self_attn.norm_k."),
+                ("attn2.to_q.", "cross_attn.q."), ("attn2.to_k.", "cross_attn.k."), ("attn2.to_v.", "cross_attn.v."),
+                ("attn2.to_out.0.", "cross_attn.o."), ("attn2.norm_q.", "cross_attn.norm_q."),
+                ("attn2.norm_k.", "cross_attn.norm_k."), ("attn2.add_k_proj.", "cross_attn.k_img."),
+                ("attn2.add_v_proj.", "cross_attn.v_img."), ("attn2.norm_added_k.", "cross_attn.norm_k_img."),
+                ("norm2.", "norm3."), ("ffn.net.0.proj.", "ffn.0."), ("ffn.net.2.", "ffn.2."))
+        for a, b in subs:
+            if rest.startswith(a):
+                return f"blocks.{i}.{b}{rest[len(a):]}"
+        return f"blocks.{i}.{rest}"
+    prefixes = (
+        ("wan.condition_embedder.text_embedder.linear_1.", "text_embedding.0."),
+        ("wan.condition_embedder.text_embedder.linear_2.", "text_embedding.2."),
+        ("wan.condition_embedder.time_embedder.linear_1.", "time_embedding.0."),
+        ("wan.condition_embedder.time_embedder.linear_2.", "time_embedding.2."),
+        ("wan.condition_embedder.time_proj.", "time_projection.1."),
+        ("wan.condition_embedder.image_embedder.norm1.", "img_emb.proj.0."),
+        ("wan.condition_embedder.image_embedder.ff.net.0.proj.", "img_emb.proj.1."),
+        ("wan.condition_embedder.image_embedder.ff.net.2.", "img_emb.proj.3."),
+        ("wan.condition_embedder.image_embedder.norm2.", "img_emb.proj.4."),
+        ("wan.patch_embedding.", "patch_embedding."),
+        ("wan.proj_out.", "head.head."),
+        ("motion_adapter.0.", "feature_adapter.0."),
+        ("motion_adapter.2.", "feature_adapter.2."),
+        ("motion_extractor.patch_embed.", "omnimae_extractor.trunk.patch_embed.proj.1."),
+        ("motion_extractor.blocks.", "omnimae_extractor.trunk.blocks."),
+        ("motion_extractor.norm.", "omnimae_extractor.trunk.norm."),
+    )
+    for a, b in prefixes:
+        if k.startswith(a):
+            return b + k[len(a):]
+    return k
+
+
+def _umt5_to_wan(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    import re
+
+    inv = {
+        "layer.0.layer_norm.weight": "norm1.weight", "layer.0.SelfAttention.q.weight": "attn.q.weight",
+        "layer.0.SelfAttention.k.weight": "attn.k.weight", "layer.0.SelfAttention.v.weight": "attn.v.weight",
+        "layer.0.SelfAttention.o.weight": "attn.o.weight",
+        "layer.0.SelfAttention.relative_attention_bias.weight": "pos_embedding.embedding.weight",
+        "layer.1.layer_norm.weight": "norm2.weight", "layer.1.DenseReluDense.wi_0.weight": "ffn.gate.0.weight",
+        "layer.1.DenseReluDense.wi_1.weight": "ffn.fc1.weight", "layer.1.DenseReluDense.wo.weight": "ffn.fc2.weight",
+    }
+    out = {"token_embedding.weight": state["encoder.embed_tokens.weight"],
+           "norm.weight": state["encoder.final_layer_norm.weight"]}
+    for k, v in state.items():
+        m = re.match(r"^encoder\.block\.(\d+)\.(.+)$", k)
+        if m:
+            out[f"blocks.{m.group(1)}.{inv[m.group(2)]}"] = v
+    return out
+
+
+def _hf_clip_to_wan(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    import re
+
+    vm = "vision_model."
+    state = {(k if k.startswith(vm) else vm + k): v for k, v in state.items()}
+    out = {"visual.patch_embedding.weight": state[vm + "embeddings.patch_embedding.weight"],
+           "visual.cls_embedding": state[vm + "embeddings.class_embedding"].reshape(1, 1, -1),
+           "visual.pos_embedding": state[vm + "embeddings.position_embedding.weight"][None]}
+    for a, b in (("pre_layrnorm.", "pre_norm."), ("post_layernorm.", "post_norm.")):
+        for t in ("weight", "bias"):
+            out[f"visual.{b}{t}"] = state[f"{vm}{a}{t}"]
+    layers = sorted({int(m.group(1)) for k in state if (m := re.match(rf"^{vm}encoder\.layers\.(\d+)\.", k))})
+    for i in layers:
+        p = f"{vm}encoder.layers.{i}."
+        for t in ("weight", "bias"):
+            out[f"visual.transformer.{i}.attn.to_qkv.{t}"] = torch.cat(
+                [state[f"{p}self_attn.{n}_proj.{t}"] for n in ("q", "k", "v")], dim=0)
+            for a, b in (("layer_norm1.", "norm1."), ("layer_norm2.", "norm2."), ("self_attn.out_proj.", "attn.proj."),
+                         ("mlp.fc1.", "mlp.0."), ("mlp.fc2.", "mlp.2.")):
+                out[f"visual.transformer.{i}.{b}{t}"] = state[f"{p}{a}{t}"]
+    out["visual.head"] = torch.zeros(out["visual.post_norm.weight"].shape[0], 8)
+    return out
+
+
+@tiny_builder("trajectory")
+def build_tiny_trajectory(folder: Path, seed: int) -> Path:
+    """A tiny MoGe4D folder in the official layout: 2-block DiT width 32 (4 heads), OmniMAE width 32
+    (1 block), trajectory adaptors width 32, Wan VAE base width 4 (16 latent channels), UMT5 width
+    16, CLIP width 32 (2 layers), under ``Wan2.1-Fun-V1.1-14B-Control/`` + ``4D-STraG/`` + ``VAE/``."""
+    from safetensors.torch import save_file
+    from transformers import CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
+
+    from .video_inpaint import write_tiny_t5_tokenizer
+
+    folder = Path(folder)
+    base = folder / "Wan2.1-Fun-V1.1-14B-Control"
+    (base / "google").mkdir(parents=True, exist_ok=True)
+    write_tiny_t5_tokenizer(base / BASE_T5_TOKENIZER)
+    from transformers import AutoTokenizer
+
+    vocab = len(AutoTokenizer.from_pretrained(base / BASE_T5_TOKENIZER))
+    wan_cfg = {"_class_name": "WanModel", "model_type": "i2v", "dim": 32, "ffn_dim": 64, "num_heads": 4,
+               "num_layers": 2, "in_dim": 48, "out_dim": LATENT_CHANNELS, "text_len": 512, "text_dim": 16,
+               "freq_dim": 16, "eps": 1e-6, "add_ref_conv": True, "in_dim_ref_conv": LATENT_CHANNELS,
+               "add_control_adapter": False}
+    (base / "config.json").write_text(json.dumps(wan_cfg, indent=1))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        extractor = OmniMAEFeatures(dim=32, depth=1, heads=_vit_heads(32), image_size=224, patch=16)
+        dit = TrajectoryDiT(DiTConfig(dim=32, ffn_dim=64, num_heads=4, num_layers=2, text_dim=16, freq_dim=16,
+                                      image_dim=32, motion_dim=32), extractor)
+        for p in list(dit.attn_madanorms.parameters()) + list(dit.ffn_madanorms.parameters()):
+            nn.init.normal_(p, std=0.2)  # non-zero gates so the MPM path is exercised
+        decoder = TrajectoryDecoder(width=32, num_blocks=2, groups=8)
+        encoder = TrajectoryEncoder(width=32, num_blocks=1, groups=8)
+        nn.init.normal_(encoder.conv_out.weight, std=0.02)
+        text = UMT5EncoderModel(UMT5Config(vocab_size=vocab, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2,
+                                           relative_attention_num_buckets=8, feed_forward_proj="gated-gelu",
+                                           tie_word_embeddings=False, pad_token_id=0, eos_token_id=1,
+                                           decoder_start_token_id=0))
+        clip = CLIPVisionModel(CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                                num_attention_heads=1, image_size=28, patch_size=14,
+                                                hidden_act="gelu"))
+    official = _official_dit_state(dit)
+    base_keys = {k: v for k, v in official.items()
+                 if not k.startswith(("omnimae_extractor.", "feature_adapter.")) and "spatial_guidance" not in k}
+    base_keys["patch_embedding.weight"] = official["patch_embedding.weight"][:, :48].clone()
+    # the fine-tuned file leaves the text / image / time embeddings to the base (loaded from there)
+    official = {k: v for k, v in official.items() if not k.startswith(("text_embedding.", "img_emb.",
+                                                                          "time_embedding."))}
+    save_file({k: v.contiguous() for k, v in base_keys.items()}, str(base / "diffusion_pytorch_model.safetensors"))
+    torch.save(_tiny_vae_official(seed), base / BASE_VAE)
+    torch.save(_umt5_to_wan(text.state_dict()), base / BASE_T5)
+    torch.save(_hf_clip_to_wan(clip.state_dict()), base / BASE_CLIP)
+    (folder / "4D-STraG").mkdir(exist_ok=True)
+    official["omnimae_extractor.head.weight"] = torch.zeros(4, 4)  # present in the release, unused
+    save_file({k: v.contiguous() for k, v in official.items()}, str(folder / STRAG_FILE))
+    for sub, module, level in (("decoder_prompt", decoder, "up"), ("encoder_prompt", encoder, "down")):
+        (folder / "VAE" / sub).mkdir(parents=True, exist_ok=True)
+        state = {}
+        for k, v in module.state_dict().items():
+            state[k.replace("blocks.", f"{level}.0.block.", 1) if k.startswith("blocks.") else k] = v
+        torch.save(state, folder / "VAE" / sub / "pytorch_model.bin")
+    (folder / "VAE" / "vae").mkdir(parents=True, exist_ok=True)
+    torch.save({"model." + k: v for k, v in _tiny_vae_official(seed + 1).items() if k.startswith("decoder.")},
+               folder / "VAE" / "vae" / "pytorch_model.bin")
+    (folder / "config.json").write_text(json.dumps({"_class_name": "MoGe4D", "base": base.name}, indent=1))
+    return folder
