@@ -144,7 +144,15 @@ def _make_core_nodes(out: _Outputs, input_dir: Path) -> dict[str, Callable[..., 
         images, fps = video
         path = out.path(filename_prefix, ".mp4")
         with atomic_path(path) as tmp:
-            iio.imwrite(tmp, _uint8(images), fps=float(fps), codec="libx264", macro_block_size=1, extension=".mp4")
+            # ffmpeg picks the container from the name: write under a .mp4 name, then move into place
+            named = tmp.with_name(tmp.name + ".mp4")
+            try:
+                iio.imwrite(named, _uint8(images), fps=float(fps), codec="libx264", macro_block_size=1)
+                if not named.is_file() or named.stat().st_size == 0:
+                    raise RuntimeError(f"SaveVideo: ffmpeg wrote nothing to {path}")
+                os.replace(named, tmp)
+            finally:
+                named.unlink(missing_ok=True)
         return ()
 
     def preview_any(source):
@@ -294,7 +302,10 @@ def run_workflow(path: str | Path, out_dir: str | Path, overrides: Mapping[str, 
     workflow = _read(path) if not isinstance(path, Mapping) else path
     if "nodes" in workflow:
         if check:
-            problems = check_workflow(workflow, classes)
+            # a widget value replaced by an override is judged by the node itself, not by the file's value
+            replaced = [(f"node {k.partition('.')[0]} (", f"): {k.partition('.')[2]}:") for k in (overrides or {})]
+            problems = [p for p in check_workflow(workflow, classes)
+                        if not any(p.startswith(a) and b in p for a, b in replaced)]
             if problems:
                 raise WorkflowError(f"{path}: the workflow checker found problems:\n  " + "\n  ".join(problems))
         prompt = ui_to_api(workflow, classes)
