@@ -13,6 +13,7 @@ from . import (
     host,
     inpaint,
     moge4d,
+    outpaint,
     preview,
     render,
     scene_io,
@@ -22,7 +23,7 @@ from . import (
     vism,
 )
 
-_MODULES = (cameras, synthetic, video, segment, depth, guidance, inpaint, fit, compose, moge4d, vism, render,
+_MODULES = (cameras, synthetic, video, segment, depth, guidance, inpaint, fit, outpaint, compose, moge4d, vism, render,
             scene_io, preview)
 
 # Our models ask ComfyUI's model manager for room before they move to the GPU.
