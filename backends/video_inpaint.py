@@ -54,6 +54,7 @@ from .inpaint import (
 )
 from .memory import make_room
 from .tiny import tiny_builder
+from .video_inpaint_fun import FunInpainter, find_fun_inp_base, load_fun_inpainter
 from .zero123 import _cached, _check_folder, _folder_key, _load
 
 __all__ = ["VideoInpainter", "load_video_inpainter", "start_step", "WAN_VACE_COMPONENTS"]
@@ -68,14 +69,19 @@ def start_step(steps: int, strength: float) -> int:
     return int(steps) - min(int(round(float(strength) * int(steps))), int(steps))
 
 
-def load_video_inpainter(path: str | Path, dtype: torch.dtype = torch.float32) -> "VideoInpainter":
-    """Load (cached per folder and dtype, on the CPU) a diffusers Wan VACE folder.
+def load_video_inpainter(path: str | Path, dtype: torch.dtype = torch.float32) -> "VideoInpainter | FunInpainter":
+    """Load (cached per folder and dtype, on the CPU) a diffusers Wan VACE folder, or a Wan2.1-Fun InP
+    folder in its release layout (``backends.video_inpaint_fun``: ``config.json`` with ``in_dim`` 36,
+    at the root or up to 3 levels down, e.g. MoGe4D's models folder; its ``4D-ViSM`` LoRA is picked
+    up from ``4D-ViSM/lora_diffusion_pytorch_model.safetensors`` beside it).
 
     Raises:
         ValueError: not a folder, missing ``model_index.json`` or component files, a pipeline other
             than Wan VACE, corrupt or truncated safetensors, or unreadable components.
     """
     path = Path(path)
+    if not (path / "model_index.json").is_file() and find_fun_inp_base(path) is not None:
+        return load_fun_inpainter(path, dtype)
     what = f"video_inpaint model {str(path)!r}"
     name = str(read_model_index(path, what).get("_class_name", ""))
     if name != "WanVACEPipeline":

@@ -139,9 +139,10 @@ class Inpaint:
 
 class VideoInpaintModelLoader:
     DESCRIPTION = (
-        "Loads a video inpainting model: a diffusers Wan VACE folder under models/diffusers (model_index.json "
-        "naming WanVACEPipeline, transformer, vae, text_encoder, tokenizer, scheduler), e.g. "
-        "Wan-AI/Wan2.1-VACE-1.3B-diffusers. Loaded once, kept for later runs."
+        "Loads a video inpainting model from models/diffusers: a diffusers Wan VACE folder (model_index.json "
+        "naming WanVACEPipeline), e.g. Wan-AI/Wan2.1-VACE-1.3B-diffusers, or a Wan2.1-Fun-V1.1 InP folder in its "
+        "original layout (alibaba-pai/Wan2.1-Fun-V1.1-14B-InP), optionally with MoGe4D's 4D-ViSM LoRA in a "
+        "'4D-ViSM' sub-folder (Gen4D ViSM Render merges it at 0.55). Loaded once, kept for later runs."
     )
     CATEGORY = f"{T.CATEGORY}/loaders"
     RETURN_TYPES = (T.VIDEO_INPAINT_MODEL,)
@@ -153,8 +154,8 @@ class VideoInpaintModelLoader:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model": model_in("video_inpaint", "Diffusers Wan VACE folder under models/diffusers, "
-                                  "or an absolute path to one."),
+                "model": model_in("video_inpaint", "Wan VACE (diffusers) or Wan2.1-Fun InP folder under "
+                                  "models/diffusers, or an absolute path to one."),
                 "device": device_in(),
                 "dtype": dtype_in(),
             }
@@ -162,12 +163,13 @@ class VideoInpaintModelLoader:
 
     @classmethod
     def VALIDATE_INPUTS(cls, model=None):
-        return validate_model("video_inpaint", "Gen4D_VideoInpaintModelLoader", model)
+        return validate_model("video_inpaint", "Gen4D_VideoInpaintModelLoader", model, required=())
 
     def load(self, model, device="auto", dtype="auto"):
         from ..backends.video_inpaint import load_video_inpainter
 
-        path = resolve_model("video_inpaint", model, ("model_index.json",))
+        # the backend tells the two layouts apart and names what is missing
+        path = resolve_model("video_inpaint", model)
         fixed, weights_dtype = placement("Gen4D_VideoInpaintModelLoader", device, dtype)
         with torch.inference_mode(False):
             inpainter = load_video_inpainter(path, weights_dtype)

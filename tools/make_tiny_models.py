@@ -31,6 +31,7 @@ MODEL_KIND_OF = {
     "guidance_sd": "sd_guidance",
     "inpaint_sd": "inpaint",
     "video_inpaint_wan_vace": "video_inpaint",
+    "video_inpaint_wan_fun": "video_inpaint",
     "video_wan_i2v": "video",
     "video_cogvideox_i2v": "video",
     "video_cogvideox_t2v": "video",

@@ -1,0 +1,832 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Video inpainting with Wan2.1-Fun InP (original Wan layout) and MoGe4D's 4D-ViSM LoRA (App. F.2).
+
+Public API:
+    FunInpainter            ``inpaint(frames [T,H,W,3], masks [T,H,W], prompt, ...) -> [T,H,W,3]``;
+                            ``apply_vism_lora(strength) -> bool``
+    load_fun_inpainter(path, dtype)   load (and cache) a Wan2.1-Fun InP folder, with its ViSM LoRA if present
+    find_fun_inp_layout(path)         the files of such a folder, or ValueError naming what is missing
+    find_fun_inp_base(path)           the Wan2.1-Fun InP base folder under ``path`` (or None)
+    find_vism_lora(root, base)        the 4D-ViSM LoRA file next to the model (or None)
+    inp_condition_mask(mask, latent_hw)   binary hole mask -> the 4 mask channels of the InP input
+    masked_video(video, mask)         frames in [-1,1] with the holes set to 0 (0.5 grey)
+    lora_deltas(state, targets)       parse an official (kohya-style) LoRA state dict
+    FunInpLayout, VISM_LORA_DIR, VISM_LORA_FILE, VISM_LORA_ALT, VISM_LORA_STRENGTH, VISM_SHIFT
+
+Design notes:
+    Model folder. ``alibaba-pai/Wan2.1-Fun-V1.1-14B-InP`` in its release layout (``config.json``
+    with ``in_dim`` 36, ``diffusion_pytorch_model*.safetensors`` in the original Wan naming,
+    ``Wan2.1_VAE.pth``, ``models_t5_umt5-xxl-enc-bf16.pth`` + ``google/umt5-xxl/`` tokenizer,
+    ``models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth``), given either directly or as
+    any folder holding it up to 3 levels down (e.g. MoGe4D's ``./models`` folder, which also holds
+    the Control base: the InP base is the one whose ``config.json`` says ``in_dim: 36``). Names
+    are mapped to diffusers' ``WanTransformer3DModel`` with ``backends.trajectory_dit_names``;
+    the VAE, UMT5 and CLIP loaders are those of ``backends.trajectory_dit``.
+
+    ViSM LoRA location (first found): ``<folder>/4D-ViSM/lora_diffusion_pytorch_model.safetensors``
+    (the MoGe4D release file), ``<folder>/vism_lora.safetensors``, the same two inside the InP
+    base folder, then ``<InP base>/../4D-ViSM/...`` (MoGe4D's ``./models`` layout, where the
+    base and ``4D-ViSM`` are siblings). A ``4D-ViSM`` folder holding one other ``.safetensors``
+    file is accepted too. Without any, ``apply_vism_lora`` returns False.
+
+    LoRA naming (official ``MoGe4D/utils/lora_utils.py``, kohya style): one entry per ``nn.Linear``
+    of the original-naming transformer, ``lora_unet__<module path with '.' -> '_'>.{lora_down.weight,
+    lora_up.weight, alpha}`` (e.g. ``lora_unet__blocks_0_self_attn_q``; one underscore after
+    ``lora_unet`` is accepted as well). The merge is the official one:
+    ``W = W_0 + s * (alpha / rank) * (up @ down)`` with rank = ``up.shape[1]`` (scale 1 without
+    ``alpha``), computed in float32 and stored in the weight's dtype. ``W_0`` is the loaded
+    weight: while no LoRA is merged it is the current weight; afterwards it is read again from
+    the checkpoint (exact, no second copy of the 14B weights in memory), so a new strength never
+    stacks on the previous one. Keys that match no Linear of the model are an error listing them.
+
+    Inpainting (official ``pipeline_wan_fun_inpaint.py`` / ``infer.py`` stage 2, App. F.2 eq.
+    ``z = concat(z_t, z_rendered, m_latent)``): the transformer input is ``[noisy latents (16) |
+    mask (4) | masked-video latents (16)]`` = 36 channels. The masked video is the frames in
+    [-1,1] with holes set to 0 (0.5 grey); its latents are the Wan VAE posterior mode,
+    normalised with Wan's latent mean / std. The mask channel is ``1 - hole`` (binarised at
+    0.5), the first frame repeated 4 times so that every latent frame owns 4 video frames, those
+    4 stacked as channels, then bilinearly resized to the latent grid. When every pixel is a
+    hole both conditions are zeros (as the official pipeline). CLIP condition: the official
+    stage 2 passes no image, i.e. zero CLIP features (``clip_condition="zeros"``, default);
+    ``"first_frame"`` encodes the first input frame (open-clip ViT-H/14, penultimate layer), the
+    kind of condition the LoRA saw in 90% of its training steps (there: the true first frame).
+    Sampler: diffusers' flow-matching Euler scheduler with shift 5 (the official stage-2
+    scheduler is built from ``wan_civitai.yaml``, shift 5; its ``shift=3`` argument only reaches
+    the UniPC / DPM++ samplers), classifier-free guidance ``v_u + w (v_c - v_u)`` on the prompt,
+    50 steps, guidance 6, strength 1 (pure noise) by default. ``strength`` r < 1 starts from the
+    encoded frames noised to the r-th step (``x_t = (1 - σ) x_0 + σ ε``), as
+    ``backends.video_inpaint``.
+
+    Resize policy (as ``backends.video_inpaint``): sides resized to the nearest multiple of 16
+    (VAE 8 x patch 2), the frame count padded to ``4k + 1`` by repeating the last frame, the
+    result cropped and resized back; pixels with ``mask == 0`` are returned exactly. Networks stay
+    on the CPU between calls and move to the call-time device per stage (text / image encoders,
+    VAE, transformer); weights in ``dtype`` (bf16 on CUDA from the loader node), VAE in float32,
+    attention through PyTorch SDPA. Noise comes from a CPU generator.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+from collections import OrderedDict, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..core.vism import VISM_INPAINT_DEFAULTS
+from .inpaint import _cpu_generator, check_frames_and_masks, check_sampling, composite, default_device, model_size
+from .memory import make_room
+from .tiny import tiny_builder
+from .trajectory_dit import (
+    BASE_CLIP,
+    BASE_T5,
+    BASE_T5_TOKENIZER,
+    BASE_VAE,
+    WAN_LATENT_MEAN,
+    WAN_LATENT_STD,
+    Layout,
+    _assign,
+    _load_clip,
+    _load_text,
+    _load_vae,
+    params_on_meta,
+)
+from .trajectory_dit_names import MappingError, name_map
+
+__all__ = [
+    "FunInpainter",
+    "FunInpLayout",
+    "load_fun_inpainter",
+    "find_fun_inp_layout",
+    "find_fun_inp_base",
+    "find_vism_lora",
+    "inp_condition_mask",
+    "masked_video",
+    "lora_deltas",
+    "clear_cache",
+    "INP_IN_CHANNELS",
+    "VISM_LORA_DIR",
+    "VISM_LORA_FILE",
+    "VISM_LORA_ALT",
+    "VISM_LORA_STRENGTH",
+    "VISM_SHIFT",
+]
+
+logger = logging.getLogger(__name__)
+
+LATENT = 16
+INP_IN_CHANNELS = 2 * LATENT + 4  # noise | mask (4) | masked-video latents
+SPATIAL, TEMPORAL, PATCH = 8, 4, 2
+VISM_LORA_DIR = "4D-ViSM"
+VISM_LORA_FILE = "lora_diffusion_pytorch_model.safetensors"
+VISM_LORA_ALT = "vism_lora.safetensors"
+_DEFAULTS = {k: float(v) for k, v in VISM_INPAINT_DEFAULTS.items()}
+VISM_LORA_STRENGTH = _DEFAULTS["lora_strength"]
+VISM_SHIFT = 5.0
+CLIP_TOKENS = 257
+_KEEP_FP32 = ("scale_shift_table", "norm1", "norm2", "norm3", "time_embedder")
+_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+_LORA_PREFIX = "lora_unet"
+_LORA_ELEMS = {"lora_up.weight", "lora_down.weight", "alpha"}
+
+
+# --------------------------------------------------------------------------- layout
+
+
+def _inp_config(folder: Path) -> dict | None:
+    """The folder's Wan ``config.json`` when it describes an InP transformer (``in_dim`` 36)."""
+    cfg_file = folder / "config.json"
+    if not cfg_file.is_file() or not (folder / BASE_VAE).is_file():
+        return None
+    try:
+        cfg = json.loads(cfg_file.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(cfg, dict):
+        return None
+    try:
+        in_dim = int(cfg.get("in_dim", cfg.get("in_channels", -1)))
+    except (TypeError, ValueError):
+        return None
+    return cfg if in_dim == INP_IN_CHANNELS else None
+
+
+def find_fun_inp_base(path: str | Path) -> Path | None:
+    """The Wan2.1-Fun InP base folder: ``path`` itself or a sub-folder up to 3 levels down whose
+    ``config.json`` has ``in_dim`` 36 next to ``Wan2.1_VAE.pth``; None when there is none."""
+    root = Path(path)
+    if not root.is_dir():
+        return None
+    frontier = [root]
+    for depth in range(4):
+        nxt = []
+        for d in frontier:
+            if _inp_config(d) is not None:
+                return d
+            if depth < 3:
+                try:
+                    nxt.extend(sorted(p for p in d.iterdir() if p.is_dir() and not p.name.startswith(".")))
+                except OSError:
+                    continue
+        frontier = nxt
+    return None
+
+
+def find_vism_lora(root: Path, base: Path) -> Path | None:
+    """The 4D-ViSM LoRA file for a model folder ``root`` whose InP base is ``base`` (see the notes).
+
+    Raises:
+        ValueError: a ``4D-ViSM`` folder holds several ``.safetensors`` files and none is the release file.
+    """
+    places: list[Path] = []
+    for d in (root, base, base.parent):
+        if d not in places:
+            places.append(d)
+    for d in places:
+        for candidate in (d / VISM_LORA_DIR / VISM_LORA_FILE, d / VISM_LORA_ALT):
+            if candidate.is_file():
+                return candidate
+        folder = d / VISM_LORA_DIR
+        if folder.is_dir():
+            files = sorted(folder.glob("*.safetensors"))
+            if len(files) == 1:
+                return files[0]
+            if len(files) > 1:
+                raise ValueError(f"video_inpaint model {str(root)!r}: {folder} holds {len(files)} .safetensors files "
+                                 f"({', '.join(f.name for f in files)}); expected the 4D-ViSM release file "
+                                 f"{VISM_LORA_FILE} (or a single LoRA file)")
+    return None
+
+
+@dataclass(frozen=True)
+class FunInpLayout:
+    """The files of a Wan2.1-Fun InP model folder (+ optional 4D-ViSM LoRA)."""
+
+    root: Path
+    base: Path
+    shards: tuple[Path, ...]
+    vae: Path
+    t5: Path
+    tokenizer: Path
+    clip: Path | None
+    lora: Path | None
+
+    def files(self) -> list[Path]:
+        return [p for p in (*self.shards, self.vae, self.t5, self.clip, self.lora) if p is not None]
+
+    def loader_layout(self) -> Layout:
+        """The ``backends.trajectory_dit.Layout`` view its VAE / UMT5 / CLIP loaders read."""
+        return Layout(root=self.root, strag=None, decoder=None, encoder=None, vae_finetuned=None, base=self.base,
+                      base_transformer=self.shards, base_vae=self.vae, t5=self.t5, tokenizer=self.tokenizer,
+                      clip=self.clip, omnimae=None)
+
+
+def find_fun_inp_layout(path: str | Path) -> FunInpLayout:
+    """Locate every file of a Wan2.1-Fun InP folder (see the module notes).
+
+    Raises:
+        ValueError: not a folder, no InP base (``config.json`` with ``in_dim`` 36 and
+            ``Wan2.1_VAE.pth``), or missing transformer / text-encoder / tokenizer files.
+    """
+    root = Path(path)
+    what = f"video_inpaint model {str(root)!r}"
+    if not root.is_dir():
+        raise ValueError(f"{what} is not a folder; expected alibaba-pai/Wan2.1-Fun-V1.1-14B-InP (release layout) "
+                         f"or a folder holding it, e.g. MoGe4D's models folder")
+    base = find_fun_inp_base(root)
+    if base is None:
+        raise ValueError(f"{what}: no Wan2.1-Fun InP base found (a folder, at most 3 levels down, with config.json "
+                         f"saying in_dim {INP_IN_CHANNELS} and {BASE_VAE}); put alibaba-pai/Wan2.1-Fun-V1.1-14B-InP "
+                         f"there")
+    shards = tuple(sorted(base.glob("diffusion_pytorch_model*.safetensors")))
+    missing = []
+    if not shards:
+        missing.append("diffusion_pytorch_model*.safetensors (transformer)")
+    t5 = next((base / n for n in (BASE_T5, "models_t5_umt5-xxl-enc-fp32.pth") if (base / n).is_file()), None)
+    if t5 is None:
+        missing.append(BASE_T5)
+    tokenizer = base / BASE_T5_TOKENIZER
+    if not tokenizer.is_dir():
+        missing.append(f"{BASE_T5_TOKENIZER}/ (UMT5 tokenizer)")
+    if missing:
+        raise ValueError(f"{what}: the Wan2.1-Fun InP folder {str(base)!r} is incomplete; missing: "
+                         f"{'; '.join(missing)}")
+    clip = base / BASE_CLIP if (base / BASE_CLIP).is_file() else None
+    return FunInpLayout(root, base, shards, base / BASE_VAE, t5, tokenizer, clip, find_vism_lora(root, base))
+
+
+# --------------------------------------------------------------------------- conditions
+
+
+def masked_video(video: Tensor, mask: Tensor) -> Tensor:
+    """Frames ``video [B,3,T,H,W]`` in [-1,1] with the holes (``mask [B,1,T,H,W]`` binary, 1 = hole) set
+    to 0, i.e. 0.5 grey (the Wan InP / ViSM training convention)."""
+    return video * (1.0 - mask)
+
+
+def inp_condition_mask(hole: Tensor, latent_hw: tuple[int, int]) -> Tensor:
+    """The 4 mask channels of the Wan-Fun InP input (App. F.2's ``m_latent``).
+
+    Args:
+        hole: ``[T,H,W]`` binary (1 = hole), ``T = 4k + 1``.
+        latent_hw: the latent grid ``(h, w)``.
+
+    Returns:
+        ``[4, k + 1, h, w]``: ``1 - hole`` with the first frame repeated 4 times, each group of 4
+        consecutive frames stacked as the channels of one latent frame, bilinearly resized
+        (``align_corners=False``) to the latent grid.
+    """
+    keep = 1.0 - hole.float()
+    t, hh, ww = keep.shape
+    if (t - 1) % TEMPORAL:
+        raise ValueError(f"inp_condition_mask: {t} frames; expected 4k+1")
+    keep = torch.cat([keep[:1].expand(TEMPORAL, hh, ww), keep[1:]])  # [4(k+1), H, W]
+    keep = keep.reshape(-1, TEMPORAL, hh, ww)  # [k+1, 4, H, W]
+    keep = F.interpolate(keep, size=tuple(int(s) for s in latent_hw), mode="bilinear", align_corners=False)
+    return keep.permute(1, 0, 2, 3).contiguous()
+
+
+# --------------------------------------------------------------------------- LoRA
+
+
+def _lora_module_name(layer: str) -> str | None:
+    """``lora_unet__blocks_0_self_attn_q`` (or ``lora_unet_blocks_...``) -> ``blocks_0_self_attn_q``."""
+    if not layer.startswith(_LORA_PREFIX + "_"):
+        return None
+    return layer[len(_LORA_PREFIX):].lstrip("_")
+
+
+def lora_deltas(state: dict[str, Tensor], targets: dict[str, tuple[str, tuple[int, int]]],
+                what: str = "4D-ViSM LoRA") -> dict[str, tuple[Tensor, Tensor, float]]:
+    """Parse an official (kohya-style) LoRA state dict.
+
+    Args:
+        state: ``{"lora_unet__<official module, '.' -> '_'>.{lora_down.weight,lora_up.weight,alpha}": tensor}``.
+        targets: ``{"<official module, '.' -> '_'>": (our module name, (out_features, in_features))}``.
+        what: name used in errors.
+
+    Returns:
+        ``{our module name: (up [out,r], down [r,in], alpha / r)}`` (scale 1 without ``alpha``).
+
+    Raises:
+        ValueError: keys that name no Linear of the model (all listed), text-encoder entries,
+            incomplete entries, or factor shapes that do not fit the layer.
+    """
+    groups: dict[str, dict[str, Tensor]] = defaultdict(dict)
+    for key, value in state.items():
+        layer, _, elem = key.partition(".")
+        groups[layer][elem] = value
+    unknown: list[str] = []
+    problems: list[str] = []
+    out: dict[str, tuple[Tensor, Tensor, float]] = {}
+    for layer, elems in groups.items():
+        name = _lora_module_name(layer)
+        if name is None or name not in targets:
+            unknown.append(layer + (" (text-encoder LoRA: not supported)" if layer.startswith("lora_te") else ""))
+            continue
+        extra = sorted(set(elems) - _LORA_ELEMS)
+        if extra or "lora_up.weight" not in elems or "lora_down.weight" not in elems:
+            problems.append(f"{layer}: has {sorted(elems)}; expected lora_down.weight, lora_up.weight (+ alpha)")
+            continue
+        up, down = elems["lora_up.weight"], elems["lora_down.weight"]
+        ours, (n_out, n_in) = targets[name]
+        if up.dim() != 2 or down.dim() != 2 or up.shape[1] != down.shape[0] or tuple(up.shape[:1]) != (n_out,) \
+                or down.shape[1] != n_in:
+            problems.append(f"{layer}: up {tuple(up.shape)} / down {tuple(down.shape)} do not fit the layer "
+                            f"[{n_out}, {n_in}]")
+            continue
+        rank = int(up.shape[1])
+        scale = float(elems["alpha"].float().item()) / rank if "alpha" in elems else 1.0
+        out[ours] = (up, down, scale)
+    if unknown:
+        shown = ", ".join(sorted(unknown)[:20]) + (f", ... ({len(unknown)} in all)" if len(unknown) > 20 else "")
+        raise ValueError(f"{what}: {len(unknown)} LoRA layer(s) match no Linear layer of the Wan2.1-Fun InP "
+                         f"transformer: {shown}. Expected the official naming lora_unet__<module>, e.g. "
+                         f"lora_unet__blocks_0_self_attn_q")
+    if problems:
+        raise ValueError(f"{what}: malformed LoRA entries: {'; '.join(problems[:10])}")
+    if not out:
+        raise ValueError(f"{what}: the file holds no LoRA layers")
+    return out
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _shard_index(layout: FunInpLayout) -> tuple[dict[str, tuple[Path, str]], dict[str, tuple[int, ...]]]:
+    """diffusers parameter name -> (shard, official name), and shapes, for the whole transformer."""
+    from safetensors import safe_open
+
+    index: dict[str, tuple[Path, str]] = {}
+    shapes: dict[str, tuple[int, ...]] = {}
+    skipped: list[str] = []
+    for shard in layout.shards:
+        try:
+            with safe_open(str(shard), framework="pt") as fh:
+                keys = list(fh.keys())
+                shape_of = {k: tuple(fh.get_slice(k).get_shape()) for k in keys}
+        except Exception as exc:  # safetensors raises its own error types for corrupt files
+            raise ValueError(f"could not read {shard}: {type(exc).__name__}: {exc}") from exc
+        try:
+            mapped = name_map({k: k for k in keys})
+        except MappingError as exc:
+            raise ValueError(f"{shard}: {exc}") from exc
+        for ours, official in mapped.items():
+            if not ours.startswith("wan."):
+                skipped.append(official)
+                continue
+            index[ours[len("wan."):]] = (shard, official)
+            shapes[ours[len("wan."):]] = shape_of[official]
+    if skipped:
+        logger.info("%s: %d tensor(s) unused for inpainting (e.g. %s)", layout.base, len(skipped), skipped[0])
+    return index, shapes
+
+
+def _load_transformer(layout: FunInpLayout, dtype: torch.dtype):
+    from diffusers import WanTransformer3DModel
+    from safetensors import safe_open
+
+    what = f"Wan2.1-Fun InP transformer {layout.base}"
+    cfg = _inp_config(layout.base) or {}
+    index, shapes = _shard_index(layout)
+    patch = shapes.get("patch_embedding.weight")
+    if patch is None or patch[1] != INP_IN_CHANNELS:
+        got = "no patch_embedding" if patch is None else f"{patch[1]} input channels"
+        raise ValueError(f"{what}: {got}; Wan2.1-Fun InP takes {INP_IN_CHANNELS} (noise 16 | mask 4 | masked "
+                         f"video 16)")
+    dim, heads = int(cfg.get("dim", patch[0])), int(cfg.get("num_heads", 40))
+    if dim % heads:
+        raise ValueError(f"{what}: dim {dim} is not divisible by num_heads {heads}")
+    emb = "condition_embedder."
+    image = shapes.get(emb + "image_embedder.norm1.weight")
+    with params_on_meta():
+        model = WanTransformer3DModel(
+            patch_size=(1, PATCH, PATCH), num_attention_heads=heads, attention_head_dim=dim // heads,
+            in_channels=INP_IN_CHANNELS, out_channels=int(cfg.get("out_dim", LATENT)),
+            text_dim=int(shapes.get(emb + "text_embedder.linear_1.weight", (0, cfg.get("text_dim", 4096)))[1]),
+            freq_dim=int(shapes.get(emb + "time_embedder.linear_1.weight", (0, cfg.get("freq_dim", 256)))[1]),
+            ffn_dim=int(cfg.get("ffn_dim", 13824)), num_layers=int(cfg.get("num_layers", 40)), cross_attn_norm=True,
+            qk_norm="rms_norm_across_heads", eps=float(cfg.get("eps", 1e-6)),
+            image_dim=None if image is None else int(image[0]), added_kv_proj_dim=None if image is None else dim)
+    state: dict[str, Tensor] = {}
+    by_shard: dict[Path, list[tuple[str, str]]] = defaultdict(list)
+    for ours, (shard, official) in index.items():
+        by_shard[shard].append((ours, official))
+    for shard, pairs in by_shard.items():
+        with safe_open(str(shard), framework="pt") as fh:
+            for ours, official in pairs:
+                state[ours] = fh.get_tensor(official)
+    _assign(model, state, dtype, what, keep_fp32=_KEEP_FP32)
+    return model.eval().requires_grad_(False), index
+
+
+_CACHE: OrderedDict[tuple, FunInpainter] = OrderedDict()
+_CACHE_SIZE = 1
+
+
+def load_fun_inpainter(path: str | Path, dtype: torch.dtype = torch.float32) -> FunInpainter:
+    """Load (once per folder, file stamps and dtype; kept on the CPU) a Wan2.1-Fun InP folder.
+
+    The 4D-ViSM LoRA is found (see the notes) but not merged: call ``apply_vism_lora(strength)``.
+
+    Raises:
+        ValueError: incomplete folder (naming the missing files), unreadable files, or checkpoints
+            whose names / shapes do not fit (naming the keys).
+    """
+    layout = find_fun_inp_layout(path)
+    stamps = tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in layout.files())
+    key = (str(layout.root.resolve()), str(dtype), stamps)
+    if key in _CACHE:
+        _CACHE.move_to_end(key)
+        return _CACHE[key]
+    _CACHE.clear()  # one model of this size at a time
+    transformer, index = _load_transformer(layout, dtype)
+    legacy = layout.loader_layout()
+    vae = _load_vae(legacy)
+    tokenizer, text = _load_text(legacy, dtype)
+    cfg = _inp_config(layout.base) or {}
+    model = FunInpainter(transformer=transformer, vae=vae, tokenizer=tokenizer, text_encoder=text, layout=layout,
+                         dtype=dtype, weight_index=index, max_sequence_length=min(int(cfg.get("text_len", 512)), 512))
+    _CACHE[key] = model
+    logger.info("loaded Wan2.1-Fun InP video inpainter %s (%s); 4D-ViSM LoRA: %s", layout.base, dtype,
+                layout.lora if layout.lora is not None else "none")
+    return model
+
+
+def clear_cache() -> None:
+    """Forget every loaded Wan2.1-Fun InP model."""
+    _CACHE.clear()
+
+
+# --------------------------------------------------------------------------- the inpainter
+
+
+@dataclass(eq=False)
+class FunInpainter:
+    """A loaded Wan2.1-Fun InP model used as a masked video inpainter (4D-ViSM's backbone).
+
+    Args:
+        transformer: diffusers ``WanTransformer3DModel`` with 36 input channels.
+        vae: diffusers ``AutoencoderKLWan`` (float32).
+        tokenizer, text_encoder: UMT5.
+        layout: the model's files (``layout.lora``: the 4D-ViSM LoRA or None).
+        dtype: transformer / encoder dtype.
+        weight_index: diffusers parameter name -> (shard, official name), to re-read original weights.
+        device: a fixed compute device; ``None`` asks ``device_fn`` at every call.
+        device_fn: the call-time device lookup (the node layer binds ComfyUI's).
+        shift: flow-matching shift of the sampler (official stage 2: 5).
+        clip_condition: ``"zeros"`` (official stage-2 inference) or ``"first_frame"``.
+        max_sequence_length: prompt tokens (Wan: 512).
+    """
+
+    transformer: nn.Module
+    vae: nn.Module
+    tokenizer: object
+    text_encoder: nn.Module
+    layout: FunInpLayout
+    dtype: torch.dtype
+    weight_index: dict[str, tuple[Path, str]] = field(repr=False)
+    device: torch.device | None = None
+    device_fn: Callable[[], torch.device] = field(default=default_device, repr=False)
+    shift: float = VISM_SHIFT
+    clip_condition: str = "zeros"
+    max_sequence_length: int = 512
+    image_encoder: nn.Module | None = field(default=None, repr=False)
+    _lora: dict[str, tuple[Tensor, Tensor, float]] | None = field(default=None, repr=False)
+    _lora_strength: float = 0.0
+
+    @property
+    def multiple(self) -> int:
+        """Sides must be multiples of this (VAE down-scaling x transformer patch)."""
+        return SPATIAL * int(self.transformer.config.patch_size[1])
+
+    @property
+    def temporal(self) -> int:
+        return TEMPORAL
+
+    @property
+    def path(self) -> Path:
+        return self.layout.root
+
+    @property
+    def lora_path(self) -> Path | None:
+        """The 4D-ViSM LoRA file, or None."""
+        return self.layout.lora
+
+    @property
+    def lora_strength(self) -> float:
+        """The strength currently merged (0 = base weights)."""
+        return self._lora_strength
+
+    def _modules(self) -> list[nn.Module]:
+        return [m for m in (self.transformer, self.vae, self.text_encoder, self.image_encoder) if m is not None]
+
+    def offload(self) -> None:
+        """Park the networks on the CPU."""
+        for m in self._modules():
+            m.to("cpu")
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    @contextlib.contextmanager
+    def _on(self, device: torch.device, *modules: nn.Module | None) -> Iterator[None]:
+        mods = [m for m in modules if m is not None]
+        make_room(mods, device)
+        for m in mods:
+            m.to(device)
+        try:
+            yield
+        finally:
+            if device.type != "cpu":
+                for m in mods:
+                    m.to("cpu")
+
+    def _device(self) -> torch.device:
+        return torch.device(self.device) if self.device is not None else self.device_fn()
+
+    # ----------------------------------------------------------------- LoRA
+
+    def _lora_targets(self) -> dict[str, tuple[str, tuple[int, int]]]:
+        targets = {}
+        for name, module in self.transformer.named_modules():
+            if isinstance(module, nn.Linear) and name + ".weight" in self.weight_index:
+                official = self.weight_index[name + ".weight"][1][: -len(".weight")]
+                targets[official.replace(".", "_")] = (name, (module.out_features, module.in_features))
+        return targets
+
+    def _read_original(self, names: list[str]) -> dict[str, Tensor]:
+        from safetensors import safe_open
+
+        by_shard: dict[Path, list[str]] = defaultdict(list)
+        for n in names:
+            by_shard[self.weight_index[n + ".weight"][0]].append(n)
+        out = {}
+        for shard, group in by_shard.items():
+            with safe_open(str(shard), framework="pt") as fh:
+                for n in group:
+                    out[n] = fh.get_tensor(self.weight_index[n + ".weight"][1])
+        return out
+
+    @torch.no_grad()
+    def apply_vism_lora(self, strength: float = VISM_LORA_STRENGTH) -> bool:
+        """Merge the 4D-ViSM LoRA at ``strength`` (official 0.55): ``W = W_0 + s (alpha/r) up @ down``.
+
+        Repeated calls are exact: the weights always become ``W_0`` plus the new strength's update
+        (``strength = 0`` restores ``W_0``), never the sum of several calls.
+
+        Returns:
+            True when the LoRA file exists and is merged; False when the model has none.
+
+        Raises:
+            ValueError: non-finite strength, or a LoRA file whose keys / shapes do not fit the model
+                (naming them; the weights are then left unchanged).
+        """
+        if self.layout.lora is None:
+            return False
+        s = float(strength)
+        if not math.isfinite(s):
+            raise ValueError(f"apply_vism_lora: strength must be a finite number, got {strength}")
+        if self._lora is None:
+            from .trajectory_dit import _read_weights
+
+            what = f"4D-ViSM LoRA {self.layout.lora}"
+            self._lora = lora_deltas(_read_weights(self.layout.lora), self._lora_targets(), what)
+        if s == self._lora_strength:
+            return True
+        names = list(self._lora)
+        originals = self._read_original(names) if self._lora_strength != 0.0 else {}
+        device = self._device()
+        for name in names:
+            module = self.transformer.get_submodule(name)
+            weight = module.weight
+            base = originals.get(name, weight.data)
+            if s == 0.0:
+                weight.data.copy_(base.to(weight.dtype))
+                continue
+            up, down, scale = self._lora[name]
+            merged = base.to(device, torch.float32) + (s * scale) * (up.to(device, torch.float32)
+                                                                     @ down.to(device, torch.float32))
+            weight.data.copy_(merged.to(weight.dtype))
+        self._lora_strength = s
+        logger.info("4D-ViSM LoRA %s merged at strength %g (%d layers)", self.layout.lora, s, len(names))
+        return True
+
+    # ----------------------------------------------------------------- encoders
+
+    def _encode_text(self, texts: list[str], device: torch.device) -> Tensor:
+        """UMT5 hidden states ``[B,512,C]``, zero past each prompt's tokens (Wan's convention)."""
+        texts = [" ".join(str(t).split()) for t in texts]
+        tok = self.tokenizer(texts, padding="max_length", max_length=self.max_sequence_length, truncation=True,
+                             add_special_tokens=True, return_attention_mask=True, return_tensors="pt")
+        ids, attention = tok.input_ids.to(device), tok.attention_mask.to(device)
+        with self._on(device, self.text_encoder):
+            hidden = self.text_encoder(input_ids=ids, attention_mask=attention).last_hidden_state
+        return hidden * attention[..., None].to(hidden.dtype)
+
+    def _image_dim(self) -> int:
+        emb = self.transformer.condition_embedder.image_embedder
+        if emb is None:
+            raise ValueError(f"{self.layout.base}: the transformer has no CLIP image embedder (expected model_type "
+                             f"i2v for Wan2.1-Fun InP)")
+        return int(emb.norm1.normalized_shape[0])
+
+    def _clip_tokens(self, first: Tensor, device: torch.device) -> Tensor:
+        """``[1,257,C]`` CLIP condition: zeros (official stage 2) or the first frame's penultimate-layer tokens."""
+        if self.clip_condition == "zeros":
+            return torch.zeros(1, CLIP_TOKENS, self._image_dim(), device=device)
+        if self.clip_condition != "first_frame":
+            raise ValueError(f"FunInpainter: clip_condition must be 'zeros' or 'first_frame', got "
+                             f"{self.clip_condition!r}")
+        if self.image_encoder is None:
+            if self.layout.clip is None:
+                raise ValueError(f"{self.layout.base}: clip_condition 'first_frame' needs {BASE_CLIP}, which is "
+                                 f"missing; use 'zeros' (the official 4D-ViSM inference) or add the file")
+            self.image_encoder = _load_clip(self.layout.loader_layout(), self.dtype)
+        enc = self.image_encoder
+        size = int(enc.config.image_size)
+        x = F.interpolate(first.permute(2, 0, 1)[None].to(device), size=(size, size), mode="bicubic",
+                          align_corners=False)
+        mean = torch.tensor(_CLIP_MEAN, device=device).view(1, 3, 1, 1)
+        std = torch.tensor(_CLIP_STD, device=device).view(1, 3, 1, 1)
+        with self._on(device, enc):
+            out = enc(pixel_values=((x - mean) / std).to(enc.dtype), output_hidden_states=True).hidden_states[-2]
+        return out.float()
+
+    def _normalise(self, latents: Tensor, inverse: bool = False) -> Tensor:
+        z = latents.shape[1]
+        mean = torch.tensor(WAN_LATENT_MEAN[:z], device=latents.device).view(1, z, 1, 1, 1)
+        std = torch.tensor(WAN_LATENT_STD[:z], device=latents.device).view(1, z, 1, 1, 1)
+        return latents * std + mean if inverse else (latents - mean) / std
+
+    def _encode(self, video: Tensor) -> Tensor:
+        return self._normalise(self.vae.encode(video.float()).latent_dist.mode().float())
+
+    # ----------------------------------------------------------------- inpainting
+
+    def inpaint(self, frames: Tensor, masks: Tensor, prompt: str = "", negative_prompt: str = "",
+                strength: float = _DEFAULTS["strength"], steps: int = int(_DEFAULTS["steps"]),
+                guidance_scale: float = _DEFAULTS["guidance_scale"], seed: int = 0,
+                callback: Callable | None = None, should_stop: Callable[[], bool] | None = None) -> Tensor:
+        """Inpaint the masked regions of a video with Wan2.1-Fun InP (+ the ViSM LoRA when merged).
+
+        Args:
+            frames: ``[T,H,W,3]`` float in 0..1 (e.g. a 4D-ViSM render; hole pixels are ignored).
+            masks: ``[T,H,W]`` in 0..1, 1 = regenerate (binarised at 0.5 for the model).
+            prompt, negative_prompt: text conditions.
+            strength: noise ratio of the start point; 1 = from pure noise (official 4D-ViSM).
+            steps: scheduler steps of a full run (about ``steps * strength`` run; official 50).
+            guidance_scale: classifier-free guidance scale (official 6; <= 1 disables the unconditional pass).
+            seed: seed of the CPU noise generator.
+            callback: ``callback(step, total, None)`` after each denoising step.
+            should_stop: polled before each step; when True, InterruptedError is raised.
+
+        Returns:
+            ``[T,H,W,3]`` float32 on the CPU in 0..1; pixels with ``mask == 0`` equal the input exactly.
+
+        Raises:
+            ValueError: bad shapes, frame/mask count mismatch, sizes or sampling settings.
+            InterruptedError: ``should_stop`` returned True.
+        """
+        from .video_inpaint import start_step
+
+        what = "FunInpainter.inpaint"
+        frames, masks = check_frames_and_masks(frames, masks, what, video=True)
+        check_sampling(what, strength, steps, guidance_scale)
+        if not (masks > 0).any() or start_step(steps, strength) >= int(steps):
+            return frames.clone()
+        device = self._device()
+        try:
+            out = self._run(frames, masks, prompt, negative_prompt, start_step(steps, strength), int(steps),
+                            float(guidance_scale), int(seed), device, callback, should_stop)
+        finally:
+            self.offload()
+        return composite(frames, out, masks)
+
+    @torch.no_grad()
+    def _run(self, frames, masks, prompt, negative_prompt, first, steps, guidance_scale, seed, device, callback,
+             should_stop) -> Tensor:
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        count, height, width = frames.shape[:3]
+        mh, mw = model_size(height, width, self.multiple)
+        padded = (count - 1 + TEMPORAL - 1) // TEMPORAL * TEMPORAL + 1
+        x, m = frames.permute(0, 3, 1, 2), masks[:, None]
+        if (mh, mw) != (height, width):
+            x = F.interpolate(x, (mh, mw), mode="bilinear", align_corners=False)
+            m = F.interpolate(m, (mh, mw), mode="nearest")
+        if padded > count:
+            x = torch.cat([x, x[-1:].expand(padded - count, -1, -1, -1)])
+            m = torch.cat([m, m[-1:].expand(padded - count, -1, -1, -1)])
+        hole = (m[:, 0] >= 0.5).float()                                     # [T',H',W'] binary, 1 = hole
+        video = (x * 2 - 1).permute(1, 0, 2, 3)[None]                       # [1,3,T',H',W'] in [-1,1]
+        lat_shape = (1, LATENT, (padded - 1) // TEMPORAL + 1, mh // SPATIAL, mw // SPATIAL)
+        cfg = guidance_scale > 1.0
+        tdtype = self.dtype
+
+        prompts = [str(negative_prompt or ""), str(prompt)] if cfg else [str(prompt)]
+        text = self._encode_text(prompts, device).to(tdtype)
+        clip = self._clip_tokens(x[0].permute(1, 2, 0), device).to(tdtype)
+
+        with self._on(device, self.vae):
+            if bool(hole.all()):
+                cond = torch.zeros(1, 4 + LATENT, *lat_shape[2:], device=device)
+            else:
+                hole_v = hole[None, None].to(device)
+                masked = self._encode(masked_video(video.to(device), hole_v))
+                cond = torch.cat([inp_condition_mask(hole, lat_shape[3:])[None].to(device), masked], dim=1)
+            clean = self._encode(video.to(device)) if first > 0 else None
+
+        scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=float(self.shift))
+        scheduler.set_timesteps(steps, device=device)
+        timesteps = scheduler.timesteps[first:]
+        scheduler.set_begin_index(first)
+        noise = torch.randn(lat_shape, generator=_cpu_generator(seed), dtype=torch.float32).to(device)
+        latents = noise if clean is None else scheduler.scale_noise(clean, timesteps[:1], noise)
+        b = len(prompts)
+        cond_b = cond.to(tdtype).expand(b, *cond.shape[1:])
+        clip_b = clip.expand(b, *clip.shape[1:])
+        total = len(timesteps)
+        with self._on(device, self.transformer):
+            for i, t in enumerate(timesteps):
+                if should_stop is not None and should_stop():
+                    raise InterruptedError("FunInpainter.inpaint: stopped by the user")
+                inp = torch.cat([latents.to(tdtype).expand(b, *latents.shape[1:]), cond_b], dim=1)
+                v = self.transformer(hidden_states=inp, timestep=t.expand(b), encoder_hidden_states=text,
+                                     encoder_hidden_states_image=clip_b, return_dict=False)[0].float()
+                if cfg:
+                    v_u, v_c = v.chunk(2)
+                    v = v_u + guidance_scale * (v_c - v_u)
+                latents = scheduler.step(v, t, latents, return_dict=False)[0]
+                if callback is not None:
+                    callback(i + 1, total, None)
+        with self._on(device, self.vae):
+            decoded = self.vae.decode(self._normalise(latents.float(), inverse=True), return_dict=False)[0]
+        out = (decoded.float()[0].permute(1, 0, 2, 3)[:count] / 2 + 0.5).clamp(0, 1).cpu()   # [T,3,H',W']
+        if (mh, mw) != (height, width):
+            out = F.interpolate(out, (height, width), mode="bilinear", align_corners=False)
+        return out.permute(0, 2, 3, 1).contiguous()
+
+
+# --------------------------------------------------------------------------- tiny weights
+
+
+@tiny_builder("video_inpaint_wan_fun")
+def build_tiny_wan_fun_inp(folder: Path, seed: int) -> Path:
+    """A tiny MoGe4D-style folder: ``Wan2.1-Fun-V1.1-14B-InP/`` in the release layout (2-block
+    transformer width 32, 36 input channels, Wan VAE base width 4, UMT5 width 16, CLIP width 32)
+    and ``4D-ViSM/lora_diffusion_pytorch_model.safetensors`` (rank 4, alpha 2, official naming)."""
+    from diffusers import WanTransformer3DModel
+    from safetensors.torch import save_file
+    from transformers import AutoTokenizer, CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
+
+    from .trajectory_dit import _hf_clip_to_wan, _our_to_official, _tiny_vae_official, _umt5_to_wan
+    from .video_inpaint import write_tiny_t5_tokenizer
+
+    folder = Path(folder)
+    base = folder / "Wan2.1-Fun-V1.1-14B-InP"
+    (base / "google").mkdir(parents=True, exist_ok=True)
+    write_tiny_t5_tokenizer(base / BASE_T5_TOKENIZER)
+    vocab = len(AutoTokenizer.from_pretrained(base / BASE_T5_TOKENIZER))
+    cfg = {"_class_name": "WanModel", "model_type": "i2v", "dim": 32, "ffn_dim": 64, "num_heads": 4, "num_layers": 2,
+           "in_dim": INP_IN_CHANNELS, "out_dim": LATENT, "text_len": 512, "text_dim": 16, "freq_dim": 16, "eps": 1e-6}
+    (base / "config.json").write_text(json.dumps(cfg, indent=1))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        transformer = WanTransformer3DModel(
+            patch_size=(1, PATCH, PATCH), num_attention_heads=4, attention_head_dim=8, in_channels=INP_IN_CHANNELS,
+            out_channels=LATENT, text_dim=16, freq_dim=16, ffn_dim=64, num_layers=2, cross_attn_norm=True,
+            qk_norm="rms_norm_across_heads", eps=1e-6, image_dim=32, added_kv_proj_dim=32)
+        text = UMT5EncoderModel(UMT5Config(vocab_size=vocab, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2,
+                                           relative_attention_num_buckets=8, feed_forward_proj="gated-gelu",
+                                           tie_word_embeddings=False, pad_token_id=0, eos_token_id=1,
+                                           decoder_start_token_id=0))
+        clip = CLIPVisionModel(CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                                num_attention_heads=1, image_size=28, patch_size=14,
+                                                hidden_act="gelu"))
+        official = {_our_to_official("wan." + k): v.contiguous() for k, v in transformer.state_dict().items()}
+        back = {k[len("wan."):] for k in name_map(official)}
+        if back != set(transformer.state_dict()):
+            raise RuntimeError("tiny builder: the official naming does not round-trip through name_map")
+        lora: dict[str, Tensor] = {}
+        rank = 4
+        for name, module in transformer.named_modules():
+            if isinstance(module, nn.Linear):
+                key = _LORA_PREFIX + "__" + _our_to_official(f"wan.{name}.weight")[: -len(".weight")].replace(".", "_")
+                lora[key + ".lora_down.weight"] = (0.3 * torch.randn(rank, module.in_features)).to(torch.bfloat16)
+                lora[key + ".lora_up.weight"] = (0.3 * torch.randn(module.out_features, rank)).to(torch.bfloat16)
+                lora[key + ".alpha"] = torch.tensor(2.0, dtype=torch.bfloat16)
+    save_file(official, str(base / "diffusion_pytorch_model.safetensors"))
+    torch.save(_tiny_vae_official(seed), base / BASE_VAE)
+    torch.save(_umt5_to_wan(text.state_dict()), base / BASE_T5)
+    torch.save(_hf_clip_to_wan(clip.state_dict()), base / BASE_CLIP)
+    (folder / VISM_LORA_DIR).mkdir(exist_ok=True)
+    save_file(lora, str(folder / VISM_LORA_DIR / VISM_LORA_FILE), metadata={"format": "pt"})
+    return folder
