@@ -24,7 +24,7 @@ __all__ = ["tiny_builder", "build_tiny", "TINY_KINDS"]
 _BUILDERS: dict[str, Callable[[Path, int], Path]] = {}
 # Backend modules that register builders; imported on demand so the pack imports fast.
 _BACKEND_MODULES = ("depth", "sam2_video", "zero123", "sd_guidance", "video_generation", "inpaint", "video_inpaint",
-                    "trajectory_dit")
+                    "orbital", "trajectory_dit")
 TINY_KINDS = _BUILDERS
 
 

@@ -65,14 +65,19 @@ def case_sd_sds(device: torch.device, dtype: torch.dtype) -> dict:
             "seconds_per_sds_step": steady, "peak_mib": peak_mib()}
 
 
-def case_sam2(device: torch.device, dtype: torch.dtype, frames: int) -> dict:
+def real_size_sam2(device: torch.device, dtype: torch.dtype) -> Sam2VideoSegmenter:
+    """SAM2 video at transformers' default (hiera) sizes with random weights."""
     from transformers import Sam2VideoConfig, Sam2VideoModel
 
     torch.manual_seed(0)
-    config = Sam2VideoConfig()
     with torch.device(device):
-        model = Sam2VideoModel(config).eval()
-    segmenter = Sam2VideoSegmenter(model, Path("sam2-random"), device=device, dtype=dtype)
+        model = Sam2VideoModel(Sam2VideoConfig()).eval()
+    return Sam2VideoSegmenter(model, Path("sam2-random"), device=device, dtype=dtype)
+
+
+def case_sam2(device: torch.device, dtype: torch.dtype, frames: int) -> dict:
+    segmenter = real_size_sam2(device, dtype)
+    model, config = segmenter.model, segmenter.model.config
     video = torch.rand(frames, 1024, 1024, 3)
     params = sum(p.numel() for p in model.parameters()) / 1e6
     segmenter.segment(video[:2], points=[[512, 512]])  # warm-up
@@ -93,7 +98,8 @@ def _tiny_clip_tokenizer():
     return CLIPTokenizer.from_pretrained(folder, local_files_only=True)
 
 
-def case_sdxl_inpaint(device: torch.device, dtype: torch.dtype) -> dict:
+def real_size_sdxl_inpainter(device: torch.device, dtype: torch.dtype) -> ImageInpainter:
+    """SDXL inpainting at its published sizes with random weights."""
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLInpaintPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
@@ -120,7 +126,11 @@ def case_sdxl_inpaint(device: torch.device, dtype: torch.dtype) -> dict:
                                             tokenizer_2=tokenizer, unet=unet, scheduler=EulerDiscreteScheduler(),
                                             requires_aesthetics_score=False)
     pipe.to(device=device, dtype=dtype)
-    inpainter = ImageInpainter(pipe, Path("sdxl-inpaint-random"), "sdxl", dtype, device=device)
+    return ImageInpainter(pipe, Path("sdxl-inpaint-random"), "sdxl", dtype, device=device)
+
+
+def case_sdxl_inpaint(device: torch.device, dtype: torch.dtype) -> dict:
+    inpainter = real_size_sdxl_inpainter(device, dtype)
     image = torch.rand(1024, 1024, 3)
     mask = torch.zeros(1024, 1024)
     mask[256:768, 256:768] = 1.0
@@ -133,7 +143,8 @@ def case_sdxl_inpaint(device: torch.device, dtype: torch.dtype) -> dict:
             "peak_mib": peak_mib()}
 
 
-def case_video_inpaint(device: torch.device, dtype: torch.dtype, frames: int = 33) -> dict:
+def real_size_vace(device: torch.device, dtype: torch.dtype) -> VideoInpainter:
+    """Wan2.1-VACE-1.3B at its published sizes (UMT5-XXL text encoder) with random weights."""
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanVACEPipeline, WanVACETransformer3DModel
     from transformers import AutoTokenizer, UMT5Config, UMT5EncoderModel
 
@@ -155,7 +166,11 @@ def case_video_inpaint(device: torch.device, dtype: torch.dtype, frames: int = 3
                            transformer=transformer)
     transformer.to(dtype=dtype)
     text.to(dtype=dtype)
-    inpainter = VideoInpainter(pipe, Path("wan-vace-1.3b-random"), dtype, device=device)
+    return VideoInpainter(pipe, Path("wan-vace-1.3b-random"), dtype, device=device)
+
+
+def case_video_inpaint(device: torch.device, dtype: torch.dtype, frames: int = 33) -> dict:
+    inpainter = real_size_vace(device, dtype)
     video = torch.rand(frames, 480, 832, 3)
     masks = torch.zeros(frames, 480, 832)
     masks[:, :, :300] = 1.0

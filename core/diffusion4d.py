@@ -9,6 +9,9 @@ Public API:
     aware_cfg                  eq. 3: 4D CFG plus a push away from the base 3D-aware model
     base_mode_cfg              plain CFG for the base mode (no 3D-aware prediction available)
     DEFAULT_W1, DEFAULT_W2     the guidance scales of §4.1 (7.0 and 0.5)
+    OrbitalConfig              the sampling settings of §3.1 / §4.1 (24 frames, 256², DDIM 50, w1, w2)
+    check_magnitude(m, what)   a user-given magnitude as a float, or ValueError (negative, NaN, inf)
+    orbit_frame_index(n, T, what)   which frames of an ``n``-view orbit share poses with a ``T``-view one
 
 Design notes:
     Torch only; nothing here knows about a particular denoiser. The noise predictions are any
@@ -29,6 +32,7 @@ Design notes:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -40,6 +44,9 @@ __all__ = [
     "MotionMagnitudeEmbedding",
     "aware_cfg",
     "base_mode_cfg",
+    "OrbitalConfig",
+    "check_magnitude",
+    "orbit_frame_index",
 ]
 
 DEFAULT_W1 = 7.0  # Diffusion4D §4.1, weight of the prompt/magnitude CFG term of eq. 3
@@ -244,3 +251,80 @@ def base_mode_cfg(eps_cond: Tensor, eps_uncond: Tensor, w1: float = DEFAULT_W1) 
     _check_predictions("base_mode_cfg", eps_cond=eps_cond, eps_uncond=eps_uncond)
     w1 = _check_weight("base_mode_cfg", "w1", w1)
     return eps_cond + w1 * (eps_cond - eps_uncond)
+
+
+@dataclass(frozen=True)
+class OrbitalConfig:
+    """Sampling settings of the 4D-aware orbital video model (Diffusion4D §3.1, §4.1).
+
+    Attributes:
+        steps: DDIM steps (§4.1: 50).
+        w1, w2: the guidance scales of eq. 3 (§4.1: 7.0 and 0.5).
+        num_frames: ``T`` views of the orbit, one per timestamp (§4.1: 24).
+        size: image side in pixels (§4.1: 256x256).
+        elevation_deg, distance: the orbit's fixed elevation and camera distance (§4.1: 0 and 2).
+        magnitude: eq. 1 motion magnitude ``m`` requested from the 4D model, measured on 0..1 RGB
+            frames at ``size`` (the object world's 24-view orbit at 256² measures about 2900).
+        fps: frame-rate micro-condition of the I2VGen-XL UNet (its pipeline default).
+        eta: DDIM stochasticity (0 = deterministic DDIM).
+    """
+
+    steps: int = 50
+    w1: float = DEFAULT_W1
+    w2: float = DEFAULT_W2
+    num_frames: int = 24
+    size: int = 256
+    elevation_deg: float = 0.0
+    distance: float = 2.0
+    magnitude: float = 3000.0
+    fps: int = 16
+    eta: float = 0.0
+
+
+def check_magnitude(m, what: str = "magnitude") -> float:
+    """A user-given eq. 1 magnitude as a float.
+
+    Raises:
+        ValueError: not a real number, NaN / inf, or negative (eq. 1 is a sum of squares).
+    """
+    if isinstance(m, Tensor):
+        if m.numel() != 1:
+            raise ValueError(f"{what}: expected one number, got a tensor of shape {_shape(m)}")
+        m = m.item()
+    if isinstance(m, bool) or not isinstance(m, (int, float)):
+        raise ValueError(f"{what}: expected a number >= 0, got {type(m).__name__}")
+    m = float(m)
+    if not math.isfinite(m):
+        raise ValueError(f"{what}: expected a finite number >= 0, got {m}")
+    if m < 0:
+        raise ValueError(f"{what}: the motion magnitude (eq. 1, a mean of squared norms) cannot be negative, "
+                         f"got {m}; use 0 for no motion")
+    return m
+
+
+def orbit_frame_index(num_views: int, orbit_frames: int, what: str = "orbit") -> Tensor:
+    """Frames of a ``orbit_frames``-view orbit at the poses of a ``num_views``-view orbit.
+
+    Both orbits start at the same azimuth and turn 360° in equal steps, so view ``j`` of the
+    shorter one (azimuth ``360 j / num_views``) is frame ``j * orbit_frames / num_views`` of the
+    longer one; this only lands on frames when ``num_views`` divides ``orbit_frames``.
+
+    Args:
+        num_views: views of the (static) orbit to match, ``>= 1``.
+        orbit_frames: frames of the reference orbit, ``>= 1``.
+        what: name used in errors.
+
+    Returns:
+        ``[num_views]`` long indices into the reference orbit.
+
+    Raises:
+        ValueError: a count below one, or ``num_views`` does not divide ``orbit_frames``.
+    """
+    n, t = int(num_views), int(orbit_frames)
+    if n < 1 or t < 1:
+        raise ValueError(f"{what}: need at least one frame in each orbit, got {n} and {t}")
+    if t % n:
+        raise ValueError(f"{what}: {n} views do not divide into the {t}-frame orbit; both orbits turn 360° in "
+                         f"equal steps, so {t} must be a multiple of {n} for every view to share a pose with a frame "
+                         f"(azimuth step {360.0 / t:g}° vs {360.0 / n:g}°)")
+    return torch.arange(n, dtype=torch.long) * (t // n)

@@ -10,9 +10,12 @@ from gen4d.core.diffusion4d import (
     DEFAULT_W1,
     DEFAULT_W2,
     MotionMagnitudeEmbedding,
+    OrbitalConfig,
     aware_cfg,
     base_mode_cfg,
+    check_magnitude,
     motion_magnitude,
+    orbit_frame_index,
 )
 from gen4d.synthetic import object_world, render
 
@@ -150,3 +153,39 @@ def test_embedding_rejects_bad_magnitudes():
         emb(torch.zeros(2, 1))
     with pytest.raises(ValueError, match="freq_dim"):
         MotionMagnitudeEmbedding(embed_dim=8, freq_dim=7)
+
+
+# ---------------------------------------------------------------- sampling settings and input checks
+
+def test_orbital_config_holds_the_paper_settings():
+    c = OrbitalConfig()
+    assert (c.steps, c.w1, c.w2, c.num_frames, c.size) == (50, 7.0, 0.5, 24, 256)
+    assert (c.elevation_deg, c.distance, c.eta) == (0.0, 2.0, 0.0)
+
+
+def test_check_magnitude():
+    assert check_magnitude(0) == 0.0 and check_magnitude(12.5) == 12.5
+    assert check_magnitude(torch.tensor(3.0)) == 3.0
+    with pytest.raises(ValueError, match="node.magnitude: .*cannot be negative, got -1.0"):
+        check_magnitude(-1.0, "node.magnitude")
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        with pytest.raises(ValueError, match="finite"):
+            check_magnitude(bad)
+    with pytest.raises(ValueError, match="expected a number"):
+        check_magnitude("3")
+    with pytest.raises(ValueError, match="expected a number"):
+        check_magnitude(True)
+    with pytest.raises(ValueError, match="one number"):
+        check_magnitude(torch.zeros(2))
+
+
+def test_orbit_frame_index_matches_poses():
+    assert torch.equal(orbit_frame_index(24, 24), torch.arange(24))
+    assert torch.equal(orbit_frame_index(6, 24), torch.tensor([0, 4, 8, 12, 16, 20]))
+    # the matched frames really share the azimuth of the shorter orbit's views
+    long_orbit, short_orbit = diffusion4d_orbit(8, 8, 24), diffusion4d_orbit(8, 8, 6)
+    torch.testing.assert_close(long_orbit.viewmats[orbit_frame_index(6, 24)], short_orbit.viewmats)
+    with pytest.raises(ValueError, match="5 views do not divide into the 24-frame orbit"):
+        orbit_frame_index(5, 24)
+    with pytest.raises(ValueError, match="at least one frame"):
+        orbit_frame_index(0, 24)
