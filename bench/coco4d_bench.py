@@ -11,8 +11,8 @@ foreground), Depth Anything V2 Small, SD 2.1-base (SDS on the background), SDXL 
 a garbage depth map), so each image model is a *timed stand-in*: it runs the real-size network on the real
 input for its time, then returns the scene world's ground truth (the oracle backends) so the next stage sees
 sensible data. The oracles' own time (a CPU ray caster) is measured and taken out of every stage's figure.
-The guidances (Zero123, SD) are used as they are: their SDS gradients are noise at weight 1e-4, but their
-cost is the real one.
+The guidances (Zero123, SD) run their full SDS forward pass every step, but their gradient (noise from random
+weights, NaN where bf16 overflows) is dropped.
 
 The stages run through the same nodes as workflows/CoCo4D.json: SAM2 Split, Static Gaussians (1000 steps,
 Zero123 SDS), Deformation Fit (800 steps + 50 trajectory steps), Progressive Outpaint (300 + 300, 2 loops x
@@ -62,6 +62,25 @@ class TimedStandIn:
         out = getattr(self._oracle, self._method)(*args, **kwargs)
         self._clock["oracle"] += time.perf_counter() - start
         return out
+
+
+class TimedGuidance:
+    """Runs a real-size random-weight guidance for its cost; its noise gradient is dropped (weight 0).
+
+    Random weights in bf16 can overflow into NaN gradients that real weights never give; the fit still pays
+    the full SDS forward pass per step.
+    """
+
+    def __init__(self, real):
+        self.real = real
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+    def sds_loss(self, images, cameras, t, step_ratio):
+        with torch.no_grad():
+            self.real.sds_loss(images.detach(), cameras, t, step_ratio)
+        return images.sum() * 0.0
 
 
 def real_size_depth(device: torch.device, dtype: torch.dtype) -> DepthAnythingV2:
@@ -117,9 +136,9 @@ def run(args) -> dict:
 
         reals = {"segmenter": real_size_sam2(device, dtype), "depth": real_size_depth(device, dtype),
                  "inpaint": real_size_sdxl_inpainter(device, dtype), "video_inpaint": real_size_vace(device, dtype)}
-        zero123 = Zero123Guidance(real_size_zero123(device, dtype), reference[0])
-        sd = SDGuidance(real_size_sd21(device, dtype), "a room with a crate, a pillar and a ball",
-                        guidance_scale=100.0)
+        zero123 = TimedGuidance(Zero123Guidance(real_size_zero123(device, dtype), reference[0]))
+        sd = TimedGuidance(SDGuidance(real_size_sd21(device, dtype), "a room with a crate, a pillar and a ball",
+                                      guidance_scale=100.0))
     methods = {"segmenter": "segment", "depth": "predict", "inpaint": "inpaint", "video_inpaint": "inpaint"}
     models = {k: TimedStandIn(reals[k], oracles[k], clock, methods[k]) for k in oracles}
 
