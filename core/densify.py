@@ -344,6 +344,36 @@ def _prune(params: dict[str, torch.nn.Parameter], optimizer: torch.optim.Optimiz
 
 
 @torch.no_grad()
+def sanitize_grads(params: dict[str, torch.nn.Parameter]) -> int:
+    """Zero non-finite gradients of per-Gaussian parameters in place (a rasterizer can return NaN for a
+    degenerate splat); returns how many Gaussians had one, so one bad splat cannot poison Adam's state."""
+    bad = None
+    for p in params.values():
+        if p.grad is None:
+            continue
+        rows = ~torch.isfinite(p.grad.reshape(p.shape[0], -1)).all(-1)
+        bad = rows if bad is None else bad | rows
+    if bad is None or not bad.any():
+        return 0
+    for p in params.values():
+        if p.grad is not None:
+            torch.nan_to_num_(p.grad, nan=0.0, posinf=0.0, neginf=0.0)
+    return int(bad.sum())
+
+
+@torch.no_grad()
+def prune_non_finite(params: dict[str, torch.nn.Parameter], optimizer: torch.optim.Optimizer) -> int:
+    """Remove Gaussians with any non-finite parameter (keeping the optimizer state aligned); returns the count."""
+    bad = torch.zeros(params["means"].shape[0], dtype=torch.bool, device=params["means"].device)
+    for p in params.values():
+        bad |= ~torch.isfinite(p.reshape(p.shape[0], -1)).all(-1)
+    count = int(bad.sum())
+    if count and count < bad.numel():
+        _prune(params, optimizer, bad)
+    return count
+
+
+@torch.no_grad()
 def clamp_scales(params: dict[str, torch.nn.Parameter], max_scale: float) -> int:
     """Project ``log_scales`` onto ``<= log(max_scale)`` in place (CoCo4D App. A: 0.2).
 

@@ -27,6 +27,7 @@ from typing import Callable
 
 import torch
 
+from . import densify as dens
 from . import regularizers as reg
 from .deformation import COCO4D_FOREGROUND_LR, Deformation, DeformationMotion, HexPlaneConfig, param_groups
 from .fit_static import (
@@ -223,6 +224,15 @@ def fit_deformation(
             for opt in optimizers:
                 opt.zero_grad(set_to_none=True)
             total.backward()
+            repaired = dens.sanitize_grads(params)
+            for group in groups:
+                for p in group["params"]:
+                    if p.grad is not None and not torch.isfinite(p.grad).all():
+                        torch.nan_to_num_(p.grad, nan=0.0, posinf=0.0, neginf=0.0)
+                        repaired += 1
+            if repaired and not result.repaired:
+                logger.warning("fit_deformation: step %d: non-finite gradients zeroed (reported once per fit)", step)
+            result.repaired += repaired
             for opt in optimizers:
                 opt.step()
             record_step(result, step, cfg.iterations, terms, total, callback, cfg.preview_every, rendered["rgb"])

@@ -127,11 +127,13 @@ class FitResult:
         steps: steps completed.
         stopped: True when ``should_stop`` ended the fit early.
         extra: fit-specific outputs (a deformation module, trajectories, ...).
+        repaired: Gaussians whose non-finite gradients were zeroed or that were removed for non-finite values.
     """
 
     gaussians: Gaussians
     history: list[dict] = field(default_factory=list)
     steps: int = 0
+    repaired: int = 0
     stopped: bool = False
     extra: dict = field(default_factory=dict)
 
@@ -285,13 +287,21 @@ def fit_static(
             _check_finite({**terms, "total": total.detach()}, step, "fit_static", last_good)
             optimizer.zero_grad(set_to_none=True)
             total.backward()
+            repaired = dens.sanitize_grads(params)
             if dcfg is not None:
                 for r in renders:
                     if r.means2d is not None and r.means2d.grad is not None:
+                        torch.nan_to_num_(r.means2d.grad, nan=0.0, posinf=0.0, neginf=0.0)
                         dens.accumulate(state, r.means2d.grad, r.radii, r.rgb.shape[2], r.rgb.shape[1])
             optimizer.step()
             if dcfg is not None:
                 dens.step(params, optimizer, state, step + 1, dcfg, extent, gen)
+            repaired += dens.prune_non_finite(params, optimizer)
+            if repaired:
+                result.repaired += repaired
+                if result.repaired == repaired:
+                    logger.warning("fit_static: step %d: non-finite gradients or parameters on %d Gaussians "
+                                   "(zeroed or removed; reported once per fit)", step, repaired)
             if cfg.max_scale is not None:
                 dens.clamp_scales(params, cfg.max_scale)
             record_step(result, step, cfg.iterations, terms, total, callback, cfg.preview_every, out.rgb,

@@ -355,3 +355,22 @@ def test_fit_loop_with_rasterizer():
     assert counts[-1]["n"] == params["means"].shape[0] != n
     assert params["means"].shape[0] <= 120
     assert params["log_scales"].max() <= math.log(0.1) + 1e-6
+
+
+def test_non_finite_gradients_and_parameters_are_repaired():
+    import torch
+    from gen4d.core import densify as dens
+
+    params = {"means": torch.nn.Parameter(torch.randn(5, 3)), "log_scales": torch.nn.Parameter(torch.zeros(5, 3))}
+    opt = torch.optim.Adam([{"params": [p], "name": n} for n, p in params.items()], lr=0.1)
+    (params["means"].sum() + params["log_scales"].sum()).backward()
+    params["means"].grad[2, 1] = float("nan")
+    assert dens.sanitize_grads(params) == 1
+    assert torch.isfinite(params["means"].grad).all() and params["means"].grad[2, 1] == 0
+    opt.step()
+    with torch.no_grad():
+        params["log_scales"][4, 0] = float("inf")
+    assert dens.prune_non_finite(params, opt) == 1
+    assert params["means"].shape == (4, 3) and torch.isfinite(params["log_scales"]).all()
+    state = opt.state[opt.param_groups[0]["params"][0]]
+    assert state["exp_avg"].shape == (4, 3), "optimizer state follows the pruned rows"
