@@ -14,11 +14,12 @@ Design notes:
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+import contextlib
+from typing import Callable, Iterable, Iterator
 
 import torch
 
-__all__ = ["set_host_hook", "make_room", "pipeline_modules"]
+__all__ = ["set_host_hook", "make_room", "pipeline_modules", "modules_on"]
 
 _hook: Callable[[int, torch.device], None] | None = None
 
@@ -48,3 +49,18 @@ def make_room(modules: Iterable[torch.nn.Module | None], device: torch.device | 
     if needed:
         _hook(needed, device)
     return needed
+
+
+@contextlib.contextmanager
+def modules_on(device: torch.device, *modules: torch.nn.Module | None) -> Iterator[None]:
+    """Run ``modules`` on ``device`` for the block (after asking the host for room), then park them on the CPU."""
+    mods = [m for m in modules if m is not None]
+    make_room(mods, device)
+    for m in mods:
+        m.to(device)
+    try:
+        yield
+    finally:
+        if torch.device(device).type != "cpu":
+            for m in mods:
+                m.to("cpu")

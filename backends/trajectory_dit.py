@@ -70,7 +70,7 @@ from torch import Tensor, nn
 
 from ..core.moge4d import backproject, depth_condition, fuse_motion, motion_intrinsics, official_pinhole
 from ..core.tracks import Tracks
-from .memory import make_room
+from .memory import modules_on
 from .tiny import tiny_builder
 from .trajectory_dit_modules import (
     LATENT_CHANNELS,
@@ -560,19 +560,9 @@ class TrajectoryModel:
         for m in self.modules():
             m.to("cpu")
 
-    @contextlib.contextmanager
-    def on(self, device: torch.device, *modules: nn.Module | None) -> Iterator[None]:
+    def on(self, device: torch.device, *modules: nn.Module | None):
         """Run ``modules`` on ``device`` for the block, then move them back to the CPU."""
-        mods = [m for m in modules if m is not None]
-        make_room(mods, device)
-        for m in mods:
-            m.to(device)
-        try:
-            yield
-        finally:
-            if device.type != "cpu":
-                for m in mods:
-                    m.to("cpu")
+        return modules_on(device, *modules)
 
     def _stat(self, name: str, like: Tensor) -> Tensor:
         return self._stats[name].to(device=like.device, dtype=like.dtype)

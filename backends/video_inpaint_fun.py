@@ -67,14 +67,13 @@ Design notes:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
 from collections import OrderedDict, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -82,7 +81,7 @@ from torch import Tensor, nn
 
 from ..core.vism import VISM_INPAINT_DEFAULTS
 from .inpaint import _cpu_generator, check_frames_and_masks, check_sampling, composite, default_device, model_size
-from .memory import make_room
+from .memory import modules_on
 from .tiny import tiny_builder
 from .trajectory_dit import (
     BASE_CLIP,
@@ -536,18 +535,6 @@ class FunInpainter:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
-    @contextlib.contextmanager
-    def _on(self, device: torch.device, *modules: nn.Module | None) -> Iterator[None]:
-        mods = [m for m in modules if m is not None]
-        make_room(mods, device)
-        for m in mods:
-            m.to(device)
-        try:
-            yield
-        finally:
-            if device.type != "cpu":
-                for m in mods:
-                    m.to("cpu")
 
     def _device(self) -> torch.device:
         return torch.device(self.device) if self.device is not None else self.device_fn()
@@ -627,7 +614,7 @@ class FunInpainter:
         tok = self.tokenizer(texts, padding="max_length", max_length=self.max_sequence_length, truncation=True,
                              add_special_tokens=True, return_attention_mask=True, return_tensors="pt")
         ids, attention = tok.input_ids.to(device), tok.attention_mask.to(device)
-        with self._on(device, self.text_encoder):
+        with modules_on(device, self.text_encoder):
             hidden = self.text_encoder(input_ids=ids, attention_mask=attention).last_hidden_state
         return hidden * attention[..., None].to(hidden.dtype)
 
@@ -656,7 +643,7 @@ class FunInpainter:
                           align_corners=False)
         mean = torch.tensor(_CLIP_MEAN, device=device).view(1, 3, 1, 1)
         std = torch.tensor(_CLIP_STD, device=device).view(1, 3, 1, 1)
-        with self._on(device, enc):
+        with modules_on(device, enc):
             out = enc(pixel_values=((x - mean) / std).to(enc.dtype), output_hidden_states=True).hidden_states[-2]
         return out.float()
 
@@ -735,7 +722,7 @@ class FunInpainter:
         text = self._encode_text(prompts, device).to(tdtype)
         clip = self._clip_tokens(x[0].permute(1, 2, 0), device).to(tdtype)
 
-        with self._on(device, self.vae):
+        with modules_on(device, self.vae):
             if bool(hole.all()):
                 cond = torch.zeros(1, 4 + LATENT, *lat_shape[2:], device=device)
             else:
@@ -754,7 +741,7 @@ class FunInpainter:
         cond_b = cond.to(tdtype).expand(b, *cond.shape[1:])
         clip_b = clip.expand(b, *clip.shape[1:])
         total = len(timesteps)
-        with self._on(device, self.transformer):
+        with modules_on(device, self.transformer):
             for i, t in enumerate(timesteps):
                 if should_stop is not None and should_stop():
                     raise InterruptedError("FunInpainter.inpaint: stopped by the user")
@@ -767,7 +754,7 @@ class FunInpainter:
                 latents = scheduler.step(v, t, latents, return_dict=False)[0]
                 if callback is not None:
                     callback(i + 1, total, None)
-        with self._on(device, self.vae):
+        with modules_on(device, self.vae):
             decoded = self.vae.decode(self._normalise(latents.float(), inverse=True), return_dict=False)[0]
         out = (decoded.float()[0].permute(1, 0, 2, 3)[:count] / 2 + 0.5).clamp(0, 1).cpu()   # [T,3,H',W']
         if (mh, mw) != (height, width):

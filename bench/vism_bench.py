@@ -52,6 +52,59 @@ def make_tracks(width: int, height: int, frames: int, device: torch.device) -> T
     return Tracks.from_world_dict(trajectories(world, src), src.Ks[0], src.viewmats[0], 8.0).to(device)
 
 
+def materialise_random(transformer, *others, device: torch.device, dtype: torch.dtype) -> None:
+    """Give meta-device Wan modules random weights on ``device`` (norms 1, tables 0, the rest N(0, 0.02))."""
+    g = torch.Generator(device=device).manual_seed(0)
+    for module in (transformer, *others):
+        module.to_empty(device=device)
+        with torch.no_grad():
+            for name, p in module.named_parameters():
+                if p.dim() == 1 and ("norm" in name or name.endswith("scale_shift_table")):
+                    p.fill_(1.0 if "norm" in name else 0.0)
+                else:
+                    p.normal_(0.0, 0.02, generator=g)
+            for b in module.buffers():
+                if b.is_floating_point() and not torch.isfinite(b).all():
+                    b.zero_()
+        module.to(dtype)
+    for name in getattr(transformer, "_keep_in_fp32_modules", None) or ():
+        for mod_name, mod in transformer.named_modules():
+            if mod_name.split(".")[-1] == name:
+                mod.float()
+    # Buffers computed at construction (rotary tables) were not materialised: rebuild that module.
+    rope = transformer.rope
+    with torch.device(device):
+        transformer.rope = type(rope)(rope.attention_head_dim, rope.patch_size, rope.max_seq_len)
+
+
+def build_fun_inpainter(size: str, device: torch.device, dtype: torch.dtype):
+    """A Wan2.1-Fun InP inpainter (36 input channels, CLIP image branch) with random weights of the given size."""
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+    from gen4d.backends.video_inpaint import write_tiny_t5_tokenizer
+    from gen4d.backends.video_inpaint_fun import FunInpainter, FunInpLayout
+    from transformers import AutoTokenizer, UMT5Config, UMT5EncoderModel
+
+    folder = Path(tempfile.mkdtemp()) / "t5"
+    write_tiny_t5_tokenizer(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    cfg = WAN_SIZES[size]
+    dim = cfg["num_attention_heads"] * cfg["attention_head_dim"]
+    tiny = size == "tiny"
+    with torch.device("meta"):
+        transformer = WanTransformer3DModel(patch_size=(1, 2, 2), in_channels=36, out_channels=16,
+                                            cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6,
+                                            image_dim=16 if tiny else 1280, added_kv_proj_dim=dim, **cfg)
+        text = UMT5EncoderModel(UMT5Config(
+            vocab_size=len(tokenizer) if tiny else 256384, d_model=cfg["text_dim"], d_kv=8 if tiny else 64,
+            d_ff=32 if tiny else 10240, num_layers=1 if tiny else 24, num_heads=2 if tiny else 64,
+            feed_forward_proj="gated-gelu", pad_token_id=0, eos_token_id=1, decoder_start_token_id=0))
+    materialise_random(transformer, text, device=device, dtype=dtype)
+    vae = AutoencoderKLWan().to(device)
+    none = Path(".")
+    layout = FunInpLayout(root=none, base=none, shards=(), vae=none, t5=none, tokenizer=folder, clip=None, lora=None)
+    return FunInpainter(transformer, vae, tokenizer, text, layout, dtype, weight_index={}, device=device)
+
+
 def build_inpainter(size: str, device: torch.device, dtype: torch.dtype):
     """A Wan VACE inpainter with random weights of the given transformer size (built on meta, then materialised)."""
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanVACEPipeline, WanVACETransformer3DModel
@@ -75,27 +128,7 @@ def build_inpainter(size: str, device: torch.device, dtype: torch.dtype):
                               num_heads=64 if size != "tiny" else 2, feed_forward_proj="gated-gelu", pad_token_id=0,
                               eos_token_id=1, decoder_start_token_id=0)
         text = UMT5EncoderModel(text_cfg)
-    g = torch.Generator(device=device).manual_seed(0)
-    for module in (transformer, text):
-        module.to_empty(device=device)
-        with torch.no_grad():
-            for name, p in module.named_parameters():
-                if p.dim() == 1 and ("norm" in name or name.endswith("scale_shift_table")):
-                    p.fill_(1.0 if "norm" in name else 0.0)
-                else:
-                    p.normal_(0.0, 0.02, generator=g)
-            for b in module.buffers():
-                if b.is_floating_point() and not torch.isfinite(b).all():
-                    b.zero_()
-        module.to(dtype)
-    for name in getattr(transformer, "_keep_in_fp32_modules", None) or ():
-        for mod_name, mod in transformer.named_modules():
-            if mod_name.split(".")[-1] == name:
-                mod.float()
-    # Buffers computed at construction (rotary tables) were not materialised: rebuild that module.
-    rope = transformer.rope
-    with torch.device(device):
-        transformer.rope = type(rope)(rope.attention_head_dim, rope.patch_size, rope.max_seq_len)
+    materialise_random(transformer, text, device=device, dtype=dtype)
     vae_kw = {} if size != "tiny" else dict(base_dim=8, z_dim=z, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
                                             temperal_downsample=[False, True, True], latents_mean=[0.0] * z,
                                             latents_std=[1.0] * z)
@@ -113,6 +146,8 @@ def main() -> None:
     ap.add_argument("--height", type=int, default=368)
     ap.add_argument("--frames", type=int, default=49)
     ap.add_argument("--inpaint", choices=("none", *WAN_SIZES), default="none")
+    ap.add_argument("--model", choices=("fun", "vace"), default="fun",
+                    help="inpainter family: Wan2.1-Fun InP (4D-ViSM's) or Wan VACE")
     ap.add_argument("--steps", type=int, default=VISM_INPAINT_DEFAULTS["steps"])
     args = ap.parse_args()
     if args.tiny:
@@ -146,7 +181,8 @@ def main() -> None:
               "render_s": round(render_s, 3), "render_fps": round(args.frames / render_s, 2),
               "hole_fraction": round(float(result.holes.float().mean()), 4), "peak_mib_render": peak_mib()}
     if args.inpaint != "none":
-        inpainter = build_inpainter(args.inpaint, device, dtype)
+        build = build_fun_inpainter if args.model == "fun" else build_inpainter
+        inpainter = build(args.inpaint, device, dtype)
         steps_done = []
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
@@ -156,7 +192,8 @@ def main() -> None:
                       callback=lambda s, n, p: steps_done.append(s))
         sync()
         seconds = time.perf_counter() - start
-        report.update({"inpaint_model": f"wan-vace-{args.inpaint} (random weights, {dtype})", "inpaint_steps":
+        family = "wan2.1-fun-inp" if args.model == "fun" else "wan-vace"
+        report.update({"inpaint_model": f"{family}-{args.inpaint} (random weights, {dtype})", "inpaint_steps":
                        len(steps_done), "guidance_scale": VISM_INPAINT_DEFAULTS["guidance_scale"],
                        "inpaint_s": round(seconds, 3),
                        "inpaint_s_per_step": round(seconds / max(len(steps_done), 1), 3),
