@@ -1,6 +1,6 @@
 # ComfyUI-Gen4D developer commands. Everything installs into .venv from nothing.
 #   make test   install, then run the CPU test suite
-#   make demo   install, then render the synthetic scene world as 4D Gaussians (outputs/demo/)
+#   make demo   install, then run the CoCo4D workflow on the synthetic scene world, headless (outputs/demo/)
 #   make lint   ruff
 #   make test-browser   headless chromium test of the 4D viewer (installs chromium + playwright-core)
 PYTHON ?= python3
@@ -26,7 +26,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
 demo: $(STAMP)
-	$(BIN)/python tools/demo.py --out outputs/demo
+	$(BIN)/python tools/run_workflow.py workflows/CoCo4D_synthetic.json --out outputs/demo
 
 # Browser test of web/gen4d_viewer.js: Debian chromium (SwiftShader) + playwright-core, localhost only.
 # Kept out of `make test`: chromium comes from apt (root + network to the Debian mirror).

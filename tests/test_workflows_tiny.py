@@ -59,3 +59,38 @@ def test_moge4d_workflow_runs_on_tiny_models(tiny_env, tmp_path, monkeypatch, on
     out = tmp_path / "out"
     assert len(list(out.rglob("*.mp4"))) == 1
     assert len(list(out.rglob("*.ply"))) == 5
+
+
+def test_coco4d_workflow_runs_on_tiny_models(tiny_env, tmp_path, monkeypatch, one_thread):
+    root, inputs = tiny_env
+    make_tiny_models(root, ["video_wan_i2v", "sam2_video", "guidance_zero123", "inpaint_sd", "guidance_sd"])
+    monkeypatch.setenv("GEN4D_MODELS_DIR", str(root))
+    path = ROOT / "workflows" / "CoCo4D.json"
+    ids = _ids(path)
+    small = {"width": 32, "height": 32}
+    overrides = {
+        f"{ids['Gen4D_VideoModelLoader']}.model": "video_wan_i2v-tiny",
+        f"{ids['Gen4D_SAM2Loader']}.model_name": "sam2_video-tiny",
+        f"{ids['Gen4D_DepthLoader']}.model_name": "depth-tiny",
+        f"{ids['Gen4D_InpaintModelLoader']}.model": "inpaint_sd-tiny",
+        f"{ids['Gen4D_VideoInpaintModelLoader']}.model": "video_inpaint_wan_vace-tiny",
+        f"{ids['Gen4D_Zero123GuidanceLoader']}.model": "guidance_zero123-tiny",
+        f"{ids['Gen4D_SDGuidanceLoader']}.model": "guidance_sd-tiny",
+        **{f"{ids['Gen4D_I2VReference']}.{k}": v for k, v in {**small, "num_frames": 5, "steps": 2}.items()},
+        f"{ids['Gen4D_SAM2Split']}.points": "[[16, 16]]",
+        f"{ids['Gen4D_StaticGaussians']}.iterations": 4, f"{ids['Gen4D_StaticGaussians']}.num_points": 300,
+        f"{ids['Gen4D_DeformationFit']}.iterations": 3, f"{ids['Gen4D_DeformationFit']}.trajectory_iterations": 2,
+        **{f"{ids['Gen4D_ProgressiveOutpaint']}.{k}": v for k, v in {
+            "static_iterations": 2, "deformation_iterations": 2, "static_iterations_per_pose": 1,
+            "deformation_iterations_per_pose": 1, "lift_size": 32, "loops": 1, "inpaint_steps": 2,
+            "video_inpaint_steps": 2}.items()},
+        **{f"{ids['Gen4D_CameraPath']}.{k}": v for k, v in {**small, "num_frames": 3}.items()},
+    }
+    results = run_workflow(path, tmp_path / "out", overrides=overrides, input_dir=inputs)
+    frames = results[ids["Gen4D_Render"]][0]
+    assert frames.shape == (3, 32, 32, 3)
+    scene = results[ids["Gen4D_Compose"]][0]
+    assert {p.name for p in scene.parts} == {"foreground", "background"}
+    out = tmp_path / "out"
+    assert len(list(out.rglob("*.mp4"))) == 1
+    assert len(list(out.rglob("*.gen4d.safetensors"))) == 1
