@@ -14,6 +14,7 @@ import secrets
 from ..core.paths import atomic_write_bytes, safe_output_path
 from ..core.preview_asset import DEFAULT_MAX_SPLATS, SUFFIX, encode_scene, encode_tracks
 from ..core.scene import Scene4D
+from ..core.tracks import Tracks
 from . import host
 from . import types as T
 from .widgets import int_in, socket_in
@@ -25,6 +26,9 @@ SUBFOLDER = "gen4d_preview"
 
 def _tracks_fields(tracks):
     """``(points, colors, visibility, fps)`` from a GEN4D_TRACKS payload (object or dict)."""
+    if isinstance(tracks, Tracks):
+        # pixels without a track carry placeholder points: never show them
+        return tracks.points, tracks.colors, tracks.visible & tracks.valid, float(tracks.fps)
     get = tracks.get if isinstance(tracks, dict) else (lambda k, d=None: getattr(tracks, k, d))
     points = get("points")
     if points is None:

@@ -115,3 +115,18 @@ def test_node_without_input_names_itself(fake_comfy):
 def test_missing_asset_file_is_a_value_error(tmp_path):
     with pytest.raises(ValueError):
         pa.decode_asset(b"G4DP")
+
+
+def test_preview_hides_pixels_without_a_track():
+    import torch
+    from gen4d.core.tracks import Tracks
+    from gen4d.nodes.preview import _tracks_fields
+
+    valid = torch.ones(2, 3, dtype=torch.bool)
+    valid[0, 0] = False
+    visible = torch.ones(4, 2, 3, dtype=torch.bool)
+    visible[2, 1, 1] = False
+    tracks = Tracks(torch.rand(4, 2, 3, 3), torch.rand(2, 3, 3), valid, visible, torch.eye(3), torch.eye(4), 12.0)
+    points, colors, visibility, fps = _tracks_fields(tracks)
+    assert torch.equal(visibility, visible & valid[None]) and fps == 12.0
+    assert points.shape == (4, 2, 3, 3) and colors.shape == (2, 3, 3)
