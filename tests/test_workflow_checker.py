@@ -351,3 +351,13 @@ def test_load_workflow_and_runnable_mark(tmp_path):
     (tmp_path / "bad.json").write_text("[]", encoding="utf-8")
     with pytest.raises(ValueError, match="not a UI-format workflow"):
         load_workflow(tmp_path / "bad.json")
+
+
+def test_file_pickers_accept_files_the_user_supplies():
+    from workflow_checker import check_value
+
+    spec = build_registry({}, {"LoadImage": {
+        "input": {"required": {"image": [["only_this.png"], {"image_upload": True}]}},
+        "output": ["IMAGE", "MASK"]}})["LoadImage"].input("image")
+    assert check_value(spec, "my_photo.png") is None, "a template names a file the user puts in input/"
+    assert check_value(spec, "") is not None and check_value(spec, 3) is not None

@@ -457,6 +457,9 @@ def check_value(spec: InputSpec, value: Any) -> str | None:
         return f"{spec.name}: expected true/false, got {value!r}"
     if kind == "STRING" and not isinstance(value, str):
         return f"{spec.name}: expected a string, got {value!r}"
+    if kind == "COMBO" and any(spec.opts.get(k) for k in _UPLOAD_EXTRAS):
+        # a file picker lists the user's input folder: a template names a file the user supplies
+        return None if isinstance(value, str) and value else f"{spec.name}: expected a file name, got {value!r}"
     if kind == "COMBO" and spec.choices is not None and value not in spec.choices:
         shown = list(spec.choices) if len(spec.choices) <= 12 else f"{len(spec.choices)} options"
         return f"{spec.name}: {value!r} is not one of {shown}"
