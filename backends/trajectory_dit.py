@@ -358,18 +358,24 @@ def find_layout(path: str | Path) -> Layout:
 # --------------------------------------------------------------------------- component loaders
 
 
+
+def shard_shapes(shard: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape of a safetensors file, read from its header only (clear error when corrupt)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(shard), framework="pt") as fh:
+            return {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}
+    except Exception as exc:  # safetensors raises its own error types for corrupt files
+        raise ValueError(f"could not read {shard}: {type(exc).__name__}: {exc}") from exc
+
 def _base_index(layout: Layout) -> dict[str, tuple[Path, str, tuple[int, ...]]]:
     """Our name -> (shard, official name, shape) for every tensor of the base transformer (no data read)."""
-    from safetensors import safe_open
 
     index: dict[str, tuple[Path, str, tuple[int, ...]]] = {}
     for shard in layout.base_transformer:
-        try:
-            with safe_open(str(shard), framework="pt") as fh:
-                keys = list(fh.keys())
-                shapes = {k: tuple(fh.get_slice(k).get_shape()) for k in keys}
-        except Exception as exc:  # safetensors raises its own error types for corrupt files
-            raise ValueError(f"could not read {shard}: {type(exc).__name__}: {exc}") from exc
+        shapes = shard_shapes(shard)
+        keys = list(shapes)
         try:
             mapped = name_map({k: k for k in keys})  # names only
         except MappingError as exc:

@@ -96,6 +96,7 @@ from .trajectory_dit import (
     _load_text,
     _load_vae,
     params_on_meta,
+    shard_shapes,
 )
 from .trajectory_dit_names import MappingError, name_map
 
@@ -362,18 +363,13 @@ def lora_deltas(state: dict[str, Tensor], targets: dict[str, tuple[str, tuple[in
 
 def _shard_index(layout: FunInpLayout) -> tuple[dict[str, tuple[Path, str]], dict[str, tuple[int, ...]]]:
     """diffusers parameter name -> (shard, official name), and shapes, for the whole transformer."""
-    from safetensors import safe_open
 
     index: dict[str, tuple[Path, str]] = {}
     shapes: dict[str, tuple[int, ...]] = {}
     skipped: list[str] = []
     for shard in layout.shards:
-        try:
-            with safe_open(str(shard), framework="pt") as fh:
-                keys = list(fh.keys())
-                shape_of = {k: tuple(fh.get_slice(k).get_shape()) for k in keys}
-        except Exception as exc:  # safetensors raises its own error types for corrupt files
-            raise ValueError(f"could not read {shard}: {type(exc).__name__}: {exc}") from exc
+        shape_of = shard_shapes(shard)
+        keys = list(shape_of)
         try:
             mapped = name_map({k: k for k in keys})
         except MappingError as exc:
