@@ -8,6 +8,8 @@ Public API:
     look_at                     world-to-camera matrices looking from eye to target
     orbit_poses                 cameras on a sphere around a centre, by elevation / azimuth / radius
     coco4d_outpaint_poses       CoCo4D App. A outpaint pose sets (loop 1, loop 2)
+    coco4d_reference_cameras    CoCo4D's seen view held over a clip (identity, fovy 60)
+    clip_cameras                cameras of a clip: given ones held / rescaled, or the CoCo4D seen view
     diffusion4d_orbit           Diffusion4D's 24-view orbit where view and time advance together
     moge4d_path                 MoGe4D camera paths relative to the input image's camera
     keyframe_path               smooth interpolation through user keyframes
@@ -24,6 +26,7 @@ Design notes:
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, replace
 from typing import Sequence
@@ -38,6 +41,8 @@ __all__ = [
     "look_at",
     "orbit_poses",
     "coco4d_outpaint_poses",
+    "coco4d_reference_cameras",
+    "clip_cameras",
     "diffusion4d_orbit",
     "moge4d_path",
     "MOGE4D_PATHS",
@@ -46,6 +51,8 @@ __all__ = [
 ]
 
 DEFAULT_UP = (0.0, -1.0, 0.0)
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -275,6 +282,44 @@ def _cameras(viewmats: Tensor, K: Tensor, width: int, height: int, times: Tensor
 
 def _frame_times(num: int) -> Tensor:
     return torch.linspace(0.0, 1.0, num) if num > 1 else torch.zeros(num)
+
+
+def coco4d_reference_cameras(width: int, height: int, num_frames: int, fovy_deg: float = 60.0,
+                             viewmat: Tensor | None = None) -> Cameras:
+    """CoCo4D's seen view held over ``num_frames`` times ``linspace(0, 1)`` (App. A: identity pose, fovy 60,
+    visible range 0.1 to 10000)."""
+    if num_frames < 1:
+        raise ValueError(f"coco4d_reference_cameras: num_frames must be >= 1, got {num_frames}")
+    vm = torch.eye(4) if viewmat is None else torch.as_tensor(viewmat, dtype=torch.float32).reshape(4, 4)
+    K = intrinsics_from_fov(fovy_deg, width, height)
+    return Cameras(vm.expand(num_frames, 4, 4).clone(), K.expand(num_frames, 3, 3).clone(), int(width), int(height),
+                   _frame_times(num_frames), 0.1, 10000.0)
+
+
+def clip_cameras(cameras: Cameras | None, num_frames: int, width: int, height: int, fovy_deg: float = 60.0,
+                 who: str = "cameras") -> Cameras:
+    """Cameras of a ``num_frames`` clip of ``width x height`` frames, on the CPU.
+
+    ``None`` gives CoCo4D's reference view; one camera is held over the clip (times ``linspace(0, 1)``);
+    cameras of another image size get rescaled intrinsics. ``who`` names the caller in errors.
+    """
+    if cameras is None:
+        return coco4d_reference_cameras(width, height, num_frames, fovy_deg)
+    if not isinstance(cameras, Cameras):
+        raise TypeError(f"{who}: cameras must be Cameras (GEN4D_CAMERAS), got {type(cameras).__name__}")
+    cams = cameras.to("cpu")
+    if (cams.width, cams.height) != (width, height):
+        logger.info("%s: cameras are %dx%d, frames %dx%d; intrinsics rescaled", who, cams.width, cams.height, width,
+                    height)
+        cams = cams.resized(width, height)
+    if len(cams) == 1 and num_frames > 1:
+        idx = torch.zeros(num_frames, dtype=torch.long)
+        return Cameras(cams.viewmats[idx], cams.Ks[idx], cams.width, cams.height, _frame_times(num_frames),
+                       cams.near, cams.far)
+    if len(cams) != num_frames:
+        raise ValueError(f"{who}: cameras hold {len(cams)} views for {num_frames} frames; expected 1 (held over the "
+                         f"clip) or one per frame")
+    return cams
 
 
 COCO4D_LOOPS: dict[int, tuple[tuple[float, float], ...]] = {

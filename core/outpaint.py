@@ -5,7 +5,6 @@ Public API:
     OutpaintConfig                  settings with the paper's defaults (App. A, Table 4)
     progressive_outpaint(...)       background video + hole masks -> OutpaintResult (Scene4D + report + videos)
     OutpaintResult, OutpaintReport, PoseReport, PoseVideo   what it returns
-    reference_cameras(w, h, frames, fovy_deg, viewmat)      the seen view over the clip (default: identity, fovy 60)
     outpaint_cameras(reference, poses, radius, times)       the cameras of one pose set about the scene centre
     parse_pose_sets(text) / format_pose_sets(sets)          "0,30; 0,-30 | 15,30" <-> ((el, az), ...) per loop
     DEFAULT_POSE_SETS               App. A: loop 1 (0,±30), (±15,0); loop 2 (±15,±30)
@@ -74,7 +73,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import densify as dens
-from .cameras import COCO4D_LOOPS, Cameras, intrinsics_from_fov, orbit_poses
+from .cameras import COCO4D_LOOPS, Cameras, clip_cameras, orbit_poses
 from .deformation import COCO4D_BACKGROUND_LR, Deformation, DeformationMotion, HexPlaneConfig
 from .depth_align import DEPTH_KINDS, METRIC_DEPTH, DepthInpaintFn, inpaint_depth
 from .fit_dynamic import DeformationFitConfig, fit_deformation
@@ -93,7 +92,6 @@ __all__ = [
     "PoseReport",
     "PoseVideo",
     "progressive_outpaint",
-    "reference_cameras",
     "outpaint_cameras",
     "parse_pose_sets",
     "format_pose_sets",
@@ -438,24 +436,6 @@ class _Stopped(Exception):
 # -- cameras ---------------------------------------------------------------------------------------
 
 
-def _frame_times(n: int) -> Tensor:
-    return torch.linspace(0.0, 1.0, n) if n > 1 else torch.zeros(1)
-
-
-def reference_cameras(width: int, height: int, num_frames: int, fovy_deg: float = 60.0,
-                      viewmat: Tensor | None = None) -> Cameras:
-    """The seen view held over ``num_frames`` times ``linspace(0, 1)`` (CoCo4D default: identity, fovy 60).
-
-    Near/far are App. A's visible range (0.1, 10000).
-    """
-    if num_frames < 1:
-        raise ValueError(f"reference_cameras: num_frames must be >= 1, got {num_frames}")
-    vm = torch.eye(4) if viewmat is None else torch.as_tensor(viewmat, dtype=torch.float32).reshape(4, 4)
-    K = intrinsics_from_fov(fovy_deg, width, height)
-    return Cameras(vm.expand(num_frames, 4, 4).clone(), K.expand(num_frames, 3, 3).clone(), int(width), int(height),
-                   _frame_times(num_frames), 0.1, 10000.0)
-
-
 def _relative_orbit(poses: Sequence[Pose], radius: float) -> Tensor:
     """``[P,4,4]`` transforms from the seen camera's frame to each pose's camera frame.
 
@@ -488,26 +468,6 @@ def outpaint_cameras(reference: Cameras, poses: Sequence[Pose], radius: float, t
         out.append(Cameras(vm, reference.Ks[0].cpu().expand(len(times), 3, 3).clone(), reference.width,
                            reference.height, times.cpu().float(), reference.near, reference.far))
     return out
-
-
-def _expand_cameras(cameras: Cameras | None, frames: int, width: int, height: int, fovy_deg: float) -> Cameras:
-    if cameras is None:
-        return reference_cameras(width, height, frames, fovy_deg)
-    if not isinstance(cameras, Cameras):
-        raise TypeError(f"progressive_outpaint: cameras must be Cameras, got {type(cameras).__name__}")
-    cams = cameras.to("cpu")
-    if (cams.width, cams.height) != (width, height):
-        logger.info("progressive_outpaint: cameras are %dx%d, frames %dx%d; intrinsics rescaled", cams.width,
-                    cams.height, width, height)
-        cams = cams.resized(width, height)
-    if len(cams) == 1 and frames > 1:
-        idx = torch.zeros(frames, dtype=torch.long)
-        return Cameras(cams.viewmats[idx], cams.Ks[idx], cams.width, cams.height, _frame_times(frames), cams.near,
-                       cams.far)
-    if len(cams) != frames:
-        raise ValueError(f"progressive_outpaint: cameras has {len(cams)} cameras for {frames} frames; expected "
-                         f"1 (held over the clip) or one per frame")
-    return cams
 
 
 # -- image helpers ---------------------------------------------------------------------------------
@@ -868,7 +828,7 @@ def progressive_outpaint(
     cfg = config or OutpaintConfig()
     frames, holes = _check_inputs(frames, hole_masks)
     t_frames, height, width = frames.shape[:3]
-    ref = _expand_cameras(cameras, t_frames, width, height, cfg.fovy_deg)
+    ref = clip_cameras(cameras, t_frames, width, height, cfg.fovy_deg, "progressive_outpaint")
     kind = depth_kind if depth_kind is not None else getattr(depth_model, "kind", None)
     if kind not in DEPTH_KINDS:
         raise ValueError(f"progressive_outpaint: depth model kind must be one of {DEPTH_KINDS}, got {kind!r}")

@@ -3,7 +3,6 @@
 
 Public API:
     Compose                 node ``Gen4D_Compose``
-    default_reference_cameras(width, height, num_frames)   CoCo4D's reference view (identity pose, fovy 60)
     NODES
 
 Design notes:
@@ -23,7 +22,7 @@ import logging
 import torch
 
 from ..backends.render import render, render_scene
-from ..core.cameras import Cameras, intrinsics_from_fov
+from ..core.cameras import Cameras, clip_cameras
 from ..core.compose import ComposeConfig, compose
 from ..core.convert import check_image, check_mask, parse_color, to_image
 from ..core.scene import Scene4D
@@ -33,38 +32,12 @@ from . import types as T
 from .depth import to_z_depth
 from .widgets import bool_in, color_error, float_in, int_in, socket_in, str_in
 
-__all__ = ["Compose", "default_reference_cameras", "NODES"]
+__all__ = ["Compose", "NODES"]
 
 logger = logging.getLogger(__name__)
 
 _C = ComposeConfig()
 NODE = "Gen4D_Compose"
-
-
-def default_reference_cameras(width: int, height: int, num_frames: int, fovy_deg: float = 60.0) -> Cameras:
-    """CoCo4D's reference view over the clip: identity pose, fovy 60, near 0.1, far 10000 (App. A)."""
-    vm = torch.eye(4).expand(num_frames, 4, 4).clone()
-    K = intrinsics_from_fov(fovy_deg, width, height).expand(num_frames, 3, 3).clone()
-    times = torch.linspace(0.0, 1.0, num_frames) if num_frames > 1 else torch.zeros(1)
-    return Cameras(vm, K, int(width), int(height), times, 0.1, 10000.0)
-
-
-def _reference_cameras(cameras, width: int, height: int, num_frames: int) -> Cameras:
-    if cameras is None:
-        return default_reference_cameras(width, height, num_frames)
-    if not isinstance(cameras, Cameras):
-        raise TypeError(f"{NODE}: cameras must be GEN4D_CAMERAS, got {type(cameras).__name__}")
-    if len(cameras) == 1:
-        cameras = Cameras(cameras.viewmats.expand(num_frames, 4, 4).clone(), cameras.Ks.expand(num_frames, 3, 3)
-                          .clone(), cameras.width, cameras.height, torch.zeros(num_frames), cameras.near, cameras.far)
-    elif len(cameras) != num_frames:
-        raise ValueError(f"{NODE}: cameras hold {len(cameras)} views; expected 1 or one per frame ({num_frames})")
-    if (cameras.width, cameras.height) != (width, height):
-        logger.info("%s: reference cameras are %dx%d, the frames %dx%d; intrinsics rescaled", NODE, cameras.width,
-                    cameras.height, width, height)
-        cameras = cameras.resized(width, height)
-    times = torch.linspace(0.0, 1.0, num_frames) if num_frames > 1 else torch.zeros(1)
-    return Cameras(cameras.viewmats.float(), cameras.Ks.float(), width, height, times, cameras.near, cameras.far)
 
 
 class Compose:
@@ -143,7 +116,7 @@ class Compose:
             logger.warning("%s: %d reference images for %d frames; only frame 0 is used", NODE, images.shape[0], n)
         config = ComposeConfig(seen_radius=float(seen_radius), seen_fovy_deg=float(seen_fovy),
                                measure_width=bool(measure_width), rescale_motion=bool(rescale_motion))
-        ref_cams = _reference_cameras(cameras, w, h, n)
+        ref_cams = clip_cameras(cameras, n, w, h, who=NODE)
         device = host.compute_device()
         progress = host.Progress(6)
         host.raise_if_interrupted()

@@ -232,3 +232,22 @@ def test_cameras_helpers():
         Cameras.cat([cams, half])
     torch.testing.assert_close(cams.camtoworlds @ cams.viewmats, torch.eye(4).expand(6, 4, 4), rtol=0, atol=1e-5)
     assert math.isclose(float(cams.fovy_deg[0]), 49.1, abs_tol=1e-3)
+
+
+def test_clip_cameras_hold_rescale_and_default():
+    from gen4d.core.cameras import Cameras, clip_cameras, coco4d_reference_cameras
+
+    default = clip_cameras(None, 3, 32, 24)
+    assert torch.equal(default.viewmats, torch.eye(4).expand(3, 4, 4))
+    assert torch.allclose(default.fovy_deg, torch.full((3,), 60.0), atol=1e-4)
+    assert torch.equal(default.times, torch.tensor([0.0, 0.5, 1.0])) and (default.near, default.far) == (0.1, 10000.0)
+    one = coco4d_reference_cameras(64, 48, 1, fovy_deg=40.0)
+    held = clip_cameras(one, 4, 32, 24)
+    assert len(held) == 4 and (held.width, held.height) == (32, 24)
+    assert torch.allclose(held.Ks[0, 0, 0], one.Ks[0, 0, 0] / 2)
+    assert torch.equal(held.times, torch.linspace(0, 1, 4))
+    with pytest.raises(ValueError, match="cameras hold 2 views for 4 frames"):
+        clip_cameras(coco4d_reference_cameras(32, 24, 2), 4, 32, 24, who="node")
+    with pytest.raises(TypeError, match="node: cameras must be Cameras"):
+        clip_cameras("front", 4, 32, 24, who="node")
+    assert isinstance(held, Cameras)

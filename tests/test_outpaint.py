@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 from gen4d.backends.render import render_scene, training_render
-from gen4d.core.cameras import COCO4D_LOOPS
+from gen4d.core.cameras import COCO4D_LOOPS, coco4d_reference_cameras
 from gen4d.core.deformation import HexPlaneConfig
 from gen4d.core.depth_align import (
     METRIC_DEPTH,
@@ -30,7 +30,6 @@ from gen4d.core.outpaint import (
     outpaint_cameras,
     parse_pose_sets,
     progressive_outpaint,
-    reference_cameras,
 )
 from gen4d.core.scene import Scene4D
 from gen4d.core.viewpoint import current_viewpoint
@@ -65,7 +64,7 @@ def test_bad_pose_text_is_rejected_with_the_offending_part(text, needle):
 
 
 def test_outpaint_cameras_turn_about_a_pivot_on_the_optical_axis():
-    ref = reference_cameras(32, 24, 3)
+    ref = coco4d_reference_cameras(32, 24, 3)
     assert torch.equal(ref.viewmats[0], torch.eye(4)) and abs(float(ref.fovy_deg[0]) - 60.0) < 1e-4
     radius = 2.0
     cams = outpaint_cameras(ref, [(0.0, 0.0), (0.0, 30.0), (15.0, -30.0)], radius)
@@ -220,7 +219,7 @@ def test_fill_video_holes_pastes_frame0_noises_and_refines_only_the_holes():
     holes = torch.zeros(4, 10, 12, dtype=torch.bool)
     holes[:, 2:5, 3:7] = True
     holes[2, 7:9, 0:2] = True  # a hole only frame 2 has
-    cams = reference_cameras(12, 10, 4)
+    cams = coco4d_reference_cameras(12, 10, 4)
     image, video = _Recorder((1.0, 0.0, 0.0)), _Recorder((0.0, 0.0, 1.0))
     video.inpaint = _video_passthrough(video)
     cfg = OutpaintConfig(paste_noise_ratio=0.5, video_inpaint_strength=0.7)
