@@ -983,13 +983,25 @@ def _hf_clip_to_wan(state: dict[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
+def tiny_wan_encoders(vocab: int):
+    """Tiny random UMT5 (width 16, 1 layer) and CLIP vision (width 32, 2 layers) for tiny Wan folders."""
+    from transformers import CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
+
+    text = UMT5EncoderModel(UMT5Config(vocab_size=vocab, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2,
+                                       relative_attention_num_buckets=8, feed_forward_proj="gated-gelu",
+                                       tie_word_embeddings=False, pad_token_id=0, eos_token_id=1,
+                                       decoder_start_token_id=0))
+    clip = CLIPVisionModel(CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                            num_attention_heads=1, image_size=28, patch_size=14, hidden_act="gelu"))
+    return text, clip
+
+
 @tiny_builder("trajectory")
 def build_tiny_trajectory(folder: Path, seed: int) -> Path:
     """A tiny MoGe4D folder in the official layout: 2-block DiT width 32 (4 heads), OmniMAE width 32
     (1 block), trajectory adaptors width 32, Wan VAE base width 4 (16 latent channels), UMT5 width
     16, CLIP width 32 (2 layers), under ``Wan2.1-Fun-V1.1-14B-Control/`` + ``4D-STraG/`` + ``VAE/``."""
     from safetensors.torch import save_file
-    from transformers import CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
 
     from .video_inpaint import write_tiny_t5_tokenizer
 
@@ -1015,13 +1027,7 @@ def build_tiny_trajectory(folder: Path, seed: int) -> Path:
         decoder = TrajectoryDecoder(width=32, num_blocks=2, groups=8)
         encoder = TrajectoryEncoder(width=32, num_blocks=1, groups=8)
         nn.init.normal_(encoder.conv_out.weight, std=0.02)
-        text = UMT5EncoderModel(UMT5Config(vocab_size=vocab, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2,
-                                           relative_attention_num_buckets=8, feed_forward_proj="gated-gelu",
-                                           tie_word_embeddings=False, pad_token_id=0, eos_token_id=1,
-                                           decoder_start_token_id=0))
-        clip = CLIPVisionModel(CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                                num_attention_heads=1, image_size=28, patch_size=14,
-                                                hidden_act="gelu"))
+        text, clip = tiny_wan_encoders(vocab)
     official = _official_dit_state(dit)
     base_keys = {k: v for k, v in official.items()
                  if not k.startswith(("omnimae_extractor.", "feature_adapter.")) and "spatial_guidance" not in k}

@@ -97,6 +97,7 @@ from .trajectory_dit import (
     _load_vae,
     params_on_meta,
     shard_shapes,
+    tiny_wan_encoders,
 )
 from .trajectory_dit_names import MappingError, name_map
 
@@ -768,7 +769,7 @@ def build_tiny_wan_fun_inp(folder: Path, seed: int) -> Path:
     and ``4D-ViSM/lora_diffusion_pytorch_model.safetensors`` (rank 4, alpha 2, official naming)."""
     from diffusers import WanTransformer3DModel
     from safetensors.torch import save_file
-    from transformers import AutoTokenizer, CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
+    from transformers import AutoTokenizer
 
     from .trajectory_dit import _hf_clip_to_wan, _our_to_official, _tiny_vae_official, _umt5_to_wan
     from .video_inpaint import write_tiny_t5_tokenizer
@@ -787,13 +788,7 @@ def build_tiny_wan_fun_inp(folder: Path, seed: int) -> Path:
             patch_size=(1, PATCH, PATCH), num_attention_heads=4, attention_head_dim=8, in_channels=INP_IN_CHANNELS,
             out_channels=LATENT, text_dim=16, freq_dim=16, ffn_dim=64, num_layers=2, cross_attn_norm=True,
             qk_norm="rms_norm_across_heads", eps=1e-6, image_dim=32, added_kv_proj_dim=32)
-        text = UMT5EncoderModel(UMT5Config(vocab_size=vocab, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2,
-                                           relative_attention_num_buckets=8, feed_forward_proj="gated-gelu",
-                                           tie_word_embeddings=False, pad_token_id=0, eos_token_id=1,
-                                           decoder_start_token_id=0))
-        clip = CLIPVisionModel(CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                                num_attention_heads=1, image_size=28, patch_size=14,
-                                                hidden_act="gelu"))
+        text, clip = tiny_wan_encoders(vocab)
         official = {_our_to_official("wan." + k): v.contiguous() for k, v in transformer.state_dict().items()}
         back = {k[len("wan."):] for k in name_map(official)}
         if back != set(transformer.state_dict()):
