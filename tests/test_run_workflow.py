@@ -62,3 +62,13 @@ def test_runnable_workflows_run_headless(path, tmp_path, one_thread):
     results = run_workflow(path, tmp_path / "out", overrides=overrides)
     assert results
     assert any(p.is_file() for p in (tmp_path / "out").rglob("*")), "the workflow saved nothing"
+
+
+def test_a_second_run_into_the_same_folder_keeps_the_first_files(tmp_path, one_thread):
+    wf = load_workflow(ORBIT)
+    world = next(n for n in wf["nodes"] if n["type"] == "Gen4D_SyntheticWorld")
+    cams = next(n for n in wf["nodes"] if n["type"] == "Gen4D_CameraPath")
+    small = {f"{cams['id']}.num_frames": 2, f"{world['id']}.num_frames": 2, f"{world['id']}.twin_points": 200}
+    run_workflow(ORBIT, tmp_path, overrides=small)
+    run_workflow(ORBIT, tmp_path, overrides=small)
+    assert len(list(tmp_path.rglob("*.webp"))) == 2, "numbered files are never reused"

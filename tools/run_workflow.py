@@ -52,19 +52,17 @@ class WorkflowError(ValueError):
 
 
 class _Outputs:
-    """Numbered files under the output folder, named like ComfyUI's savers name them."""
+    """Numbered files under the output folder; a number already on disk is never reused."""
 
     def __init__(self, root: Path):
         self.root = root
-        self.counters: dict[str, int] = {}
 
     def path(self, prefix: str, suffix: str, sub: str = "") -> Path:
+        from gen4d.core.export import next_free_stem
         from gen4d.core.paths import safe_output_path
 
-        key = f"{sub}/{prefix}"
-        self.counters[key] = self.counters.get(key, 0) + 1
-        name = f"{prefix}_{self.counters[key]:05d}_{suffix}"
-        return safe_output_path(self.root / sub if sub else self.root, name)
+        folder = self.root / sub if sub else self.root
+        return safe_output_path(folder, next_free_stem(folder, prefix) + suffix)
 
 
 def _uint8(images: torch.Tensor):
