@@ -361,3 +361,21 @@ def test_file_pickers_accept_files_the_user_supplies():
         "output": ["IMAGE", "MASK"]}})["LoadImage"].input("image")
     assert check_value(spec, "my_photo.png") is None, "a template names a file the user puts in input/"
     assert check_value(spec, "") is not None and check_value(spec, 3) is not None
+
+
+def test_with_widget_values_writes_the_right_slot_and_refuses_sockets():
+    import gen4d
+    from workflow_builder import Graph
+    from workflow_checker import with_widget_values
+
+    g = Graph(gen4d.NODE_CLASS_MAPPINGS)
+    world = g.add("Gen4D_SyntheticWorld", (0, 0), seed=3, fps=8.0)
+    wf = g.to_dict()
+    changed = with_widget_values(wf, {f"{world}.seed": 11, f"{world}.fps": 12.0}, gen4d.NODE_CLASS_MAPPINGS)
+    prompt = ui_to_api(changed, gen4d.NODE_CLASS_MAPPINGS)
+    assert prompt[str(world)]["inputs"]["seed"] == 11 and prompt[str(world)]["inputs"]["fps"] == 12.0
+    assert ui_to_api(wf, gen4d.NODE_CLASS_MAPPINGS)[str(world)]["inputs"]["seed"] == 3, "the input is not changed"
+    with pytest.raises(ValueError, match="no widget input 'cameras'"):
+        with_widget_values(wf, {f"{world}.cameras": 1}, gen4d.NODE_CLASS_MAPPINGS)
+    with pytest.raises(ValueError, match="no node '9'"):
+        with_widget_values(wf, {"9.seed": 1}, gen4d.NODE_CLASS_MAPPINGS)

@@ -35,7 +35,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
-from workflow_checker import check_workflow, load_workflow, ui_to_api  # noqa: E402
+from workflow_checker import check_workflow, load_workflow, ui_to_api, with_widget_values  # noqa: E402
 
 from pack_loader import load_pack  # noqa: E402
 
@@ -299,17 +299,18 @@ def run_workflow(path: str | Path, out_dir: str | Path, overrides: Mapping[str, 
 
     workflow = _read(path) if not isinstance(path, Mapping) else path
     if "nodes" in workflow:
+        try:
+            workflow = with_widget_values(workflow, overrides or {}, classes)
+        except ValueError as exc:
+            raise WorkflowError(f"override {exc}") from exc
         if check:
-            # a widget value replaced by an override is judged by the node itself, not by the file's value
-            replaced = [(f"node {k.partition('.')[0]} (", f"): {k.partition('.')[2]}:") for k in (overrides or {})]
-            problems = [p for p in check_workflow(workflow, classes)
-                        if not any(p.startswith(a) and b in p for a, b in replaced)]
+            problems = check_workflow(workflow, classes)
             if problems:
                 raise WorkflowError(f"{path}: the workflow checker found problems:\n  " + "\n  ".join(problems))
         prompt = ui_to_api(workflow, classes)
     else:
         prompt = json.loads(json.dumps(workflow))
-    _apply_overrides(prompt, overrides or {})
+        _apply_overrides(prompt, overrides or {})
     core = _make_core_nodes(_Outputs(out), inputs)
     unknown = sorted({v["class_type"] for v in prompt.values()} - set(classes) - set(core))
     if unknown:

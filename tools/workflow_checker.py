@@ -721,6 +721,36 @@ def check_workflow(
     return problems
 
 
+def with_widget_values(
+    workflow: Mapping[str, Any],
+    values: Mapping[str, Any],
+    node_classes: Mapping[str, type],
+    core_types: Mapping[str, Mapping] | None = None,
+) -> dict:
+    """A copy of a UI-format ``workflow`` with ``{"<node id>.<input>": value}`` written into ``widgets_values``.
+
+    Raises ValueError for an unknown node or input, or an input that is not a widget.
+    """
+    out = json.loads(json.dumps(workflow))
+    registry = build_registry(node_classes, core_types)
+    nodes = {str(n["id"]): n for n in out.get("nodes", [])}
+    for key, value in values.items():
+        node_id, _, name = str(key).partition(".")
+        node = nodes.get(node_id)
+        if node is None:
+            raise ValueError(f"{key!r}: no node {node_id!r} in the workflow (nodes: {sorted(nodes)})")
+        spec = registry.get(node["type"])
+        slots = [i for i, (inp, role) in enumerate(spec.widget_slots() if spec else []) if inp.name == name
+                 and role == "value"]
+        if not slots:
+            raise ValueError(f"{key!r}: {node['type']} has no widget input {name!r}")
+        widgets = node.setdefault("widgets_values", [])
+        if len(widgets) <= slots[0]:
+            raise ValueError(f"{key!r}: node {node_id} stores only {len(widgets)} widget values")
+        widgets[slots[0]] = value
+    return out
+
+
 # --------------------------------------------------------------------------- UI -> API
 
 
