@@ -9,6 +9,7 @@ Public API:
     depth_range_alignment(ref_depth, bg_depth, valid, quantiles)   eq. 9 (range factor and offset)
     surface_depth(ref_depth, mask, factor, offset)                 eq. 8 (foreground depth, background units)
     bbox_widths(masks)          ``[T]`` bounding-box widths of masks in pixels (0 where empty)
+    visible_masks(...)          where the placed foreground shows when rendered with the background
     rescale_trajectory(shift, scale, eta, rescale_motion=False)    eq. 10
     ray_rotations(dirs)         ``[T,3,3]`` minimal rotations taking the optical axis ``+z`` to ``dirs``
     placement(shift, scale, ref_cameras, seen_viewmats, seen_focal, surface_z, thickness)   the 3D similarity
@@ -116,6 +117,7 @@ __all__ = [
     "placement",
     "mask_colors",
     "seen_view",
+    "visible_masks",
 ]
 
 logger = logging.getLogger(__name__)
@@ -546,7 +548,7 @@ def compose(
     eta, rendered_widths = 1.0, []
     ref_widths = bbox_widths(binary.cpu())
     if config.measure_width:
-        visible = _visible_masks(placed, background, frame_cams, times, render_fn, device)
+        visible = visible_masks(placed, background, frame_cams, times, render_fn, device)
         rendered_widths = bbox_widths(visible > 0.5)
         ok = (ref_widths > 0) & (rendered_widths > 0)
         if ok.any():
@@ -569,7 +571,7 @@ def compose(
     return Composition(scene, report)
 
 
-def _visible_masks(placed: ScenePart, background: Scene4D, cams: Cameras, times: Tensor, render_fn: RenderFn,
+def visible_masks(placed: ScenePart, background: Scene4D, cams: Cameras, times: Tensor, render_fn: RenderFn,
                    device) -> Tensor:
     """``[T,H,W]`` visibility of the placed foreground rendered together with the background."""
     black = torch.zeros(3, device=device)

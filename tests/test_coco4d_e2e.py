@@ -17,7 +17,7 @@ import pytest
 import torch
 from gen4d import synthetic
 from gen4d.backends.render import render_scene
-from gen4d.core.compose import _visible_masks
+from gen4d.core.compose import visible_masks
 from gen4d.core.losses import psnr
 from gen4d.core.outpaint import outpaint_cameras
 from gen4d.core.scene import Scene4D
@@ -83,7 +83,7 @@ def test_foreground_lands_where_it_should(run):
 
         return render(g, c, background=bgc, backend="torch")
 
-    visible = _visible_masks(fg, background, cams, cams.times, render_fn, "cpu") > 0.5
+    visible = visible_masks(fg, background, cams, cams.times, render_fn, "cpu") > 0.5
     inter = (visible & true_masks).flatten(1).sum(1).float()
     union = (visible | true_masks).flatten(1).sum(1).float()
     iou = inter / union.clamp_min(1)

@@ -116,7 +116,7 @@ def _psnr(a, b, mask=None):
 
 def _visible(scene, cams):
     fg, bg = scene.part("foreground"), Scene4D([scene.part("background")], scene.num_frames, scene.fps)
-    return C._visible_masks(fg, bg, cams, cams.times, render, "cpu") > 0.5
+    return C.visible_masks(fg, bg, cams, cams.times, render, "cpu") > 0.5
 
 
 def test_node_outputs_and_report(case):
