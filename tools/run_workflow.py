@@ -334,7 +334,7 @@ def run_workflow(path: str | Path, out_dir: str | Path, overrides: Mapping[str, 
                 else:
                     cls = classes[kind]
                     result = getattr(cls(), cls.FUNCTION)(**args)
-            except Exception as exc:
+            except Exception as exc:  # whatever a node raises, say which node; the cause stays chained
                 raise RuntimeError(f"node {node_id} ({title}) failed: {exc}") from exc
             finally:
                 host.set_progress_sink(None)
