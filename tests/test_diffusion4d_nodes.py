@@ -199,7 +199,7 @@ def test_coarse_to_fine_through_the_fit_nodes_on_held_out_view_time_pairs():
 # --------------------------------------------------------------------------- the shipped workflow
 
 
-def test_diffusion4d_workflow_runs_headless_with_a_tiny_model(handles, tmp_path):
+def test_diffusion4d_workflow_runs_headless_with_a_tiny_model(handles, tmp_path, monkeypatch):
     """workflows/Diffusion4D.json end to end (image -> orbit -> coarse -> fine -> renders -> files), tiny sizes."""
     from PIL import Image
     from run_workflow import run_workflow
@@ -217,7 +217,9 @@ def test_diffusion4d_workflow_runs_headless_with_a_tiny_model(handles, tmp_path)
     diff, scale = node_id("Gen4D_OrbitalVideoDiffusion"), node_id("ImageScale")
     static, fine = node_id("Gen4D_StaticGaussians"), node_id("Gen4D_DeformationFit")
     novel, loader = node_id("Gen4D_CameraPath"), node_id("Gen4D_OrbitalModelLoader")
-    overrides = {f"{loader}.model": str(handles["folder"]), f"{loader}.device": "cpu", f"{loader}.dtype": "fp32",
+    # the model picker lists $GEN4D_MODELS_DIR, as ComfyUI's lists its model folder
+    monkeypatch.setenv("GEN4D_MODELS_DIR", str(handles["folder"].parents[2]))
+    overrides = {f"{loader}.model": handles["folder"].name, f"{loader}.device": "cpu", f"{loader}.dtype": "fp32",
                  f"{scale}.width": S, f"{scale}.height": S, f"{diff}.size": S, f"{diff}.num_frames": T,
                  f"{diff}.steps": 2, f"{static}.iterations": 6, f"{static}.num_points": 200,
                  f"{fine}.iterations": 3, f"{novel}.num_frames": 3, f"{novel}.width": S, f"{novel}.height": S}
