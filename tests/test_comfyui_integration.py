@@ -252,7 +252,10 @@ def _served_inputs(entry: dict) -> dict[str, dict[str, object]]:
     return out
 
 
-def test_every_pack_node_is_served_with_its_inputs_and_outputs(object_info):
+def test_every_pack_node_is_served_with_its_inputs_and_outputs(object_info, tmp_path, monkeypatch):
+    # pickers list folders: here they list empty ones, like the fresh server's
+    for key in ("GEN4D_OUTPUT_DIR", "GEN4D_INPUT_DIR", "GEN4D_MODELS_DIR"):
+        monkeypatch.setenv(key, str(tmp_path / key.lower()))
     problems = []
     for name, cls in gen4d.NODE_CLASS_MAPPINGS.items():
         entry = object_info.get(name)
