@@ -6,12 +6,33 @@ from pathlib import Path
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+CHECKOUT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(CHECKOUT))
 # tools/ holds the workflow checker and the headless runner the tests drive
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+sys.path.insert(0, str(CHECKOUT / "tools"))
 from pack_loader import load_pack  # noqa: E402
 
 load_pack()
+
+
+class _CheckoutIsAFolder:
+    """Collect the checkout root as a plain folder, never as a Python package.
+
+    The root holds ComfyUI's ``__init__.py``, so pytest would otherwise import it under the folder's
+    own name, which fails for the names users clone into (``ComfyUI-Gen4D``, ``gen4d.v2``). The
+    tests reach the pack as ``gen4d`` through ``load_pack`` whatever the folder is called.
+    """
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_collect_directory(self, path, parent):
+        if Path(path).resolve() == CHECKOUT:
+            return pytest.Dir.from_parent(parent, path=path)
+        return None
+
+
+def pytest_configure(config):
+    # Registered as a plugin, not a conftest hook: conftest hooks only see paths below tests/.
+    config.pluginmanager.register(_CheckoutIsAFolder(), "gen4d-checkout-folder")
 
 
 @pytest.fixture(autouse=True)
