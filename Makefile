@@ -2,23 +2,27 @@
 #   make test   install, then run the CPU test suite
 #   make demo   install, then run the CoCo4D workflow on the synthetic scene world, headless (outputs/demo/)
 #   make lint   ruff
+#   make lock   re-resolve the newest versions requirements allow, write requirements-lock.txt, run the suite
 #   make test-browser   headless chromium test of the 4D viewer (installs chromium + playwright-core)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 TORCH  := torch==2.13.0
+LOCK   := requirements-lock.txt
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test demo lint bench-render clean test-browser
+.PHONY: install test demo lint lock bench-render clean test-browser
 
 install: $(STAMP)
 
 # torch goes in first, pinned (a CPU build where there is no CUDA), and stays pinned for every
 # later install so nothing pulls another torch or CUDA packages. torchvision is never needed.
-$(STAMP): requirements.txt requirements-dev.txt
+# Everything else comes at the versions of $(LOCK), the ones the suite last passed with, so a fresh
+# clone next month tests what was tested today; requirements.txt itself stays open for ComfyUI users.
+$(STAMP): requirements.txt requirements-dev.txt $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
-	$(BIN)/python -m pip install --quiet -r requirements-dev.txt "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt -c $(LOCK) "$(TORCH)"
 	$(BIN)/python -c "import torch, numpy, safetensors, PIL, imageio_ffmpeg, pytest; print('torch', torch.__version__)"
 	touch $(STAMP)
 
@@ -37,6 +41,18 @@ test-browser: $(STAMP)
 	$(BIN)/python tests/browser/make_fixtures.py
 	CHROMIUM=$(CHROMIUM) PYTHON=$(abspath $(BIN)/python) node tests/browser/viewer.test.mjs
 
+# A throwaway venv resolves the newest versions the requirements allow; its freeze becomes the lock,
+# then the project venv is rebuilt from the new lock and the suite runs on it.
+lock:
+	rm -rf .venv-lock
+	$(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install --quiet "$(TORCH)"
+	.venv-lock/bin/python -m pip install --quiet -r requirements-dev.txt "$(TORCH)"
+	{ sed -n '1,2p' $(LOCK); .venv-lock/bin/python -m pip freeze --exclude-editable | sed 's/+cpu$$//'; } > $(LOCK).new
+	mv $(LOCK).new $(LOCK)
+	rm -rf .venv-lock $(VENV)
+	$(MAKE) test
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
@@ -44,4 +60,4 @@ bench-render: $(STAMP)
 	$(BIN)/python bench/render_speed.py
 
 clean:
-	rm -rf $(VENV) outputs .pytest_cache
+	rm -rf $(VENV) .venv-lock outputs .pytest_cache
