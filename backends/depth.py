@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..core.convert import check_image
+from ..core.formats.convert import check_image
 from .memory import make_room
 from .tiny import tiny_builder
 

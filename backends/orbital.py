@@ -82,7 +82,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..core.diffusion4d import (
+from ..core.diffusion4d.orbital import (
     DEFAULT_W1,
     DEFAULT_W2,
     MotionMagnitudeEmbedding,

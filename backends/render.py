@@ -24,9 +24,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..core.cameras import Cameras
-from ..core.gaussians import Gaussians
-from ..core.rasterize import rasterize
+from ..core.engine.cameras import Cameras
+from ..core.engine.gaussians import Gaussians
+from ..core.engine.rasterize import rasterize
 
 __all__ = ["RenderOutput", "render", "render_scene", "training_render", "available_backends", "resolve_backend",
            "BACKENDS"]

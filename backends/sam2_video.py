@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..core.segmentation import points_to_prompt
+from ..core.coco4d.segmentation import points_to_prompt
 from .memory import make_room
 from .model_folders import preferred_dtype
 from .tiny import tiny_builder

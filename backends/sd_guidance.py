@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..core.cameras import Cameras
+from ..core.engine.cameras import Cameras
 from .tiny import tiny_builder
 from .zero123 import (
     GuidanceLifecycle,

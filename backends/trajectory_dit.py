@@ -68,8 +68,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..core.moge4d import backproject, depth_condition, fuse_motion, motion_intrinsics, official_pinhole
-from ..core.tracks import Tracks
+from ..core.moge4d.strag import backproject, depth_condition, fuse_motion, motion_intrinsics, official_pinhole
+from ..core.moge4d.tracks import Tracks
 from .memory import modules_on
 from .tiny import tiny_builder
 from .trajectory_dit_modules import (

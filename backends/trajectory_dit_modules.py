@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..core.moge4d import MAdaNorm, motion_tokens
+from ..core.moge4d.strag import MAdaNorm, motion_tokens
 
 __all__ = [
     "DiTConfig",

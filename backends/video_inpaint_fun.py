@@ -79,7 +79,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..core.vism import VISM_INPAINT_DEFAULTS
+from ..core.moge4d.vism import VISM_INPAINT_DEFAULTS
 from .inpaint import _cpu_generator, check_frames_and_masks, check_sampling, composite, default_device, model_size
 from .memory import modules_on
 from .tiny import tiny_builder

@@ -66,8 +66,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..core.cameras import Cameras
-from ..core.guidance import annealed_timestep_range, orbit_angles, sds_surrogate
+from ..core.engine.cameras import Cameras
+from ..core.engine.guidance import annealed_timestep_range, orbit_angles, sds_surrogate
 from .memory import make_room
 from .model_folders import preferred_dtype
 from .tiny import tiny_builder

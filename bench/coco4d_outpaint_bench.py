@@ -38,8 +38,8 @@ from pack_loader import load_pack  # noqa: E402
 load_pack()
 from gen4d import synthetic  # noqa: E402
 from gen4d.backends.render import available_backends, render_scene, training_render  # noqa: E402
-from gen4d.core.losses import psnr  # noqa: E402
-from gen4d.core.outpaint import OutpaintConfig, outpaint_cameras, progressive_outpaint  # noqa: E402
+from gen4d.core.coco4d.outpaint import OutpaintConfig, outpaint_cameras, progressive_outpaint  # noqa: E402
+from gen4d.core.engine.losses import psnr  # noqa: E402
 from gen4d.synthetic.oracles import (  # noqa: E402
     OracleDepth,
     OracleImageInpainter,

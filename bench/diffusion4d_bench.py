@@ -43,9 +43,9 @@ from pack_loader import load_pack  # noqa: E402
 load_pack()
 import gen4d  # noqa: E402
 from gen4d.backends.render import available_backends  # noqa: E402
-from gen4d.core.cameras import Cameras, diffusion4d_orbit, intrinsics_from_fov, orbit_poses  # noqa: E402
-from gen4d.core.diffusion4d import MotionMagnitudeEmbedding  # noqa: E402
-from gen4d.core.losses import psnr  # noqa: E402
+from gen4d.core.diffusion4d.orbital import MotionMagnitudeEmbedding  # noqa: E402
+from gen4d.core.engine.cameras import Cameras, diffusion4d_orbit, intrinsics_from_fov, orbit_poses  # noqa: E402
+from gen4d.core.engine.losses import psnr  # noqa: E402
 from gen4d.synthetic import object_world, render  # noqa: E402
 from timing import peak_mib, sync  # noqa: E402
 

@@ -30,14 +30,14 @@ from pack_loader import load_pack  # noqa: E402
 load_pack()
 from gen4d import synthetic  # noqa: E402
 from gen4d.backends.render import available_backends, render_scene, training_render  # noqa: E402
-from gen4d.core.cameras import Cameras, diffusion4d_orbit, intrinsics_from_fov, orbit_poses  # noqa: E402
-from gen4d.core.fit_dynamic import CoarseToFineConfig, DeformationFitConfig, fit_coarse_to_fine, fit_deformation  # noqa: E402,E501
-from gen4d.core.fit_static import StaticFitConfig, evaluate, fit_static  # noqa: E402
-from gen4d.core.gaussians import sphere_init  # noqa: E402
-from gen4d.core.losses import ReconstructionLoss, psnr  # noqa: E402
-from gen4d.core.reference import reference_clip  # noqa: E402
-from gen4d.core.scene import Scene4D, ScenePart  # noqa: E402
-from gen4d.core.views import PosedImages  # noqa: E402
+from gen4d.core.coco4d.reference import reference_clip  # noqa: E402
+from gen4d.core.engine.cameras import Cameras, diffusion4d_orbit, intrinsics_from_fov, orbit_poses  # noqa: E402
+from gen4d.core.engine.fit_dynamic import CoarseToFineConfig, DeformationFitConfig, fit_coarse_to_fine, fit_deformation  # noqa: E402,E501
+from gen4d.core.engine.fit_static import StaticFitConfig, evaluate, fit_static  # noqa: E402
+from gen4d.core.engine.gaussians import sphere_init  # noqa: E402
+from gen4d.core.engine.losses import ReconstructionLoss, psnr  # noqa: E402
+from gen4d.core.engine.scene import Scene4D, ScenePart  # noqa: E402
+from gen4d.core.engine.views import PosedImages  # noqa: E402
 
 SIZE = 256
 WHITE = (1.0, 1.0, 1.0)

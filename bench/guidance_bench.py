@@ -31,10 +31,10 @@ load_pack()
 from gen4d import synthetic  # noqa: E402
 from gen4d.backends.render import training_render  # noqa: E402
 from gen4d.backends.zero123 import CameraProjection, Zero123Components, Zero123Guidance  # noqa: E402
-from gen4d.core.fit_dynamic import DeformationFitConfig, fit_deformation  # noqa: E402
-from gen4d.core.fit_static import StaticFitConfig, fit_static  # noqa: E402
-from gen4d.core.gaussians import sphere_init  # noqa: E402
-from gen4d.core.reference import reference_clip  # noqa: E402
+from gen4d.core.coco4d.reference import reference_clip  # noqa: E402
+from gen4d.core.engine.fit_dynamic import DeformationFitConfig, fit_deformation  # noqa: E402
+from gen4d.core.engine.fit_static import StaticFitConfig, fit_static  # noqa: E402
+from gen4d.core.engine.gaussians import sphere_init  # noqa: E402
 from timing import peak_mib, sds_step_seconds, sync  # noqa: E402
 
 

@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pack_loader import load_pack  # noqa: E402
 
 load_pack()
-from gen4d.core.cameras import intrinsics_from_fov, orbit_poses  # noqa: E402
-from gen4d.core.rasterize import rasterize  # noqa: E402
+from gen4d.core.engine.cameras import intrinsics_from_fov, orbit_poses  # noqa: E402
+from gen4d.core.engine.rasterize import rasterize  # noqa: E402
 
 
 def make_inputs(n: int, size: int, cams: int, device: str, seed: int = 0):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 import torch
-from gen4d.core.guidance import PoseSampling, sample_guidance_cameras
+from gen4d.core.engine.guidance import PoseSampling, sample_guidance_cameras
 
 __all__ = ["sync", "peak_mib", "sds_step_seconds"]
 

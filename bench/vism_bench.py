@@ -30,9 +30,9 @@ from pack_loader import load_pack  # noqa: E402
 
 load_pack()
 from gen4d.backends.render import render_scene  # noqa: E402
-from gen4d.core.cameras import moge4d_path  # noqa: E402
-from gen4d.core.tracks import Tracks  # noqa: E402
-from gen4d.core.vism import VISM_INPAINT_DEFAULTS, inpaint_holes, render_vism  # noqa: E402
+from gen4d.core.engine.cameras import moge4d_path  # noqa: E402
+from gen4d.core.moge4d.tracks import Tracks  # noqa: E402
+from gen4d.core.moge4d.vism import VISM_INPAINT_DEFAULTS, inpaint_holes, render_vism  # noqa: E402
 from gen4d.synthetic import scene_world, trajectories  # noqa: E402
 from timing import peak_mib, sync  # noqa: E402
 

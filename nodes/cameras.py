@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import fields
 
-from ..core.camera_presets import CAMERA_PRESETS, PathSettings, camera_path
+from ..core.engine.camera_presets import CAMERA_PRESETS, PathSettings, camera_path
 from . import types as T
 from .widgets import combo_in, float_in, int_in, str_in
 

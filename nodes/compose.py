@@ -22,11 +22,11 @@ import logging
 import torch
 
 from ..backends.render import render, render_scene
-from ..core.cameras import Cameras, clip_cameras
-from ..core.compose import ComposeConfig, compose
-from ..core.convert import check_image, check_mask, parse_color, to_image
-from ..core.scene import Scene4D
-from ..core.viewpoint import seen_from
+from ..core.coco4d.compose import ComposeConfig, compose
+from ..core.engine.cameras import Cameras, clip_cameras
+from ..core.engine.scene import Scene4D
+from ..core.engine.viewpoint import seen_from
+from ..core.formats.convert import check_image, check_mask, parse_color, to_image
 from . import host
 from . import types as T
 from .depth import to_z_depth

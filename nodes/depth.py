@@ -34,7 +34,7 @@ from torch import Tensor
 
 from ..backends.depth import METRIC_DEPTH, RELATIVE_DISPARITY, DepthAnythingV2
 from ..backends.model_folders import NO_MODELS, list_models, preferred_dtype, resolve_model
-from ..core.convert import DEPTH_MODES, check_image, depth_to_image
+from ..core.formats.convert import DEPTH_MODES, check_image, depth_to_image
 from . import host
 from . import types as T
 from .placement import DEVICES, DTYPES, device_in, dtype_in

@@ -28,9 +28,9 @@ from dataclasses import dataclass, replace
 import torch
 
 from ..backends.model_folders import resolve_model
-from ..core.cameras import Cameras, diffusion4d_orbit
-from ..core.convert import check_image, to_image
-from ..core.diffusion4d import OrbitalConfig, check_magnitude, motion_magnitude, orbit_frame_index
+from ..core.diffusion4d.orbital import OrbitalConfig, check_magnitude, motion_magnitude, orbit_frame_index
+from ..core.engine.cameras import Cameras, diffusion4d_orbit
+from ..core.formats.convert import check_image, to_image
 from . import host
 from . import types as T
 from .placement import device_in, dtype_in, model_in, placement, validate_model

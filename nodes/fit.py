@@ -9,15 +9,15 @@ from dataclasses import replace
 import torch
 
 from ..backends.render import render, training_render
-from ..core.convert import check_image, check_mask, parse_color
-from ..core.densify import DensifyConfig
-from ..core.fit_dynamic import DeformationFitConfig, fit_deformation
-from ..core.fit_static import StaticFitConfig, fit_static
-from ..core.gaussians import sphere_init
-from ..core.guidance import PoseSampling
-from ..core.reference import reference_clip
-from ..core.scene import Scene4D, ScenePart
-from ..core.screen_trajectory import refine_trajectory
+from ..core.coco4d.reference import reference_clip
+from ..core.coco4d.screen_trajectory import refine_trajectory
+from ..core.engine.densify import DensifyConfig
+from ..core.engine.fit_dynamic import DeformationFitConfig, fit_deformation
+from ..core.engine.fit_static import StaticFitConfig, fit_static
+from ..core.engine.gaussians import sphere_init
+from ..core.engine.guidance import PoseSampling
+from ..core.engine.scene import Scene4D, ScenePart
+from ..core.formats.convert import check_image, check_mask, parse_color
 from . import host
 from . import types as T
 from .widgets import bool_in, color_error, combo_in, float_in, int_in, seed_in, socket_in, str_in

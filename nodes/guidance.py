@@ -8,7 +8,7 @@ import logging
 import torch
 
 from ..backends.model_folders import resolve_model
-from ..core.convert import check_image
+from ..core.formats.convert import check_image
 from . import types as T
 from .placement import device_in, dtype_in, model_in, placement
 from .widgets import float_in, seed_in, socket_in, str_in

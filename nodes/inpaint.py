@@ -23,7 +23,7 @@ import logging
 import torch
 
 from ..backends.model_folders import resolve_model
-from ..core.convert import check_image, check_mask
+from ..core.formats.convert import check_image, check_mask
 from . import host
 from . import types as T
 from .placement import device_in, dtype_in, model_in, placement, validate_model

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from ..backends.model_folders import NO_MODELS, list_models, preferred_dtype, resolve_model
-from ..core.convert import check_image, depth_to_image, to_image
+from ..core.formats.convert import check_image, depth_to_image, to_image
 from . import host
 from . import types as T
 from .depth import to_z_depth

@@ -21,9 +21,9 @@ from dataclasses import replace
 import torch
 
 from ..backends.render import training_render
-from ..core.cameras import Cameras
-from ..core.convert import check_image, check_mask
-from ..core.outpaint import OutpaintConfig, format_pose_sets, parse_pose_sets, progressive_outpaint
+from ..core.coco4d.outpaint import OutpaintConfig, format_pose_sets, parse_pose_sets, progressive_outpaint
+from ..core.engine.cameras import Cameras
+from ..core.formats.convert import check_image, check_mask
 from . import host
 from . import types as T
 from .widgets import float_in, int_in, seed_in, socket_in, str_in

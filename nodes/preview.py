@@ -11,10 +11,10 @@ from __future__ import annotations
 import logging
 import secrets
 
-from ..core.paths import atomic_write_bytes, safe_output_path
-from ..core.preview_asset import DEFAULT_MAX_SPLATS, SUFFIX, encode_scene, encode_tracks
-from ..core.scene import Scene4D
-from ..core.tracks import Tracks
+from ..core.engine.scene import Scene4D
+from ..core.formats.paths import atomic_write_bytes, safe_output_path
+from ..core.formats.preview_asset import DEFAULT_MAX_SPLATS, SUFFIX, encode_scene, encode_tracks
+from ..core.moge4d.tracks import Tracks
 from . import host
 from . import types as T
 from .widgets import int_in, socket_in

@@ -14,7 +14,7 @@ import logging
 import torch
 
 from ..backends.render import BACKENDS, RenderOutput, render_scene
-from ..core.convert import DEPTH_MODES, depth_to_image, parse_color, to_image, to_mask
+from ..core.formats.convert import DEPTH_MODES, depth_to_image, parse_color, to_image, to_mask
 from . import host
 from . import types as T
 from .widgets import color_error, combo_in, int_in, socket_in, str_in

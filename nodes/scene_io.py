@@ -7,9 +7,9 @@ import logging
 import os
 from pathlib import Path
 
-from ..core.export import SCENE_SUFFIX, save_scene_bundle
-from ..core.ply import load_ply
-from ..core.scene import Scene4D
+from ..core.engine.scene import Scene4D
+from ..core.formats.export import SCENE_SUFFIX, save_scene_bundle
+from ..core.formats.ply import load_ply
 from . import host
 from . import types as T
 from .widgets import bool_in, combo_in, int_in, socket_in, str_in

@@ -33,8 +33,8 @@ from pathlib import Path
 
 from ..backends.model_folders import NO_MODELS, list_models, resolve_model
 from ..backends.sam2_video import REQUIRED_FILES, Sam2VideoSegmenter, SegmentationStopped, check_model_folder
-from ..core.convert import check_image, check_mask, parse_color, to_image, to_mask
-from ..core.segmentation import FILL_MODES, parse_box, parse_points, points_to_prompt, split_video
+from ..core.coco4d.segmentation import FILL_MODES, parse_box, parse_points, points_to_prompt, split_video
+from ..core.formats.convert import check_image, check_mask, parse_color, to_image, to_mask
 from . import host
 from . import types as T
 from .placement import DEVICES, DTYPES, device_in, dtype_in

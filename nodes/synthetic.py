@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import torch
 
-from ..core.cameras import Cameras
-from ..core.convert import DEPTH_MODES, depth_to_image, to_image, to_mask
-from ..core.scene import KeyframeMotion, Scene4D, ScenePart
-from ..core.tracks import Tracks
+from ..core.engine.cameras import Cameras
+from ..core.engine.scene import KeyframeMotion, Scene4D, ScenePart
+from ..core.formats.convert import DEPTH_MODES, depth_to_image, to_image, to_mask
+from ..core.moge4d.tracks import Tracks
 from ..synthetic import (
     OracleDepth,
     OracleGuidance,

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from ..backends.model_folders import NO_MODELS, list_models, preferred_dtype, resolve_model
-from ..core.convert import check_image, to_image
+from ..core.formats.convert import check_image, to_image
 from . import host
 from . import types as T
 from .placement import DEVICES, DTYPES, device_in, dtype_in

@@ -27,13 +27,13 @@ import os
 import torch
 
 from ..backends.render import render_scene
-from ..core.cameras import Cameras
-from ..core.convert import DEPTH_MODES, depth_to_image, to_image, to_mask
-from ..core.export import next_free_stem
-from ..core.paths import safe_output_path
-from ..core.scene import Scene4D
-from ..core.tracks import Tracks, save_tracks_ply_sequence
-from ..core.vism import VISM_INPAINT_DEFAULTS, VismConfig, inpaint_holes, render_vism, tracks_to_scene
+from ..core.engine.cameras import Cameras
+from ..core.engine.scene import Scene4D
+from ..core.formats.convert import DEPTH_MODES, depth_to_image, to_image, to_mask
+from ..core.formats.export import next_free_stem
+from ..core.formats.paths import safe_output_path
+from ..core.moge4d.tracks import Tracks, save_tracks_ply_sequence
+from ..core.moge4d.vism import VISM_INPAINT_DEFAULTS, VismConfig, inpaint_holes, render_vism, tracks_to_scene
 from . import host
 from . import types as T
 from .widgets import bool_in, combo_in, float_in, int_in, seed_in, socket_in, str_in
@@ -224,7 +224,7 @@ class SaveTracks:
             files = save_tracks_ply_sequence(tracks.to("cpu"), folder, callback=progress,
                                              should_stop=host.should_stop)
         else:
-            from ..core.scene import save_ply_sequence
+            from ..core.formats.export import save_ply_sequence
 
             scene = tracks_to_scene(tracks.to("cpu"), VismConfig(footprint_scale=float(footprint_scale)))
             files = save_ply_sequence(scene, folder, callback=progress, should_stop=host.should_stop)

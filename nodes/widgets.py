@@ -40,7 +40,7 @@ def color_error(value) -> bool | str:
     """
     if value is None:
         return True
-    from ..core.convert import parse_color
+    from ..core.formats.convert import parse_color
 
     try:
         parse_color(value)

@@ -31,9 +31,9 @@ from dataclasses import replace
 import torch
 from torch import Tensor
 
-from ..core.cameras import Cameras
-from ..core.guidance import sds_surrogate
-from ..core.viewpoint import current_viewpoint
+from ..core.engine.cameras import Cameras
+from ..core.engine.guidance import sds_surrogate
+from ..core.engine.viewpoint import current_viewpoint
 from .raycast import World, render
 
 __all__ = [

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from ..core.cameras import Cameras, intrinsics_from_fov
+from ..core.engine.cameras import Cameras, intrinsics_from_fov
 from .motion import check_times
 from .primitives import Primitive
 from .textures import evaluate

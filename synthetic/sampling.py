@@ -56,8 +56,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..core.cameras import Cameras
-from ..core.gaussians import Gaussians, quat_multiply, rotmat_to_quat
+from ..core.engine.cameras import Cameras
+from ..core.engine.gaussians import Gaussians, quat_multiply, rotmat_to_quat
 from .motion import check_times
 from .primitives import Box, Primitive, Rectangle, Sphere, frame_from_normal
 from .raycast import World, _check_cameras, _check_world, albedo, cast_rays, move_points, pixel_centers, pixel_rays

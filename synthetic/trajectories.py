@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..core.cameras import Cameras
+from ..core.engine.cameras import Cameras
 from .motion import check_times
 from .raycast import World, _check_cameras, _check_world, albedo, cast_rays, move_points, pixel_centers, pixel_rays
 

@@ -22,7 +22,7 @@ import numbers
 
 import torch
 
-from ..core.cameras import orbit_poses
+from ..core.engine.cameras import orbit_poses
 from .motion import Bob, Chain, Fixed, Motion, Swing, Travel
 from .primitives import Box, Primitive, Rectangle, Sphere
 from .raycast import World

@@ -7,8 +7,8 @@ import math
 
 import pytest
 import torch
-from gen4d.core import cameras
-from gen4d.core.cameras import Cameras
+from gen4d.core.engine import cameras
+from gen4d.core.engine.cameras import Cameras
 
 ATOL = 1e-5
 
@@ -235,7 +235,7 @@ def test_cameras_helpers():
 
 
 def test_clip_cameras_hold_rescale_and_default():
-    from gen4d.core.cameras import Cameras, clip_cameras, coco4d_reference_cameras
+    from gen4d.core.engine.cameras import Cameras, clip_cameras, coco4d_reference_cameras
 
     default = clip_cameras(None, 3, 32, 24)
     assert torch.equal(default.viewmats, torch.eye(4).expand(3, 4, 4))

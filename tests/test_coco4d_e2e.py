@@ -17,10 +17,10 @@ import pytest
 import torch
 from gen4d import synthetic
 from gen4d.backends.render import render_scene
-from gen4d.core.compose import visible_masks
-from gen4d.core.losses import psnr
-from gen4d.core.outpaint import outpaint_cameras
-from gen4d.core.scene import Scene4D
+from gen4d.core.coco4d.compose import visible_masks
+from gen4d.core.coco4d.outpaint import outpaint_cameras
+from gen4d.core.engine.losses import psnr
+from gen4d.core.engine.scene import Scene4D
 from run_workflow import run_workflow
 
 WORKFLOW = Path(__file__).resolve().parents[1] / "workflows" / "CoCo4D_synthetic.json"

@@ -383,4 +383,4 @@ def test_runnable_workflows_execute(server, object_info):
         assert written, f"{path.name} ran but wrote nothing under the output folder"
         scenes = [p for p in written if p.name.endswith(".gen4d.safetensors")]
         for scene_file in scenes:
-            assert gen4d.core.scene.Scene4D.load(scene_file).num_gaussians > 0
+            assert gen4d.core.engine.scene.Scene4D.load(scene_file).num_gaussians > 0

@@ -15,11 +15,11 @@ import torch
 from gen4d import synthetic as S
 from gen4d.backends.depth import METRIC_DEPTH, DepthEstimator
 from gen4d.backends.render import render, render_scene
-from gen4d.core import compose as C
-from gen4d.core.cameras import Cameras, intrinsics_from_fov, look_at
-from gen4d.core.gaussians import Gaussians, quat_multiply, quat_to_rotmat, rotmat_to_quat
-from gen4d.core.scene import KeyframeMotion, PlacedMotion, Scene4D, ScenePart, StaticMotion, motion_class
-from gen4d.core.viewpoint import current_viewpoint
+from gen4d.core.coco4d import compose as C
+from gen4d.core.engine.cameras import Cameras, intrinsics_from_fov, look_at
+from gen4d.core.engine.gaussians import Gaussians, quat_multiply, quat_to_rotmat, rotmat_to_quat
+from gen4d.core.engine.scene import KeyframeMotion, PlacedMotion, Scene4D, ScenePart, StaticMotion, motion_class
+from gen4d.core.engine.viewpoint import current_viewpoint
 from node_runner import run
 
 pytestmark = pytest.mark.usefixtures("one_thread")

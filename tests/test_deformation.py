@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from gen4d.core.deformation import (
+from gen4d.core.engine.deformation import (
     Deformation,
     DeformationMotion,
     HexPlaneConfig,
@@ -15,8 +15,8 @@ from gen4d.core.deformation import (
     bounds_from_means,
     param_groups,
 )
-from gen4d.core.gaussians import Gaussians, quat_multiply, rotmat_to_quat
-from gen4d.core.regularizers import (
+from gen4d.core.engine.gaussians import Gaussians, quat_multiply, rotmat_to_quat
+from gen4d.core.engine.regularizers import (
     knn,
     knn_weights,
     plane_tv_loss,
@@ -24,7 +24,7 @@ from gen4d.core.regularizers import (
     time_l1_loss,
     time_smoothness_loss,
 )
-from gen4d.core.scene import Scene4D, ScenePart, StaticMotion, motion_class
+from gen4d.core.engine.scene import Scene4D, ScenePart, StaticMotion, motion_class
 
 SMALL = HexPlaneConfig(feature_dim=8, base_resolution=16, time_resolution=9, width=32)
 

@@ -7,9 +7,9 @@ import math
 
 import pytest
 import torch
-from gen4d.core import densify as D
-from gen4d.core import gaussians as G
-from gen4d.core.rasterize import rasterize
+from gen4d.core.engine import densify as D
+from gen4d.core.engine import gaussians as G
+from gen4d.core.engine.rasterize import rasterize
 
 LRS = {"means": 0.001, "quats": 0.005, "log_scales": 0.005, "logit_opacities": 0.05, "sh": 0.01}  # CoCo4D
 
@@ -359,7 +359,7 @@ def test_fit_loop_with_rasterizer():
 
 def test_non_finite_gradients_and_parameters_are_repaired():
     import torch
-    from gen4d.core import densify as dens
+    from gen4d.core.engine import densify as dens
 
     params = {"means": torch.nn.Parameter(torch.randn(5, 3)), "log_scales": torch.nn.Parameter(torch.zeros(5, 3))}
     opt = torch.optim.Adam([{"params": [p], "name": n} for n, p in params.items()], lr=0.1)

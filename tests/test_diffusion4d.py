@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from gen4d.core.cameras import diffusion4d_orbit
-from gen4d.core.diffusion4d import (
+from gen4d.core.diffusion4d.orbital import (
     DEFAULT_W1,
     DEFAULT_W2,
     MotionMagnitudeEmbedding,
@@ -17,6 +16,7 @@ from gen4d.core.diffusion4d import (
     motion_magnitude,
     orbit_frame_index,
 )
+from gen4d.core.engine.cameras import diffusion4d_orbit
 from gen4d.synthetic import object_world, render
 
 pytestmark = pytest.mark.usefixtures("one_thread")

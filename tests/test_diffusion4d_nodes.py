@@ -16,9 +16,9 @@ import pytest
 import torch
 from gen4d.backends.orbital import clear_cache
 from gen4d.backends.tiny import build_tiny
-from gen4d.core.cameras import Cameras, diffusion4d_orbit, intrinsics_from_fov, orbit_poses
-from gen4d.core.diffusion4d import motion_magnitude
-from gen4d.core.losses import psnr
+from gen4d.core.diffusion4d.orbital import motion_magnitude
+from gen4d.core.engine.cameras import Cameras, diffusion4d_orbit, intrinsics_from_fov, orbit_poses
+from gen4d.core.engine.losses import psnr
 from gen4d.nodes.diffusion4d import OrbitalModelLoader
 from gen4d.synthetic import object_world, render
 

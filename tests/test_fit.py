@@ -22,17 +22,17 @@ import pytest
 import torch
 from gen4d import synthetic
 from gen4d.backends.render import render_scene, training_render
-from gen4d.core.cameras import Cameras, diffusion4d_orbit, intrinsics_from_fov, orbit_poses
-from gen4d.core.deformation import HexPlaneConfig
-from gen4d.core.densify import DensifyConfig
-from gen4d.core.fit_dynamic import CoarseToFineConfig, DeformationFitConfig, fit_coarse_to_fine, fit_deformation
-from gen4d.core.fit_static import FitDivergedError, GaussianLearningRates, StaticFitConfig, evaluate, fit_static
-from gen4d.core.gaussians import Gaussians, sphere_init
-from gen4d.core.guidance import PoseSampling
-from gen4d.core.losses import ReconstructionLoss, psnr
-from gen4d.core.reference import reference_clip
-from gen4d.core.screen_trajectory import ScreenTrajectory, center_object, refine_trajectory
-from gen4d.core.views import PosedImages
+from gen4d.core.coco4d.reference import reference_clip
+from gen4d.core.coco4d.screen_trajectory import ScreenTrajectory, center_object, refine_trajectory
+from gen4d.core.engine.cameras import Cameras, diffusion4d_orbit, intrinsics_from_fov, orbit_poses
+from gen4d.core.engine.deformation import HexPlaneConfig
+from gen4d.core.engine.densify import DensifyConfig
+from gen4d.core.engine.fit_dynamic import CoarseToFineConfig, DeformationFitConfig, fit_coarse_to_fine, fit_deformation
+from gen4d.core.engine.fit_static import FitDivergedError, GaussianLearningRates, StaticFitConfig, evaluate, fit_static
+from gen4d.core.engine.gaussians import Gaussians, sphere_init
+from gen4d.core.engine.guidance import PoseSampling
+from gen4d.core.engine.losses import ReconstructionLoss, psnr
+from gen4d.core.engine.views import PosedImages
 
 S = 48  # image size of the quality tests
 WHITE = torch.ones(3)

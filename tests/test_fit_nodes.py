@@ -11,8 +11,8 @@ from pathlib import Path
 import gen4d
 import pytest
 import torch
-from gen4d.core.gaussians import Gaussians, sphere_init
-from gen4d.core.scene import Scene4D
+from gen4d.core.engine.gaussians import Gaussians, sphere_init
+from gen4d.core.engine.scene import Scene4D
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

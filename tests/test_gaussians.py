@@ -8,9 +8,9 @@ import math
 import numpy as np
 import pytest
 import torch
-from gen4d.core import gaussians as G
-from gen4d.core import sh as SH
-from gen4d.core.gaussians import Gaussians
+from gen4d.core.engine import gaussians as G
+from gen4d.core.engine import sh as SH
+from gen4d.core.engine.gaussians import Gaussians
 
 
 def random_rotation(dtype=torch.float32) -> torch.Tensor:

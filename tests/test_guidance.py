@@ -18,11 +18,11 @@ from gen4d.backends.render import training_render
 from gen4d.backends.sd_guidance import SDGuidance, load_sd_guidance
 from gen4d.backends.tiny import build_tiny
 from gen4d.backends.zero123 import Zero123Guidance, camera_embedding, load_zero123
-from gen4d.core.cameras import Cameras, intrinsics_from_fov, orbit_poses
-from gen4d.core.fit_static import StaticFitConfig, fit_static
-from gen4d.core.gaussians import sphere_init
-from gen4d.core.guidance import Guidance, PoseSampling
-from gen4d.core.views import PosedImages
+from gen4d.core.engine.cameras import Cameras, intrinsics_from_fov, orbit_poses
+from gen4d.core.engine.fit_static import StaticFitConfig, fit_static
+from gen4d.core.engine.gaussians import sphere_init
+from gen4d.core.engine.guidance import Guidance, PoseSampling
+from gen4d.core.engine.views import PosedImages
 from gen4d.nodes.guidance import SDGuidanceLoader, Zero123GuidanceLoader
 
 S = 24  # render size; the tiny models work at 32 px, so every call also exercises the resize

@@ -11,7 +11,7 @@ import types
 import numpy as np
 import pytest
 import torch
-from gen4d.core import losses as L
+from gen4d.core.engine import losses as L
 from numpy.lib.stride_tricks import sliding_window_view
 
 

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 from gen4d import synthetic
-from gen4d.core.moge4d import (
+from gen4d.core.moge4d.strag import (
     MAdaNorm,
     backproject,
     denormalize_motion,

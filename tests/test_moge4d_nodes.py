@@ -7,8 +7,8 @@ import pytest
 import torch
 from gen4d.backends.depth import METRIC_DEPTH, RELATIVE_DISPARITY, DepthEstimator
 from gen4d.backends.tiny import build_tiny
-from gen4d.core.moge4d import backproject
-from gen4d.core.tracks import Tracks
+from gen4d.core.moge4d.strag import backproject
+from gen4d.core.moge4d.tracks import Tracks
 from node_runner import NODES, run
 
 pytestmark = pytest.mark.usefixtures("one_thread")

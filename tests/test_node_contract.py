@@ -219,17 +219,95 @@ def test_engine_imports_no_host_or_model_libraries(folder):
     assert not bad, bad
 
 
+# Which pack packages each layer may import (DESIGN §1, README "Development"). Prefixes of module names.
+LAYERS = {
+    "core": (),
+    "core.engine": ("core.engine", "core.formats.paths"),
+    "core.formats": ("core.formats", "core.engine"),
+    "core.coco4d": ("core.coco4d", "core.engine", "core.formats"),
+    "core.diffusion4d": ("core.diffusion4d", "core.engine", "core.formats"),
+    "core.moge4d": ("core.moge4d", "core.engine", "core.formats"),
+    "synthetic": ("synthetic", "core"),
+    "backends.tiny": ("backends", "core"),
+    "backends": ("backends", "core"),
+    "nodes": ("nodes", "backends", "core", "synthetic"),
+}
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def pack_imports(path: Path) -> list[tuple[str, list[str], int]]:
+    """``(absolute module, imported names, line)`` of every relative import in a pack file."""
+    package = module_name(path) if path.name == "__init__.py" else module_name(path).rpartition(".")[0]
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = package.split(".")[: len(package.split(".")) - node.level + 1] if package else []
+            target = ".".join(base + ([node.module] if node.module else []))
+            out.append((target, [a.name for a in node.names], node.lineno))
+    return out
+
+
+def module_graph() -> dict[str, set[str]]:
+    """Pack module -> pack modules it imports (lazy imports included; ``from pkg import mod`` resolved)."""
+    files = {module_name(p): p for p in pack_files(*PACK_DIRS)}
+    graph = {}
+    for name, path in files.items():
+        edges = set()
+        for target, names, _ in pack_imports(path):
+            subs = [f"{target}.{n}" for n in names if f"{target}.{n}" in files]
+            edges.update(subs or ([target] if target in files else []))
+        graph[name] = edges - {name}
+    return graph
+
+
 def test_layers_point_one_way():
-    """core imports only core; synthetic only itself and core; backends never nodes (DESIGN §1)."""
+    """Each layer imports only the layers below it; production code never imports the tiny builders."""
     bad = []
-    for folder, allowed in (("core", set()), ("synthetic", {"core"}), ("backends", {"core"})):
-        for path in pack_files(folder):
-            for level, mod, line in imports_of(path):
-                top = mod.split(".")[0]
-                if level >= 2 and top not in allowed:
-                    bad.append(f"{path.relative_to(ROOT)}:{line} imports {'.' * level}{mod}")
-                if level > 2:
-                    bad.append(f"{path.relative_to(ROOT)}:{line} climbs above the pack: {'.' * level}{mod}")
+    for path in pack_files(*PACK_DIRS):
+        name = module_name(path)
+        layer = next(k for k in sorted(LAYERS, key=len, reverse=True) if name == k or name.startswith(k + "."))
+        for target, names, line in pack_imports(path):
+            if not any(target == a or target.startswith(a + ".") for a in LAYERS[layer]):
+                bad.append(f"{path.relative_to(ROOT)}:{line} ({layer}) imports {target}")
+            if layer != "backends.tiny" and (target == "backends.tiny" or target.startswith("backends.tiny.")
+                                             or (target == "backends" and "tiny" in names)):
+                bad.append(f"{path.relative_to(ROOT)}:{line} imports the tiny builders into production code")
+    assert not bad, bad
+
+
+def test_no_import_cycle_between_modules():
+    graph = module_graph()
+    state, stack, cycles = {}, [], []
+
+    def visit(node):
+        state[node] = "open"
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == "open":
+                cycles.append(stack[stack.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt)
+        stack.pop()
+        state[node] = "done"
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node)
+    assert not cycles, [" -> ".join(c) for c in cycles]
+
+
+def test_no_module_imports_another_modules_private_names():
+    files = pack_files(*PACK_DIRS) + sorted((ROOT / "tools").glob("*.py")) + sorted((ROOT / "bench").glob("*.py"))
+    bad = []
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("gen4d")):
+                bad += [f"{path.relative_to(ROOT)}:{node.lineno} imports {a.name}" for a in node.names
+                        if a.name.startswith("_") and not a.name.startswith("__")]
     assert not bad, bad
 
 

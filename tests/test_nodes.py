@@ -12,10 +12,10 @@ from pathlib import Path
 import gen4d
 import pytest
 import torch
-from gen4d.core.camera_presets import CAMERA_PRESETS
-from gen4d.core.convert import check_image, check_mask, depth_to_image, parse_color
-from gen4d.core.ply import load_ply
-from gen4d.core.scene import Scene4D
+from gen4d.core.engine.camera_presets import CAMERA_PRESETS
+from gen4d.core.engine.scene import Scene4D
+from gen4d.core.formats.convert import check_image, check_mask, depth_to_image, parse_color
+from gen4d.core.formats.ply import load_ply
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from node_runner import defaults, run  # noqa: E402, F401

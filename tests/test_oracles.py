@@ -7,9 +7,9 @@ import pytest
 import torch
 from gen4d import synthetic
 from gen4d.backends.depth import METRIC_DEPTH
-from gen4d.core.cameras import Cameras, orbit_poses
-from gen4d.core.tracks import Tracks
-from gen4d.core.viewpoint import current_viewpoint, seen_from
+from gen4d.core.engine.cameras import Cameras, orbit_poses
+from gen4d.core.engine.viewpoint import current_viewpoint, seen_from
+from gen4d.core.moge4d.tracks import Tracks
 from node_runner import run
 
 SIZE = (40, 32)  # width, height

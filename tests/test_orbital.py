@@ -23,7 +23,7 @@ from gen4d.backends.orbital import (
     load_orbital_model,
 )
 from gen4d.backends.tiny import build_tiny
-from gen4d.core.diffusion4d import aware_cfg, base_mode_cfg
+from gen4d.core.diffusion4d.orbital import aware_cfg, base_mode_cfg
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

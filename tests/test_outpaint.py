@@ -10,9 +10,7 @@ import math
 import pytest
 import torch
 from gen4d.backends.render import render_scene, training_render
-from gen4d.core.cameras import COCO4D_LOOPS, coco4d_reference_cameras
-from gen4d.core.deformation import HexPlaneConfig
-from gen4d.core.depth_align import (
+from gen4d.core.coco4d.depth_align import (
     METRIC_DEPTH,
     RELATIVE_DISPARITY,
     align_to_rendered,
@@ -20,8 +18,7 @@ from gen4d.core.depth_align import (
     inpaint_depth,
     robust_scale_shift,
 )
-from gen4d.core.losses import psnr
-from gen4d.core.outpaint import (
+from gen4d.core.coco4d.outpaint import (
     DEFAULT_POSE_SETS,
     OutpaintConfig,
     fill_video_holes,
@@ -31,8 +28,11 @@ from gen4d.core.outpaint import (
     parse_pose_sets,
     progressive_outpaint,
 )
-from gen4d.core.scene import Scene4D
-from gen4d.core.viewpoint import current_viewpoint
+from gen4d.core.engine.cameras import COCO4D_LOOPS, coco4d_reference_cameras
+from gen4d.core.engine.deformation import HexPlaneConfig
+from gen4d.core.engine.losses import psnr
+from gen4d.core.engine.scene import Scene4D
+from gen4d.core.engine.viewpoint import current_viewpoint
 from gen4d.synthetic import render as raycast
 from gen4d.synthetic import scene_world
 from gen4d.synthetic.oracles import OracleDepth, OracleImageInpainter, OracleVideoInpainter, background_world

@@ -9,9 +9,9 @@ from pathlib import Path
 import gen4d
 import pytest
 import torch
-from gen4d.core.cameras import Cameras
-from gen4d.core.outpaint import OutpaintConfig
-from gen4d.core.scene import Scene4D
+from gen4d.core.coco4d.outpaint import OutpaintConfig
+from gen4d.core.engine.cameras import Cameras
+from gen4d.core.engine.scene import Scene4D
 from gen4d.synthetic import render as raycast
 from gen4d.synthetic import scene_world
 from gen4d.synthetic.oracles import OracleDepth, OracleImageInpainter, OracleVideoInpainter

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from gen4d.core import paths
+from gen4d.core.formats import paths
 
 
 def test_relative_names_resolve_under_root(tmp_path):

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from gen4d.core import ply
-from gen4d.core.gaussians import Gaussians
+from gen4d.core.engine.gaussians import Gaussians
+from gen4d.core.formats import ply
 
 STANDARD_K1 = [
     "x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2",

@@ -8,9 +8,9 @@ import struct
 import numpy as np
 import pytest
 import torch
-from gen4d.core import preview_asset as pa
-from gen4d.core.gaussians import Gaussians
-from gen4d.core.scene import KeyframeMotion, Scene4D, ScenePart
+from gen4d.core.engine.gaussians import Gaussians
+from gen4d.core.engine.scene import KeyframeMotion, Scene4D, ScenePart
+from gen4d.core.formats import preview_asset as pa
 from gen4d.nodes import NODE_CLASS_MAPPINGS
 from gen4d.nodes.preview import SUBFOLDER
 
@@ -119,7 +119,7 @@ def test_missing_asset_file_is_a_value_error(tmp_path):
 
 def test_preview_hides_pixels_without_a_track():
     import torch
-    from gen4d.core.tracks import Tracks
+    from gen4d.core.moge4d.tracks import Tracks
     from gen4d.nodes.preview import _tracks_fields
 
     valid = torch.ones(2, 3, dtype=torch.bool)

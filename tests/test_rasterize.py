@@ -13,10 +13,10 @@ import importlib
 import pytest
 import torch
 from gen4d.backends.render import RenderOutput, render, render_scene
-from gen4d.core.cameras import Cameras, intrinsics_from_focal, intrinsics_from_fov, orbit_poses
-from gen4d.core.gaussians import Gaussians
-from gen4d.core.rasterize import project, rasterize
-from gen4d.core.scene import KeyframeMotion, Scene4D, ScenePart
+from gen4d.core.engine.cameras import Cameras, intrinsics_from_focal, intrinsics_from_fov, orbit_poses
+from gen4d.core.engine.gaussians import Gaussians
+from gen4d.core.engine.rasterize import project, rasterize
+from gen4d.core.engine.scene import KeyframeMotion, Scene4D, ScenePart
 
 F64 = torch.float64
 FWD_TOL = 1e-5
@@ -300,7 +300,7 @@ def test_gradients_match_reference(sh_degree):
 
 def test_chunked_compositing_is_exact(monkeypatch):
     """Tile-aligned chunking of the intersection list changes neither values nor gradients."""
-    module = importlib.import_module("gen4d.core.rasterize")
+    module = importlib.import_module("gen4d.core.engine.rasterize")
     width, height = 37, 29
     vm, Ks = _make_cameras(width, height)
     params = [p.clone().requires_grad_() for p in _make_scene(150, seed=4, viewmats=vm)]

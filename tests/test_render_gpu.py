@@ -14,8 +14,8 @@ import logging
 
 import pytest
 import torch
-from gen4d.core.cameras import intrinsics_from_fov, orbit_poses
-from gen4d.core.rasterize import rasterize
+from gen4d.core.engine.cameras import intrinsics_from_fov, orbit_poses
+from gen4d.core.engine.rasterize import rasterize
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 logger = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ def _threshold_ambiguous(params, viewmats, Ks, pixels, rel_alpha=5e-5, rel_t=1e-
     (CUDA's fast ``__expf``, fused multiply-adds) may decide a cut-off or the depth order
     either way, and the pixel moves by up to ``alpha * T``.
     """
-    from gen4d.core.rasterize import ALPHA_THRESHOLD, TRANSMITTANCE_THRESHOLD, project
+    from gen4d.core.engine.rasterize import ALPHA_THRESHOLD, TRANSMITTANCE_THRESHOLD, project
 
     means, quats, scales, opacities, _ = (t.detach().double() for t in params)
     proj = project(means, quats, scales, opacities, viewmats.double(), Ks.double(), SIZE, SIZE)
@@ -147,8 +147,8 @@ def test_render_backends_agree_through_the_pack_api():
     """``render(backend="gsplat")`` and ``render(backend="torch")`` give the same images and screen data."""
     pytest.importorskip("gsplat")
     from gen4d.backends.render import render
-    from gen4d.core.cameras import Cameras
-    from gen4d.core.gaussians import Gaussians
+    from gen4d.core.engine.cameras import Cameras
+    from gen4d.core.engine.gaussians import Gaussians
 
     g = torch.Generator().manual_seed(7)
     n = 20_000

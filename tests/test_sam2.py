@@ -16,7 +16,7 @@ import torch
 from gen4d.backends import sam2_video as backend
 from gen4d.backends.model_folders import NO_MODELS
 from gen4d.backends.tiny import build_tiny
-from gen4d.core.segmentation import (
+from gen4d.core.coco4d.segmentation import (
     parse_box,
     parse_points,
     points_to_prompt,

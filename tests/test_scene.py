@@ -9,9 +9,10 @@ import os
 import pytest
 import safetensors.torch
 import torch
-from gen4d.core import ply, scene
-from gen4d.core.gaussians import Gaussians
-from gen4d.core.scene import KeyframeMotion, Motion, Scene4D, ScenePart, StaticMotion
+from gen4d.core.engine import scene
+from gen4d.core.engine.gaussians import Gaussians
+from gen4d.core.engine.scene import KeyframeMotion, Motion, Scene4D, ScenePart, StaticMotion
+from gen4d.core.formats import export, ply
 
 
 def random_gaussians(n: int, k: int = 1) -> Gaussians:
@@ -65,7 +66,7 @@ def test_quaternion_nlerp_is_hemisphere_aligned():
     axis_angle = torch.tensor([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
     half = torch.cos(torch.tensor(0.25)), torch.sin(torch.tensor(0.25))
     turn = torch.cat([half[0].expand(2, 1), half[1] * axis_angle], dim=1)  # rotation by 0.5 rad
-    from gen4d.core.gaussians import quat_multiply
+    from gen4d.core.engine.gaussians import quat_multiply
     q1 = -quat_multiply(turn, q0)  # same rotation as +turn*q0, opposite hemisphere
     motion = KeyframeMotion(torch.zeros(2, 2, 3), torch.stack([q0, q1]))
     mid = motion.apply(g, 0.5).quats
@@ -286,18 +287,18 @@ def test_registry_lets_new_kinds_round_trip(tmp_path, monkeypatch):
 def test_ply_sequence(tmp_path):
     sc = two_part_scene(frames=3)
     seen = []
-    written = scene.save_ply_sequence(sc, tmp_path / "seq", "walk", callback=lambda i, n, _: seen.append((i, n)))
+    written = export.save_ply_sequence(sc, tmp_path / "seq", "walk", callback=lambda i, n, _: seen.append((i, n)))
     assert [p.name for p in written] == ["walk_00000.ply", "walk_00001.ply", "walk_00002.ply"]
     assert sorted(os.listdir(tmp_path / "seq")) == [p.name for p in written]
     assert seen == [(1, 3), (2, 3), (3, 3)]
     for p, t in zip(written, (0.0, 0.5, 1.0), strict=True):
         assert_same(ply.load_ply(p), sc.at(t))
     stop = iter([False, True])
-    partial = scene.save_ply_sequence(sc, tmp_path / "stop", "f", should_stop=lambda: next(stop))
+    partial = export.save_ply_sequence(sc, tmp_path / "stop", "f", should_stop=lambda: next(stop))
     assert [p.name for p in partial] == ["f_00000.ply"] and os.listdir(tmp_path / "stop") == ["f_00000.ply"]
     for bad in ("a/b", "", ".."):
         with pytest.raises(ValueError, match="prefix"):
-            scene.save_ply_sequence(sc, tmp_path / "bad", bad)
+            export.save_ply_sequence(sc, tmp_path / "bad", bad)
     with pytest.raises(ValueError, match="name"):
-        scene.save_ply_sequence(sc, "../up", root=tmp_path / "root")
+        export.save_ply_sequence(sc, "../up", root=tmp_path / "root")
     assert not (tmp_path / "bad").exists() and not (tmp_path / "up").exists()

@@ -12,8 +12,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from gen4d.core.cameras import Cameras, coco4d_outpaint_poses, intrinsics_from_fov, orbit_poses
-from gen4d.core.gaussians import Gaussians, quat_to_rotmat
+from gen4d.core.engine.cameras import Cameras, coco4d_outpaint_poses, intrinsics_from_fov, orbit_poses
+from gen4d.core.engine.gaussians import Gaussians, quat_to_rotmat
 from gen4d.synthetic import (
     Box,
     Fixed,

@@ -4,9 +4,9 @@
 import numpy as np
 import pytest
 import torch
-from gen4d.core.gaussians import Gaussians
-from gen4d.core.scene import KeyframeMotion
-from gen4d.core.tracks import Tracks, load_tracks_ply_sequence, save_tracks_ply_sequence
+from gen4d.core.engine.gaussians import Gaussians
+from gen4d.core.engine.scene import KeyframeMotion
+from gen4d.core.moge4d.tracks import Tracks, load_tracks_ply_sequence, save_tracks_ply_sequence
 
 
 def _tracks(t=3, h=4, w=5, seed=0):

@@ -28,7 +28,7 @@ from gen4d.backends.trajectory_dit_names import (
     wan_clip_to_hf,
     wan_t5_to_umt5,
 )
-from gen4d.core.moge4d import backproject, motion_intrinsics, normalize_motion, official_pinhole
+from gen4d.core.moge4d.strag import backproject, motion_intrinsics, normalize_motion, official_pinhole
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -15,10 +15,10 @@ import gen4d
 import pytest
 import torch
 from gen4d.backends.render import render_scene
-from gen4d.core import vism
-from gen4d.core.cameras import Cameras, intrinsics_from_focal, look_at, moge4d_path
-from gen4d.core.tracks import Tracks
-from gen4d.core.viewpoint import current_viewpoint
+from gen4d.core.engine.cameras import Cameras, intrinsics_from_focal, look_at, moge4d_path
+from gen4d.core.engine.viewpoint import current_viewpoint
+from gen4d.core.moge4d import vism
+from gen4d.core.moge4d.tracks import Tracks
 from gen4d.synthetic import (
     cast_rays,
     move_points,
@@ -340,8 +340,8 @@ def test_node_interrupt_and_errors(small, fake_comfy):
 
 
 def test_save_tracks_node(small, fake_comfy):
-    from gen4d.core.ply import load_ply
-    from gen4d.core.tracks import load_tracks_ply_sequence
+    from gen4d.core.formats.ply import load_ply
+    from gen4d.core.moge4d.tracks import load_tracks_ply_sequence
 
     tracks = small["tracks"]
     rel = run("Gen4D_SaveTracks", tracks=tracks)[0]

@@ -58,8 +58,8 @@ class _Outputs:
         self.root = root
 
     def path(self, prefix: str, suffix: str, sub: str = "") -> Path:
-        from gen4d.core.export import next_free_stem
-        from gen4d.core.paths import safe_output_path
+        from gen4d.core.formats.export import next_free_stem
+        from gen4d.core.formats.paths import safe_output_path
 
         folder = self.root / sub if sub else self.root
         return safe_output_path(folder, next_free_stem(folder, prefix) + suffix)
@@ -70,7 +70,7 @@ def _uint8(images: torch.Tensor):
 
 
 def _save_pngs(out: _Outputs, images, filename_prefix="ComfyUI", sub=""):
-    from gen4d.core.paths import atomic_path
+    from gen4d.core.formats.paths import atomic_path
     from PIL import Image
 
     files = []
@@ -83,7 +83,7 @@ def _save_pngs(out: _Outputs, images, filename_prefix="ComfyUI", sub=""):
 
 
 def _save_animation(out: _Outputs, images, filename_prefix, fps, suffix, **pil_args):
-    from gen4d.core.paths import atomic_path
+    from gen4d.core.formats.paths import atomic_path
     from PIL import Image
 
     frames = [Image.fromarray(f) for f in _uint8(images)]
@@ -137,7 +137,7 @@ def _make_core_nodes(out: _Outputs, input_dir: Path) -> dict[str, Callable[..., 
 
     def save_video(video, filename_prefix, format="auto", codec="auto"):
         import imageio.v3 as iio
-        from gen4d.core.paths import atomic_path
+        from gen4d.core.formats.paths import atomic_path
 
         images, fps = video
         path = out.path(filename_prefix, ".mp4")

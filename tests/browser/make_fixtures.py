@@ -19,10 +19,10 @@ sys.path.insert(0, str(ROOT))
 from pack_loader import load_pack  # noqa: E402
 
 load_pack()
-from gen4d.core import preview_asset as pa  # noqa: E402
-from gen4d.core.gaussians import Gaussians  # noqa: E402
-from gen4d.core.paths import atomic_write_bytes  # noqa: E402
-from gen4d.core.scene import KeyframeMotion, Scene4D, ScenePart  # noqa: E402
+from gen4d.core.engine.gaussians import Gaussians  # noqa: E402
+from gen4d.core.engine.scene import KeyframeMotion, Scene4D, ScenePart  # noqa: E402
+from gen4d.core.formats import preview_asset as pa  # noqa: E402
+from gen4d.core.formats.paths import atomic_write_bytes  # noqa: E402
 
 log = logging.getLogger("make_fixtures")
 

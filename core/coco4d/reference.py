@@ -22,9 +22,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .cameras import Cameras, intrinsics_from_fov, orbit_poses
+from ..engine.cameras import Cameras, intrinsics_from_fov, orbit_poses
+from ..engine.views import PosedImages
 from .screen_trajectory import ScreenTrajectory, center_object
-from .views import PosedImages
 
 __all__ = ["seen_view_cameras", "ReferenceClip", "reference_clip"]
 

@@ -54,7 +54,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .gaussians import Gaussians
+from ..engine.gaussians import Gaussians
 
 __all__ = [
     "MAGIC",

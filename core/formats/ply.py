@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .gaussians import Gaussians
+from ..engine.gaussians import Gaussians
 from .paths import atomic_write_bytes, safe_output_path
 
 __all__ = [

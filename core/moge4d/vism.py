@@ -84,11 +84,11 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .cameras import Cameras
-from .gaussians import Gaussians
-from .scene import KeyframeMotion, Scene4D, ScenePart
+from ..engine.cameras import Cameras
+from ..engine.gaussians import Gaussians
+from ..engine.scene import KeyframeMotion, Scene4D, ScenePart
+from ..engine.viewpoint import seen_from
 from .tracks import Tracks
-from .viewpoint import seen_from
 
 __all__ = [
     "VismConfig",

@@ -40,8 +40,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .paths import safe_output_path
-from .ply import load_points_ply, save_points_ply
+from ..formats.paths import safe_output_path
+from ..formats.ply import load_points_ply, save_points_ply
 
 __all__ = ["Tracks", "save_tracks_ply_sequence", "load_tracks_ply_sequence"]
 

@@ -99,10 +99,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .cameras import Cameras, intrinsics_from_fov, orbit_poses
-from .gaussians import Gaussians, rotmat_to_quat
-from .scene import PlacedMotion, Scene4D, ScenePart
-from .sh import rgb_to_sh
+from ..engine.cameras import Cameras, intrinsics_from_fov, orbit_poses
+from ..engine.gaussians import Gaussians, rotmat_to_quat
+from ..engine.scene import PlacedMotion, Scene4D, ScenePart
+from ..engine.sh import rgb_to_sh
 
 __all__ = [
     "ComposeConfig",

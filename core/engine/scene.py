@@ -10,7 +10,6 @@ Public API:
     PlacedMotion                another motion followed by a per-frame similarity (scale, rotation, translation)
     ScenePart                   named canonical Gaussians + motion + optional screen-space trajectory
     Scene4D                     parts, frame count and fps; ``at(t)``, ``bake``, ``save``/``load``
-    save_ply_sequence           one 3DGS PLY per frame, ``prefix_00000.ply`` …
     SCENE_FORMAT, SCENE_VERSION the file format name and version
 
 Design notes:
@@ -33,16 +32,15 @@ import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 import safetensors
 import safetensors.torch
 import torch
 from torch import Tensor
 
+from ..formats.paths import atomic_path, safe_output_path
 from .gaussians import Gaussians, quat_multiply, quat_to_rotmat
-from .paths import atomic_path, safe_output_path
-from .ply import save_ply
 
 __all__ = [
     "Motion",
@@ -53,7 +51,6 @@ __all__ = [
     "PlacedMotion",
     "ScenePart",
     "Scene4D",
-    "save_ply_sequence",
     "SCENE_FORMAT",
     "SCENE_VERSION",
     "TRAJECTORY_KEYS",
@@ -141,9 +138,6 @@ def register_motion(cls: type[Motion]) -> type[Motion]:
 
 def motion_class(kind: str) -> type[Motion]:
     """The registered Motion class of ``kind``; ``ValueError`` listing the known kinds otherwise."""
-    if kind not in _MOTIONS:
-        # Motion kinds defined in other core modules register on import.
-        from . import deformation  # noqa: F401
     if kind not in _MOTIONS:
         raise ValueError(f"unknown motion kind {kind!r}; known kinds: {sorted(_MOTIONS)}")
     return _MOTIONS[kind]
@@ -580,44 +574,3 @@ def _owned(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
         out[name] = t
     return out
 
-
-def save_ply_sequence(
-    scene: Scene4D,
-    folder: str | os.PathLike,
-    prefix: str = "frame",
-    num_frames: int | None = None,
-    root: str | os.PathLike | None = None,
-    callback: Callable[[int, int, None], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
-) -> list[Path]:
-    """Write the scene as one 3DGS PLY per frame, ``{prefix}_{i:05d}.ply``, each atomically.
-
-    Args:
-        scene: the scene to bake.
-        folder: output folder (created); with ``root``, a relative name checked against ``root``.
-        prefix: file name prefix, no path separators.
-        num_frames: frames to write (default: ``scene.num_frames``).
-        root: optional output folder that ``folder`` must stay inside.
-        callback: called as ``callback(step, total, None)`` after each file.
-        should_stop: polled before each frame; when it returns True the files written so far
-            (all complete) are returned.
-
-    Returns:
-        The paths written, in frame order.
-    """
-    if not isinstance(scene, Scene4D):
-        raise ValueError(f"save_ply_sequence: scene must be a Scene4D, got {type(scene).__name__}")
-    if not isinstance(prefix, str) or not prefix or any(c in prefix for c in "/\\\x00") or prefix in (".", ".."):
-        raise ValueError(f"save_ply_sequence: prefix must be a plain file name prefix, got {prefix!r}")
-    out = safe_output_path(root, str(folder)) if root is not None else Path(folder)
-    out.mkdir(parents=True, exist_ok=True)
-    times = scene.frame_times(num_frames)
-    written: list[Path] = []
-    for i, t in enumerate(times.tolist()):
-        if should_stop is not None and should_stop():
-            log.info("save_ply_sequence: stopped after %d of %d frames", i, len(times))
-            break
-        written.append(save_ply(scene.at(t), out / f"{prefix}_{i:05d}.ply"))
-        if callback is not None:
-            callback(i + 1, len(times), None)
-    return written

@@ -4,6 +4,7 @@
 Public API:
     SCENE_SUFFIX                    ".gen4d.safetensors"
     next_free_stem(root, prefix)    "<prefix>_00001"-style stem not used yet under ``root``
+    save_ply_sequence(scene, ...)   one 3DGS PLY per frame, ``prefix_00000.ply`` …, each atomically
     save_scene_bundle(...)          write ``<stem>.gen4d.safetensors`` and ``<stem>_ply/frame_*.ply``
 
 Design notes:
@@ -13,16 +14,20 @@ Design notes:
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from ..engine.scene import Scene4D
 from .paths import safe_output_path
-from .scene import Scene4D, save_ply_sequence
+from .ply import save_ply
 
-__all__ = ["SCENE_SUFFIX", "SceneBundle", "next_free_stem", "save_scene_bundle"]
+log = logging.getLogger(__name__)
+
+__all__ = ["SCENE_SUFFIX", "SceneBundle", "next_free_stem", "save_ply_sequence", "save_scene_bundle"]
 
 SCENE_SUFFIX = ".gen4d.safetensors"
 
@@ -80,3 +85,45 @@ def save_scene_bundle(
                                              callback=callback, should_stop=should_stop)
         bundle.complete = len(bundle.ply_files) == frames
     return bundle
+
+
+def save_ply_sequence(
+    scene: Scene4D,
+    folder: str | os.PathLike,
+    prefix: str = "frame",
+    num_frames: int | None = None,
+    root: str | os.PathLike | None = None,
+    callback: Callable[[int, int, None], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> list[Path]:
+    """Write the scene as one 3DGS PLY per frame, ``{prefix}_{i:05d}.ply``, each atomically.
+
+    Args:
+        scene: the scene to bake.
+        folder: output folder (created); with ``root``, a relative name checked against ``root``.
+        prefix: file name prefix, no path separators.
+        num_frames: frames to write (default: ``scene.num_frames``).
+        root: optional output folder that ``folder`` must stay inside.
+        callback: called as ``callback(step, total, None)`` after each file.
+        should_stop: polled before each frame; when it returns True the files written so far
+            (all complete) are returned.
+
+    Returns:
+        The paths written, in frame order.
+    """
+    if not isinstance(scene, Scene4D):
+        raise ValueError(f"save_ply_sequence: scene must be a Scene4D, got {type(scene).__name__}")
+    if not isinstance(prefix, str) or not prefix or any(c in prefix for c in "/\\\x00") or prefix in (".", ".."):
+        raise ValueError(f"save_ply_sequence: prefix must be a plain file name prefix, got {prefix!r}")
+    out = safe_output_path(root, str(folder)) if root is not None else Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    times = scene.frame_times(num_frames)
+    written: list[Path] = []
+    for i, t in enumerate(times.tolist()):
+        if should_stop is not None and should_stop():
+            log.info("save_ply_sequence: stopped after %d of %d frames", i, len(times))
+            break
+        written.append(save_ply(scene.at(t), out / f"{prefix}_{i:05d}.ply"))
+        if callback is not None:
+            callback(i + 1, len(times), None)
+    return written

@@ -72,18 +72,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import densify as dens
-from .cameras import COCO4D_LOOPS, Cameras, clip_cameras, orbit_poses
-from .deformation import COCO4D_BACKGROUND_LR, Deformation, DeformationMotion, HexPlaneConfig
+from ..engine import densify as dens
+from ..engine.cameras import COCO4D_LOOPS, Cameras, clip_cameras, orbit_poses
+from ..engine.deformation import COCO4D_BACKGROUND_LR, Deformation, DeformationMotion, HexPlaneConfig
+from ..engine.fit_dynamic import DeformationFitConfig, fit_deformation
+from ..engine.fit_static import GaussianLearningRates, RenderFn, StaticFitConfig, fit_static
+from ..engine.gaussians import Gaussians, from_depth
+from ..engine.guidance import Guidance, PoseSampling, orbit_angles
+from ..engine.losses import ReconstructionLoss
+from ..engine.scene import Scene4D, ScenePart
+from ..engine.viewpoint import seen_from
+from ..engine.views import PosedImages
 from .depth_align import DEPTH_KINDS, METRIC_DEPTH, DepthInpaintFn, inpaint_depth
-from .fit_dynamic import DeformationFitConfig, fit_deformation
-from .fit_static import GaussianLearningRates, RenderFn, StaticFitConfig, fit_static
-from .gaussians import Gaussians, from_depth
-from .guidance import Guidance, PoseSampling, orbit_angles
-from .losses import ReconstructionLoss
-from .scene import Scene4D, ScenePart
-from .viewpoint import seen_from
-from .views import PosedImages
 
 __all__ = [
     "OutpaintConfig",
