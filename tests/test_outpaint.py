@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""CoCo4D progressive outpaint (core/outpaint.py, core/depth_align.py): unit tests and an end-to-end
+"""CoCo4D progressive outpaint (core/coco4d/outpaint*.py, copy_paste.py, depth_align.py): unit tests and an end-to-end
 quality test on the scene world with the oracle depth model and inpainters."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import math
 import pytest
 import torch
 from gen4d.backends.render import render_scene, training_render
+from gen4d.core.coco4d import outpaint_stages as stages
 from gen4d.core.coco4d.depth_align import (
     METRIC_DEPTH,
     RELATIVE_DISPARITY,
@@ -461,3 +462,88 @@ def test_a_learned_depth_inpainting_backend_replaces_the_alignment():
     assert len(calls) == 1 and calls[0][0] == (16, 16, 3) and calls[0][1] == (16, 16) and calls[0][2] > 0
     assert len(depth.views) == 1  # only the lift asked the depth model
     assert result.report.poses[0].new_gaussians > 0
+
+
+# -- each stage alone ---------------------------------------------------------------------------------
+
+
+def _state(config=None, **kw):
+    frames, holes = _tiny_inputs()
+    return stages.start_outpaint(frames, holes, _FakeDepth(), _Recorder((0.2, 0.6, 0.3)),
+                                 _Recorder((0.9, 0.1, 0.1)), training_render,
+                                 config=config or _tiny_config(pose_sets=(((0.0, 40.0),),), loops=1,
+                                                               orbit_radius=0.0), **kw)
+
+
+def test_start_checks_inputs_and_holds_them_for_the_stages():
+    state = _state()
+    assert state.models.depth_kind == METRIC_DEPTH and state.holes.dtype == torch.bool
+    assert state.reference is state.frames and state.canonical is None and state.motion is None
+    assert len(state.ref) == state.frames.shape[0] and state.time_resolution == 3
+    with pytest.raises(ValueError, match="hole_masks are 8x16"):
+        stages.start_outpaint(state.frames, state.holes[:, :, :8].float(), _FakeDepth(), _Recorder((0, 0, 0)),
+                              _Recorder((0, 0, 0)), training_render)
+
+
+def test_stage_fill_reference_holes_changes_only_the_holes_and_a_stop_there_is_an_interrupt():
+    state = _state()
+    stages.fill_reference_holes(state)
+    holes = state.holes
+    assert torch.equal(state.reference[~holes], state.frames[~holes])
+    assert torch.allclose(state.reference[holes], torch.tensor([0.9, 0.1, 0.1]).expand(int(holes.sum()), 3))
+
+    class Interrupting(_Recorder):
+        def inpaint(self, *args, **kwargs):
+            raise InterruptedError("user cancelled")
+
+    state = _state()
+    state.models.image_inpainter = Interrupting((0, 0, 0))
+    with pytest.raises(InterruptedError, match="no scene exists yet"):
+        stages.fill_reference_holes(state)
+
+
+def test_stage_lift_reference_back_projects_frame0_and_places_the_pose_cameras():
+    state = _state(config=_tiny_config(pose_sets=(((0.0, 40.0), (10.0, 0.0)),), loops=1, orbit_radius=None,
+                                       orbit_radius_fraction=0.25))
+    stages.fill_reference_holes(state)
+    stages.lift_reference(state)
+    assert len(state.canonical) == 16 * 16  # every pixel of the plane at z = 3 has depth
+    assert state.radius == pytest.approx(0.25 * 3.0) and state.report.radius == pytest.approx(0.75)
+    assert [len(cams) for cams in state.loop_cameras] == [2]
+    lo, hi = torch.tensor(state.bounds[0]), torch.tensor(state.bounds[1])
+    means = state.canonical.means.detach()
+    assert bool(((means >= lo) & (means <= hi)).all())
+
+
+def test_stages_refine_and_fit_motion_advance_progress_and_stop_on_request():
+    seen = []
+    state = _state(callback=lambda s, t, p=None: seen.append(s))
+    stages.fill_reference_holes(state)
+    stages.lift_reference(state)
+    assert stages.refine_seen_view(state) is False and seen[-1] == state.cfg.static_iterations
+    assert stages.fit_reference_motion(state) is False and state.motion is not None
+    assert seen[-1] == state.cfg.static_iterations + state.cfg.deformation_iterations
+    stop_now = []
+    stopping = _state(should_stop=lambda: bool(stop_now))
+    stages.fill_reference_holes(stopping)
+    stages.lift_reference(stopping)
+    stop_now.append(True)
+    assert stages.refine_seen_view(stopping) is True
+    result = stages.finish(stopping, stopped=True)
+    assert result.stopped and isinstance(result.scene, Scene4D) and len(result.scene.parts[0].gaussians) == 256
+
+
+def test_stage_outpaint_pose_fills_a_void_pose_and_skips_a_complete_one():
+    state = _state(config=_tiny_config(pose_sets=(((0.0, 0.0), (0.0, 40.0)),), loops=1, orbit_radius=0.0))
+    stages.fill_reference_holes(state)
+    stages.lift_reference(state)
+    assert not stages.refine_seen_view(state) and not stages.fit_reference_motion(state)
+    seen_pose, void_pose = state.loop_cameras[0]
+    before = len(state.canonical)
+    assert stages.outpaint_pose(state, 1, 1, (0.0, 0.0), seen_pose) is False
+    assert state.report.poses[-1].skipped and len(state.canonical) == before and not state.pose_videos
+    assert stages.outpaint_pose(state, 1, 2, (0.0, 40.0), void_pose) is False
+    entry = state.report.poses[-1]
+    assert not entry.skipped and entry.new_gaussians > 0 and len(state.canonical) == before + entry.new_gaussians
+    assert entry.hole_after < entry.hole_before and len(state.pose_videos) == 1
+    assert {"render", "project", "static_refit", "deformation_refit"} <= set(entry.seconds)
