@@ -7,10 +7,10 @@ Public API:
 
 Design notes:
     The node predicts the depth of reference frame 0 with the depth model of the background branch
-    inside ``core.viewpoint.seen_from(reference camera, "scene")`` (the frame shows the whole
+    inside ``core.engine.viewpoint.seen_from(reference camera, "scene")`` (the frame shows the whole
     scene), turns it into z-depth like ``Gen4D_Depth`` does (relative disparity -> ``1/d``;
     NaN/inf kept as NaN so the core masks them out and counts them), and hands everything to
-    ``core.compose.compose`` (eqs. 8-10 and the 3D placement). The result is one GEN4D_SCENE with
+    ``core.coco4d.compose.compose`` (eqs. 8-10 and the 3D placement). The result is one GEN4D_SCENE with
     parts "foreground" and "background"; the reference render shows it at the reference view for a
     quick check against the input video.
 """

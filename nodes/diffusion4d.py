@@ -12,9 +12,9 @@ Public API:
     OrbitalModelHandle      the GEN4D_ORBITAL_MODEL payload (model + device / offload choice)
 
 Design notes:
-    The maths (eq. 1, eq. 3, the orbit's frame matching) lives in core.diffusion4d, the network and
+    The maths (eq. 1, eq. 3, the orbit's frame matching) lives in core.diffusion4d.orbital, the network and
     sampler in backends.orbital. The orbit is the paper's: elevation 0, distance 2, azimuth
-    0→360° over T frames while time runs 0→1 (core.cameras.diffusion4d_orbit); elevation and
+    0→360° over T frames while time runs 0→1 (core.engine.cameras.diffusion4d_orbit); elevation and
     distance only shape the cameras output and must match what the model was trained on. The
     coarse stage fits static Gaussians to the static orbit (time 0) and the 4D orbit together,
     the fine stage the 4D orbit alone (Gen4D_DeformationFit with the orbit cameras).

@@ -9,7 +9,7 @@ Public API:
     clear_cache()           forget loaded trajectory models
 
 Design notes:
-    The maths lives in ``core.moge4d`` (back-projection, eq. 1, MAdaNorm) and the model in
+    The maths lives in ``core.moge4d.strag`` (back-projection, eq. 1, MAdaNorm) and the model in
     ``backends.trajectory_dit``; these nodes only check inputs, bind progress / interrupt and move
     tensors to ComfyUI's conventions. The input image is centre-cropped to ``width / height`` and
     resized (never stretched); the depth model sees that working image and its output becomes a

@@ -7,8 +7,8 @@ Public API:
     NODES
 
 Design notes:
-    A thin wrapper of :func:`core.outpaint.progressive_outpaint`: widgets map onto
-    :class:`core.outpaint.OutpaintConfig` (defaults read from it), the fits render with
+    A thin wrapper of :func:`core.coco4d.outpaint.progressive_outpaint`: widgets map onto
+    :class:`core.coco4d.outpaint.OutpaintConfig` (defaults read from it), the fits render with
     ``backends.render.training_render`` on ComfyUI's compute device, progress covers every fit step
     of every stage with previews, and the ComfyUI interrupt stops the run within a step.
 """

@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """Gen4D_Preview4D: an interactive 4D splat viewer on the node (web/gen4d_preview.js).
 
-The node writes a compact ``.g4d`` asset (core/preview_asset.py) into ComfyUI's temp folder and
+The node writes a compact ``.g4d`` asset (core/formats/preview_asset.py) into ComfyUI's temp folder and
 returns ``{"ui": {"gen4d_preview": [{"filename", "subfolder", "type": "temp"}]}}``; the web
 extension fetches it through ComfyUI's ``/view`` route and plays it in a WebGL2 widget.
 """

@@ -4,7 +4,7 @@
 Screen-space trajectories: a part that still carries one (the object-centred foreground straight
 out of Gen4D_DeformationFit) is rendered as it is, object-centred, with a warning. A 2D warp is
 right only at the seen view, so it is not applied here; Gen4D_Compose turns the trajectory into a
-3D placement (``core.compose``), after which every camera sees the object where it belongs.
+3D placement (``core.coco4d.compose``), after which every camera sees the object where it belongs.
 """
 
 from __future__ import annotations

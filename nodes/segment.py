@@ -20,7 +20,7 @@ Design notes:
 
     Any object with ``segment(frames, points=, labels=, box=, mask=, callback=, should_stop=,
     device=)`` returning ``[T,H,W]`` masks (and optionally ``offload()``) can feed Gen4D_SAM2Split.
-    The split itself (``core.segmentation.split_video``) is documented there: the background video
+    The split itself (``core.coco4d.segmentation.split_video``) is documented there: the background video
     has the object's pixels filled from the nearest frame where they are visible ("temporal"), with
     the frame's mean colour, or with a fixed colour.
 """

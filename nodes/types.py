@@ -1,8 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
 """Socket types of the pack (DESIGN §3), declared once.
 
-Payloads are core dataclasses: GEN4D_GAUSSIANS carries ``core.gaussians.Gaussians``,
-GEN4D_SCENE ``core.scene.Scene4D``, GEN4D_CAMERAS ``core.cameras.Cameras``.
+Payloads are core dataclasses: GEN4D_GAUSSIANS carries ``core.engine.gaussians.Gaussians``,
+GEN4D_SCENE ``core.engine.scene.Scene4D``, GEN4D_CAMERAS ``core.engine.cameras.Cameras``.
 """
 
 from __future__ import annotations

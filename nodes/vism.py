@@ -7,7 +7,7 @@ Public API:
     SaveTracks     node ``Gen4D_SaveTracks``: tracks -> ``<prefix>_NNNNN/frame_*.ply`` under the output folder
 
 Design notes:
-    The maths is ``core.vism``; this layer binds the renderer (``backends.render.render_scene``:
+    The maths is ``core.moge4d.vism``; this layer binds the renderer (``backends.render.render_scene``:
     gsplat on CUDA, the torch rasterizer elsewhere), ComfyUI's progress bar and interrupt, and the
     video inpainter. Inpainting defaults are the official 4D-ViSM stage 2 (strength 1 = from pure
     noise, 50 steps, guidance 6, LoRA weight 0.55).

@@ -16,7 +16,7 @@ Design notes:
     is ``weight * (render - truth)`` at the asked cameras and time: a perfect "denoiser".
 
     The image-model oracles answer "from the world at the pose the images were seen from": the
-    pipelines declare that pose with ``core.viewpoint.seen_from`` around every model call. Without
+    pipelines declare that pose with ``core.engine.viewpoint.seen_from`` around every model call. Without
     a declared viewpoint an oracle assumes its own cameras (those of the SyntheticWorld node that
     made it: the reference video), or the world's reference view over ``linspace(0, 1)`` times.
     With ``content="background"`` the oracles see the world without its foreground group (CoCo4D's
@@ -51,7 +51,7 @@ METRIC_DEPTH = "metric_depth"  # the value of backends.depth.METRIC_DEPTH (synth
 
 
 class OracleGuidance:
-    """Guidance with the ``core.guidance.Guidance`` interface backed by a synthetic world.
+    """Guidance with the ``core.engine.guidance.Guidance`` interface backed by a synthetic world.
 
     Args:
         world: the ground-truth world.

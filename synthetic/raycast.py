@@ -135,7 +135,7 @@ def _check_world(world) -> None:
 
 def _check_cameras(cameras) -> None:
     if not isinstance(cameras, Cameras):
-        raise ValueError(f"cameras: expected core.cameras.Cameras, got {type(cameras).__name__}")
+        raise ValueError(f"cameras: expected core.engine.cameras.Cameras, got {type(cameras).__name__}")
 
 
 def _check_rays(origins: Tensor, dirs: Tensor) -> None:

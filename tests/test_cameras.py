@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Cameras and camera paths (core/cameras.py): geometry checked from first principles."""
+"""Cameras and camera paths (core/engine/cameras.py): geometry checked from first principles."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Gen4D_Compose / core.compose (CoCo4D §3.3) against the scene world's ground truth.
+"""Gen4D_Compose / core.coco4d.compose (CoCo4D §3.3) against the scene world's ground truth.
 
 The foreground and background scenes are exact Gaussian twins of the scene world split by group.
 The foreground is moved into the object-centred frame the deformation fit works in (seen view at

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Adaptive density control (core/densify.py): growth, pruning, Adam state surgery, schedule."""
+"""Adaptive density control (core/engine/densify.py): growth, pruning, Adam state surgery, schedule."""
 
 from __future__ import annotations
 

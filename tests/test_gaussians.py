@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Gaussians (core/gaussians.py) and spherical harmonics (core/sh.py), checked against independent maths."""
+"""Gaussians (core/engine/gaussians.py) and spherical harmonics (core/engine/sh.py) against independent maths."""
 
 from __future__ import annotations
 

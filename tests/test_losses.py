@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Losses and metrics (core/losses.py) against independent float64 maths and known values."""
+"""Losses and metrics (core/engine/losses.py) against independent float64 maths and known values."""
 
 from __future__ import annotations
 

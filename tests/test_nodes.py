@@ -353,7 +353,7 @@ def test_save_interrupted_leaves_only_complete_files(fake_comfy, small, tmp_path
     assert not (tmp_path / "env_output").exists(), "files went to ComfyUI's folder, not the fallback"
 
 
-# --------------------------------------------------------------------------- core/convert.py
+# --------------------------------------------------------------------------- core/formats/convert.py
 
 
 @pytest.mark.parametrize("x, message", [

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The .g4d preview asset (core/preview_asset.py) and the Gen4D_Preview4D node."""
+"""The .g4d preview asset (core/formats/preview_asset.py) and the Gen4D_Preview4D node."""
 
 from __future__ import annotations
 

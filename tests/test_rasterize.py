@@ -3,7 +3,7 @@
 
 The reference below projects every Gaussian with textbook float64 formulas, culls by gsplat's
 rules and composites EVERY pixel (no tiles) front to back in a Python loop over depth-sorted
-Gaussians. It shares no code with ``core/rasterize.py`` (own quaternion, SH and culling code).
+Gaussians. It shares no code with ``core/engine/rasterize.py`` (own quaternion, SH and culling code).
 """
 
 from __future__ import annotations

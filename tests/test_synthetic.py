@@ -471,7 +471,7 @@ def test_bad_inputs_raise_clear_errors():
         render(world, cams, background=(1.0, 0.0))
     with pytest.raises(ValueError, match="world: expected a synthetic World, got str"):
         render("scene", cams)
-    with pytest.raises(ValueError, match="cameras: expected core.cameras.Cameras"):
+    with pytest.raises(ValueError, match="cameras: expected core.engine.cameras.Cameras"):
         render(world, torch.eye(4))
     with pytest.raises(ValueError, match=r"cameras must hold 1 camera .* got 2"):
         trajectories(world, cams, times=[0.0, 0.5, 1.0])

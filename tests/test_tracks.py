@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""core.tracks: time interpolation, source depth, PLY sequence export round trip, bad inputs."""
+"""core.moge4d.tracks: time interpolation, source depth, PLY sequence export round trip, bad inputs."""
 
 import numpy as np
 import pytest

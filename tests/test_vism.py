@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""4D-ViSM (core.vism, nodes/vism.py) against the scene world's ground truth.
+"""4D-ViSM (core.moge4d.vism, nodes/vism.py) against the scene world's ground truth.
 
 Ground truth of the hole mask: a novel-view pixel is a true hole when its ray (cast in the world at
 the camera's time) hits nothing, or hits a surface point whose material point, carried back to

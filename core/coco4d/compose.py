@@ -78,7 +78,7 @@ Design notes:
     seen-camera coordinates and ``Q_t`` the minimal rotation taking ``+z`` to ``u_t`` (the object
     is seen along the ray that saw it in the video, as the centring turned it to face the seen
     view), then to the world ``X_w = V_r,t^-1 X_r``. It is stored as
-    :class:`core.scene.PlacedMotion` around the foreground's own motion, so the composite is one
+    :class:`core.engine.scene.PlacedMotion` around the foreground's own motion, so the composite is one
     :class:`Scene4D` with parts "foreground" and "background" that renders from any camera and
     round-trips through scene files. The screen trajectory is consumed: the placed part carries
     none.

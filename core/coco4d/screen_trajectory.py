@@ -53,7 +53,7 @@ class ScreenTrajectory:
         return self.shift.shape[0]
 
     def as_dict(self) -> dict[str, Tensor]:
-        """The form ``core.scene.ScenePart.trajectory`` stores."""
+        """The form ``core.engine.scene.ScenePart.trajectory`` stores."""
         return {"shift": self.shift.detach().clone(), "scale": self.scale.detach().clone()}
 
     def warp(self, images: Tensor, index: Tensor | None = None) -> Tensor:

@@ -7,7 +7,7 @@ Public API:
     camera_path(preset, settings) -> Cameras
 
 Design notes:
-    One dispatcher over the path builders of ``core.cameras`` so the node stays thin and a
+    One dispatcher over the path builders of ``core.engine.cameras`` so the node stays thin and a
     workflow file names a path by a stable string. Presets ignore knobs they do not use.
 """
 

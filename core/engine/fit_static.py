@@ -10,10 +10,10 @@ Public API:
 
 Design notes:
     CoCo4D §3.1 eqs. (1)-(2): the seen view is fit with an L2 reconstruction loss while SDS
-    (Zero123 for objects, Stable Diffusion for scenes; ``core.guidance.Guidance``) shapes unseen
+    (Zero123 for objects, Stable Diffusion for scenes; ``core.engine.guidance.Guidance``) shapes unseen
     views rendered from poses around the object. Diffusion4D §3.4's coarse stage is the same
     loop over many posed views and no guidance. Adam with CoCo4D's per-parameter learning rates
-    (position decays exponentially), densification every 100 steps (``core.densify``) and an
+    (position decays exponentially), densification every 100 steps (``core.engine.densify``) and an
     optional activated-scale clamp (CoCo4D background: 0.2). ``core`` never imports
     ``backends``, so the renderer is injected (``render_fn``; the nodes pass
     ``backends.render.render``), which also lets tests swap it.
@@ -228,7 +228,7 @@ def fit_static(
         views: supervision; a single seen view is the CoCo4D setting, an orbit the Diffusion4D one.
         render_fn: renderer (``backends.render.render`` with ``screen_grads=True``).
         config: settings; defaults are CoCo4D's foreground.
-        guidance: optional SDS guidance (``core.guidance.Guidance``).
+        guidance: optional SDS guidance (``core.engine.guidance.Guidance``).
         callback: ``callback(step, total, preview)`` with an optional ``[H,W,3]`` preview.
         should_stop: polled every step; True ends the fit early with the current state.
         device: where to optimise (default: where ``init`` lives).

@@ -100,7 +100,7 @@ def sample_guidance_cameras(sampling: PoseSampling, t: float, generator: torch.G
 def orbit_angles(cameras: Cameras, center=(0.0, 0.0, 0.0), up=DEFAULT_UP) -> tuple[Tensor, Tensor, Tensor]:
     """Elevation and azimuth (degrees) and radius of camera centres about ``center``.
 
-    The inverse of :func:`core.cameras.orbit_poses` for the default up axis (-y).
+    The inverse of :func:`core.engine.cameras.orbit_poses` for the default up axis (-y).
     """
     if tuple(up) != tuple(DEFAULT_UP):
         raise ValueError(f"orbit_angles: only the default up axis {DEFAULT_UP} is supported, got {up}")

@@ -252,7 +252,7 @@ def _shape(x) -> str:
 class PlacedMotion(Motion):
     """Another motion, then a per-frame similarity ``x -> s_i R_i x + b_i`` (kind ``"placed"``).
 
-    It puts an object reconstructed in its own frame into a scene (``core.compose``, CoCo4D §3.3):
+    It puts an object reconstructed in its own frame into a scene (``core.coco4d.compose``, CoCo4D §3.3):
     the inner motion animates the object, the similarity places it at time ``t``.
 
     Args:

@@ -16,7 +16,7 @@ Public API:
     fuse_motion           normalised motion [T,H,W,3] -> trajectories (eq. 1 inverse + initial points)
 
 Design notes:
-    Camera axes follow ``core.cameras`` (OpenCV: x right, y down, z forward); intrinsics are pixel
+    Camera axes follow ``core.engine.cameras`` (OpenCV: x right, y down, z forward); intrinsics are pixel
     intrinsics and the centre of pixel ``(i, j)`` is ``(j + 0.5, i + 0.5)``. Everything lives in the
     input image's camera frame (camera = identity), as in the official inference.
 

@@ -17,14 +17,14 @@ Design notes:
     finite); ``visible`` is per-frame visibility in the source camera where known (all ones for
     generated tracks, which have no occlusion reasoning). Torch only.
 
-    Time follows ``core.scene``: frame ``i`` of ``T`` sits at ``t = i/(T-1)``, and :meth:`Tracks.at`
+    Time follows ``core.engine.scene``: frame ``i`` of ``T`` sits at ``t = i/(T-1)``, and :meth:`Tracks.at`
     interpolates linearly between frames exactly like ``KeyframeMotion``, so a scene built from the
     tracks and the tracks themselves agree at every time.
 
     The PLY export writes, per frame, the valid pixels in row-major order as ``x, y, z`` float +
-    ``red, green, blue`` uchar (``core.ply.save_points_ply``): every file has the same points in the
+    ``red, green, blue`` uchar (``core.formats.ply.save_points_ply``): every file has the same points in the
     same order, so point ``n`` of every frame is one track and any point-cloud viewer plays the
-    sequence. Files are written atomically under the given root (``core.paths``).
+    sequence. Files are written atomically under the given root (``core.formats.paths``).
 """
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ class Tracks:
     def at(self, t: float) -> Tensor:
         """``[H,W,3]`` points at normalised time ``t`` in ``[0,1]``, linear between neighbouring frames.
 
-        Matches ``core.scene.KeyframeMotion``: exact frames at ``t = i/(T-1)``.
+        Matches ``core.engine.scene.KeyframeMotion``: exact frames at ``t = i/(T-1)``.
         """
         value = float(t)
         if not (math.isfinite(value) and -1e-6 <= value <= 1.0 + 1e-6):

@@ -169,7 +169,7 @@ class VismConfig:
 
 def _check_tracks(tracks, who: str) -> Tracks:
     if not isinstance(tracks, Tracks):
-        raise ValueError(f"{who}: tracks must be core.tracks.Tracks (GEN4D_TRACKS), got {type(tracks).__name__}")
+        raise ValueError(f"{who}: tracks must be core.moge4d.tracks.Tracks (GEN4D_TRACKS), got {type(tracks).__name__}")
     if tracks.num_valid == 0:
         raise ValueError(f"{who}: the tracks have no valid pixel; nothing to render")
     z = tracks.source_depth()[tracks.valid]
