@@ -10,7 +10,6 @@ Public API:
     check_model_folder(path)        validate a transformers Depth Anything folder, return its config dict
     resize_for_model(h, w, size)    the processing size: short side ``size``, both sides multiples of 14
     preprocess(images, size)        IMAGE ``[B,H,W,3]`` -> normalised ``[B,3,h,w]``
-    build_tiny_depth(folder, seed, depth_estimation_type)   tiny random Depth Anything in the real layout
 
 Design notes:
     Output kinds: a *relative* Depth Anything model predicts affine-invariant **disparity** (inverse
@@ -45,7 +44,6 @@ from torch import Tensor
 
 from ..core.formats.convert import check_image
 from .memory import make_room
-from .tiny import tiny_builder
 
 __all__ = [
     "DepthEstimator",
@@ -56,7 +54,6 @@ __all__ = [
     "check_model_folder",
     "resize_for_model",
     "preprocess",
-    "build_tiny_depth",
     "REQUIRED_FILES",
     "PATCH_SIZE",
     "DEFAULT_INPUT_SIZE",
@@ -351,35 +348,3 @@ class DepthAnythingV2(DepthEstimator):
         if not outputs:
             return images.new_zeros((0, height, width))
         return torch.cat(outputs).contiguous()
-
-
-# --------------------------------------------------------------------------- tiny weights
-
-
-def build_tiny_depth(folder: str | Path, seed: int = 0, depth_estimation_type: str = "relative") -> Path:
-    """A tiny random Depth Anything (DINOv2 width 32, 2 layers) saved in the real folder layout.
-
-    Weights use ``initializer_range`` 0.2 so outputs are of order 1-10 rather than 1e-8.
-    """
-    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config
-
-    backbone = Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2,
-                            patch_size=PATCH_SIZE, image_size=28, out_indices=[1, 2], reshape_hidden_states=False,
-                            initializer_range=0.2)
-    config = DepthAnythingConfig(backbone_config=backbone, reassemble_hidden_size=32, reassemble_factors=[2, 1],
-                                 neck_hidden_sizes=[8, 16], fusion_hidden_size=16, head_hidden_size=8,
-                                 depth_estimation_type=depth_estimation_type,
-                                 max_depth=20 if depth_estimation_type == "metric" else 1,
-                                 initializer_range=0.2)
-    with torch.random.fork_rng():
-        torch.manual_seed(int(seed))
-        model = DepthAnythingForDepthEstimation(config).eval()
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(folder), safe_serialization=True)
-    return folder
-
-
-@tiny_builder("depth")
-def _tiny_depth(folder: Path, seed: int) -> Path:
-    return build_tiny_depth(folder, seed)

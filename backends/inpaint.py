@@ -43,7 +43,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .memory import make_room, pipeline_modules
-from .tiny import tiny_builder
 from .zero123 import _cached, _check_folder, _folder_key, _load
 
 __all__ = [
@@ -292,36 +291,3 @@ class ImageInpainter:
         if out.shape[-2:] != (height, width):
             out = F.interpolate(out, (height, width), mode="bilinear", align_corners=False)
         return composite(image, out[0].permute(1, 2, 0).clamp(0, 1), mask)
-
-
-# --------------------------------------------------------------------------- tiny weights
-
-
-@tiny_builder("inpaint_sd")
-def build_tiny_sd_inpaint(folder: Path, seed: int) -> Path:
-    """A tiny SD 2.x-style inpainting folder (9-channel UNet, latent size 16, text width 16)."""
-    from diffusers import DDIMScheduler, StableDiffusionInpaintPipeline
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    from .sd_guidance import write_tiny_tokenizer
-    from .zero123 import tiny_unet, tiny_vae
-
-    folder = Path(folder)
-    write_tiny_tokenizer(folder / "_tokenizer_src")
-    tokenizer = CLIPTokenizer.from_pretrained(folder / "_tokenizer_src")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        unet, vae = tiny_unet(9, 16), tiny_vae()
-        text = CLIPTextModel(CLIPTextConfig(vocab_size=128, hidden_size=16, intermediate_size=32,
-                                            num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=16,
-                                            bos_token_id=0, eos_token_id=1, pad_token_id=1))
-    scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
-                              set_alpha_to_one=False, steps_offset=1)
-    pipe = StableDiffusionInpaintPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet,
-                                          scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                          requires_safety_checker=False)
-    pipe.save_pretrained(folder, safe_serialization=True)
-    import shutil
-
-    shutil.rmtree(folder / "_tokenizer_src", ignore_errors=True)
-    return folder

@@ -38,7 +38,6 @@ import torch
 from torch import Tensor
 
 from ..core.engine.cameras import Cameras
-from .tiny import tiny_builder
 from .zero123 import (
     GuidanceLifecycle,
     _cached,
@@ -49,8 +48,6 @@ from .zero123 import (
     resolve_device_dtype,
     sample_timesteps,
     sds_from_latents,
-    tiny_unet,
-    tiny_vae,
     to_model_images,
 )
 
@@ -186,61 +183,3 @@ class SDGuidance(GuidanceLifecycle):
         noise = torch.randn(latents.shape, generator=self._generator).to(device)
         return sds_from_latents(latents, predict, c.alphas_cumprod, steps, noise, self.guidance_scale,
                                 c.prediction_type)
-
-
-# --------------------------------------------------------------------------- tiny weights
-
-_TINY_WORDS = ("a", "photo", "of", "cat", "dog", "forest", "city", "at", "night", "red", "blue", "car")
-
-
-def write_tiny_tokenizer(folder: Path) -> None:
-    """A CLIP BPE tokenizer over letters plus a few whole words, written as vocab.json / merges.txt."""
-    import json
-
-    from transformers import CLIPTokenizer
-
-    folder.mkdir(parents=True, exist_ok=True)
-    tokens = ["<|startoftext|>", "<|endoftext|>"]
-    letters = [chr(i) for i in range(ord("a"), ord("z") + 1)]
-    tokens += letters + [f"{ch}</w>" for ch in letters]
-    merges: list[str] = []
-    for word in _TINY_WORDS:  # merge each word left to right, the last piece carrying </w>
-        pieces = list(word[:-1]) + [word[-1] + "</w>"]
-        while len(pieces) > 1:
-            merges.append(f"{pieces[0]} {pieces[1]}")
-            pieces = [pieces[0] + pieces[1]] + pieces[2:]
-            if pieces[0] not in tokens:
-                tokens.append(pieces[0])
-    merges = list(dict.fromkeys(merges))
-    (folder / "vocab.json").write_text(json.dumps({tok: i for i, tok in enumerate(tokens)}), encoding="utf-8")
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
-    tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=16)
-    tokenizer.save_pretrained(folder)
-
-
-@tiny_builder("guidance_sd")
-def build_tiny_sd(folder: Path, seed: int) -> Path:
-    """A tiny Stable Diffusion folder in the diffusers layout (resolution 32, text width 16)."""
-    import json
-
-    from diffusers import DDIMScheduler
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    folder = Path(folder)
-    write_tiny_tokenizer(folder / "tokenizer")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        tiny_unet(4, 16).save_pretrained(folder / "unet")
-        tiny_vae().save_pretrained(folder / "vae")
-        config = CLIPTextConfig(vocab_size=128, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                                num_attention_heads=2, max_position_embeddings=16, bos_token_id=0, eos_token_id=1,
-                                pad_token_id=1)
-        CLIPTextModel(config).save_pretrained(folder / "text_encoder")
-    DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
-                  set_alpha_to_one=False).save_pretrained(folder / "scheduler")
-    (folder / "model_index.json").write_text(json.dumps({
-        "_class_name": "StableDiffusionPipeline", "vae": ["diffusers", "AutoencoderKL"],
-        "unet": ["diffusers", "UNet2DConditionModel"], "scheduler": ["diffusers", "DDIMScheduler"],
-        "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"]},
-        indent=2))
-    return folder

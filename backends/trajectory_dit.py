@@ -14,6 +14,7 @@ Public API:
     fit_image(image, width, height)  centre-crop + resize to the working size (never stretched)
     fov_intrinsics(h, w, fov)   square-pixel pinhole from a horizontal field of view
     params_on_meta()            context manager: build modules with parameters on the meta device
+    vit_heads(dim)              attention heads of a ViT of width ``dim`` (not stored in checkpoints)
     clear_cache()
 
 Design notes:
@@ -71,7 +72,6 @@ from torch import Tensor, nn
 from ..core.moge4d.strag import backproject, depth_condition, fuse_motion, motion_intrinsics, official_pinhole
 from ..core.moge4d.tracks import Tracks
 from .memory import modules_on
-from .tiny import tiny_builder
 from .trajectory_dit_modules import (
     LATENT_CHANNELS,
     DiTConfig,
@@ -83,7 +83,6 @@ from .trajectory_dit_modules import (
 from .trajectory_dit_names import (
     MappingError,
     adaptor_name_map,
-    diffusers_vae_to_official,
     name_map,
     official_vae_to_diffusers,
     wan_clip_to_hf,
@@ -102,6 +101,7 @@ __all__ = [
     "fit_image",
     "fov_intrinsics",
     "params_on_meta",
+    "vit_heads",
     "clear_cache",
     "WAN_LATENT_MEAN",
     "WAN_LATENT_STD",
@@ -440,7 +440,7 @@ def _load_dit(layout: Layout, dtype: torch.dtype) -> TrajectoryDiT:
         patch_size = int(omni["patch_embed.weight"].shape[-1])
         grid2 = (224 // patch_size) ** 2
         with params_on_meta():
-            extractor = OmniMAEFeatures(dim=dim, depth=depth, heads=_vit_heads(dim), patch=patch_size,
+            extractor = OmniMAEFeatures(dim=dim, depth=depth, heads=vit_heads(dim), patch=patch_size,
                                         table_frames=max(table // grid2, 1))
         _assign(extractor, omni, dtype, "OmniMAE motion-feature extractor")
         model.motion_extractor = extractor.eval().requires_grad_(False)
@@ -450,7 +450,7 @@ def _load_dit(layout: Layout, dtype: torch.dtype) -> TrajectoryDiT:
     return model.eval().requires_grad_(False)
 
 
-def _vit_heads(dim: int) -> int:
+def vit_heads(dim: int) -> int:
     """Attention heads of a ViT of width ``dim`` (not stored in checkpoints): 64-wide heads, as ViT-B
     (768 / 12) and ViT-L (1024 / 16); ViT-H/14 (1280) uses 16 heads of 80."""
     if dim == 1280:
@@ -518,7 +518,7 @@ def _load_clip(layout: Layout, dtype: torch.dtype):
     layers = len({k.split(".")[3] for k in state if k.startswith("vision_model.encoder.layers.")})
     config = CLIPVisionConfig(
         hidden_size=hidden, intermediate_size=int(state["vision_model.encoder.layers.0.mlp.fc1.weight"].shape[0]),
-        num_hidden_layers=layers, num_attention_heads=_vit_heads(hidden),
+        num_hidden_layers=layers, num_attention_heads=vit_heads(hidden),
         image_size=int(round(math.sqrt(n))) * p, patch_size=p, hidden_act="gelu", layer_norm_eps=1e-5)
     with params_on_meta():
         model = CLIPVisionModel(config)
@@ -863,193 +863,3 @@ def generate_tracks(
     tracks = Tracks(points=points.float(), colors=img, valid=valid, visible=torch.ones(t_count, h, w, dtype=torch.bool),
                     K=K_bp.float(), viewmat=torch.eye(4), fps=float(fps))
     return TrajectoryResult(tracks, maps, normalized, torch.where(valid, z, torch.zeros_like(z)))
-
-
-# --------------------------------------------------------------------------- tiny weights
-
-
-def _tiny_vae_official(seed: int) -> dict[str, Tensor]:
-    from diffusers import AutoencoderKLWan
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        vae = AutoencoderKLWan(base_dim=4, z_dim=LATENT_CHANNELS)
-    return diffusers_vae_to_official(vae.state_dict())
-
-
-def _official_dit_state(model: TrajectoryDiT) -> dict[str, Tensor]:
-    """Our TrajectoryDiT state -> the official 4D-STraG names (inverse of ``name_map``, checked)."""
-    ours = model.state_dict()
-    official = {_our_to_official(k): v for k, v in ours.items()}
-    if set(name_map(official)) != set(ours):
-        raise RuntimeError("tiny builder: the official naming does not round-trip through name_map")
-    return official
-
-
-def _our_to_official(k: str) -> str:
-    import re
-
-    fixed = {
-        "wan.scale_shift_table": "head.modulation",
-        "motion_extractor.pos_embed": "omnimae_extractor.trunk.pos_embed",
-    }
-    if k in fixed:
-        return fixed[k]
-    m = re.match(r"^(attn|ffn)_madanorms\.(\d+)\.(linear\.(weight|bias)|gate)$", k)
-    if m:
-        which = "self" if m.group(1) == "attn" else "ffn"
-        tail = "gate" if m.group(3) == "gate" else f"spatial_guide.1.{m.group(4)}"
-        return f"blocks.{m.group(2)}.spatial_guidance_{which}.{tail}"
-    m = re.match(r"^wan\.blocks\.(\d+)\.(.+)$", k)
-    if m:
-        i, rest = m.groups()
-        subs = (("scale_shift_table", "modulation"), ("attn1.to_q.", "self_attn.q."), ("attn1.to_k.", "self_attn.k."),
-                ("attn1.to_v.", "self_attn.v."), ("attn1.to_out.0.", "self_attn.o."),
-                ("attn1.norm_q.", "self_attn.norm_q."), ("attn1.norm_k.", "self_attn.norm_k."),
-                ("attn2.to_q.", "cross_attn.q."), ("attn2.to_k.", "cross_attn.k."), ("attn2.to_v.", "cross_attn.v."),
-                ("attn2.to_out.0.", "cross_attn.o."), ("attn2.norm_q.", "cross_attn.norm_q."),
-                ("attn2.norm_k.", "cross_attn.norm_k."), ("attn2.add_k_proj.", "cross_attn.k_img."),
-                ("attn2.add_v_proj.", "cross_attn.v_img."), ("attn2.norm_added_k.", "cross_attn.norm_k_img."),
-                ("norm2.", "norm3."), ("ffn.net.0.proj.", "ffn.0."), ("ffn.net.2.", "ffn.2."))
-        for a, b in subs:
-            if rest.startswith(a):
-                return f"blocks.{i}.{b}{rest[len(a):]}"
-        return f"blocks.{i}.{rest}"
-    prefixes = (
-        ("wan.condition_embedder.text_embedder.linear_1.", "text_embedding.0."),
-        ("wan.condition_embedder.text_embedder.linear_2.", "text_embedding.2."),
-        ("wan.condition_embedder.time_embedder.linear_1.", "time_embedding.0."),
-        ("wan.condition_embedder.time_embedder.linear_2.", "time_embedding.2."),
-        ("wan.condition_embedder.time_proj.", "time_projection.1."),
-        ("wan.condition_embedder.image_embedder.norm1.", "img_emb.proj.0."),
-        ("wan.condition_embedder.image_embedder.ff.net.0.proj.", "img_emb.proj.1."),
-        ("wan.condition_embedder.image_embedder.ff.net.2.", "img_emb.proj.3."),
-        ("wan.condition_embedder.image_embedder.norm2.", "img_emb.proj.4."),
-        ("wan.patch_embedding.", "patch_embedding."),
-        ("wan.proj_out.", "head.head."),
-        ("motion_adapter.0.", "feature_adapter.0."),
-        ("motion_adapter.2.", "feature_adapter.2."),
-        ("motion_extractor.patch_embed.", "omnimae_extractor.trunk.patch_embed.proj.1."),
-        ("motion_extractor.blocks.", "omnimae_extractor.trunk.blocks."),
-        ("motion_extractor.norm.", "omnimae_extractor.trunk.norm."),
-    )
-    for a, b in prefixes:
-        if k.startswith(a):
-            return b + k[len(a):]
-    return k
-
-
-def _umt5_to_wan(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    import re
-
-    inv = {
-        "layer.0.layer_norm.weight": "norm1.weight", "layer.0.SelfAttention.q.weight": "attn.q.weight",
-        "layer.0.SelfAttention.k.weight": "attn.k.weight", "layer.0.SelfAttention.v.weight": "attn.v.weight",
-        "layer.0.SelfAttention.o.weight": "attn.o.weight",
-        "layer.0.SelfAttention.relative_attention_bias.weight": "pos_embedding.embedding.weight",
-        "layer.1.layer_norm.weight": "norm2.weight", "layer.1.DenseReluDense.wi_0.weight": "ffn.gate.0.weight",
-        "layer.1.DenseReluDense.wi_1.weight": "ffn.fc1.weight", "layer.1.DenseReluDense.wo.weight": "ffn.fc2.weight",
-    }
-    out = {"token_embedding.weight": state["encoder.embed_tokens.weight"],
-           "norm.weight": state["encoder.final_layer_norm.weight"]}
-    for k, v in state.items():
-        m = re.match(r"^encoder\.block\.(\d+)\.(.+)$", k)
-        if m:
-            out[f"blocks.{m.group(1)}.{inv[m.group(2)]}"] = v
-    return out
-
-
-def _hf_clip_to_wan(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    import re
-
-    vm = "vision_model."
-    state = {(k if k.startswith(vm) else vm + k): v for k, v in state.items()}
-    out = {"visual.patch_embedding.weight": state[vm + "embeddings.patch_embedding.weight"],
-           "visual.cls_embedding": state[vm + "embeddings.class_embedding"].reshape(1, 1, -1),
-           "visual.pos_embedding": state[vm + "embeddings.position_embedding.weight"][None]}
-    for a, b in (("pre_layrnorm.", "pre_norm."), ("post_layernorm.", "post_norm.")):
-        for t in ("weight", "bias"):
-            out[f"visual.{b}{t}"] = state[f"{vm}{a}{t}"]
-    layers = sorted({int(m.group(1)) for k in state if (m := re.match(rf"^{vm}encoder\.layers\.(\d+)\.", k))})
-    for i in layers:
-        p = f"{vm}encoder.layers.{i}."
-        for t in ("weight", "bias"):
-            out[f"visual.transformer.{i}.attn.to_qkv.{t}"] = torch.cat(
-                [state[f"{p}self_attn.{n}_proj.{t}"] for n in ("q", "k", "v")], dim=0)
-            for a, b in (("layer_norm1.", "norm1."), ("layer_norm2.", "norm2."), ("self_attn.out_proj.", "attn.proj."),
-                         ("mlp.fc1.", "mlp.0."), ("mlp.fc2.", "mlp.2.")):
-                out[f"visual.transformer.{i}.{b}{t}"] = state[f"{p}{a}{t}"]
-    out["visual.head"] = torch.zeros(out["visual.post_norm.weight"].shape[0], 8)
-    return out
-
-
-def tiny_wan_encoders(vocab: int):
-    """Tiny random UMT5 (width 16, 1 layer) and CLIP vision (width 32, 2 layers) for tiny Wan folders."""
-    from transformers import CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
-
-    text = UMT5EncoderModel(UMT5Config(vocab_size=vocab, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2,
-                                       relative_attention_num_buckets=8, feed_forward_proj="gated-gelu",
-                                       tie_word_embeddings=False, pad_token_id=0, eos_token_id=1,
-                                       decoder_start_token_id=0))
-    clip = CLIPVisionModel(CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                            num_attention_heads=1, image_size=28, patch_size=14, hidden_act="gelu"))
-    return text, clip
-
-
-@tiny_builder("trajectory")
-def build_tiny_trajectory(folder: Path, seed: int) -> Path:
-    """A tiny MoGe4D folder in the official layout: 2-block DiT width 32 (4 heads), OmniMAE width 32
-    (1 block), trajectory adaptors width 32, Wan VAE base width 4 (16 latent channels), UMT5 width
-    16, CLIP width 32 (2 layers), under ``Wan2.1-Fun-V1.1-14B-Control/`` + ``4D-STraG/`` + ``VAE/``."""
-    from safetensors.torch import save_file
-
-    from .video_inpaint import write_tiny_t5_tokenizer
-
-    folder = Path(folder)
-    base = folder / "Wan2.1-Fun-V1.1-14B-Control"
-    (base / "google").mkdir(parents=True, exist_ok=True)
-    write_tiny_t5_tokenizer(base / BASE_T5_TOKENIZER)
-    from transformers import AutoTokenizer
-
-    vocab = len(AutoTokenizer.from_pretrained(base / BASE_T5_TOKENIZER))
-    wan_cfg = {"_class_name": "WanModel", "model_type": "i2v", "dim": 32, "ffn_dim": 64, "num_heads": 4,
-               "num_layers": 2, "in_dim": 48, "out_dim": LATENT_CHANNELS, "text_len": 512, "text_dim": 16,
-               "freq_dim": 16, "eps": 1e-6, "add_ref_conv": True, "in_dim_ref_conv": LATENT_CHANNELS,
-               "add_control_adapter": False}
-    (base / "config.json").write_text(json.dumps(wan_cfg, indent=1))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        extractor = OmniMAEFeatures(dim=32, depth=1, heads=_vit_heads(32), image_size=224, patch=16)
-        dit = TrajectoryDiT(DiTConfig(dim=32, ffn_dim=64, num_heads=4, num_layers=2, text_dim=16, freq_dim=16,
-                                      image_dim=32, motion_dim=32), extractor)
-        for p in list(dit.attn_madanorms.parameters()) + list(dit.ffn_madanorms.parameters()):
-            nn.init.normal_(p, std=0.2)  # non-zero gates so the MPM path is exercised
-        decoder = TrajectoryDecoder(width=32, num_blocks=2, groups=8)
-        encoder = TrajectoryEncoder(width=32, num_blocks=1, groups=8)
-        nn.init.normal_(encoder.conv_out.weight, std=0.02)
-        text, clip = tiny_wan_encoders(vocab)
-    official = _official_dit_state(dit)
-    base_keys = {k: v for k, v in official.items()
-                 if not k.startswith(("omnimae_extractor.", "feature_adapter.")) and "spatial_guidance" not in k}
-    base_keys["patch_embedding.weight"] = official["patch_embedding.weight"][:, :48].clone()
-    # the fine-tuned file leaves the text / image / time embeddings to the base (loaded from there)
-    official = {k: v for k, v in official.items() if not k.startswith(("text_embedding.", "img_emb.",
-                                                                          "time_embedding."))}
-    save_file({k: v.contiguous() for k, v in base_keys.items()}, str(base / "diffusion_pytorch_model.safetensors"))
-    torch.save(_tiny_vae_official(seed), base / BASE_VAE)
-    torch.save(_umt5_to_wan(text.state_dict()), base / BASE_T5)
-    torch.save(_hf_clip_to_wan(clip.state_dict()), base / BASE_CLIP)
-    (folder / "4D-STraG").mkdir(exist_ok=True)
-    official["omnimae_extractor.head.weight"] = torch.zeros(4, 4)  # present in the release, unused
-    save_file({k: v.contiguous() for k, v in official.items()}, str(folder / STRAG_FILE))
-    for sub, module, level in (("decoder_prompt", decoder, "up"), ("encoder_prompt", encoder, "down")):
-        (folder / "VAE" / sub).mkdir(parents=True, exist_ok=True)
-        state = {}
-        for k, v in module.state_dict().items():
-            state[k.replace("blocks.", f"{level}.0.block.", 1) if k.startswith("blocks.") else k] = v
-        torch.save(state, folder / "VAE" / sub / "pytorch_model.bin")
-    (folder / "VAE" / "vae").mkdir(parents=True, exist_ok=True)
-    torch.save({"model." + k: v for k, v in _tiny_vae_official(seed + 1).items() if k.startswith("decoder.")},
-               folder / "VAE" / "vae" / "pytorch_model.bin")
-    (folder / "config.json").write_text(json.dumps({"_class_name": "MoGe4D", "base": base.name}, indent=1))
-    return folder

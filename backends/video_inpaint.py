@@ -53,7 +53,6 @@ from .inpaint import (
     read_model_index,
 )
 from .memory import make_room
-from .tiny import tiny_builder
 from .video_inpaint_fun import FunInpainter, find_fun_inp_base, load_fun_inpainter
 from .zero123 import _cached, _check_folder, _folder_key, _load
 
@@ -293,52 +292,3 @@ class VideoInpainter:
         if (mh, mw) != (height, width):
             out = F.interpolate(out, (height, width), mode="bilinear", align_corners=False)
         return out.permute(0, 2, 3, 1).contiguous()
-
-
-# --------------------------------------------------------------------------- tiny weights
-
-_TINY_WORDS = ("a", "photo", "of", "cat", "dog", "forest", "city", "at", "night", "red", "blue", "car", "scene")
-
-
-def write_tiny_t5_tokenizer(folder: Path) -> None:
-    """A tiny T5 (Unigram) tokenizer made locally: special tokens, a few words, and letters."""
-    from transformers import T5Tokenizer
-
-    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
-    pieces += [(f"\u2581{w}", -1.0) for w in _TINY_WORDS] + [("\u2581", -3.0)]
-    pieces += [(chr(c), -5.0) for c in range(ord("a"), ord("z") + 1)]
-    tokenizer = T5Tokenizer(vocab=pieces, extra_ids=0)
-    tokenizer.save_pretrained(folder)
-
-
-@tiny_builder("video_inpaint_wan_vace")
-def build_tiny_wan_vace(folder: Path, seed: int) -> Path:
-    """A tiny Wan VACE folder (2-layer transformer width 24, 4-channel Wan VAE, UMT5 width 16)."""
-    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanVACEPipeline, WanVACETransformer3DModel
-    from transformers import AutoTokenizer, UMT5Config, UMT5EncoderModel
-
-    folder = Path(folder)
-    source = folder / "_tokenizer_src"
-    write_tiny_t5_tokenizer(source)
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    z = 4
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        vae = AutoencoderKLWan(base_dim=8, z_dim=z, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                               temperal_downsample=[False, True, True], latents_mean=[0.0] * z,
-                               latents_std=[1.0] * z)
-        text = UMT5EncoderModel(UMT5Config(vocab_size=len(tokenizer), d_model=16, d_kv=8, d_ff=32, num_layers=1,
-                                           num_heads=2, relative_attention_num_buckets=8, pad_token_id=0,
-                                           eos_token_id=1, decoder_start_token_id=0))
-        transformer = WanVACETransformer3DModel(
-            patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=z, out_channels=z,
-            text_dim=16, freq_dim=16, ffn_dim=32, num_layers=2, cross_attn_norm=True, rope_max_seq_len=32,
-            vace_layers=[0], vace_in_channels=2 * z + 64)
-    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
-    pipe = WanVACEPipeline(tokenizer=tokenizer, text_encoder=text, vae=vae, scheduler=scheduler,
-                           transformer=transformer)
-    pipe.save_pretrained(folder, safe_serialization=True)
-    import shutil
-
-    shutil.rmtree(source, ignore_errors=True)
-    return folder

@@ -11,7 +11,7 @@ Public API:
     inp_condition_mask(mask, latent_hw)   binary hole mask -> the 4 mask channels of the InP input
     masked_video(video, mask)         frames in [-1,1] with the holes set to 0 (0.5 grey)
     lora_deltas(state, targets)       parse an official (kohya-style) LoRA state dict
-    FunInpLayout, VISM_LORA_DIR, VISM_LORA_FILE, VISM_LORA_ALT, VISM_LORA_STRENGTH, VISM_SHIFT
+    FunInpLayout, VISM_LORA_DIR, VISM_LORA_FILE, VISM_LORA_ALT, VISM_LORA_STRENGTH, VISM_SHIFT, LORA_PREFIX
 
 Design notes:
     Model folder. ``alibaba-pai/Wan2.1-Fun-V1.1-14B-InP`` in its release layout (``config.json``
@@ -82,7 +82,6 @@ from torch import Tensor, nn
 from ..core.moge4d.vism import VISM_INPAINT_DEFAULTS
 from .inpaint import _cpu_generator, check_frames_and_masks, check_sampling, composite, default_device, model_size
 from .memory import modules_on
-from .tiny import tiny_builder
 from .trajectory_dit import (
     BASE_CLIP,
     BASE_T5,
@@ -97,7 +96,6 @@ from .trajectory_dit import (
     _load_vae,
     params_on_meta,
     shard_shapes,
-    tiny_wan_encoders,
 )
 from .trajectory_dit_names import MappingError, name_map
 
@@ -118,6 +116,7 @@ __all__ = [
     "VISM_LORA_ALT",
     "VISM_LORA_STRENGTH",
     "VISM_SHIFT",
+    "LORA_PREFIX",
 ]
 
 logger = logging.getLogger(__name__)
@@ -135,7 +134,7 @@ CLIP_TOKENS = 257
 _KEEP_FP32 = ("scale_shift_table", "norm1", "norm2", "norm3", "time_embedder")
 _CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 _CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-_LORA_PREFIX = "lora_unet"
+LORA_PREFIX = "lora_unet"
 _LORA_ELEMS = {"lora_up.weight", "lora_down.weight", "alpha"}
 
 
@@ -300,9 +299,9 @@ def inp_condition_mask(hole: Tensor, latent_hw: tuple[int, int]) -> Tensor:
 
 def _lora_module_name(layer: str) -> str | None:
     """``lora_unet__blocks_0_self_attn_q`` (or ``lora_unet_blocks_...``) -> ``blocks_0_self_attn_q``."""
-    if not layer.startswith(_LORA_PREFIX + "_"):
+    if not layer.startswith(LORA_PREFIX + "_"):
         return None
-    return layer[len(_LORA_PREFIX):].lstrip("_")
+    return layer[len(LORA_PREFIX):].lstrip("_")
 
 
 def lora_deltas(state: dict[str, Tensor], targets: dict[str, tuple[str, tuple[int, int]]],
@@ -757,54 +756,3 @@ class FunInpainter:
         if (mh, mw) != (height, width):
             out = F.interpolate(out, (height, width), mode="bilinear", align_corners=False)
         return out.permute(0, 2, 3, 1).contiguous()
-
-
-# --------------------------------------------------------------------------- tiny weights
-
-
-@tiny_builder("video_inpaint_wan_fun")
-def build_tiny_wan_fun_inp(folder: Path, seed: int) -> Path:
-    """A tiny MoGe4D-style folder: ``Wan2.1-Fun-V1.1-14B-InP/`` in the release layout (2-block
-    transformer width 32, 36 input channels, Wan VAE base width 4, UMT5 width 16, CLIP width 32)
-    and ``4D-ViSM/lora_diffusion_pytorch_model.safetensors`` (rank 4, alpha 2, official naming)."""
-    from diffusers import WanTransformer3DModel
-    from safetensors.torch import save_file
-    from transformers import AutoTokenizer
-
-    from .trajectory_dit import _hf_clip_to_wan, _our_to_official, _tiny_vae_official, _umt5_to_wan
-    from .video_inpaint import write_tiny_t5_tokenizer
-
-    folder = Path(folder)
-    base = folder / "Wan2.1-Fun-V1.1-14B-InP"
-    (base / "google").mkdir(parents=True, exist_ok=True)
-    write_tiny_t5_tokenizer(base / BASE_T5_TOKENIZER)
-    vocab = len(AutoTokenizer.from_pretrained(base / BASE_T5_TOKENIZER))
-    cfg = {"_class_name": "WanModel", "model_type": "i2v", "dim": 32, "ffn_dim": 64, "num_heads": 4, "num_layers": 2,
-           "in_dim": INP_IN_CHANNELS, "out_dim": LATENT, "text_len": 512, "text_dim": 16, "freq_dim": 16, "eps": 1e-6}
-    (base / "config.json").write_text(json.dumps(cfg, indent=1))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        transformer = WanTransformer3DModel(
-            patch_size=(1, PATCH, PATCH), num_attention_heads=4, attention_head_dim=8, in_channels=INP_IN_CHANNELS,
-            out_channels=LATENT, text_dim=16, freq_dim=16, ffn_dim=64, num_layers=2, cross_attn_norm=True,
-            qk_norm="rms_norm_across_heads", eps=1e-6, image_dim=32, added_kv_proj_dim=32)
-        text, clip = tiny_wan_encoders(vocab)
-        official = {_our_to_official("wan." + k): v.contiguous() for k, v in transformer.state_dict().items()}
-        back = {k[len("wan."):] for k in name_map(official)}
-        if back != set(transformer.state_dict()):
-            raise RuntimeError("tiny builder: the official naming does not round-trip through name_map")
-        lora: dict[str, Tensor] = {}
-        rank = 4
-        for name, module in transformer.named_modules():
-            if isinstance(module, nn.Linear):
-                key = _LORA_PREFIX + "__" + _our_to_official(f"wan.{name}.weight")[: -len(".weight")].replace(".", "_")
-                lora[key + ".lora_down.weight"] = (0.3 * torch.randn(rank, module.in_features)).to(torch.bfloat16)
-                lora[key + ".lora_up.weight"] = (0.3 * torch.randn(module.out_features, rank)).to(torch.bfloat16)
-                lora[key + ".alpha"] = torch.tensor(2.0, dtype=torch.bfloat16)
-    save_file(official, str(base / "diffusion_pytorch_model.safetensors"))
-    torch.save(_tiny_vae_official(seed), base / BASE_VAE)
-    torch.save(_umt5_to_wan(text.state_dict()), base / BASE_T5)
-    torch.save(_hf_clip_to_wan(clip.state_dict()), base / BASE_CLIP)
-    (folder / VISM_LORA_DIR).mkdir(exist_ok=True)
-    save_file(lora, str(folder / VISM_LORA_DIR / VISM_LORA_FILE), metadata={"format": "pt"})
-    return folder

@@ -70,7 +70,6 @@ from ..core.engine.cameras import Cameras
 from ..core.engine.guidance import annealed_timestep_range, orbit_angles, sds_surrogate
 from .memory import make_room
 from .model_folders import preferred_dtype
-from .tiny import tiny_builder
 
 __all__ = [
     "Zero123Guidance",
@@ -487,62 +486,3 @@ def _condition_frames(image) -> Tensor:
     if x.shape[-1] == 4:
         x = x[..., :3] * x[..., 3:] + (1 - x[..., 3:])
     return x.clamp(0, 1).permute(0, 3, 1, 2).contiguous()
-
-
-# --------------------------------------------------------------------------- tiny weights
-
-
-@tiny_builder("guidance_zero123")
-def build_tiny_zero123(folder: Path, seed: int) -> Path:
-    """A ~100k-parameter Zero123 in the stable-zero123-diffusers layout (resolution 32, width 16)."""
-    from diffusers import DDIMScheduler
-    from safetensors.torch import save_file
-    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
-
-    folder = Path(folder)
-    width = 16
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        tiny_unet(8, width).save_pretrained(folder / "unet")
-        tiny_vae().save_pretrained(folder / "vae")
-        config = CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                  image_size=32, patch_size=8, projection_dim=width)
-        CLIPVisionModelWithProjection(config).save_pretrained(folder / "image_encoder")
-        projection = CameraProjection(width, 4)
-    (folder / "clip_camera_projection").mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in projection.state_dict().items()},
-              str(folder / "clip_camera_projection" / "diffusion_pytorch_model.safetensors"))
-    (folder / "clip_camera_projection" / "config.json").write_text(json.dumps(
-        {"_class_name": "CLIPCameraProjection", "embedding_dim": width, "additional_embeddings": 4}, indent=2))
-    (folder / "feature_extractor").mkdir(exist_ok=True)
-    (folder / "feature_extractor" / "preprocessor_config.json").write_text(json.dumps(
-        {"image_processor_type": "CLIPImageProcessor", "crop_size": {"height": 32, "width": 32},
-         "size": {"shortest_edge": 32}, "image_mean": list(CLIP_MEAN), "image_std": list(CLIP_STD)}, indent=2))
-    DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
-                  set_alpha_to_one=False).save_pretrained(folder / "scheduler")
-    (folder / "model_index.json").write_text(json.dumps({
-        "_class_name": "Zero123Pipeline", "vae": ["diffusers", "AutoencoderKL"],
-        "unet": ["diffusers", "UNet2DConditionModel"], "scheduler": ["diffusers", "DDIMScheduler"],
-        "image_encoder": ["transformers", "CLIPVisionModelWithProjection"],
-        "feature_extractor": ["transformers", "CLIPImageProcessor"],
-        "clip_camera_projection": ["pipeline_zero1to3", "CLIPCameraProjection"]}, indent=2))
-    return folder
-
-
-def tiny_unet(in_channels: int, cross_attention_dim: int):
-    """A two-level UNet2DConditionModel at latent size 16 (shared by the tiny guidance builders)."""
-    from diffusers import UNet2DConditionModel
-
-    return UNet2DConditionModel(
-        sample_size=16, in_channels=in_channels, out_channels=4, block_out_channels=(8, 16), layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=cross_attention_dim, attention_head_dim=4, norm_num_groups=4)
-
-
-def tiny_vae():
-    """A two-level AutoencoderKL (down-scaling 2, 4 latent channels)."""
-    from diffusers import AutoencoderKL
-
-    return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
-                         up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), latent_channels=4,
-                         norm_num_groups=4, sample_size=32)

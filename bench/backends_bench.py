@@ -28,8 +28,10 @@ from pack_loader import load_pack  # noqa: E402
 load_pack()
 from gen4d.backends.inpaint import ImageInpainter  # noqa: E402
 from gen4d.backends.sam2_video import Sam2VideoSegmenter  # noqa: E402
-from gen4d.backends.sd_guidance import SDComponents, SDGuidance, write_tiny_tokenizer  # noqa: E402
-from gen4d.backends.video_inpaint import VideoInpainter, write_tiny_t5_tokenizer  # noqa: E402
+from gen4d.backends.sd_guidance import SDComponents, SDGuidance  # noqa: E402
+from gen4d.backends.tiny.sd import write_tiny_tokenizer  # noqa: E402
+from gen4d.backends.tiny.wan import write_tiny_t5_tokenizer  # noqa: E402
+from gen4d.backends.video_inpaint import VideoInpainter  # noqa: E402
 from timing import peak_mib, sds_step_seconds, sync  # noqa: E402
 
 

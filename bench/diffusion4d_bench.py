@@ -67,7 +67,7 @@ def real_size_model(device: torch.device):
     """OrbitalModel with real-size random-weight parts (I2VGen-XL UNets, SD VAE, ViT-H CLIP), bf16 on ``device``."""
     from diffusers import AutoencoderKL, DDIMScheduler, I2VGenXLUNet
     from gen4d.backends.orbital import OrbitalModel, time_embed_dim
-    from gen4d.backends.sd_guidance import write_tiny_tokenizer
+    from gen4d.backends.tiny.sd import write_tiny_tokenizer
     from transformers import (
         CLIPTextConfig,
         CLIPTextModel,

@@ -80,7 +80,7 @@ def materialise_random(transformer, *others, device: torch.device, dtype: torch.
 def build_fun_inpainter(size: str, device: torch.device, dtype: torch.dtype):
     """A Wan2.1-Fun InP inpainter (36 input channels, CLIP image branch) with random weights of the given size."""
     from diffusers import AutoencoderKLWan, WanTransformer3DModel
-    from gen4d.backends.video_inpaint import write_tiny_t5_tokenizer
+    from gen4d.backends.tiny.wan import write_tiny_t5_tokenizer
     from gen4d.backends.video_inpaint_fun import FunInpainter, FunInpLayout
     from transformers import AutoTokenizer, UMT5Config, UMT5EncoderModel
 
@@ -108,7 +108,8 @@ def build_fun_inpainter(size: str, device: torch.device, dtype: torch.dtype):
 def build_inpainter(size: str, device: torch.device, dtype: torch.dtype):
     """A Wan VACE inpainter with random weights of the given transformer size (built on meta, then materialised)."""
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanVACEPipeline, WanVACETransformer3DModel
-    from gen4d.backends.video_inpaint import VideoInpainter, write_tiny_t5_tokenizer
+    from gen4d.backends.tiny.wan import write_tiny_t5_tokenizer
+    from gen4d.backends.video_inpaint import VideoInpainter
     from transformers import AutoTokenizer, UMT5Config, UMT5EncoderModel
 
     folder = Path(tempfile.mkdtemp()) / "t5"

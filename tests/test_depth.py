@@ -15,6 +15,7 @@ import pytest
 import torch
 from gen4d.backends import depth as backend
 from gen4d.backends.tiny import build_tiny
+from gen4d.backends.tiny.depth import build_tiny_depth
 from gen4d.nodes import depth as nodes
 from gen4d.synthetic import render, scene_world
 
@@ -163,7 +164,7 @@ def test_progress_interrupt_and_offload(model, video, fake_comfy, monkeypatch):
 
 
 def test_metric_model(tmp_path, video):
-    folder = backend.build_tiny_depth(tmp_path / "metric", seed=0, depth_estimation_type="metric")
+    folder = build_tiny_depth(tmp_path / "metric", seed=0, depth_estimation_type="metric")
     estimator = backend.DepthAnythingV2.load(folder)
     assert estimator.kind == backend.METRIC_DEPTH and estimator.loaded
     depth = estimator.predict(video[:2], input_size=28)

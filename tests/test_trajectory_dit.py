@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from gen4d.backends import trajectory_dit as td
 from gen4d.backends.tiny import build_tiny
+from gen4d.backends.tiny.wan import hf_clip_to_wan, umt5_to_wan
 from gen4d.backends.trajectory_dit_modules import (
     DiTConfig,
     OmniMAEFeatures,
@@ -229,7 +230,7 @@ def test_t5_and_clip_maps_compute_what_the_wan_modules_compute():
     t5 = UMT5EncoderModel(UMT5Config(vocab_size=20, d_model=16, d_kv=4, d_ff=24, num_layers=2, num_heads=4,
                                      relative_attention_num_buckets=8, feed_forward_proj="gated-gelu",
                                      tie_word_embeddings=False))
-    wan = td._umt5_to_wan(t5.state_dict())
+    wan = umt5_to_wan(t5.state_dict())
     assert set(wan_t5_to_umt5(wan)) == set(t5.state_dict())
     # Wan's T5 FFN: fc2(fc1(x) * gelu_tanh(gate.0(x))); the mapped HF layer must compute the same
     x = torch.randn(3, 16)
@@ -241,7 +242,7 @@ def test_t5_and_clip_maps_compute_what_the_wan_modules_compute():
 
     clip = CLIPVisionModel(CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                                             num_attention_heads=2, image_size=28, patch_size=14)).eval()
-    wclip = td._hf_clip_to_wan(clip.state_dict())
+    wclip = hf_clip_to_wan(clip.state_dict())
     mapped = wan_clip_to_hf(wclip)
     own = {(k if k.startswith("vision_model.") else "vision_model." + k) for k in clip.state_dict()}
     assert set(mapped) - {"vision_model.embeddings.position_ids"} <= own

@@ -47,9 +47,9 @@ def make_tiny_models(root: str | Path, kinds=None, seed: int = 0) -> dict[str, P
     """Build the tiny models of ``kinds`` (default: all registered) under ``root``; returns kind -> folder."""
     load_pack()
     from gen4d.backends.model_folders import MODEL_KINDS
-    from gen4d.backends.tiny import TINY_KINDS, _load_backends, build_tiny
+    from gen4d.backends.tiny import TINY_KINDS, build_tiny, load_builders
 
-    _load_backends()
+    load_builders()
     wanted = list(kinds) if kinds else sorted(TINY_KINDS)
     unknown = [k for k in wanted if k not in TINY_KINDS or k not in MODEL_KIND_OF]
     if unknown:

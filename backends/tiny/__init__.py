@@ -4,13 +4,17 @@
 Public API:
     tiny_builder(kind)              decorator registering ``fn(folder: Path, seed: int) -> Path``
     build_tiny(kind, root, seed=0)  write the tiny model of ``kind`` under ``root`` and return its folder
+    load_builders()                 import every builder module, so that :data:`TINY_KINDS` is complete
     TINY_KINDS                      kinds with a registered builder
 
 Design notes:
-    Every backend registers a builder that creates its components from small configs (a couple of
+    Every backend has a builder that creates its components from small configs (a couple of
     layers, widths 8-32), seeds them, and saves them with ``save_pretrained`` / safetensors into
     exactly the layout its loader reads. Tests then load them back through the real loader code, so
-    nothing is ever fetched from a hub. Builders live next to their backend.
+    nothing is ever fetched from a hub. The builders live in this package, one module per backend
+    family (``depth``, ``sam2``, ``sd``: Zero123 / SD guidance / SD inpainting, ``video``: video
+    generation, ``wan``: Wan VACE / Wan2.1-Fun InP / MoGe4D trajectory, ``orbital``); they import the
+    backends, never the other way round, so production code carries no test-model code.
 """
 
 from __future__ import annotations
@@ -19,12 +23,11 @@ import importlib
 from pathlib import Path
 from typing import Callable
 
-__all__ = ["tiny_builder", "build_tiny", "TINY_KINDS"]
+__all__ = ["tiny_builder", "build_tiny", "load_builders", "TINY_KINDS"]
 
 _BUILDERS: dict[str, Callable[[Path, int], Path]] = {}
-# Backend modules that register builders; imported on demand so the pack imports fast.
-_BACKEND_MODULES = ("depth", "sam2_video", "zero123", "sd_guidance", "video_generation", "inpaint", "video_inpaint",
-                    "orbital", "trajectory_dit")
+# Modules of this package that register builders; imported on demand so the pack imports fast.
+_BUILDER_MODULES = ("depth", "sam2", "sd", "video", "wan", "orbital")
 TINY_KINDS = _BUILDERS
 
 
@@ -38,8 +41,9 @@ def tiny_builder(kind: str):
     return register
 
 
-def _load_backends() -> None:
-    for name in _BACKEND_MODULES:
+def load_builders() -> None:
+    """Import every builder module (registering its kinds in :data:`TINY_KINDS`)."""
+    for name in _BUILDER_MODULES:
         try:
             importlib.import_module(f"{__package__}.{name}")
         except ModuleNotFoundError as exc:
@@ -53,7 +57,7 @@ def build_tiny(kind: str, root: str | Path, seed: int = 0) -> Path:
     Raises:
         ValueError: no builder for ``kind``.
     """
-    _load_backends()
+    load_builders()
     if kind not in _BUILDERS:
         raise ValueError(f"build_tiny: no tiny builder for {kind!r}; known: {sorted(_BUILDERS)}")
     folder = Path(root) / f"{kind}-tiny"
