@@ -8,6 +8,7 @@ Public API:
     model_size(h, w, multiple)          the explicit resize policy (nearest multiple, at least one)
     composite(original, generated, mask)   keep every pixel outside the mask exactly
     check_frames_and_masks(...)         shared input validation of the image / video inpainters
+    cpu_generator(seed)                 the CPU noise generator the inpainters share
 
 Design notes:
     CoCo4D (§3.2, eq. 7) inpaints the holes of a video rendered at a new pose: frame 0 with an
@@ -42,8 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .loading import cached, check_diffusers_folder, folder_key, load_component
 from .memory import make_room, pipeline_modules
-from .zero123 import _cached, _check_folder, _folder_key, _load
 
 __all__ = [
     "ImageInpainter",
@@ -156,7 +157,8 @@ def step_callback(total: int, callback: Callable | None, should_stop: Callable[[
     return on_step_end
 
 
-def _cpu_generator(seed: int) -> torch.Generator:
+def cpu_generator(seed: int) -> torch.Generator:
+    """The noise generator of ``seed``, on the CPU so a seed gives the same noise on every device."""
     return torch.Generator("cpu").manual_seed(int(seed) % (2**63))
 
 
@@ -184,18 +186,18 @@ def load_image_inpainter(path: str | Path, dtype: torch.dtype = torch.float32) -
     path = Path(path)
     what = f"inpaint model {str(path)!r}"
     family, components = inpaint_components(path, what)
-    _check_folder(path, components, what)
-    return _cached(("inpaint", *_folder_key(path), str(dtype)), lambda: _load_pipeline(path, family, dtype, what))
+    check_diffusers_folder(path, components, what)
+    return cached(("inpaint", *folder_key(path), str(dtype)), lambda: _load_pipeline(path, family, dtype, what))
 
 
 def _load_pipeline(path: Path, family: str, dtype: torch.dtype, what: str) -> "ImageInpainter":
     from diffusers import StableDiffusionInpaintPipeline, StableDiffusionXLInpaintPipeline
 
     if family == "sdxl":
-        pipe = _load(what, "pipeline", lambda: StableDiffusionXLInpaintPipeline.from_pretrained(
+        pipe = load_component(what, "pipeline", lambda: StableDiffusionXLInpaintPipeline.from_pretrained(
             path, dtype=dtype))
     else:
-        pipe = _load(what, "pipeline", lambda: StableDiffusionInpaintPipeline.from_pretrained(
+        pipe = load_component(what, "pipeline", lambda: StableDiffusionInpaintPipeline.from_pretrained(
             path, dtype=dtype, safety_checker=None, feature_extractor=None, requires_safety_checker=False))
     pipe.set_progress_bar_config(disable=True)
     channels = int(pipe.unet.config.in_channels)
@@ -281,7 +283,7 @@ class ImageInpainter:
             out = self.pipe(prompt=prompt, negative_prompt=negative_prompt or None, image=x.clamp(0, 1),
                             mask_image=m, height=mh, width=mw, strength=float(strength),
                             num_inference_steps=int(steps), guidance_scale=float(guidance_scale),
-                            generator=_cpu_generator(seed), output_type="pt",
+                            generator=cpu_generator(seed), output_type="pt",
                             callback_on_step_end=step_callback(total, callback, should_stop, state)).images
         finally:
             self.offload()

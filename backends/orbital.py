@@ -91,8 +91,8 @@ from ..core.diffusion4d.orbital import (
     base_mode_cfg,
     check_magnitude,
 )
+from .loading import check_weights, file_stamps, holds_weights, missing_config_files, read_folder_weights
 from .memory import make_room
-from .zero123 import check_weights
 
 __all__ = [
     "OrbitalModel",
@@ -117,9 +117,6 @@ _COMPONENTS = {
     "image": ("vae", "text_encoder", "tokenizer", "unet", "scheduler", "image_encoder", "feature_extractor"),
     "text": ("vae", "text_encoder", "tokenizer", "unet", "scheduler"),
 }
-_CONFIG_FILES = {"scheduler": "scheduler_config.json", "tokenizer": "tokenizer_config.json",
-                 "feature_extractor": "preprocessor_config.json"}
-_NO_WEIGHTS = ("scheduler", "tokenizer", "feature_extractor")
 UNET_4D = "unet_4d"
 MAGNITUDE_MLP = "motion_magnitude"
 MODES = ("4d", "4d_no_magnitude", "base")
@@ -212,14 +209,13 @@ def check_orbital_folder(path: str | Path) -> tuple[str, bool, bool]:
                          f"to a 4D-finetuned UNet, put that UNet into {UNET_4D}/")
     if has_4d:
         parts.append(UNET_4D)
-    missing = [f"{c}/{_CONFIG_FILES.get(c, 'config.json')}" for c in parts
-               if not (path / c / _CONFIG_FILES.get(c, "config.json")).is_file()]
+    missing = missing_config_files(path, parts)
     if has_mlp and not (path / MAGNITUDE_MLP / "config.json").is_file():
         missing.append(f"{MAGNITUDE_MLP}/config.json")
     if missing:
         raise ValueError(f"{what}: {class_name} folder {str(path)!r} is missing {missing}; expected {FOLDER_LAYOUT}")
     for c in parts:
-        if c not in _NO_WEIGHTS:
+        if holds_weights(c):
             _check_safetensors(path / c, f"{what} {c}")
     if has_mlp:
         _check_safetensors(path / MAGNITUDE_MLP, f"{what} {MAGNITUDE_MLP}")
@@ -230,11 +226,6 @@ def _check_safetensors(folder: Path, what: str) -> None:
     if not any(folder.glob("*.safetensors")):
         raise ValueError(f"{what}: no .safetensors weights in {str(folder)!r} (only safetensors files are loaded)")
     check_weights(folder, what)
-
-
-def _file_stamps(path: Path) -> tuple:
-    files = [path / "model_index.json", *sorted(p for p in path.glob("*/*") if p.is_file())]
-    return tuple((str(p.relative_to(path)), p.stat().st_mtime_ns, p.stat().st_size) for p in files)
 
 
 # --------------------------------------------------------------------------- conditions
@@ -642,7 +633,7 @@ def load_orbital_model(path: str | Path, dtype: torch.dtype = torch.float32) -> 
     """
     path = Path(path).resolve()
     family, has_4d, has_mlp = check_orbital_folder(path)
-    key = (str(path), str(dtype), _file_stamps(path))
+    key = (str(path), str(dtype), file_stamps(path))
     if key in _CACHE:
         _CACHE.move_to_end(key)
         return _CACHE[key]
@@ -689,8 +680,6 @@ def load_orbital_model(path: str | Path, dtype: torch.dtype = torch.float32) -> 
 
 
 def _load_magnitude(folder: Path, dtype: torch.dtype) -> MotionMagnitudeEmbedding:
-    from safetensors.torch import load_file
-
     config = _read_json(folder / "config.json", str(folder))
     allowed = {"embed_dim", "freq_dim", "hidden_dim", "scale", "max_period"}
     unknown = sorted(set(config) - allowed - {"_class_name"})
@@ -698,10 +687,7 @@ def _load_magnitude(folder: Path, dtype: torch.dtype) -> MotionMagnitudeEmbeddin
         raise ValueError(f"config.json must give embed_dim (and optionally {sorted(allowed - {'embed_dim'})}); "
                          f"got keys {sorted(config)}")
     mlp = MotionMagnitudeEmbedding(**{k: v for k, v in config.items() if k in allowed})
-    state: dict[str, Tensor] = {}
-    for file in sorted(folder.glob("*.safetensors")):
-        state.update(load_file(str(file)))
-    result = mlp.load_state_dict(state, strict=False)
+    result = mlp.load_state_dict(read_folder_weights(folder), strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise ValueError(f"weights do not match the config: missing {result.missing_keys}, unexpected "
                          f"{result.unexpected_keys}")

@@ -23,8 +23,8 @@ Design notes:
     lower it (e.g. 7.5-30) for softer, more diverse guidance.
 
     The prompt is encoded once per device/dtype and kept; the networks are loaded once per
-    (folder, dtype) and shared (see :mod:`backends.zero123` for the cache, the safetensors checks
-    and the SDS core, which both guidances use).
+    (folder, dtype) and shared (the cache and the safetensors checks are :mod:`backends.loading`'s;
+    the SDS core, which both guidances use, is in :mod:`backends.zero123`).
 """
 
 from __future__ import annotations
@@ -38,12 +38,9 @@ import torch
 from torch import Tensor
 
 from ..core.engine.cameras import Cameras
+from .loading import cached, check_diffusers_folder, folder_key, load_component
 from .zero123 import (
     GuidanceLifecycle,
-    _cached,
-    _check_folder,
-    _folder_key,
-    _load,
     move_modules,
     resolve_device_dtype,
     sample_timesteps,
@@ -91,19 +88,20 @@ def load_sd_guidance(path: str | Path, dtype: torch.dtype = torch.float32) -> SD
     """
     path = Path(path)
     what = f"sd_guidance model {str(path)!r}"
-    _check_folder(path, SD_COMPONENTS, what)
-    return _cached(("sd", *_folder_key(path), str(dtype)), lambda: _load_sd(path, dtype, what))
+    check_diffusers_folder(path, SD_COMPONENTS, what)
+    return cached(("sd", *folder_key(path), str(dtype)), lambda: _load_sd(path, dtype, what))
 
 
 def _load_sd(path: Path, dtype: torch.dtype, what: str) -> SDComponents:
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    unet = _load(what, "unet", lambda: UNet2DConditionModel.from_pretrained(path / "unet", torch_dtype=dtype))
-    vae = _load(what, "vae", lambda: AutoencoderKL.from_pretrained(path / "vae", torch_dtype=dtype))
-    text = _load(what, "text_encoder", lambda: CLIPTextModel.from_pretrained(path / "text_encoder", dtype=dtype))
-    tokenizer = _load(what, "tokenizer", lambda: CLIPTokenizer.from_pretrained(path / "tokenizer"))
-    scheduler = _load(what, "scheduler", lambda: DDPMScheduler.from_pretrained(path / "scheduler"))
+    unet = load_component(what, "unet", lambda: UNet2DConditionModel.from_pretrained(path / "unet", torch_dtype=dtype))
+    vae = load_component(what, "vae", lambda: AutoencoderKL.from_pretrained(path / "vae", torch_dtype=dtype))
+    text = load_component(what, "text_encoder",
+                          lambda: CLIPTextModel.from_pretrained(path / "text_encoder", dtype=dtype))
+    tokenizer = load_component(what, "tokenizer", lambda: CLIPTokenizer.from_pretrained(path / "tokenizer"))
+    scheduler = load_component(what, "scheduler", lambda: DDPMScheduler.from_pretrained(path / "scheduler"))
     if unet.config.in_channels != vae.config.latent_channels:
         raise ValueError(f"{what}: unet takes {unet.config.in_channels} input channels but the vae makes "
                          f"{vae.config.latent_channels} (an inpainting or depth model is not a text-to-image model)")

@@ -14,7 +14,7 @@ Design notes:
     The pipeline class is read from ``model_index.json`` (``_class_name``), never guessed from the
     folder name; each family lists the components it needs and the folder is checked before
     anything is loaded (every component's config file, every ``.safetensors`` header and length via
-    :func:`backends.zero123.check_weights`), so a broken download fails with a message naming the
+    :func:`backends.loading.check_weights`), so a broken download fails with a message naming the
     folder and the file. Loading goes through ``DiffusionPipeline.from_pretrained`` with
     ``local_files_only=True``: nothing is ever fetched.
 
@@ -61,8 +61,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .loading import check_component_weights, file_stamps, load_diffusers_model, missing_config_files, needs_manual_load
 from .memory import make_room, pipeline_modules
-from .zero123 import check_weights
 
 __all__ = [
     "VideoGenerator",
@@ -90,9 +90,6 @@ _COMPONENTS: dict[str, tuple[str, ...]] = {
     "svd": ("vae", "image_encoder", "unet", "scheduler", "feature_extractor"),
 }
 _NEEDS_IMAGE = {"wan_i2v", "cogvideox_i2v", "svd"}
-_CONFIG_FILES = {"scheduler": "scheduler_config.json", "tokenizer": "tokenizer_config.json",
-                 "image_processor": "preprocessor_config.json", "feature_extractor": "preprocessor_config.json"}
-_NO_WEIGHTS = ("scheduler", "tokenizer", "image_processor", "feature_extractor")
 OFFLOAD_MODES = ("after_use", "model_cpu_offload", "keep")
 _CACHE_SIZE = 1
 _CACHE: OrderedDict[tuple, "VideoGenerator"] = OrderedDict()
@@ -133,20 +130,12 @@ def check_video_folder(path: str | Path) -> str:
         raise ValueError(f"{what}: {str(path)!r} holds a {class_name!r}; supported pipelines are "
                          f"{sorted(PIPELINE_FAMILIES)}")
     components = _COMPONENTS[family]
-    missing = [f"{c}/{_CONFIG_FILES.get(c, 'config.json')}" for c in components
-               if not (path / c / _CONFIG_FILES.get(c, "config.json")).is_file()]
+    missing = missing_config_files(path, components)
     if missing:
         raise ValueError(f"{what}: {class_name} folder {str(path)!r} is missing {missing}; expected the diffusers "
                          f"layout with sub-folders {list(components)}")
-    for c in components:
-        if c not in _NO_WEIGHTS:
-            check_weights(path / c, f"{what} {c}")
+    check_component_weights(path, components, what)
     return family
-
-
-def _file_stamps(path: Path) -> tuple:
-    files = [path / "model_index.json", *sorted(p for p in path.glob("*/*") if p.is_file())]
-    return tuple((str(p.relative_to(path)), p.stat().st_mtime_ns, p.stat().st_size) for p in files)
 
 
 # --------------------------------------------------------------------------- image policy
@@ -412,7 +401,7 @@ def load_video_generator(path: str | Path, dtype: torch.dtype = torch.float32) -
     """
     path = Path(path).resolve()
     family = check_video_folder(path)
-    key = (str(path), str(dtype), _file_stamps(path))
+    key = (str(path), str(dtype), file_stamps(path))
     if key in _CACHE:
         _CACHE.move_to_end(key)
         return _CACHE[key]
@@ -438,13 +427,9 @@ def _manual_components(path: Path, dtype: torch.dtype) -> dict:
     """Diffusers models that ``from_pretrained`` cannot read without ``accelerate``, loaded by hand.
 
     Models with ``_keep_in_fp32_modules`` (the Wan transformer) demand ``low_cpu_mem_usage``, which
-    needs ``accelerate``; without it they are built from their config, filled from their safetensors
-    files (strictly: every weight present, nothing extra) and cast, those modules kept in float32.
+    needs ``accelerate``; without it they are built by :func:`backends.loading.load_diffusers_model`
+    (config, then every weight of their safetensors files, those modules kept in float32).
     """
-    import importlib.util
-
-    if importlib.util.find_spec("accelerate") is not None:
-        return {}
     import diffusers
 
     index = json.loads((path / "model_index.json").read_text(encoding="utf-8"))
@@ -453,28 +438,9 @@ def _manual_components(path: Path, dtype: torch.dtype) -> dict:
         if name.startswith("_") or not isinstance(spec, list) or len(spec) != 2 or spec[0] != "diffusers":
             continue
         cls = getattr(diffusers, str(spec[1]), None)
-        keep = getattr(cls, "_keep_in_fp32_modules", None)
-        if cls is None or not keep:
-            continue
-        overrides[name] = _load_model_by_hand(cls, path / name, dtype, list(keep))
+        if cls is not None and needs_manual_load(cls):
+            overrides[name] = load_diffusers_model(cls, path / name, dtype)
     return overrides
-
-
-def _load_model_by_hand(cls, folder: Path, dtype: torch.dtype, keep_fp32: list[str]):
-    from safetensors.torch import load_file
-
-    model = cls.from_config(cls.load_config(str(folder)))
-    state: dict[str, Tensor] = {}
-    for file in sorted(folder.glob("*.safetensors")):
-        state.update(load_file(str(file)))
-    result = model.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise ValueError(f"{str(folder)!r}: weights do not match the config: missing {result.missing_keys[:5]}, "
-                         f"unexpected {result.unexpected_keys[:5]}")
-    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
-        if tensor.is_floating_point():
-            tensor.data = tensor.data.to(torch.float32 if any(k in name for k in keep_fp32) else dtype)
-    return model.eval()
 
 
 def clear_cache() -> None:

@@ -14,10 +14,10 @@ Design notes:
     than at pure noise. Wan VACE's diffusers pipeline only starts from noise, so the sampling loop
     is run here with the pipeline's own pieces (prompt encoder, VACE condition latents and mask
     packing, transformer, scheduler): ``strength`` r picks the first of ``steps`` scheduler steps
-    (``steps - round(r * steps)``, the img2img convention), the clean latents of the whole video are
-    noised to that timestep with the scheduler's own forward process (flow matching:
-    ``x_t = (1 - σ) x_0 + σ ε``), and the remaining steps run. ``strength = 1`` is plain VACE
-    inpainting from noise; ``strength = 0`` returns the input (after the composite).
+    (``steps - round(r * steps)``, the img2img convention), the clean
+    latents of the whole video are noised to that timestep with the scheduler's own forward process
+    (flow matching: ``x_t = (1 - σ) x_0 + σ ε``), and the remaining steps run. ``strength = 1`` is
+    plain VACE inpainting from noise; ``strength = 0`` returns the input (after the composite).
 
     VACE conditioning: the frames with the holes blanked (inactive) and the holes' content
     (reactive) are encoded separately, and the mask is packed per latent pixel; the model fills the
@@ -44,17 +44,17 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .inpaint import (
-    _cpu_generator,
     check_frames_and_masks,
     check_sampling,
     composite,
+    cpu_generator,
     default_device,
     model_size,
     read_model_index,
 )
+from .loading import cached, check_diffusers_folder, folder_key, load_component, load_diffusers_model
 from .memory import make_room
 from .video_inpaint_fun import FunInpainter, find_fun_inp_base, load_fun_inpainter
-from .zero123 import _cached, _check_folder, _folder_key, _load
 
 __all__ = ["VideoInpainter", "load_video_inpainter", "start_step", "WAN_VACE_COMPONENTS"]
 
@@ -86,46 +86,25 @@ def load_video_inpainter(path: str | Path, dtype: torch.dtype = torch.float32) -
     if name != "WanVACEPipeline":
         raise ValueError(f"{what}: model_index.json names {name!r}; expected 'WanVACEPipeline' (a Wan VACE "
                          f"diffusers folder, e.g. Wan-AI/Wan2.1-VACE-1.3B-diffusers)")
-    _check_folder(path, WAN_VACE_COMPONENTS, what)
-    return _cached(("video_inpaint", *_folder_key(path), str(dtype)), lambda: _load_vace(path, dtype, what))
+    check_diffusers_folder(path, WAN_VACE_COMPONENTS, what)
+    return cached(("video_inpaint", *folder_key(path), str(dtype)), lambda: _load_vace(path, dtype, what))
 
 
 def _load_vace(path: Path, dtype: torch.dtype, what: str) -> "VideoInpainter":
-    from diffusers import AutoencoderKLWan, WanVACEPipeline
+    from diffusers import AutoencoderKLWan, WanVACEPipeline, WanVACETransformer3DModel
 
-    vae = _load(what, "vae", lambda: AutoencoderKLWan.from_pretrained(path / "vae", dtype=torch.float32))
-    transformer = _load(what, "transformer", lambda: _load_transformer(path / "transformer", dtype))
-    pipe = _load(what, "pipeline", lambda: WanVACEPipeline.from_pretrained(path, vae=vae, transformer=transformer,
-                                                                           dtype=dtype))
+    vae = load_component(what, "vae", lambda: AutoencoderKLWan.from_pretrained(path / "vae", dtype=torch.float32))
+    # without accelerate diffusers refuses models with fp32-kept modules: then built by hand (same weights)
+    transformer = load_component(what, "transformer", lambda: load_diffusers_model(
+        WanVACETransformer3DModel, path / "transformer", dtype))
+    pipe = load_component(what, "pipeline", lambda: WanVACEPipeline.from_pretrained(
+        path, vae=vae, transformer=transformer, dtype=dtype))
     pipe.set_progress_bar_config(disable=True)
     for module in (pipe.transformer, pipe.transformer_2, pipe.text_encoder, pipe.vae):
         if module is not None:
             module.eval().requires_grad_(False)
     logger.info("loaded Wan VACE video inpainter %s (%s)", path, dtype)
     return VideoInpainter(pipe, path, dtype)
-
-
-def _load_transformer(folder: Path, dtype: torch.dtype):
-    """The VACE transformer; without ``accelerate`` diffusers refuses models with fp32-kept modules,
-    so the config and safetensors are then read directly (same weights, same fp32-kept modules)."""
-    from diffusers import WanVACETransformer3DModel
-    from safetensors.torch import load_file
-
-    try:
-        return WanVACETransformer3DModel.from_pretrained(folder, dtype=dtype)
-    except ValueError as exc:
-        if "low_cpu_mem_usage" not in str(exc):
-            raise
-    model = WanVACETransformer3DModel.from_config(WanVACETransformer3DModel.load_config(folder))
-    state: dict[str, Tensor] = {}
-    for file in sorted(folder.glob("*.safetensors")):
-        state.update(load_file(file))
-    model.load_state_dict(state, strict=True)
-    keep = tuple(getattr(model, "_keep_in_fp32_modules", None) or ())
-    for name, param in model.named_parameters():
-        if not any(k in name.split(".") for k in keep):
-            param.data = param.data.to(dtype)
-    return model
 
 
 @dataclass
@@ -244,7 +223,7 @@ class VideoInpainter:
             m = torch.cat([m, m[-1:].expand(padded - count, -1, -1, -1)])
         video = (x * 2 - 1).permute(1, 0, 2, 3)[None].to(device)          # [1,3,T',H',W'] in [-1,1]
         mask = (m > 0.5).float().permute(1, 0, 2, 3)[None].expand(1, 3, -1, -1, -1).to(device)
-        generator = _cpu_generator(seed)
+        generator = cpu_generator(seed)
         cfg = guidance_scale > 1.0
         transformer = pipe.transformer if pipe.transformer is not None else pipe.transformer_2
         tdtype = self.dtype

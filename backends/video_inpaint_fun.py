@@ -80,7 +80,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..core.moge4d.vism import VISM_INPAINT_DEFAULTS
-from .inpaint import _cpu_generator, check_frames_and_masks, check_sampling, composite, default_device, model_size
+from .inpaint import check_frames_and_masks, check_sampling, composite, cpu_generator, default_device, model_size
 from .memory import modules_on
 from .trajectory_dit import (
     BASE_CLIP,
@@ -731,7 +731,7 @@ class FunInpainter:
         scheduler.set_timesteps(steps, device=device)
         timesteps = scheduler.timesteps[first:]
         scheduler.set_begin_index(first)
-        noise = torch.randn(lat_shape, generator=_cpu_generator(seed), dtype=torch.float32).to(device)
+        noise = torch.randn(lat_shape, generator=cpu_generator(seed), dtype=torch.float32).to(device)
         latents = noise if clean is None else scheduler.scale_noise(clean, timesteps[:1], noise)
         b = len(prompts)
         cond_b = cond.to(tdtype).expand(b, *cond.shape[1:])

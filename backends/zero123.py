@@ -7,7 +7,7 @@ Public API:
     load_zero123(path)       load (and cache) a model folder, with clear errors for broken folders
     camera_embedding(...)    the 4-vector Zero123 conditions on, per target camera
     ZERO123_COMPONENTS       sub-folders a model folder must hold
-    check_weights(folder)    validate the safetensors files of one component folder
+    CameraProjection         the ``Linear(E+4, E)`` from CLIP embedding and camera to the context token
     sds_from_latents(...)    the classifier-free-guided SDS surrogate in latent space (shared with SD)
     sample_timesteps(...)    integer noise levels from the annealed range, drawn with a generator
 
@@ -57,7 +57,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -68,6 +67,7 @@ from torch import Tensor
 
 from ..core.engine.cameras import Cameras
 from ..core.engine.guidance import annealed_timestep_range, orbit_angles, sds_surrogate
+from .loading import cached, check_diffusers_folder, folder_key, load_component
 from .memory import make_room
 from .model_folders import preferred_dtype
 
@@ -77,7 +77,7 @@ __all__ = [
     "load_zero123",
     "camera_embedding",
     "ZERO123_COMPONENTS",
-    "check_weights",
+    "CameraProjection",
     "sds_from_latents",
     "sample_timesteps",
 ]
@@ -85,82 +85,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 ZERO123_COMPONENTS = ("unet", "vae", "image_encoder", "clip_camera_projection", "scheduler")
-_CONFIG_FILES = {"scheduler": "scheduler_config.json", "tokenizer": "tokenizer_config.json"}
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-_CACHE_SIZE = 2
-_CACHE: OrderedDict[tuple, object] = OrderedDict()
-
-
-# --------------------------------------------------------------------------- folder checks (shared)
-
-
-def check_weights(folder: Path, what: str) -> None:
-    """Check a component folder holds readable weights: every ``.safetensors`` file must have a
-    valid header and exactly the bytes it announces (catches truncated downloads).
-
-    Raises:
-        ValueError: naming the folder or file and what is wrong with it.
-    """
-    files = sorted(p for p in folder.glob("*.safetensors"))
-    if not files:
-        if any(folder.glob("*.bin")):
-            return
-        raise ValueError(f"{what}: no weights in {str(folder)!r} (expected a .safetensors file)")
-    for path in files:
-        size = path.stat().st_size
-        try:
-            with open(path, "rb") as handle:
-                head = handle.read(8)
-                if len(head) < 8:
-                    raise ValueError("shorter than the 8-byte header length")
-                n = int.from_bytes(head, "little")
-                if n <= 1 or 8 + n > size:
-                    raise ValueError(f"header length {n} does not fit a file of {size} bytes")
-                header = json.loads(handle.read(n))
-            ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
-            expected = 8 + n + (max(ends) if ends else 0)
-        except (ValueError, KeyError, TypeError, IndexError, UnicodeDecodeError) as exc:
-            raise ValueError(f"{what}: corrupt safetensors file {str(path)!r}: {exc}") from None
-        if expected != size:
-            raise ValueError(f"{what}: corrupt or truncated safetensors file {str(path)!r}: header announces "
-                             f"{expected} bytes, the file has {size}; download it again")
-
-
-def _check_folder(path: Path, components: tuple[str, ...], what: str) -> None:
-    if not path.is_dir():
-        raise ValueError(f"{what}: {str(path)!r} is not a model folder")
-    missing = [f"{c}/{_CONFIG_FILES.get(c, 'config.json')}" for c in components
-               if not (path / c / _CONFIG_FILES.get(c, "config.json")).is_file()]
-    if missing:
-        raise ValueError(f"{what}: model folder {str(path)!r} is missing {missing}; expected the diffusers layout "
-                         f"with {list(components)}")
-    for c in components:
-        if c not in ("scheduler", "tokenizer", "feature_extractor"):
-            check_weights(path / c, f"{what} {c}")
-
-
-def _load(what: str, component: str, fn: Callable):
-    try:
-        return fn()
-    except Exception as exc:  # the libraries raise many types for unreadable files
-        raise ValueError(f"{what}: could not load {component!r}: {type(exc).__name__}: {exc}") from exc
-
-
-def _cached(key: tuple, make: Callable):
-    if key in _CACHE:
-        _CACHE.move_to_end(key)
-        return _CACHE[key]
-    value = make()
-    _CACHE[key] = value
-    while len(_CACHE) > _CACHE_SIZE:
-        _CACHE.popitem(last=False)
-    return value
-
-
-def _folder_key(path: Path) -> tuple:
-    stamps = tuple(sorted((str(p.relative_to(path)), p.stat().st_mtime_ns) for p in path.glob("*/*") if p.is_file()))
-    return (str(path.resolve()), hash(stamps))
 
 
 # --------------------------------------------------------------------------- SDS core (shared)
@@ -296,21 +222,21 @@ def load_zero123(path: str | Path, dtype: torch.dtype = torch.float32) -> Zero12
     """
     path = Path(path)
     what = f"zero123 model {str(path)!r}"
-    _check_folder(path, ZERO123_COMPONENTS, what)
-    return _cached(("zero123", *_folder_key(path), str(dtype)), lambda: _load_zero123(path, dtype, what))
+    check_diffusers_folder(path, ZERO123_COMPONENTS, what)
+    return cached(("zero123", *folder_key(path), str(dtype)), lambda: _load_zero123(path, dtype, what))
 
 
 def _load_zero123(path: Path, dtype: torch.dtype, what: str) -> Zero123Components:
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPVisionModelWithProjection
 
-    unet = _load(what, "unet", lambda: UNet2DConditionModel.from_pretrained(path / "unet", torch_dtype=dtype))
-    vae = _load(what, "vae", lambda: AutoencoderKL.from_pretrained(path / "vae", torch_dtype=dtype))
-    encoder = _load(what, "image_encoder",
-                    lambda: CLIPVisionModelWithProjection.from_pretrained(path / "image_encoder", dtype=dtype))
-    projection = _load(what, "clip_camera_projection",
-                       lambda: _load_projection(path / "clip_camera_projection", dtype))
-    scheduler = _load(what, "scheduler", lambda: DDPMScheduler.from_pretrained(path / "scheduler"))
+    unet = load_component(what, "unet", lambda: UNet2DConditionModel.from_pretrained(path / "unet", torch_dtype=dtype))
+    vae = load_component(what, "vae", lambda: AutoencoderKL.from_pretrained(path / "vae", torch_dtype=dtype))
+    encoder = load_component(what, "image_encoder",
+                             lambda: CLIPVisionModelWithProjection.from_pretrained(path / "image_encoder", dtype=dtype))
+    projection = load_component(what, "clip_camera_projection",
+                                lambda: _load_projection(path / "clip_camera_projection", dtype))
+    scheduler = load_component(what, "scheduler", lambda: DDPMScheduler.from_pretrained(path / "scheduler"))
     embed = projection.proj.out_features
     if unet.config.in_channels != 2 * vae.config.latent_channels:
         raise ValueError(f"{what}: unet takes {unet.config.in_channels} input channels, Zero123 needs noisy + "
