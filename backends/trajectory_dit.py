@@ -13,8 +13,6 @@ Public API:
     check_size(width, height), check_frames(n)      ValueError naming the valid values
     fit_image(image, width, height)  centre-crop + resize to the working size (never stretched)
     fov_intrinsics(h, w, fov)   square-pixel pinhole from a horizontal field of view
-    params_on_meta()            context manager: build modules with parameters on the meta device
-    vit_heads(dim)              attention heads of a ViT of width ``dim`` (not stored in checkpoints)
     clear_cache()
 
 Design notes:
@@ -27,7 +25,8 @@ Design notes:
     layout, either in a sub-folder (any depth up to 3) or at the root: ``config.json`` +
     ``diffusion_pytorch_model*.safetensors``, ``Wan2.1_VAE.pth``, ``models_t5_umt5-xxl-enc-bf16.pth``
     + ``google/umt5-xxl`` (tokenizer), ``models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth``.
-    Weights are read with safetensors / ``torch.load(weights_only=True)`` only. The transformer
+    Weights are read with safetensors / ``torch.load(weights_only=True)`` only; the Wan VAE, UMT5
+    and CLIP loaders, shared with ``backends.video_inpaint_fun``, are ``backends.wan``'s. The transformer
     is built with its parameters on the meta device and filled from the 4D-STraG file first; only
     parameters that file lacks are read from the base checkpoint (lazily, by name); any parameter
     still missing is an error naming it. The OmniMAE weights come from the 4D-STraG file
@@ -56,14 +55,13 @@ Design notes:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -80,13 +78,29 @@ from .trajectory_dit_modules import (
     TrajectoryDiT,
     TrajectoryEncoder,
 )
-from .trajectory_dit_names import (
-    MappingError,
-    adaptor_name_map,
-    name_map,
-    official_vae_to_diffusers,
-    wan_clip_to_hf,
-    wan_t5_to_umt5,
+from .trajectory_dit_names import MappingError, adaptor_name_map, name_map
+from .wan import (
+    BASE_CLIP,
+    BASE_T5,
+    BASE_T5_TOKENIZER,
+    BASE_VAE,
+    CLIP_MEAN,
+    CLIP_STD,
+    PATCH,
+    SPATIAL,
+    TEMPORAL,
+    WAN_KEEP_FP32,
+    WAN_LATENT_MEAN,
+    WAN_LATENT_STD,
+    assign_weights,
+    load_umt5,
+    load_wan_clip,
+    load_wan_vae,
+    params_on_meta,
+    read_weights,
+    shard_index,
+    torch_load_state,
+    vit_heads,
 )
 
 __all__ = [
@@ -100,22 +114,13 @@ __all__ = [
     "check_frames",
     "fit_image",
     "fov_intrinsics",
-    "params_on_meta",
-    "vit_heads",
     "clear_cache",
-    "WAN_LATENT_MEAN",
-    "WAN_LATENT_STD",
     "TRAJ_LATENT_MEAN",
     "TRAJ_LATENT_STD",
 ]
 
 logger = logging.getLogger(__name__)
 
-# Wan2.1 VAE latent statistics (the VAE's published normalisation).
-WAN_LATENT_MEAN = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
-                   0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921)
-WAN_LATENT_STD = (2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
-                  3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160)
 # MoGe4D's second normalisation of motion latents (``traj_mean`` / ``traj_std`` of the official VAE).
 TRAJ_LATENT_MEAN = (0.9336646795272827, -1.5638998746871948, 0.09716760367155075, -0.0003718015505000949,
                     -0.4085753560066223, 2.252105474472046, -1.7826536893844604, 1.4354853630065918,
@@ -124,16 +129,9 @@ TRAJ_LATENT_MEAN = (0.9336646795272827, -1.5638998746871948, 0.09716760367155075
 TRAJ_LATENT_STD = (0.4107, 0.5508, 0.2565, 0.3021, 0.2372, 0.5350, 0.3000, 0.4359,
                    0.2033, 0.4194, 0.2107, 0.3985, 0.3314, 0.4098, 0.3906, 0.2863)
 
-SPATIAL = 8  # Wan VAE spatial compression
-TEMPORAL = 4  # Wan VAE temporal compression
-PATCH = 2  # DiT spatial patch
-MULTIPLE = SPATIAL * PATCH
+MULTIPLE = SPATIAL * PATCH  # sides of the working size are multiples of this
 
 STRAG_FILE = "4D-STraG/diffusion_pytorch_model.safetensors"
-BASE_VAE = "Wan2.1_VAE.pth"
-BASE_T5 = "models_t5_umt5-xxl-enc-bf16.pth"
-BASE_T5_TOKENIZER = "google/umt5-xxl"
-BASE_CLIP = "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth"
 OMNIMAE_FILE = "vitb_pretrain.torch"
 
 
@@ -185,78 +183,7 @@ def check_frames(n: int, what: str = "generate_tracks") -> None:
                      f"nearest valid: {' or '.join(str(o) for o in options)}")
 
 
-# --------------------------------------------------------------------------- meta-device construction
-
-
-@contextlib.contextmanager
-def params_on_meta() -> Iterator[None]:
-    """Build modules with their parameters on the meta device (buffers stay real), so a 14B model
-    costs no memory until ``load_state_dict(..., assign=True)`` or an explicit materialisation."""
-    original = nn.Module.register_parameter
-
-    def register(self, name, param):
-        original(self, name, param)
-        if param is not None:
-            kwargs = {"requires_grad": param.requires_grad}
-            self._parameters[name] = nn.Parameter(self._parameters[name].to("meta"), **kwargs)
-
-    nn.Module.register_parameter = register
-    try:
-        yield
-    finally:
-        nn.Module.register_parameter = original
-
-
-def _assign(module: nn.Module, state: dict[str, Tensor], dtype: torch.dtype | None, what: str,
-            keep_fp32: tuple[str, ...] = ()) -> None:
-    """Load ``state`` into a (meta-parameter) module exactly: every parameter / persistent buffer
-    present, no extra keys, shapes equal."""
-    expected = module.state_dict(keep_vars=True)
-    missing = sorted(set(expected) - set(state))
-    extra = sorted(set(state) - set(expected))
-    bad = sorted(k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape))
-    if missing or extra or bad:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)}: {', '.join(missing[:12])}{' ...' if len(missing) > 12 else ''}")
-        if extra:
-            parts.append(f"unexpected {len(extra)}: {', '.join(extra[:12])}{' ...' if len(extra) > 12 else ''}")
-        if bad:
-            parts.append("shape mismatch: " + ", ".join(
-                f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}" for k in bad[:6]))
-        raise ValueError(f"{what}: checkpoint does not fit the model ({'; '.join(parts)})")
-    cast = {}
-    for k, v in state.items():
-        target = torch.float32 if (dtype is None or any(p in k for p in keep_fp32)) else dtype
-        cast[k] = v.to(target) if v.is_floating_point() else v
-    module.load_state_dict(cast, strict=True, assign=True)
-
-
 # --------------------------------------------------------------------------- folder layout
-
-
-def _torch_load(path: Path) -> dict[str, Tensor]:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for unreadable / unsafe pickles
-        raise ValueError(f"could not read {path} with torch.load(weights_only=True): {type(exc).__name__}: {exc}") \
-            from exc
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a state dict, got {type(state).__name__}")
-    return state
-
-
-def _read_weights(path: Path) -> dict[str, Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path))
-        except Exception as exc:  # safetensors raises its own error types for corrupt files
-            raise ValueError(f"could not read {path}: {type(exc).__name__}: {exc}") from exc
-    return _torch_load(path)
 
 
 def _first(root: Path, names: tuple[str, ...]) -> Path | None:
@@ -358,33 +285,6 @@ def find_layout(path: str | Path) -> Layout:
 # --------------------------------------------------------------------------- component loaders
 
 
-
-def shard_shapes(shard: Path) -> dict[str, tuple[int, ...]]:
-    """Tensor name -> shape of a safetensors file, read from its header only (clear error when corrupt)."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(shard), framework="pt") as fh:
-            return {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}
-    except Exception as exc:  # safetensors raises its own error types for corrupt files
-        raise ValueError(f"could not read {shard}: {type(exc).__name__}: {exc}") from exc
-
-def _base_index(layout: Layout) -> dict[str, tuple[Path, str, tuple[int, ...]]]:
-    """Our name -> (shard, official name, shape) for every tensor of the base transformer (no data read)."""
-
-    index: dict[str, tuple[Path, str, tuple[int, ...]]] = {}
-    for shard in layout.base_transformer:
-        shapes = shard_shapes(shard)
-        keys = list(shapes)
-        try:
-            mapped = name_map({k: k for k in keys})  # names only
-        except MappingError as exc:
-            raise ValueError(f"{shard}: {exc}") from exc
-        for ours_k, off_k in mapped.items():
-            index[ours_k] = (shard, off_k, shapes[off_k])
-    return index
-
-
 def _config_from_shapes(cfg: dict, shapes: dict[str, tuple[int, ...]]) -> DiTConfig:
     def dim_of(key: str, axis: int, default: int) -> int:
         return int(shapes[key][axis]) if key in shapes else default
@@ -404,15 +304,15 @@ def _load_dit(layout: Layout, dtype: torch.dtype) -> TrajectoryDiT:
 
     cfg = json.loads((layout.base / "config.json").read_text())
     try:
-        ours = name_map(_read_weights(layout.strag))
+        ours = name_map(read_weights(layout.strag))
     except MappingError as exc:
         raise ValueError(f"{layout.strag}: {exc}") from exc
     omni = {k[len("motion_extractor."):]: v for k, v in ours.items() if k.startswith("motion_extractor.")}
     ours = {k: v for k, v in ours.items() if not k.startswith("motion_extractor.")}
     if not omni and layout.omnimae is not None:
-        raw = {"omnimae_extractor." + k: v for k, v in _torch_load(layout.omnimae).items()}
+        raw = {"omnimae_extractor." + k: v for k, v in torch_load_state(layout.omnimae).items()}
         omni = {k[len("motion_extractor."):]: v for k, v in name_map(raw).items() if k.startswith("motion_extractor.")}
-    index = _base_index(layout)
+    index = shard_index(layout.base_transformer)
     shapes = {k: tuple(v[2]) for k, v in index.items()}
     shapes.update({k: tuple(v.shape) for k, v in ours.items()})
     config = _config_from_shapes(cfg, shapes)
@@ -431,8 +331,8 @@ def _load_dit(layout: Layout, dtype: torch.dtype) -> TrajectoryDiT:
     if patch is not None and patch.shape[1] != config.in_channels:
         raise ValueError(f"{layout.strag}: patch_embedding takes {patch.shape[1]} channels; 4D-STraG needs "
                          f"{config.in_channels} (noise, image, start image, depth latents)")
-    _assign(model, ours, dtype, f"4D-STraG transformer ({layout.strag} over {layout.base.name})",
-            keep_fp32=("scale_shift_table", "norm1", "norm2", "norm3", "time_embedder"))
+    assign_weights(model, ours, dtype, f"4D-STraG transformer ({layout.strag} over {layout.base.name})",
+                   keep_fp32=WAN_KEEP_FP32)
     if omni:
         dim = int(omni["patch_embed.weight"].shape[0])
         depth = len({k.split(".")[1] for k in omni if k.startswith("blocks.")})
@@ -442,7 +342,7 @@ def _load_dit(layout: Layout, dtype: torch.dtype) -> TrajectoryDiT:
         with params_on_meta():
             extractor = OmniMAEFeatures(dim=dim, depth=depth, heads=vit_heads(dim), patch=patch_size,
                                         table_frames=max(table // grid2, 1))
-        _assign(extractor, omni, dtype, "OmniMAE motion-feature extractor")
+        assign_weights(extractor, omni, dtype, "OmniMAE motion-feature extractor")
         model.motion_extractor = extractor.eval().requires_grad_(False)
     else:
         logger.warning("%s: no OmniMAE weights (neither in the 4D-STraG file nor %s); the Motion Perception "
@@ -450,93 +350,19 @@ def _load_dit(layout: Layout, dtype: torch.dtype) -> TrajectoryDiT:
     return model.eval().requires_grad_(False)
 
 
-def vit_heads(dim: int) -> int:
-    """Attention heads of a ViT of width ``dim`` (not stored in checkpoints): 64-wide heads, as ViT-B
-    (768 / 12) and ViT-L (1024 / 16); ViT-H/14 (1280) uses 16 heads of 80."""
-    if dim == 1280:
-        return 16
-    return max(1, dim // 64)
-
-
 def _load_adaptor(path: Path | None, which: str):
     if path is None:
         return None
-    state = adaptor_name_map(_read_weights(path), which)
+    state = adaptor_name_map(read_weights(path), which)
     width = int(state["conv_in.weight"].shape[0])
     blocks = len({k.split(".")[1] for k in state if k.startswith("blocks.")})
     groups = 32 if width % 32 == 0 else math.gcd(width, 32)
     module = (TrajectoryEncoder if which == "encoder" else TrajectoryDecoder)(width, blocks, groups)
-    _assign(module, state, None, f"trajectory {which} {path}")
+    assign_weights(module, state, None, f"trajectory {which} {path}")
     return module.eval().requires_grad_(False)
 
 
-def _load_vae(layout: Layout):
-    from diffusers import AutoencoderKLWan
-
-    state = official_vae_to_diffusers(_read_weights(layout.base_vae))
-    if layout.vae_finetuned is not None:
-        state.update(official_vae_to_diffusers(_read_weights(layout.vae_finetuned)))
-    base_dim = int(state["encoder.conv_in.weight"].shape[0])
-    z = int(state["post_quant_conv.weight"].shape[0])
-    vae = AutoencoderKLWan(base_dim=base_dim, z_dim=z, latents_mean=list(WAN_LATENT_MEAN[:z]),
-                           latents_std=list(WAN_LATENT_STD[:z]))
-    _assign(vae, state, None, f"Wan VAE {layout.base_vae}")
-    return vae.eval().requires_grad_(False)
-
-
-def _load_text(layout: Layout, dtype: torch.dtype):
-    from transformers import AutoTokenizer, UMT5Config, UMT5EncoderModel
-
-    state = wan_t5_to_umt5(_read_weights(layout.t5))
-    emb = state["encoder.embed_tokens.weight"]
-    heads = int(state["encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"].shape[1])
-    config = UMT5Config(
-        vocab_size=int(emb.shape[0]), d_model=int(emb.shape[1]),
-        d_kv=int(state["encoder.block.0.layer.0.SelfAttention.q.weight"].shape[0]) // heads,
-        d_ff=int(state["encoder.block.0.layer.1.DenseReluDense.wi_0.weight"].shape[0]),
-        num_layers=len({k.split(".")[2] for k in state if k.startswith("encoder.block.")}), num_heads=heads,
-        relative_attention_num_buckets=int(
-            state["encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"].shape[0]),
-        feed_forward_proj="gated-gelu", tie_word_embeddings=False, pad_token_id=0, eos_token_id=1,
-        decoder_start_token_id=0)
-    with params_on_meta():
-        model = UMT5EncoderModel(config)
-    _assign(model, state, dtype, f"UMT5 {layout.t5}")
-    tokenizer = AutoTokenizer.from_pretrained(layout.tokenizer)
-    return tokenizer, model.eval().requires_grad_(False)
-
-
-def _load_clip(layout: Layout, dtype: torch.dtype):
-    if layout.clip is None:
-        return None
-    from transformers import CLIPVisionConfig, CLIPVisionModel
-
-    state = wan_clip_to_hf(_read_weights(layout.clip))
-    patch = state["vision_model.embeddings.patch_embedding.weight"]
-    hidden, p = int(patch.shape[0]), int(patch.shape[-1])
-    n = int(state["vision_model.embeddings.position_embedding.weight"].shape[0]) - 1
-    layers = len({k.split(".")[3] for k in state if k.startswith("vision_model.encoder.layers.")})
-    config = CLIPVisionConfig(
-        hidden_size=hidden, intermediate_size=int(state["vision_model.encoder.layers.0.mlp.fc1.weight"].shape[0]),
-        num_hidden_layers=layers, num_attention_heads=vit_heads(hidden),
-        image_size=int(round(math.sqrt(n))) * p, patch_size=p, hidden_act="gelu", layer_norm_eps=1e-5)
-    with params_on_meta():
-        model = CLIPVisionModel(config)
-    expected = model.state_dict()
-    if not any(k.startswith("vision_model.") for k in expected):  # transformers >= 5 drops the prefix
-        state = {k[len("vision_model."):]: v for k, v in state.items()}
-    for k in expected:
-        if k.endswith("position_ids"):
-            state[k] = torch.arange(n + 1)[None]
-    _assign(model, state, dtype, f"CLIP {layout.clip}")
-    return model.eval().requires_grad_(False)
-
-
 # --------------------------------------------------------------------------- the model
-
-
-_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 class TrajectoryModel:
@@ -599,8 +425,8 @@ class TrajectoryModel:
             grey = torch.full((1, 3, int(height), int(width)), 127.0 / 255.0, device=device)
             size = self.image_encoder.config.image_size
             x = F.interpolate(grey, size=(size, size), mode="bicubic", align_corners=False)
-            mean = torch.tensor(_CLIP_MEAN, device=device).view(1, 3, 1, 1)
-            std = torch.tensor(_CLIP_STD, device=device).view(1, 3, 1, 1)
+            mean = torch.tensor(CLIP_MEAN, device=device).view(1, 3, 1, 1)
+            std = torch.tensor(CLIP_STD, device=device).view(1, 3, 1, 1)
             x = ((x - mean) / std).to(self.image_encoder.dtype)
             with self.on(device, self.image_encoder):
                 out = self.image_encoder(pixel_values=x, output_hidden_states=True).hidden_states[-2]
@@ -663,9 +489,9 @@ def load_trajectory_model(path: str | Path, dtype: torch.dtype = torch.float32) 
     dit = _load_dit(layout, dtype)
     decoder = _load_adaptor(layout.decoder, "decoder")
     encoder = _load_adaptor(layout.encoder, "encoder")
-    vae = _load_vae(layout)
-    tokenizer, text = _load_text(layout, dtype)
-    clip = _load_clip(layout, dtype)
+    vae = load_wan_vae(layout.base_vae, layout.vae_finetuned)
+    tokenizer, text = load_umt5(layout.t5, layout.tokenizer, dtype)
+    clip = load_wan_clip(layout.clip, dtype)
     cfg = json.loads((layout.base / "config.json").read_text())
     model = TrajectoryModel(dit, vae, decoder, encoder, tokenizer, text, clip, layout.root, dtype,
                             text_len=min(int(cfg.get("text_len", 512)), 512))

@@ -4,7 +4,6 @@
 Public API:
     VideoInpainter          ``inpaint(frames [T,H,W,3], masks [T,H,W], prompt, ...) -> [T,H,W,3]``
     load_video_inpainter(path, dtype)   load (and cache) a diffusers Wan VACE folder with clear errors
-    start_step(steps, strength)         first denoising step of a partial-noise run
     WAN_VACE_COMPONENTS                 sub-folders a model folder must hold
 
 Design notes:
@@ -14,7 +13,7 @@ Design notes:
     than at pure noise. Wan VACE's diffusers pipeline only starts from noise, so the sampling loop
     is run here with the pipeline's own pieces (prompt encoder, VACE condition latents and mask
     packing, transformer, scheduler): ``strength`` r picks the first of ``steps`` scheduler steps
-    (``steps - round(r * steps)``, the img2img convention), the clean
+    (``steps - round(r * steps)``, the img2img convention: ``backends.wan.start_step``), the clean
     latents of the whole video are noised to that timestep with the scheduler's own forward process
     (flow matching: ``x_t = (1 - σ) x_0 + σ ε``), and the remaining steps run. ``strength = 1`` is
     plain VACE inpainting from noise; ``strength = 0`` returns the input (after the composite).
@@ -55,17 +54,13 @@ from .inpaint import (
 from .loading import cached, check_diffusers_folder, folder_key, load_component, load_diffusers_model
 from .memory import make_room
 from .video_inpaint_fun import FunInpainter, find_fun_inp_base, load_fun_inpainter
+from .wan import normalise_latents, start_step
 
-__all__ = ["VideoInpainter", "load_video_inpainter", "start_step", "WAN_VACE_COMPONENTS"]
+__all__ = ["VideoInpainter", "load_video_inpainter", "WAN_VACE_COMPONENTS"]
 
 logger = logging.getLogger(__name__)
 
 WAN_VACE_COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
-
-
-def start_step(steps: int, strength: float) -> int:
-    """Index of the first of ``steps`` scheduler steps run at noise ratio ``strength`` (0..1)."""
-    return int(steps) - min(int(round(float(strength) * int(steps))), int(steps))
 
 
 def load_video_inpainter(path: str | Path, dtype: torch.dtype = torch.float32) -> "VideoInpainter | FunInpainter":
@@ -151,9 +146,7 @@ class VideoInpainter:
 
     def _normalise(self, latents: Tensor, inverse: bool = False) -> Tensor:
         cfg = self.pipe.vae.config
-        mean = torch.tensor(cfg.latents_mean, device=latents.device, dtype=torch.float32).view(1, -1, 1, 1, 1)
-        std = torch.tensor(cfg.latents_std, device=latents.device, dtype=torch.float32).view(1, -1, 1, 1, 1)
-        return latents * std + mean if inverse else (latents - mean) / std
+        return normalise_latents(latents, cfg.latents_mean, cfg.latents_std, inverse)
 
     def inpaint(self, frames: Tensor, masks: Tensor, prompt: str = "", negative_prompt: str = "",
                 strength: float = 0.7, steps: int = 30, guidance_scale: float = 5.0, seed: int = 0,

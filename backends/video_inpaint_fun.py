@@ -21,7 +21,7 @@ Design notes:
     any folder holding it up to 3 levels down (e.g. MoGe4D's ``./models`` folder, which also holds
     the Control base: the InP base is the one whose ``config.json`` says ``in_dim: 36``). Names
     are mapped to diffusers' ``WanTransformer3DModel`` with ``backends.trajectory_dit_names``;
-    the VAE, UMT5 and CLIP loaders are those of ``backends.trajectory_dit``.
+    the VAE, UMT5 and CLIP loaders are those of ``backends.wan`` (shared with ``backends.trajectory_dit``).
 
     ViSM LoRA location (first found): ``<folder>/4D-ViSM/lora_diffusion_pytorch_model.safetensors``
     (the MoGe4D release file), ``<folder>/vism_lora.safetensors``, the same two inside the InP
@@ -82,22 +82,29 @@ from torch import Tensor, nn
 from ..core.moge4d.vism import VISM_INPAINT_DEFAULTS
 from .inpaint import check_frames_and_masks, check_sampling, composite, cpu_generator, default_device, model_size
 from .memory import modules_on
-from .trajectory_dit import (
+from .wan import (
     BASE_CLIP,
     BASE_T5,
     BASE_T5_TOKENIZER,
     BASE_VAE,
+    CLIP_MEAN,
+    CLIP_STD,
+    PATCH,
+    SPATIAL,
+    TEMPORAL,
+    WAN_KEEP_FP32,
     WAN_LATENT_MEAN,
     WAN_LATENT_STD,
-    Layout,
-    _assign,
-    _load_clip,
-    _load_text,
-    _load_vae,
+    assign_weights,
+    load_umt5,
+    load_wan_clip,
+    load_wan_vae,
+    normalise_latents,
     params_on_meta,
-    shard_shapes,
+    read_weights,
+    shard_index,
+    start_step,
 )
-from .trajectory_dit_names import MappingError, name_map
 
 __all__ = [
     "FunInpainter",
@@ -123,7 +130,6 @@ logger = logging.getLogger(__name__)
 
 LATENT = 16
 INP_IN_CHANNELS = 2 * LATENT + 4  # noise | mask (4) | masked-video latents
-SPATIAL, TEMPORAL, PATCH = 8, 4, 2
 VISM_LORA_DIR = "4D-ViSM"
 VISM_LORA_FILE = "lora_diffusion_pytorch_model.safetensors"
 VISM_LORA_ALT = "vism_lora.safetensors"
@@ -131,9 +137,6 @@ _DEFAULTS = {k: float(v) for k, v in VISM_INPAINT_DEFAULTS.items()}
 VISM_LORA_STRENGTH = _DEFAULTS["lora_strength"]
 VISM_SHIFT = 5.0
 CLIP_TOKENS = 257
-_KEEP_FP32 = ("scale_shift_table", "norm1", "norm2", "norm3", "time_embedder")
-_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 LORA_PREFIX = "lora_unet"
 _LORA_ELEMS = {"lora_up.weight", "lora_down.weight", "alpha"}
 
@@ -221,12 +224,6 @@ class FunInpLayout:
 
     def files(self) -> list[Path]:
         return [p for p in (*self.shards, self.vae, self.t5, self.clip, self.lora) if p is not None]
-
-    def loader_layout(self) -> Layout:
-        """The ``backends.trajectory_dit.Layout`` view its VAE / UMT5 / CLIP loaders read."""
-        return Layout(root=self.root, strag=None, decoder=None, encoder=None, vae_finetuned=None, base=self.base,
-                      base_transformer=self.shards, base_vae=self.vae, t5=self.t5, tokenizer=self.tokenizer,
-                      clip=self.clip, omnimae=None)
 
 
 def find_fun_inp_layout(path: str | Path) -> FunInpLayout:
@@ -367,19 +364,12 @@ def _shard_index(layout: FunInpLayout) -> tuple[dict[str, tuple[Path, str]], dic
     index: dict[str, tuple[Path, str]] = {}
     shapes: dict[str, tuple[int, ...]] = {}
     skipped: list[str] = []
-    for shard in layout.shards:
-        shape_of = shard_shapes(shard)
-        keys = list(shape_of)
-        try:
-            mapped = name_map({k: k for k in keys})
-        except MappingError as exc:
-            raise ValueError(f"{shard}: {exc}") from exc
-        for ours, official in mapped.items():
-            if not ours.startswith("wan."):
-                skipped.append(official)
-                continue
-            index[ours[len("wan."):]] = (shard, official)
-            shapes[ours[len("wan."):]] = shape_of[official]
+    for ours, (shard, official, shape) in shard_index(layout.shards).items():
+        if not ours.startswith("wan."):
+            skipped.append(official)
+            continue
+        index[ours[len("wan."):]] = (shard, official)
+        shapes[ours[len("wan."):]] = shape
     if skipped:
         logger.info("%s: %d tensor(s) unused for inpainting (e.g. %s)", layout.base, len(skipped), skipped[0])
     return index, shapes
@@ -419,7 +409,7 @@ def _load_transformer(layout: FunInpLayout, dtype: torch.dtype):
         with safe_open(str(shard), framework="pt") as fh:
             for ours, official in pairs:
                 state[ours] = fh.get_tensor(official)
-    _assign(model, state, dtype, what, keep_fp32=_KEEP_FP32)
+    assign_weights(model, state, dtype, what, keep_fp32=WAN_KEEP_FP32)
     return model.eval().requires_grad_(False), index
 
 
@@ -444,9 +434,8 @@ def load_fun_inpainter(path: str | Path, dtype: torch.dtype = torch.float32) -> 
         return _CACHE[key]
     _CACHE.clear()  # one model of this size at a time
     transformer, index = _load_transformer(layout, dtype)
-    legacy = layout.loader_layout()
-    vae = _load_vae(legacy)
-    tokenizer, text = _load_text(legacy, dtype)
+    vae = load_wan_vae(layout.vae)
+    tokenizer, text = load_umt5(layout.t5, layout.tokenizer, dtype)
     cfg = _inp_config(layout.base) or {}
     model = FunInpainter(transformer=transformer, vae=vae, tokenizer=tokenizer, text_encoder=text, layout=layout,
                          dtype=dtype, weight_index=index, max_sequence_length=min(int(cfg.get("text_len", 512)), 512))
@@ -578,10 +567,8 @@ class FunInpainter:
         if not math.isfinite(s):
             raise ValueError(f"apply_vism_lora: strength must be a finite number, got {strength}")
         if self._lora is None:
-            from .trajectory_dit import _read_weights
-
             what = f"4D-ViSM LoRA {self.layout.lora}"
-            self._lora = lora_deltas(_read_weights(self.layout.lora), self._lora_targets(), what)
+            self._lora = lora_deltas(read_weights(self.layout.lora), self._lora_targets(), what)
         if s == self._lora_strength:
             return True
         names = list(self._lora)
@@ -632,22 +619,20 @@ class FunInpainter:
             if self.layout.clip is None:
                 raise ValueError(f"{self.layout.base}: clip_condition 'first_frame' needs {BASE_CLIP}, which is "
                                  f"missing; use 'zeros' (the official 4D-ViSM inference) or add the file")
-            self.image_encoder = _load_clip(self.layout.loader_layout(), self.dtype)
+            self.image_encoder = load_wan_clip(self.layout.clip, self.dtype)
         enc = self.image_encoder
         size = int(enc.config.image_size)
         x = F.interpolate(first.permute(2, 0, 1)[None].to(device), size=(size, size), mode="bicubic",
                           align_corners=False)
-        mean = torch.tensor(_CLIP_MEAN, device=device).view(1, 3, 1, 1)
-        std = torch.tensor(_CLIP_STD, device=device).view(1, 3, 1, 1)
+        mean = torch.tensor(CLIP_MEAN, device=device).view(1, 3, 1, 1)
+        std = torch.tensor(CLIP_STD, device=device).view(1, 3, 1, 1)
         with modules_on(device, enc):
             out = enc(pixel_values=((x - mean) / std).to(enc.dtype), output_hidden_states=True).hidden_states[-2]
         return out.float()
 
     def _normalise(self, latents: Tensor, inverse: bool = False) -> Tensor:
         z = latents.shape[1]
-        mean = torch.tensor(WAN_LATENT_MEAN[:z], device=latents.device).view(1, z, 1, 1, 1)
-        std = torch.tensor(WAN_LATENT_STD[:z], device=latents.device).view(1, z, 1, 1, 1)
-        return latents * std + mean if inverse else (latents - mean) / std
+        return normalise_latents(latents, WAN_LATENT_MEAN[:z], WAN_LATENT_STD[:z], inverse)
 
     def _encode(self, video: Tensor) -> Tensor:
         return self._normalise(self.vae.encode(video.float()).latent_dist.mode().float())
@@ -678,8 +663,6 @@ class FunInpainter:
             ValueError: bad shapes, frame/mask count mismatch, sizes or sampling settings.
             InterruptedError: ``should_stop`` returned True.
         """
-        from .video_inpaint import start_step
-
         what = "FunInpainter.inpaint"
         frames, masks = check_frames_and_masks(frames, masks, what, video=True)
         check_sampling(what, strength, steps, guidance_scale)

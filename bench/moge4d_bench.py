@@ -36,8 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pack_loader import load_pack  # noqa: E402
 
 load_pack()
-from gen4d.backends.trajectory_dit import params_on_meta  # noqa: E402
 from gen4d.backends.trajectory_dit_modules import DiTConfig, OmniMAEFeatures, TrajectoryDiT  # noqa: E402
+from gen4d.backends.wan import params_on_meta  # noqa: E402
 from timing import peak_mib, sync  # noqa: E402
 
 WAN_14B = DiTConfig(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40, text_dim=4096, freq_dim=256,

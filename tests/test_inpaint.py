@@ -13,7 +13,7 @@ import pytest
 import torch
 from gen4d.backends.model_folders import list_models
 from gen4d.backends.tiny import build_tiny
-from gen4d.backends.video_inpaint import start_step
+from gen4d.backends.wan import start_step
 from gen4d.nodes.inpaint import Inpaint, InpaintModelLoader, VideoInpaint, VideoInpaintModelLoader
 
 SD, VACE = "inpaint_sd-tiny", "video_inpaint_wan_vace-tiny"

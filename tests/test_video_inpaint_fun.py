@@ -13,7 +13,6 @@ import shutil
 import pytest
 import torch
 from gen4d.backends.tiny import build_tiny
-from gen4d.backends.trajectory_dit import WAN_LATENT_MEAN, WAN_LATENT_STD
 from gen4d.backends.video_inpaint import VideoInpainter, load_video_inpainter
 from gen4d.backends.video_inpaint_fun import (
     VISM_LORA_DIR,
@@ -24,6 +23,7 @@ from gen4d.backends.video_inpaint_fun import (
     inp_condition_mask,
     lora_deltas,
 )
+from gen4d.backends.wan import WAN_LATENT_MEAN, WAN_LATENT_STD
 from safetensors.torch import load_file, save_file
 
 BASE = "Wan2.1-Fun-V1.1-14B-InP"

@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from ..trajectory_dit import BASE_CLIP, BASE_T5, BASE_T5_TOKENIZER, BASE_VAE, STRAG_FILE, vit_heads
+from ..trajectory_dit import STRAG_FILE
 from ..trajectory_dit_modules import (
     LATENT_CHANNELS,
     DiTConfig,
@@ -35,7 +35,8 @@ from ..trajectory_dit_modules import (
     TrajectoryEncoder,
 )
 from ..trajectory_dit_names import diffusers_vae_to_official, name_map
-from ..video_inpaint_fun import INP_IN_CHANNELS, LATENT, LORA_PREFIX, PATCH, VISM_LORA_DIR, VISM_LORA_FILE
+from ..video_inpaint_fun import INP_IN_CHANNELS, LATENT, LORA_PREFIX, VISM_LORA_DIR, VISM_LORA_FILE
+from ..wan import BASE_CLIP, BASE_T5, BASE_T5_TOKENIZER, BASE_VAE, PATCH, vit_heads
 from . import tiny_builder
 
 __all__ = [

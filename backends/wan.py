@@ -1,0 +1,285 @@
+# SPDX-License-Identifier: Apache-2.0
+"""What the Wan2.1 backends share: latent statistics, release file names, partial-noise start, and
+reading Wan2.1 release checkpoints (VAE, UMT5, CLIP, sharded transformers) into diffusers /
+transformers modules.
+
+Public API:
+    WAN_LATENT_MEAN, WAN_LATENT_STD     the Wan2.1 VAE's published latent statistics (16 channels)
+    normalise_latents(latents, mean, std, inverse=False)   ``(z - mean) / std`` per channel of ``[B,C,T,h,w]``
+    start_step(steps, strength)         first denoising step of a partial-noise run
+    SPATIAL, TEMPORAL, PATCH            Wan VAE spatial / temporal compression, DiT spatial patch
+    BASE_VAE, BASE_T5, BASE_T5_TOKENIZER, BASE_CLIP   file names of a Wan2.1(-Fun) release folder
+    WAN_KEEP_FP32                       parameters of the Wan transformer kept in float32
+    CLIP_MEAN, CLIP_STD                 the CLIP image normalisation
+    params_on_meta()                    context manager: build modules with parameters on the meta device
+    assign_weights(module, state, dtype, what, keep_fp32)   load a state dict exactly (names the misfits)
+    read_weights(path), torch_load_state(path)   tensors of a safetensors / torch checkpoint file
+    shard_shapes(shard), shard_index(shards)     tensor shapes from safetensors headers; our names -> shards
+    vit_heads(dim)                      attention heads of a ViT of width ``dim``
+    load_wan_vae(base_vae, finetuned), load_umt5(t5, tokenizer, dtype), load_wan_clip(clip, dtype)
+
+Design notes:
+    Users are ``backends.video_inpaint`` (Wan VACE, diffusers layout), ``backends.video_inpaint_fun``
+    (Wan2.1-Fun InP, release layout) and ``backends.trajectory_dit`` (MoGe4D, release layout over
+    Wan2.1-Fun Control). Release checkpoints use the original Wan names, mapped with
+    ``backends.trajectory_dit_names``; weights are read with safetensors or
+    ``torch.load(weights_only=True)`` only, into modules built on the meta device, so a 14B model
+    costs its memory once.
+
+    ``start_step``: a partial-noise run at ratio ``r`` skips the first ``steps - round(r * steps)``
+    of ``steps`` scheduler steps (the img2img convention); ``r = 1`` starts from pure noise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from torch import Tensor, nn
+
+from .trajectory_dit_names import MappingError, name_map, official_vae_to_diffusers, wan_clip_to_hf, wan_t5_to_umt5
+
+__all__ = [
+    "WAN_LATENT_MEAN",
+    "WAN_LATENT_STD",
+    "normalise_latents",
+    "start_step",
+    "SPATIAL",
+    "TEMPORAL",
+    "PATCH",
+    "BASE_VAE",
+    "BASE_T5",
+    "BASE_T5_TOKENIZER",
+    "BASE_CLIP",
+    "WAN_KEEP_FP32",
+    "CLIP_MEAN",
+    "CLIP_STD",
+    "params_on_meta",
+    "assign_weights",
+    "read_weights",
+    "torch_load_state",
+    "shard_shapes",
+    "shard_index",
+    "vit_heads",
+    "load_wan_vae",
+    "load_umt5",
+    "load_wan_clip",
+]
+
+# Wan2.1 VAE latent statistics (the VAE's published normalisation).
+WAN_LATENT_MEAN = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
+                   0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921)
+WAN_LATENT_STD = (2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
+                  3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160)
+
+SPATIAL = 8  # Wan VAE spatial compression
+TEMPORAL = 4  # Wan VAE temporal compression
+PATCH = 2  # DiT spatial patch
+
+BASE_VAE = "Wan2.1_VAE.pth"
+BASE_T5 = "models_t5_umt5-xxl-enc-bf16.pth"
+BASE_T5_TOKENIZER = "google/umt5-xxl"
+BASE_CLIP = "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth"
+WAN_KEEP_FP32 = ("scale_shift_table", "norm1", "norm2", "norm3", "time_embedder")
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+# --------------------------------------------------------------------------- latents and sampling
+
+
+def normalise_latents(latents: Tensor, mean, std, inverse: bool = False) -> Tensor:
+    """``(latents - mean) / std`` per channel of ``[B,C,T,h,w]`` latents (``inverse``: ``latents * std + mean``);
+    ``mean`` / ``std`` give one value per channel."""
+    m = torch.tensor(mean, device=latents.device, dtype=torch.float32).view(1, -1, 1, 1, 1)
+    s = torch.tensor(std, device=latents.device, dtype=torch.float32).view(1, -1, 1, 1, 1)
+    return latents * s + m if inverse else (latents - m) / s
+
+
+def start_step(steps: int, strength: float) -> int:
+    """Index of the first of ``steps`` scheduler steps run at noise ratio ``strength`` (0..1)."""
+    return int(steps) - min(int(round(float(strength) * int(steps))), int(steps))
+
+
+# --------------------------------------------------------------------------- meta-device construction
+
+
+@contextlib.contextmanager
+def params_on_meta() -> Iterator[None]:
+    """Build modules with their parameters on the meta device (buffers stay real), so a 14B model
+    costs no memory until ``load_state_dict(..., assign=True)`` or an explicit materialisation."""
+    original = nn.Module.register_parameter
+
+    def register(self, name, param):
+        original(self, name, param)
+        if param is not None:
+            kwargs = {"requires_grad": param.requires_grad}
+            self._parameters[name] = nn.Parameter(self._parameters[name].to("meta"), **kwargs)
+
+    nn.Module.register_parameter = register
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = original
+
+
+def assign_weights(module: nn.Module, state: dict[str, Tensor], dtype: torch.dtype | None, what: str,
+                   keep_fp32: tuple[str, ...] = ()) -> None:
+    """Load ``state`` into a (meta-parameter) module exactly: every parameter / persistent buffer
+    present, no extra keys, shapes equal."""
+    expected = module.state_dict(keep_vars=True)
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    bad = sorted(k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape))
+    if missing or extra or bad:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)}: {', '.join(missing[:12])}{' ...' if len(missing) > 12 else ''}")
+        if extra:
+            parts.append(f"unexpected {len(extra)}: {', '.join(extra[:12])}{' ...' if len(extra) > 12 else ''}")
+        if bad:
+            parts.append("shape mismatch: " + ", ".join(
+                f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}" for k in bad[:6]))
+        raise ValueError(f"{what}: checkpoint does not fit the model ({'; '.join(parts)})")
+    cast = {}
+    for k, v in state.items():
+        target = torch.float32 if (dtype is None or any(p in k for p in keep_fp32)) else dtype
+        cast[k] = v.to(target) if v.is_floating_point() else v
+    module.load_state_dict(cast, strict=True, assign=True)
+
+
+# --------------------------------------------------------------------------- checkpoint files
+
+
+def torch_load_state(path: Path) -> dict[str, Tensor]:
+    """A state dict read with ``torch.load(weights_only=True)`` (unwrapping ``{"state_dict": ...}``)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for unreadable / unsafe pickles
+        raise ValueError(f"could not read {path} with torch.load(weights_only=True): {type(exc).__name__}: {exc}") \
+            from exc
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: expected a state dict, got {type(state).__name__}")
+    return state
+
+
+def read_weights(path: Path) -> dict[str, Tensor]:
+    """The tensors of a ``.safetensors`` file, or of a torch checkpoint (:func:`torch_load_state`)."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as exc:  # safetensors raises its own error types for corrupt files
+            raise ValueError(f"could not read {path}: {type(exc).__name__}: {exc}") from exc
+    return torch_load_state(path)
+
+
+def shard_shapes(shard: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape of a safetensors file, read from its header only (clear error when corrupt)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(shard), framework="pt") as fh:
+            return {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}
+    except Exception as exc:  # safetensors raises its own error types for corrupt files
+        raise ValueError(f"could not read {shard}: {type(exc).__name__}: {exc}") from exc
+
+
+def shard_index(shards) -> dict[str, tuple[Path, str, tuple[int, ...]]]:
+    """Our name -> (shard, official name, shape) for every tensor of a transformer checkpoint in the
+    original Wan naming (``trajectory_dit_names.name_map``), from the shards' headers (no data read)."""
+
+    index: dict[str, tuple[Path, str, tuple[int, ...]]] = {}
+    for shard in shards:
+        shapes = shard_shapes(shard)
+        keys = list(shapes)
+        try:
+            mapped = name_map({k: k for k in keys})  # names only
+        except MappingError as exc:
+            raise ValueError(f"{shard}: {exc}") from exc
+        for ours_k, off_k in mapped.items():
+            index[ours_k] = (shard, off_k, shapes[off_k])
+    return index
+
+
+# --------------------------------------------------------------------------- component loaders
+
+
+def vit_heads(dim: int) -> int:
+    """Attention heads of a ViT of width ``dim`` (not stored in checkpoints): 64-wide heads, as ViT-B
+    (768 / 12) and ViT-L (1024 / 16); ViT-H/14 (1280) uses 16 heads of 80."""
+    if dim == 1280:
+        return 16
+    return max(1, dim // 64)
+
+
+def load_wan_vae(base_vae: Path, finetuned: Path | None = None):
+    """The Wan VAE of a release ``Wan2.1_VAE.pth`` (float32, eval), its decoder optionally replaced by
+    a fine-tuned checkpoint in the same naming."""
+    from diffusers import AutoencoderKLWan
+
+    state = official_vae_to_diffusers(read_weights(base_vae))
+    if finetuned is not None:
+        state.update(official_vae_to_diffusers(read_weights(finetuned)))
+    base_dim = int(state["encoder.conv_in.weight"].shape[0])
+    z = int(state["post_quant_conv.weight"].shape[0])
+    vae = AutoencoderKLWan(base_dim=base_dim, z_dim=z, latents_mean=list(WAN_LATENT_MEAN[:z]),
+                           latents_std=list(WAN_LATENT_STD[:z]))
+    assign_weights(vae, state, None, f"Wan VAE {base_vae}")
+    return vae.eval().requires_grad_(False)
+
+
+def load_umt5(t5: Path, tokenizer: Path, dtype: torch.dtype):
+    """``(tokenizer, UMT5 encoder)`` of a release UMT5 checkpoint and its tokenizer folder (eval)."""
+    from transformers import AutoTokenizer, UMT5Config, UMT5EncoderModel
+
+    state = wan_t5_to_umt5(read_weights(t5))
+    emb = state["encoder.embed_tokens.weight"]
+    heads = int(state["encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"].shape[1])
+    config = UMT5Config(
+        vocab_size=int(emb.shape[0]), d_model=int(emb.shape[1]),
+        d_kv=int(state["encoder.block.0.layer.0.SelfAttention.q.weight"].shape[0]) // heads,
+        d_ff=int(state["encoder.block.0.layer.1.DenseReluDense.wi_0.weight"].shape[0]),
+        num_layers=len({k.split(".")[2] for k in state if k.startswith("encoder.block.")}), num_heads=heads,
+        relative_attention_num_buckets=int(
+            state["encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"].shape[0]),
+        feed_forward_proj="gated-gelu", tie_word_embeddings=False, pad_token_id=0, eos_token_id=1,
+        decoder_start_token_id=0)
+    with params_on_meta():
+        model = UMT5EncoderModel(config)
+    assign_weights(model, state, dtype, f"UMT5 {t5}")
+    return AutoTokenizer.from_pretrained(tokenizer), model.eval().requires_grad_(False)
+
+
+def load_wan_clip(clip: Path | None, dtype: torch.dtype):
+    """The CLIP vision tower of a release open-clip checkpoint as a transformers ``CLIPVisionModel``
+    (eval), or None without a file."""
+    if clip is None:
+        return None
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    state = wan_clip_to_hf(read_weights(clip))
+    patch = state["vision_model.embeddings.patch_embedding.weight"]
+    hidden, p = int(patch.shape[0]), int(patch.shape[-1])
+    n = int(state["vision_model.embeddings.position_embedding.weight"].shape[0]) - 1
+    layers = len({k.split(".")[3] for k in state if k.startswith("vision_model.encoder.layers.")})
+    config = CLIPVisionConfig(
+        hidden_size=hidden, intermediate_size=int(state["vision_model.encoder.layers.0.mlp.fc1.weight"].shape[0]),
+        num_hidden_layers=layers, num_attention_heads=vit_heads(hidden),
+        image_size=int(round(math.sqrt(n))) * p, patch_size=p, hidden_act="gelu", layer_norm_eps=1e-5)
+    with params_on_meta():
+        model = CLIPVisionModel(config)
+    expected = model.state_dict()
+    if not any(k.startswith("vision_model.") for k in expected):  # transformers >= 5 drops the prefix
+        state = {k[len("vision_model."):]: v for k, v in state.items()}
+    for k in expected:
+        if k.endswith("position_ids"):
+            state[k] = torch.arange(n + 1)[None]
+    assign_weights(model, state, dtype, f"CLIP {clip}")
+    return model.eval().requires_grad_(False)
