@@ -44,6 +44,8 @@ __all__ = [
     "pixel_rays",
     "render",
     "surface_distance",
+    "check_world",
+    "check_cameras",
 ]
 
 RESERVED_KEYS = ("rgb", "depth", "alpha", "object_ids", "normals", "times")
@@ -128,12 +130,14 @@ class World:
         return Cameras(vm, K.expand(num_frames, 3, 3).clone(), int(width), int(height), times, 0.01, 1000.0)
 
 
-def _check_world(world) -> None:
+def check_world(world) -> None:
+    """ValueError unless ``world`` is a synthetic :class:`World`."""
     if not isinstance(world, World):
         raise ValueError(f"world: expected a synthetic World, got {type(world).__name__}")
 
 
-def _check_cameras(cameras) -> None:
+def check_cameras(cameras) -> None:
+    """ValueError unless ``cameras`` is a :class:`core.engine.cameras.Cameras`."""
     if not isinstance(cameras, Cameras):
         raise ValueError(f"cameras: expected core.engine.cameras.Cameras, got {type(cameras).__name__}")
 
@@ -209,7 +213,7 @@ def cast_rays(world: World, origins: Tensor, dirs: Tensor, time: float, near: fl
     Returns:
         ``Hits`` for the ``R`` rays.
     """
-    _check_world(world)
+    check_world(world)
     _check_rays(origins, dirs)
     o, d = origins.to(_DT), dirs.to(_DT)
     poses = world.poses(check_times(time, "cast_rays: time"), device=o.device)[:, 0]
@@ -311,8 +315,8 @@ def render(world: World, cameras: Cameras, times=None, background: tuple[float, 
         normals facing the camera, ``times [C]`` float32, and one float32 mask ``[C,H,W]`` per
         group name (e.g. ``foreground``, ``background``; 0/1 or coverage like ``alpha``).
     """
-    _check_world(world)
-    _check_cameras(cameras)
+    check_world(world)
+    check_cameras(cameras)
     k = _check_supersample(supersample)
     if background is not None:
         bg = torch.as_tensor(background, dtype=_DT)
@@ -338,7 +342,7 @@ def move_points(world: World, part: Tensor, local_points: Tensor, times) -> tupl
     Returns:
         ``[T,N,3]`` float64 world points and the ``[P,T,4,4]`` part poses used.
     """
-    _check_world(world)
+    check_world(world)
     poses = world.poses(times, device=local_points.device)  # [P,T,4,4]
     n, t = local_points.shape[0], poses.shape[1]
     pts = torch.zeros(t, n, 3, dtype=_DT, device=local_points.device)
@@ -352,7 +356,7 @@ def move_points(world: World, part: Tensor, local_points: Tensor, times) -> tupl
 
 def surface_distance(world: World, points: Tensor, time: float) -> Tensor:
     """Unsigned distance ``[N]`` (float64) from world ``points [N,3]`` to the nearest surface at ``time``."""
-    _check_world(world)
+    check_world(world)
     if not isinstance(points, Tensor) or points.dim() != 2 or points.shape[1] != 3:
         raise ValueError(f"surface_distance: points must be an [N,3] tensor, got "
                          f"{tuple(points.shape) if isinstance(points, Tensor) else type(points).__name__}")

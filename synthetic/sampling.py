@@ -60,7 +60,7 @@ from ..core.engine.cameras import Cameras
 from ..core.engine.gaussians import Gaussians, quat_multiply, rotmat_to_quat
 from .motion import check_times
 from .primitives import Box, Primitive, Rectangle, Sphere, frame_from_normal
-from .raycast import World, _check_cameras, _check_world, albedo, cast_rays, move_points, pixel_centers, pixel_rays
+from .raycast import World, albedo, cast_rays, check_cameras, check_world, move_points, pixel_centers, pixel_rays
 
 __all__ = ["SurfaceMotion", "SurfaceSamples", "sample_gaussians", "sample_surface", "surface_motion"]
 
@@ -167,7 +167,7 @@ def _allocate(weights: list[float], total: int) -> list[int]:
 
 def _check_sampling_args(world: World, num_points: int, seed: int, scale_factor: float, normal_ratio: float,
                          opacity: float, jitter: float, inset: float, floor_share: float, cameras) -> None:
-    _check_world(world)
+    check_world(world)
     if isinstance(num_points, bool) or not isinstance(num_points, numbers.Integral) or num_points <= 0:
         raise ValueError(f"num_points: expected a positive int, got {num_points!r}")
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
@@ -180,7 +180,7 @@ def _check_sampling_args(world: World, num_points: int, seed: int, scale_factor:
         raise ValueError(f"jitter and floor_share must be in [0, 1] and inset >= 0, got {jitter}, {floor_share}, "
                          f"{inset}")
     if cameras is not None:
-        _check_cameras(cameras)
+        check_cameras(cameras)
     for p in world.primitives:
         if cameras is None and not math.isfinite(p.area()):
             raise ValueError(f"world: primitive {p.name!r} is unbounded and cannot be sampled; bound it "

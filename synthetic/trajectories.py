@@ -20,7 +20,7 @@ from torch import Tensor
 
 from ..core.engine.cameras import Cameras
 from .motion import check_times
-from .raycast import World, _check_cameras, _check_world, albedo, cast_rays, move_points, pixel_centers, pixel_rays
+from .raycast import World, albedo, cast_rays, check_cameras, check_world, move_points, pixel_centers, pixel_rays
 
 __all__ = ["trajectories"]
 
@@ -86,8 +86,8 @@ def trajectories(world: World, cameras: Cameras, times=None) -> dict[str, Tensor
         ValueError: for a wrong world / cameras type, times outside ``[0, 1]`` or a camera count
             that is neither 1 nor ``T``.
     """
-    _check_world(world)
-    _check_cameras(cameras)
+    check_world(world)
+    check_cameras(cameras)
     t = _trajectory_times(cameras, times)
     h, w, nt = int(cameras.height), int(cameras.width), t.numel()
     o, d = pixel_rays(cameras.viewmats[0], cameras.Ks[0], pixel_centers(w, h, cameras.device))

@@ -36,10 +36,10 @@ from .fit_static import (
     GaussianLearningRates,
     RenderFn,
     StaticFitConfig,
-    _check_finite,
-    _targets,
+    check_finite_losses,
     fit_static,
     make_optimizer,
+    masked_targets,
     memory_guard,
     record_step,
 )
@@ -195,7 +195,7 @@ def fit_deformation(
             deformed = deformation.forward_batch(base, times)
             outs = [render_fn(g, views.cameras[index[i : i + 1]], background) for i, g in enumerate(deformed)]
             rendered = {key: torch.cat([getattr(o, key) for o in outs]) for key in ("rgb", "alpha", "depth")}
-            target, masks = _targets(views, index, background)
+            target, masks = masked_targets(views, index, background)
             total, parts = cfg.loss(rendered, target, masks)
             terms = dict(parts)
             if knn_index is not None:
@@ -220,7 +220,7 @@ def fit_deformation(
                 sds = cfg.sds_weight * guidance.sds_loss(sds_out.rgb, cams, t, step / max(cfg.iterations - 1, 1))
                 terms["sds"] = sds.detach()
                 total = total + sds
-            _check_finite({**terms, "total": total.detach()}, step, "fit_deformation", last_good)
+            check_finite_losses({**terms, "total": total.detach()}, step, "fit_deformation", last_good)
             for opt in optimizers:
                 opt.zero_grad(set_to_none=True)
             total.backward()

@@ -47,6 +47,8 @@ __all__ = [
     "scene_extent",
     "make_optimizer",
     "memory_guard",
+    "check_finite_losses",
+    "masked_targets",
 ]
 
 logger = logging.getLogger(__name__)
@@ -194,7 +196,8 @@ class memory_guard:
         return False
 
 
-def _check_finite(terms: dict[str, Tensor], step: int, who: str, last_good: FitResult) -> None:
+def check_finite_losses(terms: dict[str, Tensor], step: int, who: str, last_good: FitResult) -> None:
+    """Raise :class:`FitDivergedError` (carrying ``last_good``) when a loss term is NaN or inf."""
     for name, value in terms.items():
         if not torch.isfinite(value).all():
             raise FitDivergedError(f"{who}: loss '{name}' became {value.item()} at step {step}; the last "
@@ -202,7 +205,7 @@ def _check_finite(terms: dict[str, Tensor], step: int, who: str, last_good: FitR
                                    last_good)
 
 
-def _targets(views: PosedImages, index: Tensor, background: Tensor) -> tuple[Tensor, Tensor | None]:
+def masked_targets(views: PosedImages, index: Tensor, background: Tensor) -> tuple[Tensor, Tensor | None]:
     """Target images with masked-out pixels replaced by the background (the render's background)."""
     images = views.images[index]
     if views.masks is None:
@@ -271,7 +274,7 @@ def fit_static(
                                                       cfg.iterations)
             gaussians = _to_gaussians(params)
             index = _pick(len(views), cfg.views_per_step, gen).to(dev)
-            target, masks = _targets(views, index, background)
+            target, masks = masked_targets(views, index, background)
             out = render_fn(gaussians, views.cameras[index], background)
             total, parts = cfg.loss({"rgb": out.rgb, "alpha": out.alpha, "depth": out.depth}, target, masks)
             terms = {**parts}
@@ -284,7 +287,7 @@ def fit_static(
                 total = total + sds
                 terms["sds"] = sds.detach()
                 renders.append(sds_out)
-            _check_finite({**terms, "total": total.detach()}, step, "fit_static", last_good)
+            check_finite_losses({**terms, "total": total.detach()}, step, "fit_static", last_good)
             optimizer.zero_grad(set_to_none=True)
             total.backward()
             repaired = dens.sanitize_grads(params)
@@ -335,7 +338,7 @@ def evaluate(gaussians: Gaussians, views: PosedImages, render_fn: RenderFn,
     bg = torch.tensor(background, dtype=torch.float32, device=gaussians.device)
     with torch.no_grad():
         out = render_fn(gaussians, views.cameras.to(gaussians.device), bg)
-        target, masks = _targets(views.to(gaussians.device), torch.arange(len(views)), bg)
+        target, masks = masked_targets(views.to(gaussians.device), torch.arange(len(views)), bg)
         scores = {"psnr": float(psnr(out.rgb.clamp(0, 1), target))}
         if masks is not None:
             pred, truth = out.alpha[..., 0] > 0.5, masks > 0.5
