@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """Zero123 and Stable Diffusion score-distillation guidance on tiny random weights.
 
-The tiny models are written by the backends' own builders in the real folder layouts and loaded
+The tiny models are written by their builders (``backends.tiny.sd``) in the real folder layouts and loaded
 back through the loader nodes (under inference mode, as ComfyUI runs nodes), so the folder checks,
 the safetensors validation and the conditioning code are the ones real weights go through.
 """

@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """Image (SD inpainting) and video (Wan VACE) inpainting on tiny random weights, through the nodes.
 
-The tiny folders are written by the backends' builders with ``save_pretrained`` and loaded back by
+The tiny folders are written by the tiny builders (``backends.tiny``) with ``save_pretrained`` and loaded back by
 the loader nodes, offline, so the folder checks and loading code are the ones real weights use.
 """
 

@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """Wan2.1-Fun InP video inpainting + the 4D-ViSM LoRA (MoGe4D App. F.2) on tiny random weights.
 
-The tiny folder is written by the backend's builder in the release layout (original Wan naming,
+The tiny folder is written by its builder (``backends.tiny.wan``) in the release layout (original Wan naming,
 ``Wan2.1_VAE.pth``, UMT5 / CLIP ``.pth`` files, ``4D-ViSM/lora_diffusion_pytorch_model.safetensors``
 with the official kohya-style names) and loaded back through ``load_video_inpainter``.
 """
