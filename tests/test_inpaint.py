@@ -11,6 +11,7 @@ import shutil
 
 import pytest
 import torch
+import torch.nn.functional as F
 from gen4d.backends.model_folders import list_models
 from gen4d.backends.tiny import build_tiny
 from gen4d.backends.wan import start_step
@@ -75,7 +76,6 @@ def test_image_inpaint_node(image_model):
     assert (out[~keep] - images[~keep]).abs().mean() > 0.05  # the hole was filled
     assert torch.equal(out, run(0))
     assert not torch.equal(out, run(1))
-    torch.testing.assert_close(out[0, 12, 14:17, 0], torch.tensor(PINNED_IMAGE), atol=1e-4, rtol=0)
 
 
 def test_video_inpaint_node(video_model):
@@ -90,7 +90,134 @@ def test_video_inpaint_node(video_model):
     assert torch.equal(out, run(0.7))
     assert (out - run(1.0)).abs().max() > 1e-3  # partial noise is not pure noise
     assert torch.equal(run(0.0), frames)  # no noise, no change
-    torch.testing.assert_close(out[2, 12, 14:17, 0], torch.tensor(PINNED_VIDEO), atol=1e-4, rtol=0)
+
+
+# --------------------------------------------------------------------------- independent references
+#
+# The pipelines are read straight from the tiny folders with diffusers (not through our loaders) and run on inputs
+# prepared here by hand; our resize / pad / crop / composite policy is re-done by hand around them. Both sides run
+# the same diffusers release, so they agree to float rounding whatever that release computes.
+
+
+def _composite(original, generated, mask):
+    """Our promise: ``original`` where the mask is 0, a linear blend towards ``generated`` elsewhere."""
+    return original + mask[..., None] * (generated - original)
+
+
+def _sd_inpaint_reference(folder, image, mask, seed, size, prompt="a photo of a cat", steps=3, guidance_scale=5.0):
+    from diffusers import StableDiffusionInpaintPipeline
+
+    pipe = StableDiffusionInpaintPipeline.from_pretrained(folder, safety_checker=None, feature_extractor=None,
+                                                          requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    x = F.interpolate(image.permute(2, 0, 1)[None], size=size, mode="bilinear", align_corners=False)
+    m = F.interpolate(mask[None, None], size=size, mode="nearest")
+    out = pipe(prompt=prompt, image=x, mask_image=m, height=size[0], width=size[1], strength=1.0,
+               num_inference_steps=steps, guidance_scale=guidance_scale,
+               generator=torch.Generator().manual_seed(seed), output_type="pt").images  # [1,3,h,w] in 0..1
+    back = F.interpolate(out, size=tuple(image.shape[:2]), mode="bilinear", align_corners=False)
+    return _composite(image, back[0].permute(1, 2, 0).clamp(0, 1), mask)
+
+
+def test_image_inpaint_matches_the_diffusers_pipeline(models_dir, image_model):
+    folder = models_dir / "diffusers" / SD
+    images, masks = _images(), _masks(2, 30, 44)
+    masks[:, 6, 11:33] = 0.4  # a soft edge: the model sees 0 there (< 0.5), the composite blends 40 %
+    out = Inpaint().inpaint(image_model, images, masks, "a photo of a cat", "", 1.0, 3, 5.0, 7)[0]
+    assert image_model.multiple == 2  # the tiny VAE scales by 2, so 30x44 runs as it is
+    # image b of the batch is seeded with seed + b
+    for b in range(2):
+        expected = _sd_inpaint_reference(folder, images[b], masks[b], 7 + b, (30, 44))
+        assert (expected - images[b]).abs().max() > 0.1
+        # Identical in practice (same diffusers calls on the same inputs); measured breaks: the seed ignored 0.8,
+        # the soft edge composited as 0/1 0.46, the prompt dropped 0.12, an inverted mask 0.09, swapped channels
+        # 0.014, the image halved in range 0.007.
+        torch.testing.assert_close(out[b], expected, atol=1e-5, rtol=0)
+    # an odd size runs at the nearest multiple of 2 (29 -> 28 and 43 -> 44; .5 rounds to even) and comes back
+    image, mask = _images(1, 29, 43, seed=5)[0], _masks(1, 29, 43)[0]
+    odd = image_model.inpaint(image, mask, "a photo of a cat", "", 1.0, 3, 5.0, 3)
+    torch.testing.assert_close(odd, _sd_inpaint_reference(folder, image, mask, 3, (28, 44)), atol=1e-5, rtol=0)
+
+
+def _vace_reference(folder, frames, masks, size, seed, prompt, steps=4, guidance_scale=5.0):
+    """Wan VACE from pure noise (strength 1): the pipeline's own sampler on frames resized (bilinear; masks
+    nearest) to ``size``, padded to 4k + 1 frames with the last frame, prompts encoded by hand as Wan does
+    (UMT5 states, zero past each prompt's tokens; the tiny encoder's 16 tokens)."""
+    from diffusers import WanVACEPipeline, WanVACETransformer3DModel
+    from safetensors.torch import load_file
+
+    transformer = WanVACETransformer3DModel.from_config(WanVACETransformer3DModel.load_config(folder / "transformer"))
+    state = {}
+    for file in sorted((folder / "transformer").glob("*.safetensors")):
+        state.update(load_file(str(file)))
+    transformer.load_state_dict(state, strict=True)
+    pipe = WanVACEPipeline.from_pretrained(folder, transformer=transformer.eval())
+    pipe.set_progress_bar_config(disable=True)
+
+    def encode(text):
+        tokens = pipe.tokenizer([text], padding="max_length", max_length=16, truncation=True, return_tensors="pt",
+                                return_attention_mask=True)
+        with torch.no_grad():
+            hidden = pipe.text_encoder(tokens.input_ids, tokens.attention_mask).last_hidden_state
+        return hidden * tokens.attention_mask[..., None]
+
+    count = len(frames)
+    padded = (count - 1 + 3) // 4 * 4 + 1
+    x = F.interpolate(frames.permute(0, 3, 1, 2), size=size, mode="bilinear", align_corners=False)
+    m = F.interpolate(masks[:, None], size=size, mode="nearest").expand(-1, 3, -1, -1)
+    x = torch.cat([x, x[-1:].expand(padded - count, -1, -1, -1)])
+    m = torch.cat([m, m[-1:].expand(padded - count, -1, -1, -1)])
+    with torch.no_grad():
+        out = pipe(video=x[None], mask=m[None], prompt_embeds=encode(prompt), negative_prompt_embeds=encode(""),
+                   height=size[0], width=size[1], num_frames=padded, num_inference_steps=steps,
+                   guidance_scale=guidance_scale, generator=torch.Generator().manual_seed(seed),
+                   output_type="pt").frames[0]  # [T',3,h,w] in 0..1
+    back = F.interpolate(out[:count].float(), size=tuple(frames.shape[1:3]), mode="bilinear", align_corners=False)
+    return _composite(frames, back.permute(0, 2, 3, 1).clamp(0, 1), masks)
+
+
+def test_video_inpaint_from_noise_matches_the_diffusers_pipeline(models_dir, video_model):
+    # 4 frames of 20x44: padded to 5 (4k + 1), run at 16x48 (nearest multiples of VAE 8 x patch 2), cropped back
+    assert (video_model.multiple, video_model.temporal) == (16, 4)
+    frames, masks = _images(4, 20, 44, seed=4), _masks(4, 20, 44)
+    out = VideoInpaint().inpaint(video_model, frames, masks, "a photo of a cat", "", 1.0, 4, 5.0, 2)[0]
+    expected = _vace_reference(models_dir / "diffusers" / VACE, frames, masks, (16, 48), 2, "a photo of a cat")
+    assert (expected - frames).abs().max() > 0.1
+    # Identical in practice (same diffusers calls on the same inputs); measured breaks: nearest instead of bilinear
+    # resizing 0.25, the seed ignored 0.2, an inverted mask 0.12, the prompt dropped 0.009, swapped channels 6e-4.
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+
+
+def test_video_inpaint_partial_noise_start_point(models_dir, video_model):
+    """Strength r < 1 (CoCo4D eq. 7) starts at step ``steps - round(r * steps)`` from the flow-matching mix
+    ``(1 - σ) x_0 + σ ε`` of the frames' clean latents and the seed's noise, and runs only the remaining steps."""
+    from diffusers import UniPCMultistepScheduler
+
+    folder = models_dir / "diffusers" / VACE
+    frames, masks = _images(5, 16, 32, seed=6), _masks(5, 16, 32)  # multiples of 16: no resize
+    calls = []
+    hook = video_model.pipe.transformer.register_forward_pre_hook(
+        lambda module, args, kwargs: calls.append((kwargs["hidden_states"].clone(), kwargs["timestep"].clone())),
+        with_kwargs=True)
+    try:
+        video_model.inpaint(frames, masks, "a photo of a cat", "", 0.7, 6, 5.0, 11)
+    finally:
+        hook.remove()
+    scheduler = UniPCMultistepScheduler.from_pretrained(folder / "scheduler")
+    scheduler.set_timesteps(6)
+    first = 6 - round(0.7 * 6)  # 2: four of the six steps run, two transformer calls each (CFG)
+    assert len(calls) == 2 * (6 - first)
+    assert [float(t) for _, t in calls[::2]] == [float(t) for t in scheduler.timesteps[first:]]
+    vae = video_model.pipe.vae
+    video = (frames * 2 - 1).permute(3, 0, 1, 2)[None]  # [1,3,T,H,W] in [-1, 1]
+    mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
+    std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
+    with torch.no_grad():
+        clean = (vae.encode(video).latent_dist.mode() - mean) / std
+    noise = torch.randn(clean.shape, generator=torch.Generator().manual_seed(11))
+    sigma = float(scheduler.sigmas[first])
+    assert 0.1 < sigma < 0.99
+    torch.testing.assert_close(calls[0][0], (1 - sigma) * clean + sigma * noise, atol=1e-5, rtol=1e-5)
 
 
 def test_partial_noise_starts_from_the_frames(video_model, monkeypatch):
@@ -161,6 +288,3 @@ def test_broken_folders(models_dir, tmp_path):
     with pytest.raises(ValueError, match="WanVACEPipeline"):
         VideoInpaintModelLoader().load(str(models_dir / "diffusers" / SD), "cpu", "fp32")
 
-
-PINNED_IMAGE = [0.48765, 0.49212, 0.30456]
-PINNED_VIDEO = [0.74854, 0.75814, 0.76435]
