@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from gen4d.backends import sam2_video as backend
 from gen4d.backends.model_folders import NO_MODELS
 from gen4d.backends.tiny import build_tiny
+from gen4d.backends.tiny import sam2 as tiny_sam2
 from gen4d.core.coco4d.segmentation import (
     parse_box,
     parse_points,
@@ -215,7 +216,7 @@ def test_loader_reads_back_exactly_the_saved_weights(models_dir):
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)  # the fixture's builder seed
-        built = Sam2VideoModel(backend.tiny_config()).eval()
+        built = Sam2VideoModel(tiny_sam2.tiny_config()).eval()
     loaded = dict(_load().model.named_parameters())
     expected = dict(built.named_parameters())
     assert loaded.keys() == expected.keys()
