@@ -26,8 +26,10 @@ $(STAMP): requirements.txt requirements-dev.txt $(LOCK)
 	$(BIN)/python -c "import torch, numpy, safetensors, PIL, imageio_ffmpeg, pytest; print('torch', torch.__version__)"
 	touch $(STAMP)
 
+# One worker per core; a test module stays on one worker so its module fixtures are built once.
+TEST_JOBS ?= auto
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n $(TEST_JOBS) --dist loadfile tests
 
 demo: $(STAMP)
 	$(BIN)/python tools/run_workflow.py workflows/CoCo4D_synthetic.json --out outputs/demo

@@ -1,4 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
+import os
 import sys
 import types
 from pathlib import Path
@@ -13,6 +14,10 @@ sys.path.insert(0, str(CHECKOUT / "tools"))
 from pack_loader import load_pack  # noqa: E402
 
 load_pack()
+
+# Under pytest-xdist every worker would otherwise run torch on all cores, oversubscribing them.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
 
 
 class _CheckoutIsAFolder:
