@@ -13,7 +13,7 @@ Design notes:
     ``backends.trajectory_dit``; these nodes only check inputs, bind progress / interrupt and move
     tensors to ComfyUI's conventions. The input image is centre-cropped to ``width / height`` and
     resized (never stretched); the depth model sees that working image and its output becomes a
-    z-depth with ``nodes.depth.to_z_depth`` (a relative model's ``1 / disparity`` is fine: eq. 1 is
+    z-depth with ``core.formats.depth.to_z_depth`` (a relative model's ``1 / disparity`` is fine: eq. 1 is
     scale-invariant). The camera is the official fixed pinhole unless ``fov`` (horizontal, degrees)
     is set. The tracks live in the input camera's frame (viewmat = identity), like the official
     inference; pixels without depth (sky, 0 / inf) carry ``valid = False`` and stay in place.
@@ -28,9 +28,9 @@ import torch
 
 from ..backends.model_folders import NO_MODELS, list_models, preferred_dtype, resolve_model
 from ..core.formats.convert import check_image, depth_to_image, to_image
+from ..core.formats.depth import to_z_depth
 from . import host
 from . import types as T
-from .depth import to_z_depth
 from .placement import DEVICES, DTYPES, device_in, dtype_in
 from .widgets import combo_in, float_in, int_in, seed_in, socket_in, str_in
 
