@@ -4,7 +4,7 @@
 Public API:
     DepthEstimator                  interface every depth model implements (``predict``, ``kind``, ``to``,
                                     ``offload``)
-    RELATIVE_DISPARITY, METRIC_DEPTH    the two output kinds
+    RELATIVE_DISPARITY, METRIC_DEPTH, DEPTH_KINDS    the output kinds (defined in ``core.formats.depth``)
     DepthAnythingV2                 Depth Anything V2 (``DepthAnythingForDepthEstimation``) from a local folder
     DepthAnythingV2.load(path, device, dtype, lazy=False)
     check_model_folder(path)        validate a transformers Depth Anything folder, return its config dict
@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..core.formats.convert import check_image
+from ..core.formats.depth import DEPTH_KINDS, METRIC_DEPTH, RELATIVE_DISPARITY
 from .memory import make_room
 
 __all__ = [
@@ -61,9 +62,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-RELATIVE_DISPARITY = "relative_disparity"
-METRIC_DEPTH = "metric_depth"
-DEPTH_KINDS = (RELATIVE_DISPARITY, METRIC_DEPTH)
 PATCH_SIZE = 14
 DEFAULT_INPUT_SIZE = 518
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

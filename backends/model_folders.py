@@ -55,7 +55,9 @@ MODEL_KINDS: dict[str, str] = {
     "trajectory": "gen4d/moge4d",
 }
 HUB_IDS: dict[str, tuple[str, ...]] = {
-    "depth": ("depth-anything/Depth-Anything-V2-Small-hf", "depth-anything/Depth-Anything-V2-Large-hf"),
+    "depth": ("depth-anything/Depth-Anything-V2-Small-hf", "depth-anything/Depth-Anything-V2-Large-hf",
+              "depth-anything/Depth-Anything-V2-Metric-Outdoor-Small-hf",
+              "depth-anything/Depth-Anything-V2-Metric-Indoor-Small-hf"),
     "sam2": ("facebook/sam2.1-hiera-tiny", "facebook/sam2.1-hiera-small", "facebook/sam2.1-hiera-large"),
     "video": ("Wan-AI/Wan2.1-I2V-14B-480P-Diffusers", "THUDM/CogVideoX-5b-I2V", "THUDM/CogVideoX-5b",
               "stabilityai/stable-video-diffusion-img2vid-xt"),

@@ -12,6 +12,7 @@ Public API:
                                 guidance 6, shift 3)
     check_size(width, height), check_frames(n)      ValueError naming the valid values
     fit_image(image, width, height)  centre-crop + resize to the working size (never stretched)
+    crop_to_aspect(x, width, height) the centre crop ``fit_image`` takes (for maps that go with the image)
     fov_intrinsics(h, w, fov)   square-pixel pinhole from a horizontal field of view
     clear_cache()
 
@@ -40,8 +41,11 @@ Design notes:
     (diffusers ``FlowMatchEulerDiscreteScheduler`` with ``shift``). The sampled latents are
     un-normalised with MoGe4D's trajectory latent statistics and then Wan's (``use_traj_norm``, the
     official decode), decoded by the VAE to an RGB motion map in ``[-1,1]`` and by the Trajectory
-    Decoder to eq. 1's normalised motion, which ``core.moge4d.fuse_motion`` de-normalises with the
-    model's training ``α`` (``motion_intrinsics``) and adds to the back-projected points.
+    Decoder to eq. 1's normalised motion, which ``core.moge4d.fuse_motion`` adds to the back-projected
+    points: de-normalised with the model's training ``α`` (``motion_intrinsics``) as the paper states
+    (``motion_denormalisation="paper"``, default), or as it is, as the official inference script does
+    (``"official"``); see ``core.moge4d.strag``. The depth handed in is taken as metric z-depth (the
+    paper lifts UniDepthV2's); ``core.moge4d.strag.lift_depth`` makes it from a depth of a declared kind.
 
     Note on ``shift``: the official "Flow" sampler builds its scheduler from the YAML config
     (``shift: 5.0``) and passes ``mu=1`` with dynamic shifting off, so its ``--shift 3`` only reaches
@@ -67,7 +71,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..core.moge4d.strag import backproject, depth_condition, fuse_motion, motion_intrinsics, official_pinhole
+from ..core.moge4d.strag import (
+    MOTION_DENORMALISATIONS,
+    backproject,
+    depth_condition,
+    fuse_motion,
+    motion_intrinsics,
+    official_pinhole,
+)
 from ..core.moge4d.tracks import Tracks
 from .memory import modules_on
 from .trajectory_dit_modules import (
@@ -113,6 +124,7 @@ __all__ = [
     "check_size",
     "check_frames",
     "fit_image",
+    "crop_to_aspect",
     "fov_intrinsics",
     "clear_cache",
     "TRAJ_LATENT_MEAN",
@@ -510,17 +522,24 @@ def clear_cache() -> None:
 # --------------------------------------------------------------------------- pipeline
 
 
-def fit_image(image: Tensor, width: int, height: int) -> Tensor:
-    """Centre-crop ``image [H,W,3]`` to the aspect ``width/height`` and resize (bilinear, antialiased) to
-    exactly ``height x width`` (never stretched). Returns ``[height,width,3]`` float32 in 0..1."""
-    h, w = int(image.shape[0]), int(image.shape[1])
+def crop_to_aspect(x: Tensor, width: int, height: int) -> Tensor:
+    """The centre crop of ``x [H,W,...]`` with the aspect ``width/height`` (the crop ``fit_image`` takes)."""
+    h, w = int(x.shape[0]), int(x.shape[1])
     target = width / height
     if w / h > target:
         cw, ch = max(1, round(h * target)), h
     else:
         cw, ch = w, max(1, round(w / target))
     top, left = (h - ch) // 2, (w - cw) // 2
-    x = image[top:top + ch, left:left + cw].permute(2, 0, 1)[None].float()
+    return x[top:top + ch, left:left + cw]
+
+
+def fit_image(image: Tensor, width: int, height: int) -> Tensor:
+    """Centre-crop ``image [H,W,3]`` to the aspect ``width/height`` and resize (bilinear, antialiased) to
+    exactly ``height x width`` (never stretched). Returns ``[height,width,3]`` float32 in 0..1."""
+    x = crop_to_aspect(image, width, height)
+    ch, cw = int(x.shape[0]), int(x.shape[1])
+    x = x.permute(2, 0, 1)[None].float()
     if (ch, cw) != (height, width):
         x = F.interpolate(x, size=(int(height), int(width)), mode="bilinear", align_corners=False, antialias=True)
     return x[0].permute(1, 2, 0).clamp(0, 1).contiguous()
@@ -597,14 +616,16 @@ def generate_tracks(
     fps: float = SamplerConfig.fps,
     callback: Callable | None = None,
     should_stop: Callable[[], bool] | None = None,
+    motion_denormalisation: str = "paper",
 ) -> TrajectoryResult:
-    """Image + z-depth + prompt -> dense 4D trajectories (MoGe4D §4.4 / App. F.3).
+    """Image + metric z-depth + prompt -> dense 4D trajectories (MoGe4D §4.4 / App. F.3).
 
     Args:
         model: a loaded ``TrajectoryModel``.
         image: ``[H,W,3]`` RGB in 0..1 at the working size (``H``, ``W`` multiples of 16).
-        depth: ``[H',W']`` z-depth of the image (resized to ``H x W`` if needed; 0 / inf / NaN =
-            no surface, those pixels get ``valid = False`` and keep their initial position).
+        depth: ``[H',W']`` metric z-depth of the image (``core.moge4d.strag.lift_depth``; resized to
+            ``H x W`` if needed; 0 / inf / NaN = no surface, those pixels get ``valid = False`` and
+            keep their initial position).
         prompt, negative_prompt: text.
         num_frames: ``4k + 1`` frames.
         steps, guidance_scale, shift: flow-matching sampler settings.
@@ -614,6 +635,9 @@ def generate_tracks(
         fps: frame rate stored in the tracks.
         callback: ``callback(step, steps, None)`` after every sampling step.
         should_stop: polled before every step; when True an ``InterruptedError`` is raised.
+        motion_denormalisation: ``"paper"`` (default: eq. 1 reversed, §4.2 / §4.4) or
+            ``"official"`` (the decoded motion added as it is, as the official inference script);
+            ``core.moge4d.strag.fuse_motion``.
 
     Returns:
         ``TrajectoryResult``.
@@ -631,6 +655,9 @@ def generate_tracks(
     check_frames(num_frames)
     if int(steps) < 1:
         raise ValueError(f"generate_tracks: steps must be >= 1, got {steps}")
+    if motion_denormalisation not in MOTION_DENORMALISATIONS:
+        raise ValueError(f"generate_tracks: motion_denormalisation must be one of {MOTION_DENORMALISATIONS}, "
+                         f"got {motion_denormalisation!r}")
     device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available()
                                                                           else "cpu")
     z, valid = _prepare_depth(depth, h, w)
@@ -684,7 +711,7 @@ def generate_tracks(
         normalized, rgb_maps = model.decode_motion(latents)
     normalized = normalized[0].permute(1, 2, 3, 0).float().cpu()[: int(num_frames)]  # [T,H,W,3]
     maps = ((rgb_maps[0].permute(1, 2, 3, 0).float().cpu() + 1) / 2).clamp(0, 1)[: int(num_frames)]
-    points = fuse_motion(normalized, points0, motion_intrinsics(h, w), valid)
+    points = fuse_motion(normalized, points0, motion_intrinsics(h, w), valid, motion_denormalisation)
     t_count = points.shape[0]
     tracks = Tracks(points=points.float(), colors=img, valid=valid, visible=torch.ones(t_count, h, w, dtype=torch.bool),
                     K=K_bp.float(), viewmat=torch.eye(4), fps=float(fps))

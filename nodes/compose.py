@@ -27,9 +27,9 @@ from ..core.engine.cameras import Cameras, clip_cameras
 from ..core.engine.scene import Scene4D
 from ..core.engine.viewpoint import seen_from
 from ..core.formats.convert import check_image, check_mask, parse_color, to_image
+from ..core.formats.depth import to_z_depth
 from . import host
 from . import types as T
-from .depth import to_z_depth
 from .widgets import bool_in, color_error, float_in, int_in, socket_in, str_in
 
 __all__ = ["Compose", "NODES"]

@@ -5,7 +5,6 @@ Public API:
     DepthLoader     node ``Gen4D_DepthLoader``: a model from ``models/gen4d/depth`` -> GEN4D_DEPTH_MODEL
     Depth           node ``Gen4D_Depth``: IMAGE + GEN4D_DEPTH_MODEL -> depth IMAGE and a MASK-compatible map
     load_depth_model(model_name, device, dtype)     the cached estimator the loader returns
-    to_z_depth(raw, kind)           estimator output -> z-depth-like ``[B,H,W]`` (0 = empty) for ``depth_to_image``
     clear_cache()                   forget every cached estimator
 
 Design notes:
@@ -18,7 +17,8 @@ Design notes:
 
     Any object with ``kind``, ``predict``, ``offload`` (``backends.depth.DepthEstimator``) can feed
     Gen4D_Depth. A relative model's disparity is turned into a pseudo z-depth ``1/disparity`` (0 where
-    the disparity is 0: sky / infinitely far), so ``depth_to_image`` gives the usual encodings:
+    the disparity is 0: sky / infinitely far; ``core.formats.depth.to_z_depth``), so ``depth_to_image``
+    gives the usual encodings:
     "inverse_normalized" is the normalised disparity (near = white), "normalized" the normalised
     pseudo-depth (far = white), "metric" the raw pseudo-depth, which for a relative model has no unit.
 """
@@ -30,17 +30,17 @@ from collections import OrderedDict
 from pathlib import Path
 
 import torch
-from torch import Tensor
 
-from ..backends.depth import METRIC_DEPTH, RELATIVE_DISPARITY, DepthAnythingV2
+from ..backends.depth import DepthAnythingV2
 from ..backends.model_folders import NO_MODELS, list_models, preferred_dtype, resolve_model
 from ..core.formats.convert import DEPTH_MODES, check_image, depth_to_image
+from ..core.formats.depth import RELATIVE_DISPARITY, to_z_depth
 from . import host
 from . import types as T
 from .placement import DEVICES, DTYPES, device_in, dtype_in
 from .widgets import combo_in, int_in, socket_in
 
-__all__ = ["DepthLoader", "Depth", "load_depth_model", "to_z_depth", "clear_cache", "NODES"]
+__all__ = ["DepthLoader", "Depth", "load_depth_model", "clear_cache", "NODES"]
 
 logger = logging.getLogger(__name__)
 
@@ -92,19 +92,6 @@ def clear_cache() -> None:
     for estimator in _CACHE.values():
         estimator.unload()
     _CACHE.clear()
-
-
-def to_z_depth(raw: Tensor, kind: str) -> Tensor:
-    """Estimator output ``[B,H,W]`` -> z-depth-like ``[B,H,W]`` with 0 marking empty / infinitely far.
-
-    Metric depth passes through; relative disparity becomes ``1/disparity`` (no unit, larger = farther).
-    """
-    if kind == METRIC_DEPTH:
-        return raw.float().clamp_min(0.0)
-    if kind == RELATIVE_DISPARITY:
-        disparity = raw.float()
-        return torch.where(disparity > 0, 1.0 / disparity.clamp_min(1e-12), torch.zeros_like(disparity))
-    raise ValueError(f"depth: unknown estimator kind {kind!r}; expected {RELATIVE_DISPARITY!r} or {METRIC_DEPTH!r}")
 
 
 class DepthLoader:

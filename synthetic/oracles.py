@@ -34,6 +34,7 @@ from torch import Tensor
 from ..core.engine.cameras import Cameras
 from ..core.engine.guidance import sds_surrogate
 from ..core.engine.viewpoint import current_viewpoint
+from ..core.formats.depth import METRIC_DEPTH
 from .raycast import World, render
 
 __all__ = [
@@ -47,7 +48,6 @@ __all__ = [
 ]
 
 FOREGROUND_GROUP = "foreground"
-METRIC_DEPTH = "metric_depth"  # the value of backends.depth.METRIC_DEPTH (synthetic/ never imports backends)
 
 
 class OracleGuidance:

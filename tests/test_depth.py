@@ -317,3 +317,32 @@ def test_half_precision_path(models_dir, video):
     a, b = half.predict(video[:1], input_size=28), full.predict(video[:1], input_size=28)
     assert a.dtype == torch.float32 and torch.isfinite(a).all()
     assert torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1] > 0.9
+
+
+def test_depth_kinds_and_disparity_to_depth_live_once_in_core():
+    import ast
+    from pathlib import Path
+
+    from gen4d.core.coco4d import depth_align
+    from gen4d.core.formats import depth as kinds
+    from gen4d.synthetic import oracles
+
+    assert backend.METRIC_DEPTH is kinds.METRIC_DEPTH and backend.RELATIVE_DISPARITY is kinds.RELATIVE_DISPARITY
+    assert depth_align.DEPTH_KINDS is kinds.DEPTH_KINDS and oracles.METRIC_DEPTH is kinds.METRIC_DEPTH
+    # the kind names are written in one module only, and no module but core defines to_z_depth
+    root = Path(__file__).resolve().parents[1]
+    writers, definers = [], []
+    for path in sorted(p for d in ("nodes", "backends", "core", "synthetic") for p in (root / d).rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        names = ("metric_depth", "relative_disparity")
+        if any(isinstance(n, ast.Constant) and n.value in names for n in ast.walk(tree)):
+            writers.append(path.relative_to(root).as_posix())
+        if any(isinstance(n, ast.FunctionDef) and n.name == "to_z_depth" for n in ast.walk(tree)):
+            definers.append(path.relative_to(root).as_posix())
+    assert writers == ["core/formats/depth.py"] and definers == ["core/formats/depth.py"]
+    # metric passes through (negative -> 0), disparity -> 1/d with 0 = no surface
+    raw = torch.tensor([[2.0, 0.5, 0.0, -1.0]])
+    assert torch.equal(kinds.to_z_depth(raw, kinds.METRIC_DEPTH), torch.tensor([[2.0, 0.5, 0.0, 0.0]]))
+    assert torch.equal(kinds.to_z_depth(raw, kinds.RELATIVE_DISPARITY), torch.tensor([[0.5, 2.0, 0.0, 0.0]]))
+    with pytest.raises(ValueError, match="depth kind must be one of"):
+        kinds.to_z_depth(raw, "depth")

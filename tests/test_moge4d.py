@@ -258,3 +258,81 @@ def test_depth_condition_and_frame_counts():
     assert valid_frame_counts(2) == (1, 5)
     with pytest.raises(ValueError, match="depth must be an"):
         depth_condition(torch.ones(2, 2, 2))
+
+
+def test_fuse_motion_denormalisation_switch_by_hand():
+    # two pixels (H=1, W=2), two frames; K gives alpha = (f_x / W, f_y / H) = (4 / 2, 2 / 1) = (2, 2)
+    K = torch.tensor([[4.0, 0.0, 1.0], [0.0, 2.0, 0.5], [0.0, 0.0, 1.0]], dtype=torch.float64)
+    p0 = torch.tensor([[[0.5, -0.25, 2.0], [1.0, 0.5, 4.0]]], dtype=torch.float64)  # z = 2 and 4
+    n = torch.tensor([[[[9.0, 9.0, 9.0], [9.0, 9.0, 9.0]]],  # frame 0: ignored, it is P_0
+                      [[[0.2, -0.4, 0.1], [0.1, 0.3, -0.05]]]], dtype=torch.float64)
+    # paper (eq. 1 reversed): P_1 = P_0 + (dx~ z / a_x, dy~ z / a_y, dz~ z)
+    paper = torch.tensor([[[0.5 + 0.2 * 2 / 2, -0.25 - 0.4 * 2 / 2, 2.0 + 0.1 * 2],
+                           [1.0 + 0.1 * 4 / 2, 0.5 + 0.3 * 4 / 2, 4.0 - 0.05 * 4]]], dtype=torch.float64)
+    # official (inference script, normalize_track_z): P_1 = P_0 + (dx~, dy~, dz~)
+    official = torch.tensor([[[0.5 + 0.2, -0.25 - 0.4, 2.0 + 0.1],
+                              [1.0 + 0.1, 0.5 + 0.3, 4.0 - 0.05]]], dtype=torch.float64)
+    assert torch.allclose(paper, torch.tensor([[[0.7, -0.65, 2.2], [1.2, 1.1, 3.8]]], dtype=torch.float64))
+    for mode, want in (("paper", paper), ("official", official)):
+        out = fuse_motion(n, p0, K, denormalisation=mode)
+        assert torch.equal(out[0], p0), mode
+        assert torch.allclose(out[1], want, atol=1e-12), mode
+    assert torch.allclose(fuse_motion(n, p0, K)[1], paper, atol=1e-12)  # the paper's is the default
+    keep = torch.tensor([[True, False]])  # a pixel without depth stays at P_0 in both
+    for mode, want in (("paper", paper), ("official", official)):
+        out = fuse_motion(n, p0, K, valid=keep, denormalisation=mode)
+        assert torch.allclose(out[1, 0, 0], want[0, 0], atol=1e-12) and torch.equal(out[1, 0, 1], p0[0, 1])
+    with pytest.raises(ValueError, match="denormalisation must be one of"):
+        fuse_motion(n, p0, K, denormalisation="metric")
+
+
+def _corner_depth(h, w, K):
+    """z-depth of a right-angled corner seen through K: the planes X + Z = 4 (left half of the image)
+    and -X + Z = 4 (right half), whose normals (1, 0, 1) and (-1, 0, 1) are perpendicular."""
+    v, u = torch.meshgrid(torch.arange(h, dtype=torch.float64) + 0.5, torch.arange(w, dtype=torch.float64) + 0.5,
+                          indexing="ij")
+    rays = torch.stack([u, v, torch.ones_like(u)], -1) @ torch.linalg.inv(K.double()).T
+    left = u < float(K[0, 2])
+    n = torch.where(left[..., None], torch.tensor([0.25, 0.0, 0.25], dtype=torch.float64),
+                    torch.tensor([-0.25, 0.0, 0.25], dtype=torch.float64))
+    return 1.0 / (rays * n).sum(-1), left
+
+
+def _corner_angle(points, left):
+    """Angle in degrees between the planes fitted to the two halves of the corner."""
+    normals = []
+    for part in (left, ~left):
+        p = points[part].double()
+        normals.append(torch.linalg.svd(p - p.mean(0))[2][-1])
+    return math.degrees(math.acos(abs(float(normals[0] @ normals[1]))))
+
+
+def test_lift_depth_takes_metric_refuses_relative_and_aligns_an_explicit_range():
+    from gen4d.core.formats.depth import METRIC_DEPTH, RELATIVE_DISPARITY, align_disparity_near_far
+    from gen4d.core.moge4d.strag import lift_depth
+
+    h, w = 12, 16
+    K = torch.tensor([[14.0, 0.0, 8.0], [0.0, 14.0, 6.0], [0.0, 0.0, 1.0]])
+    z, left = _corner_depth(h, w, K)
+    assert float(z.min()) > 2.0 and float(z.max()) < 10.0
+    assert abs(_corner_angle(backproject(z, K.double()), left) - 90.0) < 1e-6
+    assert torch.equal(lift_depth(z.float(), METRIC_DEPTH), z.float())  # metric: as it is
+    s0, b0 = 0.37, 0.05
+    disparity = (s0 / z + b0).float()  # affine-invariant disparity of the corner
+    with pytest.raises(ValueError, match=r"Gen4D_TrajectoryDiT\.depth_model: got a relative_disparity depth"):
+        lift_depth(disparity, RELATIVE_DISPARITY, name="Gen4D_TrajectoryDiT.depth_model")
+    # 1/d (what a relative model gave before) opens the right angle; the aligned depth keeps it
+    naive = backproject(1.0 / disparity.double(), K.double())
+    near, far = float(z.min()), float(z.max())
+    aligned = lift_depth(disparity, RELATIVE_DISPARITY, "align_scale_shift", near, far)
+    assert _rel_err(aligned.double(), z) < 1e-5
+    assert abs(_corner_angle(backproject(aligned.double(), K.double()), left) - 90.0) < 0.01
+    assert abs(_corner_angle(naive, left) - 90.0) > 5.0
+    fit = align_disparity_near_far(disparity, near, far)
+    assert math.isclose(fit.scale, 1 / s0, rel_tol=1e-4) and math.isclose(fit.shift, -b0 / s0, rel_tol=1e-3)
+    # the alignment is the stated assumption, nothing more: a wrong near / far gives a wrong depth
+    assert _rel_err(lift_depth(disparity, RELATIVE_DISPARITY, "align_scale_shift", near, 2 * far).double(), z) > 0.1
+    with pytest.raises(ValueError, match="0 < near < far"):
+        lift_depth(disparity, RELATIVE_DISPARITY, "align_scale_shift", 3.0, 2.0)
+    with pytest.raises(ValueError, match="relative_depth must be one of"):
+        lift_depth(disparity, RELATIVE_DISPARITY, "guess")

@@ -30,7 +30,7 @@ def _ids(path: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def tiny_env(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny-models")
-    make_tiny_models(root, ["depth", "trajectory", "video_inpaint_wan_vace"])
+    make_tiny_models(root, ["depth", "depth_metric", "trajectory", "video_inpaint_wan_vace"])
     inputs = tmp_path_factory.mktemp("inputs")
     pixels = (np.random.default_rng(0).random((48, 64, 3)) * 255).astype("uint8")
     Image.fromarray(pixels).save(inputs / "example.png")
@@ -44,7 +44,7 @@ def test_moge4d_workflow_runs_on_tiny_models(tiny_env, tmp_path, monkeypatch, on
     ids = _ids(path)
     small = {"num_frames": 5, "width": 64, "height": 48}
     overrides = {
-        f"{ids['Gen4D_DepthLoader']}.model_name": "depth-tiny",
+        f"{ids['Gen4D_DepthLoader']}.model_name": "depth_metric-tiny",  # MoGe4D lifts metric depth
         f"{ids['Gen4D_TrajectoryModelLoader']}.model": "trajectory-tiny",
         f"{ids['Gen4D_VideoInpaintModelLoader']}.model": "video_inpaint_wan_vace-tiny",
         **{f"{ids['Gen4D_TrajectoryDiT']}.{k}": v for k, v in {**small, "steps": 2}.items()},

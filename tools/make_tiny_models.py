@@ -26,6 +26,7 @@ log = logging.getLogger("gen4d.make_tiny_models")
 # tiny builder kind -> model kind of backends.model_folders (the loader that reads it)
 MODEL_KIND_OF = {
     "depth": "depth",
+    "depth_metric": "depth",
     "sam2_video": "sam2",
     "guidance_zero123": "zero123",
     "guidance_sd": "sd_guidance",

@@ -4,6 +4,7 @@
 Public API:
     build_tiny_depth(folder, seed, depth_estimation_type)   tiny random Depth Anything (relative or metric)
     kind "depth"                    the relative model (``tiny_builder``)
+    kind "depth_metric"             the metric model (``tiny_builder``), for stages that lift metric depth
 """
 
 from __future__ import annotations
@@ -45,3 +46,8 @@ def build_tiny_depth(folder: str | Path, seed: int = 0, depth_estimation_type: s
 @tiny_builder("depth")
 def _tiny_depth(folder: Path, seed: int) -> Path:
     return build_tiny_depth(folder, seed)
+
+
+@tiny_builder("depth_metric")
+def _tiny_depth_metric(folder: Path, seed: int) -> Path:
+    return build_tiny_depth(folder, seed, depth_estimation_type="metric")

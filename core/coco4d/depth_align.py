@@ -2,7 +2,7 @@
 """Depth inpainting by alignment: a monocular prediction made continuous with a rendered depth map.
 
 Public API:
-    RELATIVE_DISPARITY, METRIC_DEPTH       estimator output kinds (the values of ``backends.depth``)
+    RELATIVE_DISPARITY, METRIC_DEPTH       estimator output kinds (defined in ``core.formats.depth``)
     robust_scale_shift(pred, target, valid)     robust least-squares ``target ≈ s * pred + b``
     align_to_rendered(pred, kind, rendered, known)   prediction -> z-depth in the rendered scene's units
     blend_seam(depth, rendered, known, width)   pull the aligned depth onto the rendered depth across the seam
@@ -47,6 +47,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..formats.depth import DEPTH_KINDS, METRIC_DEPTH, RELATIVE_DISPARITY
+
 __all__ = [
     "RELATIVE_DISPARITY",
     "METRIC_DEPTH",
@@ -61,9 +63,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-RELATIVE_DISPARITY = "relative_disparity"
-METRIC_DEPTH = "metric_depth"
-DEPTH_KINDS = (RELATIVE_DISPARITY, METRIC_DEPTH)
 _MAD_TO_SIGMA = 1.4826
 _TUKEY_C = 4.685
 

@@ -39,8 +39,9 @@ from ..engine.losses import ReconstructionLoss
 from ..engine.scene import Scene4D, ScenePart
 from ..engine.viewpoint import seen_from
 from ..engine.views import PosedImages
+from ..formats.depth import DEPTH_KINDS, METRIC_DEPTH, to_z_depth
 from .copy_paste import StageStopped, dilate_mask, fill_video_holes, resize_images
-from .depth_align import DEPTH_KINDS, METRIC_DEPTH, DepthInpaintFn, inpaint_depth
+from .depth_align import DepthInpaintFn, inpaint_depth
 from .outpaint_config import OutpaintConfig, Pose
 
 __all__ = [
@@ -274,10 +275,8 @@ def _lift(image: Tensor, camera: Cameras, depth_model, kind: str, cfg: OutpaintC
     if not valid.any():
         raise ValueError("progressive_outpaint: the depth model gave no finite positive depth on the reference "
                          "frame; nothing can be lifted (check the depth model and the frames)")
-    if kind == METRIC_DEPTH:
-        z = torch.where(valid, raw, torch.ones_like(raw))
-    else:
-        z = torch.where(valid, 1.0 / raw.clamp_min(1e-12), torch.ones_like(raw))
+    z = torch.where(valid, to_z_depth(raw, kind), torch.ones_like(raw))
+    if kind != METRIC_DEPTH:
         z = z * (cfg.relative_depth_median / z[valid].median())
     c2w = cam.camtoworlds[0]
     gaussians = from_depth(z, cam.Ks[0], small, camtoworld=c2w, mask=valid, scale_factor=cfg.lift_scale_factor)

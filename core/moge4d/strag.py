@@ -13,7 +13,12 @@ Public API:
     motion_intrinsics     pixel K whose f/W, f/H are eq. 1's alpha for the released model
     depth_condition       z-depth [H,W] -> the DiT's depth condition image in [-1,1] (official min-max)
     valid_frame_counts    frame counts near a request that a Wan VAE takes (4k+1)
-    fuse_motion           normalised motion [T,H,W,3] -> trajectories (eq. 1 inverse + initial points)
+    fuse_motion           normalised motion [T,H,W,3] -> trajectories (eq. 1 inverse + initial points);
+                          ``denormalisation="paper"`` (default) or ``"official"``
+    MOTION_DENORMALISATIONS   ("paper", "official"): the two ways of fusing the decoded motion
+    RELATIVE_DEPTH_CHOICES    ("refuse", "align_scale_shift"): what lifting does with a relative depth
+    lift_depth            a depth map of a declared kind -> the metric z-depth MoGe4D lifts (§4.2, §4.4)
+    check_depth_for_lift  the refusal of ``lift_depth``, before any depth is computed
 
 Design notes:
     Camera axes follow ``core.engine.cameras`` (OpenCV: x right, y down, z forward); intrinsics are pixel
@@ -43,11 +48,29 @@ Design notes:
     depth with a pinhole derived from a 540 x 960 reference (``OFFICIAL_REFERENCE_HW``), while the
     training targets of eq. 1 were normalised with the focal lengths of a 720 x 960 reference at
     368 x 512 (``TRAINING_NORMALIZATION_HW``). The model therefore predicts motion in the 720 x 960
-    normalisation; ``motion_intrinsics`` gives that K for denormalising. (The official inference
-    script adds the decoded motion to the initial points without undoing eq. 1 at all; we follow
-    the paper, §4.2 / App. F.3, and undo it.) The official back-projection samples pixels at
-    ``linspace(0, 1, W)`` (first and last pixel at the image borders); we keep pixel centres
-    ``(j + 0.5) / W``, which differ by under half a pixel and keep ``K`` exact for reprojection.
+    normalisation; ``motion_intrinsics`` gives that K for denormalising. The official back-projection
+    samples pixels at ``linspace(0, 1, W)`` (first and last pixel at the image borders); we keep
+    pixel centres ``(j + 0.5) / W``, which differ by under half a pixel and keep ``K`` exact for
+    reprojection.
+
+    Paper and official inference disagree on the last step. The paper (§4.2, §4.4) de-normalises
+    the decoded motion by reversing eq. 1 and fuses it with the initial points:
+    ``P_t = P_0 + (Δx~ z / α_x, Δy~ z / α_y, Δz~ z)``. The official inference script, run with its
+    ``normalize_track_z`` flag (the mode whose training targets are eq. 1), adds the decoder output
+    to the back-projected points as it is, ``P_t = P_0 + (Δx~, Δy~, Δz~)``, while its training and
+    VAE scripts do normalise with eq. 1. ``fuse_motion`` offers both (``denormalisation``); the
+    paper's is the default until runs of the released weights settle which gives the right motion.
+    Either way frame 0 is ``P_0``. In the official mode the motion does not grow with depth, so the
+    scene's metric scale sets how large the motion looks; in the paper's mode eq. 1 is
+    scale-invariant and only the depth's shape matters.
+
+    MoGe4D lifts *metric* depth (UniDepthV2, §4.2 / §4.4). ``lift_depth`` takes a depth of a
+    declared kind (``core.formats.depth``): metric depth is used as it is; a relative disparity
+    (affine-invariant: unknown scale *and shift*) is refused, because ``1/d`` distorts the lifted
+    geometry when the shift is not 0 (depth stretched unevenly, angles between surfaces changed;
+    see ``core.formats.depth``) and eq. 1 removes only a scale. It is accepted only through the
+    explicit ``align_scale_shift`` choice, which assumes the nearest and farthest surfaces lie at
+    given distances (``core.formats.depth.align_disparity_near_far``).
 
     Torch only; no comfy / diffusers / transformers imports.
 """
@@ -59,6 +82,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from ..formats.depth import METRIC_DEPTH, RELATIVE_DISPARITY, align_disparity_near_far, check_depth_kind, to_z_depth
 
 __all__ = [
     "OFFICIAL_REFERENCE_HW",
@@ -73,6 +98,10 @@ __all__ = [
     "depth_condition",
     "valid_frame_counts",
     "fuse_motion",
+    "MOTION_DENORMALISATIONS",
+    "RELATIVE_DEPTH_CHOICES",
+    "lift_depth",
+    "check_depth_for_lift",
 ]
 
 OFFICIAL_REFERENCE_HW = (540, 960)
@@ -80,6 +109,12 @@ OFFICIAL_REFERENCE_HW = (540, 960)
 
 TRAINING_NORMALIZATION_HW = (720, 960)
 """``(height, width)`` of the reference aspect the official training used for eq. 1's focal lengths."""
+
+MOTION_DENORMALISATIONS = ("paper", "official")
+"""``fuse_motion`` modes: ``"paper"`` reverses eq. 1 (§4.2, §4.4); ``"official"`` adds the decoded motion as it is."""
+
+RELATIVE_DEPTH_CHOICES = ("refuse", "align_scale_shift")
+"""``lift_depth`` choices for a relative disparity: refuse it, or align it to an assumed near / far range."""
 
 
 def official_pinhole(height: int, width: int, reference_hw: Sequence[int] = OFFICIAL_REFERENCE_HW) -> Tensor:
@@ -339,13 +374,24 @@ def valid_frame_counts(requested: int, temporal_compression: int = 4) -> tuple[i
 
 
 def fuse_motion(
-    normalized: Tensor, points0: Tensor, K: Tensor | None = None, valid: Tensor | None = None
+    normalized: Tensor,
+    points0: Tensor,
+    K: Tensor | None = None,
+    valid: Tensor | None = None,
+    denormalisation: str = "paper",
 ) -> Tensor:
     """Decoded normalised relative motion -> trajectories fused with the initial point cloud (§4.4).
 
-    ``P_t = P_0 + ΔP_t`` with ``ΔP_t`` from the inverse of eq. 1 (``denormalize_motion``); frame 0
-    is the initial point cloud itself, as in the official inference, whatever the model predicted
-    for it.
+    ``denormalisation`` picks how the decoded motion ``(Δx~, Δy~, Δz~)`` becomes a displacement:
+
+    * ``"paper"`` (default; MoGe4D §4.2 / §4.4, "de-normalized by reversing our depth-guided
+      motion normalization"): ``P_t = P_0 + (Δx~ z / α_x, Δy~ z / α_y, Δz~ z)`` with
+      ``z = P_0^(z)`` and ``α`` from ``K`` (``denormalize_motion``).
+    * ``"official"`` (the official inference script with ``normalize_track_z``):
+      ``P_t = P_0 + (Δx~, Δy~, Δz~)``, the decoder output added as it is.
+
+    In both, frame 0 is the initial point cloud itself, as in the official inference, whatever the
+    model predicted for it, and pixels outside ``valid`` stay at ``P_0``.
 
     Args:
         normalized: ``[T,H,W,3]`` normalised relative motion.
@@ -353,17 +399,88 @@ def fuse_motion(
         K: pixel K supplying eq. 1's ``α`` (``motion_intrinsics(H, W)`` for the released model);
             ``None`` = ``official_pinhole(H, W)``.
         valid: optional ``[H,W]`` bool; pixels outside stay at ``P_0``.
+        denormalisation: one of :data:`MOTION_DENORMALISATIONS`.
 
     Returns:
         ``[T,H,W,3]`` trajectories.
 
     Raises:
-        ValueError: as ``denormalize_motion``.
+        ValueError: as ``denormalize_motion``, or an unknown ``denormalisation``.
     """
-    tracks = denormalize_motion(normalized, points0, K, valid)
+    if denormalisation not in MOTION_DENORMALISATIONS:
+        raise ValueError(f"fuse_motion: denormalisation must be one of {MOTION_DENORMALISATIONS}, "
+                         f"got {denormalisation!r}")
+    if denormalisation == "paper":
+        tracks = denormalize_motion(normalized, points0, K, valid)
+    else:
+        points, _z, _alpha = _reference(points0, K, valid, "fuse_motion")
+        _check_tracks(normalized, points.shape[:2], "fuse_motion: normalized")
+        delta = normalized.to(points.dtype)
+        if valid is not None:
+            delta = torch.where(valid[..., None], delta, torch.zeros_like(delta))
+        tracks = points + delta
     if tracks.shape[0] > 0:
         tracks = torch.cat([points0[None].to(tracks.dtype), tracks[1:]], dim=0)
     return tracks
+
+
+def lift_depth(
+    raw: Tensor,
+    kind: str,
+    relative: str = "refuse",
+    near: float = 1.0,
+    far: float = 10.0,
+    name: str = "depth",
+) -> Tensor:
+    """The metric z-depth MoGe4D lifts to the initial point cloud, from a depth map of a declared kind.
+
+    MoGe4D back-projects metric depth (UniDepthV2, §4.2 / §4.4). A :data:`METRIC_DEPTH` map is used
+    as it is (negative values become 0 = no surface). A :data:`RELATIVE_DISPARITY` map has an
+    unknown scale and shift; ``1/d`` distorts the geometry whenever the shift is not 0, and eq. 1
+    removes only a scale. So with ``relative="refuse"`` (default) it is refused, and with
+    ``relative="align_scale_shift"`` it is made metric by assuming that its nearest pixel lies at
+    ``near`` and its farthest pixel with a surface at ``far`` metres
+    (``core.formats.depth.align_disparity_near_far``): exact when that holds, wrong by exactly
+    that assumption otherwise.
+
+    Args:
+        raw: ``[H,W]`` depth map of ``kind``.
+        kind: ``METRIC_DEPTH`` or ``RELATIVE_DISPARITY``.
+        relative: one of :data:`RELATIVE_DEPTH_CHOICES`.
+        near, far: metres of the assumed nearest / farthest surface (``align_scale_shift`` only).
+        name: how errors name the input (e.g. ``"Gen4D_TrajectoryDiT.depth_model"``).
+
+    Returns:
+        ``[H,W]`` float32 z-depth in metres (0 = no surface).
+
+    Raises:
+        ValueError: naming ``name``: a relative disparity under ``"refuse"``, an unknown kind or
+            choice, or an alignment that cannot be made.
+    """
+    check_depth_for_lift(kind, relative, name)
+    if kind == METRIC_DEPTH:
+        return to_z_depth(raw, kind)
+    return align_disparity_near_far(raw, near, far, name).depth
+
+
+def check_depth_for_lift(kind: str, relative: str = "refuse", name: str = "depth") -> None:
+    """Raise what ``lift_depth`` would raise for a depth of ``kind`` under ``relative``, without the depth.
+
+    Raises:
+        ValueError: naming ``name``: an unknown kind or choice, or a relative disparity under ``"refuse"``.
+    """
+    check_depth_kind(kind, name)
+    if relative not in RELATIVE_DEPTH_CHOICES:
+        raise ValueError(f"{name}: relative_depth must be one of {RELATIVE_DEPTH_CHOICES}, got {relative!r}")
+    if kind == RELATIVE_DISPARITY and relative == "refuse":
+        raise ValueError(
+            f"{name}: got a {RELATIVE_DISPARITY} depth (affine-invariant disparity, unknown scale and shift, e.g. a "
+            f"relative Depth Anything V2 model); MoGe4D lifts metric depth (UniDepthV2 in the paper), and 1/disparity "
+            f"distorts the geometry (depth stretched unevenly, angles between surfaces changed) when the unknown "
+            f"shift is not 0. Give a {METRIC_DEPTH} depth (a metric model such "
+            f"as Depth-Anything-V2-Metric-*-hf, or a z-depth IMAGE in metres from another node), or set "
+            f"relative_depth to 'align_scale_shift' with align_near / align_far, the assumed distances in metres of "
+            f"the nearest and farthest surface")
 
 
 _ACTIVATIONS = ("silu", "none")
