@@ -93,7 +93,8 @@ class LoadPosedFrames:
         return True
 
     @classmethod
-    def IS_CHANGED(cls, folder, path):
+    def IS_CHANGED(cls, folder, path, split=None, downscale=None, background=None):
+        """A stamp of every file's time and size in the dataset folder (NaN when it does not resolve)."""
         try:
             root = _resolve(folder, path)
         except ValueError:
