@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 from gen4d import synthetic
+from gen4d.core.formats import posed_frames
 from gen4d.core.formats.posed_frames import (
     available_splits,
     find_datasets,
@@ -332,7 +333,7 @@ def test_bad_input_names_file_and_field_and_writes_nothing(tmp_path, edit, messa
     assert tree(tmp_path) == before
 
 
-def test_bad_splits_and_result_size(tmp_path):
+def test_bad_splits_and_result_size(tmp_path, monkeypatch):
     ds = tmp_path / "single"
     png(ds / "a.png", 8, 6)
     write_json(ds / "transforms.json", {"camera_angle_x": 1.0, "frames": [{"file_path": "a.png",
@@ -346,6 +347,9 @@ def test_bad_splits_and_result_size(tmp_path):
         read_posed_frames(ds, "all", max_bytes=100)
     with pytest.raises(ValueError, match="downscale 9 is larger than the images"):
         read_posed_frames(ds, "all", downscale=9)
+    monkeypatch.setattr(posed_frames, "MAX_JSON_BYTES", 64)  # a transforms file is read only below the limit
+    with pytest.raises(ValueError, match=r"transforms\.json: \(file\): is \d+ bytes; transforms files over 64"):
+        read_posed_frames(ds, "all")
 
 
 # --------------------------------------------------------------------------- the node
