@@ -15,6 +15,7 @@ from . import (
     inpaint,
     moge4d,
     outpaint,
+    posed_frames,
     preview,
     render,
     scene_io,
@@ -25,7 +26,7 @@ from . import (
 )
 
 _MODULES = (cameras, synthetic, video, segment, depth, guidance, inpaint, fit, outpaint, compose, diffusion4d, moge4d,
-            vism, render, scene_io, preview)
+            vism, render, scene_io, posed_frames, preview)
 
 # Our models ask ComfyUI's model manager for room before they move to the GPU.
 set_host_hook(host.free_memory_for)

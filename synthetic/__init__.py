@@ -12,6 +12,7 @@ Public API:
     background_world                                     a world without its foreground group
     sample_surface, sample_gaussians, surface_motion     Gaussians on the surfaces, with exact motion
     SurfaceSamples, SurfaceMotion                        their containers
+    export_dnerf, random_cameras                         a world as a D-NeRF-layout posed-frame dataset
     Primitive, Rectangle, Sphere, Box                    analytic primitives
     Motion, Fixed, Swing, Bob, Travel, Chain             rigid motions over normalised time
     Texture, Solid, Checker, Stripes, Gradient, Waves, Shaded   procedural local textures
@@ -25,6 +26,7 @@ Design notes:
 
 from __future__ import annotations
 
+from .export_posed import export_dnerf, random_cameras
 from .motion import Bob, Chain, Fixed, Motion, Swing, Travel, check_times
 from .oracles import (
     OracleDepth,
@@ -74,10 +76,12 @@ __all__ = [
     "articulated_object",
     "cast_rays",
     "check_times",
+    "export_dnerf",
     "move_points",
     "object_world",
     "pixel_centers",
     "pixel_rays",
+    "random_cameras",
     "render",
     "sample_gaussians",
     "sample_surface",

@@ -1,0 +1,690 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Posed-frame datasets in the ``transforms*.json`` family: D-NeRF, nerfstudio and instant-ngp layouts.
+
+Public API:
+    SPLITS                                   the split selector's choices: train, val, test, all
+    PosedFrames                              images [N,H,W,3], masks [N,H,W], Cameras, files, layout
+    find_datasets(root)                      sub-folders of ``root`` holding a transforms file
+    dataset_folder(root, name, who)          a user-given relative folder resolved strictly inside ``root``
+    available_splits(folder)                 the splits a dataset folder offers
+    read_posed_frames(folder, split, ...)    one split (or all) as composited images, alpha masks, cameras
+    opengl_to_opencv(c2w)                    file camera-to-world (OpenGL axes) -> OpenCV world-to-camera
+    opencv_to_opengl(viewmats)               the inverse
+    write_dnerf_split(folder, split, ...)    RGBA PNG frames + ``transforms_<split>.json`` in D-NeRF layout
+
+Design notes:
+    The three layouts share one scheme: a JSON object whose ``frames`` list holds, per image, a
+    ``file_path`` (relative to the JSON's folder; D-NeRF / Blender names carry no extension and
+    mean ``.png``) and a 4x4 ``transform_matrix``, the camera-to-world pose in the OpenGL / Blender
+    camera convention (x right, y up, z pointing back, away from the view direction).
+
+    - D-NeRF (and the static Blender set): ``transforms_{train,val,test}.json`` with
+      ``camera_angle_x`` (horizontal field of view, radians) and a per-frame ``time`` in [0, 1].
+    - nerfstudio: one ``transforms.json`` with ``camera_model``, ``fl_x``, ``fl_y``, ``cx``, ``cy``,
+      ``w``, ``h`` at the top and/or per frame (per-frame values win), optional ``*_filenames``
+      split lists.
+    - instant-ngp: one ``transforms.json`` with ``camera_angle_x`` / ``camera_angle_y`` and/or
+      ``fl_x``, ``fl_y``, ``cx``, ``cy``, ``w``, ``h``; ``aabb_scale``, ``scale``, ``offset`` and
+      ``sharpness`` describe its own scene box and are ignored.
+
+    Intrinsics per frame: focal lengths from ``fl_x`` / ``fl_y`` (pixels) or from the angles
+    (``f = size / (2 tan(angle / 2))``); a missing one copies the other (square pixels); the
+    principal point defaults to the image centre. Pixel coordinates follow the pack's convention
+    (pixel ``(i, j)`` covers ``[j, j+1) x [i, i+1)``, centre at ``+0.5``), which is the one these
+    files' ``cx = w / 2`` means. Camera models: PINHOLE, SIMPLE_PINHOLE and OPENCV. OPENCV's
+    distortion coefficients (``k1..k4``, ``p1``, ``p2``) are ignored with a logged warning: the
+    images are used as if undistorted, which is close for the small distortions of most phone
+    captures and wrong for strong ones (undistort those first). Fisheye and other models are
+    refused.
+
+    Conversion: the OpenCV camera-to-world is the file's with the camera y and z axes negated,
+    ``c2w_cv = c2w_gl diag(1, -1, -1, 1)``, and the pack's viewmat is its inverse. The world
+    frame is kept as the file gives it (Blender scenes are z-up; the pack's own worlds are -y up).
+
+    Time: per-frame ``time`` where every selected frame has one (values in [0, 1]), else even
+    spacing ``i / (N - 1)`` in the order the frames are listed. Alpha: an image with an alpha
+    channel gives it as the mask and is composited on the background colour; an opaque image
+    gives a mask of ones.
+
+    Safety: the dataset folder and every image must resolve (symlinks followed) inside ``root``
+    (ComfyUI's input folder for the node); absolute paths are refused. Sizes are checked before
+    anything large is allocated: the JSON file's byte size, each image's header dimensions, and
+    the total bytes of the result. Every problem is a ``ValueError`` naming the file and the
+    field. Reading never writes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import posixpath
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from ..engine.cameras import Cameras
+from .paths import atomic_writer
+
+__all__ = [
+    "SPLITS",
+    "PosedFrames",
+    "find_datasets",
+    "dataset_folder",
+    "available_splits",
+    "read_posed_frames",
+    "opengl_to_opencv",
+    "opencv_to_opengl",
+    "write_dnerf_split",
+    "MAX_JSON_BYTES",
+    "MAX_IMAGE_PIXELS",
+    "DEFAULT_MAX_BYTES",
+]
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test", "all")
+SPLIT_FILES = {"train": "transforms_train.json", "val": "transforms_val.json", "test": "transforms_test.json"}
+SINGLE_FILE = "transforms.json"
+MAX_JSON_BYTES = 64 * 2**20
+MAX_IMAGE_PIXELS = 2**27  # 134 M pixels: a 16k x 8k panorama still loads, a lying header does not
+DEFAULT_MAX_BYTES = 16 * 2**30
+
+_DRIVE = re.compile(r"^[A-Za-z]:")
+_GL_TO_CV = torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0], dtype=torch.float64))
+_PINHOLE_MODELS = ("PINHOLE", "SIMPLE_PINHOLE", "OPENCV")
+_DISTORTION = ("k1", "k2", "k3", "k4", "p1", "p2")
+_INTRINSIC_KEYS = ("fl_x", "fl_y", "cx", "cy", "w", "h", "camera_angle_x", "camera_angle_y", "camera_model",
+                   "is_fisheye", *_DISTORTION)
+
+
+@dataclass(frozen=True)
+class PosedFrames:
+    """A loaded split of a posed-frame dataset.
+
+    Args:
+        images: ``[N,H,W,3]`` float32 in 0..1, composited on the background colour.
+        masks: ``[N,H,W]`` float32 in 0..1, the images' alpha (ones for opaque images).
+        cameras: ``N`` cameras (OpenCV world-to-camera viewmats, pixel Ks, times).
+        files: the image files, relative to the dataset folder (posix).
+        layout: ``"dnerf"``, ``"blender"``, ``"nerfstudio"`` or ``"instant-ngp"`` (of the first file).
+        has_alpha: whether any image had an alpha channel.
+    """
+
+    images: Tensor
+    masks: Tensor
+    cameras: Cameras
+    files: tuple[str, ...]
+    layout: str
+    has_alpha: bool
+
+
+# -- conventions ---------------------------------------------------------------------------------
+
+
+def opengl_to_opencv(c2w: Tensor) -> Tensor:
+    """World-to-camera viewmats ``[...,4,4]`` (OpenCV axes) from camera-to-world ``[...,4,4]`` (OpenGL axes).
+
+    The camera's y and z axes flip (``c2w diag(1,-1,-1,1)``), then the rigid transform is inverted.
+    Computed in float64; returns float32.
+    """
+    c2w = torch.as_tensor(c2w, dtype=torch.float64)
+    return torch.linalg.inv(c2w @ _GL_TO_CV.to(c2w.device)).float()
+
+
+def opencv_to_opengl(viewmats: Tensor) -> Tensor:
+    """Camera-to-world ``[...,4,4]`` in OpenGL axes (float64) from OpenCV world-to-camera viewmats."""
+    vm = torch.as_tensor(viewmats, dtype=torch.float64)
+    return torch.linalg.inv(vm) @ _GL_TO_CV.to(vm.device)
+
+
+# -- folders -------------------------------------------------------------------------------------
+
+
+def _is_transforms_name(name: str) -> bool:
+    return name == SINGLE_FILE or name in SPLIT_FILES.values()
+
+
+def find_datasets(root: str | os.PathLike, max_depth: int = 4, max_folders: int = 20000) -> list[str]:
+    """Sub-folders of ``root`` (relative, posix) that hold ``transforms.json`` or ``transforms_<split>.json``.
+
+    Hidden folders are skipped, symlinked folders are not entered, the walk stops ``max_depth``
+    levels down or after ``max_folders`` folders, so a large input folder lists quickly. ``root``
+    itself is not listed. A missing ``root`` gives an empty list.
+    """
+    base = Path(root)
+    if not base.is_dir():
+        return []
+    found, seen = [], 0
+    for current, dirs, files in os.walk(base, followlinks=False):
+        rel = Path(current).relative_to(base)
+        depth = len(rel.parts)
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".")) if depth < max_depth else []
+        seen += 1
+        if depth and any(_is_transforms_name(f) for f in files):
+            found.append(rel.as_posix())
+        if seen >= max_folders:
+            log.warning("find_datasets: stopped after %d folders under %s", seen, base)
+            break
+    return sorted(found)
+
+
+def _relative_parts(name: str, who: str, what: str) -> list[str]:
+    """Components of a user-given relative path, or ValueError for absolute / drive / NUL names."""
+    if not isinstance(name, str):
+        raise ValueError(f"{who}: {what}: must be a string, got {type(name).__name__}")
+    if "\x00" in name:
+        raise ValueError(f"{who}: {what}: must not contain NUL bytes, got {name!r}")
+    if name.startswith(("/", "\\")) or os.path.isabs(name) or _DRIVE.match(name):
+        raise ValueError(f"{who}: {what}: must be relative to the input folder; absolute path {name!r} refused")
+    parts = [p for p in re.split(r"[/\\]", name) if p not in ("", ".")]
+    if any(_DRIVE.match(p) for p in parts):
+        raise ValueError(f"{who}: {what}: must not contain a drive letter, got {name!r}")
+    return parts
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path == root or path.is_relative_to(root)
+
+
+def dataset_folder(root: str | os.PathLike, name: str, who: str = "dataset_folder") -> Path:
+    """Resolve a dataset folder ``name`` (relative, ``/`` or ``\\`` separated) strictly inside ``root``.
+
+    Raises:
+        ValueError: naming ``who``, for empty or absolute names, ``..`` components, a folder that
+            resolves outside ``root`` (symlinks followed), a missing folder, or one without a
+            transforms file.
+    """
+    parts = _relative_parts(name, who, "dataset folder")
+    if not parts:
+        raise ValueError(f"{who}: dataset folder must name a sub-folder of the input folder, got {name!r}")
+    if ".." in parts:
+        raise ValueError(f"{who}: dataset folder must not contain '..' components, got {name!r}")
+    base = Path(root).resolve()
+    folder = base.joinpath(*parts).resolve()
+    if folder == base or not _inside(folder, base):
+        raise ValueError(f"{who}: dataset folder {name!r} resolves to {str(folder)!r}, outside the input folder "
+                         f"{str(base)!r} (symlinks are followed)")
+    if not folder.is_dir():
+        raise ValueError(f"{who}: dataset folder {name!r} does not exist under the input folder {str(base)!r}")
+    if not available_splits(folder):
+        raise ValueError(f"{who}: dataset folder {name!r} holds no {SINGLE_FILE} or "
+                         f"{'/'.join(SPLIT_FILES.values())}")
+    return folder
+
+
+def _split_files(folder: Path) -> dict[str, Path]:
+    return {s: folder / f for s, f in SPLIT_FILES.items() if (folder / f).is_file()}
+
+
+def available_splits(folder: str | os.PathLike) -> list[str]:
+    """The splits ``folder`` offers: those with a ``transforms_<split>.json``; with only a
+    ``transforms.json``, ``train`` (every frame, or its ``train_filenames``), the splits its
+    ``<split>_filenames`` lists name, and ``all``. Empty when there is no transforms file."""
+    folder = Path(folder)
+    files = _split_files(folder)
+    if files:
+        return [s for s in SPLITS if s in files] + ["all"]
+    single = folder / SINGLE_FILE
+    if not single.is_file():
+        return []
+    splits = ["train"]
+    try:
+        if single.stat().st_size <= MAX_JSON_BYTES:
+            data = json.loads(single.read_text(encoding="utf-8"))
+            if isinstance(data, dict):
+                splits += [s for s in ("val", "test") if isinstance(data.get(f"{s}_filenames"), list)]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        pass  # reported with file and field when the split is read
+    return splits + ["all"]
+
+
+# -- parsing -------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Frame:
+    source: Path  # the JSON file
+    shown: str  # the JSON file as shown in messages
+    index: int  # position in its file's frames list
+    file_path: str
+    c2w: Tensor  # [4,4] float64, OpenGL axes
+    fields: dict  # intrinsic fields: top level overridden by the frame's own
+    own_keys: frozenset  # the intrinsic fields the frame itself sets
+    time: float | None
+    image: Path | None = None
+    width: int = 0
+    height: int = 0
+    has_alpha: bool = False
+
+
+class _Reader:
+    def __init__(self, who: str, root: Path, folder: Path):
+        self.who, self.root, self.folder = who, root, folder
+
+    def shown(self, path: Path) -> str:
+        try:
+            return path.relative_to(self.root).as_posix()
+        except ValueError:
+            return path.name
+
+    def fail(self, shown: str, field: str, problem: str) -> ValueError:
+        return ValueError(f"{self.who}: {shown}: {field}: {problem}")
+
+    def number(self, value, shown: str, field: str) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise self.fail(shown, field, f"must be a finite number, got {value!r}")
+        return float(value)
+
+    def load_json(self, path: Path) -> tuple[dict, list]:
+        shown = self.shown(path)
+        size = path.stat().st_size
+        if size > MAX_JSON_BYTES:
+            raise self.fail(shown, "(file)", f"is {size} bytes; transforms files over {MAX_JSON_BYTES} bytes are "
+                                             "refused")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise self.fail(shown, "(file)", f"is not valid UTF-8 JSON ({exc})") from None
+        if not isinstance(data, dict):
+            raise self.fail(shown, "(top level)", f"must be a JSON object, got {type(data).__name__}")
+        frames = data.get("frames")
+        if frames is None:
+            raise self.fail(shown, "frames", "missing; expected a list of frames with file_path and "
+                                             "transform_matrix")
+        if not isinstance(frames, list) or not frames:
+            raise self.fail(shown, "frames", f"must be a non-empty list, got {_brief(frames)}")
+        return data, frames
+
+    def matrix(self, value, shown: str, field: str) -> Tensor:
+        if value is None:
+            raise self.fail(shown, field, "missing; expected a 4x4 camera-to-world matrix")
+        rows = value if isinstance(value, list) else None
+        if rows is None or len(rows) not in (3, 4) or not all(isinstance(r, list) and len(r) == 4 for r in rows):
+            raise self.fail(shown, field, f"must be a 4x4 (or 3x4) list of numbers, got {_brief(value)}")
+        if any(isinstance(v, bool) or not isinstance(v, (int, float)) for r in rows for v in r):
+            raise self.fail(shown, field, "must hold only numbers")
+        m = torch.tensor(rows, dtype=torch.float64)
+        if not torch.isfinite(m).all():
+            raise self.fail(shown, field, "holds non-finite values (NaN or infinity)")
+        if m.shape[0] == 3:
+            m = torch.cat([m, torch.tensor([[0.0, 0.0, 0.0, 1.0]], dtype=torch.float64)])
+        if (m[3] - torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=torch.float64)).abs().max() > 1e-6:
+            raise self.fail(shown, field, f"last row must be [0, 0, 0, 1], got {m[3].tolist()}")
+        r = m[:3, :3]
+        err = (r.T @ r - torch.eye(3, dtype=torch.float64)).abs().max().item()
+        if err > 1e-2 or torch.linalg.det(r).item() <= 0:
+            raise self.fail(shown, field, f"rotation part is not a rotation (|R^T R - I| = {err:.3g}, det "
+                                          f"{torch.linalg.det(r).item():.3g}); expected a rigid camera-to-world pose")
+        return m
+
+    def parse_file(self, path: Path, keep: set[str] | None) -> tuple[list[_Frame], str]:
+        """Frames of one transforms file (only those whose normalised file_path is in ``keep``)."""
+        shown = self.shown(path)
+        data, frames = self.load_json(path)
+        top = {k: data[k] for k in _INTRINSIC_KEYS if k in data}
+        out = []
+        for i, frame in enumerate(frames):
+            where = f"frames[{i}]"
+            if not isinstance(frame, dict):
+                raise self.fail(shown, where, f"must be an object, got {_brief(frame)}")
+            file_path = frame.get("file_path")
+            if not isinstance(file_path, str) or not file_path.strip():
+                raise self.fail(shown, f"{where}.file_path", f"missing or empty, got {_brief(file_path)}")
+            if keep is not None and _norm(file_path) not in keep:
+                continue
+            c2w = self.matrix(frame.get("transform_matrix"), shown, f"{where}.transform_matrix")
+            time = None
+            if "time" in frame:
+                time = self.number(frame["time"], shown, f"{where}.time")
+                if not 0.0 <= time <= 1.0:
+                    raise self.fail(shown, f"{where}.time", f"must lie in [0, 1], got {time}")
+            own = frozenset(k for k in _INTRINSIC_KEYS if k in frame)
+            out.append(_Frame(path, shown, i, file_path, c2w, {**top, **{k: frame[k] for k in own}}, own, time))
+        if keep is not None and not out:
+            raise self.fail(shown, "frames", "none of the frames is listed in the selected split's *_filenames")
+        return out, _layout(data, frames)
+
+    def image_path(self, frame: _Frame) -> Path:
+        field = f"frames[{frame.index}].file_path"
+        parts = _relative_parts(frame.file_path, f"{self.who}: {frame.shown}", field)
+        if not parts:
+            raise self.fail(frame.shown, field, f"must name an image file, got {frame.file_path!r}")
+        raw = frame.source.parent.joinpath(*parts)
+        tried = []
+        for candidate in (raw, raw.with_name(raw.name + ".png")):
+            resolved = candidate.resolve()
+            if not _inside(resolved, self.root):
+                raise self.fail(frame.shown, field, f"{frame.file_path!r} resolves to {str(resolved)!r}, outside the "
+                                                    f"input folder {str(self.root)!r} (symlinks are followed)")
+            if resolved.is_file():
+                return resolved
+            tried.append(self.shown(candidate))
+        raise self.fail(frame.shown, field, f"image not found (tried {', '.join(tried)})")
+
+    def header(self, frame: _Frame) -> None:
+        """Image size and alpha from the file header, without decoding the pixels."""
+        from PIL import Image, UnidentifiedImageError
+
+        field = f"frames[{frame.index}].file_path"
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size is checked below
+                with Image.open(frame.image) as im:
+                    frame.width, frame.height = int(im.size[0]), int(im.size[1])
+                    frame.has_alpha = _has_alpha(im)
+        except Image.DecompressionBombError as exc:
+            raise self.fail(frame.shown, field, f"{self.shown(frame.image)} claims too many pixels ({exc})") from None
+        except (OSError, UnidentifiedImageError, SyntaxError) as exc:
+            raise self.fail(frame.shown, field, f"{self.shown(frame.image)} is not a readable image ({exc})") from None
+        if frame.width * frame.height > MAX_IMAGE_PIXELS or min(frame.width, frame.height) < 1:
+            raise self.fail(frame.shown, field, f"{self.shown(frame.image)} claims {frame.width}x{frame.height} "
+                                                f"pixels; images over {MAX_IMAGE_PIXELS} pixels are refused")
+
+    def intrinsics(self, frame: _Frame, warned: set[str]) -> tuple[float, float, float, float]:
+        shown, f, w, h = frame.shown, frame.fields, frame.width, frame.height
+        where = f"frames[{frame.index}]"
+
+        def field_name(key: str) -> str:
+            return f"{where}.{key}" if key in frame.own_keys else key
+
+        model = f.get("camera_model")
+        if model is not None and model not in _PINHOLE_MODELS:
+            raise self.fail(shown, field_name("camera_model"), f"camera model {model!r} is not supported; expected one "
+                                                               f"of {_PINHOLE_MODELS} (undistort fisheye images first)")
+        if f.get("is_fisheye"):
+            raise self.fail(shown, field_name("is_fisheye"), "fisheye cameras are not supported; expected a pinhole "
+                                                             "camera (undistort the images first)")
+        for key, size in (("w", w), ("h", h)):
+            if key in f:
+                declared = self.number(f[key], shown, field_name(key))
+                if declared != size:
+                    raise self.fail(shown, field_name(key), f"says {declared:g} but the image "
+                                                            f"{self.shown(frame.image)} is {w}x{h}; sizes are "
+                                                            "inconsistent")
+        distortion = {k: self.number(f[k], shown, field_name(k)) for k in _DISTORTION if k in f}
+        if any(v != 0.0 for v in distortion.values()) and shown not in warned:
+            warned.add(shown)
+            log.warning("%s: %s: distortion %s ignored; the images are used as if undistorted", self.who, shown,
+                        {k: v for k, v in distortion.items() if v != 0.0})
+
+        def focal(fl_key: str, angle_key: str, size: int) -> float | None:
+            if fl_key in f:
+                value = self.number(f[fl_key], shown, field_name(fl_key))
+                if value <= 0:
+                    raise self.fail(shown, field_name(fl_key), f"focal length must be positive, got {value}")
+                return value
+            if angle_key in f:
+                angle = self.number(f[angle_key], shown, field_name(angle_key))
+                if not 0.0 < angle < math.pi:
+                    raise self.fail(shown, field_name(angle_key), f"field of view must lie in (0, pi) radians, "
+                                                                  f"got {angle}")
+                return 0.5 * size / math.tan(0.5 * angle)
+            return None
+
+        fx, fy = focal("fl_x", "camera_angle_x", w), focal("fl_y", "camera_angle_y", h)
+        if fx is None and fy is None:
+            raise self.fail(shown, f"{where}: fl_x / camera_angle_x", "missing; the frame and the file top level give "
+                                                                      "no focal length (fl_x, fl_y, camera_angle_x or "
+                                                                      "camera_angle_y)")
+        fx = fy if fx is None else fx
+        fy = fx if fy is None else fy
+        cx = self.number(f["cx"], shown, field_name("cx")) if "cx" in f else w / 2.0
+        cy = self.number(f["cy"], shown, field_name("cy")) if "cy" in f else h / 2.0
+        return fx, fy, cx, cy
+
+
+def _brief(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _norm(file_path: str) -> str:
+    return posixpath.normpath(file_path.replace("\\", "/"))
+
+
+def _layout(data: dict, frames: list) -> str:
+    first = frames[0] if isinstance(frames[0], dict) else {}
+    if "time" in first:
+        return "dnerf"
+    if "camera_model" in data or "camera_model" in first:
+        return "nerfstudio"
+    if "aabb_scale" in data or "fl_x" in data or "camera_angle_y" in data:
+        return "instant-ngp"
+    return "blender"
+
+
+def _has_alpha(im) -> bool:
+    return im.mode in ("RGBA", "LA", "La", "RGBa", "PA") or "transparency" in im.info
+
+
+def _selected_files(folder: Path, split: str, reader: _Reader) -> list[tuple[Path, set[str] | None]]:
+    """(file, kept file paths or None for all) for the split."""
+    files = _split_files(folder)
+    offered = available_splits(folder)
+    if split not in offered:
+        raise ValueError(f"{reader.who}: split {split!r} is not available in {reader.shown(folder) or folder.name!r}; "
+                         f"it offers {offered}")
+    if files:
+        if split == "all":
+            return [(files[s], None) for s in SPLIT_FILES if s in files]
+        return [(files[split], None)]
+    single = folder / SINGLE_FILE
+    if split == "all":
+        return [(single, None)]
+    data, _ = reader.load_json(single)
+    names = data.get(f"{split}_filenames")
+    if names is None:  # only "train" gets here without a list: every frame
+        return [(single, None)]
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise reader.fail(reader.shown(single), f"{split}_filenames", f"must be a list of file paths, got "
+                                                                      f"{_brief(names)}")
+    return [(single, {_norm(n) for n in names})]
+
+
+def read_posed_frames(
+    folder: str | os.PathLike,
+    split: str = "train",
+    background: tuple[float, float, float] = (1.0, 1.0, 1.0),
+    downscale: int = 1,
+    root: str | os.PathLike | None = None,
+    who: str = "read_posed_frames",
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> PosedFrames:
+    """Read one split of a posed-frame dataset.
+
+    Args:
+        folder: the dataset folder (holding ``transforms.json`` or ``transforms_<split>.json``).
+        split: one of :data:`SPLITS`; ``all`` joins train, val and test in that order.
+        background: rgb in 0..1 behind transparent pixels.
+        downscale: integer factor; images are area-averaged to ``(W // f, H // f)`` and the
+            intrinsics scaled to match.
+        root: the folder no path may leave (ComfyUI's input folder); defaults to ``folder``.
+        who: the caller named in errors (e.g. the node id).
+        max_bytes: refuse a result (images + masks, float32) larger than this.
+
+    Returns:
+        :class:`PosedFrames` on the CPU.
+
+    Raises:
+        ValueError: naming the file and the field, for missing or malformed fields, missing or
+            unreadable images, inconsistent sizes, non-finite or non-rigid matrices, unsupported
+            camera models, paths leaving ``root``, or a result over ``max_bytes``.
+    """
+    folder_p = Path(folder).resolve()
+    root_p = folder_p if root is None else Path(root).resolve()
+    if not _inside(folder_p, root_p):
+        raise ValueError(f"{who}: dataset folder {str(folder_p)!r} lies outside {str(root_p)!r}")
+    if split not in SPLITS:
+        raise ValueError(f"{who}: split must be one of {SPLITS}, got {split!r}")
+    if isinstance(downscale, bool) or not isinstance(downscale, int) or downscale < 1:
+        raise ValueError(f"{who}: downscale must be an integer >= 1, got {downscale!r}")
+    bg = torch.as_tensor(background, dtype=torch.float32).reshape(-1)
+    if bg.shape != (3,) or not torch.isfinite(bg).all() or (bg < 0).any() or (bg > 1).any():
+        raise ValueError(f"{who}: background must be 3 numbers in 0..1, got {background!r}")
+    reader = _Reader(who, root_p, folder_p)
+    if not available_splits(folder_p):
+        raise ValueError(f"{who}: {reader.shown(folder_p)!r} holds no {SINGLE_FILE} or "
+                         f"{'/'.join(SPLIT_FILES.values())}")
+
+    frames: list[_Frame] = []
+    layout = None
+    for path, keep in _selected_files(folder_p, split, reader):
+        parsed, file_layout = reader.parse_file(path, keep)
+        frames += parsed
+        layout = layout or file_layout
+
+    timed = [f.time is not None for f in frames]
+    if any(timed) and not all(timed):
+        bad = frames[timed.index(False)]
+        raise reader.fail(bad.shown, f"frames[{bad.index}].time", "missing while other frames have a time; give "
+                                                                   "every frame a time or none")
+
+    for frame in frames:
+        frame.image = reader.image_path(frame)
+        reader.header(frame)
+    first = frames[0]
+    for frame in frames[1:]:
+        if (frame.width, frame.height) != (first.width, first.height):
+            raise reader.fail(frame.shown, f"frames[{frame.index}].file_path",
+                              f"{reader.shown(frame.image)} is {frame.width}x{frame.height} but "
+                              f"{reader.shown(first.image)} is {first.width}x{first.height}; all images must share "
+                              "one size")
+    warned: set[str] = set()
+    Ks = torch.zeros(len(frames), 3, 3)
+    for i, frame in enumerate(frames):
+        fx, fy, cx, cy = reader.intrinsics(frame, warned)
+        Ks[i] = torch.tensor([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
+
+    w, h = first.width, first.height
+    if downscale > min(w, h):
+        raise ValueError(f"{who}: downscale {downscale} is larger than the images ({w}x{h})")
+    wd, hd = w // downscale, h // downscale
+    n = len(frames)
+    need = n * hd * wd * 4 * 4
+    if need > max_bytes:
+        raise ValueError(f"{who}: {n} images of {wd}x{hd} need {need / 2**30:.2f} GiB as float32, over the limit of "
+                         f"{max_bytes / 2**30:.2f} GiB; raise downscale or pick a smaller split")
+
+    viewmats = opengl_to_opencv(torch.stack([f.c2w for f in frames]))
+    times = (torch.tensor([f.time for f in frames], dtype=torch.float32) if all(timed)
+             else (torch.linspace(0.0, 1.0, n) if n > 1 else torch.zeros(1)))
+    cameras = Cameras(viewmats, Ks, w, h, times)
+    if downscale > 1:
+        cameras = cameras.resized(wd, hd)
+
+    images = torch.empty(n, hd, wd, 3)
+    masks = torch.empty(n, hd, wd)
+    for i, frame in enumerate(frames):
+        rgb, alpha = _decode(frame, reader, hd, wd)
+        images[i] = rgb + (1.0 - alpha[..., None]) * bg
+        masks[i] = alpha
+    files = tuple(f.image.relative_to(folder_p).as_posix() if _inside(f.image, folder_p) else reader.shown(f.image)
+                  for f in frames)
+    log.info("%s: %d frames of %dx%d (%s layout, split %s) from %s", who, n, wd, hd, layout, split,
+             reader.shown(folder_p))
+    return PosedFrames(images.clamp_(0.0, 1.0), masks.clamp_(0.0, 1.0), cameras, files, layout or "blender",
+                       any(f.has_alpha for f in frames))
+
+
+def _decode(frame: _Frame, reader: _Reader, hd: int, wd: int) -> tuple[Tensor, Tensor]:
+    """Premultiplied rgb ``[hd,wd,3]`` and alpha ``[hd,wd]`` of one image, area-averaged to the target size."""
+    import numpy as np
+    from PIL import Image
+
+    field = f"frames[{frame.index}].file_path"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # checked from the header already
+            with Image.open(frame.image) as im:
+                size = (int(im.size[0]), int(im.size[1]))
+                if size == (frame.width, frame.height):
+                    if im.mode.startswith("I;16") or im.mode == "I":  # 16-bit grey
+                        grey = np.asarray(im).astype(np.float32) / 65535.0
+                        array = np.repeat(grey[..., None], 3, axis=-1)
+                    else:
+                        array = np.asarray(im.convert("RGBA" if frame.has_alpha else "RGB"), dtype=np.uint8)
+                        array = array.astype(np.float32) / 255.0
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise reader.fail(frame.shown, field, f"{reader.shown(frame.image)} could not be decoded ({exc})") from None
+    if size != (frame.width, frame.height):
+        raise reader.fail(frame.shown, field, f"{reader.shown(frame.image)} changed while being read")
+    pixels = torch.from_numpy(np.ascontiguousarray(array))
+    if frame.has_alpha and pixels.shape[-1] == 4:
+        alpha = pixels[..., 3]
+        rgb = pixels[..., :3] * alpha[..., None]
+    else:
+        alpha = torch.ones(pixels.shape[:2])
+        rgb = pixels[..., :3]
+    if (hd, wd) != tuple(alpha.shape):
+        stacked = torch.cat([rgb, alpha[..., None]], dim=-1).permute(2, 0, 1)[None]
+        stacked = torch.nn.functional.interpolate(stacked, size=(hd, wd), mode="area")[0].permute(1, 2, 0)
+        rgb, alpha = stacked[..., :3], stacked[..., 3]
+    return rgb, alpha
+
+
+# -- writing -------------------------------------------------------------------------------------
+
+
+def write_dnerf_split(
+    folder: str | os.PathLike,
+    split: str,
+    cameras: Cameras,
+    frame_fn: Callable[[int], Tensor],
+    prefix: str = "r_",
+) -> Path:
+    """Write one split in D-NeRF layout: ``<split>/r_000.png`` ... and ``transforms_<split>.json``.
+
+    Args:
+        folder: the dataset folder (created if missing).
+        split: ``train``, ``val`` or ``test``.
+        cameras: ``N`` cameras sharing one centred, square-pixel intrinsic matrix (the layout
+            stores a single ``camera_angle_x``); their times become each frame's ``time``.
+        frame_fn: ``frame_fn(i)`` -> ``[H,W,4]`` straight (not premultiplied) RGBA in 0..1 of
+            camera ``i``; called once per camera, in order, so frames need not all be in memory.
+        prefix: image file name prefix.
+
+    Returns:
+        The JSON file's path. Every file is written atomically; the JSON last.
+    """
+    if split not in SPLIT_FILES:
+        raise ValueError(f"write_dnerf_split: split must be one of {tuple(SPLIT_FILES)}, got {split!r}")
+    cams = cameras.to("cpu")
+    w, h = int(cams.width), int(cams.height)
+    K = cams.Ks[0].double()
+    expected = torch.tensor([[K[0, 0], 0.0, w / 2.0], [0.0, K[0, 0], h / 2.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+    if (cams.Ks.double() - expected).abs().max() > 1e-3 * max(1.0, float(K[0, 0])):
+        raise ValueError("write_dnerf_split: the D-NeRF layout needs one centred, square-pixel pinhole for all "
+                         "cameras (a single camera_angle_x)")
+    folder = Path(folder)
+    digits = max(3, len(str(len(cams) - 1)))
+    c2w = opencv_to_opengl(cams.viewmats)
+    entries = []
+    for i in range(len(cams)):
+        rgba = torch.as_tensor(frame_fn(i)).detach().float().cpu()
+        if rgba.shape != (h, w, 4):
+            raise ValueError(f"write_dnerf_split: frame {i} must be [{h},{w},4] RGBA, got {tuple(rgba.shape)}")
+        name = f"{prefix}{i:0{digits}d}"
+        _write_png(folder / split / f"{name}.png", rgba)
+        entries.append({"file_path": f"./{split}/{name}", "time": float(cams.times[i]),
+                        "transform_matrix": c2w[i].tolist()})
+    data = {"camera_angle_x": 2.0 * math.atan(0.5 * w / float(K[0, 0])), "frames": entries}
+    path = folder / SPLIT_FILES[split]
+    with atomic_writer(path, "w") as fh:
+        json.dump(data, fh, indent=1)
+    return path
+
+
+def _write_png(path: Path, rgba: Tensor) -> None:
+    import numpy as np
+    from PIL import Image
+
+    array = (rgba.clamp(0.0, 1.0) * 255.0).round().to(torch.uint8).numpy()
+    with atomic_writer(path, "wb") as fh:
+        Image.fromarray(np.ascontiguousarray(array), "RGBA").save(fh, format="PNG")

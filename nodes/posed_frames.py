@@ -1,0 +1,123 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Gen4D_LoadPosedFrames: a ``transforms*.json`` dataset (D-NeRF, nerfstudio, instant-ngp) from the input folder.
+
+Public API:
+    LoadPosedFrames     node ``Gen4D_LoadPosedFrames``: dataset folder + split -> IMAGE, MASK, GEN4D_CAMERAS
+    dataset_choices()   the folder picker's entries
+
+Design notes:
+    Parsing, conventions and every check live in ``core.formats.posed_frames``; this node only
+    finds the folder under ComfyUI's input folder (picker or typed path, both confined to it) and
+    hands the tensors on. The outputs plug into Static Gaussians (fit_frames = all) and
+    Deformation Fit like an orbit video with its cameras.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ..core.formats.convert import parse_color
+from ..core.formats.posed_frames import SPLITS, dataset_folder, find_datasets, read_posed_frames
+from . import host
+from . import types as T
+from .widgets import color_error, combo_in, int_in, str_in
+
+NODE = "Gen4D_LoadPosedFrames"
+NO_DATASETS = "(no datasets found)"
+
+
+def dataset_choices() -> list[str]:
+    """Sub-folders of the input folder that hold a transforms file (a placeholder when there are none)."""
+    return find_datasets(host.input_directory()) or [NO_DATASETS]
+
+
+def _resolve(folder: str, path: str):
+    name = path.strip() if isinstance(path, str) and path.strip() else folder
+    if name == NO_DATASETS:
+        raise ValueError(f"{NODE}: no dataset picked: put a folder holding transforms.json or "
+                         f"transforms_train.json under the input folder {str(host.input_directory())!r}, or type "
+                         "its path relative to the input folder")
+    return dataset_folder(host.input_directory(), name, NODE)
+
+
+class LoadPosedFrames:
+    DESCRIPTION = (
+        "Load posed frames from a transforms*.json dataset under ComfyUI's input folder: D-NeRF "
+        "(transforms_train/val/test.json with camera_angle_x and per-frame time), nerfstudio (camera_model "
+        "PINHOLE or OPENCV, fl_x/fl_y/cx/cy/w/h, per-frame intrinsics; distortion is ignored with a warning) "
+        "and instant-ngp (camera_angle_x/y or fl_x..., aabb_scale ignored). Poses are converted from the files' "
+        "OpenGL/Blender axes to the pack's OpenCV cameras; times come from the frames' 'time' or are spread "
+        "evenly over [0, 1]. Alpha becomes the mask and the images are composited on the background colour. "
+        "Feed the outputs to Static Gaussians (fit_frames 'all') and Deformation Fit to fit a 4D scene."
+    )
+    CATEGORY = f"{T.CATEGORY}/io"
+    RETURN_TYPES = (T.IMAGE, T.MASK, T.CAMERAS)
+    RETURN_NAMES = ("images", "masks", "cameras")
+    OUTPUT_TOOLTIPS = (
+        "The frames [N,H,W,3], composited on the background colour.",
+        "Each frame's alpha [N,H,W] (all ones for images without alpha).",
+        "One camera per frame: OpenCV world-to-camera pose, pixel intrinsics, image size and time in [0, 1].",
+    )
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "folder": combo_in(dataset_choices(), "A sub-folder of the input folder holding transforms.json "
+                                   "or transforms_train/val/test.json (ignored when path is set)."),
+                "path": str_in("", "Dataset folder typed relative to the input folder (e.g. 'dnerf/lego'); "
+                               "overrides folder when not empty. Absolute paths, '..' and symlinks leading out of "
+                               "the input folder are refused."),
+                "split": combo_in(SPLITS, "Which frames: train, val or test (transforms_<split>.json, or the "
+                                  "<split>_filenames lists of a single transforms.json, which otherwise counts as "
+                                  "train), or all of them.", default="train"),
+                "downscale": int_in(1, 1, 16, "Shrink the images by this integer factor (area average); the "
+                                    "intrinsics follow."),
+                "background": str_in("#ffffff", "Colour behind transparent pixels (#rrggbb); the fit nodes' "
+                                     "default is white, like D-NeRF's."),
+            },
+        }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, folder=None, path=None, background=None):
+        colour = color_error(background)
+        if colour is not True:
+            return colour
+        if folder is None or path is None:  # linked from another node: checked when it runs
+            return True
+        try:
+            _resolve(folder, path)
+        except ValueError as exc:
+            return str(exc)
+        return True
+
+    @classmethod
+    def IS_CHANGED(cls, folder, path, split=None, downscale=None, background=None):
+        """A stamp of every file's time and size in the dataset folder (NaN when it does not resolve)."""
+        try:
+            root = _resolve(folder, path)
+        except ValueError:
+            return float("nan")
+        stamp = []
+        for current, dirs, files in os.walk(root):
+            dirs.sort()
+            for name in sorted(files):
+                try:
+                    st = os.stat(os.path.join(current, name))
+                except OSError:
+                    continue
+                stamp.append(f"{name}:{st.st_mtime_ns}:{st.st_size}")
+        return "|".join(stamp)
+
+    def load(self, folder, path, split, downscale, background):
+        root = _resolve(folder, path)
+        frames = read_posed_frames(root, split, tuple(parse_color(background).tolist()), int(downscale),
+                                   root=host.input_directory(), who=NODE)
+        device = host.intermediate_device()
+        return frames.images.to(device), frames.masks.to(device), frames.cameras
+
+
+NODES = {
+    NODE: (LoadPosedFrames, "Gen4D Load Posed Frames"),
+}

@@ -1,0 +1,413 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Posed-frame datasets (transforms*.json): the three layouts, the OpenGL -> OpenCV camera conversion, the
+synthetic D-NeRF export round trip, every refused input, and the Gen4D_LoadPosedFrames node."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import os
+import struct
+import sys
+import zlib
+from pathlib import Path
+
+import gen4d
+import numpy as np
+import pytest
+import torch
+from gen4d import synthetic
+from gen4d.core.formats import posed_frames
+from gen4d.core.formats.posed_frames import (
+    available_splits,
+    find_datasets,
+    opencv_to_opengl,
+    opengl_to_opencv,
+    read_posed_frames,
+)
+from gen4d.synthetic.export_posed import export_dnerf
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from node_runner import run  # noqa: E402
+
+NODE = "Gen4D_LoadPosedFrames"
+IDENTITY = [[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 4.0], [0.0, 0.0, 0.0, 1.0]]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def png(path: Path, width: int, height: int, rgba=None, mode: str = "RGBA") -> np.ndarray:
+    """Write a PNG of random (or given) pixels; returns the uint8 array written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    channels = len(mode)
+    if rgba is None:
+        rgba = np.random.default_rng(len(str(path))).integers(0, 256, (height, width, channels), dtype=np.uint8)
+    Image.fromarray(rgba, mode).save(path)
+    return rgba
+
+
+def write_json(path: Path, data) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+
+
+def tree(folder: Path) -> dict[str, int]:
+    return {p.relative_to(folder).as_posix(): p.stat().st_mtime_ns for p in folder.rglob("*")}
+
+
+def project(cameras, i: int, point) -> tuple[float, float, float]:
+    """Pixel (u, v) and z-depth of a world point through camera i (OpenCV viewmat and K)."""
+    p = cameras.viewmats[i].double() @ torch.tensor([*point, 1.0], dtype=torch.float64)
+    uvw = cameras.Ks[i].double() @ p[:3]
+    return float(uvw[0] / uvw[2]), float(uvw[1] / uvw[2]), float(p[2])
+
+
+def dnerf_folder(root: Path, size=(8, 6)) -> Path:
+    """A small D-NeRF dataset: 3 train, 1 val, 2 test frames, RGBA PNGs, camera_angle_x 0.8."""
+    ds = root / "dnerf"
+    for split, n in (("train", 3), ("val", 1), ("test", 2)):
+        frames = []
+        for i in range(n):
+            png(ds / split / f"r_{i:03d}.png", *size)
+            c2w = [row[:] for row in IDENTITY]
+            c2w[0][3] = 0.1 * i
+            frames.append({"file_path": f"./{split}/r_{i:03d}", "rotation": 0.03, "time": i / max(n - 1, 1),
+                           "transform_matrix": c2w})
+        write_json(ds / f"transforms_{split}.json", {"camera_angle_x": 0.8, "frames": frames})
+    return ds
+
+
+# --------------------------------------------------------------------------- conventions
+
+
+def test_opengl_camera_projects_known_points_to_hand_computed_pixels(tmp_path):
+    """Two Blender/OpenGL cameras (x right, y up, looking down -z) written by hand; the loader's OpenCV cameras
+    must project known points where a pinhole with that pose puts them (computed on paper below)."""
+    ds = tmp_path / "ds"
+    png(ds / "a.png", 64, 64)
+    png(ds / "b.png", 64, 64)
+    frames = [
+        # Camera at (0, 0, 4), axes = world axes: it looks along -z at the origin, up = +y.
+        {"file_path": "a.png", "transform_matrix": IDENTITY},
+        # Camera at (4, 0, 0) looking at the origin with up = +z (Blender's up): its x axis is world +y,
+        # its y (up) world +z, its z (back) world +x.
+        {"file_path": "b.png", "transform_matrix": [[0.0, 0.0, 1.0, 4.0], [1.0, 0.0, 0.0, 0.0],
+                                                    [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]]},
+    ]
+    # camera_angle_x = 90 degrees at 64 pixels: f = 32 / tan(45 deg) = 32, principal point (32, 32).
+    write_json(ds / "transforms.json", {"camera_angle_x": math.pi / 2, "frames": frames})
+    cams = read_posed_frames(ds, "all").cameras
+    # Camera a: point (1, 0.5, 0) is 4 ahead, 1 right and 0.5 up -> u = 32 + 32 * 1/4 = 40, v = 32 - 32 * 0.5/4 = 28.
+    u, v, z = project(cams, 0, (1.0, 0.5, 0.0))
+    assert (u, v, z) == pytest.approx((40.0, 28.0, 4.0), abs=1e-4)
+    # Camera b: point (0, 1, 0.5) is 4 ahead, 1 to the camera's right (+y) and 0.5 up (+z) -> the same pixel.
+    u, v, z = project(cams, 1, (0.0, 1.0, 0.5))
+    assert (u, v, z) == pytest.approx((40.0, 28.0, 4.0), abs=1e-4)
+    # The camera centres are where the files put them.
+    assert torch.allclose(cams.centers, torch.tensor([[0.0, 0.0, 4.0], [4.0, 0.0, 0.0]]), atol=1e-5)
+    # And the inverse conversion gives the file's matrices back.
+    back = opencv_to_opengl(cams.viewmats)
+    assert torch.allclose(back, torch.tensor([f["transform_matrix"] for f in frames], dtype=torch.float64), atol=1e-6)
+
+
+def test_opengl_to_opencv_flips_camera_y_and_z():
+    c2w = torch.eye(4, dtype=torch.float64)
+    vm = opengl_to_opencv(c2w)
+    assert torch.equal(vm, torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0])))
+
+
+# --------------------------------------------------------------------------- synthetic export round trip
+
+
+def test_synthetic_export_round_trips_cameras_and_images(tmp_path):
+    world = synthetic.object_world(0)
+    exported = export_dnerf(world, tmp_path / "pf", num_train=3, num_test=2, size=16, supersample=3, seed=3)
+    assert sorted(available_splits(tmp_path / "pf")) == ["all", "test", "train"]
+    assert find_datasets(tmp_path) == ["pf"]
+    for split in ("train", "test"):
+        want = exported[split]
+        got = read_posed_frames(tmp_path / "pf", split)
+        assert got.layout == "dnerf" and got.has_alpha
+        cams = got.cameras
+        assert (cams.width, cams.height, len(cams)) == (16, 16, len(want))
+        assert torch.allclose(cams.centers, want.centers, atol=1e-5)
+        assert torch.allclose(cams.viewmats[:, :3, :3], want.viewmats[:, :3, :3], atol=1e-6)
+        assert torch.allclose(cams.viewmats, want.viewmats, atol=1e-5)
+        assert torch.allclose(cams.Ks, want.Ks, atol=1e-4)
+        assert torch.allclose(cams.times, want.times, atol=1e-7)
+        # The files hold what the ray caster renders from those cameras, composited on any background
+        # (a render on black is premultiplied: on background b it is that plus (1 - alpha) b).
+        truth = synthetic.render(world, want, background=(0.0, 0.0, 0.0), supersample=3)
+        for bg in ((1.0, 1.0, 1.0), (0.2, 0.4, 0.6)):
+            got_bg = read_posed_frames(tmp_path / "pf", split, background=bg)
+            expected = truth["rgb"] + (1.0 - truth["alpha"][..., None]) * torch.tensor(bg)
+            assert (got_bg.images - expected).abs().max() <= 2.0 / 255
+            assert (got_bg.masks - truth["alpha"]).abs().max() <= 0.5 / 255 + 1e-6
+        assert 0.05 < got.masks.mean() < 0.95  # the object and empty background are both in view
+    assert torch.equal(exported["train"].times, torch.linspace(0, 1, 3))
+    assert not set(exported["test"].times.tolist()) & set(exported["train"].times.tolist())
+
+
+# --------------------------------------------------------------------------- layouts
+
+
+def test_dnerf_layout_splits_times_and_alpha(tmp_path):
+    ds = dnerf_folder(tmp_path)
+    assert available_splits(ds) == ["train", "val", "test", "all"]
+    train = read_posed_frames(ds, "train")
+    assert train.layout == "dnerf" and train.files == ("train/r_000.png", "train/r_001.png", "train/r_002.png")
+    assert train.cameras.times.tolist() == pytest.approx([0.0, 0.5, 1.0])
+    f = 0.5 * 8 / math.tan(0.4)
+    assert torch.allclose(train.cameras.Ks[0], torch.tensor([[f, 0, 4.0], [0, f, 3.0], [0, 0, 1]]))
+    everything = read_posed_frames(ds, "all")
+    assert len(everything.cameras) == 6
+    assert everything.files[3:] == ("val/r_000.png", "test/r_000.png", "test/r_001.png")
+    # Alpha is the mask; the image is the straight colour composited on the background.
+    raw = np.asarray(Image.open(ds / "train" / "r_001.png")).astype(np.float32) / 255.0
+    alpha = torch.from_numpy(raw[..., 3])
+    bg = torch.tensor([0.0, 1.0, 0.5])
+    black = read_posed_frames(ds, "train", background=tuple(bg.tolist()))
+    assert torch.allclose(black.masks[1], alpha, atol=1e-6)
+    expected = torch.from_numpy(raw[..., :3]) * alpha[..., None] + (1 - alpha[..., None]) * bg
+    assert torch.allclose(black.images[1], expected, atol=1e-5)
+
+
+def test_nerfstudio_layout_with_per_frame_intrinsics_and_split_lists(tmp_path, caplog):
+    ds = tmp_path / "capture"
+    for i in range(3):
+        png(ds / "images" / f"frame_{i:05d}.png", 10, 6, mode="RGB")
+    frames = [{"file_path": f"images/frame_{i:05d}.png", "transform_matrix": IDENTITY} for i in range(3)]
+    frames[2].update({"fl_x": 9.0, "fl_y": 11.0, "cx": 4.5, "cy": 2.5})
+    write_json(ds / "transforms.json", {
+        "camera_model": "OPENCV", "fl_x": 7.0, "fl_y": 8.0, "cx": 5.5, "cy": 3.25, "w": 10, "h": 6,
+        "k1": 0.01, "k2": 0.0, "p1": 0.0, "p2": 0.0, "frames": frames,
+        "train_filenames": ["images/frame_00000.png", "./images/frame_00002.png"],
+        "test_filenames": ["images/frame_00001.png"],
+    })
+    assert available_splits(ds) == ["train", "test", "all"]
+    with caplog.at_level(logging.WARNING):
+        got = read_posed_frames(ds, "all")
+    assert "distortion" in caplog.text and "k1" in caplog.text
+    assert got.layout == "nerfstudio" and not got.has_alpha
+    assert got.masks.eq(1).all()
+    assert got.cameras.Ks[0].tolist() == [[7.0, 0, 5.5], [0, 8.0, 3.25], [0, 0, 1]]
+    assert got.cameras.Ks[2].tolist() == [[9.0, 0, 4.5], [0, 11.0, 2.5], [0, 0, 1]]
+    assert got.cameras.times.tolist() == pytest.approx([0.0, 0.5, 1.0])  # no times: even spacing
+    train = read_posed_frames(ds, "train")
+    assert train.files == ("images/frame_00000.png", "images/frame_00002.png")
+    assert read_posed_frames(ds, "test").files == ("images/frame_00001.png",)
+    raw = np.asarray(Image.open(ds / "images" / "frame_00002.png")).astype(np.float32) / 255.0
+    assert torch.allclose(train.images[1], torch.from_numpy(raw), atol=1e-6)
+
+
+def test_instant_ngp_layout_angles_and_ignored_fields(tmp_path):
+    ds = tmp_path / "ngp"
+    for i in range(2):
+        png(ds / "images" / f"{i}.png", 8, 6, mode="RGB")
+    frames = [{"file_path": f"./images/{i}.png", "sharpness": 30.0, "transform_matrix": IDENTITY} for i in range(2)]
+    write_json(ds / "transforms.json", {"camera_angle_x": 1.0, "camera_angle_y": 0.7, "aabb_scale": 16,
+                                        "scale": 0.33, "offset": [0.5, 0.5, 0.5], "frames": frames})
+    got = read_posed_frames(ds)
+    assert got.layout == "instant-ngp"
+    fx, fy = 4.0 / math.tan(0.5), 3.0 / math.tan(0.35)
+    assert torch.allclose(got.cameras.Ks[1], torch.tensor([[fx, 0, 4.0], [0, fy, 3.0], [0, 0, 1]]))
+    assert torch.allclose(got.cameras.centers, torch.tensor([[0.0, 0.0, 4.0]] * 2))
+
+
+def test_downscale_area_averages_and_scales_intrinsics(tmp_path):
+    ds = dnerf_folder(tmp_path, size=(8, 6))
+    full = read_posed_frames(ds, "train", background=(0.0, 0.0, 0.0))
+    half = read_posed_frames(ds, "train", background=(0.0, 0.0, 0.0), downscale=2)
+    assert half.images.shape == (3, 3, 4, 3) and (half.cameras.width, half.cameras.height) == (4, 3)
+    pooled = torch.nn.functional.avg_pool2d(full.images.permute(0, 3, 1, 2), 2).permute(0, 2, 3, 1)
+    assert torch.allclose(half.images, pooled, atol=1e-6)  # on black, the composite is premultiplied: linear
+    assert torch.allclose(half.masks, torch.nn.functional.avg_pool2d(full.masks[:, None], 2)[:, 0], atol=1e-6)
+    assert torch.allclose(half.cameras.Ks[:, :2], full.cameras.Ks[:, :2] / 2)
+
+
+# --------------------------------------------------------------------------- refused input
+
+
+def _huge_png(path: Path, width: int, height: int) -> None:
+    """A 1x1 PNG whose header claims ``width x height`` (CRC fixed so the header parses)."""
+    buf = io.BytesIO()
+    Image.new("RGB", (1, 1)).save(buf, format="PNG")
+    data = bytearray(buf.getvalue())
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    path.write_bytes(bytes(data))
+
+
+def _edit(name, fn):
+    return pytest.param(fn, id=name)
+
+
+def _frames(ds, split="train"):
+    path = ds / f"transforms_{split}.json"
+    return path, json.loads(path.read_text())
+
+
+def _set(ds, edit, split="train"):
+    path, data = _frames(ds, split)
+    edit(data)
+    path.write_text(json.dumps(data))
+
+
+def _outside_image(ds):
+    png(ds.parent.parent / "outside.png", 8, 6)
+    _set(ds, lambda d: d["frames"][1].update(file_path="../../outside.png"))
+
+
+def _symlink_out(ds):
+    png(ds.parent.parent / "elsewhere" / "r_009.png", 8, 6)
+    try:
+        (ds / "train" / "r_009.png").symlink_to(ds.parent.parent / "elsewhere" / "r_009.png")
+    except OSError:
+        pytest.skip("cannot create symlinks here")
+    _set(ds, lambda d: d["frames"][2].update(file_path="./train/r_009"))
+
+
+BAD = [
+    ("missing image", lambda ds: _set(ds, lambda d: d["frames"][1].update(file_path="./train/nothing")),
+     r"transforms_train\.json: frames\[1\]\.file_path: image not found"),
+    ("inconsistent sizes", lambda ds: png(ds / "train" / "r_002.png", 9, 6),
+     r"transforms_train\.json: frames\[2\]\.file_path: .*9x6 .*8x6; all images must share one size"),
+    ("declared size differs", lambda ds: _set(ds, lambda d: d.update(w=10**9, h=10**9)),
+     r"transforms_train\.json: w: says 1e\+09 but the image .* is 8x6"),
+    ("non-finite matrix", lambda ds: _set(ds, lambda d: d["frames"][0]["transform_matrix"][1].__setitem__(3, math.nan)),
+     r"transforms_train\.json: frames\[0\]\.transform_matrix: holds non-finite"),
+    ("infinite matrix", lambda ds: _set(ds, lambda d: d["frames"][2]["transform_matrix"][0].__setitem__(0, math.inf)),
+     r"transforms_train\.json: frames\[2\]\.transform_matrix: holds non-finite"),
+    ("matrix shape", lambda ds: _set(ds, lambda d: d["frames"][1].update(transform_matrix=[[1, 0, 0], [0, 1, 0]])),
+     r"transforms_train\.json: frames\[1\]\.transform_matrix: must be a 4x4"),
+    ("scaled matrix", lambda ds: _set(ds, lambda d: d["frames"][1].update(
+        transform_matrix=[[2, 0, 0, 0], [0, 2, 0, 0], [0, 0, 2, 4], [0, 0, 0, 1]])),
+     r"transforms_train\.json: frames\[1\]\.transform_matrix: rotation part is not a rotation"),
+    ("unknown camera model", lambda ds: _set(ds, lambda d: d.update(camera_model="OPENCV_FISHEYE")),
+     r"transforms_train\.json: camera_model: camera model 'OPENCV_FISHEYE' is not supported"),
+    ("per-frame camera model", lambda ds: _set(ds, lambda d: d["frames"][1].update(camera_model="EQUIRECTANGULAR")),
+     r"transforms_train\.json: frames\[1\]\.camera_model: camera model 'EQUIRECTANGULAR'"),
+    ("missing frames", lambda ds: _set(ds, lambda d: d.pop("frames")),
+     r"transforms_train\.json: frames: missing"),
+    ("missing matrix", lambda ds: _set(ds, lambda d: d["frames"][0].pop("transform_matrix")),
+     r"transforms_train\.json: frames\[0\]\.transform_matrix: missing"),
+    ("missing file_path", lambda ds: _set(ds, lambda d: d["frames"][2].pop("file_path")),
+     r"transforms_train\.json: frames\[2\]\.file_path: missing"),
+    ("missing intrinsics", lambda ds: _set(ds, lambda d: d.pop("camera_angle_x")),
+     r"transforms_train\.json: frames\[0\]: fl_x / camera_angle_x: missing"),
+    ("bad focal", lambda ds: _set(ds, lambda d: d.update(camera_angle_x="wide")),
+     r"transforms_train\.json: camera_angle_x: must be a finite number"),
+    ("partial times", lambda ds: _set(ds, lambda d: d["frames"][1].pop("time")),
+     r"transforms_train\.json: frames\[1\]\.time: missing while other frames have a time"),
+    ("time out of range", lambda ds: _set(ds, lambda d: d["frames"][2].update(time=7)),
+     r"transforms_train\.json: frames\[2\]\.time: must lie in \[0, 1\]"),
+    ("path leaves the input folder", _outside_image,
+     r"transforms_train\.json: frames\[1\]\.file_path: '\.\./\.\./outside\.png' resolves to .*outside the input"),
+    ("absolute path", lambda ds: _set(ds, lambda d: d["frames"][0].update(file_path=str(ds / "train" / "r_000.png"))),
+     r"transforms_train\.json: frames\[0\]\.file_path: must be relative to the input folder; absolute path"),
+    ("symlink out", _symlink_out,
+     r"transforms_train\.json: frames\[2\]\.file_path: '\./train/r_009' resolves to .*outside the input folder"),
+    ("not json", lambda ds: (ds / "transforms_train.json").write_text("{'frames': "),
+     r"transforms_train\.json: \(file\): is not valid UTF-8 JSON"),
+    ("not an image", lambda ds: (ds / "train" / "r_001.png").write_text("hello"),
+     r"transforms_train\.json: frames\[1\]\.file_path: dnerf/train/r_001\.png is not a readable image"),
+    ("huge header", lambda ds: _huge_png(ds / "train" / "r_001.png", 12000, 12000),
+     r"transforms_train\.json: frames\[1\]\.file_path: dnerf/train/r_001\.png claims 12000x12000 pixels"),
+    ("huge header past PIL's limit", lambda ds: _huge_png(ds / "train" / "r_001.png", 100000, 100000),
+     r"transforms_train\.json: frames\[1\]\.file_path: dnerf/train/r_001\.png claims too many pixels"),
+]
+
+
+@pytest.mark.parametrize("edit, message", [pytest.param(e, m, id=n) for n, e, m in BAD])
+def test_bad_input_names_file_and_field_and_writes_nothing(tmp_path, edit, message):
+    root = tmp_path / "input"
+    ds = dnerf_folder(root)
+    edit(ds)
+    before = tree(tmp_path)
+    with pytest.raises(ValueError, match=message):
+        read_posed_frames(ds, "train", root=root, who="Gen4D_LoadPosedFrames")
+    assert tree(tmp_path) == before
+
+
+def test_bad_splits_and_result_size(tmp_path, monkeypatch):
+    ds = tmp_path / "single"
+    png(ds / "a.png", 8, 6)
+    write_json(ds / "transforms.json", {"camera_angle_x": 1.0, "frames": [{"file_path": "a.png",
+                                                                          "transform_matrix": IDENTITY}]})
+    assert available_splits(ds) == ["train", "all"]
+    with pytest.raises(ValueError, match=r"split 'test' is not available .* offers \['train', 'all'\]"):
+        read_posed_frames(ds, "test")
+    with pytest.raises(ValueError, match="split must be one of"):
+        read_posed_frames(ds, "everything")
+    with pytest.raises(ValueError, match=r"need 0\.00 GiB as float32, over the limit"):
+        read_posed_frames(ds, "all", max_bytes=100)
+    with pytest.raises(ValueError, match="downscale 9 is larger than the images"):
+        read_posed_frames(ds, "all", downscale=9)
+    monkeypatch.setattr(posed_frames, "MAX_JSON_BYTES", 64)  # a transforms file is read only below the limit
+    with pytest.raises(ValueError, match=r"transforms\.json: \(file\): is \d+ bytes; transforms files over 64"):
+        read_posed_frames(ds, "all")
+
+
+# --------------------------------------------------------------------------- the node
+
+
+@pytest.fixture
+def input_dir(tmp_path, monkeypatch):
+    folder = tmp_path / "input"
+    folder.mkdir()
+    monkeypatch.setenv("GEN4D_INPUT_DIR", str(folder))
+    monkeypatch.setenv("GEN4D_OUTPUT_DIR", str(tmp_path / "output"))
+    return folder
+
+
+def test_node_lists_loads_and_confines_datasets(input_dir, tmp_path):
+    cls = gen4d.NODE_CLASS_MAPPINGS[NODE]
+    assert cls.INPUT_TYPES()["required"]["folder"][0] == ["(no datasets found)"]
+    exported = export_dnerf(synthetic.object_world(1), input_dir / "scenes" / "toy", num_train=3, num_test=1,
+                            size=12, supersample=1)
+    dnerf_folder(input_dir)
+    assert cls.INPUT_TYPES()["required"]["folder"][0] == ["dnerf", "scenes/toy"]
+    images, masks, cameras = run(NODE, folder="scenes/toy")
+    assert images.shape == (3, 12, 12, 3) and masks.shape == (3, 12, 12)
+    assert torch.allclose(cameras.viewmats, exported["train"].viewmats, atol=1e-5)
+    images, masks, cameras = run(NODE, folder="dnerf", path="scenes\\toy", split="test", downscale=2,
+                                 background="#000000")
+    assert images.shape == (1, 6, 6, 3) and cameras.width == 6
+    assert cls.VALIDATE_INPUTS(folder="dnerf", path="", background="#ffffff") is True
+
+    outside = tmp_path / "outside"
+    dnerf_folder(outside)
+    try:
+        (input_dir / "link").symlink_to(outside / "dnerf", target_is_directory=True)
+        links = ["link"]
+    except OSError:
+        links = []
+    assert "link" not in cls.INPUT_TYPES()["required"]["folder"][0]  # symlinked folders are not walked
+    before = tree(tmp_path)
+    for bad, message in [("../outside/dnerf", "'..'"), (str(outside / "dnerf"), "absolute path"),
+                         ("missing", "does not exist"), ("scenes", "holds no transforms.json"),
+                         *[(link, "outside the input folder") for link in links]]:
+        text = cls.VALIDATE_INPUTS(folder="dnerf", path=bad, background="#ffffff")
+        assert isinstance(text, str) and NODE in text and message in text, (bad, text)
+        with pytest.raises(ValueError, match=NODE):
+            run(NODE, folder="dnerf", path=bad)
+    with pytest.raises(ValueError, match="no dataset picked"):
+        run(NODE, folder="(no datasets found)")
+    assert "expected '#rrggbb'" in cls.VALIDATE_INPUTS(folder="dnerf", path="", background="nope")
+    assert tree(tmp_path) == before
+
+
+def test_node_is_changed_follows_the_files(input_dir):
+    cls = gen4d.NODE_CLASS_MAPPINGS[NODE]
+    ds = dnerf_folder(input_dir)
+    first = cls.IS_CHANGED(folder="dnerf", path="")
+    assert cls.IS_CHANGED(folder="dnerf", path="") == first
+    image = ds / "train" / "r_001.png"
+    st = image.stat()
+    os.utime(image, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert cls.IS_CHANGED(folder="dnerf", path="") != first
+    assert math.isnan(cls.IS_CHANGED(folder="dnerf", path="../x"))
