@@ -8,13 +8,15 @@ Public API:
     model_size(h, w, multiple)          the explicit resize policy (nearest multiple, at least one)
     composite(original, generated, mask)   keep every pixel outside the mask exactly
     check_frames_and_masks(...)         shared input validation of the image / video inpainters
+    check_sampling(...), check_paste(...)   sampling settings; CoCo4D eq. 7's paste arguments of video inpainters
     cpu_generator(seed)                 the CPU noise generator the inpainters share
 
 Design notes:
     CoCo4D (§3.2, eq. 7) inpaints the holes of a video rendered at a new pose: frame 0 with an
-    image inpainter (SDXL in the paper), copy-paste of that region into every frame, noise at ratio
-    0.5, then refinement with a video inpainter (see :mod:`backends.video_inpaint`). This module
-    is the image half.
+    image inpainter (SDXL in the paper), copy-paste of that region into every frame, then
+    refinement with a video inpainter that noises the pasted region in its latent space (level
+    0.5) and starts at noise level 0.7 (see :mod:`backends.wan` and :mod:`backends.video_inpaint`).
+    This module is the image half.
 
     The folder is read in the diffusers layout (``model_index.json`` + ``unet/``, ``vae/``,
     ``text_encoder/``, ``tokenizer/``, ``scheduler/``; SDXL adds ``text_encoder_2/`` and
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -53,6 +56,8 @@ __all__ = [
     "model_size",
     "composite",
     "check_frames_and_masks",
+    "check_sampling",
+    "check_paste",
     "default_device",
     "SD_INPAINT_COMPONENTS",
     "SDXL_INPAINT_COMPONENTS",
@@ -120,13 +125,50 @@ def check_frames_and_masks(frames, masks, what: str, video: bool) -> tuple[Tenso
     return frames.clamp(0, 1), masks.clamp(0, 1)
 
 
-def check_sampling(what: str, strength: float, steps: int, guidance_scale: float) -> None:
+def check_sampling(what: str, strength: float, steps: int, guidance_scale: float, name: str = "strength") -> None:
+    """``strength`` (called ``name`` in errors) in [0, 1], ``steps >= 1``, ``guidance_scale >= 0``."""
     if not 0.0 <= float(strength) <= 1.0:
-        raise ValueError(f"{what}: strength must be in [0, 1], got {strength}")
+        raise ValueError(f"{what}: {name} must be in [0, 1], got {strength}")
     if int(steps) < 1:
         raise ValueError(f"{what}: steps must be >= 1, got {steps}")
     if not float(guidance_scale) >= 0.0:
         raise ValueError(f"{what}: guidance_scale must be >= 0, got {guidance_scale}")
+
+
+def check_paste(what: str, masks: Tensor, paste_mask, paste_noise_level, noise_level: float
+                ) -> tuple[Tensor | None, float | None]:
+    """Validate CoCo4D eq. 7's paste arguments of a video inpainter.
+
+    Args:
+        masks: the checked ``[T,H,W]`` masks (1 = regenerate).
+        paste_mask: None, or ``[T,H,W]`` (1 = copy-pasted pixels), inside the masks (both at 0.5).
+        paste_noise_level: None (the start level) or the pasted region's level in ``[0, noise_level]``.
+
+    Returns:
+        ``(paste_mask as float32 on the CPU or None, paste_noise_level or None)``.
+    """
+    if paste_mask is None:
+        if paste_noise_level is not None:
+            raise ValueError(f"{what}: paste_noise_level={paste_noise_level} given without a paste_mask; pass the "
+                             f"mask of the copy-pasted pixels (CoCo4D eq. 7) or leave both out")
+        return None, None
+    if not isinstance(paste_mask, Tensor) or tuple(paste_mask.shape) != tuple(masks.shape):
+        shape = tuple(paste_mask.shape) if isinstance(paste_mask, Tensor) else type(paste_mask).__name__
+        raise ValueError(f"{what}: paste_mask must be {tuple(masks.shape)} like the masks (1 = pasted), got {shape}")
+    paste = paste_mask.detach().float().cpu()
+    if not torch.isfinite(paste).all():
+        raise ValueError(f"{what}: paste_mask holds NaN or inf values")
+    outside = int(((paste >= 0.5) & (masks < 0.5)).sum())
+    if outside:
+        raise ValueError(f"{what}: paste_mask marks {outside} pixels outside the masks; the pasted region must lie "
+                         f"inside the region the inpainter regenerates")
+    level = None
+    if paste_noise_level is not None:
+        level = float(paste_noise_level)
+        if not (math.isfinite(level) and 0.0 <= level <= float(noise_level)):
+            raise ValueError(f"{what}: paste_noise_level must be in [0, noise_level={noise_level}], got "
+                             f"{paste_noise_level}")
+    return paste.clamp(0, 1), level
 
 
 def read_model_index(path: Path, what: str) -> dict:

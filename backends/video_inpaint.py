@@ -8,15 +8,21 @@ Public API:
 
 Design notes:
     CoCo4D §3.2 refines the copy-pasted pseudo video of a new pose with a video inpainter
-    (COCOCO in the paper) *from the given frames*: the frames are encoded and noised to ratio
-    ``r`` (eq. 7: 0.5 on the pasted regions, refinement at 0.7), and denoising starts there rather
-    than at pure noise. Wan VACE's diffusers pipeline only starts from noise, so the sampling loop
-    is run here with the pipeline's own pieces (prompt encoder, VACE condition latents and mask
-    packing, transformer, scheduler): ``strength`` r picks the first of ``steps`` scheduler steps
-    (``steps - round(r * steps)``, the img2img convention: ``backends.wan.start_step``), the clean
-    latents of the whole video are noised to that timestep with the scheduler's own forward process
-    (flow matching: ``x_t = (1 - σ) x_0 + σ ε``), and the remaining steps run. ``strength = 1`` is
-    plain VACE inpainting from noise; ``strength = 0`` returns the input (after the composite).
+    (COCOCO in the paper) *from the given frames* (eq. 7). Wan VACE's diffusers pipeline only
+    starts from noise, so the sampling loop is run here with the pipeline's own pieces (prompt
+    encoder, VACE condition latents and mask packing, transformer, scheduler). ``noise_level`` is
+    the noise level σ of the start point (flow matching, ``x_σ = (1 - σ) z + σ ε`` on the clean
+    latents ``z`` of the frames): sampling starts at the first of ``steps`` scheduler steps whose
+    σ is at most ``noise_level`` and runs the rest (``backends.wan.first_step``; 0.7 starts at
+    0.697 with Wan's UniPC at shift 3 and 30 steps). ``noise_level = 1`` is plain VACE inpainting
+    from noise; 0 returns the input.
+
+    Two starts (``backends.wan.start_latents``): without ``paste_mask`` the whole latent is noised
+    to the start level (the img2img convention); with ``paste_mask`` (CoCo4D eq. 7: the
+    copy-pasted pixels) only the latent cells of the pasted region are noised, to
+    ``paste_noise_level`` (§4.1: 0.5; at most the realised start level), other masked cells start
+    at the start level, and the known cells are the clean latents, re-imposed after every step.
+    The frames are never noised in pixel space.
 
     VACE conditioning: the frames with the holes blanked (inactive) and the holes' content
     (reactive) are encoded separately, and the mask is packed per latent pixel; the model fills the
@@ -44,6 +50,7 @@ from torch import Tensor
 
 from .inpaint import (
     check_frames_and_masks,
+    check_paste,
     check_sampling,
     composite,
     cpu_generator,
@@ -54,7 +61,7 @@ from .inpaint import (
 from .loading import cached, check_diffusers_folder, folder_key, load_component, load_diffusers_model
 from .memory import make_room
 from .video_inpaint_fun import FunInpainter, find_fun_inp_base, load_fun_inpainter
-from .wan import normalise_latents, start_step
+from .wan import first_step, flow_sigmas, latent_cells, normalise_latents, start_latents
 
 __all__ = ["VideoInpainter", "load_video_inpainter", "WAN_VACE_COMPONENTS"]
 
@@ -149,38 +156,46 @@ class VideoInpainter:
         return normalise_latents(latents, cfg.latents_mean, cfg.latents_std, inverse)
 
     def inpaint(self, frames: Tensor, masks: Tensor, prompt: str = "", negative_prompt: str = "",
-                strength: float = 0.7, steps: int = 30, guidance_scale: float = 5.0, seed: int = 0,
-                callback: Callable | None = None, should_stop: Callable[[], bool] | None = None) -> Tensor:
-        """Inpaint the masked regions of a video, starting from the given frames at noise ratio ``strength``.
+                noise_level: float = 0.7, steps: int = 30, guidance_scale: float = 5.0, seed: int = 0,
+                callback: Callable | None = None, should_stop: Callable[[], bool] | None = None, *,
+                paste_mask: Tensor | None = None, paste_noise_level: float | None = None) -> Tensor:
+        """Inpaint the masked regions of a video, starting from the given frames at noise level ``noise_level``.
 
         Args:
-            frames: ``[T,H,W,3]`` float in 0..1 (e.g. CoCo4D's copy-pasted pseudo video).
+            frames: ``[T,H,W,3]`` float in 0..1 (e.g. CoCo4D's copy-pasted pseudo video, not noised).
             masks: ``[T,H,W]`` in 0..1, 1 = regenerate.
             prompt, negative_prompt: text conditions.
-            strength: noise ratio r of the start point (CoCo4D: 0.7); 1 = from pure noise.
-            steps: scheduler steps of a full run (about ``steps * strength`` run).
+            noise_level: noise level σ of the start point (CoCo4D τ: 0.7); the first scheduler step whose
+                σ is at most this starts the run; 1 = from pure noise, 0 = return the input.
+            steps: scheduler steps of a full run (the steps below the start level are run).
             guidance_scale: classifier-free guidance scale (<= 1 disables the unconditional pass).
             seed: seed of the CPU noise generator.
             callback: ``callback(step, total, preview)`` after each denoising step.
             should_stop: polled before each step; when True, InterruptedError is raised.
+            paste_mask: ``[T,H,W]`` copy-pasted pixels inside ``masks`` (CoCo4D eq. 7); then only the
+                masked latent cells are noised and the known ones stay clean (see the module notes).
+            paste_noise_level: noise level of the pasted cells (CoCo4D: 0.5; default: the start level).
 
         Returns:
             ``[T,H,W,3]`` float32 on the CPU in 0..1; pixels with ``mask == 0`` equal the input exactly.
 
         Raises:
-            ValueError: bad shapes, frame/mask count mismatch, sizes or sampling settings.
+            ValueError: bad shapes, frame/mask count mismatch, sizes, sampling or paste settings, or a
+                scheduler that is not first-order flow matching.
             InterruptedError: ``should_stop`` returned True.
         """
         what = "VideoInpainter.inpaint"
         frames, masks = check_frames_and_masks(frames, masks, what, video=True)
-        check_sampling(what, strength, steps, guidance_scale)
-        if not (masks > 0).any() or start_step(steps, strength) >= int(steps):
+        check_sampling(what, noise_level, steps, guidance_scale, "noise_level")
+        paste, paste_level = check_paste(what, masks, paste_mask, paste_noise_level, noise_level)
+        self.pipe.scheduler.set_timesteps(int(steps))
+        if not (masks > 0).any() or first_step(flow_sigmas(self.pipe.scheduler, what), noise_level) >= int(steps):
             return frames.clone()
         device = torch.device(self.device) if self.device is not None else self.device_fn()
         self._place(device)
         try:
-            out = self._run(frames, masks, prompt, negative_prompt, float(strength), int(steps),
-                            float(guidance_scale), int(seed), device, callback, should_stop)
+            out = self._run(frames, masks, paste, paste_level, prompt, negative_prompt, float(noise_level),
+                            int(steps), float(guidance_scale), int(seed), device, callback, should_stop)
         finally:
             self.offload()
         return composite(frames, out, masks)
@@ -200,20 +215,21 @@ class VideoInpainter:
         return hidden * attention[..., None].to(hidden.dtype)
 
     @torch.no_grad()
-    def _run(self, frames, masks, prompt, negative_prompt, strength, steps, guidance_scale, seed, device,
-             callback, should_stop) -> Tensor:
+    def _run(self, frames, masks, paste, paste_level, prompt, negative_prompt, noise_level, steps, guidance_scale,
+             seed, device, callback, should_stop) -> Tensor:
         pipe = self.pipe
         count, height, width = frames.shape[:3]
         mh, mw = model_size(height, width, self.multiple)
         padded = (count - 1 + self.temporal - 1) // self.temporal * self.temporal + 1
         x = frames.permute(0, 3, 1, 2)
-        m = masks[:, None]
+        m = masks[:, None] if paste is None else torch.stack([masks, paste], 1)
         if (mh, mw) != (height, width):
             x = F.interpolate(x, (mh, mw), mode="bilinear", align_corners=False)
             m = F.interpolate(m, (mh, mw), mode="nearest")
         if padded > count:
             x = torch.cat([x, x[-1:].expand(padded - count, -1, -1, -1)])
             m = torch.cat([m, m[-1:].expand(padded - count, -1, -1, -1)])
+        m, pasted = m[:, :1], (None if paste is None else m[:, 1] > 0.5)
         video = (x * 2 - 1).permute(1, 0, 2, 3)[None].to(device)          # [1,3,T',H',W'] in [-1,1]
         mask = (m > 0.5).float().permute(1, 0, 2, 3)[None].expand(1, 3, -1, -1, -1).to(device)
         generator = cpu_generator(seed)
@@ -229,18 +245,27 @@ class VideoInpainter:
 
         scheduler = pipe.scheduler
         scheduler.set_timesteps(steps, device=device)
-        first = start_step(steps, strength) * scheduler.order
+        sigmas = flow_sigmas(scheduler, "VideoInpainter.inpaint")
+        first = first_step(sigmas, noise_level)
         timesteps = scheduler.timesteps[first:]
         if hasattr(scheduler, "set_begin_index"):
             scheduler.set_begin_index(first)
+        sigma = float(sigmas[first])
         clean = self._normalise(pipe.vae.encode(video.float()).latent_dist.mode().float())
         noise = torch.randn(clean.shape, generator=generator, dtype=torch.float32).to(device)
-        if first == 0:
+        known = None
+        if pasted is not None:
+            hole = latent_cells(m[:, 0] > 0.5, clean.shape).to(device)
+            paste_cells = latent_cells(pasted, clean.shape).to(device)
+            level = sigma if paste_level is None else min(paste_level, sigma)
+            latents = start_latents(clean, noise, sigma, hole, paste_cells, level)
+            known = ~(hole | paste_cells)
+        elif first == 0:
             latents = noise * float(getattr(scheduler, "init_noise_sigma", 1.0))
-        elif hasattr(scheduler, "scale_noise"):
-            latents = scheduler.scale_noise(clean, timesteps[:1], noise)
         else:
-            latents = scheduler.add_noise(clean, noise, timesteps[:1])
+            latents = start_latents(clean, noise, sigma)
+        logger.info("Wan VACE refinement from noise level %.4f (asked %.4f): %d of %d steps%s", sigma, noise_level,
+                    len(timesteps), steps, "" if known is None else f", pasted region at {level:.4f}")
         boundary = pipe.config.boundary_ratio
         boundary_t = None if boundary is None else boundary * scheduler.config.num_train_timesteps
         total = len(timesteps)
@@ -257,6 +282,8 @@ class VideoInpainter:
                 uncond = model(encoder_hidden_states=negative, **kwargs)[0].float()
                 pred = uncond + guidance_scale * (pred - uncond)
             latents = scheduler.step(pred, t, latents, return_dict=False)[0]
+            if known is not None:
+                latents = torch.where(known, clean, latents)
             if callback is not None:
                 callback(i + 1, total, None)
         decoded = pipe.vae.decode(self._normalise(latents.float(), inverse=True), return_dict=False)[0]

@@ -53,9 +53,11 @@ Design notes:
     Sampler: diffusers' flow-matching Euler scheduler with shift 5 (the official stage-2
     scheduler is built from ``wan_civitai.yaml``, shift 5; its ``shift=3`` argument only reaches
     the UniPC / DPM++ samplers), classifier-free guidance ``v_u + w (v_c - v_u)`` on the prompt,
-    50 steps, guidance 6, strength 1 (pure noise) by default. ``strength`` r < 1 starts from the
-    encoded frames noised to the r-th step (``x_t = (1 - σ) x_0 + σ ε``), as
-    ``backends.video_inpaint``.
+    50 steps, guidance 6, noise level 1 (pure noise) by default. ``noise_level`` σ < 1 starts from
+    the encoded frames noised to the first scheduler step whose σ is at most that level
+    (``x_σ = (1 - σ) x_0 + σ ε``); with ``paste_mask`` (CoCo4D eq. 7) only the pasted latent cells
+    are noised (to ``paste_noise_level``) and the known cells stay clean, as
+    ``backends.video_inpaint`` (shared code: ``backends.wan.first_step`` / ``start_latents``).
 
     Resize policy (as ``backends.video_inpaint``): sides resized to the nearest multiple of 16
     (VAE 8 x patch 2), the frame count padded to ``4k + 1`` by repeating the last frame, the
@@ -80,7 +82,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..core.moge4d.vism import VISM_INPAINT_DEFAULTS
-from .inpaint import check_frames_and_masks, check_sampling, composite, cpu_generator, default_device, model_size
+from .inpaint import (
+    check_frames_and_masks,
+    check_paste,
+    check_sampling,
+    composite,
+    cpu_generator,
+    default_device,
+    model_size,
+)
 from .memory import modules_on
 from .wan import (
     BASE_CLIP,
@@ -96,6 +106,9 @@ from .wan import (
     WAN_LATENT_MEAN,
     WAN_LATENT_STD,
     assign_weights,
+    first_step,
+    flow_sigmas,
+    latent_cells,
     load_umt5,
     load_wan_clip,
     load_wan_vae,
@@ -103,7 +116,7 @@ from .wan import (
     params_on_meta,
     read_weights,
     shard_index,
-    start_step,
+    start_latents,
 )
 
 __all__ = [
@@ -640,51 +653,65 @@ class FunInpainter:
     # ----------------------------------------------------------------- inpainting
 
     def inpaint(self, frames: Tensor, masks: Tensor, prompt: str = "", negative_prompt: str = "",
-                strength: float = _DEFAULTS["strength"], steps: int = int(_DEFAULTS["steps"]),
+                noise_level: float = _DEFAULTS["strength"], steps: int = int(_DEFAULTS["steps"]),
                 guidance_scale: float = _DEFAULTS["guidance_scale"], seed: int = 0,
-                callback: Callable | None = None, should_stop: Callable[[], bool] | None = None) -> Tensor:
+                callback: Callable | None = None, should_stop: Callable[[], bool] | None = None, *,
+                paste_mask: Tensor | None = None, paste_noise_level: float | None = None) -> Tensor:
         """Inpaint the masked regions of a video with Wan2.1-Fun InP (+ the ViSM LoRA when merged).
 
         Args:
-            frames: ``[T,H,W,3]`` float in 0..1 (e.g. a 4D-ViSM render; hole pixels are ignored).
+            frames: ``[T,H,W,3]`` float in 0..1 (e.g. a 4D-ViSM render; hole pixels are ignored unless pasted).
             masks: ``[T,H,W]`` in 0..1, 1 = regenerate (binarised at 0.5 for the model).
             prompt, negative_prompt: text conditions.
-            strength: noise ratio of the start point; 1 = from pure noise (official 4D-ViSM).
-            steps: scheduler steps of a full run (about ``steps * strength`` run; official 50).
+            noise_level: noise level σ of the start point; the first scheduler step whose σ is at most this
+                starts the run; 1 = from pure noise (official 4D-ViSM), 0 = return the input.
+            steps: scheduler steps of a full run (the steps below the start level are run; official 50).
             guidance_scale: classifier-free guidance scale (official 6; <= 1 disables the unconditional pass).
             seed: seed of the CPU noise generator.
             callback: ``callback(step, total, None)`` after each denoising step.
             should_stop: polled before each step; when True, InterruptedError is raised.
+            paste_mask: ``[T,H,W]`` copy-pasted pixels inside ``masks`` (CoCo4D eq. 7): only the masked
+                latent cells are noised, the known ones stay clean (see the module notes).
+            paste_noise_level: noise level of the pasted cells (CoCo4D: 0.5; default: the start level).
 
         Returns:
             ``[T,H,W,3]`` float32 on the CPU in 0..1; pixels with ``mask == 0`` equal the input exactly.
 
         Raises:
-            ValueError: bad shapes, frame/mask count mismatch, sizes or sampling settings.
+            ValueError: bad shapes, frame/mask count mismatch, sizes, sampling or paste settings.
             InterruptedError: ``should_stop`` returned True.
         """
         what = "FunInpainter.inpaint"
         frames, masks = check_frames_and_masks(frames, masks, what, video=True)
-        check_sampling(what, strength, steps, guidance_scale)
-        if not (masks > 0).any() or start_step(steps, strength) >= int(steps):
+        check_sampling(what, noise_level, steps, guidance_scale, "noise_level")
+        paste, paste_level = check_paste(what, masks, paste_mask, paste_noise_level, noise_level)
+        scheduler = self._scheduler(int(steps), torch.device("cpu"))
+        if not (masks > 0).any() or first_step(flow_sigmas(scheduler, what), noise_level) >= int(steps):
             return frames.clone()
         device = self._device()
         try:
-            out = self._run(frames, masks, prompt, negative_prompt, start_step(steps, strength), int(steps),
+            out = self._run(frames, masks, paste, paste_level, prompt, negative_prompt, float(noise_level), int(steps),
                             float(guidance_scale), int(seed), device, callback, should_stop)
         finally:
             self.offload()
         return composite(frames, out, masks)
 
-    @torch.no_grad()
-    def _run(self, frames, masks, prompt, negative_prompt, first, steps, guidance_scale, seed, device, callback,
-             should_stop) -> Tensor:
+    def _scheduler(self, steps: int, device: torch.device):
+        """The official stage-2 sampler: flow-matching Euler at ``shift``, ``steps`` steps set."""
         from diffusers import FlowMatchEulerDiscreteScheduler
 
+        scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=float(self.shift))
+        scheduler.set_timesteps(steps, device=device)
+        return scheduler
+
+    @torch.no_grad()
+    def _run(self, frames, masks, paste, paste_level, prompt, negative_prompt, noise_level, steps, guidance_scale,
+             seed, device, callback, should_stop) -> Tensor:
         count, height, width = frames.shape[:3]
         mh, mw = model_size(height, width, self.multiple)
         padded = (count - 1 + TEMPORAL - 1) // TEMPORAL * TEMPORAL + 1
-        x, m = frames.permute(0, 3, 1, 2), masks[:, None]
+        x = frames.permute(0, 3, 1, 2)
+        m = masks[:, None] if paste is None else torch.stack([masks, paste], 1)
         if (mh, mw) != (height, width):
             x = F.interpolate(x, (mh, mw), mode="bilinear", align_corners=False)
             m = F.interpolate(m, (mh, mw), mode="nearest")
@@ -692,6 +719,7 @@ class FunInpainter:
             x = torch.cat([x, x[-1:].expand(padded - count, -1, -1, -1)])
             m = torch.cat([m, m[-1:].expand(padded - count, -1, -1, -1)])
         hole = (m[:, 0] >= 0.5).float()                                     # [T',H',W'] binary, 1 = hole
+        pasted = None if paste is None else m[:, 1] >= 0.5
         video = (x * 2 - 1).permute(1, 0, 2, 3)[None]                       # [1,3,T',H',W'] in [-1,1]
         lat_shape = (1, LATENT, (padded - 1) // TEMPORAL + 1, mh // SPATIAL, mw // SPATIAL)
         cfg = guidance_scale > 1.0
@@ -701,6 +729,9 @@ class FunInpainter:
         text = self._encode_text(prompts, device).to(tdtype)
         clip = self._clip_tokens(x[0].permute(1, 2, 0), device).to(tdtype)
 
+        scheduler = self._scheduler(steps, device)
+        sigmas = flow_sigmas(scheduler, "FunInpainter.inpaint")
+        first = first_step(sigmas, noise_level)
         with modules_on(device, self.vae):
             if bool(hole.all()):
                 cond = torch.zeros(1, 4 + LATENT, *lat_shape[2:], device=device)
@@ -708,14 +739,25 @@ class FunInpainter:
                 hole_v = hole[None, None].to(device)
                 masked = self._encode(masked_video(video.to(device), hole_v))
                 cond = torch.cat([inp_condition_mask(hole, lat_shape[3:])[None].to(device), masked], dim=1)
-            clean = self._encode(video.to(device)) if first > 0 else None
+            clean = self._encode(video.to(device)) if first > 0 or pasted is not None else None
 
-        scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=float(self.shift))
-        scheduler.set_timesteps(steps, device=device)
         timesteps = scheduler.timesteps[first:]
         scheduler.set_begin_index(first)
+        sigma = float(sigmas[first])
         noise = torch.randn(lat_shape, generator=cpu_generator(seed), dtype=torch.float32).to(device)
-        latents = noise if clean is None else scheduler.scale_noise(clean, timesteps[:1], noise)
+        known = None
+        if pasted is not None:
+            hole_cells = latent_cells(hole, lat_shape).to(device)
+            paste_cells = latent_cells(pasted, lat_shape).to(device)
+            level = sigma if paste_level is None else min(paste_level, sigma)
+            latents = start_latents(clean, noise, sigma, hole_cells, paste_cells, level)
+            known = ~(hole_cells | paste_cells)
+        elif clean is None:
+            latents = noise
+        else:
+            latents = start_latents(clean, noise, sigma)
+        logger.info("Wan-Fun InP inpainting from noise level %.4f (asked %.4f): %d of %d steps%s", sigma,
+                    noise_level, len(timesteps), steps, "" if known is None else f", pasted region at {level:.4f}")
         b = len(prompts)
         cond_b = cond.to(tdtype).expand(b, *cond.shape[1:])
         clip_b = clip.expand(b, *clip.shape[1:])
@@ -731,6 +773,8 @@ class FunInpainter:
                     v_u, v_c = v.chunk(2)
                     v = v_u + guidance_scale * (v_c - v_u)
                 latents = scheduler.step(v, t, latents, return_dict=False)[0]
+                if known is not None:
+                    latents = torch.where(known, clean, latents)
                 if callback is not None:
                     callback(i + 1, total, None)
         with modules_on(device, self.vae):

@@ -1,12 +1,15 @@
 # SPDX-License-Identifier: Apache-2.0
-"""What the Wan2.1 backends share: latent statistics, release file names, partial-noise start, and
-reading Wan2.1 release checkpoints (VAE, UMT5, CLIP, sharded transformers) into diffusers /
+"""What the Wan2.1 backends share: latent statistics, release file names, the partial-noise start
+(CoCo4D eq. 7), and reading Wan2.1 release checkpoints (VAE, UMT5, CLIP, sharded transformers) into diffusers /
 transformers modules.
 
 Public API:
     WAN_LATENT_MEAN, WAN_LATENT_STD     the Wan2.1 VAE's published latent statistics (16 channels)
     normalise_latents(latents, mean, std, inverse=False)   ``(z - mean) / std`` per channel of ``[B,C,T,h,w]``
-    start_step(steps, strength)         first denoising step of a partial-noise run
+    flow_sigmas(scheduler, what)        the σ of each step of a flow-matching scheduler (refuses any other)
+    first_step(sigmas, noise_level)     index of the first step whose σ is at most ``noise_level``
+    latent_cells(mask, latent_shape)    pixel mask -> latent cells holding any masked pixel
+    start_latents(clean, noise, ...)    the first step's latents: partial noise, or eq. 7's pasted-region noise
     SPATIAL, TEMPORAL, PATCH            Wan VAE spatial / temporal compression, DiT spatial patch
     BASE_VAE, BASE_T5, BASE_T5_TOKENIZER, BASE_CLIP   file names of a Wan2.1(-Fun) release folder
     WAN_KEEP_FP32                       parameters of the Wan transformer kept in float32
@@ -26,8 +29,25 @@ Design notes:
     ``torch.load(weights_only=True)`` only, into modules built on the meta device, so a 14B model
     costs its memory once.
 
-    ``start_step``: a partial-noise run at ratio ``r`` skips the first ``steps - round(r * steps)``
-    of ``steps`` scheduler steps (the img2img convention); ``r = 1`` starts from pure noise.
+    Partial-noise start (CoCo4D §3.2 eq. 7, "refine ... from the lowered noise level τ"): the start
+    is a *noise level* σ of the flow-matching forward process ``x_σ = (1 - σ) z + σ ε``, not a
+    fraction of steps. Of a run of ``steps`` scheduler steps (shifted schedule, as a full run),
+    sampling starts at the first step whose σ is at most the requested level and runs the rest
+    (:func:`first_step`); the realised σ is therefore the requested one or at most one step below
+    it (0.7 gives 0.697 with VACE's UniPC at shift 3 and 30 steps, 0.696 with the Fun InP Euler
+    sampler at shift 5). A fraction of steps would start much higher on a shifted schedule: the
+    last 21 of 30 steps ("strength 0.7") begin at σ = 0.875 (shift 3), 0.921 (shift 5). Noise
+    level 1 is pure noise.
+
+    Two kinds of start (:func:`start_latents`):
+      * plain partial noise (no paste mask): every latent at the start level, the img2img /
+        SDEdit convention (4D-ViSM, the generic video-inpaint node);
+      * eq. 7 (a paste mask): the latent cells holding copy-pasted pixels are noised to the
+        paste level ``r`` (§4.1: 0.5, at most the start level), other masked cells to the start
+        level, and the known cells are the clean latents, re-imposed after every step so the
+        model always sees them clean (the paper noises only the pasted region). A latent cell
+        (8 x 8 pixels, frame 0 alone then groups of 4 frames) belongs to a region when any of
+        its pixels does, so no masked pixel is ever frozen.
 """
 
 from __future__ import annotations
@@ -46,7 +66,10 @@ __all__ = [
     "WAN_LATENT_MEAN",
     "WAN_LATENT_STD",
     "normalise_latents",
-    "start_step",
+    "flow_sigmas",
+    "first_step",
+    "latent_cells",
+    "start_latents",
     "SPATIAL",
     "TEMPORAL",
     "PATCH",
@@ -99,9 +122,65 @@ def normalise_latents(latents: Tensor, mean, std, inverse: bool = False) -> Tens
     return latents * s + m if inverse else (latents - m) / s
 
 
-def start_step(steps: int, strength: float) -> int:
-    """Index of the first of ``steps`` scheduler steps run at noise ratio ``strength`` (0..1)."""
-    return int(steps) - min(int(round(float(strength) * int(steps))), int(steps))
+def flow_sigmas(scheduler, what: str) -> Tensor:
+    """The noise level σ of each of the scheduler's current steps (``set_timesteps`` first), float32 on the CPU.
+
+    Raises:
+        ValueError: a scheduler that is not flow matching (``x = (1 - σ) z + σ ε``) or not of order 1
+            (the start point is then not a plain index into its steps).
+    """
+    name = type(scheduler).__name__
+    config = getattr(scheduler, "config", {})
+    flow = "FlowMatch" in name or bool(config.get("use_flow_sigmas", False))
+    if not flow or int(getattr(scheduler, "order", 1)) != 1:
+        raise ValueError(f"{what}: the partial-noise start needs a first-order flow-matching scheduler "
+                         f"(x = (1 - σ) z + σ ε); got {name} (order {getattr(scheduler, 'order', '?')}, "
+                         f"use_flow_sigmas={config.get('use_flow_sigmas', None)})")
+    count = len(scheduler.timesteps)
+    return scheduler.sigmas[:count].detach().float().cpu()
+
+
+def first_step(sigmas: Tensor, noise_level: float) -> int:
+    """Index of the first step whose σ is at most ``noise_level`` (``len(sigmas)`` when none is:
+    nothing to run). ``sigmas`` decrease; a level of 1 starts at step 0 (pure noise)."""
+    return int((sigmas > float(noise_level) + 1e-6).sum())
+
+
+def latent_cells(mask: Tensor, latent_shape) -> Tensor:
+    """Bool ``[F,h,w]``: the latent cells of a Wan latent ``[.., F, h, w]`` holding any set pixel of
+    ``mask [T,H,W]`` (``T = 4(F-1) + 1``; cell = 8 x 8 pixels of frame 0, then of 4 frames each)."""
+    frames, h, w = (int(v) for v in latent_shape[-3:])
+    m = (mask > 0.5).float()
+    if m.shape[0] != TEMPORAL * (frames - 1) + 1 or tuple(m.shape[1:]) != (h * SPATIAL, w * SPATIAL):
+        raise ValueError(f"latent_cells: mask {tuple(m.shape)} does not fit latents of {frames} frames, {h}x{w}")
+    grouped = torch.cat([m[:1].expand(TEMPORAL, -1, -1), m[1:]]).reshape(frames, TEMPORAL, h * SPATIAL, w * SPATIAL)
+    return torch.nn.functional.max_pool2d(grouped.amax(1, keepdim=True), SPATIAL)[:, 0] > 0.5
+
+
+def start_latents(clean: Tensor, noise: Tensor, sigma: float, hole: Tensor | None = None,
+                  paste: Tensor | None = None, paste_sigma: float | None = None) -> Tensor:
+    """The latents of the first denoising step (see the module notes).
+
+    Args:
+        clean: ``[B,C,F,h,w]`` clean (normalised) latents ``z`` of the given frames.
+        noise: standard normal ``ε`` of the same shape.
+        sigma: the start level σ (the first step's).
+        hole, paste: bool ``[F,h,w]`` cells to regenerate / holding pasted pixels (``paste`` within
+            ``hole``); without ``paste`` every cell starts at ``sigma``.
+        paste_sigma: noise level of the pasted cells (default ``sigma``).
+
+    Returns:
+        ``(1 - σ) z + σ ε`` everywhere, or with ``paste``: pasted cells ``(1 - r) z + r ε``, other
+        hole cells at ``sigma``, known cells ``z`` exactly.
+    """
+    sigma = float(sigma)
+    start = (1.0 - sigma) * clean + sigma * noise
+    if paste is None:
+        return start
+    r = sigma if paste_sigma is None else float(paste_sigma)
+    pasted = (1.0 - r) * clean + r * noise
+    regen = paste if hole is None else hole | paste
+    return torch.where(paste, pasted, torch.where(regen, start, clean))
 
 
 # --------------------------------------------------------------------------- meta-device construction

@@ -12,8 +12,10 @@ Design notes:
     an absolute path to a local diffusers folder. Loaders check the folder and return the cached
     backend object (:mod:`backends.inpaint`, :mod:`backends.video_inpaint`); the device is looked
     up when a stage node runs ("auto" = ComfyUI's device), and the networks go back to the CPU
-    after each run. The video node's ``strength`` is CoCo4D's noise ratio r: denoising starts from
-    the given frames noised to r (0.7 for the refinement in the paper), not from pure noise.
+    after each run. The video node's ``strength`` (name kept for saved workflows) is the noise level
+    σ of the start point: denoising starts from the given frames' latents noised to the first
+    scheduler step whose σ is at most it (CoCo4D's τ = 0.7 for the refinement), not from pure
+    noise; it is not a fraction of the steps.
 """
 
 from __future__ import annotations
@@ -180,9 +182,9 @@ class VideoInpaintModelLoader:
 class VideoInpaint:
     DESCRIPTION = (
         "Inpaints the masked regions of a video (frames as an IMAGE batch) with a loaded video inpainter. "
-        "strength is CoCo4D's noise ratio: denoising starts from the given frames noised to that level "
-        "(0.7 refines a copy-pasted pseudo video, 1.0 generates the holes from pure noise). Pixels outside "
-        "the masks are returned unchanged."
+        "strength is the noise level σ of the start point: denoising starts from the given frames' latents "
+        "noised to that level (0.7 refines a copy-pasted pseudo video as CoCo4D's τ, 1.0 generates the holes "
+        "from pure noise). Pixels outside the masks are returned unchanged."
     )
     CATEGORY = f"{T.CATEGORY}/inpaint"
     RETURN_TYPES = (T.IMAGE,)
@@ -200,9 +202,13 @@ class VideoInpaint:
                 "masks": socket_in(T.MASK, "Regions to regenerate (1 = fill), one mask per frame (or one for all)."),
                 "prompt": str_in("", "What the filled regions should show.", multiline=True),
                 "negative_prompt": str_in("", "What to avoid.", multiline=True),
-                "strength": float_in(0.7, 0.0, 1.0, "Noise ratio of the start point (CoCo4D eq. 7: 0.7); "
-                                     "1 = from pure noise, small = stay close to the given frames."),
-                "steps": int_in(30, 1, 200, "Denoising steps of a full (strength 1) run."),
+                "strength": float_in(0.7, 0.0, 1.0, "Noise level σ of the start point (CoCo4D eq. 7 τ: 0.7): "
+                                     "the run starts at the first scheduler step whose σ is at most this. A noise "
+                                     "level, no longer a fraction of the steps (on Wan's shifted schedule the old "
+                                     "0.7 started at σ 0.875). 1 = from pure noise, small = stay close to the "
+                                     "given frames."),
+                "steps": int_in(30, 1, 200, "Scheduler steps of a full (strength 1) run; those below the start "
+                                "level run."),
                 "guidance_scale": float_in(5.0, 0.0, 30.0, "Classifier-free guidance scale (Wan: 5).", step=0.1),
                 "seed": seed_in(),
             }
@@ -216,10 +222,10 @@ class VideoInpaint:
         if not hasattr(video_inpaint_model, "inpaint") or not hasattr(video_inpaint_model, "temporal"):
             raise ValueError(f"{node}: video_inpaint_model must be a GEN4D_VIDEO_INPAINT_MODEL, got "
                              f"{type(video_inpaint_model).__name__}")
-        progress = host.Progress(max(int(round(int(steps) * float(strength))), 1))
+        progress = host.Progress(int(steps))  # the inpainter reports the steps it runs below the start level
         out = _run_interruptible(lambda: video_inpaint_model.inpaint(
-            frames, masks.contiguous(), prompt, negative_prompt, float(strength), int(steps), float(guidance_scale),
-            int(seed), progress, host.should_stop))
+            frames, masks.contiguous(), prompt, negative_prompt, noise_level=float(strength), steps=int(steps),
+            guidance_scale=float(guidance_scale), seed=int(seed), callback=progress, should_stop=host.should_stop))
         return (out.float().clamp(0, 1).contiguous(),)
 
 

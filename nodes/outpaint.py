@@ -54,7 +54,8 @@ class ProgressiveOutpaint:
         "lifts frame 0 into 3D Gaussians with the depth model (at lift_size²), refines them at the seen view, "
         "animates them with a deformation field fitted to the video, then runs inpaint-project-optimize loops: "
         "at each outpaint pose the animated scene is rendered, its holes are filled (image inpaint of frame 0 "
-        "with the prompt, copy-paste into every frame, noised, refined by the video inpainter), the new pixels "
+        "with the prompt, copy-paste into every frame, refined by the video inpainter from the pasted region noised "
+        "in its latent space), the new pixels "
         "become Gaussians with depth aligned to the rendered depth, and the scene is refit on the reference "
         "and every curated video. Poses whose render is already complete are skipped (see the report)."
     )
@@ -99,13 +100,18 @@ class ProgressiveOutpaint:
                 "deformation_iterations_per_pose": int_in(_C.deformation_iterations_per_pose, 0, 100000,
                                                           "Deformation refit steps after each curated pose "
                                                           "(Tab. 4: 300 per camera pose)."),
-                "paste_noise_ratio": float_in(_C.paste_noise_ratio, 0.0, 1.0, "Noise ratio added to the pasted "
-                                              "regions of the pseudo video (eq. 7: 0.5)."),
-                "video_inpaint_strength": float_in(_C.video_inpaint_strength, 0.0, 1.0, "Noise ratio the video "
-                                                   "inpainter starts from (CoCo4D: 0.7)."),
+                "paste_noise_ratio": float_in(_C.paste_noise_ratio, 0.0, 1.0, "Noise ratio r of the pasted "
+                                              "regions of the pseudo video (eq. 7: 0.5), added by the video "
+                                              "inpainter in its latent space ((1-r)·latent + r·noise) while the "
+                                              "known regions stay clean; at most video_inpaint_strength."),
+                "video_inpaint_strength": float_in(_C.video_inpaint_strength, 0.0, 1.0, "Noise level σ the video "
+                                                   "inpainter's refinement starts at (CoCo4D τ: 0.7): the first "
+                                                   "scheduler step whose σ is at most this. A noise level, no "
+                                                   "longer a fraction of the steps (on Wan's shifted schedule the "
+                                                   "old 0.7 started at σ 0.875). 0 skips the refinement."),
                 "inpaint_steps": int_in(_C.inpaint_steps, 1, 200, "Denoising steps of the image inpainter."),
-                "video_inpaint_steps": int_in(_C.video_inpaint_steps, 1, 200, "Denoising steps of the video "
-                                              "inpainter at strength 1."),
+                "video_inpaint_steps": int_in(_C.video_inpaint_steps, 1, 200, "Scheduler steps of a full video "
+                                              "inpainter run (from pure noise); those below the start level run."),
                 "fov": float_in(_C.fovy_deg, 1.0, 179.0, "Vertical field of view of the default seen view in "
                                 "degrees (CoCo4D: 60); ignored when cameras are given.", step=0.1),
                 "lift_size": int_in(_C.lift_size, 8, 4096, "Frame 0 and new pixels are lifted at most at this "

@@ -86,8 +86,9 @@ class ViSMRender:
                                      "MoGe4D path)."),
                 "prompt": str_in("", "What the scene shows, for the video inpainter.", multiline=True),
                 "negative_prompt": str_in("", "What the inpainted holes should avoid.", multiline=True),
-                "strength": float_in(VISM_INPAINT_DEFAULTS["strength"], 0.0, 1.0, "Noise ratio the inpainting "
-                                     "starts from; 1 (official) generates the holes from pure noise."),
+                "strength": float_in(VISM_INPAINT_DEFAULTS["strength"], 0.0, 1.0, "Noise level σ the inpainting "
+                                     "starts from (the first scheduler step at or below it, not a fraction of the "
+                                     "steps); 1 (official) generates the holes from pure noise."),
                 "steps": int_in(VISM_INPAINT_DEFAULTS["steps"], 1, 200, "Denoising steps (official: 50)."),
                 "guidance_scale": float_in(VISM_INPAINT_DEFAULTS["guidance_scale"], 0.0, 30.0,
                                            "Classifier-free guidance scale (official: 6).", step=0.1),

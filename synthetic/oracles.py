@@ -243,19 +243,42 @@ class OracleImageInpainter(_WorldOracle):
 
 
 class OracleVideoInpainter(_WorldOracle):
-    """Fills the masks with the world at the declared per-frame cameras (``VideoInpainter``)."""
+    """Fills the masks with the world at the declared per-frame cameras (``VideoInpainter``).
+
+    It checks the arguments a real video inpainter depends on and fails loudly on wrong ones:
+    ``noise_level`` (the start point's noise level σ) must be given and lie in (0, 1];
+    ``paste_mask`` (CoCo4D eq. 7's copy-pasted pixels) must match the masks and lie inside them;
+    ``paste_noise_level`` needs a ``paste_mask`` and lies in [0, noise_level]. The fill ignores them.
+    """
 
     multiple = 1
     temporal = 1
 
     def inpaint(self, frames: Tensor, masks: Tensor, prompt: str = "", negative_prompt: str = "",
-                strength: float = 0.7, steps: int = 30, guidance_scale: float = 5.0, seed: int = 0, callback=None,
-                should_stop=None) -> Tensor:
-        frames = _check_rgb(frames, 4, "OracleVideoInpainter.inpaint")
-        masks = _check_mask(masks, frames, "OracleVideoInpainter.inpaint")
+                noise_level: float | None = None, steps: int = 30, guidance_scale: float = 5.0, seed: int = 0,
+                callback=None, should_stop=None, *, paste_mask: Tensor | None = None,
+                paste_noise_level: float | None = None) -> Tensor:
+        what = "OracleVideoInpainter.inpaint"
+        frames = _check_rgb(frames, 4, what)
+        masks = _check_mask(masks, frames, what)
+        if noise_level is None or not (isinstance(noise_level, (int, float)) and 0.0 < float(noise_level) <= 1.0):
+            raise ValueError(f"{what}: noise_level must be the start point's noise level σ in (0, 1], got "
+                             f"{noise_level!r}")
+        if paste_mask is not None:
+            paste = _check_mask(paste_mask, frames, f"{what} paste_mask")
+            outside = int(((paste >= 0.5) & (masks < 0.5)).sum())
+            if outside:
+                raise ValueError(f"{what}: paste_mask marks {outside} pixels outside the masks")
+        if paste_noise_level is not None:
+            if paste_mask is None:
+                raise ValueError(f"{what}: paste_noise_level={paste_noise_level!r} given without a paste_mask")
+            if not (isinstance(paste_noise_level, (int, float)) and 0.0 <= float(paste_noise_level)
+                    <= float(noise_level)):
+                raise ValueError(f"{what}: paste_noise_level must lie in [0, noise_level={noise_level}], got "
+                                 f"{paste_noise_level!r}")
         if not (masks > 0).any():
             return frames.clone()
-        cams, content = self._cameras(*frames.shape[:3], "OracleVideoInpainter.inpaint")
+        cams, content = self._cameras(*frames.shape[:3], what)
         truth = self._render(self._world(content), cams)["rgb"]
         if callback is not None:
             callback(1, 1, None)

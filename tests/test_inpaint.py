@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from gen4d.backends.model_folders import list_models
 from gen4d.backends.tiny import build_tiny
-from gen4d.backends.wan import start_step
+from gen4d.backends.wan import first_step
 from gen4d.nodes.inpaint import Inpaint, InpaintModelLoader, VideoInpaint, VideoInpaintModelLoader
 
 SD, VACE = "inpaint_sd-tiny", "video_inpaint_wan_vace-tiny"
@@ -188,40 +188,92 @@ def test_video_inpaint_from_noise_matches_the_diffusers_pipeline(models_dir, vid
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
 
 
-def test_video_inpaint_partial_noise_start_point(models_dir, video_model):
-    """Strength r < 1 (CoCo4D eq. 7) starts at step ``steps - round(r * steps)`` from the flow-matching mix
-    ``(1 - σ) x_0 + σ ε`` of the frames' clean latents and the seed's noise, and runs only the remaining steps."""
-    from diffusers import UniPCMultistepScheduler
-
-    folder = models_dir / "diffusers" / VACE
-    frames, masks = _images(5, 16, 32, seed=6), _masks(5, 16, 32)  # multiples of 16: no resize
-    calls = []
-    hook = video_model.pipe.transformer.register_forward_pre_hook(
-        lambda module, args, kwargs: calls.append((kwargs["hidden_states"].clone(), kwargs["timestep"].clone())),
-        with_kwargs=True)
-    try:
-        video_model.inpaint(frames, masks, "a photo of a cat", "", 0.7, 6, 5.0, 11)
-    finally:
-        hook.remove()
-    scheduler = UniPCMultistepScheduler.from_pretrained(folder / "scheduler")
-    scheduler.set_timesteps(6)
-    first = 6 - round(0.7 * 6)  # 2: four of the six steps run, two transformer calls each (CFG)
-    assert len(calls) == 2 * (6 - first)
-    assert [float(t) for _, t in calls[::2]] == [float(t) for t in scheduler.timesteps[first:]]
+def _vace_clean_latents(video_model, frames):
+    """The normalised VAE latents (posterior mode) of ``frames [T,H,W,3]`` at a size the model runs as is."""
     vae = video_model.pipe.vae
     video = (frames * 2 - 1).permute(3, 0, 1, 2)[None]  # [1,3,T,H,W] in [-1, 1]
     mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
     std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
     with torch.no_grad():
-        clean = (vae.encode(video).latent_dist.mode() - mean) / std
+        return (vae.encode(video).latent_dist.mode() - mean) / std
+
+
+def _vace_calls(video_model, *args, **kwargs):
+    """Run ``video_model.inpaint`` and return its transformer calls as ``(hidden_states, timestep)``."""
+    calls = []
+    hook = video_model.pipe.transformer.register_forward_pre_hook(
+        lambda module, a, kw: calls.append((kw["hidden_states"].clone(), kw["timestep"].clone())), with_kwargs=True)
+    try:
+        out = video_model.inpaint(*args, **kwargs)
+    finally:
+        hook.remove()
+    return out, calls
+
+
+def _mix_level(x, clean, noise):
+    """Read ``x = a z + b ε`` off latents by least squares on the clean latents ``z`` and the seed's noise ``ε``:
+    ``(1 - a, b)``, both the noise level σ for the flow-matching mix ``(1 - σ) z + σ ε``."""
+    basis = torch.stack([clean.double().flatten(), noise.double().flatten()], 1)
+    a, b = torch.linalg.lstsq(basis, x.double().flatten()[:, None]).solution.flatten().tolist()
+    return 1.0 - a, b
+
+
+def test_video_inpaint_partial_noise_start_point(models_dir, video_model):
+    """Without a paste mask, noise level σ0 starts at the first scheduler step whose σ is at most σ0, from the
+    flow-matching mix ``(1 - σ) x_0 + σ ε`` of the frames' clean latents and the seed's noise, and runs the rest."""
+    from diffusers import UniPCMultistepScheduler
+
+    folder = models_dir / "diffusers" / VACE
+    frames, masks = _images(5, 16, 32, seed=6), _masks(5, 16, 32)  # multiples of 16: no resize
+    _, calls = _vace_calls(video_model, frames, masks, "a photo of a cat", "", 0.7, 6, 5.0, 11)
+    scheduler = UniPCMultistepScheduler.from_pretrained(folder / "scheduler")
+    scheduler.set_timesteps(6)
+    first = int((scheduler.sigmas[:6] > 0.7).sum())  # step 4 (σ 0.60); "strength 0.7" began at step 2 (σ 0.86)
+    assert first == 4 and len(calls) == 2 * (6 - first)  # two transformer calls per step (CFG)
+    assert [float(t) for _, t in calls[::2]] == [float(t) for t in scheduler.timesteps[first:]]
+    clean = _vace_clean_latents(video_model, frames)
     noise = torch.randn(clean.shape, generator=torch.Generator().manual_seed(11))
     sigma = float(scheduler.sigmas[first])
-    assert 0.1 < sigma < 0.99
+    assert 0.6 < sigma <= 0.7
     torch.testing.assert_close(calls[0][0], (1 - sigma) * clean + sigma * noise, atol=1e-5, rtol=1e-5)
 
 
+def test_vace_eq7_starts_at_the_noise_level_with_only_the_pasted_latents_noised(models_dir, video_model):
+    """CoCo4D eq. 7 on Wan VACE: the first denoising step runs at the paper's τ = 0.7 (the first scheduler step
+    at or below it, not σ 0.875 as the last 21 of 30 steps gave), the pasted region's latents are
+    ``(1 - r) z + r ε`` at r = 0.5 of the clean latents ``z``, and the known latents are ``z`` exactly at every
+    step."""
+    from diffusers import UniPCMultistepScheduler
+
+    frames = _images(5, 32, 64, seed=8)  # 4k + 1 frames, multiples of 16: latents 2 x 4 x 8, no resize
+    holes = torch.zeros(5, 32, 64)
+    holes[:, :, :32] = 1.0  # the left half, whole latent cells (8 px)
+    out, calls = _vace_calls(video_model, frames, holes, "a cat", "", noise_level=0.7, steps=30, guidance_scale=1.0,
+                             seed=3, paste_mask=holes, paste_noise_level=0.5)
+    scheduler = UniPCMultistepScheduler.from_pretrained(models_dir / "diffusers" / VACE / "scheduler")
+    scheduler.set_timesteps(30)
+    expected = float(scheduler.sigmas[int((scheduler.sigmas[:30] > 0.7).sum())])
+    sigma_first = float(calls[0][1]) / scheduler.config.num_train_timesteps
+    assert abs(sigma_first - expected) < 1e-3 and 0.68 < sigma_first <= 0.7, sigma_first  # before: 0.875
+    assert len(calls) == int((scheduler.sigmas[:30] <= 0.7).sum())  # the steps below the start level
+    clean = _vace_clean_latents(video_model, frames)
+    pasted = torch.zeros(2, 4, 8, dtype=torch.bool)
+    pasted[..., :4] = True
+    for hidden, _ in calls:  # the known latents are the clean ones at every step
+        torch.testing.assert_close(hidden[..., ~pasted], clean[..., ~pasted], atol=1e-6, rtol=0)
+    noise = torch.randn(clean.shape, generator=torch.Generator().manual_seed(3))
+    level, noise_share = _mix_level(calls[0][0][..., pasted], clean[..., pasted], noise[..., pasted])
+    assert abs(level - 0.5) < 1e-4 and abs(noise_share - 0.5) < 1e-4, (level, noise_share)
+    torch.testing.assert_close(calls[0][0][..., pasted], (0.5 * clean + 0.5 * noise)[..., pasted], atol=1e-5, rtol=0)
+    assert torch.equal(out[holes == 0], frames[holes == 0])
+    with pytest.raises(ValueError, match="paste_noise_level"):
+        video_model.inpaint(frames, holes, noise_level=0.4, steps=3, paste_mask=holes, paste_noise_level=0.5)
+    with pytest.raises(ValueError, match="outside the masks"):
+        video_model.inpaint(frames, holes, noise_level=0.7, steps=3, paste_mask=1 - holes)
+
+
 def test_partial_noise_starts_from_the_frames(video_model, monkeypatch):
-    """Less noise, less seed dependence: the run starts from the frames' latents (CoCo4D eq. 7)."""
+    """Lower noise level, less seed dependence: the run starts from the frames' latents (CoCo4D eq. 7)."""
     vae = video_model.pipe.vae
     seen: dict[str, torch.Tensor] = {}
     decode = vae.decode
@@ -233,16 +285,17 @@ def test_partial_noise_starts_from_the_frames(video_model, monkeypatch):
     monkeypatch.setattr(vae, "decode", rec_decode)
     frames, masks = _images(5, 24, 40, seed=3), _masks(5, 24, 40)
     gaps = {}
-    for strength in (0.2, 0.5, 1.0):
+    for level in (0.3, 0.6, 1.0):  # the last of 10 shift-3 steps is at σ 0.25
         spread = []
         for seed in (0, 1):
             seen.clear()
-            video_model.inpaint(frames, masks, "a cat", "", strength, 10, 1.0, seed)
+            video_model.inpaint(frames, masks, "a cat", "", level, 10, 1.0, seed)
             spread.append(seen["final"])
-        gaps[strength] = (spread[0] - spread[1]).norm() / spread[0].norm()
+        gaps[level] = (spread[0] - spread[1]).norm() / spread[0].norm()
     # with little noise two seeds end close together; from pure noise they do not
-    assert gaps[0.2] < gaps[0.5] < gaps[1.0]
-    assert start_step(10, 0.7) == 3 and start_step(10, 1.0) == 0 and start_step(10, 0.0) == 10
+    assert gaps[0.3] < gaps[0.6] < gaps[1.0]
+    sigmas = torch.tensor([1.0, 0.9, 0.7, 0.4, 0.1])
+    assert [first_step(sigmas, v) for v in (1.0, 0.95, 0.7, 0.69, 0.05, 0.0)] == [0, 1, 2, 3, 5, 5]
 
 
 def test_progress_and_interrupt(image_model, fake_comfy):

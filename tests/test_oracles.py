@@ -87,7 +87,8 @@ def test_oracle_inpainters_fill_with_background_at_the_declared_pose(scene):
     masks = torch.zeros(3, SIZE[1], SIZE[0])
     masks[:, :, : SIZE[0] // 2] = 1.0
     with seen_from(cams, "background"):
-        video = out["video_inpaint_model"].inpaint(frames, masks, "a room", strength=0.7)
+        video = out["video_inpaint_model"].inpaint(frames, masks, "a room", noise_level=0.7, paste_mask=masks,
+                                                   paste_noise_level=0.5)
         image = out["inpaint_model"].inpaint(frames[1], masks[1], "a room")
     left = masks > 0
     assert torch.allclose(video[left], truth[left], atol=1e-5)
@@ -97,11 +98,34 @@ def test_oracle_inpainters_fill_with_background_at_the_declared_pose(scene):
     assert torch.allclose(image[left[1]], truth[1][left[1]], atol=1e-5)
     full = synthetic.render(w, cams)["rgb"]
     with seen_from(cams, "scene"):
-        video = out["video_inpaint_model"].inpaint(frames, masks)
+        video = out["video_inpaint_model"].inpaint(frames, masks, noise_level=1.0)
     assert torch.allclose(video[left], full[left], atol=1e-5), "scene content: the whole world"
     with seen_from(w.reference_cameras(16, 16, 1)):
         with pytest.raises(ValueError, match="declared viewpoint"):
             out["inpaint_model"].inpaint(frames[0], masks[0])
+
+
+def test_oracle_video_inpainter_checks_the_noise_levels(scene):
+    """The oracle refuses what a real video inpainter would get wrong: a missing or out-of-range start noise level,
+    a pasted region outside the masks or of another shape, a paste level above the start level or without a mask."""
+    w, out = scene
+    model = out["video_inpaint_model"]
+    frames, masks = torch.zeros(2, SIZE[1], SIZE[0], 3), torch.zeros(2, SIZE[1], SIZE[0])
+    masks[:, :4] = 1.0
+    with seen_from(turned(w, 10.0, [0.0, 1.0]), "background"):
+        for bad in (None, 0.0, 1.5, float("nan")):
+            with pytest.raises(ValueError, match="noise_level must be"):
+                model.inpaint(frames, masks, "a room", "", bad)
+        with pytest.raises(ValueError, match="outside the masks"):
+            model.inpaint(frames, masks, noise_level=0.7, paste_mask=1 - masks)
+        with pytest.raises(ValueError, match="paste_mask"):
+            model.inpaint(frames, masks, noise_level=0.7, paste_mask=masks[:1])
+        with pytest.raises(ValueError, match="paste_noise_level"):
+            model.inpaint(frames, masks, noise_level=0.7, paste_mask=masks, paste_noise_level=0.8)
+        with pytest.raises(ValueError, match="without a paste_mask"):
+            model.inpaint(frames, masks, noise_level=0.7, paste_noise_level=0.5)
+        filled = model.inpaint(frames, masks, noise_level=0.7, paste_mask=masks, paste_noise_level=0.5)
+        assert filled.shape == frames.shape
 
 
 def test_oracle_segmenter_and_video_model(scene):

@@ -214,7 +214,10 @@ class _FakeDepth:
         return torch.full(images.shape[:3], float(self.z))
 
 
-def test_fill_video_holes_pastes_frame0_noises_and_refines_only_the_holes():
+def test_fill_video_holes_pastes_frame0_and_hands_the_noise_levels_to_the_video_inpainter():
+    """Eq. 7: the pseudo video reaches the video inpainter clean (no pixel noise, no clamping), with the holes
+    as the pasted region, its noise ratio r = 0.5 and the start noise level τ = 0.7 (noised in the model's
+    latent space by the backend); known pixels come back untouched."""
     g = torch.Generator().manual_seed(0)
     frames = torch.rand(4, 10, 12, 3, generator=g)
     holes = torch.zeros(4, 10, 12, dtype=torch.bool)
@@ -229,26 +232,54 @@ def test_fill_video_holes_pastes_frame0_noises_and_refines_only_the_holes():
     assert image.calls[0]["content"] == "background" and len(image.calls[0]["cameras"]) == 1
     assert image.calls[0]["prompt"] == "a meadow" and image.calls[0]["strength"] == 1.0
     call = video.calls[0]
-    assert call["content"] == "background" and len(call["cameras"]) == 4 and call["strength"] == 0.7
-    assert torch.equal(call["mask"] > 0.5, holes)
+    assert call["content"] == "background" and len(call["cameras"]) == 4
+    assert (call["noise_level"], call["paste_noise_level"]) == (0.7, 0.5)
+    assert torch.equal(call["mask"] > 0.5, holes) and torch.equal(call["paste_mask"] > 0.5, holes)
     pasted = call["image"]
     assert torch.equal(pasted[~holes], frames[~holes])
-    # The pasted region is frame 0's fill (red) noised to ratio 0.5: the mean of 2p-1 halves.
-    red = pasted[1][holes[1]][:, 0]
-    assert abs(float((red * 2 - 1).mean()) - 0.5) < 0.15 and float(red.std()) > 0.1
-    # Frame 2's own hole is pasted from frame 0's known pixels there (before noise).
+    # The pasted region is frame 0's fill exactly (red), in every frame: no pixel-space noise or clamping.
+    red = torch.tensor([1.0, 0.0, 0.0])
+    for t in range(4):
+        in_first = holes[t] & holes[0]
+        assert torch.equal(pasted[t][in_first], red.expand(int(in_first.sum()), 3))
+    # Frame 2's own hole is pasted from frame 0's known pixels there.
     assert torch.equal(first[7:9, 0:2], frames[0, 7:9, 0:2])
+    assert torch.equal(pasted[2, 7:9, 0:2], frames[0, 7:9, 0:2])
     assert torch.equal(out[holes], pasted[holes])  # the video fake passes its input through
-    clean, _ = fill_video_holes(frames, holes, cams, image, video, config=OutpaintConfig(paste_noise_ratio=0.0))
-    assert torch.allclose(clean[1][holes[1]], torch.tensor([1.0, 0.0, 0.0]).expand(int(holes[1].sum()), 3))
+    # each call draws its own seed from the run's generator: the poses of a run get independent noise
+    fill_video_holes(frames, holes, cams, image, video, "a meadow", "", cfg, torch.Generator().manual_seed(1))
+    fill_video_holes(frames, holes, cams, image, video, "a meadow", "", cfg, torch.Generator().manual_seed(1))
+    assert video.calls[1]["seed"] == video.calls[2]["seed"] != video.calls[0]["seed"]
+    with pytest.raises(ValueError, match="paste_noise_ratio"):
+        OutpaintConfig(paste_noise_ratio=0.8, video_inpaint_strength=0.7)
+
+
+def test_copy_paste_adds_no_pixel_noise():
+    """The eq. 7 noise is the video inpainter's, in its latent space: core adds none, with any ratio."""
+    frames = torch.rand(3, 8, 8, 3, generator=torch.Generator().manual_seed(2))
+    holes = torch.zeros(3, 8, 8, dtype=torch.bool)
+    holes[:, 2:6, 2:6] = True
+    cams = coco4d_reference_cameras(8, 8, 3)
+    image, video = _Recorder((1.0, 0.0, 0.0)), _Recorder((0.0, 0.0, 1.0))
+    video.inpaint = _video_passthrough(video)
+    for ratio in (0.5, 1.0, 0.0):
+        fill_video_holes(frames, holes, cams, image, video, config=OutpaintConfig(paste_noise_ratio=ratio,
+                                                                                    video_inpaint_strength=1.0))
+        assert torch.equal(video.calls[-1]["image"][holes], torch.tensor([1.0, 0.0, 0.0]).expand(48, 3))
+        assert video.calls[-1]["paste_noise_level"] == ratio
+    # without the refinement the pseudo video is the result, unnoised
+    out, _ = fill_video_holes(frames, holes, cams, image, video, config=OutpaintConfig(paste_noise_ratio=0.0,
+                                                                                       video_inpaint_strength=0.0))
+    assert len(video.calls) == 3 and torch.equal(out[holes], torch.tensor([1.0, 0.0, 0.0]).expand(48, 3))
 
 
 def _video_passthrough(recorder):
-    def inpaint(frames, masks, prompt="", negative_prompt="", strength=0.7, steps=30, guidance_scale=5.0, seed=0,
-                **kwargs):
+    def inpaint(frames, masks, prompt="", negative_prompt="", noise_level=None, steps=30, guidance_scale=5.0,
+                seed=0, callback=None, should_stop=None, *, paste_mask=None, paste_noise_level=None):
         view = current_viewpoint()
-        recorder.calls.append({"strength": strength, "cameras": view.cameras, "content": view.content,
-                               "image": frames.clone(), "mask": masks.clone()})
+        recorder.calls.append({"noise_level": noise_level, "paste_mask": paste_mask.clone(),
+                               "paste_noise_level": paste_noise_level, "seed": seed, "cameras": view.cameras,
+                               "content": view.content, "image": frames.clone(), "mask": masks.clone()})
         return frames.clone()
 
     return inpaint

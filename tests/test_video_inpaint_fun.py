@@ -23,7 +23,7 @@ from gen4d.backends.video_inpaint_fun import (
     inp_condition_mask,
     lora_deltas,
 )
-from gen4d.backends.wan import WAN_LATENT_MEAN, WAN_LATENT_STD
+from gen4d.backends.wan import WAN_LATENT_MEAN, WAN_LATENT_STD, latent_cells, start_latents
 from safetensors.torch import load_file, save_file
 
 BASE = "Wan2.1-Fun-V1.1-14B-InP"
@@ -115,6 +115,24 @@ def test_condition_mask_hand_computed():
     assert torch.allclose(inp_condition_mask(soft, (2, 2))[:, 0, 0, 0], torch.full((4,), 0.5))
 
 
+def test_latent_cells_and_eq7_start_hand_computed():
+    """A latent cell joins a region when any of its pixels does (frame 0 alone, then 4 frames; 8 x 8 pixels);
+    eq. 7's start: pasted cells at the paste level, other hole cells at the start level, known cells clean."""
+    mask = torch.zeros(9, 16, 24)
+    mask[3, 9, 17] = 1.0  # frame 3 -> latent frame 1, row 1, column 2
+    mask[0, 0, 0] = 1.0  # frame 0 -> latent frame 0 only
+    cells = latent_cells(mask, (1, 16, 3, 2, 3))
+    assert cells.shape == (3, 2, 3) and cells.nonzero().tolist() == [[0, 0, 0], [1, 1, 2]]
+    clean, noise = torch.full((1, 2, 3, 2, 3), 2.0), torch.full((1, 2, 3, 2, 3), -1.0)
+    hole = cells.clone()
+    hole[2] = True  # the last latent frame is a hole, not pasted
+    start = start_latents(clean, noise, 0.7, hole, cells, 0.5)
+    assert torch.allclose(start[..., cells], torch.tensor(0.5))  # 0.5 * 2 + 0.5 * -1
+    assert torch.allclose(start[:, :, 2], torch.tensor(-0.1))  # 0.3 * 2 + 0.7 * -1
+    assert torch.equal(start[..., ~hole], clean[..., ~hole])
+    assert torch.allclose(start_latents(clean, noise, 0.7), torch.tensor(-0.1))  # no paste mask: all at the start
+
+
 def test_transformer_input_layout(model, monkeypatch):
     """Channels 0-15 noise, 16-19 the mask (1 - hole), 20-35 the normalised latents of the grey-filled video."""
     frames, masks = _video()
@@ -138,7 +156,7 @@ def test_transformer_input_layout(model, monkeypatch):
     mean, std = torch.tensor(WAN_LATENT_MEAN).view(1, 16, 1, 1, 1), torch.tensor(WAN_LATENT_STD).view(1, 16, 1, 1, 1)
     assert torch.allclose(x[0, 20:], ((mu - mean) / std)[0], atol=1e-5)
     noise = torch.randn((1, 16, 2, 4, 4), generator=torch.Generator().manual_seed(3))
-    assert torch.equal(x[0, :16], noise[0])  # strength 1: pure noise from the seed
+    assert torch.equal(x[0, :16], noise[0])  # noise level 1: pure noise from the seed
     assert seen[0]["encoder_hidden_states"].shape == (2, 512, 16)
     assert torch.count_nonzero(seen[0]["encoder_hidden_states_image"]) == 0  # official stage 2: zero CLIP
 
@@ -158,14 +176,14 @@ def test_inpaint_shapes_exact_pixels_and_determinism(model):
     assert steps == [(1, 3), (2, 3), (3, 3)]
     assert torch.equal(model.inpaint(frames, masks, "a red car", "blue", 1.0, 3, 6.0, seed=1), out)
     assert not torch.equal(model.inpaint(frames, masks, "a red car", "blue", 1.0, 3, 6.0, seed=2), out)
-    # strength 0 and an empty mask return the input
-    assert torch.equal(model.inpaint(frames, masks, strength=0.0, steps=3), frames)
+    # noise level 0 and an empty mask return the input
+    assert torch.equal(model.inpaint(frames, masks, noise_level=0.0, steps=3), frames)
     assert torch.equal(model.inpaint(frames, torch.zeros_like(masks), steps=3), frames)
 
 
-def test_partial_strength_and_first_frame_clip(model):
+def test_partial_noise_level_and_first_frame_clip(model):
     frames, masks = _video()
-    half = model.inpaint(frames, masks, "a cat", "", 0.5, 4, 1.0, seed=0)  # 2 of 4 steps, no CFG
+    half = model.inpaint(frames, masks, "a cat", "", 0.5, 4, 1.0, seed=0)  # the steps at σ <= 0.5, no CFG
     assert torch.equal(half[masks == 0], frames[masks == 0])
     model.clip_condition = "first_frame"
     try:
@@ -176,6 +194,52 @@ def test_partial_strength_and_first_frame_clip(model):
     assert not torch.equal(clip, half)
 
 
+def test_fun_eq7_starts_at_the_noise_level_with_only_the_pasted_latents_noised(model, monkeypatch):
+    """CoCo4D eq. 7 on Wan2.1-Fun InP: the first denoising step runs at the paper's τ = 0.7 (the first step of the
+    shift-5 Euler schedule at or below it, not σ 0.918 as the last 21 of 30 steps gave), the pasted region's
+    latents are ``(1 - r) z + r ε`` at r = 0.5 of the clean latents ``z``, and the known latents are ``z``
+    exactly at every step."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    g = torch.Generator().manual_seed(8)
+    frames = torch.rand(5, 32, 64, 3, generator=g)  # 4k + 1 frames, multiples of 16: latents 2 x 4 x 8
+    holes = torch.zeros(5, 32, 64)
+    holes[:, :, :32] = 1.0  # the left half, whole latent cells (8 px)
+    seen = []
+    forward = model.transformer.forward
+
+    def spy(**kwargs):
+        seen.append((kwargs["hidden_states"][:, :16].clone(), kwargs["timestep"].clone()))
+        return forward(**kwargs)
+
+    monkeypatch.setattr(model.transformer, "forward", spy)
+    out = model.inpaint(frames, holes, "a cat", "", noise_level=0.7, steps=30, guidance_scale=1.0, seed=3,
+                        paste_mask=holes, paste_noise_level=0.5)
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=5.0)
+    scheduler.set_timesteps(30)
+    expected = float(scheduler.sigmas[int((scheduler.sigmas[:30] > 0.7).sum())])
+    sigma_first = float(seen[0][1][0]) / 1000.0
+    assert abs(sigma_first - expected) < 1e-4 and 0.68 < sigma_first <= 0.7, sigma_first  # before: 0.918
+    assert len(seen) == int((scheduler.sigmas[:30] <= 0.7).sum())  # the steps below the start level
+    video = (frames * 2 - 1).permute(3, 0, 1, 2)[None]
+    mean, std = torch.tensor(WAN_LATENT_MEAN).view(1, 16, 1, 1, 1), torch.tensor(WAN_LATENT_STD).view(1, 16, 1, 1, 1)
+    with torch.no_grad():
+        clean = (model.vae.encode(video).latent_dist.mode() - mean) / std
+    pasted = torch.zeros(2, 4, 8, dtype=torch.bool)
+    pasted[..., :4] = True
+    for hidden, _ in seen:  # the known latents are the clean ones at every step
+        torch.testing.assert_close(hidden[..., ~pasted], clean[..., ~pasted], atol=1e-5, rtol=0)
+    noise = torch.randn(clean.shape, generator=torch.Generator().manual_seed(3))
+    basis = torch.stack([clean[..., pasted].double().flatten(), noise[..., pasted].double().flatten()], 1)
+    a, b = torch.linalg.lstsq(basis, seen[0][0][..., pasted].double().flatten()[:, None]).solution.flatten().tolist()
+    assert abs((1 - a) - 0.5) < 1e-4 and abs(b - 0.5) < 1e-4, (1 - a, b)  # the measured level of the pasted cells
+    assert torch.equal(out[holes == 0], frames[holes == 0])
+    with pytest.raises(ValueError, match="paste_noise_level"):
+        model.inpaint(frames, holes, noise_level=0.4, steps=3, paste_mask=holes, paste_noise_level=0.5)
+    with pytest.raises(ValueError, match="paste_mask"):
+        model.inpaint(frames, holes, noise_level=0.7, steps=3, paste_mask=holes[:3])
+
+
 def test_interrupt_and_bad_inputs(model):
     frames, masks = _video()
     with pytest.raises(InterruptedError):
@@ -184,8 +248,8 @@ def test_interrupt_and_bad_inputs(model):
         model.inpaint(frames[0], masks)
     with pytest.raises(ValueError, match="masks for"):
         model.inpaint(frames, masks[:3])
-    with pytest.raises(ValueError, match="strength"):
-        model.inpaint(frames, masks, strength=1.5)
+    with pytest.raises(ValueError, match="noise_level"):
+        model.inpaint(frames, masks, noise_level=1.5)
     with pytest.raises(ValueError, match="steps"):
         model.inpaint(frames, masks, steps=0)
     with pytest.raises(ValueError, match="NaN"):

@@ -2,10 +2,20 @@
 """CoCo4D eq. 7, the noisy copy-paste refinement that fills the holes of a video.
 
 Public API:
-    fill_video_holes(...)           image-inpaint frame 0, paste its fill into every frame, noise, video-inpaint
+    fill_video_holes(...)           image-inpaint frame 0, paste its fill into every frame, refine with the
+                                    video inpainter from the pasted region noised in its latent space
     hole_mask(alpha, threshold, dilation)   rendered coverage -> hole mask (1 = unknown)
     dilate_mask(mask, pixels), resize_images(x, height, width)   the image helpers the outpaint stages share
     StageStopped                    raised when a model call was interrupted or a stop was requested
+
+Design notes:
+    Eq. 7's noise lives in the video model's latent space, so it is the video inpainter's job: this
+    module hands it the clean pseudo video, the hole masks as ``paste_mask`` with
+    ``paste_noise_level`` (§4.1: 0.5) and the start ``noise_level`` τ (§4.1: 0.7), through the
+    ``inpaint(frames, masks, prompt, negative_prompt, noise_level, steps, guidance_scale, seed,
+    callback, should_stop, *, paste_mask, paste_noise_level)`` interface; the backends noise the
+    pasted latent cells, keep the known ones clean and start at the first scheduler step whose
+    noise level is at most τ (``backends.wan``). No pixel is noised or clamped here.
 """
 
 from __future__ import annotations
@@ -63,16 +73,6 @@ def hole_mask(alpha: Tensor, threshold: float = 0.5, dilation: int = 0) -> Tenso
     return dilate_mask(a < threshold, dilation)
 
 
-def _paste_noise(frames: Tensor, masks: Tensor, ratio: float, generator: torch.Generator) -> Tensor:
-    """Noise the masked pixels to ``ratio``: ``x' = (1 - r) x + r ε`` on ``x = 2p - 1`` (eq. 7)."""
-    if ratio <= 0 or not masks.any():
-        return frames
-    eps = torch.randn(frames.shape, generator=generator)
-    x = frames * 2.0 - 1.0
-    noised = (((1.0 - ratio) * x + ratio * eps) + 1.0) * 0.5
-    return torch.where(masks[..., None], noised.clamp(0.0, 1.0), frames)
-
-
 def _call_model(fn: Callable, stopped: Callable[[], bool] | None):
     try:
         return fn()
@@ -90,14 +90,17 @@ def fill_video_holes(frames: Tensor, holes: Tensor, cameras: Cameras, image_inpa
     """Eq. 7: fill the holes of a video the CoCo4D way.
 
     Frame 0 is inpainted by the image inpainter with the prompt; its result is pasted into every
-    frame's holes (the pseudo video), the pasted pixels are noised to ``paste_noise_ratio`` and the
-    video inpainter refines the holes from noise ratio ``video_inpaint_strength``. Known pixels are
-    returned unchanged. Models are called inside ``seen_from(cameras, "background")``.
+    frame's holes (the pseudo video), and the video inpainter refines the holes starting at noise
+    level ``video_inpaint_strength`` (τ) with the pasted region noised to ``paste_noise_ratio`` in
+    its latent space (see the module notes). Known pixels are returned unchanged. Models are
+    called inside ``seen_from(cameras, "background")``.
 
     Args:
         frames: ``[T,H,W,3]`` in 0..1.
         holes: bool ``[T,H,W]`` (True = fill).
         cameras: ``T`` cameras of the frames (their poses and times).
+        generator: draws the video inpainter's seed (a fresh one per call, so the poses of a run get
+            independent noise); default: seeded from ``config.seed``.
 
     Returns:
         ``(filled [T,H,W,3], frame0 [H,W,3])``: the curated video and the image-inpainted frame 0.
@@ -117,14 +120,15 @@ def fill_video_holes(frames: Tensor, holes: Tensor, cameras: Cameras, image_inpa
         first = torch.where(holes[0][..., None], first.float().cpu().clamp(0, 1), frames[0])
     t1 = time.perf_counter()
     pseudo = torch.where(holes[..., None], first.expand_as(frames), frames)
-    pseudo = _paste_noise(pseudo, holes, cfg.paste_noise_ratio, gen)
     out = pseudo
     if cfg.video_inpaint_strength > 0 and holes.any():
+        seed = int(torch.randint(0, 2**62, (1,), generator=gen))
         with seen_from(cameras, content="background"):
             out = _call_model(lambda: video_inpainter.inpaint(
-                pseudo, holes.float(), prompt, negative_prompt, strength=cfg.video_inpaint_strength,
-                steps=cfg.video_inpaint_steps, guidance_scale=cfg.video_inpaint_guidance_scale, seed=cfg.seed,
-                should_stop=should_stop), should_stop)
+                pseudo, holes.float(), prompt, negative_prompt, noise_level=cfg.video_inpaint_strength,
+                steps=cfg.video_inpaint_steps, guidance_scale=cfg.video_inpaint_guidance_scale, seed=seed,
+                should_stop=should_stop, paste_mask=holes.float(), paste_noise_level=cfg.paste_noise_ratio),
+                should_stop)
         out = out.float().cpu().clamp(0, 1)
         if tuple(out.shape) != tuple(frames.shape):
             raise ValueError(f"fill_video_holes: the video inpainter returned {tuple(out.shape)} for "

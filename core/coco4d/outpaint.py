@@ -8,7 +8,7 @@ Public API:
     outpaint_cameras(reference, poses, radius, times)       the cameras of one pose set about the scene centre
     parse_pose_sets(text) / format_pose_sets(sets)          "0,30; 0,-30 | 15,30" <-> ((el, az), ...) per loop
     DEFAULT_POSE_SETS               App. A: loop 1 (0,±30), (±15,0); loop 2 (±15,±30)
-    fill_video_holes(...)           eq. 7: image-inpaint frame 0, copy-paste, noise, video-inpaint
+    fill_video_holes(...)           eq. 7: image-inpaint frame 0, copy-paste, latent-noised video-inpaint
     hole_mask(alpha, threshold, dilation)   rendered coverage -> hole mask (1 = unknown)
 
 Design notes:
@@ -48,11 +48,12 @@ Design notes:
     (default 0.25: a quarter of the way to the typical surface, enough parallax to uncover
     disocclusions while the camera stays well inside the lifted scene; 0 turns the camera in place).
 
-    Eq. 7's two noise levels: the pasted regions of the pseudo video are noised to
-    ``paste_noise_ratio`` (0.5) -- in pixel space, ``x' = (1 - r) x + r ε`` on ``x = 2p - 1`` with
-    standard normal ``ε`` from the seeded generator, the forward process the video backend uses in
-    latent space -- and the video inpainter then refines the pseudo video starting from noise ratio
-    ``video_inpaint_strength`` (0.7, its ``strength``). Known pixels are never changed.
+    Eq. 7's two noise levels (§4.1), both in the video model's latent space and both noise levels
+    σ of its flow-matching forward process ``(1 - σ) z + σ ε``: the pasted regions of the pseudo
+    video are noised to ``paste_noise_ratio`` (0.5) while the known latents stay clean, and the
+    refinement starts at noise level ``video_inpaint_strength`` (τ = 0.7: the first scheduler step
+    whose σ is at most τ). The pseudo video itself is handed over clean (``copy_paste``; the
+    backends do the noising: ``backends.wan``). Known pixels are never changed.
 
     Score distillation (eq. 6) goes through ``fit_static``'s pose sampling, which draws orbit
     poses about a centre: the seen view is reproduced exactly as the orbit pose of the reference

@@ -101,8 +101,12 @@ class OutpaintConfig:
         densify_interval: densification interval (Table 4: 100); 0 turns it off.
         tv_weight, time_smoothness_weight, time_l1_weight: 4DGS plane regularisers.
         sds_weight: guidance weight against the mean-reduced reconstruction loss (with a guidance).
-        paste_noise_ratio: noise ratio of the pasted regions of the pseudo video (eq. 7: 0.5).
-        video_inpaint_strength: noise ratio the video inpainter starts from (§4.1: 0.7).
+        paste_noise_ratio: noise ratio r of the pasted regions of the pseudo video (eq. 7, §4.1: 0.5),
+            applied by the video inpainter in its latent space: ``(1 - r) z + r ε`` on the pasted
+            latents, the known latents kept clean; at most ``video_inpaint_strength``.
+        video_inpaint_strength: noise level σ (τ of eq. 7, §4.1: 0.7) at which the video inpainter's
+            refinement starts: the first of ``video_inpaint_steps`` scheduler steps whose σ is at most
+            this (a noise level, not a fraction of steps); 0 skips the refinement.
         inpaint_steps, inpaint_guidance_scale: image inpainter sampling.
         video_inpaint_steps, video_inpaint_guidance_scale: video inpainter sampling.
         hole_alpha: rendered alpha below this is a hole.
@@ -201,6 +205,10 @@ class OutpaintConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and 0.0 <= value <= 1.0):
                 raise bad(name, "in [0, 1]")
+        if self.video_inpaint_strength > 0 and self.paste_noise_ratio > self.video_inpaint_strength:
+            raise ValueError(f"OutpaintConfig: paste_noise_ratio ({self.paste_noise_ratio}) must not exceed "
+                             f"video_inpaint_strength ({self.video_inpaint_strength}), the noise level the "
+                             f"refinement starts at (eq. 7: 0.5 and 0.7)")
         if not 0.0 < self.hole_alpha <= self.known_alpha <= 1.0:
             raise ValueError(f"OutpaintConfig: need 0 < hole_alpha <= known_alpha <= 1, got "
                              f"{self.hole_alpha}, {self.known_alpha}")
