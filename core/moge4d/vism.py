@@ -416,7 +416,10 @@ def surface_splats(tracks: Tracks, config: VismConfig | None = None) -> SurfaceS
     n = torch.nn.functional.normalize(n, dim=-1)
     n = torch.where(((n * to_cam).sum(-1) < 0)[:, None], -n, n)
     # In-plane covariance k^2 (a a^T + b b^T) in the basis (t1, t2) of the tangent plane.
-    t1 = torch.nn.functional.normalize(a - (a * n).sum(-1, keepdim=True) * n, dim=-1)
+    t1 = a - (a * n).sum(-1, keepdim=True) * n
+    helper = torch.where(((n @ c2w[:3, 0]).abs() < 0.9)[:, None], c2w[:3, 0], c2w[:3, 1])
+    usable = t1.norm(dim=-1) > 1e-9 * a.norm(dim=-1).clamp_min(1e-300)
+    t1 = torch.nn.functional.normalize(torch.where(usable[:, None], t1, torch.linalg.cross(n, helper)), dim=-1)
     t2 = torch.linalg.cross(n, t1)
     a1, a2, b1, b2 = (a * t1).sum(-1), (a * t2).sum(-1), (b * t1).sum(-1), (b * t2).sum(-1)
     c11, c22, c12 = a1 * a1 + b1 * b1, a2 * a2 + b2 * b2, a1 * a2 + b1 * b2
