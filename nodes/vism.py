@@ -60,9 +60,10 @@ def _apply_lora(model, strength: float) -> bool:
 class ViSMRender:
     DESCRIPTION = (
         "MoGe4D 4D-ViSM. Renders dense 4D tracks as one small Gaussian per pixel and frame (footprint from depth "
-        "and focal length) along a camera path, each camera seeing the frame at its time; finds the holes (pixels "
-        "no tracked surface covers, or where the view looks into space hidden from the input view, found with "
-        "shadow quads at the input view's depth edges); then fills the holes with a video-inpainting model "
+        "and focal length, lying flat in the local surface and turning with it) along a camera path, each camera "
+        "seeing the frame at its time; finds the holes (pixels no tracked surface covers, where the view looks "
+        "into space hidden from the input view, found with shadow quads at the input view's depth edges, or where "
+        "a surface is seen from behind, its unseen side); then fills the holes with a video-inpainting model "
         "(holes handed over at 0.5 grey, as the official Wan2.1-Fun InP + ViSM LoRA expects). Any 4D scene can "
         "replace the tracks (holes are then the uncovered pixels only). Without an inpainter, frames is the raw "
         "render."
@@ -200,7 +201,7 @@ class SaveTracks:
                 "filename_prefix": str_in("gen4d/tracks", "Relative name under the output folder; sub-folders "
                                           "allowed, '..' and absolute paths are refused."),
                 "format": combo_in(("points", "gaussians"), "points: coloured point PLYs; gaussians: the "
-                                   "4D-ViSM splats as 3DGS PLYs."),
+                                   "4D-ViSM splats (flat in the local surface) as 3DGS PLYs."),
                 "footprint_scale": float_in(_DEFAULTS.footprint_scale, 0.05, 4.0, "Splat size for the gaussians "
                                             "format (std = scale x depth / focal).", step=0.05),
                 "overwrite": bool_in(False, "Write into <prefix> itself instead of a new numbered folder."),
@@ -227,7 +228,8 @@ class SaveTracks:
         else:
             from ..core.formats.export import save_ply_sequence
 
-            scene = tracks_to_scene(tracks.to("cpu"), VismConfig(footprint_scale=float(footprint_scale)))
+            scene = tracks_to_scene(tracks.to("cpu"), VismConfig(footprint_scale=float(footprint_scale)),
+                                    oriented=True)
             files = save_ply_sequence(scene, folder, callback=progress, should_stop=host.should_stop)
         host.raise_if_interrupted()
         rel = os.path.relpath(folder, root)

@@ -89,7 +89,7 @@ def test_hole_mask_matches_true_disocclusions(case):
     assert not est[0].any() and not gt[0].any()                    # the input view at time 0
     iou = _iou(est[1:], gt[1:])
     per_frame = [_iou(est[k], gt[k]) for k in range(1, T)]
-    # measured: pooled 0.937, per frame 0.87 .. 0.97 (frame 4: input view at t=1, the walker moved)
+    # measured: pooled 0.948, per frame 0.90 .. 0.97 (frame 4: input view at t=1, the walker moved)
     assert iou >= 0.9, (iou, per_frame)
     assert min(per_frame) >= 0.82, per_frame
     assert gt[1:].float().mean() > 0.05                            # the path really disoccludes
@@ -99,7 +99,7 @@ def test_render_matches_ground_truth_outside_holes(case):
     out, gt = case["out"], case["gt_rgb"]
     known = ~out.holes
     psnr = [_psnr(out.rgb[k], gt[k], known[k]) for k in range(T)]
-    # measured: 24.8 dB at the input view, 21.9 .. 24.6 dB at the novel views (texture at 128x96)
+    # measured: 25.1 dB at the input view, 22.2 .. 24.9 dB at the novel views (texture at 128x96)
     assert psnr[0] >= 24.0, psnr
     assert min(psnr[1:]) >= 21.0, psnr
     # A one-pixel misregistration of a novel view costs 1.5 dB (measured); the thresholds catch it.
