@@ -57,7 +57,8 @@ TINY = {"size": 32, "frames": 8, "steps": 4, "coarse": 30, "fine": 20, "points":
 
 def _node(node_id: str, **inputs):
     cls = gen4d.NODE_CLASS_MAPPINGS[node_id]
-    return getattr(cls(), cls.FUNCTION)(**inputs)
+    out = getattr(cls(), cls.FUNCTION)(**inputs)
+    return out["result"] if isinstance(out, dict) else out
 
 
 # --------------------------------------------------------------------------- sampler

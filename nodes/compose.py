@@ -13,6 +13,11 @@ Design notes:
     ``core.coco4d.compose.compose`` (eqs. 8-10 and the 3D placement). The result is one GEN4D_SCENE with
     parts "foreground" and "background"; the reference render shows it at the reference view for a
     quick check against the input video.
+
+    Cameras travel with the scenes: the seen view is the one the foreground part records (the fit's),
+    the reference cameras those the background part records (the outpaint's); the ``cameras`` input
+    overrides the latter and the seen-view widgets are fallbacks for scenes saved before parts recorded
+    cameras (``core.coco4d.compose.composition_cameras``). Fallbacks and overrides are shown on the node.
 """
 
 from __future__ import annotations
@@ -22,15 +27,15 @@ import logging
 import torch
 
 from ..backends.render import render, render_scene
-from ..core.coco4d.compose import ComposeConfig, compose
-from ..core.engine.cameras import Cameras, clip_cameras
+from ..core.coco4d.compose import ComposeConfig, compose, composition_cameras
+from ..core.engine.cameras import Cameras
 from ..core.engine.scene import Scene4D
 from ..core.engine.viewpoint import seen_from
 from ..core.formats.convert import check_image, check_mask, parse_color, to_image
 from ..core.formats.depth import to_z_depth
 from . import host
 from . import types as T
-from .widgets import bool_in, color_error, float_in, int_in, socket_in, str_in
+from .widgets import background_in, bool_in, color_error, float_in, int_in, socket_in
 
 __all__ = ["Compose", "NODES"]
 
@@ -70,10 +75,12 @@ class Compose:
                 "foreground_mask": socket_in(T.MASK, "Foreground masks of the reference video, one per frame."),
                 "depth_model": socket_in(T.DEPTH_MODEL, "The depth model the background branch used (the same "
                                          "model keeps the two depth ranges comparable)."),
-                "seen_radius": float_in(_C.seen_radius, 0.01, 1000.0, "Camera distance of the foreground's "
-                                        "seen view (must match the foreground fit; CoCo4D 2.5)."),
-                "seen_fovy": float_in(_C.seen_fovy_deg, 1.0, 179.0, "Vertical field of view of the foreground's "
-                                      "seen view in degrees (must match the fit; Zero123's 49.1)."),
+                "seen_radius": float_in(_C.seen_radius, 0.01, 1000.0, "Fallback camera distance of the "
+                                        "foreground's seen view, used only when the foreground scene records none "
+                                        "(files saved before scenes recorded their cameras; CoCo4D 2.5)."),
+                "seen_fovy": float_in(_C.seen_fovy_deg, 1.0, 179.0, "Fallback vertical field of view of the "
+                                      "foreground's seen view in degrees, used only when the foreground scene "
+                                      "records none (Zero123's 49.1)."),
                 "measure_width": bool_in(_C.measure_width, "Rescale the object by the bounding-box width ratio "
                                          "between the reference masks and the composite rendered at the reference "
                                          "view (§3.3)."),
@@ -82,12 +89,13 @@ class Compose:
                                           "video's positions, which the 3D placement already converts."),
                 "depth_input_size": int_in(518, 14, 2800, "Short side the depth model sees (518 = Depth Anything's "
                                            "training size).", step=14),
-                "background_color": str_in("#000000", "Colour behind the scene in the reference render "
-                                           "(#rrggbb)."),
+                "background_color": background_in("Colour behind the scene in the reference render "
+                                                  "(#rrggbb)."),
             },
             "optional": {
                 "cameras": socket_in(T.CAMERAS, "Reference view (one camera, or one per frame) in the background's "
-                                     "world; default: CoCo4D's identity camera with fovy 60."),
+                                     "world, overriding the cameras the background scene records; default: the "
+                                     "recorded ones (CoCo4D's identity camera with fovy 60 if none)."),
             },
         }
 
@@ -116,7 +124,8 @@ class Compose:
             logger.warning("%s: %d reference images for %d frames; only frame 0 is used", NODE, images.shape[0], n)
         config = ComposeConfig(seen_radius=float(seen_radius), seen_fovy_deg=float(seen_fovy),
                                measure_width=bool(measure_width), rescale_motion=bool(rescale_motion))
-        ref_cams = clip_cameras(cameras, n, w, h, who=NODE)
+        views = composition_cameras(foreground, background, cameras, n, w, h, config, who=NODE)
+        ref_cams = views.reference
         device = host.compute_device()
         progress = host.Progress(6)
         host.raise_if_interrupted()
@@ -125,14 +134,14 @@ class Compose:
         host.raise_if_interrupted()
         # Built outside inference mode, so later stages can still optimise through the scene.
         with torch.inference_mode(False):
-            result = compose(foreground, background, ref_cams, depth, masks, render, config, device=device,
-                             callback=lambda step, total, preview: progress(1 + step))
+            result = compose(foreground, background, ref_cams, depth, masks, render, config, seen_cameras=views.seen,
+                             device=device, callback=lambda step, total, preview: progress(1 + step))
         host.raise_if_interrupted()
         bg = parse_color(background_color)
         with torch.no_grad():
             out = render_scene(result.scene, ref_cams, bg, device=device)
         progress(6)
-        return result.scene, to_image(out.rgb), result.report.text()
+        return host.with_notes(NODE, (result.scene, to_image(out.rgb), result.report.text()), views.notes)
 
     @staticmethod
     def _depth(depth_model, image, camera: Cameras, input_size: int) -> torch.Tensor:

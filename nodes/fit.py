@@ -20,7 +20,7 @@ from ..core.engine.scene import Scene4D, ScenePart
 from ..core.formats.convert import check_image, check_mask, parse_color
 from . import host
 from . import types as T
-from .widgets import bool_in, color_error, combo_in, float_in, int_in, seed_in, socket_in, str_in
+from .widgets import background_in, bool_in, color_error, combo_in, float_in, int_in, seed_in, socket_in
 
 logger = logging.getLogger(__name__)
 
@@ -30,8 +30,9 @@ _D = DeformationFitConfig()
 _COMMON_OPTIONAL = {
     "masks": socket_in(T.MASK, "Object masks per frame (e.g. from SAM2): add a silhouette loss and let the "
                        "object be centred like CoCo4D."),
-    "cameras": socket_in(T.CAMERAS, "Cameras of the images (posed multi-view or orbit videos). Default: "
-                         "CoCo4D's seen view, elevation 0 at radius 2.5, fovy 49.1."),
+    "cameras": socket_in(T.CAMERAS, "Cameras of the images (posed multi-view or orbit videos), fitted as they "
+                         "are (no centring). Default: CoCo4D's seen view, elevation 0 at radius 2.5, fovy 49.1. "
+                         "Deformation Fit records the cameras it used in the scene for Compose, Render and Preview."),
     "guidance": socket_in(T.GUIDANCE_MODEL, "Score-distillation guidance (Zero123 for objects, SD for scenes) "
                           "for the views the images do not show."),
 }
@@ -77,8 +78,9 @@ class StaticGaussians:
                 "densify": bool_in(True, "Clone/split/prune Gaussians every 100 steps (3DGS density control)."),
                 "max_scale": float_in(0.0, 0.0, 100.0, "Clamp Gaussian scales (CoCo4D background: 0.2); 0 = off."),
                 "center_object": bool_in(True, "With masks and no cameras: move the object to the image centre "
-                                         "(CoCo4D). Use the same setting in Deformation Fit."),
-                "background": str_in("#ffffff", "Background colour behind the object (#rrggbb)."),
+                                         "(CoCo4D). Use the same setting in Deformation Fit. Not applied with "
+                                         "cameras connected or without masks (the node says so)."),
+                "background": background_in("Background colour behind the object (#rrggbb)."),
                 "preview_every": int_in(_S.preview_every, 0, 100000, "Show a preview this often (0 = never)."),
                 "seed": seed_in(),
             },
@@ -113,7 +115,7 @@ class StaticGaussians:
                                 host.should_stop, host.compute_device())
             _stopped_or_done(result)
             gaussians = result.gaussians.to("cpu")
-        return (gaussians,)
+        return host.with_notes("Gen4D_StaticGaussians", (gaussians,), clip.notes)
 
 
 class DeformationFit:
@@ -145,11 +147,12 @@ class DeformationFit:
                 "freeze_canonical": bool_in(_D.freeze_canonical, "Keep the canonical Gaussians fixed (CoCo4D); "
                                             "off also refines them (4DGS / Diffusion4D fine stage)."),
                 "center_object": bool_in(True, "With masks and no cameras: centre the object like Static "
-                                         "Gaussians did, then learn the screen trajectory."),
+                                         "Gaussians did, then learn the screen trajectory. Not applied with "
+                                         "cameras connected or without masks (the node says so)."),
                 "trajectory_iterations": int_in(50, 0, 10000, "Screen-trajectory refinement steps "
                                                 "(CoCo4D: 50 at lr 0.1); 0 keeps the centring trajectory."),
                 "fps": float_in(8.0, 0.1, 240.0, "Frame rate stored with the scene."),
-                "background": str_in("#ffffff", "Background colour behind the object (#rrggbb)."),
+                "background": background_in("Background colour behind the object (#rrggbb)."),
                 "preview_every": int_in(_D.preview_every, 0, 100000, "Show a preview this often (0 = never)."),
                 "seed": seed_in(),
             },
@@ -183,11 +186,12 @@ class DeformationFit:
             if trajectory is not None and trajectory_iterations > 0:
                 trajectory = _refine(canonical, motion, clip, trajectory_iterations)
                 progress(iterations + trajectory_iterations)
-            # Built outside inference mode, so later stages can still optimise through the scene.
+            # Built outside inference mode, so later stages can still optimise through the scene. The part
+            # records the cameras it was fitted with (the seen view when centred), read by Compose/Render/Preview.
             part = ScenePart("foreground", canonical.to("cpu"), motion.to("cpu"),
-                             None if trajectory is None else trajectory.as_dict())
+                             None if trajectory is None else trajectory.as_dict(), clip.views.cameras.to("cpu"))
             scene = Scene4D([part], num_frames=len(clip.frames), fps=fps)
-        return (scene,)
+        return host.with_notes("Gen4D_DeformationFit", (scene,), clip.notes)
 
 
 def _fresh(gaussians):

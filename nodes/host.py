@@ -13,6 +13,7 @@ Public API:
     intermediate_device()       where IMAGE/MASK tensors travel between nodes
     soft_empty_cache()          release cached GPU memory
     free_memory_for(n, device)  ask ComfyUI's model manager to unload its models until ``n`` bytes fit
+    with_notes(node, result, notes)   a node's return value carrying notes shown on the node
 
 Design notes:
     ``comfy`` and ``folder_paths`` are imported lazily inside each call, so the pack imports and
@@ -23,8 +24,10 @@ Design notes:
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
@@ -41,7 +44,10 @@ __all__ = [
     "intermediate_device",
     "soft_empty_cache",
     "free_memory_for",
+    "with_notes",
 ]
+
+logger = logging.getLogger(__name__)
 
 
 def _module(name: str):
@@ -154,3 +160,15 @@ def free_memory_for(num_bytes: int, device: torch.device) -> None:
         return
     margin = 1.2  # activations and allocator slack on top of the weights
     mm.free_memory(int(num_bytes * margin), torch.device(device))
+
+
+def with_notes(node: str, result: tuple, notes: Sequence[str]) -> dict:
+    """``{"ui": {"text": notes}, "result": result}``, each note logged as a warning naming ``node``.
+
+    An empty ``notes`` still returns the dict, so a node run without notes clears the ones an earlier
+    run left on the node.
+    """
+    notes = [str(n) for n in notes]
+    for note in notes:
+        logger.warning("%s: %s", node, note)
+    return {"ui": {"text": notes}, "result": tuple(result)}

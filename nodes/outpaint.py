@@ -113,7 +113,8 @@ class ProgressiveOutpaint:
                 "video_inpaint_steps": int_in(_C.video_inpaint_steps, 1, 200, "Scheduler steps of a full video "
                                               "inpainter run (from pure noise); those below the start level run."),
                 "fov": float_in(_C.fovy_deg, 1.0, 179.0, "Vertical field of view of the default seen view in "
-                                "degrees (CoCo4D: 60); ignored when cameras are given.", step=0.1),
+                                "degrees (CoCo4D: 60); ignored when cameras are given (the node says so when "
+                                "they differ). The scene records the cameras used.", step=0.1),
                 "lift_size": int_in(_C.lift_size, 8, 4096, "Frame 0 and new pixels are lifted at most at this "
                                     "size² (CoCo4D: 256, bounding the Gaussian count); training uses full size."),
                 "orbit_radius_fraction": float_in(_C.orbit_radius_fraction, 0.0, 10.0, "The poses turn about a "
@@ -192,7 +193,18 @@ class ProgressiveOutpaint:
         pose_videos = torch.cat(videos).float().clamp(0, 1).contiguous()
         report = result.report.to_text()
         logger.info("%s\n%s", NODE, report)
-        return (scene, pose_videos, report)
+        return host.with_notes(NODE, (scene, pose_videos, report), _fov_notes(cameras, float(fov)))
+
+
+def _fov_notes(cameras: Cameras | None, fov: float) -> list[str]:
+    """Say so when the ``fov`` widget was dropped for connected cameras of another field of view."""
+    if cameras is None:
+        return []
+    given = cameras.fovy_deg
+    if (given - fov).abs().max() <= 0.05:
+        return []
+    return [f"fov {fov:g}° is not used: the connected cameras set the field of view ({float(given[0]):.4g}°); the "
+            "scene records those cameras, so Compose, Render and Preview use them too."]
 
 
 NODES = {

@@ -3,7 +3,9 @@
 
 The node writes a compact ``.g4d`` asset (core/formats/preview_asset.py) into ComfyUI's temp folder and
 returns ``{"ui": {"gen4d_preview": [{"filename", "subfolder", "type": "temp"}]}}``; the web
-extension fetches it through ComfyUI's ``/view`` route and plays it in a WebGL2 widget.
+extension fetches it through ComfyUI's ``/view`` route and plays it in a WebGL2 widget. The viewer
+starts at the camera the scene records (the view its reference video was seen from) and on the
+``background`` colour; a scene without recorded cameras is framed from its bounds, and the node says so.
 """
 
 from __future__ import annotations
@@ -12,12 +14,13 @@ import logging
 import secrets
 
 from ..core.engine.scene import Scene4D
+from ..core.formats.convert import parse_color
 from ..core.formats.paths import atomic_write_bytes, safe_output_path
 from ..core.formats.preview_asset import DEFAULT_MAX_SPLATS, SUFFIX, encode_scene, encode_tracks
 from ..core.moge4d.tracks import Tracks
 from . import host
 from . import types as T
-from .widgets import int_in, socket_in
+from .widgets import DEFAULT_BACKGROUND, background_in, color_error, int_in, socket_in
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +64,8 @@ class Preview4D:
                 "max_splats": int_in(DEFAULT_MAX_SPLATS, 1, 2_000_000, "Largest number of splats sent to the "
                                      "viewer; the most opaque and largest are kept (deterministic).", step=1000),
                 "num_frames": int_in(0, 0, 1000, "Frames to bake for the viewer; 0 uses the scene's own count."),
+                "background": background_in("Background colour the viewer starts with (#rrggbb or r,g,b); the "
+                                            "viewer's colour picker changes it afterwards."),
             },
             "optional": {
                 "scene": socket_in(T.SCENE, "The 4D scene to preview."),
@@ -70,14 +75,24 @@ class Preview4D:
             },
         }
 
-    def preview(self, max_splats, num_frames, scene=None, gaussians=None, tracks=None):
+    @classmethod
+    def VALIDATE_INPUTS(cls, background=None):
+        return color_error(background)
+
+    def preview(self, max_splats, num_frames, background=DEFAULT_BACKGROUND, scene=None, gaussians=None,
+                tracks=None):
+        bg = "#" + "".join(f"{round(float(v) * 255):02x}" for v in parse_color(background).tolist())
+        notes = []
         if scene is not None:
-            data = encode_scene(scene, int(max_splats), int(num_frames) or None)
+            data = encode_scene(scene, int(max_splats), int(num_frames) or None, bg)
+            if scene.reference_cameras is None:
+                notes.append("the scene records no cameras (saved before scenes recorded them): the viewer frames "
+                             "its bounds instead of starting at the reference view.")
         elif gaussians is not None:
-            data = encode_scene(Scene4D.static(gaussians), int(max_splats), int(num_frames) or None)
+            data = encode_scene(Scene4D.static(gaussians), int(max_splats), int(num_frames) or None, bg)
         elif tracks is not None:
             points, colors, visibility, fps = _tracks_fields(tracks)
-            data = encode_tracks(points, colors, visibility, fps, int(max_splats))
+            data = encode_tracks(points, colors, visibility, fps, int(max_splats), background=bg)
         else:
             raise ValueError("Gen4D_Preview4D: connect a scene, gaussians or tracks input")
         host.raise_if_interrupted()
@@ -86,7 +101,9 @@ class Preview4D:
         path = safe_output_path(root, f"{SUBFOLDER}/{name}")
         atomic_write_bytes(path, data)
         logger.info("Gen4D_Preview4D: wrote %s (%.1f MB)", path, len(data) / 1e6)
-        return {"ui": {"gen4d_preview": [{"filename": name, "subfolder": SUBFOLDER, "type": "temp"}]}}
+        for note in notes:
+            logger.warning("Gen4D_Preview4D: %s", note)
+        return {"ui": {"gen4d_preview": [{"filename": name, "subfolder": SUBFOLDER, "type": "temp"}], "text": notes}}
 
 
 NODES = {"Gen4D_Preview4D": (Preview4D, "Gen4D Preview 4D")}

@@ -3,6 +3,11 @@
 
 from __future__ import annotations
 
+# The one default colour behind objects and scenes, for every node with such a widget (fit, render,
+# compose, preview, the SAM2 foreground frames): white, the background CoCo4D's object fit and
+# Zero123 use (and Objaverse renders), so an object rendered alone looks like the frames it was fitted to.
+DEFAULT_BACKGROUND = "#ffffff"
+
 
 def int_in(default: int, lo: int, hi: int, tooltip: str, step: int = 1, **extra) -> tuple:
     return ("INT", {"default": int(default), "min": lo, "max": hi, "step": step, "tooltip": tooltip, **extra})
@@ -18,6 +23,11 @@ def bool_in(default: bool, tooltip: str) -> tuple:
 
 def str_in(default: str, tooltip: str, multiline: bool = False) -> tuple:
     return ("STRING", {"default": default, "multiline": multiline, "tooltip": tooltip})
+
+
+def background_in(tooltip: str) -> tuple:
+    """A background colour widget (#rrggbb or r,g,b) defaulting to :data:`DEFAULT_BACKGROUND`."""
+    return str_in(DEFAULT_BACKGROUND, tooltip)
 
 
 def combo_in(options, tooltip: str, default: str | None = None) -> tuple:

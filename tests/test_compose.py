@@ -16,11 +16,20 @@ from gen4d import synthetic as S
 from gen4d.backends.depth import METRIC_DEPTH, DepthEstimator
 from gen4d.backends.render import render, render_scene
 from gen4d.core.coco4d import compose as C
-from gen4d.core.engine.cameras import Cameras, intrinsics_from_fov, look_at
+from gen4d.core.coco4d.reference import seen_view_cameras
+from gen4d.core.coco4d.screen_trajectory import (
+    ScreenTrajectory,
+    center_object,
+    composite_layers,
+    place_layer,
+    screen_placement,
+)
+from gen4d.core.engine.cameras import Cameras, intrinsics_from_fov, look_at, orbit_poses, view_difference
 from gen4d.core.engine.gaussians import Gaussians, quat_multiply, quat_to_rotmat, rotmat_to_quat
 from gen4d.core.engine.scene import KeyframeMotion, PlacedMotion, Scene4D, ScenePart, StaticMotion, motion_class
 from gen4d.core.engine.viewpoint import current_viewpoint
-from node_runner import run
+from gen4d.nodes import NODE_CLASS_MAPPINGS as NODES
+from node_runner import defaults, run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -72,14 +81,27 @@ def case():
     truth = S.render(world, ref, supersample=3)
     masks = truth["foreground"]
 
-    # Object-centred foreground: the inverse of the placement, pivot = the figure's mean point.
+    foreground, rho, sigma = _object_centred(sm, is_fg, ref, masks, C.seen_view(T, W, H))
+    depth_model = ScaledWorldDepth(world, DEPTH_SCALE)
+    scene, ref_render, report = run("Gen4D_Compose", foreground=foreground, background=background,
+                                    reference_images=truth["rgb"], foreground_mask=masks, depth_model=depth_model,
+                                    cameras=ref[0], background_color=BG_HEX)
+    return dict(world=world, ref=ref, novel=novel, truth=truth, masks=masks, foreground=foreground,
+                background=background, scene=scene, ref_render=ref_render, report=report, rho=rho, sigma=sigma,
+                depth_model=depth_model, twin=Scene4D([ScenePart("w", g, KeyframeMotion(sm.means, sm.quats))], T, 8.0),
+                surface=sm, is_fg=is_fg)
+
+
+def _object_centred(sm, is_fg, ref, masks, seen, record=False):
+    """The foreground as the object-centred fit makes it at the seen view ``seen``: the inverse of the
+    placement, pivot = the figure's mean point; ``record`` stores ``seen`` in the part as the fit does."""
+    g = sm.gaussians
     X = sm.means[:, is_fg].double()  # world = reference camera coordinates (identity pose)
     pivot = X.mean(1)
     rho = pivot.norm(dim=-1)
     u = pivot / rho[:, None]
     K = ref.Ks[0].double()
     f_r = float(K[1, 1])
-    seen = C.seen_view(T, W, H)
     Vs = seen.viewmats[0].double()
     f_s, R = float(seen.Ks[0, 1, 1]), float(Vs[2, 3])
     pix = torch.stack([K[0, 0] * u[:, 0] / u[:, 2] + K[0, 2], K[1, 1] * u[:, 1] / u[:, 2] + K[1, 2]], -1)
@@ -97,21 +119,25 @@ def case():
     qo = quat_multiply(q_rel[:, None].expand(-1, int(is_fg.sum()), 4), sm.quats[:, is_fg])
     gf = g.subset(is_fg)
     canonical = Gaussians(Xo[0].float(), qo[0], gf.log_scales - math.log(sigma), gf.logit_opacities, gf.sh)
-    foreground = Scene4D([ScenePart("foreground", canonical, KeyframeMotion(Xo.float(), qo),
-                                    {"shift": shift.float(), "scale": scale.float()})], T, 8.0)
-    depth_model = ScaledWorldDepth(world, DEPTH_SCALE)
-    scene, ref_render, report = run("Gen4D_Compose", foreground=foreground, background=background,
-                                    reference_images=truth["rgb"], foreground_mask=masks, depth_model=depth_model,
-                                    cameras=ref[0], background_color=BG_HEX)
-    return dict(world=world, ref=ref, novel=novel, truth=truth, masks=masks, foreground=foreground,
-                background=background, scene=scene, ref_render=ref_render, report=report, rho=rho, sigma=sigma,
-                depth_model=depth_model, twin=Scene4D([ScenePart("w", g, KeyframeMotion(sm.means, sm.quats))], T, 8.0))
+    part = ScenePart("foreground", canonical, KeyframeMotion(Xo.float(), qo),
+                     {"shift": shift.float(), "scale": scale.float()}, seen if record else None)
+    return Scene4D([part], T, 8.0), rho, sigma
 
 
 def _psnr(a, b, mask=None):
     err = (a.clamp(0, 1) - b) ** 2
     mse = err.mean((1, 2, 3)) if mask is None else torch.stack([e[m].mean() for e, m in zip(err, mask)])
     return (-10.0 * torch.log10(mse)).tolist()
+
+
+def _iou(a, b):
+    return (a & b).flatten(1).sum(1) / (a | b).flatten(1).sum(1)
+
+
+def run_ui(node_id, **inputs):
+    """A node's raw return value (outputs and UI notes), widget defaults filled in."""
+    cls = NODES[node_id]
+    return getattr(cls(), cls.FUNCTION)(**{**defaults(node_id), **inputs})
 
 
 def _visible(scene, cams):
@@ -258,15 +284,44 @@ def test_node_refuses_mismatched_frame_counts(case):
             depth_model=case["depth_model"], cameras=case["novel"])
 
 
-def test_render_node_warns_about_unplaced_trajectories(case, caplog):
-    cams = case["ref"][0]
-    with caplog.at_level(logging.WARNING):
-        run("Gen4D_Render", scene=case["foreground"], cameras=cams)
-    assert "screen-space trajectory" in caplog.text
-    caplog.clear()
-    with caplog.at_level(logging.WARNING):
-        run("Gen4D_Render", scene=case["scene"], cameras=cams)
-    assert "screen-space trajectory" not in caplog.text
+def test_render_node_says_where_it_cannot_place_a_trajectory(case):
+    cams = case["ref"][0]  # the reference camera, not the foreground's seen view
+    out = run_ui("Gen4D_Render", scene=case["foreground"], cameras=cams)
+    notes = " ".join(out["ui"]["text"])
+    assert "screen trajectory" in notes and "object-centred" in notes and "Compose" in notes
+    assert "records no seen view" in notes, "the default seen view was assumed for a scene without a record"
+    out = run_ui("Gen4D_Render", scene=case["scene"], cameras=cams)
+    assert out["ui"]["text"] == [], "a composite has no trajectory left to place"
+
+
+def test_compose_reads_the_cameras_the_scenes_record(case):
+    """The fit and the outpaint used other views than the Compose widgets' defaults (a seen view at distance
+    3.2 with fovy 40, reference cameras with fovy 36 instead of 60): with the views recorded in the scenes,
+    Compose places the object where the reference video has it, with no camera connected and the widgets
+    left at their defaults. Before the scenes carried their cameras this composed at the wrong views."""
+    seen = seen_view_cameras(T, W, H, radius=3.2, fovy_deg=40.0)
+    foreground, rho, _ = _object_centred(case["surface"], case["is_fg"], case["ref"], case["masks"], seen,
+                                         record=True)
+    p = case["background"].parts[0]
+    background = Scene4D([ScenePart("bg", p.gaussians, p.motion, reference_cameras=case["ref"])], T, 8.0)
+    out = run_ui("Gen4D_Compose", foreground=foreground, background=background,
+                 reference_images=case["truth"]["rgb"], foreground_mask=case["masks"], depth_model=case["depth_model"],
+                 background_color=BG_HEX)
+    scene = out["result"][0]
+    assert out["ui"]["text"] == [], out["ui"]["text"]
+    iou = _iou(_visible(scene, case["ref"]), case["masks"] > 0.5)
+    assert iou.min() >= 0.8, iou.tolist()
+    # the composite records the reference cameras, so Render needs none connected
+    assert torch.equal(scene.part("foreground").reference_cameras.Ks, case["ref"].Ks)
+    # an override is used as connected, and said so
+    wide = Cameras(case["ref"].viewmats, intrinsics_from_fov(60.0, W, H).expand(T, 3, 3).clone(), W, H,
+                   case["ref"].times, 0.01, 1000.0)
+    out = run_ui("Gen4D_Compose", foreground=foreground, background=background,
+                 reference_images=case["truth"]["rgb"], foreground_mask=case["masks"], depth_model=case["depth_model"],
+                 cameras=wide, seen_radius=2.0, measure_width=False)
+    notes = " ".join(out["ui"]["text"])
+    assert "differ from the reference cameras the background scene records" in notes
+    assert "seen_radius 2 / seen_fovy 49.1° are not used" in notes
 
 
 # -- the pieces ------------------------------------------------------------------------------
@@ -365,3 +420,43 @@ def test_placement_puts_the_pivot_on_the_trajectory_and_sizes_it():
     trans2 = C.placement(shifted, scale * 1.25, cams, seen.viewmats, f_s, 3.0, 0.3)[2]
     pix2 = torch.stack([K[0, 0] * trans2[:, 0] / trans2[:, 2], K[1, 1] * trans2[:, 1] / trans2[:, 2]], -1)
     assert torch.allclose(pix2 - pix2[:1], 1.25 * (shift - shift[:1]), atol=1e-3)  # eq. 10 steps
+
+
+def test_screen_placement_pieces():
+    # place_layer undoes center_object (what Render does with a centred render at the seen view)
+    masks = torch.zeros(2, 40, 48)
+    masks[0, 5:15, 6:20] = 1.0
+    masks[1, 22:34, 25:41] = 1.0
+    frames = masks[..., None] * torch.tensor([0.9, 0.3, 0.1])
+    centred, centred_masks, traj = center_object(frames, masks, fill=(0.0, 0.0, 0.0))
+    depth = torch.full((2, 40, 48, 1), 2.5)
+    rgb, alpha, d = place_layer(centred, centred_masks[..., None], depth, traj.shift, traj.scale)
+    back = alpha[..., 0] > 0.5
+    iou = (back & (masks > 0.5)).flatten(1).sum(1) / (back | (masks > 0.5)).flatten(1).sum(1)
+    assert iou.min() > 0.9, iou.tolist()
+    assert torch.allclose(d[alpha > 0.5], torch.tensor(2.5)) and float(d[alpha == 0].abs().max()) == 0.0
+
+    # the trajectory between frames: shifts linear, scales geometric
+    t = ScreenTrajectory(torch.tensor([[0.0, 0.0], [4.0, -2.0], [8.0, 2.0]]), torch.tensor([1.0, 4.0, 2.0]))
+    shift, scale = t.at(torch.tensor([0.0, 0.25, 0.5, 1.0]))
+    assert torch.allclose(shift, torch.tensor([[0.0, 0.0], [2.0, -1.0], [4.0, -2.0], [8.0, 2.0]]))
+    assert torch.allclose(scale, torch.tensor([1.0, 2.0, 4.0, 2.0]))
+
+    # layers composite front to back by depth, whatever their order in the list
+    near = (torch.full((1, 2, 2, 3), 0.5), torch.full((1, 2, 2, 1), 0.5), torch.full((1, 2, 2, 1), 1.0))
+    far = (torch.tensor([0.0, 0.8, 0.0]).expand(1, 2, 2, 3), torch.ones(1, 2, 2, 1), torch.full((1, 2, 2, 1), 3.0))
+    for layers in ([near, far], [far, near]):
+        rgb, alpha, depth = composite_layers(layers, torch.zeros(3))
+        assert torch.allclose(rgb[0, 0, 0], torch.tensor([0.5, 0.9, 0.5]))  # near over far
+        assert torch.allclose(alpha, torch.ones_like(alpha)) and torch.allclose(depth, torch.full_like(depth, 2.0))
+
+    # the sameness of views ignores the image size but not a turn or another lens
+    seen = C.seen_view(3, 64, 48)
+    angle, offset, focal = view_difference(seen.resized(128, 96), seen)
+    assert float(angle.max()) < 1e-3 and float(offset.max()) < 1e-6 and float(focal.max()) < 1e-6
+    turned = Cameras(orbit_poses([0.0] * 3, [10.0] * 3, 2.5), seen.Ks, 64, 48, seen.times)
+    angle, offset, _ = view_difference(turned, seen)
+    assert torch.allclose(angle, torch.full((3,), 10.0), atol=1e-3) and float(offset.min()) > 0.1
+    plan = screen_placement(ScreenTrajectory(torch.zeros(3, 2), torch.ones(3)), seen,
+                            Cameras.cat([seen[:1], turned[1:2]]), "fg")
+    assert plan.placed.tolist() == [True, False] and "1 of 2 camera(s)" in plan.notes[0]

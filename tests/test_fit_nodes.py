@@ -11,6 +11,9 @@ from pathlib import Path
 import gen4d
 import pytest
 import torch
+from gen4d.backends.render import render_scene
+from gen4d.core.coco4d.reference import reference_clip, seen_view_cameras
+from gen4d.core.engine.cameras import orbit_poses
 from gen4d.core.engine.gaussians import Gaussians, sphere_init
 from gen4d.core.engine.scene import Scene4D
 
@@ -88,6 +91,9 @@ def test_world_static_deformation_render_chain(world):
     assert part.trajectory["shift"].shape == (FRAMES, 2) and part.trajectory["scale"].shape == (FRAMES,)
     assert torch.isfinite(part.trajectory["shift"]).all() and (part.trajectory["scale"] > 0).all()
     assert torch.equal(part.gaussians.means, gaussians.means), "canonical set frozen by default"
+    seen = seen_view_cameras(FRAMES, SIZE, SIZE)
+    assert torch.equal(part.reference_cameras.viewmats, seen.viewmats), "the fit records the seen view it used"
+    assert torch.equal(part.reference_cameras.Ks, seen.Ks)
     for t in (0.0, 0.5, 1.0):
         assert_finite(scene.at(t))
 
@@ -151,3 +157,82 @@ def test_progress_and_previews_reach_the_progress_bar(fake_comfy, world):
     values = [v for v, _, _ in fake_comfy.updates]
     assert values[:4] == [1, 2, 3, 4] and values[-1] == 9, values
     assert sum(p is not None for _, _, p in fake_comfy.updates) >= 1
+
+
+# --------------------------------------------------------------------------- where the user looks for it
+
+
+def raw(node_id, **inputs):
+    """A node's raw return value: its outputs and the notes shown on the node."""
+    cls = NODES[node_id]
+    return getattr(cls(), cls.FUNCTION)(**{**defaults(node_id), **inputs})
+
+
+def _quality(rgb, alpha, frames, masks):
+    """Per-frame PSNR and pooled / per-frame IoU of ``alpha > 0.5`` against ``masks``."""
+    psnr = -10.0 * torch.log10(((rgb.clamp(0, 1) - frames) ** 2).flatten(1).mean(1))
+    vis, truth = alpha > 0.5, masks > 0.5
+    inter, union = (vis & truth).flatten(1).sum(1).float(), (vis | truth).flatten(1).sum(1).float()
+    return psnr, float(inter.sum() / union.sum()), inter / union
+
+
+@pytest.fixture(scope="module")
+def placed_fit(world):
+    gaussians = static_gaussians(world, iterations=30)
+    return deformation_fit(world, gaussians, iterations=6, trajectory_iterations=5)
+
+
+def test_render_places_a_coco4d_foreground_where_its_video_has_it(placed_fit, world):
+    """The object-centred foreground rendered alone at the view it was fitted from comes out where the reference
+    video has it (its screen trajectory applied), as well as the fit reproduces its own centred frames.
+
+    The bar is the fit's own quality, measured on the same scene: the centred render against the centred
+    frames it was fitted to. Left object-centred (what Render did before), the same render scores far
+    below it against the video."""
+    clip = reference_clip(world.images, world.masks)
+    centred = render_scene(placed_fit, clip.views.cameras, torch.ones(3))
+    own_psnr, own_iou, own_frames = _quality(centred.rgb, centred.alpha[..., 0], clip.views.images, clip.views.masks)
+    _, unplaced_iou, _ = _quality(centred.rgb, centred.alpha[..., 0], world.images, world.masks)
+    assert own_iou > 0.4, f"the fit does not see its object (IoU {own_iou:.3f} on its own frames)"
+
+    out = raw("Gen4D_Render", scene=placed_fit, background="#ffffff", depth_mode="metric", backend="torch")
+    images, alpha, depth = out["result"]
+    psnr, iou, frames = _quality(images, alpha, world.images, world.masks)
+    print(f"placed: PSNR {[round(v, 2) for v in psnr.tolist()]}, IoU {iou:.3f}; own frames: PSNR "
+          f"{[round(v, 2) for v in own_psnr.tolist()]}, IoU {own_iou:.3f}; left centred: IoU {unplaced_iou:.3f}")
+    assert iou >= own_iou - 0.05 and (frames >= own_frames - 0.1).all(), (iou, own_iou, frames, own_frames)
+    assert (psnr >= own_psnr - 1.0).all(), (psnr, own_psnr)
+    assert iou >= unplaced_iou + 0.1, "placing beats leaving the object centred"
+    assert torch.isfinite(depth).all() and float(depth[alpha > 0.5].min()) > 0.0, "the placed layer keeps its depth"
+    notes = " ".join(out["ui"]["text"])
+    assert "no cameras connected" in notes, "the recorded view was used, and the node says so"
+
+    # The same view connected explicitly gives the same pixels, without notes.
+    again = raw("Gen4D_Render", scene=placed_fit, cameras=seen_view_cameras(FRAMES, SIZE, SIZE),
+                background="#ffffff", depth_mode="metric", backend="torch")
+    assert torch.equal(again["result"][0], images) and again["ui"]["text"] == []
+
+
+def test_render_says_why_it_cannot_place_at_a_novel_camera(placed_fit):
+    novel = seen_view_cameras(FRAMES, SIZE, SIZE)
+    novel = type(novel)(orbit_poses([0.0] * FRAMES, [40.0] * FRAMES, 2.5), novel.Ks, SIZE, SIZE, novel.times)
+    out = raw("Gen4D_Render", scene=placed_fit, cameras=novel, depth_mode="metric", backend="torch")
+    notes = " ".join(out["ui"]["text"])
+    assert "3 of 3 camera(s) are not that view" in notes and "turned 40" in notes and "object-centred" in notes
+    plain = render_scene(placed_fit, novel, torch.ones(3))
+    assert torch.allclose(out["result"][1], plain.alpha[..., 0], atol=1e-6), "left object-centred there"
+
+
+def test_center_object_with_cameras_is_reported_on_the_node(world):
+    out = raw("Gen4D_StaticGaussians", images=world.images, masks=world.masks, cameras=world.cameras,
+              iterations=2, num_points=100, preview_every=0)
+    assert "center_object is on but not applied: cameras are connected" in " ".join(out["ui"]["text"])
+    start = sphere_init(100, 0.5, generator=torch.Generator().manual_seed(0))
+    out = raw("Gen4D_DeformationFit", gaussians=start, images=world.images, cameras=world.cameras, iterations=2,
+              trajectory_iterations=0, preview_every=0)
+    assert "center_object is on but not applied" in " ".join(out["ui"]["text"])
+    assert out["result"][0].parts[0].trajectory is None, "posed views are not centred"
+    # asked for nothing it cannot do: no note
+    out = raw("Gen4D_StaticGaussians", images=world.images, masks=world.masks, cameras=world.cameras,
+              center_object=False, iterations=2, num_points=100, preview_every=0)
+    assert out["ui"]["text"] == []

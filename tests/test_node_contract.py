@@ -148,6 +148,27 @@ def test_every_input_has_a_tooltip_and_a_sane_default(node_id):
             assert isinstance(opts.get("default"), str), f"{where}: STRING default"
 
 
+# Colour widgets that set what is seen behind objects and scenes (not fill colours of holes).
+BACKGROUND_WIDGETS = {"background", "background_color", "foreground_background"}
+
+
+def test_one_background_default_serves_every_node():
+    """Every colour widget behind objects and scenes defaults to the one pack constant (fit nodes, Render,
+    Compose, Preview, the SAM2 foreground frames), so an object fitted on it renders on it everywhere."""
+    from gen4d.nodes.widgets import DEFAULT_BACKGROUND
+
+    found = {}
+    for node_id in NODE_IDS:
+        for name, spec in all_inputs(gen4d.NODE_CLASS_MAPPINGS[node_id]).items():
+            if name in BACKGROUND_WIDGETS and spec[0] == "STRING":
+                found[f"{node_id}.{name}"] = spec[1]["default"]
+    for widget in ("Gen4D_StaticGaussians.background", "Gen4D_DeformationFit.background", "Gen4D_Render.background",
+                   "Gen4D_Compose.background_color", "Gen4D_Preview4D.background"):
+        assert widget in found, f"{widget} has no background colour widget"
+    wrong = {k: v for k, v in found.items() if v != DEFAULT_BACKGROUND}
+    assert not wrong, f"background defaults differ from {DEFAULT_BACKGROUND}: {wrong}"
+
+
 @pytest.mark.parametrize("node_id", NODE_IDS)
 def test_socket_types_are_declared(node_id):
     cls = gen4d.NODE_CLASS_MAPPINGS[node_id]

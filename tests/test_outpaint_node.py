@@ -60,8 +60,11 @@ def _inputs():
 
 
 def test_runs_on_oracles_with_progress_and_previews(fake_comfy):
-    scene, videos, report = run(NODE, **_inputs())
+    inputs = _inputs()
+    scene, videos, report = run(NODE, **inputs)
     assert isinstance(scene, Scene4D) and scene.parts[0].name == "background" and scene.num_frames == FRAMES
+    recorded = scene.parts[0].reference_cameras  # the cameras the background was reconstructed from
+    assert torch.equal(recorded.viewmats, inputs["cameras"].viewmats) and torch.equal(recorded.Ks, inputs["cameras"].Ks)
     assert scene.parts[0].gaussians.device.type == "cpu" and scene.parts[0].motion.kind == "hexplane"
     assert videos.shape == (FRAMES, SIZE, SIZE, 3) and videos.dtype == torch.float32
     assert 0.0 <= float(videos.min()) and float(videos.max()) <= 1.0
@@ -77,6 +80,20 @@ def test_pose_videos_fall_back_to_the_filled_reference_when_nothing_was_outpaint
     assert videos.shape == (FRAMES, SIZE, SIZE, 3) and "pose" not in report
     holes = inputs["hole_mask"] > 0.5
     assert torch.equal(videos[~holes], inputs["background"][~holes])  # known pixels pass through
+
+
+def test_the_scene_records_the_field_of_view_it_used():
+    """The fov widget changed and no cameras connected: the recorded reference cameras carry it, so Compose
+    (which used to fall back to 60°) reads the view the background was actually made with."""
+    node = gen4d.NODE_CLASS_MAPPINGS[NODE]
+    inputs = {**_inputs(), "loops": 0, "cameras": None, "fov": 45.0}
+    out = node().outpaint(**{**defaults(NODE), **inputs})
+    recorded = out["result"][0].reference_cameras
+    assert len(recorded) == FRAMES and torch.allclose(recorded.fovy_deg, torch.full((FRAMES,), 45.0))
+    assert out["ui"]["text"] == []
+    # connected cameras of another field of view win over the widget, and the node says so
+    out = node().outpaint(**{**defaults(NODE), **inputs, "cameras": _inputs()["cameras"]})
+    assert "fov 45° is not used" in " ".join(out["ui"]["text"])
 
 
 def test_interrupt_stops_the_run(fake_comfy):

@@ -107,6 +107,29 @@ def test_node_writes_asset_under_temp_only(fake_comfy):
     assert again["ui"]["gen4d_preview"][0]["filename"] != entry["filename"]
 
 
+def test_viewer_starts_at_the_recorded_camera_on_the_node_background(fake_comfy):
+    from gen4d.core.coco4d.reference import seen_view_cameras
+
+    plain = _moving_scene()
+    cams = seen_view_cameras(6, 64, 48, radius=3.0, fovy_deg=40.0)
+    part = plain.parts[0]
+    recorded = Scene4D([ScenePart(part.name, part.gaussians, part.motion, reference_cameras=cams)], 6, 12.0)
+    node = NODE_CLASS_MAPPINGS["Gen4D_Preview4D"]()
+
+    def header(out):
+        entry = out["ui"]["gen4d_preview"][0]
+        return pa.decode_asset((fake_comfy.temp / entry["subfolder"] / entry["filename"]).read_bytes()).header
+
+    out = node.preview(max_splats=100, num_frames=0, background="0.5,0,1", scene=recorded)
+    view = header(out)["view"]
+    assert np.allclose(np.asarray(view["viewmat"]).reshape(4, 4), cams.viewmats[0].numpy(), atol=1e-6)
+    assert view["fovy_deg"] == pytest.approx(40.0) and (view["width"], view["height"]) == (64, 48)
+    assert header(out)["background"] == "#8000ff" and out["ui"]["text"] == []
+    out = node.preview(max_splats=100, num_frames=0, scene=plain)
+    assert "view" not in header(out) and header(out)["background"] == "#ffffff"
+    assert "records no cameras" in " ".join(out["ui"]["text"])
+
+
 def test_node_without_input_names_itself(fake_comfy):
     with pytest.raises(ValueError, match="Gen4D_Preview4D"):
         NODE_CLASS_MAPPINGS["Gen4D_Preview4D"]().preview(max_splats=10, num_frames=0)

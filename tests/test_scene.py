@@ -10,6 +10,7 @@ import pytest
 import safetensors.torch
 import torch
 from gen4d.core.engine import scene
+from gen4d.core.engine.cameras import Cameras, intrinsics_from_fov, orbit_poses
 from gen4d.core.engine.gaussians import Gaussians
 from gen4d.core.engine.scene import KeyframeMotion, Motion, Scene4D, ScenePart, StaticMotion
 from gen4d.core.formats import export, ply
@@ -171,7 +172,7 @@ def test_file_layout(tmp_path):
     path = two_part_scene().save(tmp_path / "s.safetensors")
     with safetensors.safe_open(str(path), "pt") as f:
         meta, keys = f.metadata(), set(f.keys())
-    assert meta["format"] == "gen4d-scene" and meta["version"] == "1"
+    assert meta["format"] == "gen4d-scene" and meta["version"] == "2"
     doc = json.loads(meta["scene"])
     assert doc["num_frames"] == 4 and doc["fps"] == 12.0
     assert doc["parts"][0]["name"] == "fg"
@@ -179,6 +180,52 @@ def test_file_layout(tmp_path):
     assert {"parts.0.gaussians.means", "parts.0.motion.means", "parts.0.trajectory.shift",
             "parts.1.gaussians.sh"} <= keys
     assert not any(k.startswith("parts.1.motion") for k in keys)
+
+
+def seen_view(frames: int, radius: float = 3.0, fovy: float = 40.0, size=(48, 32)) -> Cameras:
+    vm = orbit_poses([5.0], [10.0], radius).expand(frames, 4, 4).clone()
+    K = intrinsics_from_fov(fovy, *size).expand(frames, 3, 3).clone()
+    return Cameras(vm, K, size[0], size[1], torch.linspace(0, 1, frames), 0.05, 50.0)
+
+
+def test_reference_cameras_round_trip(tmp_path):
+    sc = two_part_scene()
+    fg, bg = sc.parts
+    cams = seen_view(4)
+    held = seen_view(1, radius=1.0, fovy=60.0, size=(64, 48))
+    sc = Scene4D([ScenePart("fg", fg.gaussians, fg.motion, fg.trajectory, cams),
+                  ScenePart("bg", bg.gaussians, reference_cameras=held)], 4, 12.0)
+    back = Scene4D.load(sc.save(tmp_path / "cams.safetensors"))
+    for want, got in ((cams, back.parts[0].reference_cameras), (held, back.parts[1].reference_cameras)):
+        assert isinstance(got, Cameras)
+        assert torch.equal(got.viewmats, want.viewmats) and torch.equal(got.Ks, want.Ks)
+        assert torch.equal(got.times, want.times)
+        assert (got.width, got.height, got.near, got.far) == (want.width, want.height, want.near, want.far)
+    assert torch.equal(back.reference_cameras.viewmats, cams.viewmats), "the first part's record"
+    assert back.to("cpu").parts[1].reference_cameras is not None, "copies keep the record"
+    with pytest.raises(ValueError, match="reference_cameras hold 2 views"):
+        ScenePart("fg", fg.gaussians, fg.motion, fg.trajectory, seen_view(2))
+
+
+def test_version_1_files_still_load(tmp_path):
+    """A file in the layout written before parts recorded cameras (version 1), built here tensor by tensor."""
+    g = random_gaussians(5, 4)
+    means = torch.randn(3, 5, 3)
+    shift, scale = torch.randn(3, 2), torch.rand(3) + 0.5
+    tensors = {**{f"parts.0.gaussians.{k}": v for k, v in g.tensors().items()},
+               "parts.0.motion.means": means, "parts.0.trajectory.shift": shift, "parts.0.trajectory.scale": scale}
+    doc = {"num_frames": 3, "fps": 8.0, "parts": [{"name": "foreground", "trajectory": ["scale", "shift"],
+                                                   "motion": {"kind": "keyframes",
+                                                              "config": {"num_frames": 3, "has_quats": False}}}]}
+    meta = {"format": "gen4d-scene", "version": "1", "scene": json.dumps(doc)}
+    write_raw(tmp_path / "v1.safetensors", tensors, meta)
+    back = Scene4D.load(tmp_path / "v1.safetensors")
+    part = back.part("foreground")
+    assert part.reference_cameras is None and back.reference_cameras is None
+    assert torch.equal(part.trajectory["shift"], shift) and torch.equal(back.at(0.5).means, means[1])
+    # and it saves again as the current version, still without cameras
+    again = Scene4D.load(back.save(tmp_path / "v2.safetensors"))
+    assert again.part("foreground").reference_cameras is None
 
 
 def test_shared_tensors_and_grad_tensors_save(tmp_path):
@@ -223,7 +270,7 @@ def test_load_errors_are_clear(tmp_path):
     with pytest.raises(ValueError, match="cut.safetensors.*not a readable safetensors"):
         Scene4D.load(tmp_path / "cut.safetensors")
     cases = {
-        "v2": ({**meta, "version": "2"}, tensors, "version '2'.*reads version 1"),
+        "v3": ({**meta, "version": "3"}, tensors, "version '3'.*reads versions 1, 2"),
         "fmt": ({"format": "other"}, tensors, "not a gen4d scene"),
         "kind": ({**meta, "scene": meta["scene"].replace('"keyframes"', '"hexplane_v9"')}, tensors,
                  "part 0: unknown motion kind 'hexplane_v9'"),

@@ -57,6 +57,9 @@ export function parseAsset(buffer) {
   if (!Array.isArray(b) || b.length !== 2) throw new Error("preview asset header has no bounds");
   asset.lo = b[0].map(Number);
   asset.span = b[1].map((v, k) => Number(v) - asset.lo[k]);
+  asset.view = parseView(header.view);
+  asset.background = typeof header.background === "string" && /^#[0-9a-f]{6}$/i.test(header.background)
+    ? header.background : null;
   for (const [name, spec] of Object.entries(BLOCKS)) {
     const entry = header.layout.find((e) => e && e.name === name);
     if (!entry) throw new Error(`preview asset has no '${name}' block`);
@@ -232,6 +235,20 @@ function hexToRgb(hex) {
   const m = /^#?([0-9a-f]{6})$/i.exec(hex || "");
   const v = m ? parseInt(m[1], 16) : 0x202020;
   return [((v >> 16) & 255) / 255, ((v >> 8) & 255) / 255, (v & 255) / 255];
+}
+
+/** The scene's recorded reference camera from the optional header entry `view` (else null):
+ *  `viewmat` 16 numbers, world-to-camera row-major (OpenCV axes), and `fovy_deg`. */
+function parseView(view) {
+  if (!view || !Array.isArray(view.viewmat) || view.viewmat.length !== 16) return null;
+  const m = view.viewmat.map(Number);
+  const fovy = Number(view.fovy_deg);
+  if (!m.every(Number.isFinite) || !(fovy > 0 && fovy < 180)) return null;
+  const R = [m[0], m[1], m[2], m[4], m[5], m[6], m[8], m[9], m[10]];
+  const t = [m[3], m[7], m[11]];
+  // camera centre = -R^T t; forward = third row of R
+  const eye = [0, 1, 2].map((j) => -(R[j] * t[0] + R[3 + j] * t[1] + R[6 + j] * t[2]));
+  return { eye, forward: [R[6], R[7], R[8]], fovY: (fovy * Math.PI) / 180 };
 }
 
 export class Gen4DViewer {
@@ -435,6 +452,7 @@ export class Gen4DViewer {
     this.numFrames = asset.numFrames;
     this.frame = 0;
     this.setFps(asset.fps);
+    if (asset.background) this.setBackground(asset.background);
     const N = asset.numSplats;
     const rows = Math.max(1, Math.ceil(N / TEX_W));
     this._rows = rows;
@@ -553,19 +571,33 @@ export class Gen4DViewer {
   }
 
   // ------------------------------------------------------------------ camera
-  /** Frame the asset's bounds, looking along +z with -y up. */
+  /** Start at the scene's recorded reference camera when the asset names one (the view its reference
+   *  video was seen from, roll dropped); else frame the asset's bounds, looking along +z with -y up. */
   resetView() {
     const a = this.asset;
     const lo = a ? a.lo : [-1, -1, -1];
     const span = a ? a.span : [2, 2, 2];
     const radius = Math.max(1e-3, 0.5 * Math.hypot(span[0], span[1], span[2]));
-    this.view = {
-      target: [lo[0] + span[0] / 2, lo[1] + span[1] / 2, lo[2] + span[2] / 2],
-      distance: (radius / Math.tan(FOV_Y / 2)) * 1.05,
-      yaw: 0,
-      pitch: 0,
-      radius,
-    };
+    const center = [lo[0] + span[0] / 2, lo[1] + span[1] / 2, lo[2] + span[2] / 2];
+    const rec = a ? a.view : null;
+    this.fovY = rec ? rec.fovY : FOV_Y;
+    if (rec) {
+      const f = rec.forward;
+      const fn = Math.hypot(f[0], f[1], f[2]) || 1;
+      const fwd = f.map((x) => x / fn);
+      // orbit about the point of the optical axis nearest the bounds' centre (in front of the camera)
+      const along = fwd.reduce((acc, x, i) => acc + x * (center[i] - rec.eye[i]), 0);
+      const distance = Math.max(radius * 0.05, along);
+      this.view = {
+        target: rec.eye.map((x, i) => x + distance * fwd[i]),
+        distance,
+        yaw: Math.atan2(fwd[0], fwd[2]),
+        pitch: Math.asin(Math.max(-1, Math.min(1, fwd[1]))),
+        radius,
+      };
+    } else {
+      this.view = { target: center, distance: (radius / Math.tan(FOV_Y / 2)) * 1.05, yaw: 0, pitch: 0, radius };
+    }
     this._viewChanged();
   }
 
@@ -577,7 +609,7 @@ export class Gen4DViewer {
 
   pan(dx, dy) {
     const h = Math.max(1, this.canvas.clientHeight);
-    const k = (2 * this.view.distance * Math.tan(FOV_Y / 2)) / h;
+    const k = (2 * this.view.distance * Math.tan((this.fovY || FOV_Y) / 2)) / h;
     const R = this.cam.R;
     for (let i = 0; i < 3; i++) this.view.target[i] -= k * (dx * R[i] + dy * R[3 + i]);
     this._viewChanged();
@@ -720,7 +752,7 @@ export class Gen4DViewer {
     if (this.asset && this.drawCount > 0 && this.cam) {
       this._uploadFrame();
       const a = this.asset;
-      const focal = (0.5 * h) / Math.tan(FOV_Y / 2);
+      const focal = (0.5 * h) / Math.tan((this.fovY || FOV_Y) / 2);
       gl.useProgram(this.prog);
       gl.uniform1i(this.u.u_pos, 0);
       gl.uniform1i(this.u.u_covA, 1);

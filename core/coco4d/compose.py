@@ -14,16 +14,21 @@ Public API:
     ray_rotations(dirs)         ``[T,3,3]`` minimal rotations taking the optical axis ``+z`` to ``dirs``
     placement(shift, scale, ref_cameras, seen_viewmats, seen_focal, surface_z, thickness)   the 3D similarity
     mask_colors(gaussians, value)   the set recoloured to one grey level (for occlusion-aware masks)
+    seen_view(...)              the default seen view (``core.coco4d.reference.seen_view_cameras``)
+    composition_cameras(foreground, background, cameras, n, w, h, config)   the reference and seen
+                                views to compose with: given / recorded in the scenes / defaults, with notes
 
 Design notes:
     Inputs. The foreground scene comes from the object-centric fit (``Gen4D_DeformationFit``): its
-    Gaussians live in the object frame, seen by the *seen view* ``V_s`` (orbit pose at radius
-    ``R`` = 2.5 looking at the object origin, fovy 49.1, at the reference frame size, so the focal
-    is ``f_s``), and its part carries the screen trajectory ``(Δ_t, s_t)`` of §3.1: a centred
+    Gaussians live in the object frame, seen by the *seen view* ``V_s`` (by default the orbit pose at
+    radius ``R`` = 2.5 looking at the object origin, fovy 49.1, at the reference frame size, so the
+    focal is ``f_s``; the fit records the view it used in the part's ``reference_cameras``, and that
+    record is what is read), and its part carries the screen trajectory ``(Δ_t, s_t)`` of §3.1: a centred
     render ``I_c`` is put back into frame ``t`` by ``I(p) = I_c((p - c - Δ_t)/s_t + c)``, so the
     object origin, which projects to the image centre ``c``, lands at ``p_t = c + Δ_t`` and every
     length grows by ``s_t``. The background scene lives in the world of the reference cameras
-    ``V_r,t`` (focal ``f_r``; CoCo4D lifts it from frame 0 with the identity camera, fovy 60).
+    ``V_r,t`` (focal ``f_r``; CoCo4D lifts it from frame 0 with the identity camera, fovy 60; the
+    background branch records the cameras it used, and :func:`composition_cameras` reads them).
     ``D_ref`` is the depth model's z-depth of reference frame 0 (the *same* model as the
     background branch, so its value range relates to the background's by one affine map),
     ``M_t`` the reference foreground masks.
@@ -81,7 +86,7 @@ Design notes:
     :class:`core.engine.scene.PlacedMotion` around the foreground's own motion, so the composite is one
     :class:`Scene4D` with parts "foreground" and "background" that renders from any camera and
     round-trips through scene files. The screen trajectory is consumed: the placed part carries
-    none.
+    none, and records the reference cameras as its own (the composite is seen by them).
 
     Limits: a relative (disparity) depth model enters as ``1/disparity``, which is not affine in
     depth; eq. 9 then aligns the ranges only approximately. SH colours of degree > 0 are not
@@ -99,10 +104,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..engine.cameras import Cameras, intrinsics_from_fov, orbit_poses
+from ..engine.cameras import Cameras, clip_cameras, view_difference
 from ..engine.gaussians import Gaussians, rotmat_to_quat
 from ..engine.scene import PlacedMotion, Scene4D, ScenePart
 from ..engine.sh import rgb_to_sh
+from .reference import seen_view_cameras
+from .screen_trajectory import SAME_VIEW_TOLERANCE
 
 __all__ = [
     "ComposeConfig",
@@ -118,6 +125,8 @@ __all__ = [
     "mask_colors",
     "seen_view",
     "visible_masks",
+    "composition_cameras",
+    "CompositionCameras",
 ]
 
 logger = logging.getLogger(__name__)
@@ -355,11 +364,82 @@ def mask_colors(gaussians: Gaussians, value: float) -> Gaussians:
 
 
 def seen_view(num_frames: int, width: int, height: int, radius: float = 2.5, fovy_deg: float = 49.1) -> Cameras:
-    """The foreground fit's seen view (orbit elevation 0, azimuth 0, looking at the origin), ``T`` frames."""
-    vm = orbit_poses([0.0], [0.0], radius).expand(num_frames, 4, 4).clone()
-    K = intrinsics_from_fov(fovy_deg, width, height).expand(num_frames, 3, 3).clone()
-    times = torch.linspace(0.0, 1.0, num_frames) if num_frames > 1 else torch.zeros(1)
-    return Cameras(vm, K, width, height, times, 0.01, 100.0)
+    """The default seen view of the foreground fit (see ``core.coco4d.reference.seen_view_cameras``)."""
+    return seen_view_cameras(num_frames, width, height, radius, fovy_deg)
+
+
+@dataclass
+class CompositionCameras:
+    """The views a composition uses and where they came from.
+
+    Attributes:
+        reference: ``T`` reference cameras (the background's world).
+        seen: the foreground's seen view (1 or ``T`` cameras).
+        notes: fallbacks and overrides taken, in plain sentences (empty when every view came from
+            the scenes' records and nothing contradicted them).
+    """
+
+    reference: Cameras
+    seen: Cameras
+    notes: list[str] = field(default_factory=list)
+
+
+def composition_cameras(foreground: Scene4D, background: Scene4D, cameras: Cameras | None, num_frames: int,
+                        width: int, height: int, config: ComposeConfig = ComposeConfig(), who: str = "compose"
+                        ) -> CompositionCameras:
+    """Pick the reference and seen views from what the scenes recorded.
+
+    Reference cameras: ``cameras`` when given (an override; a note says so when they differ from the
+    background's record), else the background's recorded ``reference_cameras``, else CoCo4D's identity
+    camera with fovy 60 (noted). Seen view: the foreground part's recorded ``reference_cameras``
+    (``config.seen_radius``/``seen_fovy_deg``, when set away from their defaults, noted as unused if
+    they differ from it), else the seen view built from ``config`` (noted: the file predates
+    recorded cameras).
+    """
+    notes: list[str] = []
+    recorded_ref = _recorded(background)
+    if cameras is not None:
+        ref = clip_cameras(cameras, num_frames, width, height, who=who)
+        if recorded_ref is not None:
+            rec = clip_cameras(recorded_ref, num_frames, width, height, who=who)
+            angle, offset, focal = view_difference(ref, rec)
+            if not ((angle <= SAME_VIEW_TOLERANCE[0]) & (offset <= SAME_VIEW_TOLERANCE[1])
+                    & (focal <= SAME_VIEW_TOLERANCE[2])).all():
+                notes.append(f"the connected cameras differ from the reference cameras the background scene records "
+                             f"(up to {float(angle.max()):.3g}° turned, {float(offset.max()):.3g} of the distance "
+                             f"moved, fovy {float(ref.fovy_deg[0]):.4g}° vs {float(rec.fovy_deg[0]):.4g}°); they are "
+                             "used as connected. Disconnect them to compose at the recorded view.")
+    elif recorded_ref is not None:
+        ref = clip_cameras(recorded_ref, num_frames, width, height, who=who)
+    else:
+        ref = clip_cameras(None, num_frames, width, height, who=who)
+        notes.append("no cameras connected and the background scene records none (a file from before scenes "
+                     "recorded their cameras): CoCo4D's identity camera with fovy 60 is assumed; connect the "
+                     "background's reference cameras if it was made with others.")
+    part = _foreground_part(foreground)
+    seen = part.reference_cameras
+    if seen is not None:
+        seen = seen.to("cpu")
+        seen = seen.resized(width, height) if (seen.width, seen.height) != (width, height) else seen
+        radius = float(seen.viewmats[0, 2, 3])
+        fovy = float(seen.fovy_deg[0])
+        default = ComposeConfig()
+        changed = (config.seen_radius, config.seen_fovy_deg) != (default.seen_radius, default.seen_fovy_deg)
+        if changed and (abs(radius - config.seen_radius) > 1e-3 * radius or abs(fovy - config.seen_fovy_deg) > 0.05):
+            notes.append(f"seen_radius {config.seen_radius:g} / seen_fovy {config.seen_fovy_deg:g}° are not used: "
+                         f"the foreground scene records the seen view it was fitted at (distance {radius:.4g}, "
+                         f"fovy {fovy:.4g}°).")
+    else:
+        seen = seen_view(num_frames, width, height, config.seen_radius, config.seen_fovy_deg)
+        notes.append(f"the foreground scene records no seen view (a file from before scenes recorded their "
+                     f"cameras): seen_radius {config.seen_radius:g} and seen_fovy {config.seen_fovy_deg:g}° are "
+                     "used; they must match the fit that made it.")
+    return CompositionCameras(ref, seen, notes)
+
+
+def _recorded(scene: Scene4D) -> Cameras | None:
+    cams = scene.reference_cameras
+    return None if cams is None else cams.to("cpu")
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -481,8 +561,8 @@ def compose(
         render_fn: ``render_fn(gaussians, cameras, background[3])`` -> object with ``rgb [C,H,W,3]``,
             ``alpha [C,H,W,1]``, ``depth [C,H,W,1]`` (``backends.render.render``).
         config: see :class:`ComposeConfig`.
-        seen_cameras: the foreground's seen view (default: :func:`seen_view` from ``config`` at the
-            reference size).
+        seen_cameras: the foreground's seen view (default: the one its part records, else
+            :func:`seen_view` from ``config`` at the reference size).
         device: where the renders run.
         callback: ``callback(step, total, preview [H,W,3] | None)`` after each stage.
 
@@ -499,12 +579,21 @@ def compose(
     total = 4
     part = _foreground_part(foreground)
     shift, scale = _trajectory(part, n)
-    seen = seen_cameras if seen_cameras is not None else seen_view(n, w, h, config.seen_radius,
-                                                                   config.seen_fovy_deg)
+    seen = seen_cameras if seen_cameras is not None else part.reference_cameras
+    if seen is None:
+        seen = seen_view(n, w, h, config.seen_radius, config.seen_fovy_deg)
     if not isinstance(seen, Cameras) or len(seen) not in (1, n):
-        raise ValueError(f"compose: seen_cameras must be 1 or {n} Cameras")
+        got = f"{len(seen)} cameras" if isinstance(seen, Cameras) else type(seen).__name__
+        raise ValueError(f"compose: the foreground's seen view must be 1 or {n} cameras, got {got}")
+    seen = seen.to("cpu")
     seen = seen.resized(w, h) if (seen.width, seen.height) != (w, h) else seen
     seen_vm = seen.viewmats.expand(n, 4, 4) if len(seen) == 1 else seen.viewmats
+    pivot = seen_vm[:, :3, 3]
+    if not bool((pivot[:, 2] > 0).all()) or float(pivot[:, :2].norm(dim=-1).max()) > 1e-3 * float(pivot[:, 2].min()):
+        raise ValueError(f"compose: the foreground's seen view must look at the object's origin from in front "
+                         f"(the origin on its optical axis at a positive distance), got the origin at "
+                         f"{pivot[0].tolist()} in camera coordinates; an object fitted at such a view cannot be "
+                         "placed by its screen trajectory")
     seen_focal = float(torch.sqrt(seen.Ks[0, 0, 0] * seen.Ks[0, 1, 1]))
     times = foreground.frame_times()
     frame_cams = Cameras(ref_cameras.viewmats, ref_cameras.Ks, w, h, times.float(), ref_cameras.near,
@@ -542,7 +631,7 @@ def compose(
     def build(sh: Tensor, sc: Tensor) -> tuple[ScenePart, Tensor]:
         scales, rots, trans, dist = placement(sh, sc, frame_cams, seen_vm, seen_focal, d, thickness)
         motion = PlacedMotion(part.motion, scales, rotmat_to_quat(rots), trans)
-        return ScenePart("foreground", part.gaussians, motion, None), dist
+        return ScenePart("foreground", part.gaussians, motion, None, frame_cams.to("cpu")), dist
 
     placed, distances = build(shift, scale)
     eta, rendered_widths = 1.0, []
@@ -562,7 +651,7 @@ def compose(
     if eta != 1.0:
         shift, scale = rescale_trajectory(shift, scale, eta, config.rescale_motion)
         placed, distances = build(shift, scale)
-    scene = Scene4D([placed, *_background_parts(background)], n, foreground.fps)
+    scene = Scene4D([placed, *_background_parts(background, frame_cams.to("cpu"))], n, foreground.fps)
     report = CompositionReport(factor, offset, d, float(distances[0]), float(placed.motion.scales[0]), eta,
                                n_valid, nonfinite, ref_widths.tolist(), rendered_widths, distances.tolist())
     logger.info("compose: %s", report.text().replace("\n", "; "))
@@ -585,8 +674,9 @@ def visible_masks(placed: ScenePart, background: Scene4D, cams: Cameras, times: 
     return torch.stack(out)
 
 
-def _background_parts(background: Scene4D) -> list[ScenePart]:
-    if len(background.parts) == 1:
-        p = background.parts[0]
-        return [ScenePart("background", p.gaussians, p.motion, p.trajectory)]
-    return [ScenePart(f"background_{k}", p.gaussians, p.motion, p.trajectory) for k, p in enumerate(background.parts)]
+def _background_parts(background: Scene4D, ref_cameras: Cameras) -> list[ScenePart]:
+    """The background's parts renamed for the composite; a part without recorded cameras gets the reference ones."""
+    names = ["background"] if len(background.parts) == 1 else [f"background_{k}" for k in range(len(background.parts))]
+    return [ScenePart(name, p.gaussians, p.motion, p.trajectory,
+                      p.reference_cameras if p.reference_cameras is not None else ref_cameras)
+            for name, p in zip(names, background.parts)]

@@ -671,6 +671,8 @@ def finish(state: OutpaintState, stopped: bool) -> OutpaintResult:
                                   generator=torch.Generator().manual_seed(cfg.seed))
         state.motion = DeformationMotion(deformation.to(state.device).eval())
     state.report.final_gaussians = len(state.canonical)
-    scene = Scene4D([ScenePart("background", state.canonical.detach(), state.motion)],
+    # The part records the reference cameras it was reconstructed from (read by Compose, Render, Preview).
+    scene = Scene4D([ScenePart("background", state.canonical.detach(), state.motion,
+                               reference_cameras=state.ref.to("cpu"))],
                     num_frames=state.frames.shape[0], fps=cfg.fps)
     return OutpaintResult(scene, state.report, state.pose_videos, state.reference, state.ref, stopped)

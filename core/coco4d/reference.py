@@ -12,12 +12,14 @@ Design notes:
     moved to the image centre in every frame (one zoom for the clip). The same deterministic
     centring is applied by both fit stages, so a static fit and the deformation fit that follows
     it see the object at the same place. Without masks, or with ``center=False``, frames are
-    used as they are.
+    used as they are. Given cameras (posed multi-view images) are never centred: the frames are
+    fitted where those cameras see them; a centring asked for there is dropped and said so in
+    ``ReferenceClip.notes``, for the node to show.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -48,12 +50,14 @@ class ReferenceClip:
         views: the frames as fitted (centred when a trajectory exists) with their cameras.
         trajectory: places centred renders back into the original frames; None without centring.
         frames, masks: the original frames ``[T,H,W,3]`` and masks ``[T,H,W]`` (masks may be None).
+        notes: options asked for but not applied, with the reason (plain sentences).
     """
 
     views: PosedImages
     trajectory: ScreenTrajectory | None
     frames: Tensor
     masks: Tensor | None
+    notes: list[str] = field(default_factory=list)
 
 
 def reference_clip(
@@ -83,6 +87,14 @@ def reference_clip(
     cams = cameras if cameras is not None else seen_view_cameras(t, w, h, radius, fovy_deg)
     trajectory = None
     fitted, fitted_masks = frames, masks
+    notes = []
     if center and masks is not None and cameras is None:
         fitted, fitted_masks, trajectory = center_object(frames, masks, background)
-    return ReferenceClip(PosedImages(fitted, cams, fitted_masks), trajectory, frames, masks)
+    elif center and cameras is not None:
+        notes.append("center_object is on but not applied: cameras are connected, so the images are fitted where "
+                     "those cameras see them (posed views are never moved). Turn center_object off to silence "
+                     "this, or disconnect the cameras for CoCo4D's object-centred fit at the seen view.")
+    elif center:
+        notes.append("center_object is on but not applied: it needs masks (connect the object masks, e.g. from "
+                     "SAM2), so the frames are fitted as they are.")
+    return ReferenceClip(PosedImages(fitted, cams, fitted_masks), trajectory, frames, masks, notes)

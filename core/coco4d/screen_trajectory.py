@@ -2,9 +2,12 @@
 """CoCo4D's screen-space foreground trajectory: per-frame shift (Δx, Δy) and scale s.
 
 Public API:
-    ScreenTrajectory            shift ``[T,2]`` (pixels) and scale ``[T]``; ``warp`` applies it
+    ScreenTrajectory            shift ``[T,2]`` (pixels) and scale ``[T]``; ``warp`` applies it, ``at`` samples it
     center_object(frames, masks, fill)       object-centred frames + the trajectory that undoes it
     refine_trajectory(rendered, frames, masks, trajectory, ...)   CoCo4D App. A refinement
+    ScreenPlacement / screen_placement(...)  where a render may be put back into the reference video
+    place_layer(rgb, alpha, depth, shift, scale)   a premultiplied render layer moved by the trajectory
+    composite_layers(layers, background)     premultiplied layers composited front to back per pixel
 
 Design notes:
     CoCo4D §3.1 (and App. A): the foreground is reconstructed from frames in which the object is
@@ -17,17 +20,35 @@ Design notes:
     mask extent) so articulation is not mistaken for size changes; only depth-driven changes of
     size remain for the per-frame scale. The shift is in pixels (Adam lr 0.1 moves it ~0.1 px a
     step); the scale is optimised in log space at ``scale_lr`` (0.1 would change it by ~10% a step).
+
+    Rendering with the trajectory. The warp is a 2D operation: it is right only for a camera that is
+    the view the trajectory was measured in (the seen view the object was fitted from, recorded in
+    the scene part's ``reference_cameras``). :func:`screen_placement` tells which cameras of a path are
+    that view (same pose and intrinsics as the recorded camera of their time, up to a small
+    tolerance, at any image size: shifts scale with the image) and why the others are not;
+    :func:`place_layer` moves such a render; :func:`composite_layers` merges it with the other
+    parts' renders by per-pixel depth. The depth of a placed layer is the seen view's depth (object
+    units): a 2D warp has no depth of its own. Any other camera needs the 3D placement of
+    composition (``core.coco4d.compose``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["ScreenTrajectory", "center_object", "refine_trajectory"]
+from ..engine.cameras import Cameras, view_difference
+
+__all__ = ["ScreenTrajectory", "center_object", "refine_trajectory", "ScreenPlacement", "screen_placement",
+           "place_layer", "composite_layers", "SAME_VIEW_TOLERANCE"]
+
+# A camera counts as the recorded view within these limits (rotation in degrees, centre offset
+# relative to the view's distance from the origin, intrinsics as relative image fractions): far
+# below a pixel at the sizes the pack renders, far above float round-off of a rebuilt camera.
+SAME_VIEW_TOLERANCE = (0.05, 1e-3, 1e-3)
 
 
 @dataclass
@@ -55,6 +76,31 @@ class ScreenTrajectory:
     def as_dict(self) -> dict[str, Tensor]:
         """The form ``core.engine.scene.ScenePart.trajectory`` stores."""
         return {"shift": self.shift.detach().clone(), "scale": self.scale.detach().clone()}
+
+    @classmethod
+    def from_dict(cls, trajectory: dict[str, Tensor], num_frames: int | None = None) -> "ScreenTrajectory":
+        """From the form a scene part stores (a missing shift is 0, a missing scale 1)."""
+        shift, scale = trajectory.get("shift"), trajectory.get("scale")
+        n = num_frames if shift is None and scale is None else (shift if shift is not None else scale).shape[0]
+        shift = torch.zeros(n, 2) if shift is None else shift.detach().float().cpu()
+        scale = torch.ones(n) if scale is None else scale.detach().float().cpu()
+        return cls(shift, scale)
+
+    def at(self, times: Tensor) -> tuple[Tensor, Tensor]:
+        """``(shift [C,2], scale [C])`` at normalised times (frame ``i`` at ``i/(T-1)``).
+
+        Between frames the shift is interpolated linearly and the scale geometrically.
+        """
+        t = times.detach().float().cpu().clamp(0.0, 1.0)
+        last = len(self) - 1
+        if last == 0:
+            return self.shift[:1].expand(len(t), 2).clone(), self.scale[:1].expand(len(t)).clone()
+        pos = t * last
+        i0 = pos.floor().long().clamp(max=last - 1)
+        w = (pos - i0.float())
+        shift = torch.lerp(self.shift[i0], self.shift[i0 + 1], w[:, None])
+        scale = torch.lerp(self.scale[i0].log(), self.scale[i0 + 1].log(), w).exp()
+        return shift, scale
 
     def warp(self, images: Tensor, index: Tensor | None = None) -> Tensor:
         """Place centred images ``[B,H,W,C]`` (frames ``index``, default all) into the frame."""
@@ -168,3 +214,89 @@ def refine_trajectory(
             opt.step()
             losses.append(float(loss.detach()))
     return ScreenTrajectory(shift.detach(), log_scale.detach().exp()), losses
+
+
+@dataclass
+class ScreenPlacement:
+    """Which cameras may show a screen-trajectory part where the reference video has it.
+
+    Attributes:
+        placed: ``[C]`` bool, the camera is the recorded view of its time.
+        shift: ``[C,2]`` trajectory shifts at the cameras' times, in pixels of the cameras' image size.
+        scale: ``[C]`` trajectory scales at the cameras' times.
+        notes: why cameras are not placed (plain sentences for the user), or what was assumed.
+    """
+
+    placed: Tensor
+    shift: Tensor
+    scale: Tensor
+    notes: list[str] = field(default_factory=list)
+
+
+def screen_placement(trajectory: ScreenTrajectory, recorded: Cameras, cameras: Cameras, name: str = "part",
+                     tolerance: tuple[float, float, float] = SAME_VIEW_TOLERANCE) -> ScreenPlacement:
+    """Decide, per camera, whether the trajectory can put the part's render into the reference video.
+
+    Args:
+        trajectory: the part's screen trajectory (shifts in pixels of ``recorded``'s image size).
+        recorded: the view the trajectory was measured in (the part's reference cameras).
+        cameras: the cameras to render.
+        name: the part's name, for the notes.
+        tolerance: ``(angle_deg, offset, focal)`` limits of :func:`core.engine.cameras.view_difference`.
+    """
+    angle, offset, focal = view_difference(cameras, recorded)
+    placed = (angle <= tolerance[0]) & (offset <= tolerance[1]) & (focal <= tolerance[2])
+    shift, scale = trajectory.at(cameras.times)
+    shift = shift * torch.tensor([cameras.width / recorded.width, cameras.height / recorded.height])
+    notes = []
+    off = (~placed).nonzero().flatten().tolist()
+    if off:
+        worst = max(off, key=lambda i: (float(angle[i]), float(offset[i]), float(focal[i])))
+        notes.append(
+            f"part {name!r} carries a screen trajectory measured at its recorded view (CoCo4D's seen view); "
+            f"{len(off)} of {len(cameras)} camera(s) are not that view (the farthest, camera {worst}, is turned "
+            f"{float(angle[worst]):.3g}°, moved {float(offset[worst]):.3g} of its distance, intrinsics off by "
+            f"{float(focal[worst]):.3g}), and a 2D shift is right only at that view, so the part renders "
+            "object-centred there. Compose it (Gen4D Compose) to place it in 3D for any camera.")
+    return ScreenPlacement(placed, shift, scale, notes)
+
+
+def place_layer(rgb: Tensor, alpha: Tensor, depth: Tensor, shift: Tensor, scale: Tensor
+                ) -> tuple[Tensor, Tensor, Tensor]:
+    """Move a premultiplied render layer (``rgb [C,H,W,3]`` over black, ``alpha``/``depth [C,H,W,1]``).
+
+    ``out(p) = in((p - c - shift) / scale + c)`` per camera; depth is carried alpha-weighted, so
+    its edges stay the layer's depth (0 where the moved layer is empty).
+    """
+    stack = torch.cat([rgb, alpha, depth * alpha], dim=-1)
+    moved = _warp(stack, shift.to(stack), scale.to(stack))
+    a = moved[..., 3:4].clamp(0.0, 1.0)
+    d = torch.where(a > 1e-6, moved[..., 4:5] / a.clamp_min(1e-6), torch.zeros_like(a))
+    return moved[..., :3], a, d
+
+
+def composite_layers(layers: list[tuple[Tensor, Tensor, Tensor]], background: Tensor | None = None
+                     ) -> tuple[Tensor, Tensor, Tensor]:
+    """Composite premultiplied layers ``(rgb [C,H,W,3], alpha, depth [C,H,W,1])`` front to back per pixel.
+
+    At every pixel the layers are ordered by their depth (empty ones last) and combined with the
+    "over" operator; ``background [3]`` fills what stays uncovered. Returns ``(rgb, alpha, depth)``
+    with depth the blend weights' mean of the layer depths (0 where nothing is covered).
+    """
+    rgb = torch.stack([layer[0] for layer in layers])
+    alpha = torch.stack([layer[1] for layer in layers]).clamp(0.0, 1.0)
+    depth = torch.stack([layer[2] for layer in layers])
+    key = torch.where(alpha > 1e-6, depth, torch.full_like(depth, float("inf")))
+    order = key.argsort(dim=0)
+    rgb = rgb.gather(0, order.expand_as(rgb))
+    alpha, depth = alpha.gather(0, order), depth.gather(0, order)
+    clear = torch.cumprod(1.0 - alpha, dim=0)
+    before = torch.cat([torch.ones_like(clear[:1]), clear[:-1]])
+    weight = before * alpha
+    out_rgb = (before * rgb).sum(0)
+    out_alpha = 1.0 - clear[-1]
+    out_depth = (weight * depth).sum(0) / out_alpha.clamp_min(1e-6)
+    out_depth = torch.where(out_alpha > 1e-6, out_depth, torch.zeros_like(out_depth))
+    if background is not None:
+        out_rgb = out_rgb + (1.0 - out_alpha) * background.to(out_rgb).reshape(1, 1, 1, 3)
+    return out_rgb, out_alpha, out_depth

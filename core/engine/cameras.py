@@ -10,6 +10,7 @@ Public API:
     coco4d_outpaint_poses       CoCo4D App. A outpaint pose sets (loop 1, loop 2)
     coco4d_reference_cameras    CoCo4D's seen view held over a clip (identity, fovy 60)
     clip_cameras                cameras of a clip: given ones held / rescaled, or the CoCo4D seen view
+    view_difference             how far cameras are from reference cameras (angle, offset, focal ratio)
     diffusion4d_orbit           Diffusion4D's 24-view orbit where view and time advance together
     moge4d_path                 MoGe4D camera paths relative to the input image's camera
     keyframe_path               smooth interpolation through user keyframes
@@ -43,6 +44,7 @@ __all__ = [
     "coco4d_outpaint_poses",
     "coco4d_reference_cameras",
     "clip_cameras",
+    "view_difference",
     "diffusion4d_orbit",
     "moge4d_path",
     "MOGE4D_PATHS",
@@ -320,6 +322,38 @@ def clip_cameras(cameras: Cameras | None, num_frames: int, width: int, height: i
         raise ValueError(f"{who}: cameras hold {len(cams)} views for {num_frames} frames; expected 1 (held over the "
                          f"clip) or one per frame")
     return cams
+
+
+def view_difference(cameras: Cameras, reference: Cameras) -> tuple[Tensor, Tensor, Tensor]:
+    """How far each camera is from the reference camera of its time (image sizes may differ).
+
+    Camera ``i`` at time ``t_i`` is compared with reference camera ``round(t_i (R-1))`` (or the only
+    one when ``R = 1``): the sameness test for stages that may only reuse what was recorded at a view.
+
+    Returns:
+        ``(angle_deg [C], offset [C], focal_ratio [C])``: the rotation between the two camera frames
+        in degrees, the distance between the centres relative to the reference centre's distance from
+        the world origin (at least 1), and the largest relative difference of the intrinsics measured
+        in image fractions (``fx/W``, ``fy/H``, ``cx/W``, ``cy/H``).
+    """
+    r = len(reference)
+    idx = (cameras.times.detach().cpu().clamp(0, 1) * (r - 1)).round().long() if r > 1 \
+        else torch.zeros(len(cameras), dtype=torch.long)
+    va, vb = cameras.viewmats.detach().cpu().double(), reference.viewmats.detach().cpu().double()[idx]
+    rel = va[:, :3, :3] @ vb[:, :3, :3].transpose(1, 2)
+    cos = ((rel.diagonal(dim1=1, dim2=2).sum(-1) - 1.0) / 2.0).clamp(-1.0, 1.0)
+    angle = torch.rad2deg(torch.acos(cos))
+    ca, cb = torch.linalg.inv(va)[:, :3, 3], torch.linalg.inv(vb)[:, :3, 3]
+    offset = (ca - cb).norm(dim=-1) / cb.norm(dim=-1).clamp_min(1.0)
+
+    def fractions(cams: Cameras, index) -> Tensor:
+        k = cams.Ks.detach().cpu().double()[index]
+        return torch.stack([k[:, 0, 0] / cams.width, k[:, 1, 1] / cams.height, k[:, 0, 2] / cams.width,
+                            k[:, 1, 2] / cams.height], dim=-1)
+
+    fa, fb = fractions(cameras, slice(None)), fractions(reference, idx)
+    focal = ((fa - fb).abs() / fb.abs().clamp_min(1e-9)).amax(-1)
+    return angle.float(), offset.float(), focal.float()
 
 
 COCO4D_LOOPS: dict[int, tuple[tuple[float, float], ...]] = {

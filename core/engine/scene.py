@@ -9,8 +9,10 @@ Public API:
     KeyframeMotion              absolute per-frame means ``[T,N,3]`` (and optional quats ``[T,N,4]``)
     PlacedMotion                another motion followed by a per-frame similarity (scale, rotation, translation)
     ScenePart                   named canonical Gaussians + motion + optional screen-space trajectory
+                                + optional reference cameras (the views the part was reconstructed from)
     Scene4D                     parts, frame count and fps; ``at(t)``, ``bake``, ``save``/``load``
-    SCENE_FORMAT, SCENE_VERSION the file format name and version
+    SCENE_FORMAT, SCENE_VERSION the file format name and the version written
+    READABLE_VERSIONS           the versions ``load`` reads (older files keep loading)
 
 Design notes:
     Time is normalised: ``t`` in ``[0, 1]`` spans the clip and frame ``i`` of ``T`` sits at
@@ -40,6 +42,7 @@ import torch
 from torch import Tensor
 
 from ..formats.paths import atomic_path, safe_output_path
+from .cameras import Cameras
 from .gaussians import Gaussians, quat_multiply, quat_to_rotmat
 
 __all__ = [
@@ -53,13 +56,15 @@ __all__ = [
     "Scene4D",
     "SCENE_FORMAT",
     "SCENE_VERSION",
+    "READABLE_VERSIONS",
     "TRAJECTORY_KEYS",
 ]
 
 log = logging.getLogger(__name__)
 
 SCENE_FORMAT = "gen4d-scene"
-SCENE_VERSION = 1
+SCENE_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # 1: before parts recorded their reference cameras
 TRAJECTORY_KEYS = ("shift", "scale")
 _MOTIONS: dict[str, type["Motion"]] = {}
 
@@ -350,13 +355,18 @@ class ScenePart:
         gaussians: canonical Gaussians ``N``.
         motion: how they move (default: static).
         trajectory: optional screen-space trajectory, ``{"shift": [T,2], "scale": [T]}`` (either key
-            may be absent), stored as given for composition.
+            may be absent), stored as given for composition; shifts are pixels of the reference
+            cameras' image size.
+        reference_cameras: optional cameras the part was reconstructed from, camera ``i`` seeing
+            frame ``i`` (one camera: held over the clip); see the module notes. With a trajectory
+            they are the view the trajectory was measured in (CoCo4D's seen view).
     """
 
     name: str
     gaussians: Gaussians
     motion: Motion = field(default_factory=StaticMotion)
     trajectory: dict[str, Tensor] | None = None
+    reference_cameras: Cameras | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -370,6 +380,10 @@ class ScenePart:
             self.motion.check_compatible(len(self.gaussians))
         except ValueError as exc:
             raise ValueError(f"ScenePart {self.name!r}: {exc}") from exc
+        cams = self.reference_cameras
+        if cams is not None and (not isinstance(cams, Cameras) or len(cams) < 1):
+            got = f"{len(cams)} cameras" if isinstance(cams, Cameras) else type(cams).__name__
+            raise ValueError(f"ScenePart {self.name!r}: reference_cameras must be Cameras (at least one), got {got}")
         traj = self.trajectory
         if traj is None:
             return
@@ -385,10 +399,20 @@ class ScenePart:
         if shift is not None and scale is not None and shift.shape[0] != scale.shape[0]:
             raise ValueError(f"ScenePart {self.name!r}: trajectory shift has {shift.shape[0]} frames, "
                              f"scale has {scale.shape[0]}")
+        given = shift if shift is not None else scale
+        frames = 0 if given is None else given.shape[0]
+        if cams is not None and frames and len(cams) not in (1, frames):
+            raise ValueError(f"ScenePart {self.name!r}: the trajectory has {frames} frames but reference_cameras "
+                             f"hold {len(cams)} views; expected 1 (held) or {frames}")
 
     def at(self, t: float | Tensor) -> Gaussians:
         """This part's Gaussians at time ``t``."""
         return self.motion.apply(self.gaussians, t)
+
+    def to(self, device: torch.device | str) -> "ScenePart":
+        """A copy on ``device`` (reference cameras stay on the CPU, where they are read)."""
+        traj = None if self.trajectory is None else {k: v.to(device) for k, v in self.trajectory.items()}
+        return ScenePart(self.name, self.gaussians.to(device), self.motion.to(device), traj, self.reference_cameras)
 
 
 @dataclass(frozen=True, eq=False)
@@ -455,11 +479,13 @@ class Scene4D:
         """The scene at each of :meth:`frame_times`."""
         return [self.at(float(t)) for t in self.frame_times(num_frames)]
 
+    @property
+    def reference_cameras(self) -> Cameras | None:
+        """The recorded reference cameras of the first part that has them (None when no part does)."""
+        return next((p.reference_cameras for p in self.parts if p.reference_cameras is not None), None)
+
     def to(self, device: torch.device | str) -> "Scene4D":
-        parts = [ScenePart(p.name, p.gaussians.to(device), p.motion.to(device),
-                           None if p.trajectory is None else {k: v.to(device) for k, v in p.trajectory.items()})
-                 for p in self.parts]
-        return Scene4D(parts, self.num_frames, self.fps)
+        return Scene4D([p.to(device) for p in self.parts], self.num_frames, self.fps)
 
     # -- persistence ----------------------------------------------------------------------
     def state(self) -> tuple[dict[str, Tensor], dict[str, str]]:
@@ -473,8 +499,15 @@ class Scene4D:
                 tensors[f"parts.{i}.motion.{name}"] = value
             for name, value in (p.trajectory or {}).items():
                 tensors[f"parts.{i}.trajectory.{name}"] = value
+            cams = p.reference_cameras
+            if cams is not None:
+                for name in _CAMERA_TENSORS:
+                    tensors[f"parts.{i}.cameras.{name}"] = getattr(cams, name)
             doc["parts"].append({"name": p.name, "motion": {"kind": p.motion.kind, "config": p.motion.config()},
-                                 "trajectory": sorted(p.trajectory or {})})
+                                 "trajectory": sorted(p.trajectory or {}),
+                                 "cameras": None if cams is None else {
+                                     "width": int(cams.width), "height": int(cams.height),
+                                     "near": float(cams.near), "far": float(cams.far)}})
         meta = {"format": SCENE_FORMAT, "version": str(SCENE_VERSION), "scene": json.dumps(doc, sort_keys=True)}
         return _owned(tensors), meta
 
@@ -517,9 +550,10 @@ class Scene4D:
         if meta.get("format") != SCENE_FORMAT:
             raise ValueError(f"Scene4D.load: {src!r} is not a gen4d scene (metadata format is "
                              f"{meta.get('format')!r}, expected {SCENE_FORMAT!r})")
-        if meta.get("version") != str(SCENE_VERSION):
+        if meta.get("version") not in {str(v) for v in READABLE_VERSIONS}:
             raise ValueError(f"Scene4D.load: {src!r} has scene format version {meta.get('version')!r}; this "
-                             f"version of ComfyUI-Gen4D reads version {SCENE_VERSION}")
+                             f"version of ComfyUI-Gen4D reads versions {', '.join(map(str, READABLE_VERSIONS))}")
+        version = int(meta["version"])
         try:
             doc = json.loads(meta.get("scene", ""))
             part_docs = list(doc["parts"])
@@ -530,7 +564,7 @@ class Scene4D:
         parts = []
         for i, pd in enumerate(part_docs):
             try:
-                parts.append(_load_part(i, pd, tensors, used))
+                parts.append(_load_part(i, pd, tensors, used, version))
             except (ValueError, KeyError, TypeError) as exc:
                 raise ValueError(f"Scene4D.load: {src!r}, part {i}: {exc}") from exc
         extra = sorted(set(tensors) - used)
@@ -542,7 +576,10 @@ class Scene4D:
             raise ValueError(f"Scene4D.load: {src!r}: {exc}") from exc
 
 
-def _load_part(i: int, pd: dict, tensors: dict[str, Tensor], used: set[str]) -> ScenePart:
+_CAMERA_TENSORS = ("viewmats", "Ks", "times")
+
+
+def _load_part(i: int, pd: dict, tensors: dict[str, Tensor], used: set[str], version: int) -> ScenePart:
     prefix = f"parts.{i}."
     names = [f.name for f in fields(Gaussians)]
     missing = [f"{prefix}gaussians.{n}" for n in names if f"{prefix}gaussians.{n}" not in tensors]
@@ -555,11 +592,24 @@ def _load_part(i: int, pd: dict, tensors: dict[str, Tensor], used: set[str]) -> 
     used.update(f"{prefix}gaussians.{n}" for n in names)
     used.update(f"{prefix}motion.{k}" for k in motion_tensors)
     used.update(f"{prefix}trajectory.{k}" for k in trajectory)
+    cameras = _load_cameras(pd.get("cameras") if version >= 2 else None, group("cameras"))
+    used.update(f"{prefix}cameras.{k}" for k in group("cameras") if cameras is not None)
     kind = pd["motion"]["kind"]
     motion = motion_class(kind).from_state(dict(pd["motion"].get("config", {})), motion_tensors)
     if sorted(trajectory) != sorted(pd.get("trajectory", [])):
         raise ValueError(f"trajectory tensors {sorted(trajectory)} do not match the metadata {pd.get('trajectory')}")
-    return ScenePart(pd["name"], gaussians, motion, trajectory or None)
+    return ScenePart(pd["name"], gaussians, motion, trajectory or None, cameras)
+
+
+def _load_cameras(doc: dict | None, tensors: dict[str, Tensor]) -> Cameras | None:
+    """The recorded reference cameras of a part (None when the part records none)."""
+    if doc is None:
+        return None
+    missing = [n for n in _CAMERA_TENSORS if n not in tensors]
+    if missing or not isinstance(doc, dict):
+        raise ValueError(f"reference cameras lack {missing or 'their description'}")
+    return Cameras(tensors["viewmats"].float().cpu(), tensors["Ks"].float().cpu(), int(doc["width"]),
+                   int(doc["height"]), tensors["times"].float().cpu(), float(doc["near"]), float(doc["far"]))
 
 
 def _owned(tensors: dict[str, Tensor]) -> dict[str, Tensor]:

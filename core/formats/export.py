@@ -10,6 +10,9 @@ Public API:
 Design notes:
     Every file goes through ``safe_output_path`` (no ``..``, no absolute names, no escape
     through links) and is written atomically, so an interrupted save leaves only whole files.
+    The scene file is ``Scene4D.save``'s (format version ``SCENE_VERSION``, 2: parts keep the
+    reference cameras they were reconstructed from; ``Scene4D.load`` still reads version 1 files);
+    the PLY frames carry Gaussians only.
 """
 
 from __future__ import annotations

@@ -7,7 +7,9 @@ Public API:
     importance(gaussians) -> [N]    opacity x projected-area score used for subsampling
     select_splats(gaussians, cap)   deterministic indices of the ``cap`` most important splats
     encode_frames(frames, fps, max_splats) -> bytes    per-frame Gaussians -> asset bytes
-    encode_scene(scene, max_splats, num_frames) -> bytes   a Scene4D baked at its frame times
+    encode_scene(scene, max_splats, num_frames, background) -> bytes   a Scene4D baked at its frame times,
+                                    starting the viewer at the scene's recorded reference camera
+    camera_view(cameras) -> dict    the header's ``view`` entry for a camera (frame 0 of ``cameras``)
     encode_tracks(points, colors, visibility, fps, max_splats) -> bytes   point trajectories
     decode_asset(data) -> PreviewAsset   parse + validate (tests, tools); ValueError if corrupt
 
@@ -23,6 +25,11 @@ JSON header::
     {"format": "gen4d-preview", "version": 1, "num_frames": T, "num_splats": N, "fps": float,
      "bounds": [[xmin, ymin, zmin], [xmax, ymax, zmax]],
      "layout": [{"name", "dtype", "shape", "offset", "nbytes"}, ...]}   offset from file start
+
+    optional: "view": {"viewmat": [16 floats, world-to-camera, row-major], "fovy_deg": float,
+              "width": int, "height": int}   the camera the viewer starts at (the scene's recorded
+              reference camera); "background": "#rrggbb"   the viewer's initial background colour.
+              Readers ignore keys they do not know, so these need no version change.
 
 Blocks (``layout`` names, in this order):
 
@@ -67,6 +74,7 @@ __all__ = [
     "select_splats",
     "encode_frames",
     "encode_scene",
+    "camera_view",
     "encode_tracks",
     "decode_asset",
 ]
@@ -212,14 +220,24 @@ def _encode(positions: np.ndarray, rgb: np.ndarray, opacity: np.ndarray, scales:
     return _pack(header, [("positions", q_pos), ("color", color), ("scales", s), ("rotations", rot)])
 
 
+def camera_view(cameras) -> dict:
+    """The header's ``view`` entry for the first camera of ``cameras`` (``core.engine.cameras.Cameras``)."""
+    vm = cameras.viewmats[0].detach().double().cpu().reshape(-1).tolist()
+    return {"viewmat": [float(v) for v in vm], "fovy_deg": float(cameras.fovy_deg[0]),
+            "width": int(cameras.width), "height": int(cameras.height)}
+
+
 def encode_frames(frames: Sequence[Gaussians], fps: float = 24.0,
-                  max_splats: int = DEFAULT_MAX_SPLATS) -> bytes:
+                  max_splats: int = DEFAULT_MAX_SPLATS, view: dict | None = None,
+                  background: str | None = None) -> bytes:
     """Encode per-frame Gaussian sets (same ``N`` in every frame) as asset bytes.
 
     Args:
         frames: ``T >= 1`` Gaussian sets; frame 0 supplies the canonical attributes.
         fps: playback rate stored in the header.
         max_splats: subsampling cap (see :func:`select_splats`).
+        view: optional starting camera (:func:`camera_view`).
+        background: optional initial background colour ``#rrggbb``.
 
     Raises:
         ValueError: for no frames, mismatched splat counts, a bad fps or cap.
@@ -239,24 +257,36 @@ def encode_frames(frames: Sequence[Gaussians], fps: float = 24.0,
     with torch.no_grad():
         first = frames[0].subset(index.to(frames[0].device))
         positions = np.stack([g.means.detach()[index.to(g.device)].float().cpu().numpy() for g in frames])
+        extra = {"source_splats": int(n)}
+        if view is not None:
+            extra["view"] = view
+        if background is not None:
+            extra["background"] = str(background)
         return _encode(positions, first.colors.float().cpu().numpy(), first.opacities.float().cpu().numpy(),
-                       first.scales.float().cpu().numpy(), first.rotations.float().cpu().numpy(), fps,
-                       {"source_splats": int(n)})
+                       first.scales.float().cpu().numpy(), first.rotations.float().cpu().numpy(), fps, extra)
 
 
-def encode_scene(scene, max_splats: int = DEFAULT_MAX_SPLATS, num_frames: int | None = None) -> bytes:
-    """Bake a ``Scene4D`` at ``num_frames`` evenly spaced times (default: its own) and encode it."""
+def encode_scene(scene, max_splats: int = DEFAULT_MAX_SPLATS, num_frames: int | None = None,
+                 background: str | None = None) -> bytes:
+    """Bake a ``Scene4D`` at ``num_frames`` evenly spaced times (default: its own) and encode it.
+
+    The viewer starts at the scene's recorded reference camera (``Scene4D.reference_cameras``) when it
+    has one; ``background`` (``#rrggbb``) sets its initial background colour.
+    """
     frames = num_frames or scene.num_frames
     if isinstance(frames, bool) or not isinstance(frames, int) or not 1 <= frames <= MAX_FRAMES:
         raise ValueError(f"encode_scene: num_frames must be 1..{MAX_FRAMES}, got {frames!r}")
     with torch.no_grad():
         times = scene.frame_times(frames)
         baked = [scene.at(float(t)) for t in times]
-    return encode_frames(baked, float(scene.fps), max_splats)
+    cams = getattr(scene, "reference_cameras", None)
+    view = None if cams is None else camera_view(cams)
+    return encode_frames(baked, float(scene.fps), max_splats, view, background)
 
 
 def encode_tracks(points: Tensor, colors: Tensor, visibility: Tensor | None = None, fps: float = 24.0,
-                  max_splats: int = DEFAULT_MAX_SPLATS, scale: float | None = None) -> bytes:
+                  max_splats: int = DEFAULT_MAX_SPLATS, scale: float | None = None,
+                  background: str | None = None) -> bytes:
     """Encode dense point trajectories as isotropic splats.
 
     Args:
@@ -267,6 +297,7 @@ def encode_tracks(points: Tensor, colors: Tensor, visibility: Tensor | None = No
         fps: playback rate.
         max_splats: subsampling cap (a regular stride, deterministic).
         scale: splat standard deviation; default half the median neighbour spacing at frame 0.
+        background: optional initial background colour of the viewer, ``#rrggbb``.
 
     Raises:
         ValueError: for mismatched shapes.
@@ -306,8 +337,10 @@ def encode_tracks(points: Tensor, colors: Tensor, visibility: Tensor | None = No
     m = pts.shape[1]
     scales = np.full((m, 3), scale, np.float32)
     quats = np.tile(np.array([1.0, 0.0, 0.0, 0.0], np.float32), (m, 1))
-    return _encode(pts.numpy(), col.clamp(0, 1).numpy(), np.ones(m, np.float32), scales, quats, fps,
-                   {"source_splats": int(n)})
+    extra = {"source_splats": int(n)}
+    if background is not None:
+        extra["background"] = str(background)
+    return _encode(pts.numpy(), col.clamp(0, 1).numpy(), np.ones(m, np.float32), scales, quats, fps, extra)
 
 
 def decode_asset(data: bytes | bytearray | memoryview) -> PreviewAsset:
