@@ -53,6 +53,7 @@ MODEL_KINDS: dict[str, str] = {
     "sd_guidance": "diffusers",
     "orbital": "gen4d/diffusion4d",
     "trajectory": "gen4d/moge4d",
+    "lpips": "gen4d/lpips",
 }
 HUB_IDS: dict[str, tuple[str, ...]] = {
     "depth": ("depth-anything/Depth-Anything-V2-Small-hf", "depth-anything/Depth-Anything-V2-Large-hf",
@@ -68,6 +69,7 @@ HUB_IDS: dict[str, tuple[str, ...]] = {
     "sd_guidance": ("stabilityai/stable-diffusion-2-1-base",),
     "orbital": (),
     "trajectory": ("Yanran21/MoGe4D",),
+    "lpips": (),
 }
 _FOLDER_KEY = "gen4d_{kind}"
 NO_MODELS = "(no models found)"

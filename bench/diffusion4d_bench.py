@@ -15,11 +15,14 @@ Printed: seconds of those 50 steps (``denoise_4d_pass_s``, from per-step timesta
 warm-up run), seconds of the whole ``sample`` call (encoders, the 4D pass, the base model's
 static-orbit pass, VAE decode), peak GPU memory.
 
-Construction: the object world's 24-view 4D orbit and static orbit at 256² through the workflow's
-nodes (Gen4D_OrbitCoarseViews -> Gen4D_StaticGaussians 5000 iterations -> Gen4D_DeformationFit
-2000 iterations; gsplat via backends.render on CUDA), timed, then PSNR at held-out (view, time)
-pairs: on the orbit half-way between training views and times (target >= 27 dB), and off the
-orbit at elevations +-15° (reported).
+Construction: the object world's 24-view 4D orbit and static orbit at 256² (the official render
+script's orbit: azimuth 360 i/23, fovy 39.6) through the workflow's nodes and settings
+(Gen4D_OrbitCoarseViews -> Gen4D_StaticGaussians 5000 iterations with Gen4D_FitOptions
+"diffusion4d_coarse" -> Gen4D_DeformationFit 2000 iterations with "diffusion4d_fine": the paper's
+L1 + LPIPS + depth smoothness and 4DGS's rates, as workflows/Diffusion4D.json runs them; LPIPS only
+with ``--lpips weights.safetensors``; gsplat via backends.render on CUDA), timed, then PSNR at
+held-out (view, time) pairs: on the orbit half-way between training views and times (target
+>= 27 dB), and off the orbit at elevations +-15° (reported).
 
 Total = sampler ``sample`` seconds + construction seconds, against the 2-minute target (the paper
 reports about 8 minutes).
@@ -44,7 +47,13 @@ load_pack()
 import gen4d  # noqa: E402
 from gen4d.backends.render import available_backends  # noqa: E402
 from gen4d.core.diffusion4d.orbital import MotionMagnitudeEmbedding  # noqa: E402
-from gen4d.core.engine.cameras import Cameras, diffusion4d_orbit, intrinsics_from_fov, orbit_poses  # noqa: E402
+from gen4d.core.engine.cameras import (  # noqa: E402
+    DIFFUSION4D_FOVY_DEG,
+    Cameras,
+    diffusion4d_orbit,
+    intrinsics_from_fov,
+    orbit_poses,
+)
 from gen4d.core.engine.losses import psnr  # noqa: E402
 from gen4d.synthetic import object_world, render  # noqa: E402
 from timing import peak_mib, sync  # noqa: E402
@@ -157,17 +166,26 @@ def bench_sampler(cfg: dict, tiny: bool, device: torch.device) -> dict:
 
 
 def _held_out(size: int, views: int, elevations: tuple[float, ...]) -> Cameras:
-    """Cameras half-way between the training azimuths at the in-between times, at the given elevations."""
+    """Cameras half-way between the training azimuths (360 i/(T-1)) at the in-between times, at the given
+    elevations."""
     k = torch.arange(views - 1, dtype=torch.float32)
-    az = ((360.0 / views) * (k + 0.5)).repeat(len(elevations))
+    az = ((360.0 / (views - 1)) * (k + 0.5)).repeat(len(elevations))
     el = torch.tensor(elevations).repeat_interleave(views - 1)
     times = ((k + 0.5) / (views - 1)).repeat(len(elevations))
     n = az.numel()
-    return Cameras(orbit_poses(el, az, 2.0), intrinsics_from_fov(49.1, size, size).expand(n, 3, 3).clone(), size,
-                   size, times, 0.01, 100.0)
+    return Cameras(orbit_poses(el, az, 2.0), intrinsics_from_fov(DIFFUSION4D_FOVY_DEG, size, size).expand(n, 3, 3)
+                   .clone(), size, size, times, 0.01, 100.0)
 
 
-def bench_construction(cfg: dict) -> dict:
+def paper_options(lpips_path: str | None = None):
+    """The Diffusion4D workflow's fit options: Gen4D_FitOptions with the coarse and fine presets."""
+    from gen4d.core.engine.fit_options import FitOptions
+
+    return FitOptions("diffusion4d_coarse", lpips_path=lpips_path), FitOptions("diffusion4d_fine",
+                                                                               lpips_path=lpips_path)
+
+
+def bench_construction(cfg: dict, lpips_path: str | None = None) -> dict:
     size, views = cfg["size"], cfg["frames"]
     world = object_world(0)
     cams = diffusion4d_orbit(size, size, views, dynamic=True)
@@ -176,18 +194,20 @@ def bench_construction(cfg: dict) -> dict:
     on_orbit, off_orbit = _held_out(size, views, (0.0,)), _held_out(size, views, (-15.0, 15.0))
     truth_on = render(world, on_orbit, supersample=3)["rgb"]
     truth_off = render(world, off_orbit, supersample=3)["rgb"]
+    coarse_options, fine_options = paper_options(lpips_path)
     sync()
     start = time.perf_counter()
     images, coarse_cams = _node("Gen4D_OrbitCoarseViews", orbit_4d=orbit, static_orbit=static, cameras=cams)
     gaussians = _node("Gen4D_StaticGaussians", images=images, fit_frames="all", iterations=cfg["coarse"],
                       num_points=cfg["points"], sphere_radius=0.5, views_per_step=4, sds_weight=0.0, densify=True,
                       max_scale=0.0, center_object=True, background="#ffffff", preview_every=0, seed=0,
-                      cameras=coarse_cams)[0]
+                      cameras=coarse_cams, options=coarse_options)[0]
     sync()
     coarse_s = time.perf_counter() - start
     scene = _node("Gen4D_DeformationFit", gaussians=gaussians, images=orbit, iterations=cfg["fine"],
                   times_per_step=4, rigidity_weight=0.0, sds_weight=0.0, freeze_canonical=False, center_object=True,
-                  trajectory_iterations=0, fps=8.0, background="#ffffff", preview_every=0, seed=0, cameras=cams)[0]
+                  trajectory_iterations=0, fps=8.0, background="#ffffff", preview_every=0, seed=0, cameras=cams,
+                  options=fine_options)[0]
     sync()
     seconds = time.perf_counter() - start
 
@@ -197,7 +217,8 @@ def bench_construction(cfg: dict) -> dict:
         return float(psnr(out, truth))
 
     return {"part": "construction", "size": size, "views": views, "coarse_iterations": cfg["coarse"],
-            "fine_iterations": cfg["fine"], "backends": available_backends(), "coarse_s": coarse_s,
+            "fine_iterations": cfg["fine"], "fit_options": [coarse_options.describe(), fine_options.describe()],
+            "lpips": lpips_path is not None, "backends": available_backends(), "coarse_s": coarse_s,
             "construction_s": seconds, "peak_mib": peak_mib(), "gaussians": len(scene.parts[0].gaussians),
             "heldout_psnr_on_orbit": score(on_orbit, truth_on), "heldout_psnr_off_orbit_15deg": score(off_orbit,
                                                                                                       truth_off),
@@ -209,6 +230,7 @@ def main(argv=None) -> int:
     ap.add_argument("--tiny", action="store_true", help="toy sizes on the CPU")
     ap.add_argument("--skip", choices=("sampler", "construction"), action="append", default=[])
     ap.add_argument("--json", default=None)
+    ap.add_argument("--lpips", default=None, help="local lpips.LPIPS(net='alex') state dict for the LPIPS term")
     args = ap.parse_args(argv)
     device = torch.device("cpu") if args.tiny or not torch.cuda.is_available() else torch.device("cuda")
     if device.type == "cpu" and not args.tiny:
@@ -228,7 +250,7 @@ def main(argv=None) -> int:
     if "construction" not in args.skip:
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
-        rows.append(bench_construction(cfg))
+        rows.append(bench_construction(cfg, args.lpips))
         print(json.dumps(rows[-1]), flush=True)
     total = sum(r.get("sample_total_s", 0.0) + r.get("construction_s", 0.0) for r in rows)
     parts = " + ".join(f"{r['part']} {r.get('sample_total_s', r.get('construction_s')):.1f} s" for r in rows)

@@ -10,6 +10,7 @@ from . import (
     depth,
     diffusion4d,
     fit,
+    fit_options,
     guidance,
     host,
     inpaint,
@@ -25,8 +26,8 @@ from . import (
     vism,
 )
 
-_MODULES = (cameras, synthetic, video, segment, depth, guidance, inpaint, fit, outpaint, compose, diffusion4d, moge4d,
-            vism, render, scene_io, posed_frames, preview)
+_MODULES = (cameras, synthetic, video, segment, depth, guidance, inpaint, fit, fit_options, outpaint, compose,
+            diffusion4d, moge4d, vism, render, scene_io, posed_frames, preview)
 
 # Our models ask ComfyUI's model manager for room before they move to the GPU.
 set_host_hook(host.free_memory_for)

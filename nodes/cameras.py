@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import fields
 
 from ..core.engine.camera_presets import CAMERA_PRESETS, PathSettings, camera_path
+from ..core.engine.cameras import ORBIT_CONVENTIONS
 from . import types as T
 from .widgets import combo_in, float_in, int_in, str_in
 
@@ -29,14 +30,16 @@ class CameraPath:
         return {
             "required": {
                 "preset": combo_in(CAMERA_PRESETS, "Which path. orbit: around the origin at fixed elevation; "
-                                   "diffusion4d_*: 24 views at distance 2, elevation 0; coco4d_outpaint_loop*: "
+                                   "diffusion4d_*: 24 views at distance 2, elevation 0, fovy 39.6 (the official "
+                                   "render script's orbit, see orbit_convention); coco4d_outpaint_loop*: "
                                    "the 4 outpaint poses of a loop (fovy 60, near 0.1, far 10000 in the paper); "
                                    "moge4d_*: paths starting at the input camera; keyframes: your own."),
                 "num_frames": int_in(_D.num_frames, 1, 4096, "Number of cameras (CoCo4D pose sets always have 4)."),
                 "width": int_in(_D.width, 8, 8192, "Image width in pixels.", step=8),
                 "height": int_in(_D.height, 8, 8192, "Image height in pixels.", step=8),
                 "fovy_deg": float_in(_D.fovy_deg, 0.0, 179.0, "Vertical field of view in degrees; 0 takes the "
-                                     "preset's paper default (CoCo4D/MoGe4D 60, orbits 49.1).", step=0.1),
+                                     "preset's paper default (CoCo4D/MoGe4D 60, orbit 49.1, Diffusion4D 39.6).",
+                                     step=0.1),
                 "radius": float_in(_D.radius, 0.0, 10000.0, "Orbit distance to the centre in scene units "
                                    "(0 for CoCo4D poses turns the camera in place).", step=0.01),
                 "elevation_deg": float_in(_D.elevation_deg, -89.0, 89.0, "Orbit elevation; positive looks down.",
@@ -56,6 +59,11 @@ class CameraPath:
                 "keyframes": str_in(_D.keyframes, 'For preset "keyframes": a JSON list such as '
                                     '[{"t": 0, "azimuth": 0}, {"t": 1, "azimuth": 90, "elevation": 20}]; '
                                     "keys t (0..1), elevation, azimuth, radius, fovy.", multiline=True),
+                "orbit_convention": combo_in(ORBIT_CONVENTIONS, "For the diffusion4d_* presets: render_script = "
+                                             "view i at azimuth 360·i/(T-1), the last view back at the first, as "
+                                             "Diffusion4D's official render script made its training videos "
+                                             "(default); open_loop = 360·i/T, no repeated view.",
+                                             "render_script"),
             },
         }
 

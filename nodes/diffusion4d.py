@@ -13,9 +13,11 @@ Public API:
 
 Design notes:
     The maths (eq. 1, eq. 3, the orbit's frame matching) lives in core.diffusion4d.orbital, the network and
-    sampler in backends.orbital. The orbit is the paper's: elevation 0, distance 2, azimuth
-    0→360° over T frames while time runs 0→1 (core.engine.cameras.diffusion4d_orbit); elevation and
-    distance only shape the cameras output and must match what the model was trained on. The
+    sampler in backends.orbital. The orbit is the paper's as its official render script made the training
+    videos: elevation 0, distance 2, fovy 39.6°, frame i of T at azimuth 360·i/(T-1) and time i/(T-1), so
+    the last frame returns to the first view (core.engine.cameras.diffusion4d_orbit; orbit_convention
+    "open_loop" spaces the views 360/T instead); elevation, distance, fovy and convention only shape the
+    cameras output and must match what the model was trained on. The
     coarse stage fits static Gaussians to the static orbit (time 0) and the 4D orbit together,
     the fine stage the 4D orbit alone (Gen4D_DeformationFit with the orbit cameras).
 """
@@ -29,7 +31,7 @@ import torch
 
 from ..backends.model_folders import resolve_model
 from ..core.diffusion4d.orbital import OrbitalConfig, check_magnitude, motion_magnitude, orbit_frame_index
-from ..core.engine.cameras import Cameras, diffusion4d_orbit
+from ..core.engine.cameras import DIFFUSION4D_FOVY_DEG, ORBIT_CONVENTIONS, Cameras, diffusion4d_orbit
 from ..core.formats.convert import check_image, to_image
 from . import host
 from . import types as T
@@ -112,21 +114,39 @@ class OrbitalModelLoader:
         return (OrbitalModelHandle(loaded, fixed, offload),)
 
 
-def _orbit_frames(frames: torch.Tensor, count: int, node: str, name: str) -> torch.Tensor:
+_CONVENTION_TIP = ("How the orbit's T views are spaced. render_script: view i at azimuth 360·i/(T-1), the last "
+                   "view back at the first, as Diffusion4D's official render script (rendering/blender.py) made "
+                   "the training videos; open_loop: 360·i/T, no repeated view.")
+
+
+def _orbit_frames(frames: torch.Tensor, count: int, node: str, name: str, convention: str) -> torch.Tensor:
     """The ``count`` frames of ``frames`` at the poses of a ``count``-view orbit (every k-th frame)."""
     if frames.shape[0] == count:
         return frames
     n = frames.shape[0]
-    if n < count or n % count:
-        raise ValueError(f"{node}: {name} has {n} frames, which do not divide into the orbit's {count} views; give "
-                         f"{count} frames (one per view, azimuth step {360.0 / count:g}°) or a multiple of {count}")
-    return frames[orbit_frame_index(count, n, f"{node}.{name}")]
+    closed = convention == "render_script"
+    fits = n > count and ((n - 1) % (count - 1) == 0 if closed else n % count == 0)
+    if not fits:
+        hint = (f"{count} frames (one per view) or k·{count - 1}+1 frames (render_script orbits: the last frame "
+                f"returns to the first view)" if closed else f"{count} frames (one per view) or a multiple of {count}")
+        raise ValueError(f"{node}: {name} has {n} frames, which do not divide into the orbit's {count} views "
+                         f"({convention}); give {hint}")
+    return frames[orbit_frame_index(count, n, f"{node}.{name}", convention)]
+
+
+def orbit_convention_of(cameras: Cameras) -> str:
+    """``"render_script"`` when the orbit's last camera is back at its first, else ``"open_loop"``."""
+    if len(cameras) < 2:
+        return "render_script"
+    same = torch.allclose(cameras.viewmats[0], cameras.viewmats[-1], atol=1e-4, rtol=0.0)
+    return "render_script" if same else "open_loop"
 
 
 class OrbitalVideoDiffusion:
     DESCRIPTION = (
         "Diffusion4D (§3.3): generates the orbital video of a moving 3D object: T views at elevation 0 and distance "
-        "2 with the azimuth turning 0→360° while time runs 0→1, from a prompt, a front-view image or a static 3D "
+        "2 with the azimuth turning 0→360° while time runs 0→1 (frame i at azimuth 360·i/(T-1) and time i/(T-1), "
+        "as the official render script made the training videos), from a prompt, a front-view image or a static 3D "
         "orbit video. The 4D model is conditioned on the motion magnitude (eq. 1) and guided by 3D-aware CFG "
         "(eq. 3: w1 towards prompt and magnitude, w2 away from the base 3D-aware model). Also returns the static "
         "orbit of the base model (time 0) for the coarse stage and the orbit cameras. In base mode (no 4D UNet in "
@@ -136,7 +156,7 @@ class OrbitalVideoDiffusion:
     RETURN_TYPES = (T.IMAGE, T.IMAGE, T.CAMERAS, T.STRING)
     RETURN_NAMES = ("orbit_4d", "static_orbit", "cameras", "info")
     OUTPUT_TOOLTIPS = (
-        "The 4D orbit [T,S,S,3]: frame i at azimuth 360·i/T and time i/(T-1).",
+        "The 4D orbit [T,S,S,3]: frame i at azimuth 360·i/(T-1) (open_loop: 360·i/T) and time i/(T-1).",
         "The static orbit at time 0 (base 3D-aware model, or the static orbit condition itself) for the coarse "
         "stage; same views as orbit_4d.",
         "Cameras of the 4D orbit (per-frame pose and time), for the fit and render nodes.",
@@ -173,12 +193,18 @@ class OrbitalVideoDiffusion:
                 "image": socket_in(T.IMAGE, "Front-view condition image, size x size (the first of a batch is "
                                    "used). Needed by image models unless a static orbit is given."),
                 "static_orbit": socket_in(T.IMAGE, "Static 3D orbit video to animate (static-3D condition): T frames "
-                                          "(or a multiple of T) at size x size, starting at the front view."),
+                                          "(or a longer orbit sharing their poses) at size x size, starting at the "
+                                          "front view."),
+                "orbit_convention": combo_in(ORBIT_CONVENTIONS, _CONVENTION_TIP + " Shapes the cameras output and "
+                                             "how a longer static_orbit is matched.", "render_script"),
+                "fovy_deg": float_in(DIFFUSION4D_FOVY_DEG, 1.0, 179.0, "Vertical field of view of the cameras "
+                                     "output; the official renders use Blender's default camera (50 mm lens, "
+                                     "36 mm sensor) = 39.6°.", step=0.1),
             },
         }
 
     def generate(self, orbital_model, prompt, magnitude, w1, w2, steps, num_frames, size, elevation, distance, seed,
-                 image=None, static_orbit=None):
+                 image=None, static_orbit=None, orbit_convention="render_script", fovy_deg=DIFFUSION4D_FOVY_DEG):
         from ..backends.orbital import OrbitalInterrupted
 
         node = "Gen4D_OrbitalVideoDiffusion"
@@ -186,6 +212,9 @@ class OrbitalVideoDiffusion:
             raise ValueError(f"{node}: orbital_model must come from Gen4D Orbital Model Loader "
                              f"(GEN4D_ORBITAL_MODEL), got {type(orbital_model).__name__}")
         m = check_magnitude(magnitude, f"{node}.magnitude")
+        if orbit_convention not in ORBIT_CONVENTIONS:
+            raise ValueError(f"{node}: orbit_convention must be one of {list(ORBIT_CONVENTIONS)}, "
+                             f"got {orbit_convention!r}")
         num_frames, size = int(num_frames), int(size)
         if num_frames < 2:
             raise ValueError(f"{node}: num_frames must be >= 2 (an orbit needs several views), got {num_frames}")
@@ -205,7 +234,7 @@ class OrbitalVideoDiffusion:
             if tuple(video.shape[1:3]) != (size, size):
                 raise ValueError(f"{node}: static_orbit frames are {video.shape[2]}x{video.shape[1]} pixels but the "
                                  f"orbit is generated at size {size}; {size}x{size} frames are expected")
-            video = _orbit_frames(video, num_frames, node, "static_orbit")
+            video = _orbit_frames(video, num_frames, node, "static_orbit", orbit_convention)
         model = orbital_model.model
         passes = 2 if (model.mode != "base" and video is None) else 1
         progress = host.Progress(int(steps) * passes)
@@ -221,7 +250,8 @@ class OrbitalVideoDiffusion:
             raise ValueError(f"{node}: {exc}") from exc
         finally:
             host.soft_empty_cache()
-        cameras = diffusion4d_orbit(size, size, num_frames, float(elevation), float(distance), dynamic=True)
+        cameras = diffusion4d_orbit(size, size, num_frames, float(elevation), float(distance), float(fovy_deg),
+                                    dynamic=True, convention=orbit_convention)
         return to_image(out.orbit_4d), to_image(out.static_orbit), cameras, out.info
 
 
@@ -229,8 +259,9 @@ class MotionMagnitude:
     DESCRIPTION = (
         "Diffusion4D's 3D-to-4D motion magnitude m(V) (eq. 1): the mean over frames of the squared difference "
         "between a 4D orbit and the static orbit seen from the same poses. Use it to pick the magnitude of Gen4D "
-        "Orbital Video Diffusion from reference material (same image size). A static orbit with fewer views whose "
-        "count divides the 4D orbit's is compared at the shared poses."
+        "Orbital Video Diffusion from reference material (same image size). An orbit with fewer views is compared "
+        "with the other at the poses they share (render_script orbits of n and T views share them when n-1 divides "
+        "T-1; open_loop orbits when n divides T)."
     )
     CATEGORY = f"{T.CATEGORY}/generate"
     RETURN_TYPES = (T.FLOAT,)
@@ -246,10 +277,14 @@ class MotionMagnitude:
                 "orbit_4d": socket_in(T.IMAGE, "The orbit around the moving object (time advancing with the view)."),
                 "static_orbit": socket_in(T.IMAGE, "The orbit around the object frozen at time 0, same poses and "
                                           "size."),
-            }
+            },
+            "optional": {
+                "orbit_convention": combo_in(ORBIT_CONVENTIONS, _CONVENTION_TIP + " Only matters when the two "
+                                             "orbits have different view counts.", "render_script"),
+            },
         }
 
-    def measure(self, orbit_4d, static_orbit):
+    def measure(self, orbit_4d, static_orbit, orbit_convention="render_script"):
         node = "Gen4D_MotionMagnitude"
         dyn = check_image(orbit_4d, f"{node}.orbit_4d")
         sta = check_image(static_orbit, f"{node}.static_orbit")
@@ -258,9 +293,9 @@ class MotionMagnitude:
                              f"{sta.shape[2]}x{sta.shape[1]}; both orbits must have the same size")
         t, s = dyn.shape[0], sta.shape[0]
         if s <= t:
-            dyn = dyn[orbit_frame_index(s, t, f"{node}: static_orbit")]
+            dyn = dyn[orbit_frame_index(s, t, f"{node}: static_orbit", orbit_convention)]
         else:
-            sta = sta[orbit_frame_index(t, s, f"{node}: orbit_4d")]
+            sta = sta[orbit_frame_index(t, s, f"{node}: orbit_4d", orbit_convention)]
         return (float(motion_magnitude(dyn, sta)),)
 
 
@@ -268,7 +303,9 @@ class OrbitCoarseViews:
     DESCRIPTION = (
         "Diffusion4D coarse stage (§3.4): puts the static orbit (time 0) and the 4D orbit together as posed images "
         "with their cameras, for Gen4D Static Gaussians (fit_frames = all). The fine stage then fits the 4D orbit "
-        "alone with Gen4D Deformation Fit and the orbit cameras."
+        "alone with Gen4D Deformation Fit and the orbit cameras. A static orbit with fewer views takes the poses it "
+        "shares with the 4D orbit; the cameras say how the orbit is spaced (last camera back at the first: "
+        "render_script, else open_loop)."
     )
     CATEGORY = f"{T.CATEGORY}/generate"
     RETURN_TYPES = (T.IMAGE, T.CAMERAS)
@@ -285,8 +322,8 @@ class OrbitCoarseViews:
             "required": {
                 "orbit_4d": socket_in(T.IMAGE, "The 4D orbit (from Gen4D Orbital Video Diffusion or a synthetic "
                                       "world)."),
-                "static_orbit": socket_in(T.IMAGE, "The static orbit at time 0; T frames, or a divisor of T (views "
-                                          "at every k-th pose of the 4D orbit)."),
+                "static_orbit": socket_in(T.IMAGE, "The static orbit at time 0; T frames, or fewer views at every "
+                                          "k-th pose of the 4D orbit."),
                 "cameras": socket_in(T.CAMERAS, "Cameras of the 4D orbit, one per frame."),
             }
         }
@@ -306,9 +343,10 @@ class OrbitCoarseViews:
         if sta.shape[1:] != dyn.shape[1:]:
             raise ValueError(f"{node}: static_orbit frames are {sta.shape[2]}x{sta.shape[1]} but orbit_4d frames are "
                              f"{dyn.shape[2]}x{dyn.shape[1]}")
+        convention = orbit_convention_of(cameras)
         if sta.shape[0] > dyn.shape[0]:
-            sta = sta[orbit_frame_index(dyn.shape[0], sta.shape[0], f"{node}: orbit_4d")]
-        index = orbit_frame_index(sta.shape[0], dyn.shape[0], f"{node}: static_orbit")
+            sta = sta[orbit_frame_index(dyn.shape[0], sta.shape[0], f"{node}: orbit_4d", convention)]
+        index = orbit_frame_index(sta.shape[0], dyn.shape[0], f"{node}: static_orbit", convention)
         static_cams = cameras[index]
         static_cams = replace(static_cams, times=torch.zeros_like(static_cams.times))
         return torch.cat([sta, dyn]).contiguous(), Cameras.cat([static_cams, cameras])

@@ -13,6 +13,7 @@ from ..core.coco4d.reference import reference_clip
 from ..core.coco4d.screen_trajectory import refine_trajectory
 from ..core.engine.densify import DensifyConfig
 from ..core.engine.fit_dynamic import DeformationFitConfig, fit_deformation
+from ..core.engine.fit_options import FitOptions
 from ..core.engine.fit_static import StaticFitConfig, fit_static
 from ..core.engine.gaussians import sphere_init
 from ..core.engine.guidance import PoseSampling
@@ -26,6 +27,9 @@ logger = logging.getLogger(__name__)
 
 _S = StaticFitConfig()
 _D = DeformationFitConfig()
+
+_OPTIONS_IN = socket_in(T.FIT_OPTIONS, "Fit options (Gen4D Fit Options): a paper preset of loss weights, learning "
+                        "rates and HexPlane field with overrides. Unconnected: CoCo4D's foreground setting.")
 
 _COMMON_OPTIONAL = {
     "masks": socket_in(T.MASK, "Object masks per frame (e.g. from SAM2): add a silhouette loss and let the "
@@ -87,6 +91,7 @@ class StaticGaussians:
             "optional": {
                 **_COMMON_OPTIONAL,
                 "init": socket_in(T.GAUSSIANS, "Start from these Gaussians instead of a sphere (e.g. lifted depth)."),
+                "options": _OPTIONS_IN,
             },
         }
 
@@ -96,7 +101,7 @@ class StaticGaussians:
 
     def fit(self, images, fit_frames, iterations, num_points, sphere_radius, views_per_step, sds_weight, densify,
             max_scale, center_object, background, preview_every, seed, masks=None, cameras=None, guidance=None,
-            init=None):
+            init=None, options=None):
         clip = _setup(images, masks, cameras, center_object, background)
         views = clip.views if fit_frames == "all" else clip.views.subset([0])
         gen = torch.Generator().manual_seed(seed)
@@ -109,6 +114,8 @@ class StaticGaussians:
             preview_every=preview_every,
             pose_sampling=PoseSampling(width=min(views.cameras.width, 256), height=min(views.cameras.height, 256)),
         )
+        if options is not None:
+            config = _options(options, "Gen4D_StaticGaussians").static_config(config, views.masks is not None)
         progress = host.Progress(iterations)
         with torch.inference_mode(False), torch.enable_grad():
             result = fit_static(_fresh(start), views, training_render, config, guidance, progress,
@@ -156,7 +163,7 @@ class DeformationFit:
                 "preview_every": int_in(_D.preview_every, 0, 100000, "Show a preview this often (0 = never)."),
                 "seed": seed_in(),
             },
-            "optional": dict(_COMMON_OPTIONAL),
+            "optional": {**_COMMON_OPTIONAL, "options": _OPTIONS_IN},
         }
 
     @classmethod
@@ -165,7 +172,7 @@ class DeformationFit:
 
     def fit(self, gaussians, images, iterations, times_per_step, rigidity_weight, sds_weight, freeze_canonical,
             center_object, trajectory_iterations, fps, background, preview_every, seed, masks=None, cameras=None,
-            guidance=None):
+            guidance=None, options=None):
         clip = _setup(images, masks, cameras, center_object, background)
         loss = _D.loss if clip.views.masks is not None else replace(_D.loss, mask=0.0)
         config = replace(
@@ -175,6 +182,9 @@ class DeformationFit:
             pose_sampling=PoseSampling(width=min(clip.views.cameras.width, 256),
                                        height=min(clip.views.cameras.height, 256)),
         )
+        if options is not None:
+            config = _options(options, "Gen4D_DeformationFit").deformation_config(config,
+                                                                                  clip.views.masks is not None)
         progress = host.Progress(iterations + trajectory_iterations)
         device = host.compute_device()
         with torch.inference_mode(False), torch.enable_grad():
@@ -192,6 +202,13 @@ class DeformationFit:
                              None if trajectory is None else trajectory.as_dict(), clip.views.cameras.to("cpu"))
             scene = Scene4D([part], num_frames=len(clip.frames), fps=fps)
         return host.with_notes("Gen4D_DeformationFit", (scene,), clip.notes)
+
+
+def _options(options, node: str) -> FitOptions:
+    if not isinstance(options, FitOptions):
+        raise ValueError(f"{node}: options must come from Gen4D Fit Options (GEN4D_FIT_OPTIONS), got "
+                         f"{type(options).__name__}")
+    return options
 
 
 def _fresh(gaussians):

@@ -2,7 +2,8 @@
 """Socket types of the pack (DESIGN §3), declared once.
 
 Payloads are core dataclasses: GEN4D_GAUSSIANS carries ``core.engine.gaussians.Gaussians``,
-GEN4D_SCENE ``core.engine.scene.Scene4D``, GEN4D_CAMERAS ``core.engine.cameras.Cameras``.
+GEN4D_SCENE ``core.engine.scene.Scene4D``, GEN4D_CAMERAS ``core.engine.cameras.Cameras``,
+GEN4D_FIT_OPTIONS ``core.engine.fit_options.FitOptions``.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ GAUSSIANS = "GEN4D_GAUSSIANS"
 SCENE = "GEN4D_SCENE"
 CAMERAS = "GEN4D_CAMERAS"
 TRACKS = "GEN4D_TRACKS"
+FIT_OPTIONS = "GEN4D_FIT_OPTIONS"
 
 VIDEO_MODEL = "GEN4D_VIDEO_MODEL"
 SEGMENTER_MODEL = "GEN4D_SEGMENTER_MODEL"

@@ -4,11 +4,16 @@
 from __future__ import annotations
 
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from gen4d.core.engine import cameras
 from gen4d.core.engine.cameras import Cameras
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from render_script_orbit import script_orbit  # noqa: E402
 
 ATOL = 1e-5
 
@@ -115,20 +120,48 @@ def test_coco4d_with_radius_is_relative_to_the_reference_camera():
         cameras.coco4d_outpaint_poses(3, 64, 64)
 
 
-@pytest.mark.parametrize("dynamic", [True, False])
-def test_diffusion4d_orbit(dynamic):
-    cams = cameras.diffusion4d_orbit(dynamic=dynamic)
-    assert len(cams) == 24
+@pytest.mark.parametrize("frames, size, elevation_arg, azimuth_frac", [(24, 256, 0, 0.0), (9, 64, 30, 0.25)])
+def test_diffusion4d_orbit_matches_the_official_render_script(frames, size, elevation_arg, azimuth_frac):
+    """Our default orbit = the frames of VITA-Group/Diffusion4D rendering/blender.py --mode_multi, written out in
+    Blender's conventions in render_script_orbit.py (positions, orientations, focal length, times)."""
+    want_vm, want_K, want_t = script_orbit(frames, size, 2.0, elevation_arg, azimuth_frac)
+    # the script's --elevation N is the slope N/180 of the view direction; --azimuth f starts the turn at -360 f
+    elevation_deg = math.degrees(math.atan(elevation_arg / 180.0))
+    cams = cameras.diffusion4d_orbit(size, size, frames, elevation_deg, 2.0, start_azimuth_deg=-360.0 * azimuth_frac)
+    got_vm = cams.viewmats.double()
+    torch.testing.assert_close(got_vm[:, :3, :3], want_vm[:, :3, :3], rtol=0, atol=1e-5)  # orientations
+    torch.testing.assert_close(centers(got_vm), centers(want_vm), rtol=0, atol=1e-5)  # positions
+    torch.testing.assert_close(cams.Ks.double(), want_K.expand(frames, 3, 3), rtol=1e-6, atol=1e-4)
+    torch.testing.assert_close(cams.times.double(), want_t, rtol=0, atol=1e-6)
+    torch.testing.assert_close(got_vm[-1], got_vm[0], rtol=0, atol=1e-5)  # the last view returns to the first
+    static = cameras.diffusion4d_orbit(size, size, frames, elevation_deg, 2.0, start_azimuth_deg=-360.0 * azimuth_frac,
+                                       dynamic=False)  # --mode_static: the same views at frame 0
+    torch.testing.assert_close(static.viewmats, cams.viewmats, rtol=0, atol=0)
+    assert torch.equal(static.times, torch.zeros(frames))
+
+
+def test_script_orbit_turns_towards_the_front_views_right():
+    """The written-out script itself: frame 0 looks at the front (camera on -z), a quarter turn later the camera is
+    on +x, the front view's right-hand side (image x)."""
+    vm, _, _ = script_orbit(5, 32)
+    c = centers(vm)
+    torch.testing.assert_close(c[0], torch.tensor([0.0, 0.0, -2.0], dtype=torch.float64), rtol=0, atol=1e-9)
+    torch.testing.assert_close(c[1], torch.tensor([2.0, 0.0, 0.0], dtype=torch.float64), rtol=0, atol=1e-9)
+    torch.testing.assert_close(vm[0, 0, :3], torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64), rtol=0, atol=1e-9)
+    torch.testing.assert_close(vm[0, 1, :3], torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64), rtol=0, atol=1e-9)
+
+
+def test_diffusion4d_open_loop_option():
+    cams = cameras.diffusion4d_orbit(dynamic=True, convention="open_loop")
     cam = cams.centers
-    torch.testing.assert_close(cam.norm(dim=-1), torch.full((24,), 2.0), rtol=0, atol=1e-4)
-    torch.testing.assert_close(cam[:, 1], torch.zeros(24), rtol=0, atol=ATOL)  # elevation 0
-    torch.testing.assert_close(forward_axes(cams.viewmats), -cam / 2.0, rtol=0, atol=ATOL)
     az = torch.rad2deg(torch.atan2(cam[:, 0], -cam[:, 2]))
     step = torch.remainder(az.roll(-1) - az, 360.0)
     torch.testing.assert_close(step, torch.full((24,), 15.0), rtol=0, atol=1e-3)
-    assert az[0].abs() < 1e-4
-    expected = torch.linspace(0, 1, 24) if dynamic else torch.zeros(24)
-    torch.testing.assert_close(cams.times, expected, rtol=0, atol=1e-7)
+    torch.testing.assert_close(cams.times, torch.linspace(0, 1, 24), rtol=0, atol=1e-7)
+    torch.testing.assert_close(cam.norm(dim=-1), torch.full((24,), 2.0), rtol=0, atol=1e-4)
+    assert torch.equal(cameras.orbit_azimuth_steps(1), torch.zeros(1))
+    with pytest.raises(ValueError, match="convention must be one of"):
+        cameras.diffusion4d_orbit(convention="clockwise")
 
 
 @pytest.mark.parametrize("name", cameras.MOGE4D_PATHS)
@@ -231,7 +264,7 @@ def test_cameras_helpers():
     with pytest.raises(ValueError, match="image sizes differ"):
         Cameras.cat([cams, half])
     torch.testing.assert_close(cams.camtoworlds @ cams.viewmats, torch.eye(4).expand(6, 4, 4), rtol=0, atol=1e-5)
-    assert math.isclose(float(cams.fovy_deg[0]), 49.1, abs_tol=1e-3)
+    assert math.isclose(float(cams.fovy_deg[0]), 39.598, abs_tol=1e-3), "Blender's default 50 mm / 36 mm camera"
 
 
 def test_clip_cameras_hold_rescale_and_default():

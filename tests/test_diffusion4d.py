@@ -179,13 +179,21 @@ def test_check_magnitude():
         check_magnitude(torch.zeros(2))
 
 
-def test_orbit_frame_index_matches_poses():
-    assert torch.equal(orbit_frame_index(24, 24), torch.arange(24))
-    assert torch.equal(orbit_frame_index(6, 24), torch.tensor([0, 4, 8, 12, 16, 20]))
-    # the matched frames really share the azimuth of the shorter orbit's views
-    long_orbit, short_orbit = diffusion4d_orbit(8, 8, 24), diffusion4d_orbit(8, 8, 6)
-    torch.testing.assert_close(long_orbit.viewmats[orbit_frame_index(6, 24)], short_orbit.viewmats)
-    with pytest.raises(ValueError, match="5 views do not divide into the 24-frame orbit"):
-        orbit_frame_index(5, 24)
+@pytest.mark.parametrize("convention, short, long, expected, bad", [
+    ("render_script", 5, 25, [0, 6, 12, 18, 24], 6),  # 360 j/(n-1): views 0..4 at 0, 90, .., 360
+    ("render_script", 2, 24, [0, 23], 6),               # 23 steps: only the end points are shared
+    ("open_loop", 6, 24, [0, 4, 8, 12, 16, 20], 5),     # 360 j/n
+])
+def test_orbit_frame_index_matches_poses(convention, short, long, expected, bad):
+    assert torch.equal(orbit_frame_index(long, long, convention=convention), torch.arange(long))
+    index = orbit_frame_index(short, long, convention=convention)
+    assert torch.equal(index, torch.tensor(expected))
+    # the matched frames really share the pose of the shorter orbit's views
+    long_orbit = diffusion4d_orbit(8, 8, long, convention=convention)
+    short_orbit = diffusion4d_orbit(8, 8, short, convention=convention)
+    torch.testing.assert_close(long_orbit.viewmats[index], short_orbit.viewmats, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match=f"{bad} views do not divide into the {long}-frame orbit"):
+        orbit_frame_index(bad, long, convention=convention)
     with pytest.raises(ValueError, match="at least one frame"):
-        orbit_frame_index(0, 24)
+        orbit_frame_index(0, 24, convention=convention)
+    assert torch.equal(orbit_frame_index(1, long, convention=convention), torch.zeros(1, dtype=torch.long))

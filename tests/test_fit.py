@@ -60,6 +60,11 @@ def orbit_cameras(elevations, azimuths, size: int = S, times=0.0, radius: float 
     return Cameras(orbit_poses(el, az, radius), K, size, size, t, 0.01, 100.0)
 
 
+def engine_orbit(width: int, height: int, num_views: int, dynamic: bool = True) -> Cameras:
+    """The orbit these engine tests were measured on: 360/T steps (15° for 24 views), fovy 49.1."""
+    return diffusion4d_orbit(width, height, num_views, fovy_deg=49.1, dynamic=dynamic, convention="open_loop")
+
+
 def ground_truth(world, cameras: Cameras, supersample: int = 3) -> PosedImages:
     """The world ray-cast at every camera (at its time), with its foreground as masks."""
     out = synthetic.render(world, cameras, supersample=supersample)
@@ -120,7 +125,7 @@ def object_world():
 @pytest.fixture(scope="module")
 def static_orbit_fit(object_world):
     """12-view static Diffusion4D orbit (elevation 0) -> Gaussians; held out: other elevations/azimuths."""
-    train = ground_truth(object_world, diffusion4d_orbit(S, S, 12, dynamic=False))
+    train = ground_truth(object_world, engine_orbit(S, S, 12, dynamic=False))
     held = ground_truth(object_world, orbit_cameras([20.0, -15.0, 20.0, -15.0, 10.0],
                                                     [15.0, 75.0, 165.0, 255.0, 315.0]))
     init = sphere()
@@ -188,8 +193,8 @@ def test_seen_view_fit_reproduces_the_reference_video(seen_view_fit):
 @pytest.fixture(scope="module")
 def orbital_fit(object_world):
     """24-view 4D orbit (view and time advance together) + 12-view static orbit -> coarse -> fine."""
-    orbit = ground_truth(object_world, diffusion4d_orbit(S, S, 24, dynamic=True))
-    static = ground_truth(object_world, diffusion4d_orbit(S, S, 12, dynamic=False))
+    orbit = ground_truth(object_world, engine_orbit(S, S, 24, dynamic=True))
+    static = ground_truth(object_world, engine_orbit(S, S, 12, dynamic=False))
     k = torch.arange(0, 23, 2, dtype=torch.float32)  # between training views in azimuth *and* time
     held = ground_truth(object_world, orbit_cameras(0.0, 15.0 * k + 7.5, times=(k + 0.5) / 23.0))
     loss = ReconstructionLoss(l1=1.0, dssim=0.0, mask=1.0)
@@ -254,13 +259,13 @@ def test_sds_guidance_shapes_unseen_views(one_view_fits):
 @pytest.fixture(scope="module")
 def tiny(object_world):
     """A 24 px, 4-view static orbit and a 24 px 4-frame reference video, for failure and determinism tests."""
-    orbit = ground_truth(object_world, diffusion4d_orbit(24, 24, 4, dynamic=False), supersample=1)
+    orbit = ground_truth(object_world, engine_orbit(24, 24, 4, dynamic=False), supersample=1)
     video = ground_truth(object_world, object_world.reference_cameras(24, 24, 4), supersample=1)
     return types.SimpleNamespace(orbit=orbit, video=video)
 
 
 def test_mismatched_frames_and_masks_are_named():
-    frames, cams = torch.rand(3, 16, 16, 3), diffusion4d_orbit(16, 16, 3)
+    frames, cams = torch.rand(3, 16, 16, 3), engine_orbit(16, 16, 3)
     masks = torch.ones(3, 16, 16)
     with pytest.raises(ValueError, match=r"masks must be \[3,16,16\].*got \(2, 16, 16\)"):
         PosedImages(frames, cams, masks[:2])
@@ -269,7 +274,7 @@ def test_mismatched_frames_and_masks_are_named():
     with pytest.raises(ValueError, match="3 images but 2 cameras"):
         PosedImages(frames, cams[:2])
     with pytest.raises(ValueError, match="images are 16x16 but cameras are 20x16"):
-        PosedImages(frames, diffusion4d_orbit(20, 16, 3))
+        PosedImages(frames, engine_orbit(20, 16, 3))
     # reference_clip: with centring (no cameras) the centring step names both inputs, without it PosedImages.
     with pytest.raises(ValueError, match=r"frames .* and masks .* must match"):
         reference_clip(frames, masks[:2])
@@ -280,7 +285,7 @@ def test_mismatched_frames_and_masks_are_named():
 
 
 def test_empty_masks_are_rejected():
-    frames, cams = torch.rand(3, 16, 16, 3), diffusion4d_orbit(16, 16, 3)
+    frames, cams = torch.rand(3, 16, 16, 3), engine_orbit(16, 16, 3)
     with pytest.raises(ValueError, match="empty in every image"):
         PosedImages(frames, cams, torch.zeros(3, 16, 16))
     with pytest.raises(ValueError, match="empty in every image"):

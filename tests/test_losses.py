@@ -149,6 +149,60 @@ def test_depth_smoothness():
     assert float(L.depth_smoothness_loss(step, None, mask)) == 0.0
 
 
+def _reference_depth_smoothness(depth: np.ndarray, weights: np.ndarray | None) -> float:
+    """RegNeRF's depth smoothness by explicit loops: squared differences of each horizontal and vertical
+    neighbour pair, each pair weighted by the product of its pixels' weights, divided by the summed weights."""
+    b, h, w = depth.shape
+    wt = np.ones_like(depth) if weights is None else weights
+    num = den = 0.0
+    for k in range(b):
+        for i in range(h):
+            for j in range(w):
+                for di, dj in ((0, 1), (1, 0)):
+                    if i + di < h and j + dj < w:
+                        pair = wt[k, i, j] * wt[k, i + di, j + dj]
+                        num += pair * (depth[k, i, j] - depth[k, i + di, j + dj]) ** 2
+                        den += pair
+    return num / den
+
+
+def test_depth_smoothness_squared_against_explicit_pairs():
+    g = torch.Generator().manual_seed(3)
+    depth = 2.0 + 0.3 * torch.rand(2, 9, 11, 1, generator=g, dtype=torch.float64)
+    alpha = torch.rand(2, 9, 11, generator=g, dtype=torch.float64)
+    d, a = depth[..., 0].numpy(), alpha.numpy()
+    assert float(L.depth_smoothness_squared(depth)) == pytest.approx(_reference_depth_smoothness(d, None), rel=1e-10)
+    assert float(L.depth_smoothness_squared(depth, alpha)) == pytest.approx(_reference_depth_smoothness(d, a),
+                                                                           rel=1e-10)
+    # a ramp of slope s along x: every horizontal pair costs s^2, vertical pairs 0 -> s^2 * (#horizontal / #pairs)
+    ramp = (0.05 * torch.arange(11, dtype=torch.float64)).expand(2, 9, 11)[..., None]
+    pairs_x, pairs_y = 9 * 10, 8 * 11
+    assert float(L.depth_smoothness_squared(ramp)) == pytest.approx(0.0025 * pairs_x / (pairs_x + pairs_y), rel=1e-10)
+    assert float(L.depth_smoothness_squared(torch.full((1, 5, 5, 1), 3.0))) == 0.0
+
+
+def test_reconstruction_loss_depth_term_is_regnerf_weighted_by_detached_alpha():
+    """Diffusion4D's depth term: plain squared neighbour differences (no image edges), pairs weighted by the
+    rendered alpha of both pixels, which it does not push (alpha is a weight, not a target)."""
+    rendered = _rendered()
+    target = torch.rand(2, 16, 16, 3)
+    total, parts = L.ReconstructionLoss(l1=0.0, dssim=0.0, depth_smoothness=0.5)(rendered, target)
+    expect = 0.5 * _reference_depth_smoothness(rendered["depth"].detach()[..., 0].double().numpy(),
+                                               rendered["alpha"].detach()[..., 0].double().numpy())
+    assert float(parts["depth_smoothness"]) == pytest.approx(expect, rel=1e-5)
+    total.backward()
+    assert rendered["depth"].grad.abs().sum() > 0 and rendered["alpha"].grad is None
+    # the target image plays no part (it would in the edge-aware form)
+    _, other = L.ReconstructionLoss(l1=0.0, dssim=0.0, depth_smoothness=0.5)(_rendered(grad=False), 1.0 - target)
+    assert float(other["depth_smoothness"]) == pytest.approx(expect, rel=1e-5)
+    _, aware = L.ReconstructionLoss(l1=0.0, dssim=0.0, depth_smoothness=0.5, depth_smoothness_mode="edge_aware")(
+        _rendered(grad=False), target)
+    assert float(aware["depth_smoothness"]) == pytest.approx(
+        0.5 * float(L.depth_smoothness_loss(_rendered(grad=False)["depth"], target)), rel=1e-6)
+    with pytest.raises(ValueError, match="depth_smoothness_mode"):
+        L.ReconstructionLoss(depth_smoothness_mode="tv")
+
+
 def test_psnr_known_mse():
     x = torch.rand(3, 8, 8, 3)
     y = x + 0.1  # MSE 0.01 -> 20 dB
@@ -214,14 +268,14 @@ def test_lpips_off_without_path_logs_once(caplog, monkeypatch):
     assert len(messages) == 1
 
 
-def test_lpips_off_without_package(caplog, monkeypatch, tmp_path):
+def test_lpips_vgg_off_without_package(caplog, monkeypatch, tmp_path):
     monkeypatch.setattr(L, "_LOGGED", set())
     monkeypatch.setitem(sys.modules, "lpips", None)  # makes `import lpips` raise ImportError
     weights = tmp_path / "lpips.pth"
     torch.save({}, weights)
     with caplog.at_level(logging.INFO, logger=L.__name__):
-        assert L.LPIPSLoss.maybe_create(weights) is None
-        assert L.LPIPSLoss.maybe_create(weights) is None
+        assert L.LPIPSLoss.maybe_create(weights, net="vgg") is None
+        assert L.LPIPSLoss.maybe_create(weights, net="vgg") is None
     messages = [r.getMessage() for r in caplog.records if r.getMessage().startswith("LPIPS off")]
     assert len(messages) == 1 and "lpips" in messages[0]
 
@@ -245,17 +299,17 @@ def test_lpips_wrapper_loads_local_state_dict(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "lpips", types.SimpleNamespace(LPIPS=_FakeLPIPS))
     torch.manual_seed(5)
     ref = _FakeLPIPS(pretrained=False, pnet_rand=True)
-    path = tmp_path / "lpips_alex.pth"
+    path = tmp_path / "lpips_vgg.pth"
     torch.save(ref.state_dict(), path)
-    module = L.LPIPSLoss.maybe_create(str(path))
+    module = L.LPIPSLoss.maybe_create(str(path), net="vgg")
     assert isinstance(module, L.LPIPSLoss)
     assert all(not p.requires_grad for p in module.parameters())
-    x, y = torch.rand(2, 12, 12, 3), torch.rand(2, 12, 12, 3)
+    x, y = torch.rand(2, 32, 32, 3), torch.rand(2, 32, 32, 3)
     expect = ref(x.permute(0, 3, 1, 2) * 2 - 1, y.permute(0, 3, 1, 2) * 2 - 1).mean()
     assert float(module(x, y)) == pytest.approx(float(expect), rel=1e-6)
     assert float(module(x, x)) == 0.0
     rendered = {"rgb": x.clone().requires_grad_(True)}
-    loss = L.ReconstructionLoss(l1=0.0, dssim=0.0, lpips=1.0, lpips_path=str(path))
+    loss = L.ReconstructionLoss(l1=0.0, dssim=0.0, lpips=1.0, lpips_path=str(path), lpips_net="vgg")
     total, parts = loss(rendered, y)
     assert set(parts) == {"lpips"} and float(total) == pytest.approx(float(expect), rel=1e-6)
     total.backward()
@@ -263,6 +317,74 @@ def test_lpips_wrapper_loads_local_state_dict(monkeypatch, tmp_path):
     # Wrong files are errors, not silent fallbacks.
     torch.save({"lin.weight": torch.zeros(1, 4, 1, 1)}, tmp_path / "heads_only.pth")
     with pytest.raises(ValueError, match="full"):
+        L.LPIPSLoss.maybe_create(tmp_path / "heads_only.pth", net="vgg")
+    with pytest.raises(ValueError, match="whole"):
         L.LPIPSLoss.maybe_create(tmp_path / "heads_only.pth")
-    with pytest.raises(ValueError, match="not a file"):
-        L.LPIPSLoss.maybe_create(tmp_path / "missing.pth")
+    for net in ("vgg", "alex"):
+        with pytest.raises(ValueError, match="not a file"):
+            L.LPIPSLoss.maybe_create(tmp_path / "missing.pth", net=net)
+
+
+# lpips.LPIPS(net="alex") layout: torchvision alexnet.features index per slice, channels, kernel, stride, padding
+_ALEX = ((1, 0, 3, 64, 11, 4, 2), (2, 3, 64, 192, 5, 1, 2), (3, 6, 192, 384, 3, 1, 1), (4, 8, 384, 256, 3, 1, 1),
+         (5, 10, 256, 256, 3, 1, 1))
+
+
+def _alex_state(seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random weights under the keys lpips.LPIPS(net='alex').state_dict() uses (lin heads non-negative)."""
+    g = torch.Generator().manual_seed(seed)
+    state = {"scaling_layer.shift": torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1),
+             "scaling_layer.scale": torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1)}
+    for k, (sl, idx, cin, cout, ksz, _, _) in enumerate(_ALEX):
+        state[f"net.slice{sl}.{idx}.weight"] = torch.randn(cout, cin, ksz, ksz, generator=g) / math.sqrt(cin * ksz**2)
+        state[f"net.slice{sl}.{idx}.bias"] = 0.1 * torch.randn(cout, generator=g)
+        state[f"lin{k}.model.1.weight"] = torch.rand(1, cout, 1, 1, generator=g)
+        state[f"lins.{k}.model.1.weight"] = state[f"lin{k}.model.1.weight"].clone()
+    return state
+
+
+def _reference_alex_lpips(state, x, y):
+    """LPIPS v0.1 (Zhang et al. 2018) written out: scale the -1..1 inputs, AlexNet relu1..relu5 (max-pool 3/2 before
+    conv2 and conv3), unit-normalise features over channels, squared difference, 1x1 heads, spatial mean, sum."""
+    shift, scale = state["scaling_layer.shift"].double(), state["scaling_layer.scale"].double()
+    a, b = (x.double() - shift) / scale, (y.double() - shift) / scale
+    total = torch.zeros(x.shape[0], dtype=torch.float64)
+    for k, (sl, idx, _, _, _, stride, pad) in enumerate(_ALEX):
+        if sl in (2, 3):
+            a, b = torch.nn.functional.max_pool2d(a, 3, 2), torch.nn.functional.max_pool2d(b, 3, 2)
+        w, bias = state[f"net.slice{sl}.{idx}.weight"].double(), state[f"net.slice{sl}.{idx}.bias"].double()
+        a = torch.relu(torch.nn.functional.conv2d(a, w, bias, stride, pad))
+        b = torch.relu(torch.nn.functional.conv2d(b, w, bias, stride, pad))
+        na = a / (a.square().sum(1, keepdim=True).sqrt() + 1e-10)
+        nb = b / (b.square().sum(1, keepdim=True).sqrt() + 1e-10)
+        lin = state[f"lin{k}.model.1.weight"].double().view(1, -1, 1, 1)
+        total = total + ((na - nb).square() * lin).sum(1).mean((1, 2))
+    return total
+
+
+def test_alex_lpips_in_plain_torch_matches_the_lpips_formula(tmp_path, monkeypatch):
+    """LPIPS(alex) needs neither the lpips package nor torchvision: loaded from a local state dict file."""
+    from safetensors.torch import save_file
+
+    monkeypatch.setitem(sys.modules, "lpips", None)  # the package is not used for net='alex'
+    state = _alex_state()
+    path = tmp_path / "alex.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    module = L.LPIPSLoss.maybe_create(str(path))
+    assert isinstance(module, L.LPIPSLoss) and all(not p.requires_grad for p in module.parameters())
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.rand(2, 40, 36, 3, generator=g), torch.rand(2, 40, 36, 3, generator=g)
+    expect = _reference_alex_lpips(state, x.permute(0, 3, 1, 2) * 2 - 1, y.permute(0, 3, 1, 2) * 2 - 1).mean()
+    assert float(module(x, y)) == pytest.approx(float(expect), rel=1e-4)
+    assert float(module(x, x)) == 0.0
+    small = torch.rand(1, 16, 16, 3, generator=g), torch.rand(1, 16, 16, 3, generator=g)
+    assert float(module(*small)) > 0.0, "images below 32 px are enlarged, not refused"
+    rendered = {"rgb": x.clone().requires_grad_(True)}
+    total, parts = L.ReconstructionLoss(l1=0.0, dssim=0.0, lpips=0.5, lpips_path=str(path))(rendered, y)
+    assert set(parts) == {"lpips"} and float(total) == pytest.approx(0.5 * float(expect), rel=1e-4)
+    total.backward()
+    assert rendered["rgb"].grad.abs().sum() > 0
+    del state["lin2.model.1.weight"], state["lins.2.model.1.weight"]
+    torch.save(state, tmp_path / "heads_missing.pth")
+    with pytest.raises(ValueError, match="lin2.model.1.weight"):
+        L.LPIPSLoss.maybe_create(str(tmp_path / "heads_missing.pth"))

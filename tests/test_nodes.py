@@ -19,6 +19,7 @@ from gen4d.core.formats.ply import load_ply
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from node_runner import defaults, run  # noqa: E402, F401
+from render_script_orbit import script_orbit  # noqa: E402
 from workflow_checker import check_workflow, ui_to_api  # noqa: E402
 
 NODES = gen4d.NODE_CLASS_MAPPINGS
@@ -102,8 +103,14 @@ def test_camera_path_paper_defaults():
     assert len(d4d) == 24
     assert torch.allclose(d4d.centers.norm(dim=-1), torch.full((24,), 2.0), atol=1e-4)
     assert torch.allclose(d4d.centers[:, 1], torch.zeros(24), atol=1e-4), "elevation 0"
-    assert torch.allclose(d4d.fovy_deg, torch.full((24,), 49.1), atol=1e-3)
-    assert torch.allclose(d4d.times, torch.linspace(0, 1, 24))
+    want_vm, want_K, want_t = script_orbit(24, 32)  # the official render script's orbit, written out independently
+    torch.testing.assert_close(d4d.viewmats.double(), want_vm, rtol=0, atol=1e-5)
+    torch.testing.assert_close(d4d.Ks.double(), want_K.expand(24, 3, 3), rtol=1e-6, atol=1e-4)
+    torch.testing.assert_close(d4d.times.double(), want_t, rtol=0, atol=1e-6)
+    open_loop = run("Gen4D_CameraPath", preset="diffusion4d_orbit", width=32, height=32,
+                    orbit_convention="open_loop")[0]
+    az = torch.rad2deg(torch.atan2(open_loop.centers[:, 0], -open_loop.centers[:, 2]))
+    torch.testing.assert_close(torch.remainder(az[1:] - az[:-1], 360.0), torch.full((23,), 15.0), rtol=0, atol=1e-3)
     static = camera_path("diffusion4d_static_orbit", num_frames=4)
     assert torch.equal(static.times, torch.zeros(4))
     own = camera_path("coco4d_outpaint_loop1", fovy_deg=30.0, near=0.5, far=50.0)

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+
 import gen4d
 import pytest
 from run_workflow import run_workflow
@@ -46,3 +48,32 @@ def test_builder_rejects_unknown_names():
     b = g.add("Gen4D_Render", (0, 0))
     with pytest.raises(ValueError, match="no such output"):
         g.link(a, "camera", b, "cameras")
+
+
+def test_load_refresh_and_extend_a_saved_workflow(tmp_path):
+    """A file saved before a node grew a socket and widgets: refresh appends them, new links and nodes get fresh
+    ids, and the file checks again."""
+    path = tmp_path / "old.json"
+    small_graph().save(path, runnable=True, test_overrides={"2.seed": 1})
+    old = json.loads(path.read_text())
+    world = next(n for n in old["nodes"] if n["type"] == "Gen4D_SyntheticWorld")
+    cams = next(n for n in old["nodes"] if n["type"] == "Gen4D_CameraPath")
+    # as saved before the world had a cameras socket and the camera path its last widgets
+    dropped = next(link for link in old["links"] if link[3] == world["id"])
+    old["links"].remove(dropped)
+    cams["outputs"][0]["links"].remove(dropped[0])
+    world["inputs"] = []
+    cams["widgets_values"] = cams["widgets_values"][:3]
+    path.write_text(json.dumps(old))
+    g = Graph.load(path, gen4d.NODE_CLASS_MAPPINGS)
+    g.refresh(world["id"])
+    g.refresh(cams["id"], height=24)
+    g.link(cams["id"], "cameras", world["id"], "cameras")
+    note = g.note("# added", (0, 800))
+    wf = g.to_dict()
+    assert check_workflow(wf, gen4d.NODE_CLASS_MAPPINGS) == []
+    assert note == 6 and wf["last_node_id"] == 6 and wf["extra"]["gen4d"]["test_overrides"] == {"2.seed": 1}
+    assert wf["last_link_id"] == max(link[0] for link in wf["links"]) == 5, "no link id is reused"
+    assert [i["name"] for i in next(n for n in wf["nodes"] if n["id"] == world["id"])["inputs"]] == ["cameras"]
+    values = next(n for n in wf["nodes"] if n["id"] == cams["id"])["widgets_values"]
+    assert values[:4] == ["diffusion4d_orbit", 2, 24, 24] and values[-1] == "render_script"

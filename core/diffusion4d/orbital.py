@@ -11,7 +11,8 @@ Public API:
     DEFAULT_W1, DEFAULT_W2     the guidance scales of §4.1 (7.0 and 0.5)
     OrbitalConfig              the sampling settings of §3.1 / §4.1 (24 frames, 256², DDIM 50, w1, w2)
     check_magnitude(m, what)   a user-given magnitude as a float, or ValueError (negative, NaN, inf)
-    orbit_frame_index(n, T, what)   which frames of an ``n``-view orbit share poses with a ``T``-view one
+    orbit_frame_index(n, T, what, convention)   which frames of a ``T``-view orbit share poses with an
+                               ``n``-view one
 
 Design notes:
     Torch only; nothing here knows about a particular denoiser. The noise predictions are any
@@ -36,6 +37,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+
+from ..engine.cameras import ORBIT_CONVENTIONS
 
 __all__ = [
     "DEFAULT_W1",
@@ -302,29 +305,46 @@ def check_magnitude(m, what: str = "magnitude") -> float:
     return m
 
 
-def orbit_frame_index(num_views: int, orbit_frames: int, what: str = "orbit") -> Tensor:
+def orbit_frame_index(num_views: int, orbit_frames: int, what: str = "orbit",
+                      convention: str = "render_script") -> Tensor:
     """Frames of a ``orbit_frames``-view orbit at the poses of a ``num_views``-view orbit.
 
-    Both orbits start at the same azimuth and turn 360° in equal steps, so view ``j`` of the
-    shorter one (azimuth ``360 j / num_views``) is frame ``j * orbit_frames / num_views`` of the
-    longer one; this only lands on frames when ``num_views`` divides ``orbit_frames``.
+    Both orbits start at the same azimuth and turn 360° in equal steps
+    (``core.engine.cameras.orbit_azimuth_steps``). With the official render script's spacing
+    (``"render_script"``, view ``j`` of ``n`` at ``360 j / (n-1)``, the last view back at the first)
+    view ``j`` of the shorter orbit is frame ``j (T-1) / (n-1)`` of the longer one, which lands on
+    frames when ``n - 1`` divides ``T - 1`` (for T = 24 only n = 2 and 24, as 23 is prime; a single
+    view is frame 0). With ``"open_loop"`` (``360 j / n``) it is frame ``j T / n``, which needs ``n``
+    to divide ``T``.
 
     Args:
         num_views: views of the (static) orbit to match, ``>= 1``.
         orbit_frames: frames of the reference orbit, ``>= 1``.
         what: name used in errors.
+        convention: how both orbits space their views (``ORBIT_CONVENTIONS``).
 
     Returns:
         ``[num_views]`` long indices into the reference orbit.
 
     Raises:
-        ValueError: a count below one, or ``num_views`` does not divide ``orbit_frames``.
+        ValueError: a count below one, an unknown convention, or views that fall between frames.
     """
     n, t = int(num_views), int(orbit_frames)
+    if convention not in ORBIT_CONVENTIONS:
+        raise ValueError(f"{what}: orbit convention must be one of {ORBIT_CONVENTIONS}, got {convention!r}")
     if n < 1 or t < 1:
         raise ValueError(f"{what}: need at least one frame in each orbit, got {n} and {t}")
-    if t % n:
+    if convention == "open_loop":
+        if t % n:
+            raise ValueError(f"{what}: {n} views do not divide into the {t}-frame orbit; both orbits turn 360° in "
+                             f"equal steps of 360/T (open_loop), so {t} must be a multiple of {n} for every view to "
+                             f"share a pose with a frame (azimuth step {360.0 / t:g}° vs {360.0 / n:g}°)")
+        return torch.arange(n, dtype=torch.long) * (t // n)
+    if n == 1:
+        return torch.zeros(1, dtype=torch.long)
+    if t < n or (t - 1) % (n - 1):
         raise ValueError(f"{what}: {n} views do not divide into the {t}-frame orbit; both orbits turn 360° in "
-                         f"equal steps, so {t} must be a multiple of {n} for every view to share a pose with a frame "
-                         f"(azimuth step {360.0 / t:g}° vs {360.0 / n:g}°)")
-    return torch.arange(n, dtype=torch.long) * (t // n)
+                         f"steps of 360/(T-1) (render_script: the last view returns to the first), so {t} - 1 must "
+                         f"be a multiple of {n} - 1 for every view to share a pose with a frame (azimuth step "
+                         f"{360.0 / max(t - 1, 1):g}° vs {360.0 / (n - 1):g}°)")
+    return torch.arange(n, dtype=torch.long) * ((t - 1) // (n - 1))

@@ -19,7 +19,9 @@ from dataclasses import dataclass, replace
 import torch
 
 from .cameras import (
+    DIFFUSION4D_FOVY_DEG,
     MOGE4D_PATHS,
+    ORBIT_CONVENTIONS,
     Cameras,
     coco4d_outpaint_poses,
     diffusion4d_orbit,
@@ -50,7 +52,8 @@ class PathSettings:
         num_frames: cameras in the path (pose sets of CoCo4D have their own count: 4).
         width, height: image size in pixels.
         fovy_deg: vertical field of view; 0 takes the preset's paper default (CoCo4D and MoGe4D 60°,
-            orbits 49.1°, the Objaverse render camera).
+            the generic orbit 49.1°, Zero123's Objaverse render camera; Diffusion4D 39.6°, the Blender
+            default camera of its render script).
         radius: orbit distance to the centre (CoCo4D outpaint: 0 turns in place).
         elevation_deg: orbit elevation.
         azimuth_start_deg, azimuth_end_deg: orbit sweep; an end 360° past the start is a full
@@ -58,6 +61,9 @@ class PathSettings:
         pivot_depth: MoGe4D paths turn about a point this far in front of the input camera.
         keyframes: JSON list of ``{"t", "elevation", "azimuth", "radius", "fovy"}`` for "keyframes".
         near, far: clipping distances; 0 takes the preset's default (CoCo4D: 0.1 and 10000).
+        orbit_convention: spacing of the Diffusion4D orbits' views (``ORBIT_CONVENTIONS``):
+            "render_script" = azimuth ``360 i/(T-1)`` as the official render script, "open_loop" =
+            ``360 i/T`` (see ``cameras.diffusion4d_orbit``).
     """
 
     num_frames: int = 24
@@ -72,12 +78,13 @@ class PathSettings:
     keyframes: str = ""
     near: float = 0.0
     far: float = 0.0
+    orbit_convention: str = "render_script"
 
 
 # Paper defaults per preset family: (fovy_deg, near, far).
 _PRESET_DEFAULTS = {
     "orbit": (49.1, 0.01, 1000.0),
-    "diffusion4d": (49.1, 0.01, 1000.0),
+    "diffusion4d": (DIFFUSION4D_FOVY_DEG, 0.01, 1000.0),
     "coco4d": (60.0, 0.1, 10000.0),
     "moge4d": (60.0, 0.01, 10000.0),
     "keyframes": (60.0, 0.01, 10000.0),
@@ -120,8 +127,12 @@ def camera_path(preset: str, settings: PathSettings | None = None) -> Cameras:
     if preset == "orbit":
         return orbit_path(s)
     if preset in ("diffusion4d_orbit", "diffusion4d_static_orbit"):
+        if s.orbit_convention not in ORBIT_CONVENTIONS:
+            raise ValueError(f"camera_path: orbit_convention must be one of {ORBIT_CONVENTIONS}, "
+                             f"got {s.orbit_convention!r}")
         return diffusion4d_orbit(s.width, s.height, s.num_frames, s.elevation_deg, s.radius, s.fovy_deg,
-                                 s.azimuth_start_deg, dynamic=preset == "diffusion4d_orbit", near=s.near, far=s.far)
+                                 s.azimuth_start_deg, dynamic=preset == "diffusion4d_orbit", near=s.near, far=s.far,
+                                 convention=s.orbit_convention)
     if preset.startswith("coco4d_outpaint_loop"):
         return coco4d_outpaint_poses(int(preset[-1]), s.width, s.height, radius=s.radius, fovy_deg=s.fovy_deg,
                                      near=s.near, far=s.far)

@@ -11,7 +11,9 @@ Public API:
     coco4d_reference_cameras    CoCo4D's seen view held over a clip (identity, fovy 60)
     clip_cameras                cameras of a clip: given ones held / rescaled, or the CoCo4D seen view
     view_difference             how far cameras are from reference cameras (angle, offset, focal ratio)
-    diffusion4d_orbit           Diffusion4D's 24-view orbit where view and time advance together
+    diffusion4d_orbit           Diffusion4D's 24-view orbit where view and time advance together (the
+                                official render script's spacing and field of view by default)
+    orbit_azimuth_steps         fractions of a turn of an orbit's views, per ORBIT_CONVENTIONS
     moge4d_path                 MoGe4D camera paths relative to the input image's camera
     keyframe_path               smooth interpolation through user keyframes
 
@@ -46,6 +48,9 @@ __all__ = [
     "clip_cameras",
     "view_difference",
     "diffusion4d_orbit",
+    "DIFFUSION4D_FOVY_DEG",
+    "ORBIT_CONVENTIONS",
+    "orbit_azimuth_steps",
     "moge4d_path",
     "MOGE4D_PATHS",
     "keyframe_path",
@@ -397,29 +402,79 @@ def _recentre_on_reference(vm: Tensor, radius: float, center: Sequence[float]) -
     return vm @ torch.linalg.inv(ref)
 
 
+DIFFUSION4D_FOVY_DEG = math.degrees(2.0 * math.atan(18.0 / 50.0))
+"""Field of view of Diffusion4D's renders: Blender's default camera (50 mm lens, 36 mm sensor), 39.6°."""
+
+ORBIT_CONVENTIONS = ("render_script", "open_loop")
+"""How an orbit's ``T`` views are spaced: see :func:`diffusion4d_orbit`."""
+
+
+def orbit_azimuth_steps(num_views: int, convention: str = "render_script") -> Tensor:
+    """``[num_views]`` fractions of a turn of an orbit's views (azimuth = 360° x fraction).
+
+    ``"render_script"``: ``i / (T-1)`` (first and last views at the same azimuth); ``"open_loop"``:
+    ``i / T`` (the last view one step short of a full turn). One view gives ``[0]``.
+
+    Raises:
+        ValueError: unknown convention or ``num_views < 1``.
+    """
+    if convention not in ORBIT_CONVENTIONS:
+        raise ValueError(f"orbit convention must be one of {ORBIT_CONVENTIONS}, got {convention!r}")
+    if num_views < 1:
+        raise ValueError(f"an orbit needs at least one view, got {num_views}")
+    steps = torch.arange(num_views, dtype=torch.float32)
+    if convention == "render_script":
+        return steps / max(num_views - 1, 1)
+    return steps / num_views
+
+
 def diffusion4d_orbit(
     width: int = 256,
     height: int = 256,
     num_views: int = 24,
     elevation_deg: float = 0.0,
     radius: float = 2.0,
-    fovy_deg: float = 49.1,
+    fovy_deg: float = DIFFUSION4D_FOVY_DEG,
     start_azimuth_deg: float = 0.0,
     dynamic: bool = True,
     near: float = 0.01,
     far: float = 100.0,
+    convention: str = "render_script",
 ) -> Cameras:
-    """Diffusion4D orbit: ``num_views`` views at fixed elevation and distance, azimuth 0→360°.
+    """Diffusion4D orbit (§3.1, §4.1): ``num_views`` views at fixed elevation and distance, azimuth 0→360°.
 
-    With ``dynamic`` the scene time advances with the view (frame ``i`` at azimuth
-    ``360·i/num_views`` sees time ``i/(num_views-1)``), as in the paper's 4D-aware orbital
-    videos; otherwise every view sees time 0 (the static 3D-aware orbit).
+    The default, ``convention="render_script"``, reproduces the frames of the official render script
+    (``rendering/blender.py``, ``--mode_multi``), i.e. what a model trained on those renders
+    generates: frame ``i`` of ``T`` has ``t_i = i / (T-1)``, the camera sits at azimuth ``360° t_i``
+    (so the last frame returns to the first view) and, with ``dynamic``, sees the animation at
+    ``t_i`` as well (the script renders Blender frame ``i`` there, so view and time advance
+    together over the clip). Direction: the camera starts at the front (Blender ``-Y``, our ``-z``)
+    and moves towards the front view's right (Blender ``+X``, our ``+x``), i.e. counter-clockwise
+    seen from above, our positive azimuth. Blender's world maps onto ours by
+    ``(X, Y, Z) -> (x, z, -y)`` (a rotation: Blender's up ``+Z`` is our ``-y``). Distance: the
+    camera is ``radius`` from the centre along the view direction (the script's 2, ``--elevation``
+    changes the height, not the distance). Elevation: ``elevation_deg`` is the angle above the
+    horizon; the script's ``--elevation N`` (integer, used as the slope ``N/180`` of the view
+    direction) is the angle ``atan(N/180)``, e.g. 9.5° for ``N = 30``; the paper and the script's
+    default use 0. Its ``--azimuth f`` (a fraction of a turn) starts the orbit at ``-360° f``.
+    Field of view: the script keeps Blender's default camera, 50 mm on a 36 mm sensor, 39.6°
+    (:data:`DIFFUSION4D_FOVY_DEG`), not the 49.1° of Zero123's renders.
+
+    ``convention="open_loop"`` spaces the views by ``360° / T`` instead (azimuth ``360 i / T``,
+    no repeated view; times still ``i / (T-1)``), for orbit videos made that way.
+    Without ``dynamic`` every view sees time 0 (the static 3D-aware orbit, the script's
+    ``--mode_static``).
+
+    Raises:
+        ValueError: ``num_views < 1``, ``radius <= 0`` or an unknown convention.
     """
     if num_views < 1:
         raise ValueError(f"diffusion4d_orbit: num_views must be >= 1, got {num_views}")
     if radius <= 0:
         raise ValueError(f"diffusion4d_orbit: radius must be positive, got {radius}")
-    az = start_azimuth_deg + 360.0 * torch.arange(num_views, dtype=torch.float32) / num_views
+    if convention not in ORBIT_CONVENTIONS:
+        raise ValueError(f"diffusion4d_orbit: convention must be one of {ORBIT_CONVENTIONS}, got {convention!r}")
+    az = start_azimuth_deg + 360.0 * orbit_azimuth_steps(num_views, convention)
     vm = orbit_poses(torch.full((num_views,), float(elevation_deg)), az, radius)
     times = _frame_times(num_views) if dynamic else torch.zeros(num_views)
     return _cameras(vm, intrinsics_from_fov(fovy_deg, width, height), width, height, times, near, far)

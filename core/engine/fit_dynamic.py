@@ -42,6 +42,7 @@ from .fit_static import (
     masked_targets,
     memory_guard,
     record_step,
+    scene_extent,
 )
 from .gaussians import Gaussians
 from .guidance import Guidance, PoseSampling, sample_guidance_cameras
@@ -79,6 +80,9 @@ class DeformationFitConfig:
         background: colour behind the splats and behind masked targets.
         preview_every: preview interval for the callback (0 = never).
         seed: seed of the field initialisation and of frame / pose sampling.
+        lr_scale_with_extent: multiply the deformation, grid and canonical position rates by the
+            scene extent (``fit_static.scene_extent``), as 4DGS does (``spatial_lr_scale``); off for
+            CoCo4D's absolute rates.
     """
 
     iterations: int = 800
@@ -103,6 +107,7 @@ class DeformationFitConfig:
     background: tuple[float, float, float] = (1.0, 1.0, 1.0)
     preview_every: int = 50
     seed: int = 0
+    lr_scale_with_extent: bool = False
 
     def __post_init__(self) -> None:
         if self.iterations < 1 or self.times_per_step < 1 or self.sds_every < 1 or self.rigidity_k < 1:
@@ -166,14 +171,16 @@ def fit_deformation(
     if deformation is None:
         deformation = Deformation(_field_config(cfg, views), canonical.detach(), generator=gen)
     deformation = deformation.to(dev).train()
-    groups = param_groups(deformation, cfg.deformation_lr, cfg.grid_lr)
+    scale = scene_extent(views, canonical) if cfg.lr_scale_with_extent else 1.0
+    groups = param_groups(deformation, cfg.deformation_lr * scale, cfg.grid_lr * scale)
     optimizers = [torch.optim.Adam(groups, eps=1e-15)]
     params = {k: torch.nn.Parameter(v.detach().clone().float().to(dev)) for k, v in canonical.tensors().items()}
     if cfg.freeze_canonical:
         for p in params.values():
             p.requires_grad_(False)
     else:
-        optimizers.append(make_optimizer(params, cfg.canonical_learning_rates))
+        lrs = cfg.canonical_learning_rates
+        optimizers.append(make_optimizer(params, replace(lrs, position=lrs.position * scale)))
     background = torch.tensor(cfg.background, dtype=torch.float32, device=dev)
     knn_index = reg.knn(params["means"].detach(), min(cfg.rigidity_k, len(canonical) - 1)) \
         if cfg.rigidity_weight > 0 and len(canonical) > 1 else None

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import torch
@@ -93,6 +93,8 @@ class StaticFitConfig:
         background: colour behind the splats, and behind masked targets.
         preview_every: send a preview image to the callback this often (0 = never).
         seed: seed of view and pose sampling and of densification.
+        lr_scale_with_extent: multiply the position rate by the scene extent (:func:`scene_extent`),
+            as 3DGS / 4DGS do (``spatial_lr_scale``); off for CoCo4D's rates, which are absolute.
     """
 
     iterations: int = 1000
@@ -108,6 +110,7 @@ class StaticFitConfig:
     background: tuple[float, float, float] = (1.0, 1.0, 1.0)
     preview_every: int = 50
     seed: int = 0
+    lr_scale_with_extent: bool = False
 
     def __post_init__(self) -> None:
         if self.iterations < 1 or self.views_per_step < 1 or self.sds_every < 1:
@@ -252,15 +255,18 @@ def fit_static(
     dev = torch.device(device) if device is not None else init.device
     views = views.to(dev)
     params = {k: torch.nn.Parameter(v.to(dev)) for k, v in _as_params(init).items()}
-    optimizer = make_optimizer(params, cfg.learning_rates)
+    extent = scene_extent(views, init)
+    lrs = cfg.learning_rates
+    if cfg.lr_scale_with_extent:
+        lrs = replace(lrs, position=lrs.position * extent)
+    optimizer = make_optimizer(params, lrs)
     gen = torch.Generator().manual_seed(cfg.seed)
     background = torch.tensor(cfg.background, dtype=torch.float32, device=dev)
     dcfg = cfg.densify
     if dcfg is not None and dcfg.total_iterations != cfg.iterations:
         dcfg = dens.DensifyConfig(**{**dcfg.__dict__, "total_iterations": cfg.iterations})
     state = dens.DensifyState()
-    extent = scene_extent(views, init)
-    lr0 = cfg.learning_rates.position
+    lr0 = lrs.position
     result = FitResult(init.detach().clone())
     last_good = FitResult(init.detach().clone())
     with memory_guard("fit_static", lambda: params["means"].shape[0]):

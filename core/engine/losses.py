@@ -7,8 +7,10 @@ Public API:
     dssim_loss                ``(1 - SSIM) / 2``
     mask_loss                 rendered alpha vs. a silhouette mask (MSE or BCE)
     depth_smoothness_loss     edge-aware first-order depth smoothness (Godard et al. 2017)
+    depth_smoothness_squared  squared neighbour depth differences (RegNeRF), Diffusion4D's depth term
     psnr                      peak signal-to-noise ratio in dB
     LPIPSLoss                 optional LPIPS (Zhang et al. 2018) from a local weights file
+    AlexLPIPS                 LPIPS v0.1 with AlexNet in plain torch (loads an lpips.LPIPS(net="alex") state dict)
     ReconstructionLoss        weighted sum of the above for one rendered batch
 
 Design notes:
@@ -22,17 +24,26 @@ Design notes:
     ``[B,C,H-10,W-10]``; ``padding="reflect"`` keeps the full size by mirroring the borders.
     (The 3DGS code pads with zeros, which darkens the statistics at the border; we do not.)
 
-    Diffusion4D §3.4 fits 4DGS with ``L1 + LPIPS + depth smoothness`` (refs [5, 25] there are
-    the Monodepth-style edge-aware regulariser): ``mean(|d_x d| exp(-|d_x I|)) + mean(|d_y d|
-    exp(-|d_y I|))`` with the image gradient averaged over colour channels.
+    Diffusion4D §3.4 fits 4DGS with ``L1 + LPIPS + depth smoothness``; its depth term cites RegNeRF
+    [25] (Niemeyer et al. 2022, the depth smoothness loss on rendered patches) and Charbonnier et
+    al. [5] (half-quadratic regularisation), both penalties on depth differences alone, with no
+    image-edge weighting. :func:`depth_smoothness_squared` is RegNeRF's sum of squared differences
+    of horizontally and vertically neighbouring depths, as a weighted mean over neighbour pairs:
+    ``sum_p w_p (d_p - d_p')^2 / sum_p w_p`` with ``w_p`` the product of the two pixels' weights.
+    :class:`ReconstructionLoss` weights each pair by the rendered (detached) alpha of both pixels,
+    because the expected depth of an object render is undefined (0) off the object, where RegNeRF's
+    scene renders have no such pixels. The edge-aware form of Godard et al. (``mean(|d_x d|
+    exp(-|d_x I|)) + ...``) stays available as ``depth_smoothness_mode="edge_aware"``.
 
     LPIPS is optional and never downloaded: :meth:`LPIPSLoss.maybe_create` returns ``None``
-    (logging "LPIPS off: ..." once per reason) when no weights path is given or the ``lpips``
-    package is not importable (it needs torchvision, which this pack does not require). The
-    weights file must hold the *whole* LPIPS state dict (backbone and linear heads), e.g.
-    ``torch.save(lpips.LPIPS(net="alex").state_dict(), path)`` or the same as safetensors;
-    the linear-heads-only files shipped inside the ``lpips`` package are not enough because
-    the backbone would otherwise be fetched from torchvision's hub.
+    (logging "LPIPS off: ..." once per reason) when no weights path is given. The AlexNet variant
+    (LPIPS's default, the one 4DGS uses) is built here in plain torch, so it needs neither the
+    ``lpips`` package nor torchvision; the VGG / SqueezeNet variants go through the ``lpips``
+    package and are off (logged) when it cannot be imported. The weights file must hold the
+    *whole* LPIPS state dict (backbone and linear heads), e.g.
+    ``torch.save(lpips.LPIPS(net="alex").state_dict(), path)`` or the same as safetensors; the
+    linear-heads-only files shipped inside the ``lpips`` package are not enough because the
+    backbone would otherwise be fetched from torchvision's hub.
 
     :class:`ReconstructionLoss` is ``total = sum_i w_i L_i`` with the weights used as given.
     The default ``l1=1.0, dssim=0.2`` gives ``L1 + 0.1 (1 - SSIM)``; the exact 3DGS objective
@@ -58,9 +69,12 @@ __all__ = [
     "ssim",
     "dssim_loss",
     "mask_loss",
+    "depth_smoothness_squared",
     "depth_smoothness_loss",
     "psnr",
     "LPIPSLoss",
+    "AlexLPIPS",
+    "LPIPS_MIN_SIZE",
     "ReconstructionLoss",
     "SSIM_C1",
     "SSIM_C2",
@@ -281,6 +295,35 @@ def depth_smoothness_loss(
     return (dx * mx).sum() / mx.sum().clamp_min(1e-8) + (dy * my).sum() / my.sum().clamp_min(1e-8)
 
 
+def depth_smoothness_squared(depth: Tensor, weights: Tensor | None = None) -> Tensor:
+    """RegNeRF's depth smoothness (Niemeyer et al. 2022; Diffusion4D §3.4, refs [5, 25]).
+
+    ``sum_pairs w (d_i,j - d_i,j+1)^2 + sum_pairs w (d_i,j - d_i+1,j)^2``, divided by the summed pair
+    weights ``w = weights_a * weights_b`` of the two pixels of each horizontal / vertical pair (all
+    ones without ``weights``: the mean over pairs).
+
+    Args:
+        depth: ``[B,H,W,1]`` (or ``[B,H,W]``) depth.
+        weights: optional ``[B,H,W]`` (or ``[B,H,W,1]``) per-pixel weights in 0..1 (e.g. rendered alpha).
+
+    Returns:
+        Scalar tensor; zero for constant depth.
+    """
+    if depth.dim() == 3:
+        depth = depth[..., None]
+    if depth.dim() != 4 or depth.shape[-1] != 1:
+        raise ValueError(f"depth_smoothness_squared: depth must be [B,H,W,1], got {tuple(depth.shape)}")
+    d = depth[..., 0]
+    dx = (d[:, :, 1:] - d[:, :, :-1]).square()
+    dy = (d[:, 1:, :] - d[:, :-1, :]).square()
+    if weights is None:
+        return (dx.sum() + dy.sum()) / (dx.numel() + dy.numel())
+    w = _mask_bhw1("depth_smoothness_squared", weights, depth)[..., 0].to(d.dtype)
+    wx = w[:, :, 1:] * w[:, :, :-1]
+    wy = w[:, 1:, :] * w[:, :-1, :]
+    return ((dx * wx).sum() + (dy * wy).sum()) / (wx.sum() + wy.sum()).clamp_min(1e-8)
+
+
 # -- metrics -----------------------------------------------------------------------------------
 def psnr(
     x: Tensor,
@@ -317,14 +360,103 @@ def psnr(
 
 
 # -- LPIPS -------------------------------------------------------------------------------------
+_ALEX_LAYERS = (  # (slice, index in torchvision's alexnet.features, in, out, kernel, stride, padding, pool first)
+    (1, 0, 3, 64, 11, 4, 2, False),
+    (2, 3, 64, 192, 5, 1, 2, True),
+    (3, 6, 192, 384, 3, 1, 1, True),
+    (4, 8, 384, 256, 3, 1, 1, False),
+    (5, 10, 256, 256, 3, 1, 1, False),
+)
+_LPIPS_SHIFT = (-0.030, -0.088, -0.188)
+_LPIPS_SCALE = (0.458, 0.448, 0.450)
+LPIPS_MIN_SIZE = 32
+
+
+class AlexLPIPS(torch.nn.Module):
+    """LPIPS v0.1 with the AlexNet backbone (Zhang et al. 2018), in plain torch (no torchvision, no ``lpips``).
+
+    ``d(x, y) = sum_l mean_hw( w_l . (f_l(x) / |f_l(x)| - f_l(y) / |f_l(y)|)^2 )`` over the five ReLU outputs
+    ``f_l`` of AlexNet's convolutions, with channel-unit-normalised features, the learned non-negative
+    channel weights ``w_l`` (1x1 convolutions) and inputs ``(x - shift) / scale`` in -1..1. The weights
+    come from a state dict saved from ``lpips.LPIPS(net="alex")`` (keys ``scaling_layer.*``,
+    ``net.slice{1..5}.{i}.weight|bias``, ``lin{0..4}.model.1.weight``).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.convs = torch.nn.ModuleList(torch.nn.Conv2d(c_in, c_out, k, stride, pad)
+                                         for _, _, c_in, c_out, k, stride, pad, _ in _ALEX_LAYERS)
+        self.lins = torch.nn.ModuleList(torch.nn.Conv2d(c_out, 1, 1, bias=False)
+                                        for _, _, _, c_out, _, _, _, _ in _ALEX_LAYERS)
+        self.register_buffer("shift", torch.tensor(_LPIPS_SHIFT).view(1, 3, 1, 1))
+        self.register_buffer("scale", torch.tensor(_LPIPS_SCALE).view(1, 3, 1, 1))
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Tensor], where: str = "state dict") -> "AlexLPIPS":
+        """Build from an ``lpips.LPIPS(net="alex")`` state dict.
+
+        Raises:
+            ValueError: a tensor is missing or has the wrong shape (names the key).
+        """
+        model = cls()
+        wanted: dict[str, Tensor] = {}
+        for k, (slice_no, index, *_rest) in enumerate(_ALEX_LAYERS):
+            for part in ("weight", "bias"):
+                wanted[f"convs.{k}.{part}"] = _lpips_key(state, where, f"net.slice{slice_no}.{index}.{part}")
+            wanted[f"lins.{k}.weight"] = _lpips_key(state, where, f"lin{k}.model.1.weight", f"lins.{k}.model.1.weight",
+                                                    f"lin{k}.model.0.weight")
+        for name, key in (("shift", "scaling_layer.shift"), ("scale", "scaling_layer.scale")):
+            wanted[name] = state[key].reshape(1, 3, 1, 1) if key in state else getattr(model, name)
+        own = model.state_dict()
+        for name, tensor in wanted.items():
+            if tuple(tensor.shape) != tuple(own[name].shape):
+                raise ValueError(f"AlexLPIPS: {where}: {name} has shape {tuple(tensor.shape)}, expected "
+                                 f"{tuple(own[name].shape)} (an lpips.LPIPS(net='alex') state dict)")
+        model.load_state_dict({k: v.float() for k, v in wanted.items()})
+        return model
+
+    def forward(self, x: Tensor, y: Tensor, normalize: bool = False) -> Tensor:
+        """``[B,1,1,1]`` distances of ``[B,3,H,W]`` images in -1..1 (0..1 with ``normalize``)."""
+        if normalize:
+            x, y = x * 2.0 - 1.0, y * 2.0 - 1.0
+        fx, fy = (x - self.shift) / self.scale, (y - self.shift) / self.scale
+        total = x.new_zeros(x.shape[0], 1, 1, 1)
+        for (_, _, _, _, _, _, _, pool_first), conv, lin in zip(_ALEX_LAYERS, self.convs, self.lins):
+            if pool_first:
+                fx, fy = F.max_pool2d(fx, 3, 2), F.max_pool2d(fy, 3, 2)
+            fx, fy = F.relu(conv(fx)), F.relu(conv(fy))
+            nx = fx / (fx.square().sum(1, keepdim=True).sqrt() + 1e-10)
+            ny = fy / (fy.square().sum(1, keepdim=True).sqrt() + 1e-10)
+            total = total + lin((nx - ny).square()).mean((2, 3), keepdim=True)
+        return total
+
+
+def _lpips_key(state: dict[str, Tensor], where: str, *keys: str) -> Tensor:
+    for key in keys:
+        if key in state:
+            return state[key]
+    raise ValueError(f"AlexLPIPS: {where} has no {keys[0]!r}; expected a whole lpips.LPIPS(net='alex') state dict "
+                     "(backbone and linear heads; the heads-only files inside the lpips package are not enough)")
+
+
+def _load_state(path: str) -> dict[str, Tensor]:
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file  # noqa: PLC0415 - optional
+
+        return load_file(path)
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
 class LPIPSLoss(torch.nn.Module):
     """LPIPS distance (Zhang et al. 2018) with weights from a local file only.
 
-    Build it with :meth:`maybe_create`; the network is frozen and in eval mode.
+    Build it with :meth:`maybe_create`; the network is frozen and in eval mode. Images smaller than
+    :data:`LPIPS_MIN_SIZE` pixels on a side are enlarged (bilinear) first, as AlexNet's pooling needs
+    about 31 pixels.
 
     Args:
-        net: an ``lpips.LPIPS`` module (or any module ``net(x, y, normalize=False) -> [B,1,1,1]``
-            taking ``[B,3,H,W]`` images in -1..1).
+        net: an :class:`AlexLPIPS` or ``lpips.LPIPS`` module (any module ``net(x, y, normalize=False)
+            -> [B,1,1,1]`` taking ``[B,3,H,W]`` images in -1..1).
     """
 
     def __init__(self, net: torch.nn.Module) -> None:
@@ -340,11 +472,12 @@ class LPIPSLoss(torch.nn.Module):
         Args:
             path: ``.safetensors`` or torch file holding the full ``lpips.LPIPS`` state dict
                 (backbone + linear heads). ``None``/``""`` switches LPIPS off.
-            net: backbone name the file was saved from: ``"alex"``, ``"vgg"`` or ``"squeeze"``.
+            net: backbone name the file was saved from: ``"alex"`` (built here in plain torch),
+                ``"vgg"`` or ``"squeeze"`` (through the ``lpips`` package, which needs torchvision).
 
         Returns:
             The loss module, or ``None`` (logging "LPIPS off: ..." once per reason) when no path
-            is given or the ``lpips`` package cannot be imported.
+            is given or, for ``vgg`` / ``squeeze``, the ``lpips`` package cannot be imported.
 
         Raises:
             ValueError: the path is not a file, or its keys do not match the chosen ``net``.
@@ -352,22 +485,22 @@ class LPIPSLoss(torch.nn.Module):
         if path is None or str(path) == "":
             _log_once("LPIPS off: no local LPIPS weights file given (weights are never downloaded)")
             return None
+        path = os.fspath(path)
+        if net == "alex":
+            if not os.path.isfile(path):
+                raise ValueError(f"LPIPSLoss: weights path {path!r} is not a file; expected a full "
+                                 "lpips.LPIPS(net='alex') state dict (.safetensors or torch.save)")
+            return cls(AlexLPIPS.from_state_dict(_load_state(path), repr(path)))
         try:
             import lpips  # noqa: PLC0415 - optional, needs torchvision
         except ImportError as exc:
             _log_once(f"LPIPS off: the 'lpips' package is not importable ({exc}); install lpips "
-                      "and torchvision to use the LPIPS loss")
+                      f"and torchvision to use the LPIPS loss with net={net!r} (net='alex' needs neither)")
             return None
-        path = os.fspath(path)
         if not os.path.isfile(path):
             raise ValueError(f"LPIPSLoss: weights path {path!r} is not a file; expected a full "
                              "lpips.LPIPS state dict (.safetensors or torch.save)")
-        if path.endswith(".safetensors"):
-            from safetensors.torch import load_file  # noqa: PLC0415 - optional
-
-            state = load_file(path)
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+        state = _load_state(path)
         # pretrained=False, pnet_rand=True: build the architecture without fetching anything.
         model = lpips.LPIPS(net=net, pretrained=False, pnet_rand=True, verbose=False)
         missing, unexpected = model.load_state_dict(state, strict=False)
@@ -386,6 +519,11 @@ class LPIPSLoss(torch.nn.Module):
             self.net.to(x.device)
         xc = x.permute(0, 3, 1, 2) * 2.0 - 1.0
         yc = y.permute(0, 3, 1, 2) * 2.0 - 1.0
+        short = min(xc.shape[-2:])
+        if short < LPIPS_MIN_SIZE:
+            size = [math.ceil(n * LPIPS_MIN_SIZE / short) for n in xc.shape[-2:]]
+            xc = F.interpolate(xc, size=size, mode="bilinear", align_corners=False)
+            yc = F.interpolate(yc, size=size, mode="bilinear", align_corners=False)
         return self.net(xc, yc, normalize=False).mean()
 
 
@@ -399,6 +537,9 @@ class ReconstructionLoss:
     Attributes:
         l1, l2, dssim, mask, depth_smoothness, lpips: non-negative weights (0 skips a term).
         mask_mode: ``"mse"`` or ``"bce"`` for the silhouette term.
+        depth_smoothness_mode: ``"regnerf"`` (Diffusion4D's citation: squared neighbour depth
+            differences over pixel pairs the render covers, weighted by both pixels' detached alpha)
+            or ``"edge_aware"`` (Godard et al.: absolute differences relaxed at target-image edges).
         lpips_path: local LPIPS weights file (see :class:`LPIPSLoss`); when LPIPS is off the
             term is skipped and logged once.
         lpips_net: backbone the LPIPS file was saved from.
@@ -412,6 +553,7 @@ class ReconstructionLoss:
     depth_smoothness: float = 0.0
     lpips: float = 0.0
     mask_mode: str = "mse"
+    depth_smoothness_mode: str = "regnerf"
     lpips_path: str | None = None
     lpips_net: str = "alex"
     mask_rgb: bool = False
@@ -424,6 +566,9 @@ class ReconstructionLoss:
                 raise ValueError(f"ReconstructionLoss: weight {name} must be a finite number >= 0, got {value!r}")
         if self.mask_mode not in ("mse", "bce"):
             raise ValueError(f"ReconstructionLoss: mask_mode must be 'mse' or 'bce', got {self.mask_mode!r}")
+        if self.depth_smoothness_mode not in ("regnerf", "edge_aware"):
+            raise ValueError(f"ReconstructionLoss: depth_smoothness_mode must be 'regnerf' or 'edge_aware', got "
+                             f"{self.depth_smoothness_mode!r}")
 
     def _lpips_module(self) -> LPIPSLoss | None:
         if not self._lpips_cache:
@@ -466,7 +611,12 @@ class ReconstructionLoss:
         if self.depth_smoothness > 0:
             if "depth" not in rendered:
                 raise ValueError("ReconstructionLoss: depth_smoothness weight > 0 needs rendered['depth']")
-            terms["depth_smoothness"] = self.depth_smoothness * depth_smoothness_loss(rendered["depth"], target)
+            if self.depth_smoothness_mode == "edge_aware":
+                smooth = depth_smoothness_loss(rendered["depth"], target)
+            else:
+                alpha = rendered.get("alpha")
+                smooth = depth_smoothness_squared(rendered["depth"], None if alpha is None else alpha.detach())
+            terms["depth_smoothness"] = self.depth_smoothness * smooth
         if self.lpips > 0:
             module = self._lpips_module()
             if module is not None:
