@@ -8,7 +8,8 @@ import logging
 import torch
 
 from ..backends.model_folders import resolve_model
-from ..core.formats.convert import check_image
+from ..core.coco4d.reference import zero123_condition
+from ..core.formats.convert import check_image, check_mask
 from . import types as T
 from .placement import device_in, dtype_in, model_in, placement
 from .widgets import float_in, seed_in, socket_in, str_in
@@ -19,7 +20,8 @@ class Zero123GuidanceLoader:
     DESCRIPTION = (
         "Load Zero123 / Stable-Zero123 (stable-zero123-diffusers folder layout) as score-distillation guidance "
         "for object fits: the condition image is the seen view; unseen views rendered during the fit are pulled "
-        "towards what Zero123 predicts for their camera relative to it (DreamFusion SDS, CoCo4D eq. 2)."
+        "towards what Zero123 predicts for their camera relative to it (DreamFusion SDS, CoCo4D eqs. 2 and 4). "
+        "Connect condition_masks (the masks the fits get) to condition on the fits' centred seen view."
     )
     CATEGORY = f"{T.CATEGORY}/loaders"
     RETURN_TYPES = (T.GUIDANCE_MODEL,)
@@ -46,14 +48,23 @@ class Zero123GuidanceLoader:
                 "device": device_in(),
                 "dtype": dtype_in(),
                 "seed": seed_in("Seed of the SDS timesteps and noise; the same seed repeats a fit."),
-            }
+            },
+            "optional": {
+                "condition_masks": socket_in(T.MASK, "Object masks of condition_image, the same masks the fits get "
+                                             "(e.g. SAM2's): the condition becomes what the fits see, each frame's "
+                                             "object centred and zoomed as Static Gaussians / Deformation Fit centre "
+                                             "it (center_object), on white, framed as a square of the frame height. "
+                                             "Without it condition_image is used as given."),
+            },
         }
 
     def load(self, model, condition_image, condition_elevation, condition_azimuth, condition_radius, guidance_scale,
-             device, dtype, seed):
+             device, dtype, seed, condition_masks=None):
         from ..backends.zero123 import ZERO123_COMPONENTS, Zero123Guidance, load_zero123
 
         image = check_image(condition_image, "condition_image", channels=(3, 4))
+        if condition_masks is not None:
+            image = _centred_condition(image, condition_masks)
         path = resolve_model("zero123", model, tuple(f"{c}/config.json" for c in ZERO123_COMPONENTS
                                                      if c != "scheduler"))
         fixed, weights_dtype = placement("Gen4D guidance loader", device, dtype)
@@ -63,6 +74,20 @@ class Zero123GuidanceLoader:
                                        condition_radius, guidance_scale, seed, device=fixed, dtype=weights_dtype)
         logger.info("Zero123 guidance from %s (%s camera embedding)", path, guidance.variant)
         return (guidance,)
+
+
+def _centred_condition(image: torch.Tensor, condition_masks) -> torch.Tensor:
+    """The fits' centred seen view of ``image`` (RGBA composited over white first), square."""
+    if image.shape[-1] == 4:
+        image = image[..., :3] * image[..., 3:] + (1.0 - image[..., 3:])
+    try:
+        masks = check_mask(condition_masks, "condition_masks", like=image)
+    except ValueError as exc:
+        raise ValueError(f"Gen4D_Zero123GuidanceLoader: {exc}") from exc
+    try:
+        return zero123_condition(image, masks)
+    except ValueError as exc:
+        raise ValueError(f"Gen4D_Zero123GuidanceLoader: condition_masks: {exc}") from exc
 
 
 class SDGuidanceLoader:

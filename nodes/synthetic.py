@@ -59,7 +59,8 @@ class SyntheticWorld:
         "Video model returning the world's reference video (stand-in for Gen4D Video Model Loader).",
         "Segmenter returning the true foreground masks (stand-in for SAM2).",
         "Metric depth model answering with the true depth (stand-in for Depth Anything / UniDepth).",
-        "Image inpainter filling holes with the world's true background at the pose the pipeline declares.",
+        "Image inpainter filling holes with the world's true background at the pose the pipeline declares; it "
+        "keeps the unmasked pixels and refuses an image they show from elsewhere (wrong pose, inverted mask).",
         "Video inpainter filling holes with the world's true background at the declared per-frame poses.",
     )
     FUNCTION = "build"

@@ -3,9 +3,10 @@
 
 Public API:
     OracleGuidance          score-distillation guidance that pulls renders toward the true view
-    OracleDepth             metric depth model (DepthEstimator interface)
+    OracleDepth             depth model (DepthEstimator interface): exact metric depth, or with a model's error
     OracleSegmenter         video segmenter returning the true foreground masks
-    OracleImageInpainter    image inpainter filling holes with the world's background
+    OracleImageInpainter    image inpainter filling holes with the world's background; refuses inputs that
+                            do not show the world at the declared viewpoint
     OracleVideoInpainter    video inpainter filling holes with the world's background
     OracleVideoGenerator    video model returning the world's reference video
     background_world(world) the world without its foreground group
@@ -22,19 +23,28 @@ Design notes:
     With ``content="background"`` the oracles see the world without its foreground group (CoCo4D's
     background branch); with ``"scene"`` the whole world (e.g. MoGe4D's ViSM filling
     disocclusions). Empty pixels have depth 0 (the pack's "infinitely far").
+
+    Oracles read their inputs where a real model's answer depends on them. The image inpainter
+    keeps the pixels outside the mask exactly and checks that they show the world at the declared
+    viewpoint: a wrong viewpoint, a mask inverted against the holes or an image from elsewhere
+    raise instead of being silently answered from the world. The depth oracle can answer like a
+    real monocular model, with a scale and shift error in its output space that may differ from
+    image to image (see :class:`OracleDepth` for what the pipelines do with each kind).
 """
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import replace
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ..core.engine.cameras import Cameras
 from ..core.engine.guidance import sds_surrogate
 from ..core.engine.viewpoint import current_viewpoint
-from ..core.formats.depth import METRIC_DEPTH
+from ..core.formats.depth import METRIC_DEPTH, RELATIVE_DISPARITY
 from .raycast import World, render
 
 __all__ = [
@@ -186,22 +196,75 @@ def _check_mask(mask, like: Tensor, what: str) -> Tensor:
 
 
 class OracleDepth(_WorldOracle):
-    """Metric z-depth of the world at the declared viewpoint (the ``DepthEstimator`` interface).
+    """Depth of the world at the declared viewpoint (the ``DepthEstimator`` interface).
 
     ``content="background"`` viewpoints see the background world; pixels hitting nothing get 0.
+
+    Args:
+        world, supersample, cameras: as every oracle (depth is ray-cast without supersampling).
+        kind: ``"metric_depth"`` answers z-depth, ``"relative_disparity"`` answers ``1/z``
+            (larger = nearer), as Depth Anything's metric and relative checkpoints do.
+        scale, shift: error of every answer in the kind's own space, ``scale * v + shift`` on the
+            pixels that see something (``v`` = z or 1/z; empty pixels stay 0). ``shift`` is in
+            that space's units (metres, or 1/metres).
+        jitter: per-image spread of the error: image ``i`` gets scale ``scale * (1 + jitter u)``
+            and shift ``shift + jitter w median(v)``, ``u, w`` uniform in [-1, 1] drawn from a
+            generator seeded by a checksum of the image's pixels, so one image always gets one
+            answer (a network is deterministic) and different images get different errors, like a
+            monocular model's per-image scale and shift.
+        exact_first: answer this many images exactly before the error starts. A scene lifted from
+            one depth map lives in that map's units (and a shift bends it), so it can be compared
+            with the world only when those units are the world's; the answers after it carry the
+            error the pipeline has to align away.
+
+    What the pipelines do with each kind: CoCo4D's outpaint lifts the reference frame with a metric
+    answer as it is (its error sets the units of the background scene; a shift bends it) and with
+    a relative one as ``1/disparity`` scaled to a fixed median (a disparity shift bends it);
+    answers at the outpaint poses are aligned to the rendered scene in the kind's own space
+    (``core.coco4d.depth_align``); Compose maps its answer for the reference frame onto the
+    rendered background with eq. 9 (exact for a metric error, approximate for a relative one,
+    whose ``1/(s/z + b)`` is not affine in ``z``). Only an error that differs between the lifted
+    image and the later ones makes those alignments find anything but the identity. ``errors``
+    records each answer's ``(scale, shift)``.
     """
 
-    kind = METRIC_DEPTH
+    def __init__(self, world: World, supersample: int = 3, cameras: Cameras | None = None,
+                 kind: str = METRIC_DEPTH, scale: float = 1.0, shift: float = 0.0, jitter: float = 0.0,
+                 exact_first: int = 0):
+        super().__init__(world, supersample, cameras)
+        if kind not in (METRIC_DEPTH, RELATIVE_DISPARITY):
+            raise ValueError(f"OracleDepth: kind must be {METRIC_DEPTH!r} or {RELATIVE_DISPARITY!r}, got {kind!r}")
+        if not (float(scale) > 0 and 0.0 <= float(jitter) < 1.0 and int(exact_first) >= 0):
+            raise ValueError(f"OracleDepth: need scale > 0, 0 <= jitter < 1 and exact_first >= 0, got scale {scale}, "
+                             f"jitter {jitter}, exact_first {exact_first}")
+        self.kind = kind
+        self.scale, self.shift, self.jitter, self.exact_first = float(scale), float(shift), float(jitter), \
+            int(exact_first)
+        self.errors: list[tuple[float, float]] = []
 
     def predict(self, images: Tensor, *, input_size=None, batch_size: int = 4, callback=None,
                 should_stop=None) -> Tensor:
         images = _check_rgb(images, 4, "OracleDepth.predict")
         count, height, width = images.shape[:3]
         cams, content = self._cameras(count, height, width, "OracleDepth.predict")
-        depth = self._render(self._world(content), cams, supersample=1)["depth"]
+        depth = self._render(self._world(content), cams, supersample=1)["depth"].float()
+        depth = torch.stack([self._answer(image, z) for image, z in zip(images, depth)])
         if callback is not None:
             callback(count, count, None)
-        return depth.float()
+        return depth
+
+    def _answer(self, image: Tensor, z: Tensor) -> Tensor:
+        """One image's answer in the kind's space with its error (0 where nothing is seen)."""
+        seen = z > 0
+        v = torch.where(seen, z if self.kind == METRIC_DEPTH else 1.0 / z.clamp_min(1e-12), torch.zeros_like(z))
+        scale, shift = (1.0, 0.0) if len(self.errors) < self.exact_first else (self.scale, self.shift)
+        if self.jitter > 0 and seen.any() and len(self.errors) >= self.exact_first:
+            checksum = zlib.crc32(image.contiguous().numpy().tobytes())
+            u, w = (torch.rand(2, generator=torch.Generator().manual_seed(checksum), dtype=torch.float64) * 2 - 1)
+            scale = scale * (1.0 + self.jitter * float(u))
+            shift = shift + self.jitter * float(w) * float(v[seen].median())
+        self.errors.append((scale, shift))
+        return torch.where(seen, (scale * v + shift).clamp_min(1e-6), torch.zeros_like(v))
 
 
 class OracleSegmenter(_WorldOracle):
@@ -223,10 +286,38 @@ class OracleSegmenter(_WorldOracle):
 class OracleImageInpainter(_WorldOracle):
     """Fills the mask with the world rendered at the declared viewpoint (``ImageInpainter``).
 
-    A viewpoint of several cameras (a video's) means the image is its first frame.
+    A viewpoint of several cameras (a video's) means the image is its first frame. Pixels where
+    the mask is 0 are returned exactly as given, and they must show the world there: a real
+    inpainter continues what it is shown, so an oracle that answered from the world regardless
+    would hide a wrong condition. The kept pixels are compared with the world at the declared
+    viewpoint twice, as they are and with both blurred by a 3x3 box (a blurry, under-fitted render
+    of the right view agrees there; a view from elsewhere does not). The call raises when more
+    than ``max_mismatch`` of them differ by more than ``tolerance`` (largest channel difference)
+    as they are and more than ``max_blurred_mismatch`` do after the blur. ``mismatch`` records
+    both shares of every checked call.
+
+    Args:
+        world, supersample, cameras: as every oracle.
+        tolerance: colour difference a kept pixel may have from the world.
+        max_mismatch, max_blurred_mismatch: shares of kept pixels allowed beyond ``tolerance``,
+            as they are and blurred. Measured on the scene world's textures (as they are /
+            blurred): 0.07-0.16 / 0.01-0.04 for the CoCo4D outpaint's renders of its fitted
+            background at 96x72 (0.27 as they are when a depth error bends the lifted scene),
+            0.58 / 0.06 for a 16x16 render after four fit steps; 0.63-0.81 / 0.57-0.77 for the
+            same 96x72 calls with the reference view declared at an outpaint pose, 0.70-0.96
+            blurred with the mask inverted, 0.15 blurred for the 16x16 call with the reference
+            view declared, 0.66 / 0.25 for a 40x32 view declared 5 degrees off.
+        min_known: fewer kept pixels than this are not judged.
     """
 
     multiple = 1
+
+    def __init__(self, world: World, supersample: int = 3, cameras: Cameras | None = None, tolerance: float = 0.2,
+                 max_mismatch: float = 0.4, max_blurred_mismatch: float = 0.1, min_known: int = 32):
+        super().__init__(world, supersample, cameras)
+        self.tolerance, self.min_known = float(tolerance), int(min_known)
+        self.max_mismatch, self.max_blurred_mismatch = float(max_mismatch), float(max_blurred_mismatch)
+        self.mismatch: list[tuple[float, float]] = []
 
     def inpaint(self, image: Tensor, mask: Tensor, prompt: str = "", negative_prompt: str = "", strength: float = 1.0,
                 steps: int = 30, guidance_scale: float = 7.5, seed: int = 0, callback=None,
@@ -237,9 +328,35 @@ class OracleImageInpainter(_WorldOracle):
             return image.clone()
         cams, content = self._cameras(1, image.shape[0], image.shape[1], "OracleImageInpainter.inpaint", first=True)
         truth = self._render(self._world(content), cams)["rgb"][0]
+        self._check_kept(image, truth, mask <= 0, cams, content)
         if callback is not None:
             callback(1, 1, None)
         return _composite(image, truth, mask)
+
+    def _check_kept(self, image: Tensor, truth: Tensor, kept: Tensor, cams: Cameras, content: str) -> None:
+        count = int(kept.sum())
+        if count < self.min_known:
+            return
+        sharp = float(((image - truth).abs().amax(dim=-1) > self.tolerance)[kept].float().mean())
+        inner = F.max_pool2d((~kept).float()[None, None], 3, 1, 1)[0, 0] < 0.5  # kept pixels away from holes
+        if int(inner.sum()) < self.min_known:
+            return
+        blurred = float(((_box3(image) - _box3(truth)).abs().amax(dim=-1) > self.tolerance)[inner].float().mean())
+        self.mismatch.append((sharp, blurred))
+        if sharp > self.max_mismatch and blurred > self.max_blurred_mismatch:
+            raise ValueError(
+                f"OracleImageInpainter.inpaint: of the {count} pixels outside the mask {sharp:.0%} differ from the "
+                f"{content} world at the declared viewpoint by more than {self.tolerance}, {blurred:.0%} after a 3x3 "
+                f"blur (at most {self.max_mismatch:.0%} / {self.max_blurred_mismatch:.0%} may); the image does not "
+                f"show what the viewpoint sees: a wrong viewpoint declared, a mask inverted against the holes "
+                f"(1 = fill), or an image from elsewhere. Viewpoint: camera centre "
+                f"{[round(v, 3) for v in cams.centers[0].tolist()]}, time {float(cams.times[0]):.3f}")
+
+
+def _box3(image: Tensor) -> Tensor:
+    """``[H,W,C]`` averaged over 3x3 neighbourhoods (borders over the pixels inside)."""
+    x = image.permute(2, 0, 1)[None]
+    return F.avg_pool2d(x, 3, 1, 1, count_include_pad=False)[0].permute(1, 2, 0)
 
 
 class OracleVideoInpainter(_WorldOracle):

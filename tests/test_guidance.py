@@ -21,6 +21,7 @@ from gen4d.backends.render import training_render
 from gen4d.backends.sd_guidance import SDGuidance, load_sd_guidance
 from gen4d.backends.tiny import build_tiny
 from gen4d.backends.zero123 import Zero123Guidance, camera_embedding, load_zero123
+from gen4d.core.coco4d.reference import reference_clip
 from gen4d.core.engine.cameras import Cameras, intrinsics_from_fov, orbit_poses
 from gen4d.core.engine.fit_static import StaticFitConfig, fit_static
 from gen4d.core.engine.gaussians import sphere_init
@@ -268,6 +269,62 @@ def test_zero123_video_condition_follows_scene_time(models_dir):
     guidance.reseed()
     loss_1, _ = sds_grad(guidance, cams, t=1.0)
     assert not torch.isclose(loss_0, loss_1)
+
+
+def _boxes_clip(height: int, width: int):
+    """Three frames of a flat-coloured box wandering off-centre over grey, with its masks and boxes."""
+    boxes = ((3, 15, 4, 20), (10, 22, 25, 41), (2, 16, 30, 38)) if width > height else \
+        ((3, 15, 2, 20), (10, 30, 6, 18), (20, 36, 12, 26))  # (y0, y1, x0, x1), integer pixel bounds
+    colour = torch.tensor([0.2, 0.5, 0.8])
+    frames = torch.full((3, height, width, 3), 0.3)
+    masks = torch.zeros(3, height, width)
+    for t, (y0, y1, x0, x1) in enumerate(boxes):
+        frames[t, y0:y1, x0:x1] = colour
+        masks[t, y0:y1, x0:x1] = 1.0
+    return frames, masks, boxes, colour
+
+
+def _expected_condition(height: int, width: int, boxes, colour):
+    """Written out from CoCo4D §3.1 and Zero123's framing, without the pack's centring code: every box
+    is moved to the image centre, the clip zoomed so its largest box side is 0.8 * min(H, W), on white;
+    the square of side H around the centre is kept. Returns the images and where they are exact."""
+    largest = max(max(y1 - y0, x1 - x0) for y0, y1, x0, x1 in boxes)
+    zoom = 0.8 * min(height, width) / largest
+    yy, xx = torch.meshgrid(torch.arange(height) + 0.5, torch.arange(height) + 0.5, indexing="ij")
+    out, sure = torch.ones(3, height, height, 3), torch.zeros(3, height, height, dtype=torch.bool)
+    for t, (y0, y1, x0, x1) in enumerate(boxes):
+        dx, dy = (xx - height / 2).abs(), (yy - height / 2).abs()
+        hw, hh = (x1 - x0) * zoom / 2, (y1 - y0) * zoom / 2
+        inside = (dx < hw - 1) & (dy < hh - 1)
+        out[t][inside] = colour
+        sure[t] = inside | (dx > hw + 1) | (dy > hh + 1)  # a pixel away from the box edges (bilinear there)
+    return out, sure
+
+
+@pytest.mark.parametrize("height,width", [(36, 56), (40, 30)], ids=["landscape", "portrait"])
+def test_zero123_condition_is_the_fits_centred_square_seen_view(models_dir, height, width):
+    """CoCo4D eqs. 2 and 4 condition Zero123 on the seen view the fits render: with the masks, the loader
+    centres and zooms the object as the fits do, on white, in a square of the frame height."""
+    frames, masks, boxes, colour = _boxes_clip(height, width)
+    guidance = zero123(condition_image=frames, condition_masks=masks)
+    got = guidance.condition_image
+    assert got.shape == (3, height, height, 3)
+    expected, sure = _expected_condition(height, width, boxes, colour)
+    assert sure.float().mean() > 0.8
+    torch.testing.assert_close(got[sure], expected[sure], atol=1e-4, rtol=0)
+    # The same pixels the fit nodes supervise with (Static Gaussians / Deformation Fit, center_object on,
+    # background #ffffff), cropped or padded to the square by hand.
+    fitted = reference_clip(frames, masks, None, True, (1.0, 1.0, 1.0)).views.images
+    if width >= height:
+        left = (width - height) // 2
+        square = fitted[:, :, left:left + height]
+    else:
+        left = (height - width) // 2
+        square = torch.ones(3, height, height, 3)
+        square[:, :, left:left + width] = fitted
+    torch.testing.assert_close(got, square, atol=0, rtol=0)
+    with pytest.raises(ValueError, match="Gen4D_Zero123GuidanceLoader.*condition_masks"):
+        zero123(condition_image=frames, condition_masks=masks[:, :-1])
 
 
 # --------------------------------------------------------------------------- Stable Diffusion

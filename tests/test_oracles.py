@@ -83,9 +83,9 @@ def test_oracle_inpainters_fill_with_background_at_the_declared_pose(scene):
     w, out = scene
     cams = turned(w, 20.0, [0.0, 0.5, 1.0])
     truth = synthetic.render(synthetic.background_world(w), cams)["rgb"]
-    frames = torch.zeros(3, SIZE[1], SIZE[0], 3)
     masks = torch.zeros(3, SIZE[1], SIZE[0])
     masks[:, :, : SIZE[0] // 2] = 1.0
+    frames = torch.where(masks[..., None] > 0, 0.0, truth)  # what the pose sees, its left half a hole
     with seen_from(cams, "background"):
         video = out["video_inpaint_model"].inpaint(frames, masks, "a room", noise_level=0.7, paste_mask=masks,
                                                    paste_noise_level=0.5)
@@ -98,7 +98,7 @@ def test_oracle_inpainters_fill_with_background_at_the_declared_pose(scene):
     assert torch.allclose(image[left[1]], truth[1][left[1]], atol=1e-5)
     full = synthetic.render(w, cams)["rgb"]
     with seen_from(cams, "scene"):
-        video = out["video_inpaint_model"].inpaint(frames, masks, noise_level=1.0)
+        video = out["video_inpaint_model"].inpaint(torch.where(masks[..., None] > 0, 0.0, full), masks, noise_level=1.0)
     assert torch.allclose(video[left], full[left], atol=1e-5), "scene content: the whole world"
     with seen_from(w.reference_cameras(16, 16, 1)):
         with pytest.raises(ValueError, match="declared viewpoint"):
@@ -126,6 +126,58 @@ def test_oracle_video_inpainter_checks_the_noise_levels(scene):
             model.inpaint(frames, masks, noise_level=0.7, paste_noise_level=0.5)
         filled = model.inpaint(frames, masks, noise_level=0.7, paste_mask=masks, paste_noise_level=0.5)
         assert filled.shape == frames.shape
+
+
+def test_oracle_image_inpainter_keeps_its_input_and_refuses_a_wrong_condition(scene):
+    """A real inpainter continues what it is shown: the oracle keeps the unmasked pixels exactly and raises when
+    they do not show the world at the declared viewpoint, instead of answering from the world regardless."""
+    w, out = scene
+    oracle = out["inpaint_model"]
+    cams = turned(w, 20.0, [0.5])
+    truth = synthetic.render(synthetic.background_world(w), cams)["rgb"][0]
+    hole = torch.zeros(SIZE[1], SIZE[0])
+    hole[8:24, 10:30] = 1.0
+    image = torch.where(hole[..., None] > 0, 0.0, truth)
+    image[0, 0] = torch.tensor([1.0, 0.0, 1.0])  # one odd kept pixel: kept exactly, within the allowed share
+    with seen_from(cams, "background"):
+        filled = oracle.inpaint(image, hole)
+        assert torch.equal(filled[hole == 0], image[hole == 0]), "pixels outside the mask come back unchanged"
+        assert torch.allclose(filled[hole > 0], truth[hole > 0], atol=1e-5)
+        assert max(oracle.mismatch[-1]) < 0.01
+        with pytest.raises(ValueError, match="inverted"):
+            oracle.inpaint(image, 1.0 - hole)  # the hole is kept and the known pixels are to be filled
+        with pytest.raises(ValueError, match="mask must be"):
+            oracle.inpaint(image, hole[:, :-1])
+    with seen_from(turned(w, 0.0, [0.5]), "background"):  # the image was seen 20 degrees away
+        with pytest.raises(ValueError, match="wrong viewpoint"):
+            oracle.inpaint(image, hole)
+    with seen_from(cams, "scene"):  # the foreground is missing from a background image: still the view
+        oracle.inpaint(image, hole)
+
+
+def test_oracle_depth_answers_with_a_models_error(scene):
+    w, out = scene
+    cams = w.reference_cameras(*SIZE, 2)
+    z = synthetic.render(w, cams)["depth"]
+    images = out["images"][:2]
+    seen = z > 0
+    assert seen.all(), "the scene world's backdrop fills the view"
+    with seen_from(cams):
+        metric = synthetic.OracleDepth(w, 1, kind="metric_depth", scale=1.2, shift=-0.5)
+        torch.testing.assert_close(metric.predict(images), 1.2 * z - 0.5)
+        relative = synthetic.OracleDepth(w, 1, kind="relative_disparity", scale=3.0, shift=0.1)
+        assert relative.kind == "relative_disparity"
+        torch.testing.assert_close(relative.predict(images), 3.0 / z + 0.1)
+        jittered = synthetic.OracleDepth(w, 1, scale=1.0, shift=0.0, jitter=0.2)
+        first, again = jittered.predict(images), jittered.predict(images)
+    assert torch.equal(first, again), "one image, one answer"
+    (s0, b0), (s1, b1) = jittered.errors[:2]
+    assert (s0, b0) != (s1, b1), "two images, two errors"
+    for i, (s, b) in enumerate(jittered.errors[:2]):
+        assert 0.8 <= s <= 1.2 and abs(b) <= 0.2 * float(z[i].median())
+        torch.testing.assert_close(first[i], s * z[i] + b)
+    with pytest.raises(ValueError, match="kind"):
+        synthetic.OracleDepth(w, kind="disparity")
 
 
 def test_oracle_segmenter_and_video_model(scene):

@@ -5,6 +5,8 @@ Public API:
     seen_view_cameras(num, width, height, radius=2.5, fovy_deg=49.1)   the object's seen view over time
     ReferenceClip                                  posed views + the screen trajectory undoing centring
     reference_clip(frames, masks, cameras, center, ...) -> ReferenceClip
+    square_view(images, fill)                      a seen-view image framed as a square of its height
+    zero123_condition(frames, masks)               Zero123's condition views: the fits' centred seen view, square
 
 Design notes:
     CoCo4D §3.1 reconstructs the foreground object-centric: the seen view is the orbit pose
@@ -15,6 +17,15 @@ Design notes:
     used as they are. Given cameras (posed multi-view images) are never centred: the frames are
     fitted where those cameras see them; a centring asked for there is dropped and said so in
     ``ReferenceClip.notes``, for the node to show.
+
+    Zero123 conditions on the seen view (CoCo4D eq. 2: the first frame; eq. 4: the frame of each
+    timestamp) as its training renders show an object: centred, on white, in a square image
+    whose field of view is 49.1°. The fits' seen view has that field of view across its height,
+    so :func:`zero123_condition` takes the centred frames the fits supervise with (the same
+    :func:`reference_clip` call, white fill) and frames each as a square of the frame height
+    around the image centre: wider frames lose columns that hold only fill (the centring zoom
+    keeps the object within ``0.8 * min(H, W)``), narrower ones gain white columns. The object
+    then has, in the square, the size the fit renders it at in its square SDS views.
 """
 
 from __future__ import annotations
@@ -28,7 +39,7 @@ from ..engine.cameras import Cameras, intrinsics_from_fov, orbit_poses
 from ..engine.views import PosedImages
 from .screen_trajectory import ScreenTrajectory, center_object
 
-__all__ = ["seen_view_cameras", "ReferenceClip", "reference_clip"]
+__all__ = ["seen_view_cameras", "ReferenceClip", "reference_clip", "square_view", "zero123_condition"]
 
 
 def seen_view_cameras(num_frames: int, width: int, height: int, radius: float = 2.5, fovy_deg: float = 49.1
@@ -98,3 +109,43 @@ def reference_clip(
         notes.append("center_object is on but not applied: it needs masks (connect the object masks, e.g. from "
                      "SAM2), so the frames are fitted as they are.")
     return ReferenceClip(PosedImages(fitted, cams, fitted_masks), trajectory, frames, masks, notes)
+
+
+def square_view(images: Tensor, fill=(1.0, 1.0, 1.0)) -> Tensor:
+    """Frame ``[T,H,W,3]`` images as ``[T,H,H,3]`` squares around the image centre.
+
+    Columns beyond the square are cropped, missing columns are ``fill``; the square's left edge
+    is column ``(W - H) // 2`` (to the nearest pixel when ``W - H`` is odd). The field of view
+    across the height, and so the object's pixel size, is unchanged.
+    """
+    if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[-1] != 3 or 0 in images.shape:
+        got = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+        raise ValueError(f"square_view: images must be a non-empty [T,H,W,3] tensor, got {got}")
+    t, h, w, _ = images.shape
+    if w >= h:
+        left = (w - h) // 2
+        return images[:, :, left:left + h].clone()
+    left = (h - w) // 2
+    out = torch.as_tensor(fill, dtype=images.dtype, device=images.device).expand(t, h, h, 3).clone()
+    out[:, :, left:left + w] = images
+    return out
+
+
+def zero123_condition(frames: Tensor, masks: Tensor | None = None) -> Tensor:
+    """Zero123's condition views of a reference video (CoCo4D eqs. 2 and 4).
+
+    Args:
+        frames: ``[T,H,W,3]`` reference frames in 0..1.
+        masks: ``[T,H,W]`` object masks; with them the object is centred and zoomed exactly as the
+            fit stages centre it (:func:`reference_clip` with ``center=True``) over white. Without
+            them the frames are taken as already centred on white.
+
+    Returns:
+        ``[T,H,H,3]``: frame ``t``'s centred seen view on white, square (:func:`square_view`).
+        Frame 0 conditions the static fit (eq. 2); frame ``t`` the motion stage at time ``t``.
+
+    Raises:
+        ValueError: mismatched shapes, or a mask that is empty in some frame.
+    """
+    clip = reference_clip(frames, masks, None, masks is not None, (1.0, 1.0, 1.0))
+    return square_view(clip.views.images)
