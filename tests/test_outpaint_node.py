@@ -10,7 +10,7 @@ import gen4d
 import pytest
 import torch
 from gen4d.core.coco4d.outpaint import OutpaintConfig
-from gen4d.core.engine.cameras import Cameras
+from gen4d.core.engine.cameras import Cameras, clip_cameras
 from gen4d.core.engine.scene import Scene4D
 from gen4d.synthetic import render as raycast
 from gen4d.synthetic import scene_world
@@ -86,13 +86,18 @@ def test_the_scene_records_the_field_of_view_it_used():
     """The fov widget changed and no cameras connected: the recorded reference cameras carry it, so Compose
     (which used to fall back to 60°) reads the view the background was actually made with."""
     node = gen4d.NODE_CLASS_MAPPINGS[NODE]
-    inputs = {**_inputs(), "loops": 0, "cameras": None, "fov": 45.0}
+    # The frames show the world from the camera the node builds at 45°, so the oracles (which check that the
+    # pixels they keep are what the declared view sees) answer at that view.
+    world = scene_world(0)
+    truth = raycast(world, clip_cameras(None, FRAMES, SIZE, SIZE, 45.0, "test"), supersample=1)
+    inputs = {**_inputs(), "background": truth["rgb"], "hole_mask": (truth["foreground"] > 0).float(), "loops": 0,
+              "cameras": None, "fov": 45.0}
     out = node().outpaint(**{**defaults(NODE), **inputs})
     recorded = out["result"][0].reference_cameras
     assert len(recorded) == FRAMES and torch.allclose(recorded.fovy_deg, torch.full((FRAMES,), 45.0))
     assert out["ui"]["text"] == []
     # connected cameras of another field of view win over the widget, and the node says so
-    out = node().outpaint(**{**defaults(NODE), **inputs, "cameras": _inputs()["cameras"]})
+    out = node().outpaint(**{**defaults(NODE), **_inputs(), "loops": 0, "fov": 45.0})
     assert "fov 45° is not used" in " ".join(out["ui"]["text"])
 
 
