@@ -15,21 +15,18 @@ import gen4d
 import pytest
 import torch
 from gen4d.backends.render import render_scene
-from gen4d.core.engine.cameras import Cameras, intrinsics_from_focal, look_at, moge4d_path
+from gen4d.core.engine.cameras import intrinsics_from_focal, look_at, moge4d_path
 from gen4d.core.engine.viewpoint import current_viewpoint
 from gen4d.core.moge4d import vism
 from gen4d.core.moge4d.tracks import Tracks
 from gen4d.synthetic import (
-    cast_rays,
-    move_points,
-    pixel_centers,
-    pixel_rays,
     render,
     scene_world,
     trajectories,
 )
 from gen4d.synthetic.oracles import OracleVideoInpainter
 from node_runner import run
+from world_truth import true_holes
 
 W, H, T = 128, 96, 5
 
@@ -37,29 +34,6 @@ W, H, T = 128, 96, 5
 def _render_fn(scene, cams):
     out = render_scene(scene, cams)
     return out.rgb, out.alpha, out.depth
-
-
-def true_holes(world, src: Cameras, cams: Cameras) -> torch.Tensor:
-    """``[C,H,W]`` bool: novel-view pixels whose surface point was not seen by ``src[0]`` at time 0."""
-    uv = pixel_centers(cams.width, cams.height)
-    vm, K = src.viewmats[0].double(), src.Ks[0].double()
-    out = []
-    for k in range(len(cams)):
-        o, d = pixel_rays(cams.viewmats[k], cams.Ks[k], uv)
-        hits = cast_rays(world, o, d, float(cams.times[k]), near=cams.near, far=cams.far)
-        p0 = move_points(world, hits.part.clamp_min(0), hits.local_points, torch.tensor([0.0]))[0].reshape(-1, 3)
-        cam = p0 @ vm[:3, :3].T + vm[:3, 3]
-        z = cam[:, 2]
-        suv = (cam @ K.T)[:, :2] / z.clamp_min(1e-9)[:, None]
-        inside = hits.hit & (z > src.near) & (suv[:, 0] >= 0) & (suv[:, 0] < src.width) & (suv[:, 1] >= 0) \
-            & (suv[:, 1] < src.height)
-        seen = torch.zeros_like(inside)
-        idx = torch.nonzero(inside).reshape(-1)
-        o2, d2 = pixel_rays(src.viewmats[0], src.Ks[0], suv[idx])
-        back = cast_rays(world, o2, d2, 0.0, near=src.near, far=src.far)
-        seen[idx] = (back.part == hits.part[idx]) & ((back.s - z[idx]).abs() <= 1e-5 * (1.0 + z[idx].abs()))
-        out.append(~seen.reshape(cams.height, cams.width))
-    return torch.stack(out)
 
 
 @pytest.fixture(scope="module")

@@ -43,14 +43,11 @@ from gen4d.synthetic import (
     Travel,
     Waves,
     World,
-    cast_rays,
-    move_points,
-    pixel_centers,
-    pixel_rays,
     render,
     trajectories,
 )
 from node_runner import run
+from world_truth import true_holes
 
 W, H, T = 128, 96, 3
 PATHS = ("orbit", "rotate_left_30", "right_90")
@@ -120,29 +117,6 @@ def travel_world(seed: int = 0) -> World:
 WORLDS = {"spin": spin_world, "ball": ball_world, "travel": travel_world}
 
 
-def true_disocclusions(world: World, src, cams) -> torch.Tensor:
-    """``[C,H,W]`` bool: novel-view pixels showing nothing, or a surface point ``src[0]`` did not see at time 0."""
-    uv = pixel_centers(cams.width, cams.height)
-    vm, K = src.viewmats[0].double(), src.Ks[0].double()
-    out = []
-    for k in range(len(cams)):
-        o, d = pixel_rays(cams.viewmats[k], cams.Ks[k], uv)
-        hit = cast_rays(world, o, d, float(cams.times[k]), near=cams.near, far=cams.far)
-        p0 = move_points(world, hit.part.clamp_min(0), hit.local_points, torch.tensor([0.0]))[0].reshape(-1, 3)
-        cam = p0 @ vm[:3, :3].T + vm[:3, 3]
-        z = cam[:, 2]
-        suv = (cam @ K.T)[:, :2] / z.clamp_min(1e-9)[:, None]
-        inside = hit.hit & (z > src.near) & (suv[:, 0] >= 0) & (suv[:, 0] < src.width) & (suv[:, 1] >= 0) \
-            & (suv[:, 1] < src.height)
-        seen = torch.zeros_like(inside)
-        idx = torch.nonzero(inside).reshape(-1)
-        o2, d2 = pixel_rays(src.viewmats[0], src.Ks[0], suv[idx])
-        first = cast_rays(world, o2, d2, 0.0, near=src.near, far=src.far)
-        seen[idx] = (first.part == hit.part[idx]) & ((first.s - z[idx]).abs() <= 1e-5 * (1.0 + z[idx].abs()))
-        out.append(~seen.reshape(cams.height, cams.width))
-    return torch.stack(out)
-
-
 def _iou(a, b):
     return float((a & b).sum()) / max(float((a | b).sum()), 1.0)
 
@@ -169,7 +143,7 @@ def measure() -> dict:
             cams = moge4d_path(path, T, W, H, pivot_depth=PIVOT, fovy_deg=60.0)
             _, raw, holes, _ = run("Gen4D_ViSMRender", cameras=cams, tracks=tracks)
             out[name, path] = dict(world=world, tracks=tracks, cams=cams, holes=holes > 0.5, raw=raw,
-                                   truth=true_disocclusions(world, src, cams),
+                                   truth=true_holes(world, src, cams),
                                    rgb=render(world, cams, supersample=3)["rgb"])
     return out
 
