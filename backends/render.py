@@ -24,12 +24,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..core.coco4d.screen_trajectory import composite_layers, place_layer
 from ..core.engine.cameras import Cameras
 from ..core.engine.gaussians import Gaussians
 from ..core.engine.rasterize import rasterize
+from ..core.engine.scene import Scene4D
 
-__all__ = ["RenderOutput", "render", "render_scene", "training_render", "available_backends", "resolve_backend",
-           "BACKENDS"]
+__all__ = ["RenderOutput", "render", "render_scene", "render_placed", "training_render", "available_backends",
+           "resolve_backend", "BACKENDS"]
 
 logger = logging.getLogger(__name__)
 
@@ -228,3 +230,31 @@ def render_scene(
 def training_render(gaussians: Gaussians, cameras: Cameras, background) -> RenderOutput:
     """The ``render_fn`` of the fit loops: best backend, screen-space data kept for densification."""
     return render(gaussians, cameras, background, screen_grads=True)
+
+
+def render_placed(scene: Scene4D, cams: Cameras, index: slice, plans: dict, bg, backend: str = "auto",
+                  device=None) -> RenderOutput:
+    """``scene`` at ``cams`` with each part named in ``plans`` rendered alone, moved by its screen placement
+    (``core.coco4d.screen_trajectory.screen_placement``; ``index`` picks this chunk's cameras of the plan)
+    and composited with the other parts by per-pixel depth over ``bg``."""
+    black = torch.zeros(3)
+    layers = []
+    rest = [p for p in scene.parts if p.name not in plans]
+    if rest:
+        out = render_scene(Scene4D(rest, scene.num_frames, scene.fps), cams, black, backend, device=device)
+        layers.append((out.rgb.cpu(), out.alpha.cpu(), out.depth.cpu()))
+    for part in scene.parts:
+        if part.name not in plans:
+            continue
+        plan = plans[part.name]
+        out = render_scene(Scene4D([part], scene.num_frames, scene.fps), cams, black, backend, device=device)
+        rgb, alpha, depth = out.rgb.cpu(), out.alpha.cpu(), out.depth.cpu()
+        placed = plan.placed[index]
+        if placed.any():
+            moved = place_layer(rgb[placed], alpha[placed], depth[placed], plan.shift[index][placed],
+                                plan.scale[index][placed])
+            rgb, alpha, depth = rgb.clone(), alpha.clone(), depth.clone()
+            rgb[placed], alpha[placed], depth[placed] = moved
+        layers.append((rgb, alpha, depth))
+    rgb, alpha, depth = composite_layers(layers, torch.as_tensor(bg, dtype=torch.float32))
+    return RenderOutput(rgb, alpha, depth)

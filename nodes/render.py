@@ -21,9 +21,9 @@ import logging
 
 import torch
 
-from ..backends.render import BACKENDS, RenderOutput, render_scene
+from ..backends.render import BACKENDS, RenderOutput, render_placed, render_scene
 from ..core.coco4d.reference import seen_view_cameras
-from ..core.coco4d.screen_trajectory import ScreenTrajectory, composite_layers, place_layer, screen_placement
+from ..core.coco4d.screen_trajectory import ScreenTrajectory, screen_placement
 from ..core.engine.cameras import Cameras
 from ..core.engine.scene import Scene4D
 from ..core.formats.convert import DEPTH_MODES, depth_to_image, parse_color, to_image, to_mask
@@ -95,7 +95,7 @@ class Render:
                 if plans is None:
                     out = render_scene(source, chunk, bg, backend, device=device)
                 else:
-                    out = _render_placed(source, chunk, slice(start, start + len(chunk)), plans, bg, backend, device)
+                    out = render_placed(source, chunk, slice(start, start + len(chunk)), plans, bg, backend, device)
                 parts.append(_to_cpu(out))
                 progress(start + len(chunk), preview=parts[-1].rgb[-1].clamp(0, 1))
         out = RenderOutput.cat(parts)
@@ -139,31 +139,6 @@ def _placements(source, cameras: Cameras, notes: list[str]) -> dict | None:
         notes.extend(plan.notes)
         plans[part.name] = plan
     return plans
-
-
-def _render_placed(scene: Scene4D, cams: Cameras, index: slice, plans: dict, bg, backend, device) -> RenderOutput:
-    """The scene with each trajectory part rendered alone, moved where placed, composited by depth."""
-    black = torch.zeros(3)
-    layers = []
-    rest = [p for p in scene.parts if p.name not in plans]
-    if rest:
-        out = render_scene(Scene4D(rest, scene.num_frames, scene.fps), cams, black, backend, device=device)
-        layers.append((out.rgb.cpu(), out.alpha.cpu(), out.depth.cpu()))
-    for part in scene.parts:
-        if part.name not in plans:
-            continue
-        plan = plans[part.name]
-        out = render_scene(Scene4D([part], scene.num_frames, scene.fps), cams, black, backend, device=device)
-        rgb, alpha, depth = out.rgb.cpu(), out.alpha.cpu(), out.depth.cpu()
-        placed = plan.placed[index]
-        if placed.any():
-            moved = place_layer(rgb[placed], alpha[placed], depth[placed], plan.shift[index][placed],
-                                plan.scale[index][placed])
-            rgb, alpha, depth = rgb.clone(), alpha.clone(), depth.clone()
-            rgb[placed], alpha[placed], depth[placed] = moved
-        layers.append((rgb, alpha, depth))
-    rgb, alpha, depth = composite_layers(layers, torch.as_tensor(bg, dtype=torch.float32))
-    return RenderOutput(rgb, alpha, depth)
 
 
 def _to_cpu(out: RenderOutput) -> RenderOutput:
