@@ -30,8 +30,8 @@ from ..core.engine.gaussians import Gaussians
 from ..core.engine.rasterize import rasterize
 from ..core.engine.scene import Scene4D
 
-__all__ = ["RenderOutput", "render", "render_scene", "render_placed", "training_render", "available_backends",
-           "resolve_backend", "BACKENDS"]
+__all__ = ["RenderOutput", "render", "render_each", "render_scene", "render_placed", "training_render",
+           "available_backends", "resolve_backend", "BACKENDS"]
 
 logger = logging.getLogger(__name__)
 
@@ -122,6 +122,7 @@ def render(
     backend: str = "auto",
     sh_degree: int | None = None,
     screen_grads: bool = False,
+    check_finite: bool = True,
 ) -> RenderOutput:
     """Render a Gaussian set from every camera (cameras' times are ignored here).
 
@@ -132,6 +133,8 @@ def render(
         backend: "auto", "gsplat" (CUDA) or "torch".
         sh_degree: SH degree to evaluate (default: all the set holds).
         screen_grads: keep the screen-space centres and radii for densification.
+        check_finite: read the values back to refuse NaN/inf (a wait for the device); fit loops,
+            which repair non-finite values themselves, turn it off.
 
     Raises:
         ValueError: empty or non-finite Gaussians, bad background, unusable backend.
@@ -142,7 +145,7 @@ def render(
         raise TypeError(f"render: cameras must be Cameras, got {type(cameras).__name__}")
     if len(gaussians) == 0:
         raise ValueError("render: the Gaussian set is empty; nothing to render")
-    gaussians.validate(check_finite=True)
+    gaussians.validate(check_finite=check_finite)
     degree = gaussians.sh_degree if sh_degree is None else int(sh_degree)
     if not 0 <= degree <= gaussians.sh_degree:
         raise ValueError(f"render: sh_degree must be in 0..{gaussians.sh_degree}, got {sh_degree}")
@@ -228,8 +231,48 @@ def render_scene(
 
 
 def training_render(gaussians: Gaussians, cameras: Cameras, background) -> RenderOutput:
-    """The ``render_fn`` of the fit loops: best backend, screen-space data kept for densification."""
-    return render(gaussians, cameras, background, screen_grads=True)
+    """The ``render_fn`` of the fit loops: best backend, screen-space data kept for densification.
+
+    ``training_render.each`` draws several sets at once (:func:`render_each`); the deformation fit
+    uses it for its timestamps when the ``render_fn`` it is given has it.
+    """
+    return render(gaussians, cameras, background, screen_grads=True, check_finite=False)
+
+
+def render_each(sets: list[Gaussians], cameras: Cameras, background) -> RenderOutput:
+    """Camera ``i`` sees ``sets[i]``: the sets of one deformation at several times, say.
+
+    On CUDA with gsplat, sets of equal size go through one batched rasterization (one launch for all
+    of them instead of one per set); elsewhere each set is rendered on its own. No screen-space
+    data is kept (the deformation fit does not densify).
+
+    Raises:
+        ValueError: the numbers of sets and cameras differ, or no set is given.
+    """
+    if not sets or len(sets) != len(cameras):
+        raise ValueError(f"render_each: need one camera per set, got {len(sets)} sets and {len(cameras)} cameras")
+    device = sets[0].device
+    name = resolve_backend("auto", device)
+    if name != "gsplat" or len(sets) == 1 or len({len(g) for g in sets}) != 1:
+        outs = [render(g, cameras[i: i + 1], background, check_finite=False) for i, g in enumerate(sets)]
+        return RenderOutput.cat(outs)
+    for g in sets:
+        g.validate()
+    cams = cameras.to(device)
+    bg = _background(background, len(cams), device)
+    degree = sets[0].sh_degree
+    stacked = [torch.stack([getattr(g, key) for g in sets]) for key in ("means", "quats", "scales", "opacities", "sh")]
+    colors, alphas, _ = _gsplat_rasterization()(
+        *stacked, cams.viewmats.to(stacked[0].dtype)[:, None], cams.Ks.to(stacked[0].dtype)[:, None],
+        int(cams.width), int(cams.height), near_plane=cams.near, far_plane=cams.far, sh_degree=degree,
+        render_mode="RGB+ED", packed=False,
+    )
+    colors, alphas = colors[:, 0], alphas[:, 0]  # [B,1,H,W,·] -> [B,H,W,·]
+    rgb = colors[..., :3] if bg is None else colors[..., :3] + (1.0 - alphas) * bg[:, None, None, :]
+    return RenderOutput(rgb, alphas, colors[..., 3:4])
+
+
+training_render.each = render_each
 
 
 def render_placed(scene: Scene4D, cams: Cameras, index: slice, plans: dict, bg, backend: str = "auto",

@@ -255,11 +255,14 @@ def test_max_scale_clamp_every_step():
         params["log_scales"][0] = torch.tensor([0.5, 0.1, 0.3]).log()
     opt = make_optimizer(params)
     cfg = D.DensifyConfig(total_iterations=1000, max_scale=0.2, prune_scale3d=None)
+    before = params["log_scales"].detach().clone()
     out = D.step(params, opt, D.DensifyState(), 37, cfg, scene_extent=1.0)  # not a refine step
-    assert out["clamped"] == 1
+    assert out["clamped"] == 0, "counted on refinement steps only, so the fit never waits for the device"
     assert torch.allclose(params["log_scales"][0].exp(), torch.tensor([0.2, 0.1, 0.2]), atol=1e-6)
     assert torch.allclose(params["log_scales"][1:].exp(), torch.full((2, 3), 0.001), atol=1e-9)
     assert D.clamp_scales(params, 0.2) == 0
+    params["log_scales"].data.copy_(before)
+    assert D.clamp_scales(params, 0.2) == 1
 
 
 def test_max_gaussians_stops_growth():

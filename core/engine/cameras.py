@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Sequence
 
 import torch
@@ -124,12 +124,23 @@ class Cameras:
         return torch.rad2deg(2.0 * torch.atan(0.5 * self.height / self.Ks[:, 1, 1]))
 
     def to(self, device: torch.device | str) -> "Cameras":
-        return replace(self, viewmats=self.viewmats.to(device), Ks=self.Ks.to(device), times=self.times.to(device))
+        return self._derived(viewmats=self.viewmats.to(device), Ks=self.Ks.to(device), times=self.times.to(device))
 
     def __getitem__(self, index) -> "Cameras":
         if isinstance(index, int):
             index = slice(index, index + 1 if index != -1 else None)
-        return replace(self, viewmats=self.viewmats[index], Ks=self.Ks[index], times=self.times[index])
+        return self._derived(viewmats=self.viewmats[index], Ks=self.Ks[index], times=self.times[index])
+
+    def _derived(self, **tensors: Tensor) -> "Cameras":
+        """A subset or a moved copy of this validated set: shapes are checked, values are not read again,
+        so indexing cameras on a GPU inside a fit loop never waits for the device."""
+        vm = tensors["viewmats"]
+        if vm.dim() != 3 or tensors["Ks"].shape != (vm.shape[0], 3, 3) or tensors["times"].shape != (vm.shape[0],):
+            raise ValueError(f"Cameras: an index must pick whole cameras, got viewmats {tuple(vm.shape)}")
+        out = object.__new__(Cameras)
+        for f in fields(self):
+            object.__setattr__(out, f.name, tensors.get(f.name, getattr(self, f.name)))
+        return out
 
     def resized(self, width: int, height: int) -> "Cameras":
         """The same cameras at another image size (intrinsics scaled per axis)."""

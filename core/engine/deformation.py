@@ -468,20 +468,26 @@ class Deformation(nn.Module):
         return _apply_deltas(g, d, idx, batch=None)
 
     def forward_batch(self, gaussians: Gaussians, times: Tensor | Sequence[float],
-                      static_mask: Tensor | None = None) -> list[Gaussians]:
+                      static_mask: Tensor | None = None, check_values: bool = True) -> list[Gaussians]:
         """Deform ``gaussians`` to each of ``B`` times with one pass over ``B*N`` points.
 
         Args:
             gaussians: canonical set of ``N``.
             times: ``[B]`` times in ``[0,1]`` (tensor or sequence of floats).
             static_mask: optional bool ``[N]``; True entries stay exactly canonical.
+            check_values: read positions and times back to refuse NaN/inf or times outside
+                ``[0,1]`` (a wait for the device); a fit loop whose times come from checked frames
+                turns it off (shapes are checked either way).
 
         Returns:
             ``B`` deformed sets; their tensors are views of stacked ``[B,N,...]`` results and
             unchanged fields are shared with ``gaussians``.
         """
-        g = self._check_gaussians(gaussians, "Deformation.forward_batch")
-        times = _check_times(times, "Deformation.forward_batch", "times", batch=True)
+        if check_values or not isinstance(times, Tensor) or times.dim() != 1:
+            g = self._check_gaussians(gaussians, "Deformation.forward_batch")
+            times = _check_times(times, "Deformation.forward_batch", "times", batch=True)
+        else:
+            g = gaussians
         mask = self._check_static_mask(static_mask, len(g), "Deformation.forward_batch")
         idx = None if mask is None else torch.nonzero(~mask.to(g.device)).squeeze(1)
         means = g.means if idx is None else g.means[idx]

@@ -239,8 +239,7 @@ def accumulate(state: DensifyState, means2d_grad: Tensor, radii: Tensor, width: 
     if state.n != n:
         raise ValueError(f"densify.accumulate: state holds {state.n} Gaussians but the gradient has {n}; "
                          f"call state.reset({n}) after changing the set outside densify.step")
-    scale = g.new_tensor([width / 2.0 * c, height / 2.0 * c])
-    norms = (g * scale).norm(dim=-1)  # [C,N]
+    norms = torch.hypot(g[..., 0] * (width / 2.0 * c), g[..., 1] * (height / 2.0 * c))  # [C,N]
     vis = r > 0
     state.grad2d += (norms * vis).sum(0).to(state.grad2d.dtype)
     state.count += vis.sum(0).to(state.count.dtype)
@@ -347,18 +346,26 @@ def _prune(params: dict[str, torch.nn.Parameter], optimizer: torch.optim.Optimiz
 def sanitize_grads(params: dict[str, torch.nn.Parameter]) -> int:
     """Zero non-finite gradients of per-Gaussian parameters in place (a rasterizer can return NaN for a
     degenerate splat); returns how many Gaussians had one, so one bad splat cannot poison Adam's state."""
+    return int(zero_non_finite_grads(params))
+
+
+def zero_non_finite_grads(params: dict[str, torch.nn.Parameter], extra=()) -> Tensor:
+    """:func:`sanitize_grads` without waiting for the device: the count comes back as a 0-d tensor.
+
+    ``extra`` are more parameters (a deformation field's) whose non-finite gradients are zeroed too;
+    they are not counted, having no rows per Gaussian.
+    """
     bad = None
     for p in params.values():
         if p.grad is None:
             continue
         rows = ~torch.isfinite(p.grad.reshape(p.shape[0], -1)).all(-1)
         bad = rows if bad is None else bad | rows
-    if bad is None or not bad.any():
-        return 0
-    for p in params.values():
+        torch.nan_to_num_(p.grad, nan=0.0, posinf=0.0, neginf=0.0)
+    for p in extra:
         if p.grad is not None:
             torch.nan_to_num_(p.grad, nan=0.0, posinf=0.0, neginf=0.0)
-    return int(bad.sum())
+    return torch.zeros((), dtype=torch.int64) if bad is None else bad.sum()
 
 
 @torch.no_grad()
@@ -374,19 +381,19 @@ def prune_non_finite(params: dict[str, torch.nn.Parameter], optimizer: torch.opt
 
 
 @torch.no_grad()
-def clamp_scales(params: dict[str, torch.nn.Parameter], max_scale: float) -> int:
+def clamp_scales(params: dict[str, torch.nn.Parameter], max_scale: float, count: bool = True) -> int:
     """Project ``log_scales`` onto ``<= log(max_scale)`` in place (CoCo4D App. A: 0.2).
 
     Returns:
-        Number of Gaussians that had at least one axis clamped.
+        Number of Gaussians that had at least one axis clamped (0 without ``count``, which spares
+        the fit loop a wait for the device).
     """
     if not max_scale > 0:
         raise ValueError(f"densify.clamp_scales: max_scale must be > 0, got {max_scale!r}")
     ls = params["log_scales"]
     limit = math.log(max_scale)
-    hit = int((ls > limit).any(-1).sum())
-    if hit:
-        ls.data.clamp_(max=limit)
+    hit = int((ls > limit).any(-1).sum()) if count else 0
+    ls.data.clamp_(max=limit)
     return hit
 
 
@@ -424,7 +431,8 @@ def step(
         generator: random source for split sampling (same generator state, same result).
 
     Returns:
-        ``{"cloned", "split", "pruned", "reset", "clamped", "n"}`` counts (``n`` after the step).
+        ``{"cloned", "split", "pruned", "reset", "clamped", "n"}`` counts (``n`` after the step;
+        ``clamped`` is counted on refinement steps only).
 
     Raises:
         ValueError: missing keys, inconsistent row counts, or a state sized for another count.
@@ -477,7 +485,7 @@ def step(
         _reset_opacity(params, optimizer, config.reset_opacity)
         out["reset"] = 1
     if config.max_scale is not None:
-        out["clamped"] = clamp_scales(params, config.max_scale)
+        out["clamped"] = clamp_scales(params, config.max_scale, count=config.is_refine_step(step))
     out["n"] = params["means"].shape[0]
     return out
 

@@ -30,19 +30,20 @@ import torch
 from . import densify as dens
 from . import regularizers as reg
 from .deformation import COCO4D_FOREGROUND_LR, Deformation, DeformationMotion, HexPlaneConfig, param_groups
+from .fit_monitor import FitMonitor
 from .fit_static import (
     FitDivergedError,
     FitResult,
     GaussianLearningRates,
     RenderFn,
     StaticFitConfig,
-    check_finite_losses,
+    adam,
     fit_static,
     make_optimizer,
     masked_targets,
     memory_guard,
-    record_step,
     scene_extent,
+    view_schedule,
 )
 from .gaussians import Gaussians
 from .guidance import Guidance, PoseSampling, sample_guidance_cameras
@@ -176,7 +177,7 @@ def fit_deformation(
     deformation = deformation.to(dev).train()
     scale = scene_extent(views, canonical) if cfg.lr_scale_with_extent else 1.0
     groups = param_groups(deformation, cfg.deformation_lr * scale, cfg.grid_lr * scale)
-    optimizers = [torch.optim.Adam(groups, eps=1e-15)]
+    optimizers = [adam(groups, eps=1e-15)]
     params = {k: torch.nn.Parameter(v.detach().clone().float().to(dev)) for k, v in canonical.tensors().items()}
     if cfg.freeze_canonical:
         for p in params.values():
@@ -184,27 +185,43 @@ def fit_deformation(
     else:
         lrs = cfg.canonical_learning_rates
         optimizers.append(make_optimizer(params, replace(lrs, position=lrs.position * scale)))
+    field_params = [p for group in groups for p in group["params"]]
     background = torch.tensor(cfg.background, dtype=torch.float32, device=dev)
     knn_index = reg.knn(params["means"].detach(), min(cfg.rigidity_k, len(canonical) - 1)) \
         if cfg.rigidity_weight > 0 and len(canonical) > 1 else None
+    schedule_host = view_schedule(len(views), cfg.times_per_step, cfg.iterations, gen)
+    schedule, times_host = schedule_host.to(dev), views.times.detach().cpu()
+    render_each = getattr(render_fn, "each", None)
 
-    def snapshot(step: int) -> FitResult:
-        motion = DeformationMotion(_copy_module(deformation))
-        return FitResult(Gaussians(**{k: v.detach().clone() for k, v in params.items()}), steps=step,
-                         extra={"motion": motion})
+    def snapshot(step: int) -> tuple[int, dict, dict]:
+        """The state after ``step`` steps, copied on the device (the module is rebuilt only when needed)."""
+        return (step, {k: v.detach().clone() for k, v in params.items()},
+                {k: v.detach().clone() for k, v in deformation.state_dict().items()})
 
-    result, last_good = snapshot(0), snapshot(0)
+    def materialise(snap: tuple[int, dict, dict]) -> FitResult:
+        step, tensors, state = snap
+        module = Deformation(deformation.config)
+        module.load_state_dict(state)
+        return FitResult(Gaussians(**tensors), steps=step, extra={"motion": DeformationMotion(module.to(dev))})
+
+    result, last_good = FitResult(canonical.detach().clone()), snapshot(0)
+    monitor = FitMonitor("fit_deformation", result, cfg.iterations, callback, cfg.preview_every)
     with memory_guard("fit_deformation", lambda: len(canonical)):
         for step in range(cfg.iterations):
             if should_stop is not None and should_stop():
                 result.stopped = True
                 break
-            index = torch.randperm(len(views), generator=gen)[: cfg.times_per_step].to(dev)
+            index = schedule[step]
             times = views.times[index]
             base = Gaussians(**params)
-            deformed = deformation.forward_batch(base, times)
-            outs = [render_fn(g, views.cameras[index[i : i + 1]], background) for i, g in enumerate(deformed)]
-            rendered = {key: torch.cat([getattr(o, key) for o in outs]) for key in ("rgb", "alpha", "depth")}
+            deformed = deformation.forward_batch(base, times, check_values=False)
+            cams = views.cameras[index]
+            if render_each is not None:
+                rendered = render_each(deformed, cams, background)
+                rendered = {"rgb": rendered.rgb, "alpha": rendered.alpha, "depth": rendered.depth}
+            else:
+                outs = [render_fn(g, cams[i: i + 1], background) for i, g in enumerate(deformed)]
+                rendered = {key: torch.cat([getattr(o, key) for o in outs]) for key in ("rgb", "alpha", "depth")}
             target, masks = masked_targets(views, index, background)
             total, parts = cfg.loss(rendered, target, masks)
             terms = dict(parts)
@@ -212,7 +229,8 @@ def fit_deformation(
                 stacked_means = torch.stack([g.means for g in deformed])
                 stacked_quats = torch.stack([g.quats for g in deformed])
                 rigid = cfg.rigidity_weight * reg.rigidity_loss(
-                    base.means, stacked_means, knn_index, canonical_quats=base.quats, deformed_quats=stacked_quats)
+                    base.means, stacked_means, knn_index, canonical_quats=base.quats, deformed_quats=stacked_quats,
+                    check_values=False)
                 terms["rigidity"] = rigid.detach()
                 total = total + rigid
             for name, weight, fn in (("tv", cfg.tv_weight, reg.plane_tv_loss),
@@ -224,40 +242,33 @@ def fit_deformation(
                     total = total + value
             if guidance is not None and cfg.sds_weight > 0 and step % cfg.sds_every == 0:
                 k = int(torch.randint(0, len(deformed), (1,), generator=gen))
-                t = float(times[k])
-                cams = sample_guidance_cameras(cfg.pose_sampling, t, gen).to(dev)
-                sds_out = render_fn(deformed[k], cams, background)
-                sds = cfg.sds_weight * guidance.sds_loss(sds_out.rgb, cams, t, step / max(cfg.iterations - 1, 1))
+                t = float(times_host[schedule_host[step, k]])
+                sds_cams = sample_guidance_cameras(cfg.pose_sampling, t, gen).to(dev)
+                sds_out = render_fn(deformed[k], sds_cams, background)
+                sds = cfg.sds_weight * guidance.sds_loss(sds_out.rgb, sds_cams, t, step / max(cfg.iterations - 1, 1))
                 terms["sds"] = sds.detach()
                 total = total + sds
-            check_finite_losses({**terms, "total": total.detach()}, step, "fit_deformation", last_good)
             for opt in optimizers:
                 opt.zero_grad(set_to_none=True)
             total.backward()
-            repaired = dens.sanitize_grads(params)
-            for group in groups:
-                for p in group["params"]:
-                    if p.grad is not None and not torch.isfinite(p.grad).all():
-                        torch.nan_to_num_(p.grad, nan=0.0, posinf=0.0, neginf=0.0)
-                        repaired += 1
-            if repaired and not result.repaired:
-                logger.warning("fit_deformation: step %d: non-finite gradients zeroed (reported once per fit)", step)
-            result.repaired += repaired
+            monitor.add_repaired(dens.zero_non_finite_grads(params, extra=field_params))
             for opt in optimizers:
                 opt.step()
-            record_step(result, step, cfg.iterations, terms, total, callback, cfg.preview_every, rendered["rgb"])
-            if result.steps % 10 == 0 or result.steps == cfg.iterations:
+            monitor.record(step, terms, total, rendered["rgb"])
+            if monitor.due():
+                try:
+                    monitor.flush(FitResult(Gaussians(**last_good[1]), steps=last_good[0]))
+                except FitDivergedError as exc:
+                    raise FitDivergedError(str(exc), materialise(last_good)) from None
                 last_good = snapshot(result.steps)
-    final = snapshot(result.steps)
+    try:
+        monitor.flush(FitResult(Gaussians(**last_good[1]), steps=last_good[0]))
+    except FitDivergedError as exc:
+        raise FitDivergedError(str(exc), materialise(last_good)) from None
+    final = materialise(snapshot(result.steps))
     result.gaussians, result.extra = final.gaussians, final.extra
     result.extra["motion"].deformation.eval()
     return result
-
-
-def _copy_module(module: Deformation) -> Deformation:
-    clone = Deformation(module.config)
-    clone.load_state_dict({k: v.detach().clone() for k, v in module.state_dict().items()})
-    return clone.to(next(module.parameters()).device)
 
 
 @dataclass(frozen=True)

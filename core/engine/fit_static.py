@@ -31,6 +31,7 @@ from torch import Tensor
 
 from . import densify as dens
 from .cameras import Cameras
+from .fit_monitor import FitMonitor
 from .gaussians import Gaussians
 from .guidance import Guidance, PoseSampling, sample_guidance_cameras
 from .losses import ReconstructionLoss, psnr
@@ -47,8 +48,8 @@ __all__ = [
     "scene_extent",
     "make_optimizer",
     "memory_guard",
-    "check_finite_losses",
     "masked_targets",
+    "view_schedule",
 ]
 
 logger = logging.getLogger(__name__)
@@ -156,7 +157,23 @@ def make_optimizer(params: dict[str, torch.nn.Parameter], lrs: GaussianLearningR
     rate = {"means": lrs.position, "quats": lrs.rotation, "log_scales": lrs.scaling,
             "logit_opacities": lrs.opacity, "sh": lrs.feature}
     groups = [{"params": [params[name]], "lr": rate[name], "name": name} for name in PARAM_NAMES]
-    return torch.optim.Adam(groups, lr=lrs.position, eps=1e-15)
+    return adam(groups, lr=lrs.position, eps=1e-15)
+
+
+def adam(groups, **kwargs) -> torch.optim.Adam:
+    """Adam with its fused CUDA kernel when every parameter is on a GPU (one launch per step instead
+    of several per tensor), the plain one elsewhere."""
+    tensors = [p for g in groups for p in (g["params"] if isinstance(g, dict) else [g])]
+    fused = bool(tensors) and all(p.is_cuda for p in tensors)
+    return torch.optim.Adam(groups, fused=fused or None, **kwargs)
+
+
+def view_schedule(n: int, k: int, steps: int, generator: torch.Generator) -> Tensor:
+    """``[steps, min(k, n)]`` view indices, each row ``k`` distinct views (a random order of all of them
+    when ``k >= n``), drawn up front so the fit moves them to its device once and a step never waits
+    for a copy."""
+    rows = [torch.randperm(n, generator=generator)[: min(k, n)] for _ in range(steps)]
+    return torch.stack(rows) if rows else torch.zeros(0, min(k, n), dtype=torch.int64)
 
 
 def _as_params(gaussians: Gaussians) -> dict[str, torch.nn.Parameter]:
@@ -197,15 +214,6 @@ class memory_guard:
                              f"(max_gaussians about {max(n // 2, 1)}), lower the resolution or the "
                              f"views per step") from exc
         return False
-
-
-def check_finite_losses(terms: dict[str, Tensor], step: int, who: str, last_good: FitResult) -> None:
-    """Raise :class:`FitDivergedError` (carrying ``last_good``) when a loss term is NaN or inf."""
-    for name, value in terms.items():
-        if not torch.isfinite(value).all():
-            raise FitDivergedError(f"{who}: loss '{name}' became {value.item()} at step {step}; the last "
-                                   f"state with finite losses (step {last_good.steps}) is kept in the error",
-                                   last_good)
 
 
 def masked_targets(views: PosedImages, index: Tensor, background: Tensor) -> tuple[Tensor, Tensor | None]:
@@ -261,6 +269,9 @@ def fit_static(
         lrs = replace(lrs, position=lrs.position * extent)
     optimizer = make_optimizer(params, lrs)
     gen = torch.Generator().manual_seed(cfg.seed)
+    schedule_host = view_schedule(len(views), cfg.views_per_step, cfg.iterations,
+                                  torch.Generator().manual_seed(cfg.seed + 1))
+    schedule, times_host = schedule_host.to(dev), views.times.detach().cpu()
     background = torch.tensor(cfg.background, dtype=torch.float32, device=dev)
     dcfg = cfg.densify
     if dcfg is not None and dcfg.total_iterations != cfg.iterations:
@@ -269,6 +280,7 @@ def fit_static(
     lr0 = lrs.position
     result = FitResult(init.detach().clone())
     last_good = FitResult(init.detach().clone())
+    monitor = FitMonitor("fit_static", result, cfg.iterations, callback, cfg.preview_every)
     with memory_guard("fit_static", lambda: params["means"].shape[0]):
         for step in range(cfg.iterations):
             if should_stop is not None and should_stop():
@@ -279,24 +291,23 @@ def fit_static(
                     group["lr"] = dens.exponential_lr(step, lr0, lr0 * cfg.learning_rates.position_final_ratio,
                                                       cfg.iterations)
             gaussians = _to_gaussians(params)
-            index = _pick(len(views), cfg.views_per_step, gen).to(dev)
+            index = schedule[step]
             target, masks = masked_targets(views, index, background)
             out = render_fn(gaussians, views.cameras[index], background)
             total, parts = cfg.loss({"rgb": out.rgb, "alpha": out.alpha, "depth": out.depth}, target, masks)
             terms = {**parts}
             renders = [out]
             if guidance is not None and cfg.sds_weight > 0 and step % cfg.sds_every == 0:
-                t = float(views.times[index[0]])
+                t = float(times_host[schedule_host[step, 0]])
                 cams = sample_guidance_cameras(cfg.pose_sampling, t, gen).to(dev)
                 sds_out = render_fn(gaussians, cams, background)
                 sds = cfg.sds_weight * guidance.sds_loss(sds_out.rgb, cams, t, step / max(cfg.iterations - 1, 1))
                 total = total + sds
                 terms["sds"] = sds.detach()
                 renders.append(sds_out)
-            check_finite_losses({**terms, "total": total.detach()}, step, "fit_static", last_good)
             optimizer.zero_grad(set_to_none=True)
             total.backward()
-            repaired = dens.sanitize_grads(params)
+            monitor.add_repaired(dens.zero_non_finite_grads(params))
             if dcfg is not None:
                 for r in renders:
                     if r.means2d is not None and r.means2d.grad is not None:
@@ -305,37 +316,17 @@ def fit_static(
             optimizer.step()
             if dcfg is not None:
                 dens.step(params, optimizer, state, step + 1, dcfg, extent, gen)
-            repaired += dens.prune_non_finite(params, optimizer)
-            if repaired:
-                result.repaired += repaired
-                if result.repaired == repaired:
-                    logger.warning("fit_static: step %d: non-finite gradients or parameters on %d Gaussians "
-                                   "(zeroed or removed; reported once per fit)", step, repaired)
             if cfg.max_scale is not None:
-                dens.clamp_scales(params, cfg.max_scale)
-            record_step(result, step, cfg.iterations, terms, total, callback, cfg.preview_every, out.rgb,
-                        count=params["means"].shape[0])
-            if result.steps % 10 == 0 or result.steps == cfg.iterations:
+                dens.clamp_scales(params, cfg.max_scale, count=False)
+            monitor.record(step, terms, total, out.rgb, count=params["means"].shape[0])
+            if monitor.due():
+                monitor.flush(last_good)
+                monitor.add_repaired(dens.prune_non_finite(params, optimizer))
                 last_good = FitResult(_to_gaussians(params).detach().clone(), steps=result.steps)
+    monitor.flush(last_good)
+    dens.prune_non_finite(params, optimizer)
     result.gaussians = _to_gaussians(params).detach()
     return result
-
-
-def record_step(result: FitResult, step: int, total_steps: int, terms: dict[str, Tensor], total: Tensor,
-                callback: Callable | None, preview_every: int, images: Tensor, **extra) -> None:
-    """Append one step's losses to the history and report progress (with a preview when due)."""
-    record = {k: float(v) for k, v in terms.items()}
-    record.update(step=step, total=float(total.detach()), **extra)
-    result.history.append(record)
-    result.steps = step + 1
-    if callback is not None:
-        due = preview_every and (result.steps % preview_every == 0 or result.steps == total_steps)
-        callback(result.steps, total_steps, images[0].detach().clamp(0, 1) if due else None)
-
-
-def _pick(n: int, k: int, gen: torch.Generator) -> Tensor:
-    """``k`` distinct view indices (all views, in random order, when ``k >= n``)."""
-    return torch.randperm(n, generator=gen)[: min(k, n)]
 
 
 def evaluate(gaussians: Gaussians, views: PosedImages, render_fn: RenderFn,

@@ -204,6 +204,7 @@ def rigidity_loss(
     canonical_quats: Tensor | None = None,
     deformed_quats: Tensor | None = None,
     mode: str | None = None,
+    check_values: bool = True,
 ) -> Tensor:
     """Local rigidity of Luiten et al. (Dynamic 3D Gaussians), against the canonical set.
 
@@ -222,6 +223,7 @@ def rigidity_loss(
         canonical_quats: ``[N,4]`` wxyz, needed by ``rigid``.
         deformed_quats: ``[N,4]`` or ``[B,N,4]`` wxyz matching ``deformed_means``, needed by ``rigid``.
         mode: "rigid", "isometry", or None = "rigid" when ``deformed_quats`` is given, else "isometry".
+        check_values: refuse NaN/inf centres and out-of-range indices (reads values back).
 
     Returns:
         0-dim tensor (zero for a rigid motion of the whole set).
@@ -233,10 +235,13 @@ def rigidity_loss(
     if not isinstance(deformed_means, Tensor) or deformed_means.dim() not in (2, 3) \
             or tuple(deformed_means.shape[-2:]) != (n, 3):
         raise ValueError(f"{who}: deformed_means must be [N={n},3] or [B,N={n},3], got {_shape(deformed_means)}")
-    for name, value in (("canonical_means", canonical_means), ("deformed_means", deformed_means)):
-        if not torch.isfinite(value.detach()).all():
-            raise ValueError(f"{who}: {name} holds NaN/inf values")
-    idx = _check_index(knn_index, n, who)
+    if check_values:  # reads values back; a fit loop passes indices it built and repairs NaN itself
+        for name, value in (("canonical_means", canonical_means), ("deformed_means", deformed_means)):
+            if not torch.isfinite(value.detach()).all():
+                raise ValueError(f"{who}: {name} holds NaN/inf values")
+        idx = _check_index(knn_index, n, who)
+    else:
+        idx = knn_index.long()
     k = idx.shape[1]
     if weights is not None and (not isinstance(weights, Tensor) or tuple(weights.shape) != (n, k)):
         raise ValueError(f"{who}: weights must be [N={n},k={k}] like knn_index, got {_shape(weights)}")
