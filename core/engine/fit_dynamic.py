@@ -45,7 +45,7 @@ from .fit_static import (
     scene_extent,
 )
 from .gaussians import Gaussians
-from .guidance import Guidance, PoseSampling, sample_guidance_cameras
+from .guidance import Guidance, PoseSampling, restart_guidance, sample_guidance_cameras
 from .losses import ReconstructionLoss
 from .views import PosedImages
 
@@ -171,6 +171,7 @@ def fit_deformation(
     dev = torch.device(device) if device is not None else canonical.device
     views = views.to(dev)
     gen = torch.Generator().manual_seed(cfg.seed)
+    restart_guidance(guidance, cfg.seed)
     if deformation is None:
         deformation = Deformation(_field_config(cfg, views), canonical.detach(), generator=gen)
     deformation = deformation.to(dev).train()

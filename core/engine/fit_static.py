@@ -32,7 +32,7 @@ from torch import Tensor
 from . import densify as dens
 from .cameras import Cameras
 from .gaussians import Gaussians
-from .guidance import Guidance, PoseSampling, sample_guidance_cameras
+from .guidance import Guidance, PoseSampling, restart_guidance, sample_guidance_cameras
 from .losses import ReconstructionLoss, psnr
 from .views import PosedImages
 
@@ -261,6 +261,7 @@ def fit_static(
         lrs = replace(lrs, position=lrs.position * extent)
     optimizer = make_optimizer(params, lrs)
     gen = torch.Generator().manual_seed(cfg.seed)
+    restart_guidance(guidance, cfg.seed)
     background = torch.tensor(cfg.background, dtype=torch.float32, device=dev)
     dcfg = cfg.densify
     if dcfg is not None and dcfg.total_iterations != cfg.iterations:
