@@ -232,6 +232,11 @@ def fit_deformation(
                 terms["sds"] = sds.detach()
                 total = total + sds
             check_finite_losses({**terms, "total": total.detach()}, step, "fit_deformation", last_good)
+            if not total.requires_grad:
+                raise ValueError(f"fit_deformation: no Gaussian is visible from the training cameras at step "
+                                 f"{step}, so nothing can be fitted: the initial Gaussians (init / gaussians "
+                                 "input) lie outside every camera's view. Check that the cameras look at them "
+                                 "(their centre, scale and the cameras' near/far planes)")
             for opt in optimizers:
                 opt.zero_grad(set_to_none=True)
             total.backward()

@@ -295,6 +295,11 @@ def fit_static(
                 terms["sds"] = sds.detach()
                 renders.append(sds_out)
             check_finite_losses({**terms, "total": total.detach()}, step, "fit_static", last_good)
+            if not total.requires_grad:
+                raise ValueError(f"fit_static: no Gaussian is visible from the training cameras at step {step}, so "
+                                 "nothing can be fitted: the initial Gaussians (init / gaussians input) lie outside "
+                                 "every camera's view. Check that the cameras look at them (their centre, scale "
+                                 "and the cameras' near/far planes)")
             optimizer.zero_grad(set_to_none=True)
             total.backward()
             repaired = dens.sanitize_grads(params)
