@@ -8,18 +8,15 @@ Public API:
     list_models(kind)           names a loader's picker shows (model folders and single weight files)
     resolve_model(kind, name, required=())   absolute path, or ValueError naming folders and files
     HUB_IDS                     the published model ids of each kind (named in errors)
-    download_model(kind, repo_id)            fetch into the kind's folder, only when allowed
-    downloads_allowed()         ``GEN4D_ALLOW_DOWNLOADS=1`` (off by default)
+    EXPECTED_FILES              kind -> what a model of that kind looks like on disk (named in errors)
     preferred_dtype(device)     bf16 on CUDA devices that support it, else float32
 
 Design notes:
     With ComfyUI, folders come from ``folder_paths`` (so ``extra_model_paths.yaml`` works); without
     it, from ``$GEN4D_MODELS_DIR/<sub-folder>`` (default ``./models``). A model is either a folder
     in diffusers / transformers layout (``config.json`` or ``model_index.json`` inside) or a single
-    ``.safetensors`` file. Nothing downloads unless the user opts in with
-    ``GEN4D_ALLOW_DOWNLOADS=1``; then :func:`download_model` fetches a published id into the
-    kind's first folder. Otherwise a missing model is an error that says where to put which
-    files and which published ids fit.
+    ``.safetensors`` file. Nothing is ever downloaded: a missing model is an error that says which
+    folder to put it in, which files it must hold, and which published ids fit.
 """
 
 from __future__ import annotations
@@ -39,8 +36,7 @@ __all__ = [
     "preferred_dtype",
     "NO_MODELS",
     "HUB_IDS",
-    "download_model",
-    "downloads_allowed",
+    "EXPECTED_FILES",
 ]
 
 MODEL_KINDS: dict[str, str] = {
@@ -70,6 +66,21 @@ HUB_IDS: dict[str, tuple[str, ...]] = {
     "orbital": (),
     "trajectory": ("Yanran21/MoGe4D",),
     "lpips": (),
+}
+_DIFFUSERS = "a diffusers folder: model_index.json plus one sub-folder per component, weights as .safetensors"
+EXPECTED_FILES: dict[str, str] = {
+    "depth": "a transformers folder: config.json and model.safetensors (or sharded, with its index)",
+    "sam2": "a transformers SAM2 video folder: config.json and model.safetensors",
+    "video": _DIFFUSERS,
+    "inpaint": _DIFFUSERS,
+    "video_inpaint": _DIFFUSERS + " (or a Wan2.1-Fun release folder)",
+    "zero123": _DIFFUSERS + " (unet, vae, image_encoder, clip_camera_projection, scheduler)",
+    "sd_guidance": _DIFFUSERS + " (unet, vae, text_encoder, tokenizer, scheduler)",
+    "orbital": _DIFFUSERS + " (vae, text_encoder, tokenizer, unet, scheduler of the base model; optionally "
+                            "unet_4d and motion_magnitude)",
+    "trajectory": "the MoGe4D release folder (4D-STraG/diffusion_pytorch_model.safetensors and its config) "
+                  "next to the Wan2.1-Fun base folders",
+    "lpips": "a single .safetensors file with the AlexNet LPIPS state dict",
 }
 _FOLDER_KEY = "gen4d_{kind}"
 NO_MODELS = "(no models found)"
@@ -148,7 +159,8 @@ def resolve_model(kind: str, name: str, required: tuple[str, ...] = ()) -> Path:
     _check_kind(kind)
     if not name or name == NO_MODELS:
         roots = ", ".join(str(r) for r in model_roots(kind))
-        raise ValueError(f"no {kind} model selected; put a model folder or .safetensors file into {roots}")
+        raise ValueError(f"no {kind} model selected; put a model folder or .safetensors file into {roots}"
+                         + _hub_hint(kind))
     candidates = [Path(name)] if Path(name).is_absolute() else [root / name for root in model_roots(kind)]
     for path in candidates:
         if path.exists():
@@ -163,37 +175,13 @@ def resolve_model(kind: str, name: str, required: tuple[str, ...] = ()) -> Path:
 
 
 def _hub_hint(kind: str) -> str:
+    files = EXPECTED_FILES.get(kind)
+    hint = f"; it must be {files}" if files else ""
     ids = HUB_IDS.get(kind, ())
-    if not ids:
-        return ""
-    how = "" if downloads_allowed() else " (set GEN4D_ALLOW_DOWNLOADS=1 to let the loader fetch one)"
-    return f". Published models of this kind: {', '.join(ids)}{how}"
-
-
-def downloads_allowed() -> bool:
-    """True only when the user opted in with ``GEN4D_ALLOW_DOWNLOADS=1``."""
-    return os.environ.get("GEN4D_ALLOW_DOWNLOADS", "") == "1"
-
-
-def download_model(kind: str, repo_id: str) -> Path:
-    """Fetch ``repo_id`` into the first folder of ``kind`` (safetensors and configs only).
-
-    Raises:
-        ValueError: downloads are not allowed, or the download failed.
-    """
-    _check_kind(kind)
-    if not downloads_allowed():
-        raise ValueError(f"downloading {repo_id!r} is off; set GEN4D_ALLOW_DOWNLOADS=1 or put the model into "
-                         f"{model_roots(kind)[0]}")
-    from huggingface_hub import snapshot_download
-
-    target = model_roots(kind)[0] / repo_id.split("/")[-1]
-    try:
-        snapshot_download(repo_id, local_dir=target,
-                          allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.py"])
-    except Exception as exc:  # the hub client raises many types; report them all the same way
-        raise ValueError(f"downloading {repo_id!r} into {target} failed: {exc}") from exc
-    return target
+    if ids:
+        hint += (f". Published models of this kind: {', '.join(ids)} (download one yourself, e.g. with "
+                 "huggingface-cli, into that folder; the loaders never download)")
+    return hint
 
 
 def preferred_dtype(device: torch.device | str) -> torch.dtype:

@@ -12,6 +12,7 @@ Public API:
     OrbitalInterrupted          raised between denoising steps when ``should_stop()`` turns true
     MODES                       "4d", "4d_no_magnitude", "base"
     clear_cache()               forget the cached model
+    check_steps(scheduler, steps)   set a DDIM schedule, refusing step counts it cannot index
 
 Model folder (``models/gen4d/diffusion4d/<name>/``, also shown in the loader's description)::
 
@@ -127,6 +128,27 @@ FOLDER_LAYOUT = (
     "motion_magnitude/ (config.json + model.safetensors of the magnitude MLP)"
 )
 _CACHE: OrderedDict[tuple, "OrbitalModel"] = OrderedDict()
+
+
+def check_steps(scheduler, steps: int, device=None) -> None:
+    """``scheduler.set_timesteps(steps)``, refusing step counts the schedule cannot index.
+
+    DDIM's "leading" spacing adds ``steps_offset`` to every timestep, so with the common 1000 training
+    timesteps and offset 1, 1000 steps would ask for timestep 1000 of 0..999 (the scheduler then fails
+    with an IndexError in its first step). The most steps such a model can take is
+    ``num_train_timesteps - steps_offset``.
+    """
+    cfg = scheduler.config
+    train = int(cfg.num_train_timesteps)
+    if not 1 <= int(steps) <= train:
+        raise ValueError(f"orbital diffusion: steps must be 1..{train} for this model's scheduler, got {steps}")
+    scheduler.set_timesteps(int(steps), device=device)
+    highest = int(scheduler.timesteps.max())
+    if highest >= train:
+        most = train - int(getattr(cfg, "steps_offset", 0))
+        raise ValueError(f"orbital diffusion: steps={steps} is more than this model's DDIM schedule takes: its "
+                         f"{train} training timesteps with steps_offset {cfg.steps_offset} and "
+                         f"{cfg.timestep_spacing!r} spacing allow at most {most} steps (the paper uses 50)")
 _VAE_CHUNK = 8  # frames per VAE encode / decode call
 
 
@@ -396,7 +418,11 @@ class OrbitalModel:
         out = []
         for chunk in z.split(_VAE_CHUNK):
             out.append(self.vae.decode(chunk.to(self.vae.dtype)).sample.float().cpu())
-        return ((torch.cat(out) + 1.0) / 2.0).clamp(0, 1).permute(0, 2, 3, 1).contiguous()
+        frames = torch.cat(out)
+        if not torch.isfinite(frames).all():
+            raise ValueError("orbital diffusion: the VAE decoded non-finite (NaN or inf) frames; the model's "
+                             "weights or its dtype overflowed (try dtype float32 or bf16 in the loader)")
+        return ((frames + 1.0) / 2.0).clamp(0, 1).permute(0, 2, 3, 1).contiguous()
 
     # ----------------------------------------------------------------- UNet calls
 
@@ -416,7 +442,7 @@ class OrbitalModel:
         from diffusers import DDIMScheduler
 
         scheduler = DDIMScheduler.from_config(self.scheduler_config)
-        scheduler.set_timesteps(int(steps), device=noise.device)
+        check_steps(scheduler, steps, noise.device)
         z = noise * float(scheduler.init_noise_sigma)
         for t in scheduler.timesteps:
             if should_stop is not None and should_stop():

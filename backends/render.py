@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import logging
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -123,6 +124,7 @@ def render(
     sh_degree: int | None = None,
     screen_grads: bool = False,
     check_finite: bool = True,
+    should_stop: Callable[[], bool] | None = None,
 ) -> RenderOutput:
     """Render a Gaussian set from every camera (cameras' times are ignored here).
 
@@ -135,9 +137,12 @@ def render(
         screen_grads: keep the screen-space centres and radii for densification.
         check_finite: read the values back to refuse NaN/inf (a wait for the device); fit loops,
             which repair non-finite values themselves, turn it off.
+        should_stop: polled before a gsplat call, and per camera and block of tiles on the torch
+            rasterizer; when it returns True, ``InterruptedError`` is raised.
 
     Raises:
         ValueError: empty or non-finite Gaussians, bad background, unusable backend.
+        InterruptedError: ``should_stop`` returned True.
     """
     if not isinstance(gaussians, Gaussians):
         raise TypeError(f"render: gaussians must be a Gaussians set, got {type(gaussians).__name__}")
@@ -166,6 +171,7 @@ def render(
     )
     if name == "gsplat":
         # gsplat 1.5 rejects backgrounds in "RGB+ED" mode; composite them the way it would (+ T * bg).
+        _check_stop(should_stop)  # one gsplat call renders the whole batch in milliseconds per image
         colors, alphas, meta = _gsplat_rasterization()(
             *args, near_plane=cams.near, far_plane=cams.far, sh_degree=degree, render_mode="RGB+ED",
             packed=False,
@@ -174,13 +180,19 @@ def render(
         rgb = colors[..., :3] if bg is None else colors[..., :3] + (1.0 - alphas) * bg[:, None, None, :]
     else:
         colors, alphas, proj = rasterize(*args, near_plane=cams.near, far_plane=cams.far, sh_degree=degree,
-                                         backgrounds=bg, render_depth=True, return_projection=True)
+                                         backgrounds=bg, render_depth=True, return_projection=True,
+                                         should_stop=should_stop)
         means2d, radii = proj.means2d, proj.radii
         rgb = colors[..., :3]
     if screen_grads and means2d.requires_grad:
         means2d.retain_grad()
     keep = screen_grads
     return RenderOutput(rgb, alphas, colors[..., 3:4], means2d if keep else None, radii if keep else None)
+
+
+def _check_stop(should_stop: Callable[[], bool] | None) -> None:
+    if should_stop is not None and should_stop():
+        raise InterruptedError("render: stopped")
 
 
 def _on_device(scene, device: torch.device) -> bool:
@@ -198,6 +210,7 @@ def render_scene(
     backend: str = "auto",
     sh_degree: int | None = None,
     device: torch.device | str | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> RenderOutput:
     """Render a dynamic scene: camera ``i`` sees ``scene.at(cameras.times[i])``.
 
@@ -207,10 +220,11 @@ def render_scene(
         scene: anything with ``at(t) -> Gaussians`` (a ``Scene4D``), or a ``Gaussians`` set.
         cameras: ``C`` cameras with their times.
         device: where to render (default: where the scene lives).
+        should_stop: polled before each time and inside :func:`render`; raises ``InterruptedError``.
     """
     if isinstance(scene, Gaussians):
         gaussians = scene if device is None else scene.to(device)
-        return render(gaussians, cameras, background, backend, sh_degree)
+        return render(gaussians, cameras, background, backend, sh_degree, should_stop=should_stop)
     if not callable(getattr(scene, "at", None)):
         raise TypeError(f"render_scene: scene must be a Scene4D or Gaussians, got {type(scene).__name__}")
     if device is not None and not _on_device(scene, torch.device(device)):
@@ -219,12 +233,13 @@ def render_scene(
     unique, inverse = torch.unique(times, return_inverse=True)
     outputs, order = [], []
     for k, t in enumerate(unique.tolist()):
+        _check_stop(should_stop)
         idx = torch.nonzero(inverse == k, as_tuple=True)[0]
         gaussians = scene.at(t)
         bg = background
         if background is not None and torch.as_tensor(background).dim() == 2:
             bg = torch.as_tensor(background)[idx]
-        outputs.append(render(gaussians, cameras[idx], bg, backend, sh_degree))
+        outputs.append(render(gaussians, cameras[idx], bg, backend, sh_degree, should_stop=should_stop))
         order.append(idx)
     merged = RenderOutput.cat(outputs)
     return merged.reorder(torch.argsort(torch.cat(order)).to(merged.rgb.device))
@@ -276,7 +291,7 @@ training_render.each = render_each
 
 
 def render_placed(scene: Scene4D, cams: Cameras, index: slice, plans: dict, bg, backend: str = "auto",
-                  device=None) -> RenderOutput:
+                  device=None, should_stop: Callable[[], bool] | None = None) -> RenderOutput:
     """``scene`` at ``cams`` with each part named in ``plans`` rendered alone, moved by its screen placement
     (``core.coco4d.screen_trajectory.screen_placement``; ``index`` picks this chunk's cameras of the plan)
     and composited with the other parts by per-pixel depth over ``bg``."""
@@ -284,13 +299,15 @@ def render_placed(scene: Scene4D, cams: Cameras, index: slice, plans: dict, bg, 
     layers = []
     rest = [p for p in scene.parts if p.name not in plans]
     if rest:
-        out = render_scene(Scene4D(rest, scene.num_frames, scene.fps), cams, black, backend, device=device)
+        out = render_scene(Scene4D(rest, scene.num_frames, scene.fps), cams, black, backend, device=device,
+                           should_stop=should_stop)
         layers.append((out.rgb.cpu(), out.alpha.cpu(), out.depth.cpu()))
     for part in scene.parts:
         if part.name not in plans:
             continue
         plan = plans[part.name]
-        out = render_scene(Scene4D([part], scene.num_frames, scene.fps), cams, black, backend, device=device)
+        out = render_scene(Scene4D([part], scene.num_frames, scene.fps), cams, black, backend, device=device,
+                           should_stop=should_stop)
         rgb, alpha, depth = out.rgb.cpu(), out.alpha.cpu(), out.depth.cpu()
         placed = plan.placed[index]
         if placed.any():

@@ -386,6 +386,13 @@ class VideoGenerator:
         if frames.dim() != 4 or frames.shape[-1] != 3:
             raise ValueError(f"{what}: the pipeline returned frames of shape {tuple(frames.shape)}, expected "
                              f"[T,H,W,3]")
+        if not torch.isfinite(frames).all():
+            bad = int((~torch.isfinite(frames)).flatten(1).any(1).sum())
+            raise ValueError(f"{what}: the pipeline returned {bad} of {frames.shape[0]} frames with NaN or inf "
+                             "values (weights or dtype overflowed; try dtype float32 or bf16 in the loader)")
+        if frames.shape[0] != n:
+            logger.warning("%s: asked for %d frames, the pipeline returned %d; passing on what it returned",
+                           what, n, frames.shape[0])
         return frames.clamp(0.0, 1.0).contiguous()
 
 

@@ -280,12 +280,20 @@ def camera_embedding(elevation: Tensor, azimuth: Tensor, radius: Tensor, conditi
     return torch.stack([d_polar, torch.sin(d_az), torch.cos(d_az), last], dim=-1)
 
 
+def mix_seeds(a: int, b: int) -> int:
+    """One 63-bit seed from two (an odd-multiplier hash, so (a, b) and (b, a) differ)."""
+    return (a * 0x9E3779B97F4A7C15 + b * 0xBF58476D1CE4E5B9 + 0x94D049BB133111EB) % (1 << 63)
+
+
 class GuidanceLifecycle:
     """``reseed`` and ``offload`` of the SDS guidances (fields: components, seed, _generator, _embeds)."""
 
-    def reseed(self, seed: int | None = None) -> None:
-        """Restart the timestep/noise stream (at ``seed``, default the constructor's)."""
-        self._generator.manual_seed(int(self.seed if seed is None else seed))
+    def reseed(self, run_seed: int | None = None) -> None:
+        """Restart the timestep/noise stream: at the constructor's seed, or (``run_seed`` given, as every
+        fit does when it starts) at a seed mixed from both, so the same pair repeats a fit exactly and
+        changing either changes the noise."""
+        seed = int(self.seed) if run_seed is None else mix_seeds(int(self.seed), int(run_seed))
+        self._generator.manual_seed(seed)
 
     def offload(self) -> None:
         """Move the networks to the CPU and drop cached condition embeddings."""

@@ -179,7 +179,8 @@ class OrbitalVideoDiffusion:
                                step=0.1),
                 "w2": float_in(_C.w2, -1.0, 50.0, "Eq. 3 guidance away from the base 3D-aware model, i.e. towards "
                                "more motion (paper 0.5). No effect in base mode.", step=0.05),
-                "steps": int_in(_C.steps, 1, 1000, "DDIM steps (paper 50)."),
+                "steps": int_in(_C.steps, 1, 999, "DDIM steps (paper 50). At most 999: the usual schedule of 1000 "
+                                "training timesteps with offset 1 has no room for more."),
                 "num_frames": int_in(_C.num_frames, 2, 256, "Orbit views T, one per timestamp (paper 24)."),
                 "size": int_in(_C.size, 8, 2048, "Square image size (paper 256); a multiple of the model's "
                                "down-sampling. Condition images must have this size.", step=8),

@@ -43,6 +43,10 @@ _COMMON_OPTIONAL = {
 
 
 def _setup(images, masks, cameras, center, background):
+    # Inputs are data, never part of the fit's graph: an IMAGE that carries autograd history from an
+    # upstream node would otherwise be backpropagated through again at every step.
+    images = images.detach() if isinstance(images, torch.Tensor) else images
+    masks = masks.detach() if isinstance(masks, torch.Tensor) else masks
     frames = check_image(images, "images")
     mask_t = None if masks is None else check_mask(masks, "masks", like=frames)
     return reference_clip(frames, mask_t, cameras, center, tuple(parse_color(background).tolist()))

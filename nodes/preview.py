@@ -83,13 +83,18 @@ class Preview4D:
                 tracks=None):
         bg = "#" + "".join(f"{round(float(v) * 255):02x}" for v in parse_color(background).tolist())
         notes = []
-        if scene is not None:
-            data = encode_scene(scene, int(max_splats), int(num_frames) or None, bg)
-            if scene.reference_cameras is None:
+        if scene is not None or gaussians is not None:
+            source = scene if scene is not None else Scene4D.static(gaussians)
+            progress = host.Progress(int(num_frames) or source.num_frames)
+            try:
+                data = encode_scene(source, int(max_splats), int(num_frames) or None, bg, callback=progress,
+                                    should_stop=host.should_stop)
+            except InterruptedError:
+                host.raise_if_interrupted()
+                raise
+            if scene is not None and scene.reference_cameras is None:
                 notes.append("the scene records no cameras (saved before scenes recorded them): the viewer frames "
                              "its bounds instead of starting at the reference view.")
-        elif gaussians is not None:
-            data = encode_scene(Scene4D.static(gaussians), int(max_splats), int(num_frames) or None, bg)
         elif tracks is not None:
             points, colors, visibility, fps = _tracks_fields(tracks)
             data = encode_tracks(points, colors, visibility, fps, int(max_splats), background=bg)

@@ -87,17 +87,22 @@ class Render:
         device = host.compute_device()
         progress = host.Progress(len(cameras))
         parts = []
-        with torch.no_grad():
-            plans = _placements(source, cameras, notes)
-            for start in range(0, len(cameras), batch_size):
-                host.raise_if_interrupted()
-                chunk = cameras[start : start + batch_size]
-                if plans is None:
-                    out = render_scene(source, chunk, bg, backend, device=device)
-                else:
-                    out = render_placed(source, chunk, slice(start, start + len(chunk)), plans, bg, backend, device)
-                parts.append(_to_cpu(out))
-                progress(start + len(chunk), preview=parts[-1].rgb[-1].clamp(0, 1))
+        try:
+            with torch.no_grad():
+                plans = _placements(source, cameras, notes)
+                for start in range(0, len(cameras), batch_size):
+                    host.raise_if_interrupted()
+                    chunk = cameras[start : start + batch_size]
+                    if plans is None:
+                        out = render_scene(source, chunk, bg, backend, device=device, should_stop=host.should_stop)
+                    else:
+                        out = render_placed(source, chunk, slice(start, start + len(chunk)), plans, bg, backend,
+                                            device, should_stop=host.should_stop)
+                    parts.append(_to_cpu(out))
+                    progress(start + len(chunk), preview=parts[-1].rgb[-1].clamp(0, 1))
+        except InterruptedError:
+            host.raise_if_interrupted()
+            raise
         out = RenderOutput.cat(parts)
         result = (to_image(out.rgb), to_mask(out.alpha), depth_to_image(out.depth, depth_mode, out.alpha))
         return host.with_notes(NODE, result, notes)

@@ -29,7 +29,8 @@ class SaveScene:
     DESCRIPTION = (
         "Save a 4D scene under ComfyUI's output folder: one compact .gen4d.safetensors file (reload it with "
         "Load Scene) and, optionally, one standard 3DGS .ply per frame that splat viewers open. "
-        "Files are numbered, never overwritten, and written atomically."
+        "Files are numbered, never overwritten, and written as a whole: a cancelled or failed save leaves "
+        "nothing behind."
     )
     CATEGORY = f"{T.CATEGORY}/io"
     RETURN_TYPES = (T.STRING,)
@@ -58,9 +59,12 @@ class SaveScene:
         root = host.output_directory()
         frames = num_frames or scene.num_frames
         progress = host.Progress(frames)
-        bundle = save_scene_bundle(scene, root, filename_prefix, write_ply_frames, frames,
-                                   callback=progress, should_stop=host.should_stop)
-        host.raise_if_interrupted()
+        try:
+            bundle = save_scene_bundle(scene, root, filename_prefix, write_ply_frames, frames,
+                                       callback=progress, should_stop=host.should_stop)
+        except InterruptedError:
+            host.raise_if_interrupted()
+            raise
         rel = os.path.relpath(bundle.scene_file, root)
         text = f"saved {rel}" + (f" and {len(bundle.ply_files)} PLY frames" if bundle.ply_files else "")
         logger.info(text)
@@ -74,6 +78,8 @@ def scene_files() -> list[str]:
         if not folder.is_dir():
             continue
         for path in sorted(folder.rglob("*")):
+            if any(part.startswith(".") for part in path.relative_to(folder).parts):
+                continue  # hidden: saves in progress (staging folders) and temp files
             name = path.name.lower()
             if name.endswith(SCENE_SUFFIX) or name.endswith(".ply"):
                 found.append(f"{path.relative_to(folder).as_posix()} [{label}]")

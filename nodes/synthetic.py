@@ -91,13 +91,20 @@ class SyntheticWorld:
             raise ValueError(f"Gen4D_SyntheticWorld: supersample must be odd, got {supersample}")
         w = WORLDS[world](seed=seed)
         cams = cameras if cameras is not None else w.reference_cameras(width, height, num_frames)
-        host.raise_if_interrupted()
-        views = render(w, cams, supersample=supersample)
-        twin = build_twin(w, num_frames, twin_points, seed, fps)
-        alpha = views["alpha"]
-        host.raise_if_interrupted()
-        static = static_views(w, cams, views["rgb"], supersample)
-        tracks = Tracks.from_world_dict(trajectories(w, cams), cams.Ks[0], cams.viewmats[0], fps)
+        stop = host.should_stop
+        try:
+            host.raise_if_interrupted()
+            views = render(w, cams, supersample=supersample, should_stop=stop)
+            host.raise_if_interrupted()
+            twin = build_twin(w, num_frames, twin_points, seed, fps)
+            alpha = views["alpha"]
+            host.raise_if_interrupted()
+            static = static_views(w, cams, views["rgb"], supersample, should_stop=stop)
+            raw_tracks = trajectories(w, cams, should_stop=stop)
+        except InterruptedError:
+            host.raise_if_interrupted()
+            raise
+        tracks = Tracks.from_world_dict(raw_tracks, cams.Ks[0], cams.viewmats[0], fps)
         video = VideoModel(OracleVideoGenerator(w, int(cams.width), int(cams.height), len(cams), fps, supersample,
                                                 cams))
         oracles = (OracleSegmenter(w, supersample, cams), OracleDepth(w, supersample, cams),
@@ -107,7 +114,7 @@ class SyntheticWorld:
                 OracleGuidance(w), to_image(static), tracks, video, *oracles)
 
 
-def static_views(world, cameras: Cameras, rgb, supersample: int):
+def static_views(world, cameras: Cameras, rgb, supersample: int, should_stop=None):
     """The cameras seeing the world frozen at time 0; ``rgb`` is their render at their own times.
 
     A fixed camera whose first time is 0 (a reference video) already shows it in frame 0.
@@ -115,7 +122,8 @@ def static_views(world, cameras: Cameras, rgb, supersample: int):
     fixed = bool((cameras.viewmats == cameras.viewmats[:1]).all() and (cameras.Ks == cameras.Ks[:1]).all())
     if fixed and float(cameras.times[0]) == 0.0:
         return rgb[:1].expand_as(rgb).clone()
-    return render(world, cameras, times=torch.zeros(len(cameras)), supersample=supersample)["rgb"]
+    return render(world, cameras, times=torch.zeros(len(cameras)), supersample=supersample,
+                  should_stop=should_stop)["rgb"]
 
 
 def build_twin(world, num_frames: int, num_points: int, seed: int, fps: float, cameras=None) -> Scene4D:

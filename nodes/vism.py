@@ -30,8 +30,7 @@ from ..backends.render import render_scene
 from ..core.engine.cameras import Cameras
 from ..core.engine.scene import Scene4D
 from ..core.formats.convert import DEPTH_MODES, depth_to_image, to_image, to_mask
-from ..core.formats.export import next_free_stem
-from ..core.formats.paths import safe_output_path
+from ..core.formats.export import save_numbered_folder, save_ply_sequence
 from ..core.moge4d.tracks import Tracks, save_tracks_ply_sequence
 from ..core.moge4d.vism import VISM_INPAINT_DEFAULTS, VismConfig, inpaint_holes, render_vism, tracks_to_scene
 from . import host
@@ -183,8 +182,8 @@ class SaveTracks:
     DESCRIPTION = (
         "Save dense 4D tracks under ComfyUI's output folder as a numbered folder of per-frame PLY files: coloured "
         "points (x, y, z + rgb; point n of every file is the same track) that any point-cloud viewer plays, or "
-        "the 4D-ViSM splats as standard 3DGS PLYs for splat viewers. Files are written atomically, never "
-        "overwritten."
+        "the 4D-ViSM splats as standard 3DGS PLYs for splat viewers. The folder is written as a whole (a cancelled "
+        "or failed save leaves nothing behind) and never replaces an existing one unless overwrite is on."
     )
     CATEGORY = f"{T.CATEGORY}/io"
     RETURN_TYPES = (T.STRING,)
@@ -204,7 +203,8 @@ class SaveTracks:
                                    "4D-ViSM splats (flat in the local surface) as 3DGS PLYs."),
                 "footprint_scale": float_in(_DEFAULTS.footprint_scale, 0.05, 4.0, "Splat size for the gaussians "
                                             "format (std = scale x depth / focal).", step=0.05),
-                "overwrite": bool_in(False, "Write into <prefix> itself instead of a new numbered folder."),
+                "overwrite": bool_in(False, "Write <prefix> itself instead of a new numbered folder, replacing a "
+                                    "folder of that name once the new one is complete."),
             }
         }
 
@@ -216,22 +216,25 @@ class SaveTracks:
         if format not in ("points", "gaussians"):
             raise ValueError(f"{node}: format must be 'points' or 'gaussians', got {format!r}")
         root = host.output_directory()
-        try:
-            stem = filename_prefix if overwrite else next_free_stem(root, filename_prefix)
-            folder = safe_output_path(root, stem)
-        except ValueError as exc:
-            raise ValueError(f"{node}: filename_prefix {filename_prefix!r}: {exc}") from exc
         progress = host.Progress(tracks.num_frames)
         if format == "points":
-            files = save_tracks_ply_sequence(tracks.to("cpu"), folder, callback=progress,
-                                             should_stop=host.should_stop)
+            def write(folder):
+                return save_tracks_ply_sequence(tracks.to("cpu"), folder, callback=progress,
+                                                should_stop=host.should_stop)
         else:
-            from ..core.formats.export import save_ply_sequence
-
             scene = tracks_to_scene(tracks.to("cpu"), VismConfig(footprint_scale=float(footprint_scale)),
                                     oriented=True)
-            files = save_ply_sequence(scene, folder, callback=progress, should_stop=host.should_stop)
-        host.raise_if_interrupted()
+
+            def write(folder):
+                return save_ply_sequence(scene, folder, callback=progress, should_stop=host.should_stop)
+        try:
+            folder, files = save_numbered_folder(root, filename_prefix, write, overwrite=bool(overwrite),
+                                                 should_stop=host.should_stop)
+        except InterruptedError:
+            host.raise_if_interrupted()
+            raise
+        except ValueError as exc:
+            raise ValueError(f"{node}: filename_prefix {filename_prefix!r}: {exc}") from exc
         rel = os.path.relpath(folder, root)
         text = f"saved {len(files)} PLY frames of {tracks.num_valid} tracks to {rel}"
         logger.info(text)

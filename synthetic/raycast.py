@@ -10,6 +10,7 @@ Public API:
     albedo           texture colour of hits given part ids and local points / normals
     move_points      world positions of part-local points at several times
     surface_distance unsigned distance from world points to the nearest primitive surface
+    check_stop       raise ``InterruptedError`` when a ``should_stop`` hook says so
 
 Design notes:
     Every camera is rendered at its own time (``cameras.times`` unless overridden), one camera at
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -46,6 +48,7 @@ __all__ = [
     "surface_distance",
     "check_world",
     "check_cameras",
+    "check_stop",
 ]
 
 RESERVED_KEYS = ("rgb", "depth", "alpha", "object_ids", "normals", "times")
@@ -128,6 +131,12 @@ class World:
         K = intrinsics_from_fov(self.reference_fovy_deg, int(width), int(height))
         times = torch.linspace(0.0, 1.0, num_frames) if num_frames > 1 else torch.zeros(1)
         return Cameras(vm, K.expand(num_frames, 3, 3).clone(), int(width), int(height), times, 0.01, 1000.0)
+
+
+def check_stop(should_stop: Callable[[], bool] | None, who: str) -> None:
+    """Raise ``InterruptedError`` when ``should_stop`` says so."""
+    if should_stop is not None and should_stop():
+        raise InterruptedError(f"{who}: stopped")
 
 
 def check_world(world) -> None:
@@ -296,7 +305,7 @@ def _render_camera(world: World, cameras: Cameras, i: int, time: float, backgrou
 
 
 def render(world: World, cameras: Cameras, times=None, background: tuple[float, float, float] | None = None,
-           supersample: int = 1) -> dict[str, Tensor]:
+           supersample: int = 1, should_stop: Callable[[], bool] | None = None) -> dict[str, Tensor]:
     """Ray-cast every camera of ``cameras`` at its time.
 
     Args:
@@ -307,6 +316,7 @@ def render(world: World, cameras: Cameras, times=None, background: tuple[float, 
         supersample: odd ``k``; rgb, alpha and group masks average ``k x k`` sub-pixel rays (an
             anti-aliased reference closer to what a splatting renderer produces), while depth,
             object ids and normals stay exact at the pixel centre (the middle sub-pixel ray).
+        should_stop: polled before each camera; raises ``InterruptedError`` when it returns True.
 
     Returns:
         dict with ``rgb [C,H,W,3]`` float32 in 0..1, ``depth [C,H,W]`` float32 z-depth (0 on
@@ -323,7 +333,10 @@ def render(world: World, cameras: Cameras, times=None, background: tuple[float, 
         if bg.shape != (3,) or not torch.isfinite(bg).all():
             raise ValueError(f"render: background must be 3 finite numbers (rgb in 0..1), got {background!r}")
     t = _render_times(cameras, times)
-    frames = [_render_camera(world, cameras, i, float(t[i]), background, k) for i in range(len(cameras))]
+    frames = []
+    for i in range(len(cameras)):
+        check_stop(should_stop, "render")
+        frames.append(_render_camera(world, cameras, i, float(t[i]), background, k))
     out = {key: torch.stack([f[key] for f in frames]) for key in frames[0]}
     out = {key: v if key == "object_ids" else v.float() for key, v in out.items()}
     out["times"] = t.float()

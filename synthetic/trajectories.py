@@ -15,12 +15,24 @@ Design notes:
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import Tensor
 
 from ..core.engine.cameras import Cameras
 from .motion import check_times
-from .raycast import World, albedo, cast_rays, check_cameras, check_world, move_points, pixel_centers, pixel_rays
+from .raycast import (
+    World,
+    albedo,
+    cast_rays,
+    check_cameras,
+    check_stop,
+    check_world,
+    move_points,
+    pixel_centers,
+    pixel_rays,
+)
 
 __all__ = ["trajectories"]
 
@@ -61,7 +73,8 @@ def _visible(world: World, cameras: Cameras, k: int, time: float, part: Tensor, 
     return vis
 
 
-def trajectories(world: World, cameras: Cameras, times=None) -> dict[str, Tensor]:
+def trajectories(world: World, cameras: Cameras, times=None,
+                 should_stop: Callable[[], bool] | None = None) -> dict[str, Tensor]:
     """Dense 3D trajectories of the surface points seen in the first frame.
 
     Args:
@@ -69,6 +82,7 @@ def trajectories(world: World, cameras: Cameras, times=None) -> dict[str, Tensor
         cameras: one camera (static for all times) or ``T`` cameras, camera ``k`` observing
             ``times[k]``; camera 0 defines the tracked pixels.
         times: ``[T]`` normalised times; defaults to ``cameras.times``.
+        should_stop: polled before each frame; raises ``InterruptedError`` when it returns True.
 
     Returns:
         dict with
@@ -96,6 +110,7 @@ def trajectories(world: World, cameras: Cameras, times=None) -> dict[str, Tensor
     valid = first.hit
     uv_all, z_all, vis_all = [], [], []
     for k in range(nt):
+        check_stop(should_stop, "trajectories")
         cam = k if len(cameras) == nt else 0
         uv, z = _project(cameras.viewmats[cam], cameras.Ks[cam], points[k])
         vis_all.append(_visible(world, cameras, cam, float(t[k]), first.part, points[k], uv, z))

@@ -1,10 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Model folder resolution: listing, clear errors naming folders and published ids, opt-in downloads."""
+"""Model folder resolution: listing, clear errors naming folders, expected files and published ids."""
 
 from __future__ import annotations
-
-import sys
-import types
 
 import pytest
 from gen4d.backends import model_folders as mf
@@ -13,7 +10,6 @@ from gen4d.backends import model_folders as mf
 @pytest.fixture
 def models_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("GEN4D_MODELS_DIR", str(tmp_path))
-    monkeypatch.delenv("GEN4D_ALLOW_DOWNLOADS", raising=False)
     return tmp_path
 
 
@@ -27,31 +23,34 @@ def test_lists_layout_folders_and_safetensors_files(models_dir):
     assert mf.resolve_model("depth", "good", ("config.json",)) == (root / "good").resolve()
 
 
-def test_missing_model_names_folder_and_published_ids(models_dir):
-    with pytest.raises(ValueError, match=r"not found.*gen4d/depth.*Depth-Anything-V2-Small-hf.*GEN4D_ALLOW_DOWNLOADS"):
+def test_missing_model_names_folder_files_and_published_ids(models_dir):
+    with pytest.raises(ValueError) as info:
         mf.resolve_model("depth", "nothing-here")
+    message = str(info.value)
+    assert str(models_dir / "gen4d" / "depth") in message and "config.json" in message
+    assert "model.safetensors" in message and "Depth-Anything-V2-Small-hf" in message
+    assert "never download" in message
+    assert "GEN4D_ALLOW_DOWNLOADS" not in message and "set " not in message
+    with pytest.raises(ValueError, match=r"no sam2 model selected; put a model folder .* into .*sam2.*config\.json"):
+        mf.resolve_model("sam2", mf.NO_MODELS)
+
+
+def test_every_kind_says_what_to_put_where(models_dir):
+    assert set(mf.EXPECTED_FILES) == set(mf.MODEL_KINDS)
+    for kind in mf.MODEL_KINDS:
+        with pytest.raises(ValueError) as info:
+            mf.resolve_model(kind, "absent")
+        assert mf.EXPECTED_FILES[kind] in str(info.value) and str(mf.model_roots(kind)[0]) in str(info.value)
+
+
+def test_nothing_offers_a_download(models_dir):
+    assert not hasattr(mf, "download_model") and not hasattr(mf, "downloads_allowed")
 
 
 def test_incomplete_folder_names_missing_files(models_dir):
     (models_dir / "sam2" / "half").mkdir(parents=True)
     with pytest.raises(ValueError, match=r"missing \['config.json'\]"):
         mf.resolve_model("sam2", "half", ("config.json",))
-
-
-def test_download_is_off_unless_allowed(models_dir):
-    with pytest.raises(ValueError, match="GEN4D_ALLOW_DOWNLOADS=1"):
-        mf.download_model("depth", "depth-anything/Depth-Anything-V2-Small-hf")
-
-
-def test_download_when_allowed_goes_into_the_kind_folder(models_dir, monkeypatch):
-    calls = []
-    fake = types.ModuleType("huggingface_hub")
-    fake.snapshot_download = lambda repo_id, local_dir, allow_patterns: calls.append((repo_id, local_dir))
-    monkeypatch.setitem(sys.modules, "huggingface_hub", fake)
-    monkeypatch.setenv("GEN4D_ALLOW_DOWNLOADS", "1")
-    target = mf.download_model("depth", "depth-anything/Depth-Anything-V2-Small-hf")
-    assert target == models_dir.resolve() / "gen4d" / "depth" / "Depth-Anything-V2-Small-hf"
-    assert calls == [("depth-anything/Depth-Anything-V2-Small-hf", target)]
 
 
 def test_unknown_kind_is_rejected(models_dir):

@@ -46,7 +46,7 @@ from .fit_static import (
     view_schedule,
 )
 from .gaussians import Gaussians
-from .guidance import Guidance, PoseSampling, sample_guidance_cameras
+from .guidance import Guidance, PoseSampling, restart_guidance, sample_guidance_cameras
 from .losses import ReconstructionLoss
 from .views import PosedImages
 
@@ -172,6 +172,7 @@ def fit_deformation(
     dev = torch.device(device) if device is not None else canonical.device
     views = views.to(dev)
     gen = torch.Generator().manual_seed(cfg.seed)
+    restart_guidance(guidance, cfg.seed)
     if deformation is None:
         deformation = Deformation(_field_config(cfg, views), canonical.detach(), generator=gen)
     deformation = deformation.to(dev).train()
@@ -248,6 +249,11 @@ def fit_deformation(
                 sds = cfg.sds_weight * guidance.sds_loss(sds_out.rgb, sds_cams, t, step / max(cfg.iterations - 1, 1))
                 terms["sds"] = sds.detach()
                 total = total + sds
+            if not total.requires_grad:
+                raise ValueError(f"fit_deformation: no Gaussian is visible from the training cameras at step "
+                                 f"{step}, so nothing can be fitted: the initial Gaussians (init / gaussians "
+                                 "input) lie outside every camera's view. Check that the cameras look at them "
+                                 "(their centre, scale and the cameras' near/far planes)")
             for opt in optimizers:
                 opt.zero_grad(set_to_none=True)
             total.backward()

@@ -33,7 +33,7 @@ from . import densify as dens
 from .cameras import Cameras
 from .fit_monitor import FitMonitor
 from .gaussians import Gaussians
-from .guidance import Guidance, PoseSampling, sample_guidance_cameras
+from .guidance import Guidance, PoseSampling, restart_guidance, sample_guidance_cameras
 from .losses import ReconstructionLoss, psnr
 from .views import PosedImages
 
@@ -272,6 +272,7 @@ def fit_static(
     schedule_host = view_schedule(len(views), cfg.views_per_step, cfg.iterations,
                                   torch.Generator().manual_seed(cfg.seed + 1))
     schedule, times_host = schedule_host.to(dev), views.times.detach().cpu()
+    restart_guidance(guidance, cfg.seed)
     background = torch.tensor(cfg.background, dtype=torch.float32, device=dev)
     dcfg = cfg.densify
     if dcfg is not None and dcfg.total_iterations != cfg.iterations:
@@ -305,6 +306,11 @@ def fit_static(
                 total = total + sds
                 terms["sds"] = sds.detach()
                 renders.append(sds_out)
+            if not total.requires_grad:
+                raise ValueError(f"fit_static: no Gaussian is visible from the training cameras at step {step}, so "
+                                 "nothing can be fitted: the initial Gaussians (init / gaussians input) lie outside "
+                                 "every camera's view. Check that the cameras look at them (their centre, scale "
+                                 "and the cameras' near/far planes)")
             optimizer.zero_grad(set_to_none=True)
             total.backward()
             monitor.add_repaired(dens.zero_non_finite_grads(params))

@@ -8,6 +8,7 @@ Public API:
     orbit_angles              (elevation, azimuth, radius) of cameras about a centre
     annealed_timestep_range   DreamGaussian-style shrinking noise-level range for SDS
     sds_surrogate             a loss whose gradient w.r.t. the image is a given direction
+    restart_guidance          restart a guidance's random stream at the start of a fit
 
 Design notes:
     A guidance object is anything with ``sds_loss``. It receives the rendered images in ComfyUI's
@@ -16,6 +17,10 @@ Design notes:
     models (Zero123, Stable Diffusion) live in ``backends/``; tests use an oracle built on the
     synthetic worlds. Poses are expressed as an orbit around the object centre so a guidance can
     recover relative angles with :func:`orbit_angles` (Zero123 needs Δelevation, Δazimuth, Δradius).
+
+    A guidance that draws random timesteps and noise may also have ``reseed(run_seed)``; every fit
+    calls it with its own seed before the first step (:func:`restart_guidance`), so a graph queued
+    again with the same seeds gives the same scene, however many fits used the guidance before.
 """
 
 from __future__ import annotations
@@ -36,7 +41,15 @@ __all__ = [
     "orbit_angles",
     "annealed_timestep_range",
     "sds_surrogate",
+    "restart_guidance",
 ]
+
+
+def restart_guidance(guidance, seed: int) -> None:
+    """Call ``guidance.reseed(seed)`` where the guidance has it (no-op for ``None`` or stateless ones)."""
+    reseed = getattr(guidance, "reseed", None)
+    if callable(reseed):
+        reseed(int(seed))
 
 
 @runtime_checkable

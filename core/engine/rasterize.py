@@ -32,6 +32,7 @@ Design notes:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -143,6 +144,7 @@ def rasterize(
     render_depth: bool = True,
     tile_size: int = 8,
     return_projection: bool = False,
+    should_stop: Callable[[], bool] | None = None,
 ) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Projection]:
     """Render ``C`` images of ``N`` activated Gaussians.
 
@@ -160,6 +162,8 @@ def rasterize(
             as gsplat's 16 on CPU: small Gaussians waste fewer pixel evaluations).
         return_projection: also return the :class:`Projection`; call ``means2d.retain_grad()``
             on it before backward to read the screen-space gradients densification uses.
+        should_stop: polled before each camera and each block of tiles; when it returns True the
+            render raises ``InterruptedError`` (a large image stops within a block, not a frame).
 
     Returns:
         ``(render_colors [C,H,W,D(+1)], render_alphas [C,H,W,1])`` (+ the projection).
@@ -182,9 +186,10 @@ def rasterize(
             backgrounds = torch.cat([backgrounds, backgrounds.new_zeros(n_cams, 1)], dim=-1)
     images, alphas = [], []
     for ci in range(n_cams):
+        _check_stop(should_stop)
         img, alpha = _composite(
             proj.means2d[ci], proj.conics[ci], proj.depths[ci], proj.radii[ci], opacities, feats[ci],
-            width, height, tile_size, None if backgrounds is None else backgrounds[ci],
+            width, height, tile_size, None if backgrounds is None else backgrounds[ci], should_stop,
         )
         images.append(img)
         alphas.append(alpha)
@@ -196,6 +201,11 @@ def rasterize(
     if return_projection:
         return render_colors, render_alphas, proj
     return render_colors, render_alphas
+
+
+def _check_stop(should_stop: Callable[[], bool] | None) -> None:
+    if should_stop is not None and should_stop():
+        raise InterruptedError("rasterize: stopped")
 
 
 def _intersections(means2d: Tensor, radii: Tensor, depths: Tensor, tile_size: int, tiles_x: int, tiles_y: int):
@@ -239,6 +249,7 @@ def _composite(
     height: int,
     tile_size: int,
     background: Tensor | None,  # [D]
+    should_stop: Callable[[], bool] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Front-to-back alpha compositing of one camera; returns ``[H,W,D]`` and ``[H,W,1]``."""
     tiles_x = (width + tile_size - 1) // tile_size
@@ -254,6 +265,7 @@ def _composite(
     py, px = torch.meshgrid(offs, offs, indexing="ij")
     pixel = (px.reshape(1, pix), py.reshape(1, pix))
     for start, end in _tile_aligned_chunks(isect_tile, CHUNK_ROWS):
+        _check_stop(should_stop)
         gid, tile = isect_gid[start:end], isect_tile[start:end]
         colors, log_t = _composite_rows(gid, tile, means2d, conics, opacities, feats, pixel, tiles_x, tile_size)
         color_tiles = color_tiles.index_add(0, tile, colors)

@@ -58,6 +58,7 @@ __all__ = [
     "SCENE_VERSION",
     "READABLE_VERSIONS",
     "TRAJECTORY_KEYS",
+    "MAX_FILE_FRAMES",
 ]
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,10 @@ SCENE_FORMAT = "gen4d-scene"
 SCENE_VERSION = 2
 READABLE_VERSIONS = (1, 2)  # 1: before parts recorded their reference cameras
 TRAJECTORY_KEYS = ("shift", "scale")
+# The most frames a scene file may claim. Frame counts of motions that store per-frame tensors are
+# checked against those tensors (bounded by the file's size); a deformation field has no per-frame data,
+# so its count is only a number in the metadata, and every node that walks the frames trusts it.
+MAX_FILE_FRAMES = 100_000
 _MOTIONS: dict[str, type["Motion"]] = {}
 
 
@@ -518,6 +523,9 @@ class Scene4D:
             path: target file; with ``root``, a user-given relative name (``.safetensors`` appended).
             root: optional output folder that ``path`` must stay inside.
         """
+        if self.num_frames > MAX_FILE_FRAMES:
+            raise ValueError(f"Scene4D.save: the scene has {self.num_frames} frames; a scene file holds at most "
+                             f"{MAX_FILE_FRAMES}")
         target = safe_output_path(root, str(path), ".safetensors") if root is not None else Path(path)
         tensors, meta = self.state()
         with atomic_path(target) as tmp:
@@ -560,6 +568,9 @@ class Scene4D:
             num_frames, fps = doc["num_frames"], doc["fps"]
         except (ValueError, KeyError, TypeError) as exc:
             raise ValueError(f"Scene4D.load: {src!r} has corrupt scene metadata: {exc}") from exc
+        if isinstance(num_frames, bool) or not isinstance(num_frames, int) or not 1 <= num_frames <= MAX_FILE_FRAMES:
+            raise ValueError(f"Scene4D.load: {src!r} claims {num_frames!r} frames; a scene file holds 1 to "
+                             f"{MAX_FILE_FRAMES} frames (corrupt or hostile metadata)")
         used: set[str] = set()
         parts = []
         for i, pd in enumerate(part_docs):

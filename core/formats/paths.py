@@ -7,6 +7,9 @@ Public API:
     atomic_path(path)                                   context manager yielding a temp path (for libraries
                                                         that write by file name)
     atomic_write_bytes(path, data) -> Path              write bytes in one atomic step
+    StagedSave(parent)                                  a multi-file save built in a hidden folder inside
+                                                        ``parent`` and moved into place as a whole
+    STAGING_PREFIX                                      name prefix of those hidden folders
 
 Design notes:
     Names come from node widgets, so they are untrusted: absolute paths, drive letters, ``..``
@@ -18,7 +21,14 @@ Design notes:
     moved over the target with ``os.replace`` (atomic on POSIX and Windows). On any exception,
     KeyboardInterrupt included, the temp file is removed, so a reader sees either the old file or
     the complete new one, never a half-written one. Temp files are created with mode 0o666 minus
-    the umask, like a plain ``open``.
+    the umask, like a plain ``open``, and keep that mode whatever the writer does to the file
+    (some libraries create their output with mode 0600).
+
+    A save of several files (a scene file plus a folder of per-frame PLYs) is written into a hidden
+    ``.gen4d-staging-*`` folder inside the target folder, then each top-level entry is renamed into
+    place without replacing anything already there (``FileExistsError`` otherwise), the entry that
+    marks the save complete last. On an exception or a cancel the staging folder is removed, so an
+    interrupted save leaves nothing behind, not even its first file.
 """
 
 from __future__ import annotations
@@ -28,10 +38,13 @@ import logging
 import os
 import re
 import secrets
+import shutil
 from pathlib import Path
 from typing import IO, Iterator
 
-__all__ = ["safe_output_path", "atomic_writer", "atomic_path", "atomic_write_bytes"]
+__all__ = ["safe_output_path", "atomic_writer", "atomic_path", "atomic_write_bytes", "StagedSave", "STAGING_PREFIX"]
+
+STAGING_PREFIX = ".gen4d-staging-"
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +131,13 @@ def _create_temp(path: Path) -> tuple[Path, int]:
     raise OSError(f"could not create a temp file next to {path}")
 
 
+def _mode_of(fd: int) -> int | None:
+    """Permission bits of an open file (None where the OS has no POSIX modes)."""
+    if not hasattr(os, "fchmod"):
+        return None
+    return os.fstat(fd).st_mode & 0o7777
+
+
 @contextlib.contextmanager
 def atomic_writer(path: str | os.PathLike, mode: str = "wb", encoding: str = "utf-8") -> Iterator[IO]:
     """Open a temp file next to ``path``; on clean exit fsync it and move it over ``path``.
@@ -159,11 +179,14 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp, fd = _create_temp(path)
+    mode = _mode_of(fd)
     os.close(fd)
     try:
         yield tmp
         fd = os.open(tmp, os.O_RDWR | getattr(os, "O_BINARY", 0))
         try:
+            if mode is not None and _mode_of(fd) != mode:
+                os.fchmod(fd, mode)  # the writer may have recreated the file with its own mode
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -180,3 +203,100 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes | bytearray | memory
     with atomic_writer(path, "wb") as fh:
         fh.write(data)
     return Path(path)
+
+
+class StagedSave:
+    """Build a multi-file save in a hidden folder inside ``parent``; move it into place as a whole.
+
+    Use as a context manager::
+
+        with StagedSave(folder) as stage:
+            write(stage.path("scene_00001_ply"))
+            write(stage.path("scene_00001.gen4d.safetensors"))
+            final = stage.commit({"scene_00001_ply": "scene_00001_ply",
+                                  "scene_00001.gen4d.safetensors": "scene_00001.gen4d.safetensors"})
+
+    ``commit`` renames the staged entries to their final names in ``parent``, in the order given
+    (put the entry that marks the save complete last). It never replaces an existing file or folder
+    unless ``overwrite`` is set; when a final name is taken it raises ``FileExistsError`` after moving
+    back whatever it had already moved, so the caller may pick new names and commit again. On leaving
+    the block the staging folder is removed with everything left in it (all of it on an exception
+    or an interrupt). Folders are created with mode 0o777 minus the umask.
+    """
+
+    def __init__(self, parent: str | os.PathLike):
+        self.parent = Path(parent)
+        self.folder: Path | None = None
+
+    def __enter__(self) -> "StagedSave":
+        self.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(16):
+            folder = self.parent / f"{STAGING_PREFIX}{secrets.token_hex(6)}"
+            try:
+                os.mkdir(folder, 0o777)
+            except FileExistsError:
+                continue
+            self.folder = folder
+            return self
+        raise OSError(f"could not create a staging folder in {self.parent}")
+
+    def __exit__(self, *exc) -> None:
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            self.folder = None
+
+    def path(self, name: str) -> Path:
+        """Where to write the staged entry ``name`` (a plain name, no separators)."""
+        if self.folder is None:
+            raise RuntimeError("StagedSave.path: use the staging inside its 'with' block")
+        if not name or name in (".", "..") or any(c in name for c in "/\\\x00"):
+            raise ValueError(f"StagedSave.path: name must be a plain file or folder name, got {name!r}")
+        return self.folder / name
+
+    def commit(self, names: dict[str, str], overwrite: bool = False) -> list[Path]:
+        """Rename staged ``names`` (staged -> final, in order) into ``parent``; returns the final paths."""
+        moved: list[tuple[Path, Path]] = []
+        replaced: list[tuple[Path, Path]] = []
+        try:
+            for staged, final in names.items():
+                self.path(final)  # the final name is a plain name too
+                src, dst = self.path(staged), self.parent / final
+                if not src.exists():
+                    raise FileNotFoundError(f"StagedSave.commit: nothing was staged as {staged!r}")
+                if os.path.lexists(dst):
+                    if not overwrite:
+                        raise FileExistsError(f"{dst} already exists")
+                    old = self.path(f"replaced-{secrets.token_hex(4)}")
+                    os.rename(dst, old)  # kept until the whole save is in place, then removed with the stage
+                    replaced.append((old, dst))
+                _move_no_replace(src, dst)
+                moved.append((src, dst))
+        except BaseException:
+            for src, dst in reversed(moved):
+                with contextlib.suppress(OSError):
+                    os.rename(dst, src)
+            for old, dst in reversed(replaced):
+                with contextlib.suppress(OSError):
+                    os.rename(old, dst)
+            raise
+        _fsync_dir(self.parent)
+        return [dst for _, dst in moved]
+
+
+def _move_no_replace(src: Path, dst: Path) -> None:
+    """Rename ``src`` to ``dst``, refusing (FileExistsError) when ``dst`` appeared in the meantime."""
+    if src.is_file():
+        try:
+            os.link(src, dst)  # fails atomically when dst exists
+        except FileExistsError:
+            raise
+        except OSError:  # file systems without hard links: check, then rename
+            if os.path.lexists(dst):
+                raise FileExistsError(f"{dst} already exists") from None
+            os.rename(src, dst)
+            return
+        os.unlink(src)
+        return
+    if os.path.lexists(dst):
+        raise FileExistsError(f"{dst} already exists")
+    os.rename(src, dst)

@@ -207,6 +207,16 @@ def _read_vertices(data: bytes, source: str) -> dict[str, np.ndarray]:
     if not vertex.props:
         raise ValueError(f"{source}: the vertex element declares no properties")
     if fmt == "ascii":
+        # Every row holds one value of at least one character per property, each followed by a space or a
+        # newline (the last row may end the file): check the counts the header claims before parsing.
+        rows_before = elements[:index + 1]
+        least = sum(e.count * 2 * len(e.props) for e in rows_before) - 1
+        body = len(data) - offset
+        if least > body:
+            raise ValueError(f"{source}: the PLY header promises {n} vertices"
+                             + (f" (and {sum(e.count for e in elements[:index])} rows before them)" if index else "")
+                             + f", which need at least {least} bytes of ascii rows; the file has {body} bytes "
+                             "after its header (truncated or a corrupt header)")
         skip = sum(e.count for e in elements[:index])
         try:
             with warnings.catch_warnings():

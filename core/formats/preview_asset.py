@@ -55,7 +55,7 @@ import logging
 import math
 import struct
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -267,21 +267,43 @@ def encode_frames(frames: Sequence[Gaussians], fps: float = 24.0,
 
 
 def encode_scene(scene, max_splats: int = DEFAULT_MAX_SPLATS, num_frames: int | None = None,
-                 background: str | None = None) -> bytes:
+                 background: str | None = None, callback: Callable[[int, int, None], None] | None = None,
+                 should_stop: Callable[[], bool] | None = None) -> bytes:
     """Bake a ``Scene4D`` at ``num_frames`` evenly spaced times (default: its own) and encode it.
 
     The viewer starts at the scene's recorded reference camera (``Scene4D.reference_cameras``) when it
-    has one; ``background`` (``#rrggbb``) sets its initial background colour.
+    has one; ``background`` (``#rrggbb``) sets its initial background colour. Splats are picked on the
+    first frame; later frames keep only those splats' positions, so memory grows with the kept splats,
+    not the scene. ``callback(step, total, None)`` follows the frames; ``should_stop`` is polled before
+    each frame and raises ``InterruptedError`` when it returns True.
     """
     frames = num_frames or scene.num_frames
     if isinstance(frames, bool) or not isinstance(frames, int) or not 1 <= frames <= MAX_FRAMES:
         raise ValueError(f"encode_scene: num_frames must be 1..{MAX_FRAMES}, got {frames!r}")
+    fps = _check_fps(scene.fps)
     with torch.no_grad():
-        times = scene.frame_times(frames)
-        baked = [scene.at(float(t)) for t in times]
+        times = scene.frame_times(frames).tolist()
+        first, index, first_count, positions = None, None, 0, []
+        for i, t in enumerate(times):
+            if should_stop is not None and should_stop():
+                raise InterruptedError(f"encode_scene: stopped after {i} of {frames} frames")
+            g = scene.at(float(t))
+            if first is None:
+                index, first_count = select_splats(g, max_splats), len(g)
+                first = g.subset(index.to(g.device))
+            elif len(g) != first_count:
+                raise ValueError(f"encode_scene: frame {i} has {len(g)} splats, frame 0 has {first_count}")
+            positions.append(g.means.detach()[index.to(g.device)].float().cpu().numpy())
+            if callback is not None:
+                callback(i + 1, frames, None)
     cams = getattr(scene, "reference_cameras", None)
-    view = None if cams is None else camera_view(cams)
-    return encode_frames(baked, float(scene.fps), max_splats, view, background)
+    extra = {"source_splats": int(first_count)}
+    if cams is not None:
+        extra["view"] = camera_view(cams)
+    if background is not None:
+        extra["background"] = str(background)
+    return _encode(np.stack(positions), first.colors.float().cpu().numpy(), first.opacities.float().cpu().numpy(),
+                   first.scales.float().cpu().numpy(), first.rotations.float().cpu().numpy(), fps, extra)
 
 
 def encode_tracks(points: Tensor, colors: Tensor, visibility: Tensor | None = None, fps: float = 24.0,
