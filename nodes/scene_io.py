@@ -49,14 +49,16 @@ class SaveScene:
             "required": {
                 "filename_prefix": str_in("gen4d/scene", "Relative name under the output folder; sub-folders "
                                           "allowed, '..' and absolute paths are refused."),
-                "write_ply_frames": bool_in(True, "Also write one standard 3DGS PLY per frame."),
+                "write_ply_frames": bool_in(True, "Also write one splat file per frame (in frame_format; PLY by "
+                                            "default)."),
                 "num_frames": int_in(0, 0, 100000, "Frames to bake as PLY; 0 uses the scene's own frame count."),
+            },
+            "optional": {
+                # optional, so workflows saved before it existed keep validating (default: PLY)
                 "frame_format": combo_in(FRAME_FORMAT_CHOICES, "Format of the per-frame files: 3DGS PLY, Niantic SPZ "
                                          "(v3, quantised, ~10x smaller), glTF .glb with KHR_gaussian_splatting, or "
                                          "all three. A <name>.frames.json manifest lists every frame, its time and "
                                          "its files."),
-            },
-            "optional": {
                 "scene": socket_in(T.SCENE, "The 4D scene to save."),
                 "gaussians": socket_in(T.GAUSSIANS, "A static Gaussian set to save (when no scene is connected)."),
             },
