@@ -4,6 +4,7 @@
 #   make lint   ruff
 #   make lock   re-resolve the newest versions requirements allow, write requirements-lock.txt, run the suite
 #   make test-browser   headless chromium test of the 4D viewer (installs chromium + playwright-core)
+#   make test-splat-client   our PLY/SPZ/glTF frames opened by splat-transform and glTF-Transform (npm)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -11,7 +12,7 @@ TORCH  := torch==2.13.0
 LOCK   := requirements-lock.txt
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test demo lint lock bench-render clean test-browser
+.PHONY: install test demo lint lock bench-render clean test-browser test-splat-client
 
 install: $(STAMP)
 
@@ -42,6 +43,12 @@ test-browser: $(STAMP)
 	test -d tests/browser/node_modules/playwright-core || (cd tests/browser && npm install --no-audit --no-fund)
 	$(BIN)/python tests/browser/make_fixtures.py
 	CHROMIUM=$(CHROMIUM) PYTHON=$(abspath $(BIN)/python) node tests/browser/viewer.test.mjs
+
+# Independent readers of Save Scene's per-frame files: PlayCanvas splat-transform (PLY, SPZ) and
+# glTF-Transform (.glb with KHR_gaussian_splatting), from npm. Kept out of `make test`: it needs npm.
+test-splat-client: $(STAMP)
+	test -d tests/splat_client/node_modules/@playcanvas/splat-transform || (cd tests/splat_client && npm install --no-audit --no-fund)
+	$(BIN)/python tests/splat_client/check.py
 
 # A throwaway venv resolves the newest versions the requirements allow; its freeze becomes the lock,
 # then the project venv is rebuilt from the new lock and the suite runs on it.

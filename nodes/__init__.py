@@ -21,13 +21,14 @@ from . import (
     render,
     scene_io,
     segment,
+    splat,
     synthetic,
     video,
     vism,
 )
 
 _MODULES = (cameras, synthetic, video, segment, depth, guidance, inpaint, fit, fit_options, outpaint, compose,
-            diffusion4d, moge4d, vism, render, scene_io, posed_frames, preview)
+            diffusion4d, moge4d, vism, render, scene_io, posed_frames, preview, splat)
 
 # Our models ask ComfyUI's model manager for room before they move to the GPU.
 set_host_hook(host.free_memory_for)

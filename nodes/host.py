@@ -14,6 +14,7 @@ Public API:
     soft_empty_cache()          release cached GPU memory
     free_memory_for(n, device)  ask ComfyUI's model manager to unload its models until ``n`` bytes fit
     with_notes(node, result, notes)   a node's return value carrying notes shown on the node
+    splat_class()               ComfyUI core's SPLAT payload class, or None where the host has none
 
 Design notes:
     ``comfy`` and ``folder_paths`` are imported lazily inside each call, so the pack imports and
@@ -45,6 +46,7 @@ __all__ = [
     "soft_empty_cache",
     "free_memory_for",
     "with_notes",
+    "splat_class",
 ]
 
 logger = logging.getLogger(__name__)
@@ -172,3 +174,13 @@ def with_notes(node: str, result: tuple, notes: Sequence[str]) -> dict:
     for note in notes:
         logger.warning("%s: %s", node, note)
     return {"ui": {"text": notes}, "result": tuple(result)}
+
+
+def splat_class():
+    """ComfyUI core's ``SPLAT`` payload class (``comfy_api.latest.Types.SPLAT``), or None.
+
+    Feature detection, no version check: releases from mid-2026 expose it; older ones (and runs
+    without ComfyUI) return None.
+    """
+    api = _module("comfy_api.latest")
+    return getattr(getattr(api, "Types", None), "SPLAT", None) if api is not None else None

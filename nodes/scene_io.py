@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..core.engine.scene import Scene4D
 from ..core.formats.export import SCENE_SUFFIX, save_scene_bundle
+from ..core.formats.manifest import save_bundle_frames
 from ..core.formats.ply import load_ply
 from . import host
 from . import types as T
@@ -23,6 +24,10 @@ def _as_scene(scene, gaussians, node: str) -> Scene4D:
     if gaussians is not None:
         return Scene4D.static(gaussians)
     raise ValueError(f"{node}: connect a scene or a gaussians input")
+
+
+# Per-frame file formats of Save Scene (core/formats/manifest.py writes them and the manifest).
+FRAME_FORMAT_CHOICES = {"ply": ("ply",), "spz": ("spz",), "glb": ("glb",), "ply+spz+glb": ("ply", "spz", "glb")}
 
 
 class SaveScene:
@@ -45,28 +50,49 @@ class SaveScene:
             "required": {
                 "filename_prefix": str_in("gen4d/scene", "Relative name under the output folder; sub-folders "
                                           "allowed, '..' and absolute paths are refused."),
-                "write_ply_frames": bool_in(True, "Also write one standard 3DGS PLY per frame."),
+                "write_ply_frames": bool_in(True, "Also write one splat file per frame (in frame_format; PLY by "
+                                            "default)."),
                 "num_frames": int_in(0, 0, 100000, "Frames to bake as PLY; 0 uses the scene's own frame count."),
             },
             "optional": {
+                # optional, so workflows saved before it existed keep validating (default: PLY)
+                "frame_format": combo_in(FRAME_FORMAT_CHOICES, "Format of the per-frame files: 3DGS PLY, Niantic SPZ "
+                                         "(v3, quantised, ~10x smaller), glTF .glb with KHR_gaussian_splatting, or "
+                                         "all three. A <name>.frames.json manifest lists every frame, its time and "
+                                         "its files."),
                 "scene": socket_in(T.SCENE, "The 4D scene to save."),
                 "gaussians": socket_in(T.GAUSSIANS, "A static Gaussian set to save (when no scene is connected)."),
             },
         }
 
-    def save(self, filename_prefix, write_ply_frames, num_frames, scene=None, gaussians=None):
+    def save(self, filename_prefix, write_ply_frames, num_frames, frame_format="ply", scene=None, gaussians=None):
         scene = _as_scene(scene, gaussians, "Gen4D_SaveScene")
+        if frame_format not in FRAME_FORMAT_CHOICES:
+            raise ValueError(f"Gen4D_SaveScene: frame_format must be one of {list(FRAME_FORMAT_CHOICES)}, "
+                             f"got {frame_format!r}")
+        formats = FRAME_FORMAT_CHOICES[frame_format] if write_ply_frames else ()
         root = host.output_directory()
         frames = num_frames or scene.num_frames
-        progress = host.Progress(frames)
+        progress = host.Progress(frames * max(1, len(formats)))
         try:
-            bundle = save_scene_bundle(scene, root, filename_prefix, write_ply_frames, frames,
-                                       callback=progress, should_stop=host.should_stop)
+            bundle = save_scene_bundle(scene, root, filename_prefix, "ply" in formats, frames,
+                                       callback=lambda step, _total, image: progress(step, None, image),
+                                       should_stop=host.should_stop)
+            if formats:
+                done = frames if "ply" in formats else 0
+                manifest, written = save_bundle_frames(
+                    scene, root, bundle.scene_file, formats, bundle.ply_files, frames,
+                    callback=lambda step, total, _: progress(done + step * (len(formats) - ("ply" in formats)),
+                                                             None, None),
+                    should_stop=host.should_stop)
         except InterruptedError:
             host.raise_if_interrupted()
             raise
         rel = os.path.relpath(bundle.scene_file, root)
         text = f"saved {rel}" + (f" and {len(bundle.ply_files)} PLY frames" if bundle.ply_files else "")
+        if formats and formats != ("ply",):
+            text += f"; {len(written.times)} frames as {'+'.join(formats)}, listed in " \
+                    f"{os.path.relpath(manifest, root)}"
         logger.info(text)
         return {"ui": {"text": [text]}, "result": (rel,)}
 

@@ -30,5 +30,7 @@ STRING = "STRING"
 INT = "INT"
 FLOAT = "FLOAT"
 BOOLEAN = "BOOLEAN"
+# ComfyUI core's Gaussian-splat socket (releases from mid-2026; see nodes/splat.py).
+SPLAT = "SPLAT"
 
 CATEGORY = "Gen4D"
