@@ -80,6 +80,7 @@ __all__ = [
     "CameraProjection",
     "sds_from_latents",
     "sample_timesteps",
+    "condition_frames",
 ]
 
 logger = logging.getLogger(__name__)
@@ -330,7 +331,7 @@ class Zero123Guidance(GuidanceLifecycle):
     _generator: torch.Generator = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self._frames = _condition_frames(self.condition_image)
+        self._frames = condition_frames(self.condition_image)
         if self.variant == "auto":
             self.variant = "stable" if "stable" in self.components.path.name.lower() else "zero123"
         if self.variant not in ("zero123", "stable"):
@@ -396,7 +397,7 @@ class Zero123Guidance(GuidanceLifecycle):
                                 c.prediction_type)
 
 
-def _condition_frames(image) -> Tensor:
+def condition_frames(image) -> Tensor:
     """``[T,3,H,W]`` float frames from an IMAGE; alpha is composited over white."""
     if not isinstance(image, Tensor):
         raise ValueError(f"Zero123Guidance: condition_image must be an IMAGE tensor, got {type(image).__name__}")

@@ -15,6 +15,7 @@ from . import (
     host,
     inpaint,
     moge4d,
+    native,
     outpaint,
     posed_frames,
     preview,
@@ -27,7 +28,7 @@ from . import (
 )
 
 _MODULES = (cameras, synthetic, video, segment, depth, guidance, inpaint, fit, fit_options, outpaint, compose,
-            diffusion4d, moge4d, vism, render, scene_io, posed_frames, preview)
+            diffusion4d, moge4d, vism, native, render, scene_io, posed_frames, preview)
 
 # Our models ask ComfyUI's model manager for room before they move to the GPU.
 set_host_hook(host.free_memory_for)
