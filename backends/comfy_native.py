@@ -565,9 +565,10 @@ class _NativeSDS:
         noise = torch.randn(latents.shape, generator=self._generator)
         sampler = _one_eval_sampler(sigma)
         raw = self.model.model.process_latent_out(latents.detach().float().cpu())
-        comfy.sample.sample_custom(self.model, noise, float(self.guidance_scale), sampler,
-                                   torch.stack([sigma.max(), torch.zeros(())]), positive, negative, raw,
-                                   disable_pbar=True, seed=int(self.seed))
+        with torch.no_grad():
+            comfy.sample.sample_custom(self.model, noise, float(self.guidance_scale), sampler,
+                                       torch.stack([sigma.max(), torch.zeros(())]), positive, negative, raw,
+                                       disable_pbar=True, seed=int(self.seed))
         x, denoised = sampler.result
         s = sigma.view(-1, 1, 1, 1).to(x.device)
         eps = (x - denoised) / s
@@ -607,11 +608,16 @@ class NativeZero123Guidance(_NativeSDS):
 
     def _condition(self, index: int) -> tuple[Tensor, Tensor]:
         if index not in self._embeds:
-            frame = self._frames[index : index + 1].permute(0, 2, 3, 1)     # [1,H,W,3]
-            embeds = self.clip_vision.encode_image(frame).image_embeds.float().cpu()   # [1,768]
-            pixels = F.interpolate(frame.permute(0, 3, 1, 2), (self.resolution, self.resolution), mode="bilinear",
-                                   align_corners=False).permute(0, 2, 3, 1)
-            self._embeds[index] = (embeds, self.vae.encode(pixels).float().cpu())
+            return self._encode_condition(index)
+        return self._embeds[index]
+
+    @torch.no_grad()
+    def _encode_condition(self, index: int) -> tuple[Tensor, Tensor]:
+        frame = self._frames[index : index + 1].permute(0, 2, 3, 1)     # [1,H,W,3]
+        embeds = self.clip_vision.encode_image(frame).image_embeds.float().cpu()   # [1,768]
+        pixels = F.interpolate(frame.permute(0, 3, 1, 2), (self.resolution, self.resolution), mode="bilinear",
+                               align_corners=False).permute(0, 2, 3, 1)
+        self._embeds[index] = (embeds, self.vae.encode(pixels).float().cpu())
         return self._embeds[index]
 
     def sds_loss(self, images: Tensor, cameras: Cameras, t: float, step_ratio: float) -> Tensor:

@@ -64,6 +64,8 @@ def _checked(node: str, make):
         return make()
     except (TypeError, ValueError) as exc:
         message = str(exc)
+        if message.startswith("Native"):  # the backend's own name: the node's is the one users see
+            message = message.split(": ", 1)[-1]
         raise ValueError(message if message.startswith(node) else f"{node}: {message}") from None
 
 
