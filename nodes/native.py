@@ -153,8 +153,8 @@ class NativeInpaintModel:
 
 class NativeZero123Guidance:
     DESCRIPTION = (
-        "Stable Zero123 score-distillation guidance from models loaded by ComfyUI (CheckpointLoaderSimple with "
-        "stable_zero123.ckpt gives MODEL, CLIP_VISION and VAE). Each sampled view is conditioned as core "
+        "Stable Zero123 score-distillation guidance from models loaded by ComfyUI (Image Only Checkpoint Loader "
+        "with stable_zero123.ckpt gives MODEL, CLIP_VISION and VAE). Each sampled view is conditioned as core "
         "StableZero123_Conditioning does, at its camera relative to the seen view; the gradient reaches the "
         "rendered images through the VAE encoder (DreamFusion SDS, CoCo4D eqs. 2 and 4)."
     )
@@ -168,7 +168,7 @@ class NativeZero123Guidance:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model": socket_in(MODEL, "Stable Zero123 MODEL (CheckpointLoaderSimple)."),
+                "model": socket_in(MODEL, "Stable Zero123 MODEL (Image Only Checkpoint Loader)."),
                 "clip_vision": socket_in(CLIP_VISION, "Its CLIP vision model (the checkpoint's third output)."),
                 "vae": socket_in(VAE, "Its VAE."),
                 "condition_image": socket_in(T.IMAGE, "The seen view: object centred on white (RGBA composited "
