@@ -226,7 +226,7 @@ def check_zero123_inputs(node: str, model, clip_vision, vae) -> None:
         raise TypeError(f"{node}: model: {exc}") from None
     if family != "zero123":
         raise ValueError(f"{node}: model: got a {cls} ({cfg}) MODEL; expected Stable Zero123 "
-                         f"(stable_zero123.ckpt from CheckpointLoaderSimple)")
+                         f"(stable_zero123.ckpt from Image Only Checkpoint Loader)")
     if not callable(getattr(clip_vision, "encode_image", None)):
         raise TypeError(f"{node}: clip_vision: expected CLIP_VISION (the checkpoint's, or CLIPVisionLoader's "
                         f"ViT-L/14), got {type(clip_vision).__name__}")
