@@ -68,7 +68,7 @@ from torch import Tensor
 from ..core.engine.cameras import Cameras
 from ..core.engine.guidance import annealed_timestep_range, orbit_angles, sds_surrogate
 from .loading import cached, check_diffusers_folder, folder_key, load_component
-from .memory import make_room
+from .memory import make_room, park
 from .model_folders import preferred_dtype
 
 __all__ = [
@@ -290,7 +290,7 @@ class GuidanceLifecycle:
 
     def offload(self) -> None:
         """Move the networks to the CPU and drop cached condition embeddings."""
-        move_modules(self.components.modules, torch.device("cpu"), next(self.components.unet.parameters()).dtype)
+        park(self.components.modules)
         self._embeds.clear()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
