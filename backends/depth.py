@@ -44,7 +44,7 @@ from torch import Tensor
 
 from ..core.formats.convert import check_image
 from ..core.formats.depth import DEPTH_KINDS, METRIC_DEPTH, RELATIVE_DISPARITY
-from .memory import make_room
+from .memory import make_room, park
 
 __all__ = [
     "DepthEstimator",
@@ -313,7 +313,7 @@ class DepthAnythingV2(DepthEstimator):
 
     def offload(self) -> DepthAnythingV2:
         if self.model is not None and self._model_device().type != "cpu":
-            self.model.to("cpu")
+            park([self.model])
         return self
 
     def _model_device(self) -> torch.device:

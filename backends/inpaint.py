@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .loading import cached, check_diffusers_folder, folder_key, load_component
-from .memory import make_room, pipeline_modules
+from .memory import make_room, park, pipeline_modules
 
 __all__ = [
     "ImageInpainter",
@@ -279,8 +279,8 @@ class ImageInpainter:
         return int(self.pipe.vae_scale_factor)
 
     def offload(self) -> None:
-        """Park the networks on the CPU."""
-        self.pipe.to("cpu")
+        """Park the networks on the CPU (those ComfyUI's model manager places stay where it put them)."""
+        park(pipeline_modules(self.pipe))
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 

@@ -10,7 +10,10 @@ Public API:
     check_component_weights(path, components, what)   :func:`check_weights` of every component that holds weights
     read_folder_weights(folder)          the tensors of every ``.safetensors`` file of a folder
     load_component(what, component, fn)  ``fn()``, any failure re-raised as a ValueError naming the component
-    cached(key, make)                    the shared cache of loaded models (least recently used out)
+    cached(key, make)                    the per-kind caches of loaded models (the last load of each kind)
+    set_cache_owner(fn)                  ``fn() -> bool``: True while a host owns model lifetimes (weak caches)
+    cached_models(kind=None)             the models the caches hold now
+    clear_cache(kind=None)               forget cached models (all kinds, or one)
     folder_key(path)                     cache key of a model folder: resolved path and file stamps
     file_stamps(path)                    ``(name, mtime, size)`` of ``model_index.json`` and every component file
     needs_manual_load(cls)               True when diffusers' ``from_pretrained`` cannot load ``cls`` here
@@ -21,8 +24,14 @@ Design notes:
     the folder and the file: every component's config file must exist, and every ``.safetensors``
     file must have a valid header and exactly the bytes it announces (catches truncated files).
 
-    :func:`cached` keeps the last two loads (Zero123, SD guidance, image inpainting and Wan VACE
-    share it), keyed by what the caller passes, usually ``(kind, *folder_key(path), dtype)``.
+    :func:`cached` keeps one cache per model kind (the key's first item: ``"zero123"``, ``"sd"``,
+    ``"inpaint"``, ``"video_inpaint"``, ...), each holding the last load of that kind, so a graph that
+    uses Zero123, SD guidance, SD inpainting and VACE together never evicts one with another and a
+    second run of it reloads nothing. Keys are what the caller passes, usually
+    ``(kind, *folder_key(path), dtype)``. When a host owns model lifetimes (inside ComfyUI: its node
+    output cache keeps the handles of the last run, and "Free model and node cache" drops them), the
+    caches hold their models weakly (:func:`set_cache_owner`), so a model the host let go is freed
+    instead of being pinned here; outside ComfyUI they hold them.
 
     diffusers refuses to load a model class with ``_keep_in_fp32_modules`` (the Wan transformers)
     unless ``low_cpu_mem_usage`` is on, which needs ``accelerate``. Without ``accelerate``,
@@ -35,6 +44,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import weakref
 from collections import OrderedDict
 from pathlib import Path
 from typing import Callable
@@ -51,6 +61,9 @@ __all__ = [
     "read_folder_weights",
     "load_component",
     "cached",
+    "set_cache_owner",
+    "cached_models",
+    "clear_cache",
     "folder_key",
     "file_stamps",
     "needs_manual_load",
@@ -61,8 +74,9 @@ __all__ = [
 _CONFIG_FILES = {"scheduler": "scheduler_config.json", "tokenizer": "tokenizer_config.json",
                  "image_processor": "preprocessor_config.json", "feature_extractor": "preprocessor_config.json"}
 _NO_WEIGHTS = ("scheduler", "tokenizer", "image_processor", "feature_extractor")
-_CACHE_SIZE = 2
-_CACHE: OrderedDict[tuple, object] = OrderedDict()
+_PER_KIND = 1
+_CACHES: dict[str, OrderedDict[tuple, object]] = {}
+_owner: Callable[[], bool] | None = None
 
 
 # --------------------------------------------------------------------------- folder checks
@@ -154,16 +168,59 @@ def load_component(what: str, component: str, fn: Callable):
         raise ValueError(f"{what}: could not load {component!r}: {type(exc).__name__}: {exc}") from exc
 
 
+def set_cache_owner(fn: Callable[[], bool] | None) -> None:
+    """``fn()`` says whether a host owns model lifetimes now; while it does, new entries are held weakly."""
+    global _owner
+    _owner = fn
+
+
+class _Weak:
+    __slots__ = ("ref",)
+
+    def __init__(self, value):
+        self.ref = weakref.ref(value)
+
+
+def _alive(entry):
+    return entry.ref() if isinstance(entry, _Weak) else entry
+
+
 def cached(key: tuple, make: Callable):
-    """The cached value of ``key``, made with ``make()`` on a miss (the oldest entries drop out)."""
-    if key in _CACHE:
-        _CACHE.move_to_end(key)
-        return _CACHE[key]
+    """The cached value of ``key``, made with ``make()`` on a miss; one cache per kind ``key[0]``.
+
+    A kind keeps its last load only (the previous one of that kind drops out); other kinds are untouched.
+    """
+    cache = _CACHES.setdefault(str(key[0]), OrderedDict())
+    if key in cache:
+        value = _alive(cache[key])
+        if value is not None:
+            cache.move_to_end(key)
+            return value
+        del cache[key]
     value = make()
-    _CACHE[key] = value
-    while len(_CACHE) > _CACHE_SIZE:
-        _CACHE.popitem(last=False)
+    weak = _owner is not None and _owner()
+    try:
+        cache[key] = _Weak(value) if weak else value
+    except TypeError:  # not weakly referenceable: held
+        cache[key] = value
+    while len(cache) > _PER_KIND:
+        cache.popitem(last=False)
     return value
+
+
+def cached_models(kind: str | None = None) -> list:
+    """The live models the caches hold (of one kind, or of all)."""
+    kinds = [kind] if kind is not None else list(_CACHES)
+    values = (_alive(e) for k in kinds for e in _CACHES.get(k, {}).values())
+    return [v for v in values if v is not None]
+
+
+def clear_cache(kind: str | None = None) -> None:
+    """Forget the cached models of ``kind`` (or of every kind)."""
+    if kind is None:
+        _CACHES.clear()
+    else:
+        _CACHES.pop(kind, None)
 
 
 def folder_key(path: Path) -> tuple:

@@ -93,7 +93,7 @@ from ..core.diffusion4d.orbital import (
     check_magnitude,
 )
 from .loading import check_weights, file_stamps, holds_weights, missing_config_files, read_folder_weights
-from .memory import make_room
+from .memory import make_room, park
 
 __all__ = [
     "OrbitalModel",
@@ -385,8 +385,7 @@ class OrbitalModel:
             m.to(device)
 
     def offload(self) -> None:
-        for m in self.modules():
-            m.to("cpu")
+        park(self.modules())
 
     # ----------------------------------------------------------------- encoders
 

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..core.coco4d.segmentation import points_to_prompt
-from .memory import make_room
+from .memory import make_room, park
 from .model_folders import preferred_dtype
 
 __all__ = [
@@ -269,7 +269,7 @@ class Sam2VideoSegmenter:
 
     def offload(self) -> None:
         """Move the weights to the CPU (in their compute dtype) and release cached accelerator memory."""
-        self.model.to("cpu")
+        park([self.model])
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 

@@ -80,7 +80,7 @@ from ..core.moge4d.strag import (
     official_pinhole,
 )
 from ..core.moge4d.tracks import Tracks
-from .memory import modules_on
+from .memory import modules_on, park
 from .trajectory_dit_modules import (
     LATENT_CHANNELS,
     DiTConfig,
@@ -401,8 +401,7 @@ class TrajectoryModel:
 
     def offload(self) -> None:
         """Move every sub-model to the CPU."""
-        for m in self.modules():
-            m.to("cpu")
+        park(self.modules())
 
     def on(self, device: torch.device, *modules: nn.Module | None):
         """Run ``modules`` on ``device`` for the block, then move them back to the CPU."""

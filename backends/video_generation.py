@@ -62,7 +62,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .loading import check_component_weights, file_stamps, load_diffusers_model, missing_config_files, needs_manual_load
-from .memory import make_room, pipeline_modules
+from .memory import make_room, park, pipeline_modules
 
 __all__ = [
     "VideoGenerator",
@@ -277,7 +277,7 @@ class VideoGenerator:
     def offload(self) -> None:
         """Park the weights on the CPU (no-op under diffusers' model CPU offload, which does it itself)."""
         if not self._offload_hooked:
-            self.pipe.to("cpu")
+            park(pipeline_modules(self.pipe))
 
     # ----------------------------------------------------------------- generation
 

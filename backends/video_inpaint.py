@@ -59,7 +59,7 @@ from .inpaint import (
     read_model_index,
 )
 from .loading import cached, check_diffusers_folder, folder_key, load_component, load_diffusers_model
-from .memory import make_room
+from .memory import make_room, park, pipeline_modules
 from .video_inpaint_fun import FunInpainter, find_fun_inp_base, load_fun_inpainter
 from .wan import first_step, flow_sigmas, latent_cells, normalise_latents, start_latents
 
@@ -139,8 +139,8 @@ class VideoInpainter:
         return int(self.pipe.vae_scale_factor_temporal)
 
     def offload(self) -> None:
-        """Park the networks on the CPU."""
-        self.pipe.to("cpu")
+        """Park the networks on the CPU (those ComfyUI's model manager places stay where it put them)."""
+        park(pipeline_modules(self.pipe))
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 

@@ -91,7 +91,7 @@ from .inpaint import (
     default_device,
     model_size,
 )
-from .memory import modules_on
+from .memory import modules_on, park
 from .wan import (
     BASE_CLIP,
     BASE_T5,
@@ -528,8 +528,7 @@ class FunInpainter:
 
     def offload(self) -> None:
         """Park the networks on the CPU."""
-        for m in self._modules():
-            m.to("cpu")
+        park(self._modules())
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 

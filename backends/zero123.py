@@ -68,7 +68,7 @@ from torch import Tensor
 from ..core.engine.cameras import Cameras
 from ..core.engine.guidance import annealed_timestep_range, orbit_angles, sds_surrogate
 from .loading import cached, check_diffusers_folder, folder_key, load_component
-from .memory import make_room
+from .memory import make_room, park
 from .model_folders import preferred_dtype
 
 __all__ = [
@@ -80,6 +80,7 @@ __all__ = [
     "CameraProjection",
     "sds_from_latents",
     "sample_timesteps",
+    "condition_frames",
 ]
 
 logger = logging.getLogger(__name__)
@@ -297,7 +298,7 @@ class GuidanceLifecycle:
 
     def offload(self) -> None:
         """Move the networks to the CPU and drop cached condition embeddings."""
-        move_modules(self.components.modules, torch.device("cpu"), next(self.components.unet.parameters()).dtype)
+        park(self.components.modules)
         self._embeds.clear()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -338,7 +339,7 @@ class Zero123Guidance(GuidanceLifecycle):
     _generator: torch.Generator = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self._frames = _condition_frames(self.condition_image)
+        self._frames = condition_frames(self.condition_image)
         if self.variant == "auto":
             self.variant = "stable" if "stable" in self.components.path.name.lower() else "zero123"
         if self.variant not in ("zero123", "stable"):
@@ -404,7 +405,7 @@ class Zero123Guidance(GuidanceLifecycle):
                                 c.prediction_type)
 
 
-def _condition_frames(image) -> Tensor:
+def condition_frames(image) -> Tensor:
     """``[T,3,H,W]`` float frames from an IMAGE; alpha is composited over white."""
     if not isinstance(image, Tensor):
         raise ValueError(f"Zero123Guidance: condition_image must be an IMAGE tensor, got {type(image).__name__}")

@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from ..backends.memory import set_host_hook
+from ..backends.loading import set_cache_owner
+from ..backends.memory import set_host_hook, set_host_loader
 from . import (
     cameras,
     compose,
@@ -15,6 +16,7 @@ from . import (
     host,
     inpaint,
     moge4d,
+    native,
     outpaint,
     posed_frames,
     preview,
@@ -28,10 +30,13 @@ from . import (
 )
 
 _MODULES = (cameras, synthetic, video, segment, depth, guidance, inpaint, fit, fit_options, outpaint, compose,
-            diffusion4d, moge4d, vism, render, scene_io, posed_frames, preview, splat)
+            diffusion4d, moge4d, vism, native, render, scene_io, posed_frames, preview, splat)
 
-# Our models ask ComfyUI's model manager for room before they move to the GPU.
+# Our models ask ComfyUI's model manager for room before they move to the GPU; inside ComfyUI they are
+# loaded by it (ModelPatcher), and its node cache, not ours, decides how long they stay in memory.
 set_host_hook(host.free_memory_for)
+set_host_loader(host.load_with_comfy)
+set_cache_owner(host.in_comfy)
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}

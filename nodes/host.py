@@ -13,6 +13,7 @@ Public API:
     intermediate_device()       where IMAGE/MASK tensors travel between nodes
     soft_empty_cache()          release cached GPU memory
     free_memory_for(n, device)  ask ComfyUI's model manager to unload its models until ``n`` bytes fit
+    load_with_comfy(modules, device)   register our modules with ComfyUI's model manager and load them there
     with_notes(node, result, notes)   a node's return value carrying notes shown on the node
     splat_class()               ComfyUI core's SPLAT payload class, or None where the host has none
 
@@ -45,6 +46,7 @@ __all__ = [
     "intermediate_device",
     "soft_empty_cache",
     "free_memory_for",
+    "load_with_comfy",
     "with_notes",
     "splat_class",
 ]
@@ -162,6 +164,45 @@ def free_memory_for(num_bytes: int, device: torch.device) -> None:
         return
     margin = 1.2  # activations and allocator slack on top of the weights
     mm.free_memory(int(num_bytes * margin), torch.device(device))
+
+
+class _Holder(torch.nn.Module):
+    """What a ComfyUI ``ModelPatcher`` owns for one of our modules: the patcher writes ``.device`` on its
+    model, which diffusers and transformers models expose read-only."""
+
+    def __init__(self, inner: torch.nn.Module, device: torch.device):
+        super().__init__()
+        self.inner = inner
+        self.device = device
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    a, b = torch.device(a), torch.device(b)
+    return a.type == b.type and (a.index or 0) == (b.index or 0)
+
+
+def load_with_comfy(modules: Sequence[torch.nn.Module], device: torch.device) -> bool:
+    """Load ``modules`` on ``device`` through ComfyUI's model manager, each as a ``ModelPatcher``.
+
+    ComfyUI then evicts other models to make room, counts ours among its loaded models (so "Unload
+    models" and free-memory requests move them to its offload device) and, under ``--lowvram``, frees
+    what it can for them. The patcher is kept on the module, so every run reuses the same one.
+    Returns False (nothing done) outside ComfyUI.
+    """
+    mm, patching = _module("comfy.model_management"), _module("comfy.model_patcher")
+    if mm is None or patching is None or not hasattr(mm, "load_models_gpu"):
+        return False
+    offload = mm.unet_offload_device() if hasattr(mm, "unet_offload_device") else torch.device("cpu")
+    patchers = []
+    for module in modules:
+        patcher = module.__dict__.get("_gen4d_patcher")
+        if patcher is None or not _same_device(patcher.load_device, device):
+            holder = _Holder(module, next(iter(module.parameters()), torch.empty(0)).device)
+            patcher = patching.ModelPatcher(holder, load_device=torch.device(device), offload_device=offload)
+            module.__dict__["_gen4d_patcher"] = patcher
+        patchers.append(patcher)
+    mm.load_models_gpu(patchers)
+    return True
 
 
 def with_notes(node: str, result: tuple, notes: Sequence[str]) -> dict:

@@ -32,5 +32,11 @@ FLOAT = "FLOAT"
 BOOLEAN = "BOOLEAN"
 # ComfyUI core's Gaussian-splat socket (releases from mid-2026; see nodes/splat.py).
 SPLAT = "SPLAT"
+# ComfyUI core model sockets, taken by the native adaptor nodes.
+MODEL = "MODEL"
+VAE = "VAE"
+CONDITIONING = "CONDITIONING"
+CLIP_VISION = "CLIP_VISION"
+CLIP_VISION_OUTPUT = "CLIP_VISION_OUTPUT"
 
 CATEGORY = "Gen4D"

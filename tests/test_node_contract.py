@@ -18,7 +18,8 @@ from gen4d.nodes import types as socket_types
 
 ROOT = Path(__file__).resolve().parents[1]
 PACK_DIRS = ("nodes", "backends", "core", "synthetic")
-CORE_TYPES = {"IMAGE", "MASK", "STRING", "INT", "FLOAT", "BOOLEAN", "SPLAT"}
+CORE_TYPES = {"IMAGE", "MASK", "STRING", "INT", "FLOAT", "BOOLEAN", "SPLAT", "MODEL", "VAE", "CONDITIONING",
+              "CLIP_VISION", "CLIP_VISION_OUTPUT"}
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
 FORBIDDEN_IN_ENGINE = {"comfy", "comfy_extras", "comfy_api", "folder_paths", "diffusers", "transformers",
                        "server", "execution"}

@@ -126,6 +126,18 @@ class Graph:
         d["inputs"][in_slot]["link"] = link_id
         self.links.append([link_id, src, out_slot, dst, in_slot, kind])
 
+    def remove(self, node_id: int) -> None:
+        """Delete node ``node_id`` and every link into or out of it (the other ends are unlinked)."""
+        gone = {link[0] for link in self.links if node_id in (link[1], link[3])}
+        self.links = [link for link in self.links if link[0] not in gone]
+        self.nodes = [n for n in self.nodes if n["id"] != node_id]
+        for node in self.nodes:
+            for inp in node.get("inputs", []):
+                if inp.get("link") in gone:
+                    inp["link"] = None
+            for out in node.get("outputs", []):
+                out["links"] = [i for i in out.get("links") or [] if i not in gone]
+
     def note(self, text: str, pos, size=(420, 300)) -> int:
         """A Markdown note."""
         node_id = self._next_node_id()

@@ -47,7 +47,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -335,12 +335,118 @@ def spec_from_object_info(name: str, entry: Mapping[str, Any]) -> NodeSpec:
     return NodeSpec(name, inputs, outputs, names, bool(entry.get("output_node", False)))
 
 
+_MODEL = ["MODEL"]
+_COND = ["CONDITIONING"]
+
+#: Core model loaders, text/vision encoders and the Wan image-to-video sampling chain, in
+#: ``/object_info`` form (``nodes.py``, ``comfy_extras/nodes_video_model.py``, ``nodes_wan.py``);
+#: the native-model workflows load with them. Model-file combos carry no options.
+CORE_MODEL_NODE_TYPES: dict[str, dict] = {
+    "CheckpointLoaderSimple": {
+        "input": {"required": {"ckpt_name": ["COMBO", {}]}},
+        "output": ["MODEL", "CLIP", "VAE"],
+    },
+    "ImageOnlyCheckpointLoader": {
+        "input": {"required": {"ckpt_name": ["COMBO", {}]}},
+        "output": ["MODEL", "CLIP_VISION", "VAE"],
+    },
+    "UNETLoader": {
+        "input": {
+            "required": {
+                "unet_name": ["COMBO", {}],
+                "weight_dtype": [["default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2"]],
+            }
+        },
+        "output": ["MODEL"],
+    },
+    "CLIPLoader": {
+        "input": {
+            "required": {"clip_name": ["COMBO", {}], "type": ["COMBO", {}]},
+            "optional": {"device": [["default", "cpu"], {"advanced": True}]},
+        },
+        "output": ["CLIP"],
+    },
+    "VAELoader": {"input": {"required": {"vae_name": ["COMBO", {}]}}, "output": ["VAE"]},
+    "CLIPVisionLoader": {"input": {"required": {"clip_name": ["COMBO", {}]}}, "output": ["CLIP_VISION"]},
+    "CLIPVisionEncode": {
+        "input": {"required": {"clip_vision": ["CLIP_VISION"], "image": ["IMAGE"], "crop": [["center", "none"]]}},
+        "output": ["CLIP_VISION_OUTPUT"],
+    },
+    "LoraLoaderModelOnly": {
+        "input": {
+            "required": {
+                "model": _MODEL,
+                "lora_name": ["COMBO", {}],
+                "strength_model": ["FLOAT", {"default": 1.0, "min": -100.0, "max": 100.0, "step": 0.01}],
+            }
+        },
+        "output": ["MODEL"],
+    },
+    "CLIPTextEncode": {
+        "input": {"required": {"text": ["STRING", {"multiline": True, "dynamicPrompts": True}], "clip": ["CLIP"]}},
+        "output": ["CONDITIONING"],
+    },
+    "WanImageToVideo": {
+        "input": {
+            "required": {
+                "positive": _COND,
+                "negative": _COND,
+                "vae": ["VAE"],
+                "width": ["INT", {"default": 832, "min": 16, "max": 16384, "step": 16}],
+                "height": ["INT", {"default": 480, "min": 16, "max": 16384, "step": 16}],
+                "length": ["INT", {"default": 81, "min": 1, "max": 16384, "step": 4}],
+                "batch_size": ["INT", {"default": 1, "min": 1, "max": 4096}],
+            },
+            "optional": {"clip_vision_output": ["CLIP_VISION_OUTPUT"], "start_image": ["IMAGE"]},
+        },
+        "output": ["CONDITIONING", "CONDITIONING", "LATENT"],
+        "output_name": ["positive", "negative", "latent"],
+    },
+    "KSampler": {
+        "input": {
+            "required": {
+                "model": _MODEL,
+                "seed": ["INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True}],
+                "steps": ["INT", {"default": 20, "min": 1, "max": 10000}],
+                "cfg": ["FLOAT", {"default": 8.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01}],
+                "sampler_name": ["COMBO", {}],
+                "scheduler": ["COMBO", {}],
+                "positive": _COND,
+                "negative": _COND,
+                "latent_image": ["LATENT"],
+                "denoise": ["FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01}],
+            }
+        },
+        "output": ["LATENT"],
+    },
+    "VAEDecode": {"input": {"required": {"samples": ["LATENT"], "vae": ["VAE"]}}, "output": ["IMAGE"]},
+}
+CORE_NODE_TYPES.update(CORE_MODEL_NODE_TYPES)
+
+#: ``(node type, input)`` combos that list the user's model folders: a workflow names the file it was
+#: made with, which a given installation may not have, so any file name is accepted (as for uploads),
+#: also when a live server's ``/object_info`` lists the files it has.
+MODEL_FILE_INPUTS = frozenset({
+    ("CheckpointLoaderSimple", "ckpt_name"), ("ImageOnlyCheckpointLoader", "ckpt_name"),
+    ("UNETLoader", "unet_name"), ("CLIPLoader", "clip_name"), ("VAELoader", "vae_name"),
+    ("CLIPVisionLoader", "clip_name"), ("LoraLoaderModelOnly", "lora_name"),
+})
+
+
+def _model_files_open(spec: NodeSpec) -> NodeSpec:
+    if not any((spec.name, i.name) in MODEL_FILE_INPUTS for i in spec.inputs):
+        return spec
+    inputs = tuple(replace(i, choices=None) if (spec.name, i.name) in MODEL_FILE_INPUTS else i for i in spec.inputs)
+    return replace(spec, inputs=inputs)
+
+
 def build_registry(
     node_classes: Mapping[str, type] | None, core_types: Mapping[str, Mapping] | None = None
 ) -> dict[str, NodeSpec]:
     """Specs by node type: the built-in core table, overridden by ``core_types``, then by the pack's classes."""
     registry = {n: spec_from_object_info(n, e) for n, e in CORE_NODE_TYPES.items()}
     registry.update({n: spec_from_object_info(n, e) for n, e in (core_types or {}).items()})
+    registry = {n: _model_files_open(spec) for n, spec in registry.items()}
     registry.update({n: spec_from_class(n, c) for n, c in (node_classes or {}).items()})
     return registry
 
