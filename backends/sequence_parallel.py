@@ -428,6 +428,8 @@ def _to_plain(value):
     """Tensors as numpy arrays (sent by value: a worker may exit before the caller reads its message)."""
     if isinstance(value, Tensor):
         return ("tensor", value.detach().cpu().contiguous().numpy())
+    if isinstance(value, dict):
+        return {k: _to_plain(v) for k, v in value.items()}
     if isinstance(value, (tuple, list)):
         return type(value)(_to_plain(v) for v in value)
     return value
@@ -436,6 +438,8 @@ def _to_plain(value):
 def _from_plain(value):
     if isinstance(value, tuple) and len(value) == 2 and value[0] == "tensor":
         return torch.from_numpy(value[1])
+    if isinstance(value, dict):
+        return {k: _from_plain(v) for k, v in value.items()}
     if isinstance(value, (tuple, list)):
         return type(value)(_from_plain(v) for v in value)
     return value
@@ -467,6 +471,7 @@ def launch(options: ParallelOptions, fn: Callable, args: tuple, what: str, callb
     from multiprocessing.reduction import ForkingPickler
 
     import torch.multiprocessing as mp
+    from torch.multiprocessing.spawn import ProcessException
 
     devices = options.devices
     options.check_available(what)
@@ -493,7 +498,7 @@ def launch(options: ParallelOptions, fn: Callable, args: tuple, what: str, callb
                 raise InterruptedError(f"{what}: interrupted")
             try:
                 done = ctx.join(timeout=0.1)
-            except mp.ProcessException as exc:
+            except ProcessException as exc:
                 rank = getattr(exc, "error_index", None)
                 where = f"rank {rank} ({devices[rank]})" if rank is not None else "a worker"
                 message = str(exc).strip().splitlines()
