@@ -16,6 +16,7 @@ from . import (
     inpaint,
     moge4d,
     outpaint,
+    parallel,
     posed_frames,
     preview,
     render,
@@ -27,7 +28,7 @@ from . import (
 )
 
 _MODULES = (cameras, synthetic, video, segment, depth, guidance, inpaint, fit, fit_options, outpaint, compose,
-            diffusion4d, moge4d, vism, render, scene_io, posed_frames, preview)
+            diffusion4d, moge4d, vism, parallel, render, scene_io, posed_frames, preview)
 
 # Our models ask ComfyUI's model manager for room before they move to the GPU.
 set_host_hook(host.free_memory_for)
