@@ -55,6 +55,7 @@ import datetime
 import logging
 import os
 import socket
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -416,7 +417,11 @@ def _worker(index: int, devices: tuple[str, ...], port: int, cfg_parallel: bool,
         session = Session(index, len(devices), device, cfg_parallel)
         _set_session(session)
         report = _Report(channel) if index == 0 else None
-        result = fn(session, *args, report)
+        try:
+            result = fn(session, *args, report)
+        except Exception as exc:  # tell the caller first: the other ranks then fail on the lost peer
+            channel.put(("error", index, time.time(), f"{type(exc).__name__}: {exc}"))
+            raise
         if index == 0:
             channel.put(("result", _to_plain(result)))
     finally:
@@ -485,37 +490,49 @@ def launch(options: ParallelOptions, fn: Callable, args: tuple, what: str, callb
     with _spawnable() as entry:
         ctx = mp.start_processes(entry, args=(__name__.split(".")[0], tasks, channel), nprocs=len(devices),
                                  join=False, daemon=True, start_method="spawn")
-    result, have = None, False
+    state = {"result": None, "have": False, "errors": []}
+
+    def drain() -> None:
+        while not channel.empty():
+            kind, *payload = channel.get()
+            if kind == "progress" and callback is not None:
+                callback(payload[0], payload[1], None)
+            elif kind == "result":
+                state["result"], state["have"] = _from_plain(payload[0]), True
+            elif kind == "error":
+                state["errors"].append(tuple(payload))
+
     try:
         while True:
-            while not channel.empty():
-                kind, *payload = channel.get()
-                if kind == "progress" and callback is not None:
-                    callback(payload[0], payload[1], None)
-                elif kind == "result":
-                    result, have = _from_plain(payload[0]), True
+            drain()
             if should_stop is not None and should_stop():
                 raise InterruptedError(f"{what}: interrupted")
             try:
                 done = ctx.join(timeout=0.1)
             except ProcessException as exc:
-                rank = getattr(exc, "error_index", None)
-                where = f"rank {rank} ({devices[rank]})" if rank is not None else "a worker"
-                message = str(exc).strip().splitlines()
-                tail = next((line for line in reversed(message) if line.strip()), str(exc))
-                raise RuntimeError(f"{what}: parallel sampling on {','.join(devices)} failed on {where}: "
-                                   f"{tail.strip()}") from exc
+                drain()
+                raise RuntimeError(_failure(what, devices, exc, state["errors"])) from exc
             if done:
                 break
-        while not channel.empty():
-            kind, *payload = channel.get()
-            if kind == "result":
-                result, have = _from_plain(payload[0]), True
+        drain()
     finally:
         _stop(ctx)
+    result, have = state["result"], state["have"]
     if not have:
         raise RuntimeError(f"{what}: parallel sampling on {','.join(devices)} ended without a result from rank 0")
     return result
+
+
+def _failure(what: str, devices: tuple[str, ...], exc: Exception, errors: list) -> str:
+    """The message of a failed parallel call: the rank that failed first (the others then lose their peer)."""
+    if errors:
+        index, _, message = min(errors, key=lambda e: e[1])
+    else:
+        index = getattr(exc, "error_index", None)
+        lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+        message = lines[-1] if lines else type(exc).__name__
+    where = f"rank {index} ({devices[index]})" if index is not None else "a worker"
+    return f"{what}: parallel sampling on {','.join(devices)} failed on {where}: {message}"
 
 
 @contextlib.contextmanager

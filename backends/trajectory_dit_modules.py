@@ -27,6 +27,11 @@ Design notes:
     video latents = the input image repeated over all frames (16) | start-image latents = zeros (16)
     | depth latents = the depth condition repeated (16)]``.
 
+    Sequence parallelism (``forward(..., layout=...)``, ``backends.sequence_parallel``): the whole token
+    sequence (reference frame included) is split after patch embedding; RoPE and the motion tokens are
+    cut to each rank's token range, self-attention runs diffusers' Ulysses all-to-all, and the
+    projected output is gathered.
+
     The motion-feature extractor is pluggable: any module mapping an image ``[B,3,H,W]`` in 0..1 to
     ``[B,C_m,h,w]``; ``None`` turns the MPM off (identity MAdaNorm). The default is OmniMAE ViT-B/16
     (``omnimae_vitB_pretrain``): 224 x 224 input (bilinear resize), ImageNet normalisation, the image

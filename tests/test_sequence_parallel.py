@@ -147,3 +147,17 @@ def test_cancel_stops_every_worker(tmp_path):
                   should_stop=stop)
     pids = [int(open(f"{pid_file}.{r}").read()) for r in range(2)]
     assert all(_dead(p) for p in pids), f"workers {pids} outlived the cancel"
+
+
+def test_parallel_options_node():
+    from gen4d.nodes.parallel import ParallelOptions as Node
+
+    assert Node.VALIDATE_INPUTS(devices="0,1") is True
+    assert "twice" in Node.VALIDATE_INPUTS(devices="1,1")
+    (options,) = Node().build("cpu, cpu", cfg_parallel=False)
+    assert options.devices == ("cpu", "cpu") and not options.cfg_parallel and options.enabled
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="Gen4D_ParallelOptions.devices.*CUDA is not available"):
+            Node().build("0,1")
+    with pytest.raises(ValueError, match="no device"):
+        Node().build(" ")
