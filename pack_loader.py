@@ -28,3 +28,19 @@ def load_pack(name: str = PACKAGE):
         del sys.modules[name]
         raise
     return module
+
+
+def run_spawned(index: int, name: str, tasks: tuple, *plain) -> None:
+    """Entry of a worker process spawned by ``backends.sequence_parallel.launch``.
+
+    A spawned process starts from nothing: the pack is imported under the parent's package name
+    first, then the task (pickled with ``multiprocessing.reduction.ForkingPickler``, so its tensors
+    are shared, not copied) is unpickled and run as ``fn(index, *args, *plain)``.
+    """
+    from multiprocessing.reduction import ForkingPickler
+
+    import torch.multiprocessing  # noqa: F401  (registers the tensor reductions before unpickling)
+
+    load_pack(name)
+    fn, args = ForkingPickler.loads(tasks[index])
+    fn(index, *args, *plain)

@@ -81,6 +81,7 @@ from ..core.moge4d.strag import (
 )
 from ..core.moge4d.tracks import Tracks
 from .memory import modules_on, park
+from .sequence_parallel import ParallelOptions, Session, active_session, guided_velocity, launch
 from .trajectory_dit_modules import (
     LATENT_CHANNELS,
     DiTConfig,
@@ -599,6 +600,56 @@ def _prepare_depth(depth: Tensor, height: int, width: int) -> tuple[Tensor, Tens
 
 
 @torch.no_grad()
+def denoise_motion(session: Session | None, dit: TrajectoryDiT, latents: Tensor, text: Tensor, clip: Tensor,
+                   cond: Tensor, ref: Tensor, motion: Tensor | None, steps: int, shift: float, guidance_scale: float,
+                   dtype: torch.dtype, callback: Callable | None = None, should_stop: Callable[[], bool] | None = None,
+                   device: torch.device | None = None) -> Tensor:
+    """The flow-matching sampling loop of 4D-STraG (Euler, ``shift``; guidance on the prompt).
+
+    Args:
+        session: a ``backends.sequence_parallel.Session`` to run sequence-parallel on (its device),
+            or None for this process alone on ``device``.
+        latents: ``[1,16,F,h,w]`` initial noise; text ``[B,512,C]`` (B = 2: negative, positive; 1 = no
+            guidance); clip ``[1,257,C]``; cond ``[1,48,F,h,w]``; ref ``[1,16,h,w]``; motion ``[1,C_m,h',w']``
+            or None.
+
+    Returns:
+        ``[1,16,F,h,w]`` sampled latents on the compute device (every rank of a session returns them).
+    """
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    if session is not None:
+        device = session.device
+        dit.to(device)
+    b = int(text.shape[0])
+    layout = session.layout(b) if session is not None else None
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=float(shift))
+    scheduler.set_timesteps(int(steps), device=device)
+    latents = latents.to(device)
+    text = text.to(device)
+    cond_b = cond.to(device, dtype).expand(b, *cond.shape[1:])
+    ref_b = ref.to(device, dtype).expand(b, *ref.shape[1:])
+    clip_b = clip.to(device).expand(b, *clip.shape[1:])
+    motion_b = None if motion is None else motion.to(device).expand(b, *motion.shape[1:])
+    total = len(scheduler.timesteps)
+    for i, t in enumerate(scheduler.timesteps):
+        if should_stop is not None and should_stop():
+            raise InterruptedError("generate_tracks: interrupted")
+        x = latents.expand(b, *latents.shape[1:]).to(dtype)
+
+        def predict(rows: slice, x: Tensor = x, t: Tensor = t) -> Tensor:
+            n = rows.stop - rows.start
+            return dit(x[rows], t.expand(n).to(device), text[rows], clip_b[rows], cond_b[rows], ref_b[rows],
+                       None if motion_b is None else motion_b[rows], layout=layout)
+
+        v = guided_velocity(predict, b, guidance_scale, layout)
+        latents = scheduler.step(v, t, latents, return_dict=False)[0]
+        if callback is not None:
+            callback(i + 1, total, None)
+    return latents
+
+
+@torch.no_grad()
 def generate_tracks(
     model: TrajectoryModel,
     image: Tensor,
@@ -616,6 +667,7 @@ def generate_tracks(
     callback: Callable | None = None,
     should_stop: Callable[[], bool] | None = None,
     motion_denormalisation: str = "paper",
+    parallel: ParallelOptions | None = None,
 ) -> TrajectoryResult:
     """Image + metric z-depth + prompt -> dense 4D trajectories (MoGe4D §4.4 / App. F.3).
 
@@ -637,6 +689,9 @@ def generate_tracks(
         motion_denormalisation: ``"paper"`` (default: eq. 1 reversed, §4.2 / §4.4) or
             ``"official"`` (the decoded motion added as it is, as the official inference script);
             ``core.moge4d.strag.fuse_motion``.
+        parallel: ``backends.sequence_parallel.ParallelOptions`` listing two or more local devices: the
+            DiT sampling runs sequence-parallel in one worker process per device (text / image encoding
+            and the VAE stay here). Under ``torchrun`` the process group's session is used instead.
 
     Returns:
         ``TrajectoryResult``.
@@ -645,6 +700,7 @@ def generate_tracks(
         ValueError: bad sizes (naming valid ones), frame counts the VAE cannot take (naming the
             nearest valid), negative or all-invalid depth, malformed inputs.
         InterruptedError: ``should_stop`` returned True.
+        RuntimeError: a parallel worker failed (naming its rank and device).
     """
     if not isinstance(image, Tensor) or image.dim() != 3 or image.shape[-1] != 3:
         got = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
@@ -679,33 +735,24 @@ def generate_tracks(
     text = model.encode_prompt(prompts, device)
     clip = model.clip_context(h, w, device)
 
-    from diffusers import FlowMatchEulerDiscreteScheduler
-
-    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=float(shift))
-    scheduler.set_timesteps(int(steps), device=device)
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
     latents = torch.randn((1, LATENT_CHANNELS, t_lat, h // SPATIAL, w // SPATIAL), generator=gen).to(device)
-    b = len(prompts)
-    with model.on(device, dit):
-        motion = None
-        if dit.motion_extractor is not None:
+    motion = None
+    if dit.motion_extractor is not None:
+        with model.on(device, dit.motion_extractor, dit.motion_adapter):
             motion = dit.motion_features(img.permute(2, 0, 1)[None].to(device))
-            motion = motion.expand(b, *motion.shape[1:])
-        cond_b = cond.expand(b, *cond.shape[1:]).to(dtype)
-        ref_b = ref.expand(b, *ref.shape[1:]).to(dtype)
-        clip_b = clip.expand(b, *clip.shape[1:])
-        total = len(scheduler.timesteps)
-        for i, t in enumerate(scheduler.timesteps):
-            if should_stop is not None and should_stop():
-                raise InterruptedError("generate_tracks: interrupted")
-            x = latents.expand(b, *latents.shape[1:]).to(dtype)
-            v = dit(x, t.expand(b).to(device), text, clip_b, cond_b, ref_b, motion).float()
-            if b == 2:
-                v_u, v_c = v.chunk(2)
-                v = v_u + float(guidance_scale) * (v_c - v_u)
-            latents = scheduler.step(v, t, latents, return_dict=False)[0]
-            if callback is not None:
-                callback(i + 1, total, None)
+    sampling = (latents, text, clip, cond, ref, motion, int(steps), float(shift), float(guidance_scale), dtype)
+    session = active_session()
+    if session is not None:  # torchrun: every rank runs this call, each on its share of the tokens
+        with model.on(session.device, dit):
+            latents = denoise_motion(session, dit, *sampling, callback, should_stop)
+    elif parallel is not None and parallel.enabled:
+        dit.to("cpu")
+        cpu = tuple(x.cpu() if isinstance(x, Tensor) else x for x in sampling)
+        latents = launch(parallel, denoise_motion, (dit, *cpu), "generate_tracks", callback, should_stop).to(device)
+    else:
+        with model.on(device, dit):
+            latents = denoise_motion(None, dit, *sampling, callback, should_stop, device=device)
     with model.on(device, model.vae, model.decoder):
         normalized, rgb_maps = model.decode_motion(latents)
     normalized = normalized[0].permute(1, 2, 3, 0).float().cpu()[: int(num_frames)]  # [T,H,W,3]

@@ -27,6 +27,11 @@ Design notes:
     video latents = the input image repeated over all frames (16) | start-image latents = zeros (16)
     | depth latents = the depth condition repeated (16)]``.
 
+    Sequence parallelism (``forward(..., layout=...)``, ``backends.sequence_parallel``): the whole token
+    sequence (reference frame included) is split after patch embedding; RoPE and the motion tokens are
+    cut to each rank's token range, self-attention runs diffusers' Ulysses all-to-all, and the
+    projected output is gathered.
+
     The motion-feature extractor is pluggable: any module mapping an image ``[B,3,H,W]`` in 0..1 to
     ``[B,C_m,h,w]``; ``None`` turns the MPM off (identity MAdaNorm). The default is OmniMAE ViT-B/16
     (``omnimae_vitB_pretrain``): 224 x 224 input (bilinear resize), ImageNet normalisation, the image
@@ -44,6 +49,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..core.moge4d.strag import MAdaNorm, motion_tokens
+from .sequence_parallel import Layout, attention_parallel, gather_tokens, split_tokens, token_range
 
 __all__ = [
     "DiTConfig",
@@ -323,7 +329,8 @@ class TrajectoryDiT(nn.Module):
         return (x.float() + block.ffn(h).float() * c_gate).type_as(x)
 
     def forward(self, latents: Tensor, timestep: Tensor, text: Tensor, clip: Tensor, cond: Tensor,
-                ref: Tensor | None = None, motion_features: Tensor | None = None) -> Tensor:
+                ref: Tensor | None = None, motion_features: Tensor | None = None, layout: Layout | None = None
+                ) -> Tensor:
         """Predict the flow velocity.
 
         Args:
@@ -337,6 +344,9 @@ class TrajectoryDiT(nn.Module):
             ref: ``[B,16,h,w]`` reference image latent, or ``None`` (no reference tokens).
             motion_features: ``[B,C_m,h',w']`` adapted motion features (``motion_features(image)``),
                 or ``None`` to run without the MPM.
+            layout: a ``backends.sequence_parallel.Layout`` to run sequence-parallel: this rank keeps
+                its share of the tokens through the blocks (Ulysses all-to-all around self-attention)
+                and the output is gathered; every rank of the group returns the whole prediction.
 
         Returns:
             ``[B,16,F,h,w]``.
@@ -371,11 +381,18 @@ class TrajectoryDiT(nn.Module):
         s = None
         if motion_features is not None:
             s = motion_tokens(motion_features, (f, hh // 2, ww // 2)).to(dtype)
-        for i, block in enumerate(wan.blocks):
-            x = self._block(i, block, x, context, temb6, rope, s)
+        tokens = x.shape[1]
+        first, last = token_range(tokens, layout)
+        x = split_tokens(x, layout)
+        rope = tuple(split_tokens(r, layout) for r in rope)
+        if s is not None:  # motion tokens cover the first f*h*w tokens: this rank's part of them
+            s = s[:, first:min(last, s.shape[1])] if first < s.shape[1] else None
+        with attention_parallel(wan, layout, tokens, self.config.num_heads, x.device):
+            for i, block in enumerate(wan.blocks):
+                x = self._block(i, block, x, context, temb6, rope, s)
         shift, scale = (wan.scale_shift_table.to(temb.device) + temb.unsqueeze(1)).chunk(2, dim=1)
         x = (wan.norm_out(x.float()) * (1 + scale) + shift).type_as(x)
-        x = wan.proj_out(x)
+        x = gather_tokens(wan.proj_out(x), layout, tokens)
         if ref is not None:
             x = x[:, -(f * (hh // 2) * (ww // 2)):]
         x = x.reshape(b, f, hh // 2, ww // 2, 1, 2, 2, -1).permute(0, 7, 1, 4, 2, 5, 3, 6)

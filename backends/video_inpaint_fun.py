@@ -69,6 +69,7 @@ Design notes:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -92,6 +93,14 @@ from .inpaint import (
     model_size,
 )
 from .memory import modules_on, park
+from .sequence_parallel import (
+    ParallelOptions,
+    Session,
+    active_session,
+    guided_velocity,
+    launch,
+    wan_context_parallel,
+)
 from .wan import (
     BASE_CLIP,
     BASE_T5,
@@ -482,6 +491,9 @@ class FunInpainter:
         shift: flow-matching shift of the sampler (official stage 2: 5).
         clip_condition: ``"zeros"`` (official stage-2 inference) or ``"first_frame"``.
         max_sequence_length: prompt tokens (Wan: 512).
+        parallel: ``backends.sequence_parallel.ParallelOptions`` with two or more local devices: the
+            transformer's sampling runs sequence-parallel in one worker per device (``run_parallel``
+            sets it for a block); under ``torchrun`` the process group's session is used instead.
     """
 
     transformer: nn.Module
@@ -499,6 +511,7 @@ class FunInpainter:
     image_encoder: nn.Module | None = field(default=None, repr=False)
     _lora: dict[str, tuple[Tensor, Tensor, float]] | None = field(default=None, repr=False)
     _lora_strength: float = 0.0
+    parallel: ParallelOptions | None = None
 
     @property
     def multiple(self) -> int:
@@ -532,6 +545,15 @@ class FunInpainter:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
+
+    @contextlib.contextmanager
+    def run_parallel(self, options: ParallelOptions | None):
+        """Within the block, ``inpaint`` samples on ``options``' devices (None or one device: as usual)."""
+        previous, self.parallel = self.parallel, options
+        try:
+            yield self
+        finally:
+            self.parallel = previous
 
     def _device(self) -> torch.device:
         return torch.device(self.device) if self.device is not None else self.device_fn()
@@ -741,7 +763,6 @@ class FunInpainter:
             clean = self._encode(video.to(device)) if first > 0 or pasted is not None else None
 
         timesteps = scheduler.timesteps[first:]
-        scheduler.set_begin_index(first)
         sigma = float(sigmas[first])
         noise = torch.randn(lat_shape, generator=cpu_generator(seed), dtype=torch.float32).to(device)
         known = None
@@ -757,28 +778,80 @@ class FunInpainter:
             latents = start_latents(clean, noise, sigma)
         logger.info("Wan-Fun InP inpainting from noise level %.4f (asked %.4f): %d of %d steps%s", sigma,
                     noise_level, len(timesteps), steps, "" if known is None else f", pasted region at {level:.4f}")
-        b = len(prompts)
-        cond_b = cond.to(tdtype).expand(b, *cond.shape[1:])
-        clip_b = clip.expand(b, *clip.shape[1:])
-        total = len(timesteps)
-        with modules_on(device, self.transformer):
-            for i, t in enumerate(timesteps):
-                if should_stop is not None and should_stop():
-                    raise InterruptedError("FunInpainter.inpaint: stopped by the user")
-                inp = torch.cat([latents.to(tdtype).expand(b, *latents.shape[1:]), cond_b], dim=1)
-                v = self.transformer(hidden_states=inp, timestep=t.expand(b), encoder_hidden_states=text,
-                                     encoder_hidden_states_image=clip_b, return_dict=False)[0].float()
-                if cfg:
-                    v_u, v_c = v.chunk(2)
-                    v = v_u + guidance_scale * (v_c - v_u)
-                latents = scheduler.step(v, t, latents, return_dict=False)[0]
-                if known is not None:
-                    latents = torch.where(known, clean, latents)
-                if callback is not None:
-                    callback(i + 1, total, None)
+        sampling = (latents, cond, text, clip, int(steps), float(self.shift), first, float(guidance_scale), known,
+                    clean if known is not None else None, tdtype)
+        session = active_session()
+        if session is not None:  # torchrun: every rank runs this call, each on its share of the tokens
+            with modules_on(session.device, self.transformer):
+                latents = denoise_inpaint(session, self.transformer, *sampling, callback, should_stop)
+        elif self.parallel is not None and self.parallel.enabled:
+            self.transformer.to("cpu")
+            cpu = tuple(x.cpu() if isinstance(x, Tensor) else x for x in sampling)
+            latents = launch(self.parallel, denoise_inpaint, (self.transformer, *cpu), "FunInpainter.inpaint",
+                             callback, should_stop).to(device)
+        else:
+            with modules_on(device, self.transformer):
+                latents = denoise_inpaint(None, self.transformer, *sampling, callback, should_stop, device=device)
         with modules_on(device, self.vae):
             decoded = self.vae.decode(self._normalise(latents.float(), inverse=True), return_dict=False)[0]
         out = (decoded.float()[0].permute(1, 0, 2, 3)[:count] / 2 + 0.5).clamp(0, 1).cpu()   # [T,3,H',W']
         if (mh, mw) != (height, width):
             out = F.interpolate(out, (height, width), mode="bilinear", align_corners=False)
         return out.permute(0, 2, 3, 1).contiguous()
+
+
+@torch.no_grad()
+def denoise_inpaint(session: Session | None, transformer: nn.Module, latents: Tensor, cond: Tensor, text: Tensor,
+                    clip: Tensor, steps: int, shift: float, first: int, guidance_scale: float, known: Tensor | None,
+                    clean: Tensor | None, dtype: torch.dtype, callback: Callable | None = None,
+                    should_stop: Callable[[], bool] | None = None, device: torch.device | None = None) -> Tensor:
+    """The Wan2.1-Fun InP sampling loop: flow-matching Euler at ``shift`` from step ``first`` of ``steps``.
+
+    Args:
+        session: a ``backends.sequence_parallel.Session`` to run sequence-parallel on (its device), or None
+            for this process alone on ``device``.
+        latents: ``[1,16,F,h,w]`` start latents; cond ``[1,20,F,h,w]`` mask + masked-video latents; text
+            ``[B,512,C]`` (B = 2: negative, positive; 1 = no guidance); clip ``[1,257,C]``.
+        known, clean: latent cells kept at ``clean`` after every step (CoCo4D eq. 7), or None.
+
+    Returns:
+        ``[1,16,F,h,w]`` latents on the compute device (every rank of a session returns them).
+    """
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    if session is not None:
+        device = session.device
+        transformer.to(device)
+    b = int(text.shape[0])
+    layout = session.layout(b) if session is not None else None
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=float(shift))
+    scheduler.set_timesteps(int(steps), device=device)
+    timesteps = scheduler.timesteps[int(first):]
+    scheduler.set_begin_index(int(first))
+    latents = latents.to(device)
+    text = text.to(device, dtype)
+    cond_b = cond.to(device, dtype).expand(b, *cond.shape[1:])
+    clip_b = clip.to(device, dtype).expand(b, *clip.shape[1:])
+    if known is not None:
+        known, clean = known.to(device), clean.to(device)
+    patch = transformer.config.patch_size
+    tokens = (latents.shape[2] // patch[0]) * (latents.shape[3] // patch[1]) * (latents.shape[4] // patch[2])
+    total = len(timesteps)
+    with wan_context_parallel(transformer, layout, tokens, device):
+        for i, t in enumerate(timesteps):
+            if should_stop is not None and should_stop():
+                raise InterruptedError("FunInpainter.inpaint: stopped by the user")
+            inp = torch.cat([latents.to(dtype).expand(b, *latents.shape[1:]), cond_b], dim=1)
+
+            def predict(rows: slice, inp: Tensor = inp, t: Tensor = t) -> Tensor:
+                return transformer(hidden_states=inp[rows], timestep=t.expand(rows.stop - rows.start),
+                                   encoder_hidden_states=text[rows], encoder_hidden_states_image=clip_b[rows],
+                                   return_dict=False)[0]
+
+            v = guided_velocity(predict, b, guidance_scale, layout)
+            latents = scheduler.step(v, t, latents, return_dict=False)[0]
+            if known is not None:
+                latents = torch.where(known, clean, latents)
+            if callback is not None:
+                callback(i + 1, total, None)
+    return latents

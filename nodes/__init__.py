@@ -18,6 +18,7 @@ from . import (
     moge4d,
     native,
     outpaint,
+    parallel,
     posed_frames,
     preview,
     render,
@@ -30,7 +31,7 @@ from . import (
 )
 
 _MODULES = (cameras, synthetic, video, segment, depth, guidance, inpaint, fit, fit_options, outpaint, compose,
-            diffusion4d, moge4d, vism, native, render, scene_io, posed_frames, preview, splat)
+            diffusion4d, moge4d, vism, native, parallel, render, scene_io, posed_frames, preview, splat)
 
 # Our models ask ComfyUI's model manager for room before they move to the GPU; inside ComfyUI they are
 # loaded by it (ModelPatcher), and its node cache, not ours, decides how long they stay in memory.

@@ -205,6 +205,8 @@ class TrajectoryDiT:
                                                    "focal factor), as MoGe4D §4.2/§4.4 state (default); official = "
                                                    "add the decoder output as it is, as the official inference "
                                                    "script does. Real weights decide which is right.", "paper"),
+                "parallel": socket_in(T.PARALLEL, "Gen4D Parallel Options: sample on several GPUs of this machine "
+                                      "(sequence parallel). Unconnected: one GPU."),
             },
         }
 
@@ -228,12 +230,16 @@ class TrajectoryDiT:
     def generate(self, trajectory_model, image, prompt, negative_prompt="", num_frames=49, width=512, height=368,
                  steps=50, guidance_scale=6.0, shift=3.0, seed=0, depth_model=None, fov=0.0, depth=None,
                  depth_kind=METRIC_DEPTH, relative_depth="refuse", align_near=1.0, align_far=10.0,
-                 motion_denormalisation="paper"):
+                 motion_denormalisation="paper", parallel=None):
         from ..backends import trajectory_dit as td
+        from ..backends.sequence_parallel import ParallelOptions
 
         if not isinstance(trajectory_model, TrajectoryModelHandle):
             raise TypeError(f"{_NODE}: trajectory_model must be a GEN4D_TRAJECTORY_MODEL from "
                             f"{_LOADER}, got {type(trajectory_model).__name__}")
+        if parallel is not None and not isinstance(parallel, ParallelOptions):
+            raise TypeError(f"{_NODE}: parallel must be a GEN4D_PARALLEL from Gen4D Parallel Options, got "
+                            f"{type(parallel).__name__}")
         if depth_model is None and depth is None:
             raise ValueError(f"{_NODE}: no depth; connect depth_model (a metric model from Gen4D Depth Loader) or "
                              "depth (a z-depth IMAGE in metres from another node)")
@@ -277,7 +283,7 @@ class TrajectoryDiT:
                 trajectory_model.model, work, z, str(prompt), str(negative_prompt), num_frames=int(num_frames),
                 steps=int(steps), guidance_scale=float(guidance_scale), shift=float(shift), seed=int(seed), K=K,
                 device=device, callback=progress, should_stop=host.should_stop,
-                motion_denormalisation=motion_denormalisation)
+                motion_denormalisation=motion_denormalisation, parallel=parallel)
         except InterruptedError:
             host.raise_if_interrupted()
             raise

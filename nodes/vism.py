@@ -21,12 +21,14 @@ Design notes:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 
 import torch
 
 from ..backends.render import render_scene
+from ..backends.sequence_parallel import ParallelOptions
 from ..core.engine.cameras import Cameras
 from ..core.engine.scene import Scene4D
 from ..core.formats.convert import DEPTH_MODES, depth_to_image, to_image, to_mask
@@ -110,12 +112,14 @@ class ViSMRender:
                 "scene": socket_in(T.SCENE, "Any 4D scene, used when no tracks are connected."),
                 "video_inpaint_model": socket_in(T.VIDEO_INPAINT_MODEL, "Fills the holes; leave empty for the raw "
                                                  "render."),
+                "parallel": socket_in(T.PARALLEL, "Gen4D Parallel Options: inpaint on several GPUs of this machine "
+                                      "(sequence parallel; Wan2.1-Fun InP models). Unconnected: one GPU."),
             },
         }
 
     def render(self, cameras, prompt, negative_prompt, strength, steps, guidance_scale, lora_strength,
                footprint_scale, edge_threshold, alpha_threshold, depth_mode, seed, tracks=None, scene=None,
-               video_inpaint_model=None):
+               video_inpaint_model=None, parallel=None):
         node = "Gen4D_ViSMRender"
         if not isinstance(cameras, Cameras):
             raise ValueError(f"{node}: cameras must be GEN4D_CAMERAS, got {type(cameras).__name__}")
@@ -129,6 +133,13 @@ class ViSMRender:
         if video_inpaint_model is not None and not callable(getattr(video_inpaint_model, "inpaint", None)):
             raise ValueError(f"{node}: video_inpaint_model must be a GEN4D_VIDEO_INPAINT_MODEL, got "
                              f"{type(video_inpaint_model).__name__}")
+        if parallel is not None and not isinstance(parallel, ParallelOptions):
+            raise ValueError(f"{node}: parallel must be a GEN4D_PARALLEL from Gen4D Parallel Options, got "
+                             f"{type(parallel).__name__}")
+        runs_parallel = getattr(video_inpaint_model, "run_parallel", None)
+        if parallel is not None and parallel.enabled and video_inpaint_model is not None and runs_parallel is None:
+            logger.warning("%s: %s cannot sample on several GPUs; parallel is ignored", node,
+                           type(video_inpaint_model).__name__)
         try:
             config = VismConfig(footprint_scale=float(footprint_scale), edge_threshold=float(edge_threshold),
                                 alpha_threshold=float(alpha_threshold))
@@ -165,10 +176,12 @@ class ViSMRender:
                 done = int(step) if not steps_total else round(inpaint_total * int(step) / int(steps_total))
                 progress(len(cameras) + min(done, inpaint_total), total, preview)
 
+            sharded = runs_parallel(parallel) if runs_parallel is not None else contextlib.nullcontext()
             try:
-                frames = inpaint_holes(video_inpaint_model, result, cameras.to("cpu"), prompt, negative_prompt,
-                                       float(strength), int(steps), float(guidance_scale), int(seed), report,
-                                       host.should_stop)
+                with sharded:
+                    frames = inpaint_holes(video_inpaint_model, result, cameras.to("cpu"), prompt, negative_prompt,
+                                           float(strength), int(steps), float(guidance_scale), int(seed), report,
+                                           host.should_stop)
             except InterruptedError:
                 host.raise_if_interrupted()
                 raise

@@ -14,6 +14,12 @@ previews (written to ``--out/previews``), LoadImage (from ``--input``), a few ba
 conversion nodes and primitives. Any other core or community node is reported before anything
 runs. Progress of long nodes is logged; Ctrl-C stops the run between steps.
 
+Several GPUs (sequence parallelism of the Wan-based DiT stages, Trajectory DiT and ViSM Render's
+inpainter): start it with ``torchrun --nproc-per-node N tools/run_workflow.py ...``. Every rank runs
+the workflow; the DiT sampling loops split their tokens (and guidance branches) over the ranks;
+rank 0 writes the outputs, the other ranks write into a scratch folder that is removed.
+``--no-cfg-parallel`` keeps both guidance branches on every rank.
+
 Python use:
     from run_workflow import run_workflow
     results = run_workflow("workflows/X.json", "outputs/x", overrides={"3.steps": 10})
@@ -357,20 +363,49 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="ID.INPUT=VALUE",
                         help="replace a widget value (repeatable); VALUE is JSON or a bare string")
     parser.add_argument("--no-check", action="store_true", help="skip the static workflow checks")
+    parser.add_argument("--no-cfg-parallel", action="store_true",
+                        help="under torchrun: every rank runs both guidance branches (default: split them)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    session = _join_ranks(not args.no_cfg_parallel)
+    rank = 0 if session is None else session.rank
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format=f"%(asctime)s {'' if session is None else f'[rank {rank}] '}%(message)s",
+                        datefmt="%H:%M:%S")
+    scratch = None
     try:
         overrides = dict(_parse_override(s) for s in args.set)
         start = time.perf_counter()
-        run_workflow(args.workflow, args.out, overrides, args.input, check=not args.no_check)
+        out, inputs = args.out, args.input
+        if rank != 0:  # the outputs are rank 0's; the others compute the same graph into a scratch folder
+            import tempfile
+
+            scratch = tempfile.mkdtemp(prefix=f"gen4d-rank{rank}-")
+            out = scratch
+            inputs = inputs or os.environ.get("GEN4D_INPUT_DIR") or str(Path(args.out).resolve().parent / "inputs")
+        run_workflow(args.workflow, out, overrides, inputs, check=not args.no_check)
     except WorkflowError as exc:
         log.error("%s", exc)
         return 2
     except KeyboardInterrupt:
         log.error("stopped by the user")
         return 130
+    finally:
+        if scratch is not None:
+            import shutil
+
+            shutil.rmtree(scratch, ignore_errors=True)
     log.info("finished in %.1f s; outputs in %s", time.perf_counter() - start, Path(args.out).resolve())
     return 0
+
+
+def _join_ranks(cfg_parallel: bool):
+    """Under torchrun (WORLD_SIZE > 1): join the process group; the DiT stages then run sharded."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    load_pack()
+    from gen4d.backends.sequence_parallel import init_from_env
+
+    return init_from_env(cfg_parallel)
 
 
 if __name__ == "__main__":
