@@ -2,6 +2,7 @@
 """Per-step bookkeeping of a fit loop that never makes the host wait for the GPU.
 
 Public API:
+    FitDivergedError    a loss went NaN/inf: names the loss and step, carries the last good state
     FitMonitor      keeps each step's loss terms as device tensors, reports progress at once, and
                     reads the values back in one transfer every ``every`` steps: history, the
                     NaN/inf check (``FitDivergedError`` naming the loss and its step) and the count
@@ -25,9 +26,17 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-__all__ = ["FitMonitor"]
+__all__ = ["FitMonitor", "FitDivergedError"]
 
 logger = logging.getLogger(__name__)
+
+
+class FitDivergedError(ValueError):
+    """A loss became NaN or inf; ``result`` (a ``FitResult``) holds the last state whose losses were finite."""
+
+    def __init__(self, message: str, result):
+        super().__init__(message)
+        self.result = result
 
 
 class FitMonitor:
@@ -74,8 +83,6 @@ class FitMonitor:
         Raises:
             FitDivergedError: a loss was NaN or inf (the first one, by step); carries ``last_good``.
         """
-        from .fit_static import FitDivergedError  # the error type lives with the fit results
-
         pending, self._pending = self._pending, []
         repaired, self._repaired = self._repaired, []
         flat = [v for _, _, values, _ in pending for v in values]

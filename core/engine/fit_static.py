@@ -31,7 +31,7 @@ from torch import Tensor
 
 from . import densify as dens
 from .cameras import Cameras
-from .fit_monitor import FitMonitor
+from .fit_monitor import FitDivergedError, FitMonitor
 from .gaussians import Gaussians
 from .guidance import Guidance, PoseSampling, restart_guidance, sample_guidance_cameras
 from .losses import ReconstructionLoss, psnr
@@ -142,14 +142,6 @@ class FitResult:
     repaired: int = 0
     stopped: bool = False
     extra: dict = field(default_factory=dict)
-
-
-class FitDivergedError(ValueError):
-    """A loss became NaN or inf; ``result`` holds the last state whose losses were finite."""
-
-    def __init__(self, message: str, result: FitResult):
-        super().__init__(message)
-        self.result = result
 
 
 def make_optimizer(params: dict[str, torch.nn.Parameter], lrs: GaussianLearningRates) -> torch.optim.Adam:
