@@ -50,6 +50,8 @@ class RenderOutput:
         means2d: ``[C,N,2]`` screen-space centres with ``retain_grad()`` set (only with
             ``screen_grads=True``): after backward, ``means2d.grad`` drives densification.
         radii: ``[C,N,2]`` screen-space radii in pixels (0 = not visible), with ``screen_grads``.
+        parts: the renders this one was concatenated from, each with its own screen-space data
+            (:func:`render_each` without a batched backend).
     """
 
     rgb: Tensor
@@ -57,6 +59,7 @@ class RenderOutput:
     depth: Tensor
     means2d: Tensor | None = None
     radii: Tensor | None = None
+    parts: list["RenderOutput"] | None = None
 
     @staticmethod
     def cat(parts: list["RenderOutput"]) -> "RenderOutput":
@@ -254,12 +257,15 @@ def training_render(gaussians: Gaussians, cameras: Cameras, background) -> Rende
     return render(gaussians, cameras, background, screen_grads=True, check_finite=False)
 
 
-def render_each(sets: list[Gaussians], cameras: Cameras, background) -> RenderOutput:
+def render_each(sets: list[Gaussians], cameras: Cameras, background, screen_grads: bool = False) -> RenderOutput:
     """Camera ``i`` sees ``sets[i]``: the sets of one deformation at several times, say.
 
     On CUDA with gsplat, sets of equal size go through one batched rasterization (one launch for all
-    of them instead of one per set); elsewhere each set is rendered on its own. No screen-space
-    data is kept (the deformation fit does not densify).
+    of them instead of one per set); elsewhere each set is rendered on its own.
+
+    Args:
+        screen_grads: keep screen-space data for densification: ``means2d`` / ``radii`` of shape
+            ``[B,1,N,2]`` from the batched call, or one render per set in ``parts``.
 
     Raises:
         ValueError: the numbers of sets and cameras differ, or no set is given.
@@ -269,22 +275,28 @@ def render_each(sets: list[Gaussians], cameras: Cameras, background) -> RenderOu
     device = sets[0].device
     name = resolve_backend("auto", device)
     if name != "gsplat" or len(sets) == 1 or len({len(g) for g in sets}) != 1:
-        outs = [render(g, cameras[i: i + 1], background, check_finite=False) for i, g in enumerate(sets)]
-        return RenderOutput.cat(outs)
+        outs = [render(g, cameras[i: i + 1], background, screen_grads=screen_grads, check_finite=False)
+                for i, g in enumerate(sets)]
+        merged = RenderOutput.cat(outs)
+        merged.parts = outs if screen_grads else None
+        return merged
     for g in sets:
         g.validate()
     cams = cameras.to(device)
     bg = _background(background, len(cams), device)
     degree = sets[0].sh_degree
     stacked = [torch.stack([getattr(g, key) for g in sets]) for key in ("means", "quats", "scales", "opacities", "sh")]
-    colors, alphas, _ = _gsplat_rasterization()(
+    colors, alphas, meta = _gsplat_rasterization()(
         *stacked, cams.viewmats.to(stacked[0].dtype)[:, None], cams.Ks.to(stacked[0].dtype)[:, None],
         int(cams.width), int(cams.height), near_plane=cams.near, far_plane=cams.far, sh_degree=degree,
         render_mode="RGB+ED", packed=False,
     )
     colors, alphas = colors[:, 0], alphas[:, 0]  # [B,1,H,W,·] -> [B,H,W,·]
     rgb = colors[..., :3] if bg is None else colors[..., :3] + (1.0 - alphas) * bg[:, None, None, :]
-    return RenderOutput(rgb, alphas, colors[..., 3:4])
+    means2d = meta["means2d"] if screen_grads else None
+    if means2d is not None and means2d.requires_grad:
+        means2d.retain_grad()
+    return RenderOutput(rgb, alphas, colors[..., 3:4], means2d, meta["radii"] if screen_grads else None)
 
 
 training_render.each = render_each

@@ -418,3 +418,26 @@ def test_render_each_draws_set_i_from_camera_i():
         render_each(sets[:2], cams, bg)
     with pytest.raises(ValueError, match="whole cameras"):
         cams[torch.tensor([[0, 1]])]
+
+
+def test_unfrozen_deformation_fit_densifies_on_the_deformed_gaussians(tiny, object_world):
+    """4DGS's fine stage: the canonical set grows where the *deformed* splats' screen gradients are high,
+    the field follows the new rows, and a frozen set refuses densification."""
+    canonical = synthetic.surface_motion(object_world, [0.0], 200, seed=0).gaussians
+    densify = DensifyConfig(refine_start=5, refine_every=5, refine_stop=30, grad_threshold=1e-6,
+                            prune_scale3d=None)
+    config = deformation_config(30, freeze_canonical=False, densify=densify, lr_final_ratio=0.01)
+    result = fit_deformation(canonical, tiny.video, training_render, config)
+    counts = [h["count"] for h in result.history]
+    assert counts[0] == 200 and max(counts) > 200, counts
+    assert len(result.gaussians) == counts[-1]
+    assert_finite(result.extra["motion"].apply(result.gaussians, 0.5))
+    plain = fit_deformation(canonical, tiny.video, training_render, deformation_config(30, freeze_canonical=False))
+    assert {h["count"] for h in plain.history} == {200}, "no densify config, no growth"
+    with pytest.raises(ValueError, match="densify grows the canonical set"):
+        deformation_config(30, densify=densify)
+
+
+def test_fine_stage_defaults_follow_4dgs():
+    fine = CoarseToFineConfig().fine
+    assert fine.densify is not None and not fine.freeze_canonical and fine.lr_final_ratio == 0.01

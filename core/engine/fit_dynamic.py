@@ -87,6 +87,12 @@ class DeformationFitConfig:
         lr_scale_with_extent: multiply the deformation, grid and canonical position rates by the
             scene extent (``fit_static.scene_extent``), as 4DGS does (``spatial_lr_scale``); off for
             CoCo4D's absolute rates.
+        lr_final_ratio: decay the deformation, grid and canonical position rates log-linearly to
+            this fraction of their start over the fit (4DGS: 0.01); ``None`` keeps them constant
+            (CoCo4D).
+        densify: adaptive density control of the canonical set during the fit, driven by the
+            screen-space gradients of the deformed Gaussians (4DGS densifies in its fine stage);
+            needs ``freeze_canonical=False``. ``None`` off.
     """
 
     iterations: int = 800
@@ -112,8 +118,16 @@ class DeformationFitConfig:
     preview_every: int = 50
     seed: int = 0
     lr_scale_with_extent: bool = False
+    lr_final_ratio: float | None = None
+    densify: dens.DensifyConfig | None = None
 
     def __post_init__(self) -> None:
+        if self.densify is not None and self.freeze_canonical:
+            raise ValueError("DeformationFitConfig: densify grows the canonical set, which needs "
+                             "freeze_canonical=False")
+        if self.lr_final_ratio is not None and not 0 < self.lr_final_ratio <= 1:
+            raise ValueError(f"DeformationFitConfig: lr_final_ratio must be in (0, 1] or None, got "
+                             f"{self.lr_final_ratio}")
         if self.iterations < 1 or self.times_per_step < 1 or self.sds_every < 1 or self.rigidity_k < 1:
             raise ValueError("DeformationFitConfig: iterations, times_per_step, sds_every and rigidity_k must be "
                              f">= 1, got {self.iterations}, {self.times_per_step}, {self.sds_every}, "
@@ -187,6 +201,12 @@ def fit_deformation(
         lrs = cfg.canonical_learning_rates
         optimizers.append(make_optimizer(params, replace(lrs, position=lrs.position * scale)))
     field_params = [p for group in groups for p in group["params"]]
+    schedules = [(group, group["lr"]) for opt in optimizers for group in opt.param_groups
+                 if group.get("name") in ("grid", "deformation", "means")]
+    dcfg = cfg.densify
+    if dcfg is not None and dcfg.total_iterations != cfg.iterations:
+        dcfg = replace(dcfg, total_iterations=cfg.iterations)
+    densify_state, extent = dens.DensifyState(), scene_extent(views, canonical)
     background = torch.tensor(cfg.background, dtype=torch.float32, device=dev)
     knn_index = reg.knn(params["means"].detach(), min(cfg.rigidity_k, len(canonical) - 1)) \
         if cfg.rigidity_weight > 0 and len(canonical) > 1 else None
@@ -212,17 +232,20 @@ def fit_deformation(
             if should_stop is not None and should_stop():
                 result.stopped = True
                 break
+            if cfg.lr_final_ratio is not None:
+                for group, lr0 in schedules:
+                    group["lr"] = dens.exponential_lr(step, lr0, lr0 * cfg.lr_final_ratio, cfg.iterations)
             index = schedule[step]
             times = views.times[index]
             base = Gaussians(**params)
             deformed = deformation.forward_batch(base, times, check_values=False)
             cams = views.cameras[index]
             if render_each is not None:
-                rendered = render_each(deformed, cams, background)
-                rendered = {"rgb": rendered.rgb, "alpha": rendered.alpha, "depth": rendered.depth}
+                out = render_each(deformed, cams, background, screen_grads=dcfg is not None)
+                outs = out.parts or [out]
             else:
                 outs = [render_fn(g, cams[i: i + 1], background) for i, g in enumerate(deformed)]
-                rendered = {key: torch.cat([getattr(o, key) for o in outs]) for key in ("rgb", "alpha", "depth")}
+            rendered = {key: torch.cat([getattr(o, key) for o in outs]) for key in ("rgb", "alpha", "depth")}
             target, masks = masked_targets(views, index, background)
             total, parts = cfg.loss(rendered, target, masks)
             terms = dict(parts)
@@ -258,9 +281,16 @@ def fit_deformation(
                 opt.zero_grad(set_to_none=True)
             total.backward()
             monitor.add_repaired(dens.zero_non_finite_grads(params, extra=field_params))
+            if dcfg is not None:
+                _accumulate_screen_grads(densify_state, outs, rendered["rgb"].shape[2], rendered["rgb"].shape[1])
             for opt in optimizers:
                 opt.step()
-            monitor.record(step, terms, total, rendered["rgb"])
+            if dcfg is not None:
+                count = params["means"].shape[0]
+                dens.step(params, optimizers[-1], densify_state, step + 1, dcfg, extent, gen)
+                if knn_index is not None and params["means"].shape[0] != count:
+                    knn_index = reg.knn(params["means"].detach(), min(cfg.rigidity_k, params["means"].shape[0] - 1))
+            monitor.record(step, terms, total, rendered["rgb"], count=params["means"].shape[0])
             if monitor.due():
                 try:
                     monitor.flush(FitResult(Gaussians(**last_good[1]), steps=last_good[0]))
@@ -277,13 +307,31 @@ def fit_deformation(
     return result
 
 
+def _accumulate_screen_grads(state: dens.DensifyState, outs: list, width: int, height: int) -> None:
+    """Feed this step's screen-space gradients (one batched render or one render per set, as ``[B,N,2]``
+    together, since the loss averages over the B sets) to densification; renders without them (a
+    custom ``render_fn``) are skipped."""
+    grads, radii = [], []
+    for out in outs:
+        means2d, r = getattr(out, "means2d", None), getattr(out, "radii", None)
+        if means2d is None or means2d.grad is None or r is None:
+            return
+        grads.append(means2d.grad.reshape(-1, *means2d.grad.shape[-2:]))
+        radii.append(r.reshape(-1, *r.shape[-2:]))
+    grad = torch.nan_to_num(torch.cat(grads), nan=0.0, posinf=0.0, neginf=0.0)
+    dens.accumulate(state, grad, torch.cat(radii), width, height)
+
+
 @dataclass(frozen=True)
 class CoarseToFineConfig:
     """Diffusion4D §3.4 / §4.1: 4DGS construction in two stages.
 
     Args:
         coarse: static fit on the static orbit and the 4D orbit together (5k iterations).
-        fine: deformation fit on the 4D orbit only (2k iterations; canonical trained too).
+        fine: deformation fit on the 4D orbit only (2k iterations; canonical trained too). As in
+            4DGS's fine stage, the canonical set keeps densifying (from step 200 to 80 % of the
+            stage, every 100 steps) on the deformed Gaussians' screen-space gradients, and the
+            field's and positions' learning rates decay to 1 % over the stage.
     """
 
     coarse: StaticFitConfig = field(default_factory=lambda: StaticFitConfig(
@@ -291,7 +339,7 @@ class CoarseToFineConfig:
                                                                    depth_smoothness=0.0)))
     fine: DeformationFitConfig = field(default_factory=lambda: DeformationFitConfig(
         iterations=2000, loss=ReconstructionLoss(l1=1.0, l2=0.0, dssim=0.0, mask=0.0), rigidity_weight=0.0,
-        freeze_canonical=False))
+        freeze_canonical=False, lr_final_ratio=0.01, densify=dens.DensifyConfig(refine_start=200)))
 
 
 def fit_coarse_to_fine(
