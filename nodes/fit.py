@@ -12,7 +12,7 @@ from ..backends.render import render, training_render
 from ..core.coco4d.reference import reference_clip
 from ..core.coco4d.screen_trajectory import refine_trajectory
 from ..core.engine.densify import DensifyConfig
-from ..core.engine.fit_dynamic import CoarseToFineConfig, DeformationFitConfig, fit_deformation
+from ..core.engine.fit_dynamic import DeformationFitConfig, fit_deformation
 from ..core.engine.fit_options import FitOptions
 from ..core.engine.fit_static import StaticFitConfig, fit_static
 from ..core.engine.gaussians import sphere_init
@@ -27,7 +27,6 @@ logger = logging.getLogger(__name__)
 
 _S = StaticFitConfig()
 _D = DeformationFitConfig()
-_FINE = CoarseToFineConfig().fine  # what an unfrozen canonical set gets: 4DGS fine-stage densification and decay
 
 _OPTIONS_IN = socket_in(T.FIT_OPTIONS, "Fit options (Gen4D Fit Options): a paper preset of loss weights, learning "
                         "rates and HexPlane field with overrides. Unconnected: CoCo4D's foreground setting.")
@@ -157,8 +156,7 @@ class DeformationFit:
                 "sds_weight": float_in(_D.sds_weight, 0.0, 1000.0, "Weight of the guidance (SDS) loss relative to the "
                                       "reference loss (1e-4 = DreamGaussian's 1 : 10^4 balance).", step=1e-5),
                 "freeze_canonical": bool_in(_D.freeze_canonical, "Keep the canonical Gaussians fixed (CoCo4D); "
-                                            "off also refines and densifies them, with learning rates decaying "
-                                            "over the fit (4DGS / Diffusion4D fine stage)."),
+                                            "off also refines them (4DGS / Diffusion4D fine stage)."),
                 "center_object": bool_in(True, "With masks and no cameras: centre the object like Static "
                                          "Gaussians did, then learn the screen trajectory. Not applied with "
                                          "cameras connected or without masks (the node says so)."),
@@ -188,10 +186,6 @@ class DeformationFit:
             pose_sampling=PoseSampling(width=min(clip.views.cameras.width, 256),
                                        height=min(clip.views.cameras.height, 256)),
         )
-        if not freeze_canonical:
-            fine = _FINE
-            config = replace(config, lr_final_ratio=fine.lr_final_ratio,
-                             densify=replace(fine.densify, total_iterations=iterations))
         if options is not None:
             config = _options(options, "Gen4D_DeformationFit").deformation_config(config,
                                                                                   clip.views.masks is not None)

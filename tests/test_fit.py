@@ -438,6 +438,8 @@ def test_unfrozen_deformation_fit_densifies_on_the_deformed_gaussians(tiny, obje
         deformation_config(30, densify=densify)
 
 
-def test_fine_stage_defaults_follow_4dgs():
-    fine = CoarseToFineConfig().fine
-    assert fine.densify is not None and not fine.freeze_canonical and fine.lr_final_ratio == 0.01
+def test_lr_final_ratio_must_be_a_fraction():
+    with pytest.raises(ValueError, match="lr_final_ratio"):
+        deformation_config(20, lr_final_ratio=0.0)
+    with pytest.raises(ValueError, match="lr_final_ratio"):
+        deformation_config(20, lr_final_ratio=2.0)
