@@ -6,6 +6,7 @@ from __future__ import annotations
 from ..backends.memory import set_host_hook
 from . import (
     cameras,
+    checks,
     compose,
     depth,
     diffusion4d,
@@ -36,5 +37,6 @@ NODE_CLASS_MAPPINGS: dict[str, type] = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}
 for _module in _MODULES:
     for _node_id, (_cls, _display) in _module.NODES.items():
+        checks.guard(_node_id, _cls)  # inputs checked per socket type on the way in, outputs on the way out
         NODE_CLASS_MAPPINGS[_node_id] = _cls
         NODE_DISPLAY_NAME_MAPPINGS[_node_id] = _display

@@ -64,6 +64,7 @@ class StaticGaussians:
     RETURN_NAMES = ("gaussians",)
     OUTPUT_TOOLTIPS = ("The fitted static Gaussians.",)
     FUNCTION = "fit"
+    PAIRED_INPUTS = (("images", "masks", "cameras"),)
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -137,6 +138,7 @@ class DeformationFit:
     RETURN_NAMES = ("scene",)
     OUTPUT_TOOLTIPS = ("The animated scene: canonical Gaussians + deformation field (+ screen trajectory).",)
     FUNCTION = "fit"
+    PAIRED_INPUTS = (("images", "masks", "cameras"),)
 
     @classmethod
     def INPUT_TYPES(cls):

@@ -150,6 +150,7 @@ class TrajectoryDiT:
         "The z-depth used for the initial points, as an 'inverse_normalized' picture (near = white).",
     )
     FUNCTION = "generate"
+    INPUT_RANGES = {"depth": (0.0, None)}  # metric depth or disparity, not 0..1
 
     @classmethod
     def INPUT_TYPES(cls):

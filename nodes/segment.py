@@ -173,6 +173,7 @@ class SAM2Split:
         "The object's mask per frame, 0..1.",
     )
     FUNCTION = "split"
+    PAIRED_INPUTS = (("images", "init_mask"),)
 
     @classmethod
     def INPUT_TYPES(cls):
