@@ -14,10 +14,10 @@ Node classes may refine the defaults with two optional attributes:
         mask may stand for every frame) and IMAGE/MASK sizes must match.
 
 Design notes:
-    Widgets are checked the way ComfyUI's own validation does (INT/FLOAT within min..max, combos in
-    their list), except for inputs the node's ``VALIDATE_INPUTS`` takes over, so the headless runner
-    and direct calls get the same refusals as the UI. Nothing is clamped: a value outside its range
-    is refused with what was received and what is expected.
+    Widgets are checked the way ComfyUI's own validation does (type, INT/FLOAT within min..max, combos
+    in their list unless the node's ``VALIDATE_INPUTS`` takes the combo over), then ``VALIDATE_INPUTS``
+    itself runs, so the headless runner and direct calls get the same refusals as the UI. Nothing is
+    clamped: a value outside its range is refused with what was received and what is expected.
 """
 
 from __future__ import annotations
@@ -116,7 +116,8 @@ def _instance(cls: type, label: str) -> Callable:
 
 def _handle(node: str, name: str, kind: str, value):
     """Payload sockets without one payload class (model handles, tracks): refuse plain data."""
-    if isinstance(value, (str, bytes, int, float, bool, list, tuple, torch.Tensor)):
+    plain = (str, bytes, int, float, bool, list, tuple, torch.Tensor) + ((dict,) if kind.endswith("_MODEL") else ())
+    if isinstance(value, plain):
         raise TypeError(f"{node}: {name} must be a {kind} (connect the node that outputs it), got "
                         f"{_describe(value)}")
     return value
@@ -135,9 +136,11 @@ SOCKET_CHECKS: dict[str, Callable] = {
 _WIDGETS = (T.INT, T.FLOAT, T.STRING, T.BOOLEAN)
 
 
-def _widget(node: str, name: str, kind, opts: dict, value) -> None:
+def _widget(node: str, name: str, kind, opts: dict, value, own: bool) -> None:
+    """Type and declared range always; combo membership unless the node's VALIDATE_INPUTS owns the input
+    (``own``: a loader also takes a folder path that is not in its list)."""
     if isinstance(kind, (list, tuple)):
-        if value not in kind:
+        if not own and value not in kind:
             shown = ", ".join(repr(k) for k in list(kind)[:8]) + (", ..." if len(kind) > 8 else "")
             raise ValueError(f"{node}: {name} must be one of {shown}; got {value!r}")
         return
@@ -160,8 +163,24 @@ def _widget(node: str, name: str, kind, opts: dict, value) -> None:
     else:
         return
     lo, hi = opts.get("min"), opts.get("max")
-    if (lo is not None and value < lo) or (hi is not None and value > hi):
+    if ((lo is not None and value < lo) or (hi is not None and value > hi)):
         raise ValueError(f"{node}: {name} is {value!r}, outside its range {lo}..{hi}")
+
+
+def _validate(node: str, cls, inputs: dict) -> None:
+    """Run the node's own VALIDATE_INPUTS (as ComfyUI does before a run), naming the input it refuses."""
+    fn = getattr(cls, "VALIDATE_INPUTS", None)
+    if fn is None:
+        return
+    given = {k: inputs[k] for k in inspect.signature(fn).parameters if inputs.get(k) is not None}
+    for name, value in given.items():
+        answer = fn(**{name: value})
+        if answer is not True:
+            text = str(answer).removeprefix(f"{node}: ")
+            raise ValueError(f"{node}: {text}" if text.startswith(name) else f"{node}: {name}: {text}")
+    answer = fn(**given)
+    if answer is not True:
+        raise ValueError(f"{node}: {str(answer).removeprefix(f'{node}: ')}")
 
 
 def _self_validated(cls) -> set[str]:
@@ -228,8 +247,9 @@ def check_inputs(node: str, cls, inputs: dict) -> None:
                 SOCKET_CHECKS[kind](node, name, value, ranges.get(name, (0.0, 1.0)))
             elif isinstance(kind, str) and kind.startswith("GEN4D_"):
                 _handle(node, name, kind, value)
-            elif name not in skip:
-                _widget(node, name, kind, opts, value)
+            else:
+                _widget(node, name, kind, opts, value, name in skip)
+    _validate(node, cls, inputs)
     _pairs(node, cls, inputs, kinds)
 
 
