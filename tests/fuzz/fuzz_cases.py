@@ -314,7 +314,7 @@ STRING_CASES = [
 ]
 
 BOOL_CASES = [
-    Case("string yes", lambda v, o: "yes", True, long=True),
+    Case("string yes", lambda v, o: "yes", True),
     Case("flipped", lambda v, o: not v, False, long=True),
 ]
 
