@@ -87,6 +87,8 @@ class Context:
         self._try("GEN4D_FIT_OPTIONS", lambda: call("Gen4D_FitOptions", {"preset": "coco4d_foreground"})[0])
         self._try("GEN4D_TRAJECTORY_MODEL", self._trajectory)
         self._try("GEN4D_ORBITAL_MODEL", self._orbital)
+        self.guidances: dict[str, Any] = {}
+        self._try("tiny guidance models", self._guidances)
         self.scene = scene
         self.overrides: dict[str, dict] = {}
         self._works: dict[str, bool] = {}
@@ -124,6 +126,21 @@ class Context:
             orbital.clear_cache()
         return call("Gen4D_OrbitalModelLoader", {"model": "orbital-tiny", "device": "cpu", "dtype": "fp32",
                                                  "offload": "after_use"})[0]
+
+    def _guidances(self):
+        """Zero123 and SD guidance loaded from tiny random weights through their loader nodes."""
+        from gen4d.backends.tiny import build_tiny
+
+        models = self.root / "models"
+        build_tiny("guidance_zero123", models / "gen4d" / "zero123", seed=0)
+        build_tiny("guidance_sd", models / "diffusers", seed=0)
+        common = {"device": "cpu", "dtype": "fp32", "seed": 0, "guidance_scale": 5.0}
+        self.guidances["zero123"] = call("Gen4D_Zero123GuidanceLoader", {
+            **common, "model": "guidance_zero123-tiny", "condition_image": self.values["IMAGE"][:1],
+            "condition_elevation": 0.0, "condition_azimuth": 0.0, "condition_radius": 2.5})[0]
+        self.guidances["sd"] = call("Gen4D_SDGuidanceLoader", {**common, "model": "guidance_sd-tiny",
+                                                               "prompt": "a cat", "negative_prompt": ""})[0]
+        return self.guidances
 
     def _cheap(self, node_id: str, given: dict) -> dict:
         return {**baseline_widgets(node_id), **given}

@@ -61,8 +61,11 @@ def test_same_seed_twice_in_one_process(ctx, node_id):
     _same_twice(node_id, ctx.baseline(node_id))
 
 
+@pytest.mark.parametrize("guidance", ["oracle", "zero123", "sd"])
 @pytest.mark.parametrize("node_id", ["Gen4D_StaticGaussians", "Gen4D_DeformationFit"])
-def test_same_seed_twice_with_guidance(ctx, node_id):
-    inputs = {**ctx.baseline(node_id), "guidance": ctx.values["GEN4D_GUIDANCE_MODEL"], "sds_weight": 1.0,
-              "iterations": 3}
+def test_same_seed_twice_with_guidance(ctx, node_id, guidance):
+    handle = ctx.values["GEN4D_GUIDANCE_MODEL"] if guidance == "oracle" else ctx.guidances.get(guidance)
+    if handle is None:
+        pytest.skip(f"no {guidance} guidance here: {ctx.missing.get('tiny guidance models')}")
+    inputs = {**ctx.baseline(node_id), "guidance": handle, "sds_weight": 1.0, "iterations": 3}
     _same_twice(node_id, inputs)
