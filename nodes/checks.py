@@ -76,7 +76,7 @@ def _range(node: str, name: str, value: torch.Tensor, bounds: tuple[float | None
 def _image(node: str, name: str, value, bounds) -> torch.Tensor:
     x = _tensor(node, name, value, "IMAGE", (4,), "[B,H,W,C]")
     if x.shape[-1] not in (3, 4):
-        raise ValueError(f"{node}: {name} must be an IMAGE [B,H,W,C] with 3 (RGB) or 4 (RGBA) channels, "
+        raise ValueError(f"{node}: {name} must be an IMAGE [B,H,W,C] with C in (3, 4) (RGB or RGBA), "
                          f"got shape {tuple(x.shape)}")
     _range(node, name, x, bounds, "IMAGE")
     return x
