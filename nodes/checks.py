@@ -35,7 +35,11 @@ from ..core.engine.gaussians import Gaussians
 from ..core.engine.scene import Scene4D
 from . import types as T
 
-__all__ = ["guard", "check_inputs", "check_outputs", "SOCKET_CHECKS"]
+__all__ = ["guard", "check_inputs", "check_outputs", "SOCKET_CHECKS", "InputTypeError"]
+
+class InputTypeError(TypeError, ValueError):
+    """An input of the wrong kind: a TypeError, and a ValueError as the pack's other input errors are."""
+
 
 # Float round-off a producer may leave past 0 or 1 (a VAE decode, a resize) is not an error.
 RANGE_SLACK = 1e-3
@@ -49,9 +53,9 @@ def _describe(value) -> str:
 
 def _tensor(node: str, name: str, value, kind: str, ranks: tuple[int, ...], layout: str) -> torch.Tensor:
     if not isinstance(value, torch.Tensor):
-        raise TypeError(f"{node}: {name} must be a {kind} tensor {layout}, got {_describe(value)}")
+        raise InputTypeError(f"{node}: {name} must be an {kind} tensor {layout}, got {_describe(value)}")
     if not value.is_floating_point():
-        raise TypeError(f"{node}: {name} must be a float {kind} with values in 0..1, got {_describe(value)}"
+        raise InputTypeError(f"{node}: {name} must be a float {kind} with values in 0..1, got {_describe(value)}"
                         f"; convert it to float (uint8 images: divide by 255)")
     if value.dim() not in ranks:
         raise ValueError(f"{node}: {name} must be a {kind} {layout}, got shape {tuple(value.shape)}")
@@ -90,7 +94,7 @@ def _mask(node: str, name: str, value, bounds) -> torch.Tensor:
 
 def _cameras(node: str, name: str, value, _bounds) -> Cameras:
     if not isinstance(value, Cameras):
-        raise TypeError(f"{node}: {name} must be a camera path (GEN4D_CAMERAS), got {_describe(value)}")
+        raise InputTypeError(f"{node}: {name} must be a camera path (GEN4D_CAMERAS), got {_describe(value)}")
     for field in ("viewmats", "Ks"):
         tensor = getattr(value, field)
         if not bool(torch.isfinite(tensor).all()):
@@ -106,7 +110,7 @@ def _cameras(node: str, name: str, value, _bounds) -> Cameras:
 def _instance(cls: type, label: str) -> Callable:
     def check(node: str, name: str, value, _bounds):
         if not isinstance(value, cls):
-            raise TypeError(f"{node}: {name} must be a {label}, got {_describe(value)}")
+            raise InputTypeError(f"{node}: {name} {label}, got {_describe(value)}")
         gaussians = value if isinstance(value, Gaussians) else None
         if gaussians is not None and not bool(torch.isfinite(gaussians.means).all()):
             raise ValueError(f"{node}: {name} has NaN or inf Gaussian positions")
@@ -118,7 +122,7 @@ def _handle(node: str, name: str, kind: str, value):
     """Payload sockets without one payload class (model handles, tracks): refuse plain data."""
     plain = (str, bytes, int, float, bool, list, tuple, torch.Tensor) + ((dict,) if kind.endswith("_MODEL") else ())
     if isinstance(value, plain):
-        raise TypeError(f"{node}: {name} must be a {kind} (connect the node that outputs it), got "
+        raise InputTypeError(f"{node}: {name} must be a {kind} (connect the node that outputs it), got "
                         f"{_describe(value)}")
     return value
 
@@ -127,38 +131,40 @@ SOCKET_CHECKS: dict[str, Callable] = {
     T.IMAGE: _image,
     T.MASK: _mask,
     T.CAMERAS: _cameras,
-    T.GAUSSIANS: _instance(Gaussians, "Gaussian set (GEN4D_GAUSSIANS)"),
-    T.SCENE: _instance(Scene4D, "4D scene (GEN4D_SCENE)"),
-    T.FIT_OPTIONS: _instance(FitOptions, "fit options (GEN4D_FIT_OPTIONS)"),
+    T.GAUSSIANS: _instance(Gaussians, "must be a Gaussian set (GEN4D_GAUSSIANS)"),
+    T.SCENE: _instance(Scene4D, "must be a 4D scene (GEN4D_SCENE)"),
+    T.FIT_OPTIONS: _instance(FitOptions, "must come from Gen4D Fit Options (GEN4D_FIT_OPTIONS)"),
 }
 
 
 _WIDGETS = (T.INT, T.FLOAT, T.STRING, T.BOOLEAN)
+# File and model pickers: their lists follow the disk (a loader also takes a folder path), the node checks them.
+_PICKERS = ("model", "model_name", "file", "folder")
 
 
 def _widget(node: str, name: str, kind, opts: dict, value, own: bool) -> None:
     """Type and declared range always; combo membership unless the node's VALIDATE_INPUTS owns the input
     (``own``: a loader also takes a folder path that is not in its list)."""
     if isinstance(kind, (list, tuple)):
-        if not own and value not in kind:
+        if not own and name not in _PICKERS and value not in kind:
             shown = ", ".join(repr(k) for k in list(kind)[:8]) + (", ..." if len(kind) > 8 else "")
             raise ValueError(f"{node}: {name} must be one of {shown}; got {value!r}")
         return
     if kind == T.INT:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{node}: {name} must be an integer, got {_describe(value)} {value!r}")
+            raise InputTypeError(f"{node}: {name} must be an integer, got {_describe(value)} {value!r}")
     elif kind == T.FLOAT:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError(f"{node}: {name} must be a number, got {_describe(value)} {value!r}")
+            raise InputTypeError(f"{node}: {name} must be a number, got {_describe(value)} {value!r}")
         if not math.isfinite(value):
             raise ValueError(f"{node}: {name} must be a finite number, got {value!r}")
     elif kind == T.STRING:
         if not isinstance(value, str):
-            raise TypeError(f"{node}: {name} must be text, got {_describe(value)}")
+            raise InputTypeError(f"{node}: {name} must be text, got {_describe(value)}")
         return
     elif kind == T.BOOLEAN:
         if not isinstance(value, bool):
-            raise TypeError(f"{node}: {name} must be true or false, got {_describe(value)} {value!r}")
+            raise InputTypeError(f"{node}: {name} must be true or false, got {_describe(value)} {value!r}")
         return
     else:
         return
@@ -218,13 +224,13 @@ def _pairs(node: str, cls, inputs: dict, spec: dict) -> None:
             ref, n = frames[0]
             for name, c in masks:
                 if c not in (1, n):
-                    raise ValueError(f"{node}: {name} has {c} mask(s) for {n} frame(s) of {ref}; give one "
-                                     f"mask or one per frame")
+                    raise ValueError(f"{node}: {name}: {c} masks for {n} images in {ref}; give one mask or "
+                                     f"one per image")
         sized = [(n, _size(v)) for n, v in present if spec.get(n) in (T.IMAGE, T.MASK)]
         for (a, sa), (b, sb) in zip(sized, sized[1:]):
             if sa != sb:
-                raise ValueError(f"{node}: {a} is {sa[1]}x{sa[0]} but {b} is {sb[1]}x{sb[0]} (width x "
-                                 f"height); they must have the same size")
+                raise ValueError(f"{node}: {b} size {sb} (height, width) does not match the image size {sa} of "
+                                 f"{a}; they must have the same size")
 
 
 def check_inputs(node: str, cls, inputs: dict) -> None:

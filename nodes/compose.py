@@ -62,7 +62,6 @@ class Compose:
         "Measured depth range factor (eq. 9), foreground depth (eq. 8), width scale and object scale.",
     )
     FUNCTION = "compose"
-    PAIRED_INPUTS = (("reference_images", "foreground_mask"),)
 
     @classmethod
     def INPUT_TYPES(cls):
