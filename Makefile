@@ -3,6 +3,7 @@
 #   make demo   install, then run the CoCo4D workflow on the synthetic scene world, headless (outputs/demo/)
 #   make lint   ruff
 #   make lock   re-resolve the newest versions requirements allow, write requirements-lock.txt, run the suite
+#   make test-fuzz   the whole fuzz table over every node (bad inputs, widget maxima, files, cancel, seeds)
 #   make test-browser   headless chromium test of the 4D viewer (installs chromium + playwright-core)
 #   make test-splat-client   our PLY/SPZ/glTF frames opened by splat-transform and glTF-Transform (npm)
 PYTHON ?= python3
@@ -12,7 +13,7 @@ TORCH  := torch==2.13.0
 LOCK   := requirements-lock.txt
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test demo lint lock bench-render clean test-browser test-splat-client
+.PHONY: install test test-fuzz demo lint lock bench-render clean test-browser test-splat-client
 
 install: $(STAMP)
 
@@ -31,6 +32,10 @@ $(STAMP): requirements.txt requirements-dev.txt $(LOCK)
 TEST_JOBS ?= auto
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n $(TEST_JOBS) --dist loadfile tests
+
+test-fuzz: $(STAMP)
+	$(BIN)/python -m pytest -q -n $(TEST_JOBS) --dist loadfile -m "fuzz_long or not fuzz_long" tests/fuzz
+	$(BIN)/python tests/fuzz/report.py --long
 
 demo: $(STAMP)
 	$(BIN)/python tools/run_workflow.py workflows/CoCo4D_synthetic.json --out outputs/demo

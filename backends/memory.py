@@ -9,6 +9,9 @@ Public API:
     park(modules)                   move modules to the CPU, except those the host's model manager places
     host_managed(module)            True when the host's model manager places ``module``
     pipeline_modules(pipe)          the ``nn.Module`` components of a diffusers pipeline
+    available_bytes(device)         memory this process can still use on ``device`` (free GPU memory, or
+                                    the host's available memory capped by the address-space limit)
+    require(who, need, device, lower)   refuse up front (ValueError) when ``need`` bytes cannot fit
 
 Design notes:
     Backends never import ComfyUI. The node layer installs a hook that calls ComfyUI's model
@@ -30,7 +33,9 @@ from typing import Callable, Iterable, Iterator
 import torch
 
 __all__ = ["set_host_hook", "set_host_loader", "make_room", "park", "host_managed", "pipeline_modules",
-           "modules_on"]
+           "modules_on", "available_bytes", "require", "GIB"]
+
+GIB = 1024**3
 
 _hook: Callable[[int, torch.device], None] | None = None
 _loader: Callable[[list, torch.device], bool] | None = None
@@ -92,3 +97,58 @@ def modules_on(device: torch.device, *modules: torch.nn.Module | None) -> Iterat
     finally:
         if torch.device(device).type != "cpu":
             park(mods)
+
+
+def _host_available() -> int:
+    """MemAvailable of the host, capped by this process's address-space limit (RLIMIT_AS) when set."""
+    avail = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+                    break
+    except OSError:
+        pass
+    if avail is None:
+        try:
+            import os
+
+            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            avail = 1 << 62
+    try:
+        import resource
+
+        soft, _hard = resource.getrlimit(resource.RLIMIT_AS)
+        if soft != resource.RLIM_INFINITY:
+            with open("/proc/self/statm") as f:
+                used = int(f.read().split()[0]) * resource.getpagesize()
+            avail = min(avail, max(soft - used, 0))
+    except (ImportError, OSError, ValueError):
+        pass
+    return int(avail)
+
+
+def available_bytes(device: torch.device | str) -> int:
+    """Bytes this process can still allocate on ``device``."""
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.is_available():
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+    return _host_available()
+
+
+def require(who: str, need: float, device: torch.device | str, what: str, lower: str) -> None:
+    """Raise ``ValueError`` before any work when ``need`` bytes exceed what ``device`` has.
+
+    Args:
+        who: the node or function, first in the message.
+        need: estimated peak bytes of the work.
+        what: how the estimate was made (e.g. ``"1024 cameras at 8192x8192"``).
+        lower: the settings to lower (e.g. ``"batch_size, or the camera width/height"``).
+    """
+    have = available_bytes(device)
+    if need > have:
+        raise ValueError(f"{who}: {what} needs about {need / GIB:.1f} GiB on {torch.device(device)}, but about "
+                         f"{have / GIB:.1f} GiB is available; lower {lower}")

@@ -7,6 +7,7 @@ from ..backends.loading import set_cache_owner
 from ..backends.memory import set_host_hook, set_host_loader
 from . import (
     cameras,
+    checks,
     compose,
     depth,
     diffusion4d,
@@ -43,5 +44,6 @@ NODE_CLASS_MAPPINGS: dict[str, type] = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}
 for _module in _MODULES:
     for _node_id, (_cls, _display) in _module.NODES.items():
+        checks.guard(_node_id, _cls)  # inputs checked per socket type on the way in, outputs on the way out
         NODE_CLASS_MAPPINGS[_node_id] = _cls
         NODE_DISPLAY_NAME_MAPPINGS[_node_id] = _display

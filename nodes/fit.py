@@ -68,6 +68,7 @@ class StaticGaussians:
     RETURN_NAMES = ("gaussians",)
     OUTPUT_TOOLTIPS = ("The fitted static Gaussians.",)
     FUNCTION = "fit"
+    PAIRED_INPUTS = (("images", "masks", "cameras"),)
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -141,6 +142,7 @@ class DeformationFit:
     RETURN_NAMES = ("scene",)
     OUTPUT_TOOLTIPS = ("The animated scene: canonical Gaussians + deformation field (+ screen trajectory).",)
     FUNCTION = "fit"
+    PAIRED_INPUTS = (("images", "masks", "cameras"),)
 
     @classmethod
     def INPUT_TYPES(cls):

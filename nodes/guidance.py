@@ -28,6 +28,7 @@ class Zero123GuidanceLoader:
     RETURN_NAMES = ("guidance",)
     OUTPUT_TOOLTIPS = ("Zero123 SDS guidance for Static Gaussians / Deformation Fit.",)
     FUNCTION = "load"
+    PAIRED_INPUTS = (("condition_image", "condition_masks"),)
 
     @classmethod
     def INPUT_TYPES(cls):

@@ -96,6 +96,7 @@ class Inpaint:
     RETURN_NAMES = ("images",)
     OUTPUT_TOOLTIPS = ("The inpainted images [B,H,W,3], same size as the input.",)
     FUNCTION = "inpaint"
+    PAIRED_INPUTS = (("images", "mask"),)
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -191,6 +192,7 @@ class VideoInpaint:
     RETURN_NAMES = ("frames",)
     OUTPUT_TOOLTIPS = ("The inpainted frames [T,H,W,3], same size and count as the input.",)
     FUNCTION = "inpaint"
+    PAIRED_INPUTS = (("frames", "masks"),)
 
     @classmethod
     def INPUT_TYPES(cls):

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..backends.memory import require
 from ..backends.model_folders import NO_MODELS, list_models, preferred_dtype, resolve_model
 from ..core.formats.convert import check_image, depth_to_image, to_image
 from ..core.formats.depth import DEPTH_KINDS, METRIC_DEPTH, depth_from_image
@@ -150,6 +151,7 @@ class TrajectoryDiT:
         "The z-depth used for the initial points, as an 'inverse_normalized' picture (near = white).",
     )
     FUNCTION = "generate"
+    INPUT_RANGES = {"depth": (0.0, None)}  # metric depth or disparity, not 0..1
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -250,6 +252,9 @@ class TrajectoryDiT:
         if motion_denormalisation not in MOTION_DENORMALISATIONS:
             raise ValueError(f"{_NODE}: motion_denormalisation must be one of {MOTION_DENORMALISATIONS}, "
                              f"got {motion_denormalisation!r}")
+        # tracks, colours, visibility, motion maps and depth picture: about 16 floats a pixel, held twice
+        require(_NODE, int(num_frames) * int(width) * int(height) * 16 * 4 * 2, trajectory_model.torch_device(),
+                f"{num_frames} frame(s) at {width}x{height}", "num_frames or width/height")
         source = f"{_NODE}.depth_model" if depth_model is not None else f"{_NODE}.depth"
         kind = depth_model.kind if depth_model is not None else depth_kind
         check_depth_for_lift(kind, relative_depth, source)

@@ -69,6 +69,7 @@ class ProgressiveOutpaint:
         "Per pose: hole fraction before/after, skipped or not, Gaussians added; timings per stage; warnings.",
     )
     FUNCTION = "outpaint"
+    PAIRED_INPUTS = (("background", "hole_mask"),)
 
     @classmethod
     def INPUT_TYPES(cls):

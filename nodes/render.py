@@ -21,6 +21,7 @@ import logging
 
 import torch
 
+from ..backends.memory import require
 from ..backends.render import BACKENDS, RenderOutput, render_placed, render_scene
 from ..core.coco4d.reference import seen_view_cameras
 from ..core.coco4d.screen_trajectory import ScreenTrajectory, screen_placement
@@ -85,6 +86,7 @@ class Render:
         cameras = _cameras(source, cameras, notes)
         bg = parse_color(background)
         device = host.compute_device()
+        _require_memory(cameras, batch_size, device)
         progress = host.Progress(len(cameras))
         parts = []
         try:
@@ -123,6 +125,21 @@ def _cameras(source, cameras, notes: list[str]) -> Cameras:
     notes.append(f"no cameras connected: rendering the {len(recorded)} reference camera(s) the scene records "
                  f"({recorded.width}x{recorded.height}, fovy {float(recorded.fovy_deg[0]):.4g}°).")
     return recorded
+
+
+# Bytes per pixel: the batch being rasterised (colour, alpha, depth and the rasterizer's per-pixel working set)
+# and every camera's finished colour, alpha and depth kept on the CPU until the batch is joined (twice: parts + cat).
+_BATCH_BYTES_PER_PIXEL = 96
+_KEPT_BYTES_PER_PIXEL = 2 * 4 * (3 + 1 + 3)
+
+
+def _require_memory(cameras: Cameras, batch_size: int, device) -> None:
+    pixels = int(cameras.width) * int(cameras.height)
+    batch = min(int(batch_size), len(cameras))
+    what = f"rendering {len(cameras)} camera(s) at {cameras.width}x{cameras.height} in batches of {batch}"
+    require(NODE, batch * pixels * _BATCH_BYTES_PER_PIXEL, device, what, "batch_size or the camera width/height")
+    require(NODE, len(cameras) * pixels * _KEPT_BYTES_PER_PIXEL, "cpu", what + " (the finished frames)",
+            "the number of cameras or their width/height")
 
 
 def _placements(source, cameras: Cameras, notes: list[str]) -> dict | None:

@@ -148,10 +148,17 @@ class SAM2Loader:
         return (load_segmenter(model_name, device, dtype, local_folder),)
 
 
+# SAM2 takes a few clicks per object; thousands only cost memory in the prompt encoder.
+MAX_POINTS = 256
+
+
 def _prompt_error(points, box) -> str | None:
     try:
-        parse_points(points)
+        clicks, _labels = parse_points(points)
         parse_box(box)
+        if len(clicks) > MAX_POINTS:
+            return (f"Gen4D_SAM2Split: points has {len(clicks)} clicks; at most {MAX_POINTS} are taken "
+                    "(a few per object)")
     except ValueError as exc:
         return f"Gen4D_SAM2Split: {exc}"
     return None
@@ -173,6 +180,7 @@ class SAM2Split:
         "The object's mask per frame, 0..1.",
     )
     FUNCTION = "split"
+    PAIRED_INPUTS = (("images", "init_mask"),)
 
     @classmethod
     def INPUT_TYPES(cls):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import torch
 
+from ..backends.memory import require
 from ..core.engine.cameras import Cameras
 from ..core.engine.scene import KeyframeMotion, Scene4D, ScenePart
 from ..core.formats.convert import DEPTH_MODES, depth_to_image, to_image, to_mask
@@ -72,7 +73,7 @@ class SyntheticWorld:
                 "world": combo_in(list(WORLDS), "Which world."),
                 "width": int_in(256, 16, 2048, "Image width of the reference view.", step=8),
                 "height": int_in(256, 16, 2048, "Image height of the reference view.", step=8),
-                "num_frames": int_in(16, 1, 1024, "Frames of the reference video (times 0..1)."),
+                "num_frames": int_in(16, 1, 512, "Frames of the reference video (times 0..1)."),
                 "seed": seed_in("Seed of the world's layout and of the Gaussian twin's sampling."),
                 "twin_points": int_in(20000, 100, 2_000_000, "Gaussians in the 4D twin."),
                 "fps": float_in(8.0, 0.1, 240.0, "Frame rate stored with the twin scene.", step=0.1),
@@ -91,6 +92,12 @@ class SyntheticWorld:
             raise ValueError(f"Gen4D_SyntheticWorld: supersample must be odd, got {supersample}")
         w = WORLDS[world](seed=seed)
         cams = cameras if cameras is not None else w.reference_cameras(width, height, num_frames)
+        # ray-cast working set per sub-pixel ray, plus about 20 floats of outputs per pixel, plus the twin's
+        # per-frame positions and rotations
+        pixels = len(cams) * int(cams.width) * int(cams.height)
+        need = pixels * (80 + 64 * supersample**2) + twin_points * max(len(cams), 2) * 7 * 4
+        require("Gen4D_SyntheticWorld", need, "cpu", f"{len(cams)} frame(s) at {cams.width}x{cams.height} with "
+                f"supersample {supersample} and {twin_points} twin points", "num_frames, width/height or supersample")
         stop = host.should_stop
         try:
             host.raise_if_interrupted()

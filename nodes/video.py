@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..backends.memory import require
 from ..backends.model_folders import NO_MODELS, list_models, preferred_dtype, resolve_model
 from ..core.formats.convert import check_image, to_image
 from . import host
@@ -145,7 +146,7 @@ class I2VReference:
                 "prompt": str_in("", "What happens in the video (ignored by SVD).", multiline=True),
                 "negative_prompt": str_in("", "What to avoid (classifier-free guidance; ignored by SVD).",
                                           multiline=True),
-                "num_frames": int_in(0, 0, 1024, "Frames to generate; 0 = the model's native count (Wan 81, "
+                "num_frames": int_in(0, 0, 257, "Frames to generate; 0 = the model's native count (Wan 81, "
                                      "CogVideoX 49, SVD 14/25). Wan / CogVideoX round to 4k+1."),
                 "fps": float_in(0.0, 0.0, 120.0, "Frame rate; 0 = native (Wan 16, CogVideoX 8, SVD 7). SVD is "
                                 "conditioned on it; for the others it only labels the output.", step=1.0),
@@ -178,6 +179,7 @@ class I2VReference:
                 logger.info("Gen4D_I2VReference: %d images given; the first conditions the video", condition.shape[0])
             condition = condition[0]
         generator = video_model.generator
+        _require_memory(generator, num_frames, width, height, video_model.torch_device())
         host.raise_if_interrupted()
         progress = host.Progress(int(steps))
         try:
@@ -195,6 +197,17 @@ class I2VReference:
             host.soft_empty_cache()
         out_fps = float(fps) if fps and fps > 0 else float(generator.native()[3])
         return to_image(frames), out_fps
+
+
+
+def _require_memory(generator, num_frames: int, width: int, height: int, device) -> None:
+    """Refuse before sampling when the decoded video (three float copies) and the VAE's decode of a chunk of
+    up to 8 frames (about 512 bytes a pixel) cannot fit."""
+    native_w, native_h, native_t, _fps = generator.native()
+    w, h, t = int(width) or native_w, int(height) or native_h, int(num_frames) or native_t
+    pixels = w * h
+    need = t * pixels * 36 + min(t, 8) * pixels * 512
+    require("Gen4D_I2VReference", need, device, f"{t} frame(s) at {w}x{h}", "num_frames or width/height")
 
 
 NODES = {

@@ -219,7 +219,7 @@ def test_resize_keeps_aspect_on_multiples_of_14():
 
 
 @pytest.mark.parametrize("bad, match", [
-    (torch.rand(2, H, W, 2), r"C in \(3,\)"),
+    (torch.rand(2, H, W, 2), r"C in \(3,"),
     (torch.rand(1, 0, W, 3), "empty"),
     (torch.full((1, H, W, 3), float("nan")), "NaN"),
     ("not an image", "IMAGE tensor"),

@@ -109,7 +109,7 @@ def test_interrupt_stops_the_run(fake_comfy):
 
 def test_bad_inputs_name_the_node():
     inputs = _inputs()
-    with pytest.raises(ValueError, match=f"{NODE}: background has 3 frames but hole_mask has 2"):
+    with pytest.raises(ValueError, match=f"{NODE}: hole_mask: 2 masks for 3 images in background"):
         run(NODE, **{**inputs, "hole_mask": inputs["hole_mask"][:2]})
     with pytest.raises(ValueError, match=f"{NODE}: .*must be numbers"):
         run(NODE, **{**inputs, "pose_sets": "0,a"})

@@ -207,7 +207,7 @@ def test_fps_output_and_sizes(models_dir, image):
 
 def test_bad_inputs(models_dir, image):
     wan = _load("video_wan_i2v")
-    with pytest.raises(ValueError, match=r"image.*C in \(3,\)"):
+    with pytest.raises(ValueError, match=r"image.*C in \(3,"):
         _run(wan, "wan_i2v", image[..., :2])
     with pytest.raises(ValueError, match="image-to-video model; connect an image"):
         nodes.I2VReference().generate(wan, "x", "", 5, 0.0, 2, 3.0, 32, 32, 0, image=None)
