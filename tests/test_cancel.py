@@ -71,9 +71,10 @@ def _cameras(frames: int, size: int):
 
 
 def test_render_stops_inside_one_batch(fake_comfy):
-    # 16 cameras in a single batch: the node's between-batch check alone would wait for all of them.
-    cams = _cameras(16, 96)
-    took = _stop_time(fake_comfy, lambda: run("Gen4D_Render", gaussians=_gaussians(2000), cameras=cams,
+    # 48 cameras in a single batch (several seconds of work on any CPU): the node's between-batch check
+    # alone would wait for all of them.
+    cams = _cameras(48, 128)
+    took = _stop_time(fake_comfy, lambda: run("Gen4D_Render", gaussians=_gaussians(3000), cameras=cams,
                                              batch_size=64), after=0.6)
     assert took < BOUND_S, f"Render took {took:.2f} s to stop"
 

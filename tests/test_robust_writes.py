@@ -113,7 +113,7 @@ def test_save_scene_cancel_leaves_nothing(fake_comfy):
     assert _everything(out) == ["gen4d"]
     rel = run("Gen4D_SaveScene", scene=_scene(8), filename_prefix="gen4d/scene")[0]
     assert rel == "gen4d/scene_00001.gen4d.safetensors", "cancelled saves use up no number"
-    assert len(_everything(out)) == 1 + 1 + 1 + 8
+    assert len(_everything(out)) == 1 + 1 + 1 + 1 + 8, "folder, scene file, frame manifest, PLY folder, 8 PLYs"
 
 
 def test_save_scene_error_mid_way_leaves_nothing(tmp_path, monkeypatch):
