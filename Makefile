@@ -32,7 +32,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q -n $(TEST_JOBS) --dist loadfile tests
 
 demo: $(STAMP)
-	$(BIN)/python tools/run_workflow.py workflows/CoCo4D_synthetic.json --out outputs/demo
+	$(BIN)/python tools/run_workflow.py example_workflows/CoCo4D_synthetic.json --out outputs/demo
 
 # Browser test of web/gen4d_viewer.js: Debian chromium (SwiftShader) + playwright-core, localhost only.
 # Kept out of `make test`: chromium comes from apt (root + network to the Debian mirror).

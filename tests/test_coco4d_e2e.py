@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""CoCo4D end to end on the scene world: workflows/CoCo4D_synthetic.json through the headless runner, with
+"""CoCo4D end to end on the scene world: example_workflows/CoCo4D_synthetic.json through the headless runner, with
 the SyntheticWorld's oracle models, scored against the world's ground truth.
 
 The walking figure covers about 1.4 % of the reference view, so whole-frame figures barely see it (the true
@@ -31,7 +31,7 @@ from gen4d.core.engine.scene import PlacedMotion, Scene4D, ScenePart
 from gen4d.nodes import synthetic as synthetic_node
 from run_workflow import run_workflow
 
-WORKFLOW = Path(__file__).resolve().parents[1] / "workflows" / "CoCo4D_synthetic.json"
+WORKFLOW = Path(__file__).resolve().parents[1] / "example_workflows" / "CoCo4D_synthetic.json"
 REF_CAM, WORLD, SPLIT, OUTPAINT, COMPOSE = "1", "2", "4", "7", "9"
 # Small CPU settings: 96x72, 6 frames, reduced iterations (the shipped file holds the demo's settings).
 OVERRIDES = {

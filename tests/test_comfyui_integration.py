@@ -10,7 +10,7 @@ this repository. The server listens on 127.0.0.1 only, on a free port, and is al
 What is checked: the pack imports without error; every ``NODE_CLASS_MAPPINGS`` entry shows up
 in ``/object_info`` with the same inputs and outputs; the checker's core-node table agrees with
 the server; a UI workflow made of core nodes round-trips through ``ui_to_api`` and executes;
-every ``workflows/*.json`` passes the checker against the live definitions, and those marked
+every ``example_workflows/*.json`` passes the checker against the live definitions, and those marked
 ``extra.gen4d.runnable`` are queued and must finish successfully.
 """
 
@@ -353,13 +353,13 @@ def test_core_ui_workflow_converts_and_runs(server, object_info):
 
 
 def _workflow_files() -> list[Path]:
-    return sorted((REPO / "workflows").glob("*.json"))
+    return sorted((REPO / "example_workflows").glob("*.json"))
 
 
 def test_workflow_files_pass_the_checker_against_the_server(object_info):
     files = _workflow_files()
     if not files:
-        pytest.skip("no workflows/*.json yet")
+        pytest.skip("no example_workflows/*.json yet")
     problems = {f.name: check_workflow(load_workflow(f), {}, object_info) for f in files}
     assert not any(problems.values()), json.dumps({k: v for k, v in problems.items() if v}, indent=1)
 

@@ -2,7 +2,7 @@
 """Run a ComfyUI workflow file with the pack's nodes, without ComfyUI.
 
 Usage:
-    python tools/run_workflow.py workflows/CoCo4D_synthetic.json --out outputs/run
+    python tools/run_workflow.py example_workflows/CoCo4D_synthetic.json --out outputs/run
     python tools/run_workflow.py WORKFLOW.json --out DIR --set "12.steps=20" --set '3.prompt="a forest"'
 
 The file may be in UI format (what the ComfyUI frontend saves; converted exactly as the frontend
@@ -16,7 +16,7 @@ runs. Progress of long nodes is logged; Ctrl-C stops the run between steps.
 
 Python use:
     from run_workflow import run_workflow
-    results = run_workflow("workflows/X.json", "outputs/x", overrides={"3.steps": 10})
+    results = run_workflow("example_workflows/X.json", "outputs/x", overrides={"3.steps": 10})
 """
 
 from __future__ import annotations
