@@ -4,6 +4,8 @@
 #   make lint   ruff
 #   make lock   re-resolve the newest versions requirements allow, write requirements-lock.txt, run the suite
 #   make test-browser   headless chromium test of the 4D viewer (installs chromium + playwright-core)
+#   make workflow-shots     open every example workflow in real ComfyUI's frontend: screenshots, thumbnails, sizes
+#   make check-workflows    real ComfyUI queues every weight-free workflow as shipped (COMFYUI_PATH, COMFYUI_PYTHON)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -11,7 +13,7 @@ TORCH  := torch==2.13.0
 LOCK   := requirements-lock.txt
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test demo lint lock bench-render clean test-browser
+.PHONY: install test demo lint lock bench-render clean test-browser workflow-shots check-workflows
 
 install: $(STAMP)
 
@@ -42,6 +44,15 @@ test-browser: $(STAMP)
 	test -d tests/browser/node_modules/playwright-core || (cd tests/browser && npm install --no-audit --no-fund)
 	$(BIN)/python tests/browser/make_fixtures.py
 	CHROMIUM=$(CHROMIUM) PYTHON=$(abspath $(BIN)/python) node tests/browser/viewer.test.mjs
+
+# Real ComfyUI (COMFYUI_PATH, its python in COMFYUI_PYTHON) with its own frontend in headless chromium.
+workflow-shots: $(STAMP)
+	test -x $(CHROMIUM) || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
+	test -d tests/browser/node_modules/playwright-core || (cd tests/browser && npm install --no-audit --no-fund)
+	CHROMIUM=$(CHROMIUM) $(BIN)/python tools/workflow_shots.py --out outputs/workflow_shots --thumbnails --sizes
+
+check-workflows: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_comfyui_integration.py
 
 # A throwaway venv resolves the newest versions the requirements allow; its freeze becomes the lock,
 # then the project venv is rebuilt from the new lock and the suite runs on it.

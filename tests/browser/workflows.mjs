@@ -43,6 +43,10 @@ try {
   await page.waitForTimeout(3000);
   // close whatever dialog a first start opens (templates browser, release notes)
   await page.keyboard.press("Escape");
+  // the minimap would cover the bottom right of every screenshot
+  await page.evaluate(async () => {
+    try { await window.app.extensionManager?.setting?.set("Comfy.Minimap.Visible", false); } catch (e) { /* older */ }
+  });
 
   const used = files.flatMap((f) => JSON.parse(readFileSync(f, "utf8")).nodes.map((n) => n.type));
   const sizes = await page.evaluate((used) => {
@@ -89,6 +93,16 @@ try {
     drawn.grown = grown.map((n) => ({ id: n.id, type: n.type, saved: drawn.saved[n.id].size, drawn: n.size }));
     writeFileSync(join(out, `${name}.json`), JSON.stringify(drawn, null, 1));
     await page.screenshot({ path: join(out, `${name}.png`) });
+    // the whole graph, fitted to the window (the thumbnail for the templates dialog)
+    await page.evaluate(() => {
+      const c = window.app.canvas;
+      c.deselectAll?.();
+      if (typeof c.fitViewToSelectionAnimated === "function") c.fitViewToSelectionAnimated({ duration: 1 });
+      else c.ds.fitToBounds?.(window.app.graph.getBoundingBox?.() ?? [0, 0, 3000, 1500]);
+      c.setDirty(true, true);
+    });
+    await page.waitForTimeout(1500);
+    await page.screenshot({ path: join(out, `${name}.all.png`) });
     console.log(`${grown.length ? "GROWN" : "ok   "} ${name}: ${drawn.nodes.length} nodes` +
       (grown.length ? ` — drawn larger than saved: ${JSON.stringify(drawn.grown)}` : ""));
     if (grown.length) failed++;
