@@ -62,7 +62,7 @@ SETTINGS: dict[str, dict[int, dict[str, Any]]] = {
     "Diffusion4D_synthetic": {
         1: {"num_frames": 12, "width": 48, "height": 48},
         2: {"width": 48, "height": 48, "num_frames": 12, "twin_points": 500, "supersample": 1},
-        7: {"iterations": 120, "num_points": 1000, "views_per_step": 2, "center_object": False},
+        7: {"iterations": 300, "num_points": 1000, "views_per_step": 2, "center_object": False},
         8: {"iterations": 60, "times_per_step": 2, "center_object": False},
         9: {"num_frames": 16, "width": 64, "height": 64},
     },
@@ -103,7 +103,7 @@ SETTINGS_NOTES = {
         "frames (`width`/`height` on the world and reference camera, `supersample` 3) on a GPU. The foreground "
         "fit runs without SDS here: the world offers no object-centred novel views to stand in for Zero123."),
     "Diffusion4D_synthetic": (
-        "**As shipped** (a few minutes on a 2-core CPU): 12 views at 48², coarse 120 iterations from 1000 "
+        "**As shipped** (a few minutes on a 2-core CPU): 12 views at 48², coarse 300 iterations from 1000 "
         "points, fine 60 iterations, a 16-view novel orbit. **Paper settings**, one widget each: 24 views at "
         "256² (`num_frames`, `width`, `height` on the orbit camera and the world), coarse 5000 and fine 2000 "
         "iterations; on a GPU."),

@@ -294,8 +294,9 @@ def run_workflow(path: str | Path, out_dir: str | Path, overrides: Mapping[str, 
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     inputs = Path(input_dir or os.environ.get("GEN4D_INPUT_DIR", out.parent / "inputs")).resolve()
-    previous = {k: os.environ.get(k) for k in ("GEN4D_OUTPUT_DIR", "GEN4D_INPUT_DIR")}
+    previous = {k: os.environ.get(k) for k in ("GEN4D_OUTPUT_DIR", "GEN4D_INPUT_DIR", "GEN4D_TEMP_DIR")}
     os.environ["GEN4D_OUTPUT_DIR"], os.environ["GEN4D_INPUT_DIR"] = str(out), str(inputs)
+    os.environ["GEN4D_TEMP_DIR"] = str(out / "temp")  # the 4D preview's asset
 
     workflow = _read(path) if not isinstance(path, Mapping) else path
     if "nodes" in workflow:
@@ -338,7 +339,7 @@ def run_workflow(path: str | Path, out_dir: str | Path, overrides: Mapping[str, 
                 raise RuntimeError(f"node {node_id} ({title}) failed: {exc}") from exc
             finally:
                 host.set_progress_sink(None)
-            results[node_id] = tuple(result["result"]) if isinstance(result, dict) else tuple(result)
+            results[node_id] = tuple(result.get("result", ())) if isinstance(result, dict) else tuple(result)
             log.info("node %s done in %.1f s", node_id, time.perf_counter() - start)
     finally:
         for key, value in previous.items():

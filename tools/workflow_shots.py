@@ -8,8 +8,8 @@ Starts ComfyUI on 127.0.0.1 with this pack in a temporary base folder (the check
 tests/browser/workflows.mjs (Debian chromium + playwright-core, `make test-browser` installs both) and
 writes to --out two screenshots of each workflow (``<name>.png`` at the view it opens at, ``<name>.all.png``
 fitted to the window) and the drawn node boxes. It fails when the frontend draws a
-node larger than the file saves it (the layout would overlap). ``--thumbnails`` makes each screenshot the
-workflow's thumbnail for ComfyUI's templates dialog (``example_workflows/<name>.jpg``: the frontend asks a
+node larger than the file saves it (the layout would overlap). ``--thumbnails`` makes each screenshot at the
+opening view the workflow's thumbnail for ComfyUI's templates dialog (``example_workflows/<name>.jpg``: the frontend asks a
 custom node's template for ``/api/workflow_templates/<pack>/<name>.jpg``); ``--sizes`` stores
 the measured node sizes in ``tools/frontend_node_sizes.json``, which tools/build_workflows.py lays out with.
 """
@@ -76,12 +76,15 @@ def stop(process: subprocess.Popen) -> None:
 
 
 def thumbnail(screenshot: Path, target: Path) -> None:
+    """The workflow as it opens (note, first groups), a 16:10 card from the canvas's top left."""
     from PIL import Image
 
     with Image.open(screenshot) as image:
-        image = image.convert("RGB").crop((CHROME[0], CHROME[1], image.width, image.height))
-        height = round(image.height * THUMB_WIDTH / image.width)
-        image.resize((THUMB_WIDTH, height), Image.LANCZOS).save(target, "JPEG", quality=82, optimize=True)
+        height = image.height - CHROME[1] - 80  # less the canvas tool bar at the bottom
+        width = min(image.width - CHROME[0], round(height * 1.6))
+        card = image.convert("RGB").crop((CHROME[0], CHROME[1], CHROME[0] + width, CHROME[1] + round(width / 1.6)))
+        thumb_height = round(card.height * THUMB_WIDTH / card.width)
+        card.resize((THUMB_WIDTH, thumb_height), Image.LANCZOS).save(target, "JPEG", quality=85, optimize=True)
 
 
 def main(argv=None) -> int:
@@ -110,7 +113,7 @@ def main(argv=None) -> int:
                 stop(process)
     if args.thumbnails:
         for path in files:
-            thumbnail(out / f"{path.stem}.all.png", path.with_suffix(".jpg"))
+            thumbnail(out / f"{path.stem}.png", path.with_suffix(".jpg"))
     if args.sizes:
         measured = json.loads((out / "node_sizes.json").read_text())
         meta = measured.pop("_meta")

@@ -46,6 +46,7 @@ try {
   // the minimap would cover the bottom right of every screenshot
   await page.evaluate(async () => {
     try { await window.app.extensionManager?.setting?.set("Comfy.Minimap.Visible", false); } catch (e) { /* older */ }
+    window.app.canvas.show_info = false;
   });
 
   const used = files.flatMap((f) => JSON.parse(readFileSync(f, "utf8")).nodes.map((n) => n.type));
@@ -102,6 +103,19 @@ try {
       c.setDirty(true, true);
     });
     await page.waitForTimeout(1500);
+    // where the graph lies on the page (for cropping the thumbnail)
+    const fit = await page.evaluate(() => {
+      const c = window.app.canvas;
+      const rect = c.canvas.getBoundingClientRect();
+      let x0 = Infinity, y0 = Infinity, x1 = -Infinity, y1 = -Infinity;
+      for (const g of window.app.graph._groups) {
+        const [x, y, w, h] = Array.from(g._bounding ?? g.bounding);
+        x0 = Math.min(x0, x); y0 = Math.min(y0, y); x1 = Math.max(x1, x + w); y1 = Math.max(y1, y + h);
+      }
+      const toPage = (x, y) => [rect.left + (x + c.ds.offset[0]) * c.ds.scale, rect.top + (y + c.ds.offset[1]) * c.ds.scale];
+      return [...toPage(x0, y0), ...toPage(x1, y1)];
+    });
+    writeFileSync(join(out, `${name}.all.json`), JSON.stringify({ graph_box_px: fit }));
     await page.screenshot({ path: join(out, `${name}.all.png`) });
     console.log(`${grown.length ? "GROWN" : "ok   "} ${name}: ${drawn.nodes.length} nodes` +
       (grown.length ? ` — drawn larger than saved: ${JSON.stringify(drawn.grown)}` : ""));
