@@ -7,11 +7,11 @@
 Starts ComfyUI on 127.0.0.1 with this pack in a temporary base folder (the checkout is never touched), runs
 tests/browser/workflows.mjs (Debian chromium + playwright-core, `make test-browser` installs both) and
 writes to --out two screenshots of each workflow (``<name>.png`` at the view it opens at, ``<name>.all.png``
-fitted to the window) and the drawn node boxes. It fails when the frontend draws a
-node larger than the file saves it (the layout would overlap). ``--thumbnails`` makes each screenshot at the
-opening view the workflow's thumbnail for ComfyUI's templates dialog (``example_workflows/<name>.jpg``: the frontend asks a
-custom node's template for ``/api/workflow_templates/<pack>/<name>.jpg``); ``--sizes`` stores
-the measured node sizes in ``tools/frontend_node_sizes.json``, which tools/build_workflows.py lays out with.
+fitted to the window) and the drawn node boxes. It fails when the frontend draws a node larger than the
+file saves it (the layout would overlap). ``--thumbnails`` makes each screenshot at the opening view the
+workflow's thumbnail for ComfyUI's templates dialog (``example_workflows/<name>.jpg``: the frontend asks a
+custom node's template for ``/api/workflow_templates/<pack>/<name>.jpg``); ``--sizes`` stores the measured
+node sizes in ``tools/frontend_node_sizes.json``, which tools/build_workflows.py lays out with.
 """
 
 from __future__ import annotations
