@@ -130,3 +130,18 @@ def test_web_extension_is_registered_once():
     comfy = (ROOT / "pyproject.toml").read_text().split("[tool.comfy]", 1)[-1].split("\n[", 1)[0]
     init = (ROOT / "__init__.py").read_text()
     assert ('WEB_DIRECTORY = "./web"' in init) != bool(re.search(r"^web\s*=", comfy, re.MULTILINE))
+
+
+def test_install_copies_the_example_inputs_without_overwriting(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gen4d_install", ROOT / "install.py")
+    install = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(install)
+    (tmp_path / "example.png").write_bytes(b"the user's own file")
+    copied = install.copy_example_inputs(tmp_path)
+    shipped = {p.name for p in (FOLDER / "input").glob("*.png")}
+    assert {"example.png", "front_view.png"} <= shipped
+    assert {p.name for p in copied} == shipped - {"example.png"}
+    assert (tmp_path / "example.png").read_bytes() == b"the user's own file"
+    assert (tmp_path / "front_view.png").read_bytes() == (FOLDER / "input" / "front_view.png").read_bytes()
