@@ -415,6 +415,10 @@ def test_weight_free_workflows_run_as_shipped_in_time(server, object_info):
                              "load_before": round(load0, 2), "load_after": round(os.getloadavg()[0], 2)}
         LOG.warning("%s as shipped: %s", path.name, report[path.name])
         assert entry["status"]["status_str"] == "success"
+        cached = [n for m in entry["status"].get("messages", []) if m[0] == "execution_cached"
+                  for n in m[1].get("nodes", [])]
+        report[path.name]["cached_nodes"] = cached
+        assert not cached, f"{path.name}: nodes {cached} came from the cache, not from this run"
         previews = [o for o in entry["outputs"].values() if o.get("gen4d_preview")]
         assert previews, f"{path.name}: the 4D preview wrote no asset"
     (server.base / "as_shipped.json").write_text(json.dumps(report, indent=1))
