@@ -6,6 +6,8 @@
 #   make test-fuzz   the whole fuzz table over every node (bad inputs, widget maxima, files, cancel, seeds)
 #   make test-browser   headless chromium test of the 4D viewer (installs chromium + playwright-core)
 #   make test-splat-client   our PLY/SPZ/glTF frames opened by splat-transform and glTF-Transform (npm)
+#   make workflow-shots     open every example workflow in real ComfyUI's frontend: screenshots, thumbnails, sizes
+#   make check-workflows    real ComfyUI queues every weight-free workflow as shipped (COMFYUI_PATH, COMFYUI_PYTHON)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -13,7 +15,7 @@ TORCH  := torch==2.13.0
 LOCK   := requirements-lock.txt
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test test-fuzz demo lint lock bench-render clean test-browser test-splat-client
+.PHONY: install test test-fuzz demo lint lock bench-render clean test-browser test-splat-client workflow-shots check-workflows
 
 install: $(STAMP)
 
@@ -38,7 +40,7 @@ test-fuzz: $(STAMP)
 	$(BIN)/python tests/fuzz/report.py --long
 
 demo: $(STAMP)
-	$(BIN)/python tools/run_workflow.py workflows/CoCo4D_synthetic.json --out outputs/demo
+	$(BIN)/python tools/run_workflow.py example_workflows/CoCo4D_synthetic.json --out outputs/demo
 
 # Browser test of web/gen4d_viewer.js: Debian chromium (SwiftShader) + playwright-core, localhost only.
 # Kept out of `make test`: chromium comes from apt (root + network to the Debian mirror).
@@ -54,6 +56,15 @@ test-browser: $(STAMP)
 test-splat-client: $(STAMP)
 	test -d tests/splat_client/node_modules/@playcanvas/splat-transform || (cd tests/splat_client && npm install --no-audit --no-fund)
 	$(BIN)/python tests/splat_client/check.py
+
+# Real ComfyUI (COMFYUI_PATH, its python in COMFYUI_PYTHON) with its own frontend in headless chromium.
+workflow-shots: $(STAMP)
+	test -x $(CHROMIUM) || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
+	test -d tests/browser/node_modules/playwright-core || (cd tests/browser && npm install --no-audit --no-fund)
+	CHROMIUM=$(CHROMIUM) $(BIN)/python tools/workflow_shots.py --out outputs/workflow_shots --thumbnails --sizes
+
+check-workflows: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_comfyui_integration.py
 
 # A throwaway venv resolves the newest versions the requirements allow; its freeze becomes the lock,
 # then the project venv is rebuilt from the new lock and the suite runs on it.

@@ -14,7 +14,7 @@ sensible data. The oracles' own time (a CPU ray caster) is measured and taken ou
 The guidances (Zero123, SD) run their full SDS forward pass every step, but their gradient (noise from random
 weights, NaN where bf16 overflows) is dropped.
 
-The stages run through the same nodes as workflows/CoCo4D.json: SAM2 Split, Static Gaussians (1000 steps,
+The stages run through the same nodes as example_workflows/CoCo4D.json: SAM2 Split, Static Gaussians (1000 steps,
 Zero123 SDS), Deformation Fit (800 steps + 50 trajectory steps), Progressive Outpaint (300 + 300, 2 loops x
 4 poses x (300 + 300), SD SDS, SDXL + VACE inpainting at 0.7), Compose, and a 49-frame render. Target: under
 10 minutes on one H200 (the paper: about 1 hour on an RTX 6000).

@@ -19,7 +19,7 @@ Construction: the object world's 24-view 4D orbit and static orbit at 256² (the
 script's orbit: azimuth 360 i/23, fovy 39.6) through the workflow's nodes and settings
 (Gen4D_OrbitCoarseViews -> Gen4D_StaticGaussians 5000 iterations with Gen4D_FitOptions
 "diffusion4d_coarse" -> Gen4D_DeformationFit 2000 iterations with "diffusion4d_fine": the paper's
-L1 + LPIPS + depth smoothness and 4DGS's rates, as workflows/Diffusion4D.json runs them; LPIPS only
+L1 + LPIPS + depth smoothness and 4DGS's rates, as example_workflows/Diffusion4D.json runs them; LPIPS only
 with ``--lpips weights.safetensors``; gsplat via backends.render on CUDA), timed, then PSNR at
 held-out (view, time) pairs: on the orbit half-way between training views and times (target
 >= 27 dB), and off the orbit at elevations +-15° (reported).

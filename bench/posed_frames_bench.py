@@ -8,7 +8,7 @@ by one of two paths:
                   ``CoarseToFineConfig``'s defaults (coarse static fit on every training view,
                   then the deformation fit), as the Diffusion4D stage lengths define it;
     --via nodes   the Gen4D_StaticGaussians and Gen4D_DeformationFit nodes with the widget values
-                  of workflows/Diffusion4D.json (the shipped workflow).
+                  of example_workflows/Diffusion4D.json (the shipped workflow).
 
 Both start from the same sphere of Gaussians, centred where the cameras look. The test split (val
 when there is none, train when neither exists) is rendered at its cameras and times and scored
@@ -61,7 +61,7 @@ from gen4d.core.formats.posed_frames import available_splits, read_posed_frames 
 from gen4d.nodes import host  # noqa: E402
 from gen4d.synthetic.export_posed import export_dnerf  # noqa: E402
 
-WORKFLOW = Path(__file__).resolve().parents[1] / "workflows" / "Diffusion4D.json"
+WORKFLOW = Path(__file__).resolve().parents[1] / "example_workflows" / "Diffusion4D.json"
 
 
 def _device(name: str | None) -> torch.device:

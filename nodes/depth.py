@@ -32,12 +32,12 @@ from pathlib import Path
 import torch
 
 from ..backends.depth import DepthAnythingV2
-from ..backends.model_folders import NO_MODELS, list_models, preferred_dtype, resolve_model
+from ..backends.model_folders import preferred_dtype, resolve_model
 from ..core.formats.convert import DEPTH_MODES, check_image, depth_to_image
 from ..core.formats.depth import RELATIVE_DISPARITY, to_z_depth
 from . import host
 from . import types as T
-from .placement import DEVICES, DTYPES, device_in, dtype_in
+from .placement import DEVICES, DTYPES, device_in, dtype_in, model_in
 from .widgets import combo_in, int_in, socket_in
 
 __all__ = ["DepthLoader", "Depth", "load_depth_model", "clear_cache", "NODES"]
@@ -111,7 +111,7 @@ class DepthLoader:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model_name": combo_in(list_models("depth") or [NO_MODELS],
+                "model_name": model_in("depth",
                                        "Model folder under models/gen4d/depth (config.json + model.safetensors)."),
                 "device": device_in(),
                 "dtype": dtype_in(),

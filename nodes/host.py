@@ -132,7 +132,7 @@ def temp_directory() -> Path:
     fp = _module("folder_paths")
     if fp is not None:
         return Path(fp.get_temp_directory())
-    return output_directory().parent / "temp"
+    return Path(os.environ.get("GEN4D_TEMP_DIR", output_directory().parent / "temp")).resolve()
 
 
 def compute_device() -> torch.device:

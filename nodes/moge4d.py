@@ -39,13 +39,13 @@ from dataclasses import dataclass
 import torch
 
 from ..backends.memory import require
-from ..backends.model_folders import NO_MODELS, list_models, preferred_dtype, resolve_model
+from ..backends.model_folders import preferred_dtype, resolve_model
 from ..core.formats.convert import check_image, depth_to_image, to_image
 from ..core.formats.depth import DEPTH_KINDS, METRIC_DEPTH, depth_from_image
 from ..core.moge4d.strag import MOTION_DENORMALISATIONS, RELATIVE_DEPTH_CHOICES, check_depth_for_lift, lift_depth
 from . import host
 from . import types as T
-from .placement import DEVICES, DTYPES, device_in, dtype_in
+from .placement import DEVICES, DTYPES, device_in, dtype_in, model_in
 from .widgets import combo_in, float_in, int_in, seed_in, socket_in, str_in
 
 __all__ = ["TrajectoryModelLoader", "TrajectoryDiT", "TrajectoryModelHandle", "clear_cache", "NODES"]
@@ -91,7 +91,7 @@ class TrajectoryModelLoader:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model": combo_in(list_models("trajectory") or [NO_MODELS],
+                "model": model_in("trajectory",
                                   "MoGe4D folder under models/gen4d/moge4d (4D-STraG/, VAE/ and the Wan2.1-Fun "
                                   "Control base)."),
                 "device": device_in(),

@@ -17,7 +17,7 @@ from ..backends.model_folders import NO_MODELS, list_models, preferred_dtype, re
 from . import host
 from .widgets import combo_in
 
-__all__ = ["DEVICES", "DTYPES", "model_in", "device_in", "dtype_in", "placement", "validate_model"]
+__all__ = ["DEVICES", "DTYPES", "MODEL_KIND_KEY", "model_in", "device_in", "dtype_in", "placement", "validate_model"]
 
 DEVICES = ("auto", "cpu")
 DTYPES = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -25,8 +25,14 @@ _DEVICE_TIP = "'auto': ComfyUI's compute device when the stage runs (the GPU whe
 _DTYPE_TIP = "Weight precision: 'auto' = bf16 on GPUs that support it, fp32 on the CPU."
 
 
+MODEL_KIND_KEY = "gen4d_model_kind"
+
+
 def model_in(kind: str, tooltip: str) -> tuple:
-    return combo_in(list_models(kind) or [NO_MODELS], tooltip)
+    """The model picker of ``kind``: the models present, marked so the frontend (web/gen4d_models.js) and the
+    workflow checker know a saved name is the user's file, not one of a fixed set of choices."""
+    choices, opts = combo_in(list_models(kind) or [NO_MODELS], tooltip)
+    return choices, {**opts, MODEL_KIND_KEY: kind}
 
 
 def device_in() -> tuple:

@@ -31,13 +31,13 @@ import logging
 from collections import OrderedDict
 from pathlib import Path
 
-from ..backends.model_folders import NO_MODELS, list_models, resolve_model
+from ..backends.model_folders import resolve_model
 from ..backends.sam2_video import REQUIRED_FILES, Sam2VideoSegmenter, SegmentationStopped, check_model_folder
 from ..core.coco4d.segmentation import FILL_MODES, parse_box, parse_points, points_to_prompt, split_video
 from ..core.formats.convert import check_image, check_mask, parse_color, to_image, to_mask
 from . import host
 from . import types as T
-from .placement import DEVICES, DTYPES, device_in, dtype_in
+from .placement import DEVICES, DTYPES, device_in, dtype_in, model_in
 from .widgets import color_error, combo_in, socket_in, str_in
 
 __all__ = ["SAM2Loader", "SAM2Split", "load_segmenter", "clear_cache", "NODES"]
@@ -114,7 +114,7 @@ class SAM2Loader:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model_name": combo_in(list_models("sam2") or [NO_MODELS],
+                "model_name": model_in("sam2",
                                        "Model folder under models/sam2 (config.json + model.safetensors of a "
                                        "facebook/sam2.1-hiera-* checkpoint)."),
                 "device": device_in(),

@@ -30,11 +30,11 @@ from dataclasses import dataclass
 import torch
 
 from ..backends.memory import require
-from ..backends.model_folders import NO_MODELS, list_models, preferred_dtype, resolve_model
+from ..backends.model_folders import preferred_dtype, resolve_model
 from ..core.formats.convert import check_image, to_image
 from . import host
 from . import types as T
-from .placement import DEVICES, DTYPES, device_in, dtype_in
+from .placement import DEVICES, DTYPES, device_in, dtype_in, model_in
 from .widgets import combo_in, float_in, int_in, seed_in, socket_in, str_in
 
 __all__ = ["VideoModelLoader", "I2VReference", "VideoModel", "clear_cache", "NODES"]
@@ -55,10 +55,6 @@ class VideoModel:
     def torch_device(self) -> torch.device:
         """Where to run, looked up now (ComfyUI's device can change between runs)."""
         return host.compute_device() if self.device == "auto" else torch.device(self.device)
-
-
-def _models() -> list[str]:
-    return list_models("video") or [NO_MODELS]
 
 
 def clear_cache() -> None:
@@ -84,7 +80,7 @@ class VideoModelLoader:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model": combo_in(_models(), "Diffusers pipeline folder under models/diffusers (model_index.json "
+                "model": model_in("video", "Diffusers pipeline folder under models/diffusers (model_index.json "
                                   "plus one sub-folder per component)."),
                 "device": device_in(),
                 "dtype": dtype_in(),

@@ -16,6 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from gen4d.backends import depth as backend
+from gen4d.backends.model_folders import NO_MODELS
 from gen4d.backends.tiny import build_tiny
 from gen4d.backends.tiny.depth import build_tiny_depth
 from gen4d.nodes import depth as nodes
@@ -252,7 +253,7 @@ def test_missing_model_names_folder_and_files(models_dir):
         nodes.DepthLoader().load("absent-model", "auto", "auto")
     assert folder in str(info.value)
     with pytest.raises(ValueError, match="no depth model selected") as info:
-        nodes.DepthLoader().load(nodes.NO_MODELS, "auto", "auto")
+        nodes.DepthLoader().load(NO_MODELS, "auto", "auto")
     assert folder in str(info.value)
     message = nodes.DepthLoader.VALIDATE_INPUTS(model_name="absent-model")
     assert isinstance(message, str) and "absent-model" in message

@@ -229,12 +229,12 @@ def test_coarse_to_fine_through_the_fit_nodes_on_held_out_view_time_pairs():
 
 
 def test_diffusion4d_workflow_runs_headless_with_a_tiny_model(handles, tmp_path, monkeypatch):
-    """workflows/Diffusion4D.json end to end (image -> orbit -> coarse -> fine -> renders -> files), tiny sizes."""
+    """example_workflows/Diffusion4D.json end to end (image -> orbit -> coarse -> fine -> renders -> files), tiny."""
     from PIL import Image
     from run_workflow import run_workflow
     from workflow_checker import load_workflow
 
-    path = Path(__file__).resolve().parents[1] / "workflows" / "Diffusion4D.json"
+    path = Path(__file__).resolve().parents[1] / "example_workflows" / "Diffusion4D.json"
     nodes = load_workflow(path)["nodes"]
 
     def node_id(kind, title_part=""):

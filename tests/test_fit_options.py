@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from node_runner import run  # noqa: E402
 from workflow_checker import load_workflow, ui_to_api  # noqa: E402
 
-WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
+WORKFLOWS = Path(__file__).resolve().parents[1] / "example_workflows"
 SIZE, FRAMES = 32, 3
 
 

@@ -11,7 +11,7 @@ import pytest
 from workflow_builder import Graph
 from workflow_checker import CORE_MODEL_NODE_TYPES, build_registry, check_workflow, load_workflow
 
-WORKFLOWS = native.REPO / "workflows"
+WORKFLOWS = native.REPO / "example_workflows"
 PAIRS = [("CoCo4D.json", "CoCo4D_native.json"), ("MoGe4D.json", "MoGe4D_native.json")]
 
 #: Nodes that provide models (or, on the native path, the reference video); everything else is a stage.

@@ -11,9 +11,9 @@ from run_workflow import WorkflowError, main, run_workflow
 from workflow_checker import is_runnable, load_workflow
 
 ROOT = Path(__file__).resolve().parents[1]
-WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
+WORKFLOWS = sorted((ROOT / "example_workflows").glob("*.json"))
 RUNNABLE = [p for p in WORKFLOWS if is_runnable(load_workflow(p))]
-ORBIT = ROOT / "workflows" / "Gen4D_SyntheticOrbit.json"
+ORBIT = ROOT / "example_workflows" / "Gen4D_SyntheticOrbit.json"
 
 
 def test_runner_writes_outputs_and_applies_overrides(tmp_path, one_thread):

@@ -12,11 +12,11 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from workflow_checker import check_workflow, load_workflow  # noqa: E402
 
-WORKFLOWS = sorted((Path(__file__).resolve().parents[1] / "workflows").glob("*.json"))
+WORKFLOWS = sorted((Path(__file__).resolve().parents[1] / "example_workflows").glob("*.json"))
 
 
 def test_there_are_workflows():
-    assert WORKFLOWS, "workflows/ holds no workflow files"
+    assert WORKFLOWS, "example_workflows/ holds no workflow files"
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)

@@ -40,7 +40,7 @@ def tiny_env(tmp_path_factory):
 def test_moge4d_workflow_runs_on_tiny_models(tiny_env, tmp_path, monkeypatch, one_thread):
     root, inputs = tiny_env
     monkeypatch.setenv("GEN4D_MODELS_DIR", str(root))
-    path = ROOT / "workflows" / "MoGe4D.json"
+    path = ROOT / "example_workflows" / "MoGe4D.json"
     ids = _ids(path)
     small = {"num_frames": 5, "width": 64, "height": 48}
     overrides = {
@@ -65,7 +65,7 @@ def test_coco4d_workflow_runs_on_tiny_models(tiny_env, tmp_path, monkeypatch, on
     root, inputs = tiny_env
     make_tiny_models(root, ["video_wan_i2v", "sam2_video", "guidance_zero123", "inpaint_sd", "guidance_sd"])
     monkeypatch.setenv("GEN4D_MODELS_DIR", str(root))
-    path = ROOT / "workflows" / "CoCo4D.json"
+    path = ROOT / "example_workflows" / "CoCo4D.json"
     ids = _ids(path)
     small = {"width": 32, "height": 32}
     overrides = {

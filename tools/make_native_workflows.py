@@ -2,7 +2,7 @@
 """Derive the native-model workflows from the folder-loader ones.
 
 Usage:
-    python tools/make_native_workflows.py            # writes workflows/CoCo4D_native.json, MoGe4D_native.json
+    python tools/make_native_workflows.py            # writes example_workflows/CoCo4D_native.json, MoGe4D_native.json
     python tools/make_native_workflows.py --check    # exits 1 when a shipped file differs from its derivation
 
 ``CoCo4D_native.json`` and ``MoGe4D_native.json`` are ``CoCo4D.json`` and ``MoGe4D.json`` with the
@@ -157,7 +157,7 @@ def _clip_vision_of_image(n: _Native, image: tuple[int, str]) -> int:
 
 def coco4d(classes) -> Graph:
     """``CoCo4D_native.json`` from ``CoCo4D.json``."""
-    n = _Native(REPO / "workflows" / "CoCo4D.json", classes)
+    n = _Native(REPO / "example_workflows" / "CoCo4D.json", classes)
     g = n.g
     (reference,) = n.of_type("Gen4D_I2VReference")
     (outpaint,) = n.of_type("Gen4D_ProgressiveOutpaint")
@@ -243,7 +243,7 @@ def coco4d(classes) -> Graph:
 
 def moge4d(classes) -> Graph:
     """``MoGe4D_native.json`` from ``MoGe4D.json``."""
-    n = _Native(REPO / "workflows" / "MoGe4D.json", classes)
+    n = _Native(REPO / "example_workflows" / "MoGe4D.json", classes)
     g = n.g
     (vism,) = n.of_type("Gen4D_ViSMRender")
     (old,) = n.of_type("Gen4D_VideoInpaintModelLoader")
@@ -331,7 +331,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     stale = []
     for name, workflow in derived().items():
-        path = REPO / "workflows" / name
+        path = REPO / "example_workflows" / name
         if args.check:
             if not path.exists() or path.read_text(encoding="utf-8") != _text(workflow):
                 stale.append(name)

@@ -3,7 +3,7 @@
 
 Usage:
     python tools/make_tiny_models.py --root models-tiny [--kinds depth sam2_video ...]
-    GEN4D_MODELS_DIR=models-tiny python tools/run_workflow.py workflows/CoCo4D.json --set ...
+    GEN4D_MODELS_DIR=models-tiny python tools/run_workflow.py example_workflows/CoCo4D.json --set ...
 
 Each model lands where the pack's loaders look for its kind (``<root>/<kind sub-folder>/<name>-tiny``,
 the same sub-folders as ComfyUI's ``models/``), so loader nodes list and load them like real

@@ -2,7 +2,7 @@
 """Run a ComfyUI workflow file with the pack's nodes, without ComfyUI.
 
 Usage:
-    python tools/run_workflow.py workflows/CoCo4D_synthetic.json --out outputs/run
+    python tools/run_workflow.py example_workflows/CoCo4D_synthetic.json --out outputs/run
     python tools/run_workflow.py WORKFLOW.json --out DIR --set "12.steps=20" --set '3.prompt="a forest"'
 
 The file may be in UI format (what the ComfyUI frontend saves; converted exactly as the frontend
@@ -22,7 +22,7 @@ rank 0 writes the outputs, the other ranks write into a scratch folder that is r
 
 Python use:
     from run_workflow import run_workflow
-    results = run_workflow("workflows/X.json", "outputs/x", overrides={"3.steps": 10})
+    results = run_workflow("example_workflows/X.json", "outputs/x", overrides={"3.steps": 10})
 """
 
 from __future__ import annotations
@@ -300,8 +300,9 @@ def run_workflow(path: str | Path, out_dir: str | Path, overrides: Mapping[str, 
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     inputs = Path(input_dir or os.environ.get("GEN4D_INPUT_DIR", out.parent / "inputs")).resolve()
-    previous = {k: os.environ.get(k) for k in ("GEN4D_OUTPUT_DIR", "GEN4D_INPUT_DIR")}
+    previous = {k: os.environ.get(k) for k in ("GEN4D_OUTPUT_DIR", "GEN4D_INPUT_DIR", "GEN4D_TEMP_DIR")}
     os.environ["GEN4D_OUTPUT_DIR"], os.environ["GEN4D_INPUT_DIR"] = str(out), str(inputs)
+    os.environ["GEN4D_TEMP_DIR"] = str(out / "temp")  # the 4D preview's asset
 
     workflow = _read(path) if not isinstance(path, Mapping) else path
     if "nodes" in workflow:
@@ -344,7 +345,7 @@ def run_workflow(path: str | Path, out_dir: str | Path, overrides: Mapping[str, 
                 raise RuntimeError(f"node {node_id} ({title}) failed: {exc}") from exc
             finally:
                 host.set_progress_sink(None)
-            results[node_id] = tuple(result["result"]) if isinstance(result, dict) else tuple(result)
+            results[node_id] = tuple(result.get("result", ())) if isinstance(result, dict) else tuple(result)
             log.info("node %s done in %.1f s", node_id, time.perf_counter() - start)
     finally:
         for key, value in previous.items():

@@ -8,9 +8,9 @@ Example:
     g.link(world, "gaussian_twin", render, "scene")
     g.group("Render", [world, render])
     g.note("# What this does", (40, -200))
-    g.save("workflows/Example.json", runnable=True)
+    g.save("example_workflows/Example.json", runnable=True)
 
-    g = Graph.load("workflows/Example.json", gen4d.NODE_CLASS_MAPPINGS)   # extend a saved file
+    g = Graph.load("example_workflows/Example.json", gen4d.NODE_CLASS_MAPPINGS)   # extend a saved file
     g.refresh(render)                     # new sockets are appended, new widgets get their defaults
 
 Widget values are laid out exactly as the frontend lays them out (``workflow_checker`` rules:

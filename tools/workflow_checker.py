@@ -61,6 +61,9 @@ MODE_MUTED = 2
 MODE_BYPASSED = 4
 ANY = "*"
 
+# A Gen4D model picker (nodes/placement.py model_in) and its placeholder when no model is present.
+MODEL_KIND_KEY = "gen4d_model_kind"
+NO_MODELS = "(no models found)"
 # Extra frontend widget values that follow a combo with one of these options.
 _UPLOAD_EXTRAS = {
     "image_upload": ("upload",),
@@ -566,6 +569,12 @@ def check_value(spec: InputSpec, value: Any) -> str | None:
     if kind == "COMBO" and any(spec.opts.get(k) for k in _UPLOAD_EXTRAS):
         # a file picker lists the user's input folder: a template names a file the user supplies
         return None if isinstance(value, str) and value else f"{spec.name}: expected a file name, got {value!r}"
+    if kind == "COMBO" and spec.opts.get(MODEL_KIND_KEY):
+        # a model picker lists the user's model folders: a workflow names the model it was made with, and the
+        # frontend swaps in the first model found when that one is absent (web/gen4d_models.js)
+        if not (isinstance(value, str) and value) or value == NO_MODELS:
+            return f"{spec.name}: expected a model name, got {value!r}"
+        return None
     if kind == "COMBO" and spec.choices is not None and value not in spec.choices:
         shown = list(spec.choices) if len(spec.choices) <= 12 else f"{len(spec.choices)} options"
         return f"{spec.name}: {value!r} is not one of {shown}"

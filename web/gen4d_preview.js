@@ -19,9 +19,8 @@ function viewUrl(entry) {
   return typeof api?.apiURL === "function" ? api.apiURL(route) : route;
 }
 
-// ComfyUI serves this folder twice when both pyproject's [tool.comfy] web and WEB_DIRECTORY name it
-// (/extensions/comfyui-gen4d/ and /extensions/<folder>/), so the frontend imports this module twice;
-// register once and stay quiet on the second import instead of throwing "already registered".
+// The pack registers this folder once (WEB_DIRECTORY); should a ComfyUI still serve it twice (a copy of
+// the pack under another folder name), register once and stay quiet on the second import.
 const EXTENSION_NAME = "Gen4D.Preview4D";
 const REGISTERED = Symbol.for("gen4d.preview4d.registered");
 const alreadyRegistered = Boolean(globalThis[REGISTERED]) ||

@@ -1,0 +1,129 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Open every example workflow in a real ComfyUI's frontend (headless chromium) and keep what it draws.
+
+    COMFYUI_PATH=/path/to/ComfyUI COMFYUI_PYTHON=/path/to/its/python python tools/workflow_shots.py \
+        [--out outputs/workflow_shots] [--thumbnails] [--sizes]
+
+Starts ComfyUI on 127.0.0.1 with this pack in a temporary base folder (the checkout is never touched), runs
+tests/browser/workflows.mjs (Debian chromium + playwright-core, `make test-browser` installs both) and
+writes to --out two screenshots of each workflow (``<name>.png`` at the view it opens at, ``<name>.all.png``
+fitted to the window) and the drawn node boxes. It fails when the frontend draws a node larger than the
+file saves it (the layout would overlap). ``--thumbnails`` makes each screenshot at the opening view the
+workflow's thumbnail for ComfyUI's templates dialog (``example_workflows/<name>.jpg``: the frontend asks a
+custom node's template for ``/api/workflow_templates/<pack>/<name>.jpg``); ``--sizes`` stores the measured
+node sizes in ``tools/frontend_node_sizes.json``, which tools/build_workflows.py lays out with.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+FOLDER = ROOT / "example_workflows"
+THUMB_WIDTH = 640
+CHROME = (64, 72)  # the frontend's side bar and top bars in the screenshot, cropped from thumbnails
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_comfyui(comfy: Path, python: str, base: Path) -> tuple[subprocess.Popen, str]:
+    (base / "custom_nodes").mkdir(parents=True, exist_ok=True)
+    link = base / "custom_nodes" / "ComfyUI-Gen4D"
+    if not link.exists():
+        link.symlink_to(ROOT, target_is_directory=True)
+    port = _free_port()
+    log = open(base / "server.log", "wb")
+    process = subprocess.Popen(
+        [python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--base-directory", str(base),
+         "--database-url", f"sqlite:///{base / 'comfyui.db'}", "--disable-auto-launch"],
+        cwd=comfy, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "1"})
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"ComfyUI exited: {(base / 'server.log').read_text()[-3000:]}")
+        try:
+            urllib.request.urlopen(url + "/object_info/Gen4D_Preview4D", timeout=5)
+            return process, url
+        except OSError:
+            time.sleep(1)
+    stop(process)
+    raise RuntimeError("ComfyUI did not start within 180 s")
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+def thumbnail(screenshot: Path, target: Path) -> None:
+    """The workflow as it opens (note, first groups), a 16:10 card from the canvas's top left."""
+    from PIL import Image
+
+    with Image.open(screenshot) as image:
+        height = image.height - CHROME[1] - 80  # less the canvas tool bar at the bottom
+        width = min(image.width - CHROME[0], round(height * 1.6))
+        card = image.convert("RGB").crop((CHROME[0], CHROME[1], CHROME[0] + width, CHROME[1] + round(width / 1.6)))
+        thumb_height = round(card.height * THUMB_WIDTH / card.width)
+        card.resize((THUMB_WIDTH, thumb_height), Image.LANCZOS).save(target, "JPEG", quality=85, optimize=True)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=str(ROOT / "outputs" / "workflow_shots"))
+    parser.add_argument("--url", help="a running ComfyUI with this pack (skips starting one)")
+    parser.add_argument("--thumbnails", action="store_true")
+    parser.add_argument("--sizes", action="store_true")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    files = sorted(FOLDER.glob("*.json"))
+    process = None
+    with tempfile.TemporaryDirectory(prefix="gen4d-comfy-") as tmp:
+        url = args.url
+        if not url:
+            comfy = Path(os.environ.get("COMFYUI_PATH", ""))
+            if not (comfy / "main.py").is_file():
+                print("set COMFYUI_PATH to a ComfyUI checkout (and COMFYUI_PYTHON to its python)", file=sys.stderr)
+                return 2
+            process, url = start_comfyui(comfy, os.environ.get("COMFYUI_PYTHON", sys.executable), Path(tmp))
+        try:
+            result = subprocess.run(["node", str(ROOT / "tests" / "browser" / "workflows.mjs"), str(out),
+                                     *map(str, files)], env={**os.environ, "COMFY_URL": url}, timeout=900)
+        finally:
+            if process is not None:
+                stop(process)
+    if args.thumbnails:
+        for path in files:
+            thumbnail(out / f"{path.stem}.png", path.with_suffix(".jpg"))
+    if args.sizes:
+        measured = json.loads((out / "node_sizes.json").read_text())
+        meta = measured.pop("_meta")
+        table = {"measured_with": f"ComfyUI frontend {meta['frontend']} (LGraphNode.computeSize of a new node, "
+                                  "by tests/browser/workflows.mjs)",
+                 "nodes": {k: v["computed"] for k, v in sorted(measured.items()) if v}}
+        (ROOT / "tools" / "frontend_node_sizes.json").write_text(json.dumps(table, indent=1) + "\n")
+    print(f"screenshots and drawn boxes in {out}")
+    return result.returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())
