@@ -80,7 +80,9 @@ class StaticGaussians:
                                        "image with its camera (multi-view / orbit fits, Diffusion4D coarse stage)."),
                 "iterations": int_in(_S.iterations, 1, 100000, "Optimisation steps (CoCo4D foreground 1000, "
                                      "background 300, Diffusion4D coarse 5000)."),
-                "num_points": int_in(5000, 100, 1_000_000, "Gaussians of the sphere init (CoCo4D: 5000)."),
+                "num_points": int_in(5000, 100, 1_000_000, "Gaussians of the sphere init (CoCo4D: 5000). On the CPU "
+                                     "a fit whose steps would each take over 30 s (about 600,000 Gaussians x "
+                                     "rendered views) is refused up front."),
                 "sphere_radius": float_in(0.5, 0.01, 100.0, "Radius of the sphere init in scene units."),
                 "views_per_step": int_in(4, 1, 64, "Posed images rendered per step (multi-view fits)."),
                 "sds_weight": float_in(_S.sds_weight, 0.0, 1000.0, "Weight of the guidance (SDS) loss relative to the "

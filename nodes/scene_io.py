@@ -49,7 +49,8 @@ class SaveScene:
         return {
             "required": {
                 "filename_prefix": str_in("gen4d/scene", "Relative name under the output folder; sub-folders "
-                                          "allowed, '..' and absolute paths are refused."),
+                                          "allowed, '..' and absolute paths are refused. Each part at most 255 "
+                                          "bytes (UTF-8), the last with room for the number and extension."),
                 "write_ply_frames": bool_in(True, "Also write one splat file per frame (in frame_format; PLY by "
                                             "default)."),
                 "num_frames": int_in(0, 0, 100000, "Frames to bake as PLY; 0 uses the scene's own frame count."),

@@ -211,7 +211,8 @@ class SaveTracks:
             "required": {
                 "tracks": socket_in(T.TRACKS, "The tracks to save."),
                 "filename_prefix": str_in("gen4d/tracks", "Relative name under the output folder; sub-folders "
-                                          "allowed, '..' and absolute paths are refused."),
+                                          "allowed, '..' and absolute paths are refused. Each part at most 255 "
+                                          "bytes (UTF-8), the last with room for the number."),
                 "format": combo_in(("points", "gaussians"), "points: coloured point PLYs; gaussians: the "
                                    "4D-ViSM splats (flat in the local surface) as 3DGS PLYs."),
                 "footprint_scale": float_in(_DEFAULTS.footprint_scale, 0.05, 4.0, "Splat size for the gaussians "
