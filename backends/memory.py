@@ -32,7 +32,7 @@ from typing import Callable, Iterable, Iterator
 
 import torch
 
-__all__ = ["set_host_hook", "set_host_loader", "make_room", "park", "host_managed", "pipeline_modules",
+__all__ = ["require_time", "set_host_hook", "set_host_loader", "make_room", "park", "host_managed", "pipeline_modules",
            "modules_on", "available_bytes", "require", "GIB"]
 
 GIB = 1024**3
@@ -152,3 +152,17 @@ def require(who: str, need: float, device: torch.device | str, what: str, lower:
     if need > have:
         raise ValueError(f"{who}: {what} needs about {need / GIB:.1f} GiB on {torch.device(device)}, but about "
                          f"{have / GIB:.1f} GiB is available; lower {lower}")
+
+
+def require_time(who: str, seconds: float, limit: float, what: str, lower: str) -> None:
+    """Raise ``ValueError`` before any work when an estimated duration ``seconds`` exceeds ``limit``.
+
+    Args:
+        who: the node or function, first in the message.
+        seconds: the estimate; ``what`` says what it covers (e.g. ``"one step of 1,000,000 Gaussians"``).
+        limit: the longest acceptable duration in seconds.
+        lower: the settings to lower.
+    """
+    if seconds > limit:
+        raise ValueError(f"{who}: {what} would take about {seconds:,.0f} s, and at most {limit:,.0f} s is "
+                         f"accepted; lower {lower}")

@@ -7,6 +7,7 @@ Public API:
     render_scene(scene, cameras)   a dynamic scene: each camera sees the scene at its own time
     available_backends()           names usable on this machine
     resolve_backend(name, device)  "auto" -> "gsplat" on CUDA when gsplat imports, else "torch"
+    cpu_step_seconds(n, views)     a generous estimate of one training step on the CPU rasterizer
 
 Design notes:
     Both backends take the same activated parameters and produce the same values (the GPU test
@@ -31,12 +32,23 @@ from ..core.engine.gaussians import Gaussians
 from ..core.engine.rasterize import rasterize
 from ..core.engine.scene import Scene4D
 
-__all__ = ["RenderOutput", "render", "render_each", "render_scene", "render_placed", "training_render",
+__all__ = ["RenderOutput", "cpu_step_seconds", "CPU_SECONDS_PER_SPLAT_VIEW",
+           "render", "render_each", "render_scene", "render_placed", "training_render",
            "available_backends", "resolve_backend", "BACKENDS"]
 
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "gsplat", "torch")
+
+# Seconds per Gaussian per rendered view of one optimisation step (forward and backward) on the pure-torch
+# rasterizer, one CPU thread: measured 5e-5 s at 100k Gaussians and 1.1e-4 s at 1M (32x32 views; 256x256
+# views cost about as much per Gaussian). The lower figure keeps estimates on the generous side.
+CPU_SECONDS_PER_SPLAT_VIEW = 5e-5
+
+
+def cpu_step_seconds(num_gaussians: int, views: int) -> float:
+    """A generous (low) estimate of one training step's seconds on the CPU rasterizer."""
+    return float(num_gaussians) * float(views) * CPU_SECONDS_PER_SPLAT_VIEW
 
 
 @dataclass

@@ -133,9 +133,19 @@ class Compose:
         progress(1)
         host.raise_if_interrupted()
         # Built outside inference mode, so later stages can still optimise through the scene.
-        with torch.inference_mode(False):
-            result = compose(foreground, background, ref_cams, depth, masks, render, config, seen_cameras=views.seen,
-                             device=device, callback=lambda step, total, preview: progress(1 + step))
+        try:
+            with torch.inference_mode(False):
+                result = compose(foreground, background, ref_cams, depth, masks, render, config,
+                                 seen_cameras=views.seen, device=device,
+                                 callback=lambda step, total, preview: progress(1 + step))
+        except ValueError as exc:
+            if cameras is None:
+                raise
+            # the reference view is the connected one: the likeliest cause is a view that misses the scene
+            raise ValueError(f"{NODE}: {exc}. The reference view comes from the connected cameras input "
+                             f"({len(cameras)} camera(s)), overriding the one the background scene records: "
+                             "check that it looks at the background, or disconnect cameras to compose at the "
+                             "recorded view") from exc
         host.raise_if_interrupted()
         bg = parse_color(background_color)
         with torch.no_grad():

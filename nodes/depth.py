@@ -137,7 +137,13 @@ class DepthLoader:
         return repr((str(path), device, dtype, _file_stamps(path)))
 
     def load(self, model_name, device, dtype):
-        return (load_depth_model(model_name, device, dtype),)
+        try:
+            return (load_depth_model(model_name, device, dtype),)
+        except ValueError as exc:
+            if str(exc).startswith("Gen4D_DepthLoader"):
+                raise
+            # the folder was found (or given as a path) but does not hold a loadable model
+            raise ValueError(f"Gen4D_DepthLoader: model_name {model_name!r}: {exc}") from exc
 
 
 class Depth:

@@ -8,7 +8,8 @@ from dataclasses import replace
 
 import torch
 
-from ..backends.render import render, training_render
+from ..backends.memory import require_time
+from ..backends.render import cpu_step_seconds, render, training_render
 from ..core.coco4d.reference import reference_clip
 from ..core.coco4d.screen_trajectory import refine_trajectory
 from ..core.engine.densify import DensifyConfig
@@ -79,7 +80,9 @@ class StaticGaussians:
                                        "image with its camera (multi-view / orbit fits, Diffusion4D coarse stage)."),
                 "iterations": int_in(_S.iterations, 1, 100000, "Optimisation steps (CoCo4D foreground 1000, "
                                      "background 300, Diffusion4D coarse 5000)."),
-                "num_points": int_in(5000, 100, 1_000_000, "Gaussians of the sphere init (CoCo4D: 5000)."),
+                "num_points": int_in(5000, 100, 1_000_000, "Gaussians of the sphere init (CoCo4D: 5000). On the CPU "
+                                     "a fit whose steps would each take over 30 s (about 600,000 Gaussians x "
+                                     "rendered views) is refused up front."),
                 "sphere_radius": float_in(0.5, 0.01, 100.0, "Radius of the sphere init in scene units."),
                 "views_per_step": int_in(4, 1, 64, "Posed images rendered per step (multi-view fits)."),
                 "sds_weight": float_in(_S.sds_weight, 0.0, 1000.0, "Weight of the guidance (SDS) loss relative to the "
@@ -121,10 +124,15 @@ class StaticGaussians:
         )
         if options is not None:
             config = _options(options, "Gen4D_StaticGaussians").static_config(config, views.masks is not None)
+        device = host.compute_device()
+        if device.type == "cpu":
+            _cpu_step_check(len(start), min(config.views_per_step, len(views))
+                            + (config.pose_sampling.batch if guidance is not None and config.sds_weight > 0 else 0),
+                            iterations)
         progress = host.Progress(iterations)
         with torch.inference_mode(False), torch.enable_grad():
             result = fit_static(_fresh(start), views, training_render, config, guidance, progress,
-                                host.should_stop, host.compute_device())
+                                host.should_stop, device)
             _stopped_or_done(result)
             gaussians = result.gaussians.to("cpu")
         return host.with_notes("Gen4D_StaticGaussians", (gaussians,), clip.notes)
@@ -208,6 +216,21 @@ class DeformationFit:
                              None if trajectory is None else trajectory.as_dict(), clip.views.cameras.to("cpu"))
             scene = Scene4D([part], num_frames=len(clip.frames), fps=fps)
         return host.with_notes("Gen4D_DeformationFit", (scene,), clip.notes)
+
+
+# Longest estimated CPU step: progress and cancel come between steps, so a longer one leaves the node
+# unresponsive for minutes (and the fit would take hours); the shipped workflows take well under a second.
+CPU_STEP_LIMIT_S = 30.0
+
+
+def _cpu_step_check(num_gaussians: int, views: int, iterations: int) -> None:
+    step = cpu_step_seconds(num_gaussians, views)
+    most = int(CPU_STEP_LIMIT_S / cpu_step_seconds(1, views))
+    require_time("Gen4D_StaticGaussians", step, CPU_STEP_LIMIT_S,
+                 f"on the CPU, one step of {num_gaussians:,} Gaussians x {views} rendered view(s) (about "
+                 f"{step * iterations / 3600:,.1f} h for {iterations} iterations; cancel waits for a step)",
+                 f"num_points (at most {most:,} Gaussians per step at {views} view(s) here) or views_per_step, "
+                 "or fit on a GPU")
 
 
 def _options(options, node: str) -> FitOptions:

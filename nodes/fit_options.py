@@ -69,7 +69,11 @@ class FitOptions:
         return {"required": required}
 
     @classmethod
-    def VALIDATE_INPUTS(cls, hexplane_multires=None):
+    def VALIDATE_INPUTS(cls, hexplane_multires=None, hexplane_resolution=None, time_resolution=None):
+        for name, value in (("hexplane_resolution", hexplane_resolution), ("time_resolution", time_resolution)):
+            # 0 stands for the preset's value; a plane needs at least 2 samples to interpolate between.
+            if isinstance(value, int) and value == 1:
+                return f"{name} is 1; use 0 (the preset's) or at least 2 (a plane interpolates between 2 samples)"
         if hexplane_multires is None:
             return True
         try:

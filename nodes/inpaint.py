@@ -208,7 +208,7 @@ class VideoInpaint:
                                      "the run starts at the first scheduler step whose σ is at most this. A noise "
                                      "level, no longer a fraction of the steps (on Wan's shifted schedule the old "
                                      "0.7 started at σ 0.875). 1 = from pure noise, small = stay close to the "
-                                     "given frames."),
+                                     "given frames, 0 = no step runs: the frames come back unchanged."),
                 "steps": int_in(30, 1, 200, "Scheduler steps of a full (strength 1) run; those below the start "
                                 "level run."),
                 "guidance_scale": float_in(5.0, 0.0, 30.0, "Classifier-free guidance scale (Wan: 5).", step=0.1),

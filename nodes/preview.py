@@ -84,6 +84,13 @@ class Preview4D:
         bg = "#" + "".join(f"{round(float(v) * 255):02x}" for v in parse_color(background).tolist())
         notes = []
         if scene is not None or gaussians is not None:
+            # one source is shown: scene, else gaussians, else tracks; a connected one left out is noted
+            unused = [name for name, value in (("gaussians", gaussians if scene is not None else None),
+                                               ("tracks", tracks)) if value is not None]
+            if unused:
+                notes.append(f"{' and '.join(unused)} connected but not shown: the viewer shows one input, the "
+                             f"{'scene' if scene is not None else 'gaussians'} here (order: scene, gaussians, "
+                             f"tracks); disconnect the others to preview them.")
             source = scene if scene is not None else Scene4D.static(gaussians)
             progress = host.Progress(int(num_frames) or source.num_frames)
             try:

@@ -8,12 +8,12 @@ import os
 from pathlib import Path
 
 from ..core.engine.scene import Scene4D
-from ..core.formats.export import SCENE_SUFFIX, save_scene_bundle
+from ..core.formats.export import SCENE_SUFFIX, next_free_stem, save_scene_bundle
 from ..core.formats.manifest import save_bundle_frames
 from ..core.formats.ply import load_ply
 from . import host
 from . import types as T
-from .widgets import bool_in, combo_in, int_in, socket_in, str_in
+from .widgets import bool_in, combo_in, int_in, shown_name, socket_in, str_in
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,8 @@ class SaveScene:
         return {
             "required": {
                 "filename_prefix": str_in("gen4d/scene", "Relative name under the output folder; sub-folders "
-                                          "allowed, '..' and absolute paths are refused."),
+                                          "allowed, '..' and absolute paths are refused. Each part at most 255 "
+                                          "bytes (UTF-8), the last with room for the number and extension."),
                 "write_ply_frames": bool_in(True, "Also write one splat file per frame (in frame_format; PLY by "
                                             "default)."),
                 "num_frames": int_in(0, 0, 100000, "Frames to bake as PLY; 0 uses the scene's own frame count."),
@@ -72,6 +73,10 @@ class SaveScene:
                              f"got {frame_format!r}")
         formats = FRAME_FORMAT_CHOICES[frame_format] if write_ply_frames else ()
         root = host.output_directory()
+        try:
+            next_free_stem(root, filename_prefix)  # a safe name, with room for the number and extensions
+        except ValueError as exc:
+            raise ValueError(f"Gen4D_SaveScene: filename_prefix {shown_name(filename_prefix)}: {exc}") from exc
         frames = num_frames or scene.num_frames
         progress = host.Progress(frames * max(1, len(formats)))
         try:

@@ -37,7 +37,7 @@ from ..core.moge4d.tracks import Tracks, save_tracks_ply_sequence
 from ..core.moge4d.vism import VISM_INPAINT_DEFAULTS, VismConfig, inpaint_holes, render_vism, tracks_to_scene
 from . import host
 from . import types as T
-from .widgets import bool_in, combo_in, float_in, int_in, seed_in, socket_in, str_in
+from .widgets import bool_in, combo_in, float_in, int_in, seed_in, shown_name, socket_in, str_in
 
 __all__ = ["ViSMRender", "SaveTracks", "NODES"]
 
@@ -211,7 +211,8 @@ class SaveTracks:
             "required": {
                 "tracks": socket_in(T.TRACKS, "The tracks to save."),
                 "filename_prefix": str_in("gen4d/tracks", "Relative name under the output folder; sub-folders "
-                                          "allowed, '..' and absolute paths are refused."),
+                                          "allowed, '..' and absolute paths are refused. Each part at most 255 "
+                                          "bytes (UTF-8), the last with room for the number."),
                 "format": combo_in(("points", "gaussians"), "points: coloured point PLYs; gaussians: the "
                                    "4D-ViSM splats (flat in the local surface) as 3DGS PLYs."),
                 "footprint_scale": float_in(_DEFAULTS.footprint_scale, 0.05, 4.0, "Splat size for the gaussians "
@@ -247,7 +248,7 @@ class SaveTracks:
             host.raise_if_interrupted()
             raise
         except ValueError as exc:
-            raise ValueError(f"{node}: filename_prefix {filename_prefix!r}: {exc}") from exc
+            raise ValueError(f"{node}: filename_prefix {shown_name(filename_prefix)}: {exc}") from exc
         rel = os.path.relpath(folder, root)
         text = f"saved {len(files)} PLY frames of {tracks.num_valid} tracks to {rel}"
         logger.info(text)

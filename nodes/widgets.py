@@ -57,3 +57,11 @@ def color_error(value) -> bool | str:
     except ValueError as exc:
         return str(exc)
     return True
+
+
+def shown_name(text, limit: int = 60) -> str:
+    """``repr(text)``, cut to about ``limit`` characters with its full length, for error messages about names."""
+    text = str(text)
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text)} characters)"

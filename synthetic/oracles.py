@@ -363,7 +363,8 @@ class OracleVideoInpainter(_WorldOracle):
     """Fills the masks with the world at the declared per-frame cameras (``VideoInpainter``).
 
     It checks the arguments a real video inpainter depends on and fails loudly on wrong ones:
-    ``noise_level`` (the start point's noise level σ) must be given and lie in (0, 1];
+    ``noise_level`` (the start point's noise level σ) must be given and lie in [0, 1] (0: no scheduler
+    step lies at or below it, so the frames come back unchanged, as from the real inpainter);
     ``paste_mask`` (CoCo4D eq. 7's copy-pasted pixels) must match the masks and lie inside them;
     ``paste_noise_level`` needs a ``paste_mask`` and lies in [0, noise_level]. The fill ignores them.
     """
@@ -378,8 +379,8 @@ class OracleVideoInpainter(_WorldOracle):
         what = "OracleVideoInpainter.inpaint"
         frames = _check_rgb(frames, 4, what)
         masks = _check_mask(masks, frames, what)
-        if noise_level is None or not (isinstance(noise_level, (int, float)) and 0.0 < float(noise_level) <= 1.0):
-            raise ValueError(f"{what}: noise_level must be the start point's noise level σ in (0, 1], got "
+        if noise_level is None or not (isinstance(noise_level, (int, float)) and 0.0 <= float(noise_level) <= 1.0):
+            raise ValueError(f"{what}: noise_level must be the start point's noise level σ in [0, 1], got "
                              f"{noise_level!r}")
         if paste_mask is not None:
             paste = _check_mask(paste_mask, frames, f"{what} paste_mask")
@@ -393,7 +394,7 @@ class OracleVideoInpainter(_WorldOracle):
                     <= float(noise_level)):
                 raise ValueError(f"{what}: paste_noise_level must lie in [0, noise_level={noise_level}], got "
                                  f"{paste_noise_level!r}")
-        if not (masks > 0).any():
+        if not (masks > 0).any() or float(noise_level) == 0.0:
             return frames.clone()
         cams, content = self._cameras(*frames.shape[:3], what)
         truth = self._render(self._world(content), cams)["rgb"]

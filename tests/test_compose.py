@@ -284,6 +284,16 @@ def test_node_refuses_mismatched_frame_counts(case):
             depth_model=case["depth_model"], cameras=case["novel"])
 
 
+def test_node_names_connected_cameras_that_miss_the_background(case):
+    """A connected reference view turned away from the background: the refusal points at ``cameras``."""
+    away = _cameras(look_at(torch.tensor([[0.0, 0.0, 0.0]]), torch.tensor([[0.0, 0.0, -3.0]])), FOVY,
+                    torch.tensor([0.0]))
+    with pytest.raises(ValueError, match="connected cameras input"):
+        run("Gen4D_Compose", foreground=case["foreground"], background=case["background"],
+            reference_images=case["truth"]["rgb"], foreground_mask=case["masks"],
+            depth_model=case["depth_model"], cameras=away)
+
+
 def test_render_node_says_where_it_cannot_place_a_trajectory(case):
     cams = case["ref"][0]  # the reference camera, not the foreground's seen view
     out = run_ui("Gen4D_Render", scene=case["foreground"], cameras=cams)

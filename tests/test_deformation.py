@@ -383,3 +383,24 @@ def test_invalid_inputs_raise_value_errors_naming_the_argument():
                           ({"deform_position": False, "deform_scale": False, "deform_rotation": False}, "deform_")):
         with pytest.raises(ValueError, match=match):
             HexPlaneConfig(**kwargs)
+
+
+def test_cpu_gradients_do_not_depend_on_the_thread_count():
+    """The MLP's weight gradients sum over every Gaussian; the CPU BLAS splits that sum by thread. The same
+    step must give the same bits with 1 or 2 threads (else a thresholded densify or lift later flips)."""
+    g = random_gaussians(6000)
+    module = randomise(Deformation(SMALL, canonical=g, generator=gen()))
+    old = torch.get_num_threads()
+    grads = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            module.zero_grad()
+            out = module.deltas(g.means, 0.3)
+            sum(v.square().sum() for v in out.values()).backward()
+            grads.append({n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None})
+    finally:
+        torch.set_num_threads(old)
+    assert grads[0]
+    for name, value in grads[0].items():
+        assert torch.equal(value, grads[1][name]), f"{name}: max difference {(value - grads[1][name]).abs().max():.3g}"

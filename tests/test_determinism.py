@@ -101,3 +101,53 @@ def test_synthetic_world_and_camera_path_repeat(world):
     twin_b = run("Gen4D_SyntheticWorld", world="object", width=SIZE, height=SIZE, num_frames=FRAMES, seed=3,
                  twin_points=200, supersample=1)[4]
     _assert_same(twin_a.at(0.5), twin_b.at(0.5))
+
+
+# A seeded fit with SD guidance in a fresh interpreter: the scene's tensors, written as safetensors.
+_CHILD = r"""
+import sys
+from pathlib import Path
+checkout, out, global_seed = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+sys.path[:0] = [str(checkout), str(checkout / "tests"), str(checkout / "tools")]
+import torch
+torch.set_num_threads(1)
+torch.manual_seed(global_seed)  # global state must not matter
+from pack_loader import load_pack
+load_pack()
+import safetensors.torch
+from node_runner import run
+images, masks, *_ = run("Gen4D_SyntheticWorld", world="object", width=24, height=24, num_frames=2, seed=0,
+                        twin_points=200, supersample=1)
+with torch.inference_mode():
+    guidance = run("Gen4D_SDGuidanceLoader", model="guidance_sd-tiny", prompt="a cat", negative_prompt="",
+                   guidance_scale=50.0, device="auto", dtype="auto", seed=0)[0]
+g = run("Gen4D_StaticGaussians", images=images, masks=masks, iterations=4, num_points=150, preview_every=0,
+        seed=0, guidance=guidance, sds_weight=0.05, densify=True)[0]
+safetensors.torch.save_file({k: v.contiguous() for k, v in g.tensors().items()}, out)
+"""
+
+
+def test_static_fit_with_guidance_repeats_across_processes(models_dir, tmp_path):
+    """The same seeded graph in two separate interpreters (other global seeds, other hash seeds) gives the
+    same Gaussians bit for bit: nothing depends on process state (global RNG, dict/set order, ids)."""
+    import os
+    import subprocess
+
+    import safetensors.torch
+
+    checkout = Path(__file__).resolve().parents[1]
+    procs = []
+    for i, (global_seed, hash_seed) in enumerate(((1, "1"), (987, "2"))):
+        out = tmp_path / f"run{i}.safetensors"
+        env = {**os.environ, "GEN4D_MODELS_DIR": str(models_dir), "PYTHONHASHSEED": hash_seed,
+               "GEN4D_OUTPUT_DIR": str(tmp_path / "output"), "GEN4D_INPUT_DIR": str(tmp_path / "input")}
+        procs.append((out, subprocess.Popen([sys.executable, "-c", _CHILD, str(checkout), str(out), str(global_seed)],
+                                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
+    outs = []
+    for out, proc in procs:
+        _stdout, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 0, stderr[-2000:]
+        outs.append(safetensors.torch.load_file(str(out)))
+    assert outs[0].keys() == outs[1].keys() and outs[0]
+    for name, value in outs[0].items():
+        assert torch.equal(value, outs[1][name]), f"{name}: max difference {(value - outs[1][name]).abs().max():.3g}"

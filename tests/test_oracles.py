@@ -113,9 +113,12 @@ def test_oracle_video_inpainter_checks_the_noise_levels(scene):
     frames, masks = torch.zeros(2, SIZE[1], SIZE[0], 3), torch.zeros(2, SIZE[1], SIZE[0])
     masks[:, :4] = 1.0
     with seen_from(turned(w, 10.0, [0.0, 1.0]), "background"):
-        for bad in (None, 0.0, 1.5, float("nan")):
+        for bad in (None, -0.1, 1.5, float("nan")):
             with pytest.raises(ValueError, match="noise_level must be"):
                 model.inpaint(frames, masks, "a room", "", bad)
+        # σ 0: no step starts at or below it, so the frames come back unchanged (as from Wan VACE)
+        kept = model.inpaint(frames + 0.25, masks, "a room", "", 0.0)
+        assert torch.equal(kept, frames + 0.25)
         with pytest.raises(ValueError, match="outside the masks"):
             model.inpaint(frames, masks, noise_level=0.7, paste_mask=1 - masks)
         with pytest.raises(ValueError, match="paste_mask"):

@@ -153,3 +153,21 @@ def test_preview_hides_pixels_without_a_track():
     points, colors, visibility, fps = _tracks_fields(tracks)
     assert torch.equal(visibility, visible & valid[None]) and fps == 12.0
     assert points.shape == (4, 2, 3, 3) and colors.shape == (2, 3, 3)
+
+
+def test_inputs_left_out_of_the_preview_are_noted(fake_comfy, caplog):
+    """One input is shown (scene, else gaussians, else tracks); a connected one left out is a note naming it."""
+    from gen4d.core.moge4d.tracks import Tracks
+
+    tracks = Tracks(torch.rand(4, 2, 3, 3), torch.rand(2, 3, 3), torch.ones(2, 3, dtype=torch.bool),
+                    torch.ones(4, 2, 3, dtype=torch.bool), torch.eye(3), torch.eye(4), 12.0)
+    node = NODE_CLASS_MAPPINGS["Gen4D_Preview4D"]()
+    scene = _moving_scene(n=40, frames=3)
+    with caplog.at_level("WARNING"):
+        out = node.preview(max_splats=40, num_frames=0, scene=scene, gaussians=scene.at(0.0), tracks=tracks)
+    note = " ".join(out["ui"]["text"])
+    assert "gaussians and tracks connected but not shown" in note and "the scene here" in note
+    assert "tracks connected but not shown" in caplog.text
+    out = node.preview(max_splats=40, num_frames=0, gaussians=scene.at(0.0), tracks=tracks)
+    assert "tracks connected but not shown" in " ".join(out["ui"]["text"]) and "gaussians here" in out["ui"]["text"][0]
+    assert node.preview(max_splats=40, num_frames=0, tracks=tracks)["ui"]["text"] == []

@@ -164,11 +164,29 @@ def test_unsafe_names_are_still_refused(fake_comfy, tmp_path):
     outside.mkdir()
     (fake_comfy.output / "link").symlink_to(outside, target_is_directory=True)
     for prefix in ("../escape", "/abs/scene", "link/scene", "a/../../x"):
-        with pytest.raises(ValueError, match="name"):
+        with pytest.raises(ValueError, match="filename_prefix"):
             run("Gen4D_SaveScene", scene=_scene(), filename_prefix=prefix)
         with pytest.raises(ValueError, match="filename_prefix"):
             run("Gen4D_SaveTracks", tracks=_tracks(), filename_prefix=prefix)
     assert list(outside.iterdir()) == [] and not (tmp_path / "escape").exists()
+
+
+def test_names_past_the_file_name_limit_are_refused_up_front(fake_comfy):
+    """Each part of a name fits 255 bytes (UTF-8) with room for the number and extension, or the save refuses
+    naming filename_prefix before writing anything (no "File name too long" half-way)."""
+    out = fake_comfy.output
+    fits = "s" * (paths.NAME_MAX - paths.TEMP_NAME_EXTRA - export.NUMBERED_RESERVE)
+    for prefix in ("x" * 10_000, fits + "s", "日" * 80, "d" * 256 + "/scene", "a\x00b"):
+        with pytest.raises(ValueError, match="filename_prefix"):
+            run("Gen4D_SaveScene", scene=_scene(2), filename_prefix=prefix)
+        with pytest.raises(ValueError, match="filename_prefix"):
+            run("Gen4D_SaveTracks", tracks=_tracks(2), filename_prefix=prefix)
+    assert _everything(out) == []
+    rel = run("Gen4D_SaveScene", scene=_scene(2), filename_prefix=fits, frame_format="ply+spz+glb")[0]
+    assert rel == fits + "_00001" + export.SCENE_SUFFIX
+    assert run("Gen4D_SaveTracks", tracks=_tracks(2), filename_prefix="t/" + fits)[0] == "t/" + fits + "_00001"
+    with pytest.raises(ValueError, match="255 bytes"):
+        paths.safe_output_path(out, "ü" * 119)  # 238 bytes in UTF-8: 256 with the temp name around it
 
 
 @pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")

@@ -326,9 +326,26 @@ class HexPlaneField(nn.Module):
         return torch.cat(feats, dim=-1)
 
 
+class StableLinear(nn.Linear):
+    """``nn.Linear`` whose CPU products run in float64 and round back to the input's dtype.
+
+    The weight gradient sums over every Gaussian (``x^T g``); the CPU BLAS splits that sum by thread,
+    so in float32 the same fit gave last-bit different weights with 1 or 2 torch threads, and a fit
+    that densifies or lifts by thresholds then ended with a different number of Gaussians. Summed in
+    float64 the split changes only bits that rounding to float32 drops. Same parameters and state
+    dict as ``nn.Linear``; on other devices it is ``nn.Linear``.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.device.type != "cpu" or x.dtype == torch.float64:
+            return super().forward(x)
+        bias = None if self.bias is None else self.bias.double()
+        return F.linear(x.double(), self.weight.double(), bias).to(x.dtype)
+
+
 def _linear(fan_in: int, fan_out: int, generator: torch.Generator | None, zero: bool = False) -> nn.Linear:
-    """``nn.Linear`` initialised U(-1/sqrt(fan_in), 1/sqrt(fan_in)) from ``generator`` (or zeros)."""
-    layer = torch.nn.utils.skip_init(nn.Linear, fan_in, fan_out)  # no draw from the global RNG
+    """:class:`StableLinear` initialised U(-1/sqrt(fan_in), 1/sqrt(fan_in)) from ``generator`` (or zeros)."""
+    layer = torch.nn.utils.skip_init(StableLinear, fan_in, fan_out)  # no draw from the global RNG
     with torch.no_grad():
         if zero:
             layer.weight.zero_()

@@ -31,17 +31,21 @@ from pathlib import Path
 from typing import Callable
 
 from ..engine.scene import Scene4D
-from .paths import StagedSave, safe_output_path
+from .paths import StagedSave, check_name_lengths, safe_output_path
 from .ply import save_ply
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SCENE_SUFFIX", "SceneBundle", "next_free_stem", "save_ply_sequence", "save_scene_bundle",
-           "save_numbered_folder"]
+__all__ = ["SCENE_SUFFIX", "NUMBERED_RESERVE", "SceneBundle", "next_free_stem", "save_ply_sequence",
+           "save_scene_bundle", "save_numbered_folder"]
 
 _COMMIT_TRIES = 16  # numbers tried when concurrent saves keep taking the next free one
 
 SCENE_SUFFIX = ".gen4d.safetensors"
+# Bytes a numbered save appends to the prefix's last part: "_" + up to 10 digits + the longest suffix
+# (".gen4d.safetensors"; ".frames.json", "_ply", "_spz" and "_glb" are shorter), rounded up; the room
+# for an atomic write's temp name comes on top (paths.check_name_lengths).
+NUMBERED_RESERVE = 32
 
 
 @dataclass
@@ -57,7 +61,12 @@ def next_free_stem(root: str | os.PathLike, prefix: str) -> str:
     """The relative stem ``<prefix>_<n:05d>`` with ``n`` one past the highest already in use.
 
     Numbers of any length count (``_100000`` is above ``_99999``); five digits is the minimum width.
+
+    Raises:
+        ValueError: for an unsafe prefix, or one whose last part leaves no room within the 255-byte name
+            limit for the number and extension (:data:`NUMBERED_RESERVE` bytes).
     """
+    check_name_lengths(prefix, NUMBERED_RESERVE)
     probe = safe_output_path(root, f"{prefix}_00000")
     folder, base = probe.parent, probe.name[: -len("_00000")]
     pattern = re.compile(re.escape(base) + r"_(\d{5,})(?:_ply|\.|$)")
@@ -152,6 +161,7 @@ def save_numbered_folder(
         ValueError: for an unsafe prefix, or ``<prefix>`` naming an existing file with ``overwrite``.
         InterruptedError: when stopped; nothing was written or replaced.
     """
+    check_name_lengths(prefix, NUMBERED_RESERVE)
     stem = prefix if overwrite else next_free_stem(root, prefix)
     target = safe_output_path(root, stem)
     if overwrite and target.exists() and not target.is_dir():

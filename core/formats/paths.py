@@ -3,6 +3,9 @@
 
 Public API:
     safe_output_path(root, name, suffix=None) -> Path   a user-given relative name resolved under root
+    check_name_lengths(name, reserve=0)                 every part of a name within NAME_MAX bytes
+                                                        (the last with room for an atomic write's temp name)
+    NAME_MAX                                            255, the longest file or folder name in bytes
     atomic_writer(path, mode="wb")                      context manager yielding an open temp file
     atomic_path(path)                                   context manager yielding a temp path (for libraries
                                                         that write by file name)
@@ -15,7 +18,9 @@ Design notes:
     Names come from node widgets, so they are untrusted: absolute paths, drive letters, ``..``
     components, NUL bytes and anything that resolves outside ``root`` (through symlinks too) are
     rejected before a single byte is written. Both ``/`` and ``\\`` separate folders, so a name
-    typed on Windows means the same on every system.
+    typed on Windows means the same on every system. Each part of a name must fit the file
+    systems' 255-byte name limit (UTF-8), so a long name is refused up front instead of failing
+    half-way through a save with the system's "File name too long".
 
     Writes go to a uniquely named temp file in the target's folder, are flushed and fsynced, then
     moved over the target with ``os.replace`` (atomic on POSIX and Windows). On any exception,
@@ -42,13 +47,35 @@ import shutil
 from pathlib import Path
 from typing import IO, Iterator
 
-__all__ = ["safe_output_path", "atomic_writer", "atomic_path", "atomic_write_bytes", "StagedSave", "STAGING_PREFIX"]
+__all__ = ["safe_output_path", "check_name_lengths", "NAME_MAX", "TEMP_NAME_EXTRA", "atomic_writer", "atomic_path",
+           "atomic_write_bytes", "StagedSave", "STAGING_PREFIX"]
 
 STAGING_PREFIX = ".gen4d-staging-"
 
 log = logging.getLogger(__name__)
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
+
+NAME_MAX = 255  # bytes per file or folder name on ext4, XFS, btrfs, APFS and NTFS (there 255 UTF-16 units)
+TEMP_NAME_EXTRA = len(".") + len(".") + 12 + len(".tmp")  # what _temp_name adds around a name
+
+
+def check_name_lengths(name: str, reserve: int = 0) -> None:
+    """Raise ``ValueError`` when a part of ``name`` (split at ``/`` and ``\\``) exceeds :data:`NAME_MAX`
+    bytes in UTF-8. The last part must also leave room for the temp name of an atomic write
+    (:data:`TEMP_NAME_EXTRA` bytes) and ``reserve`` more bytes for what a save appends (a number, an
+    extension)."""
+    parts = [p for p in re.split(r"[/\\]", str(name)) if p not in ("", ".")]
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        limit = NAME_MAX - ((TEMP_NAME_EXTRA + int(reserve)) if last else 0)
+        size = len(part.encode("utf-8", "surrogatepass"))
+        if size > limit:
+            shown = part if len(part) <= 24 else part[:20] + "..."
+            why = (" (room is kept for the temporary name of an atomic write"
+                   + (" and the number and extension a save appends)" if reserve else ")")) if last else ""
+            raise ValueError(f"the {'file' if last else 'folder'} name {shown!r} is {size} bytes long (UTF-8); file "
+                             f"systems allow {NAME_MAX} bytes per name, so at most {limit} here{why}; shorten it")
 
 
 def safe_output_path(root: str | os.PathLike, name: str, suffix: str | None = None) -> Path:
@@ -83,6 +110,10 @@ def safe_output_path(root: str | os.PathLike, name: str, suffix: str | None = No
             raise ValueError(f"safe_output_path: name must not contain a drive letter, got {name!r}")
     if not parts or name.rstrip().endswith(("/", "\\")):
         raise ValueError(f"safe_output_path: name must end in a file name, got {name!r}")
+    try:
+        check_name_lengths(name)
+    except ValueError as exc:
+        raise ValueError(f"safe_output_path: {exc}") from None
     if suffix is not None:
         if not isinstance(suffix, str) or not re.fullmatch(r"\.[A-Za-z0-9_.-]+", suffix):
             raise ValueError(f"safe_output_path: suffix must look like '.ext', got {suffix!r}")

@@ -185,6 +185,7 @@ OVERRIDES = {
     "Gen4D_ParallelOptions": {"devices": "cpu,cpu"},  # the widget's GPU default needs GPUs
     "Gen4D_SaveTracks": {"filename_prefix": "fuzz/tracks"},
     "Gen4D_SAM2Split": {"points": "[[16, 16]]"},
+    "Gen4D_ParallelOptions": {"devices": "cpu,cpu"},  # no GPU needed to build the options
 }
 
 

@@ -54,3 +54,43 @@ def test_memory_require_names_what_to_lower():
     require("X", 1, "cpu", "tiny work", "nothing")
     with pytest.raises(ValueError, match=r"X: huge work needs about .* GiB on cpu, but about .* available; lower a"):
         require("X", 10**6 * GIB, "cpu", "huge work", "a")
+
+
+def _static_inputs(**over):
+    import torch
+
+    return {"images": torch.rand(1, 16, 16, 3), "fit_frames": "first", "iterations": 100, "num_points": 1_000_000,
+            "sphere_radius": 0.5, "views_per_step": 4, "sds_weight": 0.0, "densify": False, "max_scale": 0.0,
+            "center_object": False, "background": "#ffffff", "preview_every": 0, "seed": 0, **over}
+
+
+def test_static_fit_refuses_a_cpu_step_of_hours_but_not_the_shipped_settings_or_the_gpu(monkeypatch):
+    """1,000,000 Gaussians on the CPU: refused up front naming num_points; every shipped workflow's
+    StaticGaussians settings pass the estimate; on a GPU the CPU estimate does not apply."""
+    import time
+
+    import torch
+    from gen4d.nodes import NODE_CLASS_MAPPINGS, fit
+
+    node = NODE_CLASS_MAPPINGS["Gen4D_StaticGaussians"]()
+    t0 = time.time()
+    with pytest.raises(ValueError, match=r"num_points \(at most [\d,]+ Gaussians"):
+        node.fit(**_static_inputs())
+    assert time.time() - t0 < 10, "refused before the work"
+    root = Path(__file__).resolve().parents[2]
+    for wf in sorted((root / "workflows").glob("*.json")):
+        for n in json.loads(wf.read_text()).get("nodes", []):
+            if n.get("type") == "Gen4D_StaticGaussians":
+                frames, iterations, points, _r, views = n["widgets_values"][:5]
+                fit._cpu_step_check(points, (1 if frames == "first" else views) + 4, iterations)  # + SDS views
+
+    class Ran(Exception):
+        pass
+
+    def fake_fit(*_a, **_k):
+        raise Ran
+
+    monkeypatch.setattr(fit.host, "compute_device", lambda: torch.device("cuda"))
+    monkeypatch.setattr(fit, "fit_static", fake_fit)
+    with pytest.raises(Ran):
+        node.fit(**_static_inputs())
