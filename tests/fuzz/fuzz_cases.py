@@ -182,7 +182,6 @@ OVERRIDES = {
     "Gen4D_ProgressiveOutpaint": {"lift_size": 32},
     "Gen4D_Depth": {"input_size": 28},
     "Gen4D_SaveScene": {"filename_prefix": "fuzz/scene"},
-    "Gen4D_ParallelOptions": {"devices": "cpu,cpu"},  # the widget's GPU default needs GPUs
     "Gen4D_SaveTracks": {"filename_prefix": "fuzz/tracks"},
     "Gen4D_SAM2Split": {"points": "[[16, 16]]"},
     "Gen4D_ParallelOptions": {"devices": "cpu,cpu"},  # no GPU needed to build the options
