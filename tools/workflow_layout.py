@@ -28,7 +28,7 @@ GROUP_GAP = 40
 MIN_WIDTH = 320
 # Nodes that show images, video or text after a run get room for it (the frontend draws it inside the box).
 SHOWN_HEIGHT = {"PreviewImage": 300, "SaveAnimatedWEBP": 340, "SaveVideo": 340, "LoadImage": 340,
-                "PreviewAny": 140, "Gen4D_Preview4D": 450, "SaveImage": 300}
+                "PreviewAny": 140, "Gen4D_Preview4D": 450, "SaveImage": 300, "CLIPTextEncode": 140}
 WIDE = {"Gen4D_Preview4D": 450}
 # The view a file opens at must show the note: a browser window of this size, less the frontend's side bar
 # and top bars (64 px, 100 px), at the file's saved scale.
