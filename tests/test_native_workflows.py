@@ -212,3 +212,32 @@ def test_builder_remove_unlinks_both_ends():
     assert next(n for n in wf["nodes"] if n["id"] == cams)["outputs"][0]["links"] == [2]
     assert next(i for i in wf["nodes"][1]["inputs"] if i["name"] == "scene")["link"] is None
     assert check_workflow(wf, gen4d.NODE_CLASS_MAPPINGS) == []
+
+
+@pytest.mark.parametrize("name", [twin for _, twin in PAIRS])
+def test_comfyui_model_nodes_open_in_the_first_groups(name):
+    """The twin as built: ComfyUI's loaders in group 1, the prompt and image encoders in group 2, each adaptor
+    where the folder loader it stands in for stood (that loader's group in the source file)."""
+    wf = load_workflow(WORKFLOWS / name)
+    source = load_workflow(WORKFLOWS / name.replace("_native", ""))
+
+    def group(workflow, node):
+        x, y = node["pos"]
+        (title,) = [g["title"] for g in workflow["groups"]
+                    if g["bounding"][0] <= x <= g["bounding"][0] + g["bounding"][2]
+                    and g["bounding"][1] <= y <= g["bounding"][1] + g["bounding"][3]]
+        return title
+
+    for node in wf["nodes"]:
+        if node["type"] in ("CLIPTextEncode", "CLIPVisionEncode"):
+            assert group(wf, node).startswith("2 · "), (node["id"], node["type"], group(wf, node))
+        elif node["type"].endswith("Loader") or node["type"] == "LoraLoaderModelOnly":
+            assert group(wf, node).startswith("1 · "), (node["id"], node["type"], group(wf, node))
+    stood = {"Gen4D_NativeVideoInpaintModel": "Gen4D_VideoInpaintModelLoader",
+             "Gen4D_NativeInpaintModel": "Gen4D_InpaintModelLoader",
+             "Gen4D_NativeSDGuidance": "Gen4D_SDGuidanceLoader",
+             "Gen4D_NativeZero123Guidance": "Gen4D_Zero123GuidanceLoader"}
+    for adaptor, loader in stood.items():
+        for node in (n for n in wf["nodes"] if n["type"] == adaptor):
+            before = group(source, _one(source, loader)).split(" · ", 1)[1]
+            assert group(wf, node).split(" · ", 1)[1].split(" (")[0] == before.split(" (")[0], (adaptor, before)

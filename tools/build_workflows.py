@@ -11,6 +11,12 @@ web/gen4d_models.js), a ``Gen4D Preview 4D`` beside the savers, and the layout: 
 pipeline order, nodes stacked in columns at the sizes ComfyUI's frontend draws them
 (``frontend_node_sizes.json``, measured by tests/browser/workflows.mjs), the note at the top left of the
 first group where the file opens.
+
+The native-model twins (``*_native.json``) are not edited in place: each is derived anew from its built
+source workflow by tools/make_native_workflows.py, then laid out by the source's plan with ComfyUI's
+loaders added to the first group, the prompt and image encoders in a group of their own after it, the core
+sampling chain beside the first node it feeds, and each native adaptor where the folder loader it stands in
+for stood.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
+import make_native_workflows as native  # noqa: E402
 from workflow_builder import Graph  # noqa: E402
 from workflow_layout import SHOWN_HEIGHT, Layout  # noqa: E402
 
@@ -186,6 +193,15 @@ PREVIEW_FROM = {
 }
 PREVIEW_TITLE = "4D preview (drag to orbit)"
 
+# Titles of the native twins' groups, by source group number (the encoders' group is inserted after the first).
+NATIVE_TITLES = {
+    "CoCo4D_native": {1: "Inputs and models (ComfyUI's loaders)",
+                      2: "Reference video (core Wan 2.1 I2V) and split (SAM2)"},
+    "MoGe4D_native": {1: "Image, depth and models (ComfyUI's loaders)"},
+}
+NATIVE_ENCODERS_TITLE = "Prompts and image encoders"
+ENCODERS_PER_COLUMN = 5
+
 
 def _node_classes():
     from pack_loader import load_pack
@@ -229,28 +245,64 @@ def _set_note(g: Graph, name: str, note_id: int) -> None:
     node["widgets_values"][0] = "\n\n".join(paragraphs)
 
 
+def _native_plan(name: str, derived: "native.Derived") -> list[tuple[str, list[list[Any]]]]:
+    """The source workflow's plan with the twin's nodes: stand-ins where the nodes they replace stood, the
+    core loaders as the first group's second column, the encoders in a new second group, the sampling
+    chain as a column before the first column holding a node it feeds; groups renumbered left to right."""
+    g = derived.graph
+    present = {n["id"] for n in g.nodes}
+    plan = [(title.split(" · ", 1)[1], [[derived.stand_ins.get(i, i) if isinstance(i, int) else i for i in col]
+                                       for col in cols]) for title, cols in PLANS[native.SOURCES[name]]]
+    plan = [(title, [[i for i in col if not isinstance(i, int) or i in present] for col in cols])
+            for title, cols in plan]
+    if derived.chain:
+        chain = set(derived.chain)
+        fed = {link[3] for link in g.links if link[1] in chain and link[3] not in chain}
+        at = next((gi, ci) for gi, (_, cols) in enumerate(plan) for ci, col in enumerate(cols) if fed & set(col))
+        plan[at[0]][1].insert(at[1], list(derived.chain))
+    plan[0][1].insert(1, list(derived.loaders))
+    encoders = [derived.encoders[k:k + ENCODERS_PER_COLUMN]
+                for k in range(0, len(derived.encoders), ENCODERS_PER_COLUMN)]
+    plan.insert(1, (NATIVE_ENCODERS_TITLE, encoders))
+    titles = NATIVE_TITLES.get(name, {})
+    out = []
+    for number, (title, cols) in enumerate(plan, start=1):
+        source_number = 1 if number == 1 else number - 1
+        if title != NATIVE_ENCODERS_TITLE:
+            title = titles.get(source_number, title)
+        out.append((f"{number} · {title}", [col for col in cols if col]))
+    return out
+
+
 def build(path: Path, classes) -> dict:
     name = path.stem
-    g = Graph.load(path, classes)
+    if name in native.SOURCES:
+        derived = native.derive(name, classes)
+        g = derived.graph
+        plans = {name: _native_plan(name, derived)}
+    else:
+        g = Graph.load(path, classes)
+        plans = PLANS
+    base = native.SOURCES.get(name, name)
     for node_id, values in SETTINGS.get(name, {}).items():
         g.refresh(node_id, **values)
     for node in g.nodes:
-        picker = MODELS_BY_FILE.get(name, {}).get(node["type"]) or MODELS.get(node["type"])
+        picker = MODELS_BY_FILE.get(base, {}).get(node["type"]) or MODELS.get(node["type"])
         if picker:
             g.refresh(node["id"], **{picker[0]: picker[1]})
     preview = _add_preview(g, name)
     note = next(n["id"] for n in g.nodes if n["type"] == "MarkdownNote")
     _set_note(g, name, note)
     plan = [(title, [[note if i == "note" else preview if i == "P" else i for i in col] for col in cols])
-            for title, cols in PLANS[name]]
+            for title, cols in plans[name]]
     Layout(g).apply(plan, note_size=NOTE_SIZE)
     placed = {i for _, cols in plan for col in cols for i in col}
     missing = {n["id"] for n in g.nodes} - placed
     if missing:
         raise ValueError(f"{name}: nodes {sorted(missing)} have no place in the layout plan")
     g.nodes.sort(key=lambda n: n["id"])
-    for node in g.nodes:
-        node["order"] = node["id"] - 1
+    for order, node in enumerate(g.nodes):
+        node["order"] = order
     gen4d = dict(g.extra.get("gen4d", {}))
     if name in RUNNABLE:
         gen4d["runnable"] = True

@@ -5,6 +5,10 @@ Usage:
     python tools/make_native_workflows.py            # writes example_workflows/CoCo4D_native.json, MoGe4D_native.json
     python tools/make_native_workflows.py --check    # exits 1 when a shipped file differs from its derivation
 
+tools/build_workflows.py builds the twins with the other workflows: it calls ``derive`` here, then lays the
+graph out like every other file (the ComfyUI loaders, prompt and image encoders in the first groups, each
+native adaptor where the folder loader it stands in for stood); both scripts write the same files.
+
 ``CoCo4D_native.json`` and ``MoGe4D_native.json`` are ``CoCo4D.json`` and ``MoGe4D.json`` with the
 model-providing nodes swapped for ComfyUI's own: core loaders (UNETLoader, CLIPLoader, VAELoader,
 CLIPVisionLoader, CheckpointLoaderSimple, ImageOnlyCheckpointLoader, LoraLoaderModelOnly for the
@@ -87,6 +91,8 @@ class _Native:
         self.loaders = _Column(left - 1240, top)
         self.encoders = _Column(left - 860, top, width=380)
         self.chain = _Column(left - 440, top, width=360)
+        #: source node id -> the node that took its place (an adaptor, or the reference video's decoder)
+        self.stand_ins: dict[int, int] = {}
 
     def of_type(self, kind: str) -> list[int]:
         return [i for i, n in self.source_nodes.items() if n["type"] == kind]
@@ -123,6 +129,7 @@ class _Native:
         rows = max(sum(not i.is_widget for i in spec.inputs), len(spec.outputs))
         size = (node["size"][0], max(node["size"][1], 46 + 24 * rows + 28 * len(spec.widget_slots())))
         new = self.g.add(kind, node["pos"], size, **{**carried, **widgets})
+        self.stand_ins[old] = new
         for name, (src, output) in self.sources(old).items():
             if name in names and src in {n["id"] for n in self.g.nodes}:
                 self.g.link(src, output, new, name)
@@ -155,7 +162,19 @@ def _clip_vision_of_image(n: _Native, image: tuple[int, str]) -> int:
     return encode
 
 
-def coco4d(classes) -> Graph:
+@dataclass
+class Derived:
+    """A native twin and where its new nodes belong: the core loaders, the prompt and image encoders, the
+    core sampling chain, and which node stands in for each removed folder-loader node."""
+
+    graph: Graph
+    loaders: list[int]
+    encoders: list[int]
+    chain: list[int]
+    stand_ins: dict[int, int]
+
+
+def coco4d(classes) -> Derived:
     """``CoCo4D_native.json`` from ``CoCo4D.json``."""
     n = _Native(REPO / "example_workflows" / "CoCo4D.json", classes)
     g = n.g
@@ -186,6 +205,7 @@ def coco4d(classes) -> Graph:
     n.wire(i2v, "negative", sampler, "negative")
     n.wire(i2v, "latent", sampler, "latent_image")
     decode = g.add("VAEDecode", n.source_nodes[reference]["pos"], (220, 50), title="Reference video")
+    n.stand_ins[reference] = decode
     n.wire(sampler, "LATENT", decode, "samples")
     n.wire(vae, "VAE", decode, "vae")
     for dst, name in n.feeds(reference, "frames"):
@@ -237,11 +257,10 @@ def coco4d(classes) -> Graph:
     for kind in ("Gen4D_InpaintModelLoader", "Gen4D_VideoInpaintModelLoader", "Gen4D_Zero123GuidanceLoader",
                  "Gen4D_SDGuidanceLoader"):
         g.remove(n.of_type(kind)[0])
-    _finish(n, COCO4D_NOTE, "0 · Models and reference video from ComfyUI's own nodes")
-    return g
+    return _finish(n, COCO4D_NOTE)
 
 
-def moge4d(classes) -> Graph:
+def moge4d(classes) -> Derived:
     """``MoGe4D_native.json`` from ``MoGe4D.json``."""
     n = _Native(REPO / "example_workflows" / "MoGe4D.json", classes)
     g = n.g
@@ -263,24 +282,22 @@ def moge4d(classes) -> Graph:
     n.wire(n.text(clip, v["prompt"], "ViSM prompt"), "CONDITIONING", video, "positive")
     n.wire(n.text(clip, v["negative_prompt"], "ViSM negative prompt"), "CONDITIONING", video, "negative")
     g.remove(old)
-    _finish(n, MOGE4D_NOTE, "0 · Video inpainter from ComfyUI's own nodes")
-    return g
+    return _finish(n, MOGE4D_NOTE)
 
 
-def _finish(n: _Native, note: str, group: str) -> None:
+def _finish(n: _Native, note: str) -> Derived:
     g = n.g
     notes = [node["id"] for node in g.nodes if node["type"] == "MarkdownNote"]
     for node_id in notes:
         g._node(node_id)["widgets_values"] = [note]
-    g.group(group, n.loaders.ids + n.encoders.ids + n.chain.ids, color="#8a6a3f")
-    for order, node in enumerate(sorted(g.nodes, key=lambda node: node["id"])):
-        node["order"] = order
+    return Derived(g, list(n.loaders.ids), list(n.encoders.ids), list(n.chain.ids), dict(n.stand_ins))
 
 
 COCO4D_NOTE = "\n".join([
     '# CoCo4D with the models ComfyUI already has',
     '',
-    "The same graph as `CoCo4D.json`: only the models come from ComfyUI's own loaders (group 0).",
+    "The same graph as `CoCo4D.json`: only the models come from ComfyUI's own loaders (loaders in group 1, "
+    'prompts and image encoders in group 2, the reference video in group 3).',
     '',
     '1. **Reference video**: core Wan 2.1 image-to-video (UNETLoader + umt5 CLIPLoader type `wan` + Wan '
     'VAE + CLIP vision H → WanImageToVideo → KSampler → VAE Decode). Any other video source can feed SAM2'
@@ -301,7 +318,7 @@ MOGE4D_NOTE = "\n".join([
     '# MoGe4D with the models ComfyUI already has',
     '',
     "The same graph as `MoGe4D.json`: only the ViSM video inpainter comes from ComfyUI's own loaders "
-    '(group 0).',
+    '(loaders in group 1, prompts and image encoder in group 2).',
     '',
     '- **4D-ViSM**: Wan2.1-Fun-V1.1-14B InP as one file in `models/diffusion_models` (UNETLoader) + the '
     "MoGe4D 4D-ViSM LoRA in `models/loras` (LoraLoaderModelOnly; its strength replaces ViSM Render's "
@@ -313,12 +330,21 @@ MOGE4D_NOTE = "\n".join([
 
 
 BUILDERS = {"CoCo4D_native.json": coco4d, "MoGe4D_native.json": moge4d}
+#: twin name (file stem) -> the folder-loader workflow it is derived from
+SOURCES = {Path(name).stem: Path(name).stem.removesuffix("_native") for name in BUILDERS}
+
+
+def derive(stem: str, classes) -> Derived:
+    """The twin ``<stem>.json`` derived from today's source file, before layout."""
+    return BUILDERS[stem + ".json"](classes)
 
 
 def derived() -> dict[str, dict]:
-    """File name -> the workflow derived from its source file."""
+    """File name -> the twin as shipped: derived from its source file, laid out by tools/build_workflows.py."""
+    from build_workflows import build
+
     classes = load_pack().NODE_CLASS_MAPPINGS
-    return {name: build(classes).to_dict() for name, build in BUILDERS.items()}
+    return {name: build(REPO / "example_workflows" / name, classes) for name in BUILDERS}
 
 
 def _text(workflow: dict) -> str:

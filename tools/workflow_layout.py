@@ -28,8 +28,12 @@ GROUP_GAP = 40
 MIN_WIDTH = 320
 # Nodes that show images, video or text after a run get room for it (the frontend draws it inside the box).
 SHOWN_HEIGHT = {"PreviewImage": 300, "SaveAnimatedWEBP": 340, "SaveVideo": 340, "LoadImage": 340,
-                "PreviewAny": 140, "Gen4D_Preview4D": 450, "SaveImage": 300}
-WIDE = {"Gen4D_Preview4D": 450}
+                "PreviewAny": 140, "Gen4D_Preview4D": 450, "SaveImage": 300, "CLIPTextEncode": 140}
+# Least widths: the 4D viewer; loaders whose file names and adaptors whose titles (with the pack's badge)
+# are cut short at the computed width.
+WIDE = {"Gen4D_Preview4D": 450, "UNETLoader": 380, "LoraLoaderModelOnly": 380, "CLIPLoader": 380,
+        "CheckpointLoaderSimple": 380, "ImageOnlyCheckpointLoader": 380, "Gen4D_NativeVideoInpaintModel": 380,
+        "Gen4D_NativeInpaintModel": 380, "Gen4D_NativeSDGuidance": 380, "Gen4D_NativeZero123Guidance": 380}
 # The view a file opens at must show the note: a browser window of this size, less the frontend's side bar
 # and top bars (64 px, 100 px), at the file's saved scale.
 DEFAULT_WINDOW = (1280, 720)

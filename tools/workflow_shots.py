@@ -97,6 +97,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     files = sorted(FOLDER.glob("*.json"))
     process = None
+    comfy_version = ""
     with tempfile.TemporaryDirectory(prefix="gen4d-comfy-") as tmp:
         url = args.url
         if not url:
@@ -104,6 +105,9 @@ def main(argv=None) -> int:
             if not (comfy / "main.py").is_file():
                 print("set COMFYUI_PATH to a ComfyUI checkout (and COMFYUI_PYTHON to its python)", file=sys.stderr)
                 return 2
+            version_file = comfy / "comfyui_version.py"
+            if version_file.is_file():
+                comfy_version = version_file.read_text().split("__version__", 1)[-1].split('"')[1]
             process, url = start_comfyui(comfy, os.environ.get("COMFYUI_PYTHON", sys.executable), Path(tmp))
         try:
             result = subprocess.run(["node", str(ROOT / "tests" / "browser" / "workflows.mjs"), str(out),
@@ -117,7 +121,8 @@ def main(argv=None) -> int:
     if args.sizes:
         measured = json.loads((out / "node_sizes.json").read_text())
         meta = measured.pop("_meta")
-        table = {"measured_with": f"ComfyUI frontend {meta['frontend']} (LGraphNode.computeSize of a new node, "
+        comfy = f"ComfyUI {comfy_version}, " if comfy_version else ""
+        table = {"measured_with": f"{comfy}frontend {meta['frontend']} (LGraphNode.computeSize of a new node, "
                                   "by tests/browser/workflows.mjs)",
                  "nodes": {k: v["computed"] for k, v in sorted(measured.items()) if v}}
         (ROOT / "tools" / "frontend_node_sizes.json").write_text(json.dumps(table, indent=1) + "\n")
