@@ -64,7 +64,15 @@ from torch import Tensor
 
 from ..core.engine.cameras import Cameras
 from ..core.engine.guidance import orbit_angles, sds_surrogate
-from .inpaint import check_frames_and_masks, check_paste, check_sampling, composite, cpu_generator, model_size
+from .inpaint import (
+    check_frames_and_masks,
+    check_paste,
+    check_sampling,
+    composite,
+    cpu_generator,
+    model_size,
+    video_to_model_size,
+)
 from .wan import first_step
 from .zero123 import camera_embedding, condition_frames, sample_timesteps, to_model_images
 
@@ -355,16 +363,8 @@ class NativeVideoInpainter:
         import comfy.samplers
 
         count, height, width = frames.shape[:3]
-        mh, mw = model_size(height, width, self.multiple)
-        padded = (count - 1 + self.temporal - 1) // self.temporal * self.temporal + 1
-        x = frames.permute(0, 3, 1, 2)
-        m = masks[:, None] if paste is None else torch.stack([masks, paste], 1)
-        if (mh, mw) != (height, width):
-            x = F.interpolate(x, (mh, mw), mode="bilinear", align_corners=False)
-            m = F.interpolate(m, (mh, mw), mode="nearest")
-        if padded > count:
-            x = torch.cat([x, x[-1:].expand(padded - count, -1, -1, -1)])
-            m = torch.cat([m, m[-1:].expand(padded - count, -1, -1, -1)])
+        x, m = video_to_model_size(frames, masks, paste, self.multiple, self.temporal)
+        mh, mw = x.shape[-2:]
         video = x.permute(0, 2, 3, 1).contiguous()             # [T',H',W',3] 0..1
         hole = (m[:, 0] > 0.5).float()                           # [T',H',W']
         clean = self.vae.encode(video).float().cpu()             # raw latents [1,16,F,h,w]

@@ -6,6 +6,7 @@ Public API:
     load_image_inpainter(path, dtype)   load (and cache) a diffusers inpainting folder with clear errors
     inpaint_components(path)            the sub-folders a folder's ``model_index.json`` asks for
     model_size(h, w, multiple)          the explicit resize policy (nearest multiple, at least one)
+    video_to_model_size(...)            frames + masks resized to model_size and padded to 4k+1 frames
     composite(original, generated, mask)   keep every pixel outside the mask exactly
     check_frames_and_masks(...)         shared input validation of the image / video inpainters
     check_sampling(...), check_paste(...)   sampling settings; CoCo4D eq. 7's paste arguments of video inpainters
@@ -54,6 +55,7 @@ __all__ = [
     "load_image_inpainter",
     "inpaint_components",
     "model_size",
+    "video_to_model_size",
     "composite",
     "check_frames_and_masks",
     "check_sampling",
@@ -83,6 +85,29 @@ def model_size(height: int, width: int, multiple: int) -> tuple[int, int]:
         return max(multiple, int(round(n / multiple)) * multiple)
 
     return snap(height), snap(width)
+
+
+def video_to_model_size(frames: Tensor, masks: Tensor, paste: Tensor | None, multiple: int,
+                        temporal: int) -> tuple[Tensor, Tensor]:
+    """Frames ``[T,H,W,3]`` and masks ``[T,H,W]`` (plus an optional paste mask) at the size a video model
+    runs at: sides at :func:`model_size` (bilinear frames, nearest masks), frames padded with the last
+    one to ``k * temporal + 1``.
+
+    Returns:
+        ``x [T',3,H',W']`` and ``m [T',1 or 2,H',W']`` (hole mask, then the paste mask when given).
+    """
+    count, height, width = frames.shape[:3]
+    mh, mw = model_size(height, width, multiple)
+    padded = (count - 1 + temporal - 1) // temporal * temporal + 1
+    x = frames.permute(0, 3, 1, 2)
+    m = masks[:, None] if paste is None else torch.stack([masks, paste], 1)
+    if (mh, mw) != (height, width):
+        x = F.interpolate(x, (mh, mw), mode="bilinear", align_corners=False)
+        m = F.interpolate(m, (mh, mw), mode="nearest")
+    if padded > count:
+        x = torch.cat([x, x[-1:].expand(padded - count, -1, -1, -1)])
+        m = torch.cat([m, m[-1:].expand(padded - count, -1, -1, -1)])
+    return x, m
 
 
 def composite(original: Tensor, generated: Tensor, mask: Tensor) -> Tensor:

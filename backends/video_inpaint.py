@@ -55,8 +55,8 @@ from .inpaint import (
     composite,
     cpu_generator,
     default_device,
-    model_size,
     read_model_index,
+    video_to_model_size,
 )
 from .loading import cached, check_diffusers_folder, folder_key, load_component, load_diffusers_model
 from .memory import make_room, park, pipeline_modules
@@ -219,16 +219,8 @@ class VideoInpainter:
              seed, device, callback, should_stop) -> Tensor:
         pipe = self.pipe
         count, height, width = frames.shape[:3]
-        mh, mw = model_size(height, width, self.multiple)
-        padded = (count - 1 + self.temporal - 1) // self.temporal * self.temporal + 1
-        x = frames.permute(0, 3, 1, 2)
-        m = masks[:, None] if paste is None else torch.stack([masks, paste], 1)
-        if (mh, mw) != (height, width):
-            x = F.interpolate(x, (mh, mw), mode="bilinear", align_corners=False)
-            m = F.interpolate(m, (mh, mw), mode="nearest")
-        if padded > count:
-            x = torch.cat([x, x[-1:].expand(padded - count, -1, -1, -1)])
-            m = torch.cat([m, m[-1:].expand(padded - count, -1, -1, -1)])
+        x, m = video_to_model_size(frames, masks, paste, self.multiple, self.temporal)
+        mh, mw = x.shape[-2:]
         m, pasted = m[:, :1], (None if paste is None else m[:, 1] > 0.5)
         video = (x * 2 - 1).permute(1, 0, 2, 3)[None].to(device)          # [1,3,T',H',W'] in [-1,1]
         mask = (m > 0.5).float().permute(1, 0, 2, 3)[None].expand(1, 3, -1, -1, -1).to(device)

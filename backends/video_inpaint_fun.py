@@ -90,7 +90,7 @@ from .inpaint import (
     composite,
     cpu_generator,
     default_device,
-    model_size,
+    video_to_model_size,
 )
 from .memory import modules_on, park
 from .sequence_parallel import (
@@ -729,16 +729,8 @@ class FunInpainter:
     def _run(self, frames, masks, paste, paste_level, prompt, negative_prompt, noise_level, steps, guidance_scale,
              seed, device, callback, should_stop) -> Tensor:
         count, height, width = frames.shape[:3]
-        mh, mw = model_size(height, width, self.multiple)
-        padded = (count - 1 + TEMPORAL - 1) // TEMPORAL * TEMPORAL + 1
-        x = frames.permute(0, 3, 1, 2)
-        m = masks[:, None] if paste is None else torch.stack([masks, paste], 1)
-        if (mh, mw) != (height, width):
-            x = F.interpolate(x, (mh, mw), mode="bilinear", align_corners=False)
-            m = F.interpolate(m, (mh, mw), mode="nearest")
-        if padded > count:
-            x = torch.cat([x, x[-1:].expand(padded - count, -1, -1, -1)])
-            m = torch.cat([m, m[-1:].expand(padded - count, -1, -1, -1)])
+        x, m = video_to_model_size(frames, masks, paste, self.multiple, TEMPORAL)
+        (mh, mw), padded = x.shape[-2:], x.shape[0]
         hole = (m[:, 0] >= 0.5).float()                                     # [T',H',W'] binary, 1 = hole
         pasted = None if paste is None else m[:, 1] >= 0.5
         video = (x * 2 - 1).permute(1, 0, 2, 3)[None]                       # [1,3,T',H',W'] in [-1,1]
