@@ -90,7 +90,7 @@ from .trajectory_dit_modules import (
     TrajectoryDiT,
     TrajectoryEncoder,
 )
-from .trajectory_dit_names import MappingError, adaptor_name_map, name_map
+from .trajectory_dit_names import adaptor_name_map, name_map
 from .wan import (
     BASE_CLIP,
     BASE_T5,
@@ -109,6 +109,7 @@ from .wan import (
     load_wan_clip,
     load_wan_vae,
     params_on_meta,
+    read_indexed,
     read_weights,
     shard_index,
     torch_load_state,
@@ -313,15 +314,14 @@ def _config_from_shapes(cfg: dict, shapes: dict[str, tuple[int, ...]]) -> DiTCon
 
 
 def _load_dit(layout: Layout, dtype: torch.dtype) -> TrajectoryDiT:
-    from safetensors import safe_open
 
     cfg = json.loads((layout.base / "config.json").read_text())
-    try:
-        ours = name_map(read_weights(layout.strag))
-    except MappingError as exc:
-        raise ValueError(f"{layout.strag}: {exc}") from exc
-    omni = {k[len("motion_extractor."):]: v for k, v in ours.items() if k.startswith("motion_extractor.")}
-    ours = {k: v for k, v in ours.items() if not k.startswith("motion_extractor.")}
+    # The 4D-STraG file and the base shards are read tensor by tensor, each cast on read.
+    strag = {k: (v[0], v[1]) for k, v in shard_index([layout.strag]).items()}
+    omni = read_indexed({k[len("motion_extractor."):]: v for k, v in strag.items()
+                         if k.startswith("motion_extractor.")}, dtype)
+    ours = read_indexed({k: v for k, v in strag.items() if not k.startswith("motion_extractor.")}, dtype,
+                        WAN_KEEP_FP32)
     if not omni and layout.omnimae is not None:
         raw = {"omnimae_extractor." + k: v for k, v in torch_load_state(layout.omnimae).items()}
         omni = {k[len("motion_extractor."):]: v for k, v in name_map(raw).items() if k.startswith("motion_extractor.")}
@@ -332,14 +332,7 @@ def _load_dit(layout: Layout, dtype: torch.dtype) -> TrajectoryDiT:
     with params_on_meta():
         model = TrajectoryDiT(config)
     need = sorted(set(model.state_dict()) - set(ours))
-    by_shard: dict[Path, list[tuple[str, str]]] = {}
-    for k in need:
-        if k in index:
-            by_shard.setdefault(index[k][0], []).append((k, index[k][1]))
-    for shard, pairs in by_shard.items():
-        with safe_open(str(shard), framework="pt") as fh:
-            for k, off in pairs:
-                ours[k] = fh.get_tensor(off)
+    ours.update(read_indexed({k: (index[k][0], index[k][1]) for k in need if k in index}, dtype, WAN_KEEP_FP32))
     patch = ours.get("wan.patch_embedding.weight")
     if patch is not None and patch.shape[1] != config.in_channels:
         raise ValueError(f"{layout.strag}: patch_embedding takes {patch.shape[1]} channels; 4D-STraG needs "

@@ -123,6 +123,7 @@ from .wan import (
     load_wan_vae,
     normalise_latents,
     params_on_meta,
+    read_indexed,
     read_weights,
     shard_index,
     start_latents,
@@ -399,7 +400,6 @@ def _shard_index(layout: FunInpLayout) -> tuple[dict[str, tuple[Path, str]], dic
 
 def _load_transformer(layout: FunInpLayout, dtype: torch.dtype):
     from diffusers import WanTransformer3DModel
-    from safetensors import safe_open
 
     what = f"Wan2.1-Fun InP transformer {layout.base}"
     cfg = _inp_config(layout.base) or {}
@@ -423,14 +423,7 @@ def _load_transformer(layout: FunInpLayout, dtype: torch.dtype):
             ffn_dim=int(cfg.get("ffn_dim", 13824)), num_layers=int(cfg.get("num_layers", 40)), cross_attn_norm=True,
             qk_norm="rms_norm_across_heads", eps=float(cfg.get("eps", 1e-6)),
             image_dim=None if image is None else int(image[0]), added_kv_proj_dim=None if image is None else dim)
-    state: dict[str, Tensor] = {}
-    by_shard: dict[Path, list[tuple[str, str]]] = defaultdict(list)
-    for ours, (shard, official) in index.items():
-        by_shard[shard].append((ours, official))
-    for shard, pairs in by_shard.items():
-        with safe_open(str(shard), framework="pt") as fh:
-            for ours, official in pairs:
-                state[ours] = fh.get_tensor(official)
+    state = read_indexed(index, dtype, WAN_KEEP_FP32)
     assign_weights(model, state, dtype, what, keep_fp32=WAN_KEEP_FP32)
     return model.eval().requires_grad_(False), index
 

@@ -15,9 +15,11 @@ Public API:
     WAN_KEEP_FP32                       parameters of the Wan transformer kept in float32
     CLIP_MEAN, CLIP_STD                 the CLIP image normalisation
     params_on_meta()                    context manager: build modules with parameters on the meta device
+    weight_dtype(name, dtype, keep_fp32), cast_weight(name, tensor, dtype, keep_fp32)   the load dtype rule
     assign_weights(module, state, dtype, what, keep_fp32)   load a state dict exactly (names the misfits)
-    read_weights(path), torch_load_state(path)   tensors of a safetensors / torch checkpoint file
+    read_weights(path, dtype, skip), torch_load_state(path)   tensors of a safetensors / torch checkpoint file
     shard_shapes(shard), shard_index(shards)     tensor shapes from safetensors headers; our names -> shards
+    read_indexed(index, dtype, keep_fp32)  tensors of our names from safetensors files, cast as they are read
     vit_heads(dim)                      attention heads of a ViT of width ``dim``
     load_wan_vae(base_vae, finetuned), load_umt5(t5, tokenizer, dtype), load_wan_clip(clip, dtype)
 
@@ -81,10 +83,13 @@ __all__ = [
     "CLIP_MEAN",
     "CLIP_STD",
     "params_on_meta",
+    "weight_dtype",
+    "cast_weight",
     "assign_weights",
     "read_weights",
     "torch_load_state",
     "shard_shapes",
+    "read_indexed",
     "shard_index",
     "vit_heads",
     "load_wan_vae",
@@ -205,10 +210,24 @@ def params_on_meta() -> Iterator[None]:
         nn.Module.register_parameter = original
 
 
+def weight_dtype(name: str, dtype: torch.dtype | None, keep_fp32: tuple[str, ...] = ()) -> torch.dtype:
+    """The dtype a floating tensor ``name`` is loaded in: float32 without ``dtype`` or when a pattern of
+    ``keep_fp32`` occurs in the name, else ``dtype``."""
+    return torch.float32 if (dtype is None or any(p in name for p in keep_fp32)) else dtype
+
+
+def cast_weight(name: str, tensor: Tensor, dtype: torch.dtype | None, keep_fp32: tuple[str, ...] = ()) -> Tensor:
+    """``tensor`` in :func:`weight_dtype` (integer tensors untouched; no copy when the dtype already fits)."""
+    return tensor.to(weight_dtype(name, dtype, keep_fp32)) if tensor.is_floating_point() else tensor
+
+
 def assign_weights(module: nn.Module, state: dict[str, Tensor], dtype: torch.dtype | None, what: str,
                    keep_fp32: tuple[str, ...] = ()) -> None:
     """Load ``state`` into a (meta-parameter) module exactly: every parameter / persistent buffer
-    present, no extra keys, shapes equal."""
+    present, no extra keys, shapes equal. Tensors are cast one by one, each replacing its entry of
+    ``state`` (so a source tensor held nowhere else is freed at once, and tensors shared by several
+    names are cast once); afterwards no parameter or buffer of ``module`` is left on the meta device.
+    """
     expected = module.state_dict(keep_vars=True)
     missing = sorted(set(expected) - set(state))
     extra = sorted(set(state) - set(expected))
@@ -223,20 +242,36 @@ def assign_weights(module: nn.Module, state: dict[str, Tensor], dtype: torch.dty
             parts.append("shape mismatch: " + ", ".join(
                 f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}" for k in bad[:6]))
         raise ValueError(f"{what}: checkpoint does not fit the model ({'; '.join(parts)})")
-    cast = {}
-    for k, v in state.items():
-        target = torch.float32 if (dtype is None or any(p in k for p in keep_fp32)) else dtype
-        cast[k] = v.to(target) if v.is_floating_point() else v
-    module.load_state_dict(cast, strict=True, assign=True)
+    del expected
+    done: dict[tuple[int, torch.dtype], Tensor] = {}
+    for k in list(state):
+        v = state[k]
+        target = weight_dtype(k, dtype, keep_fp32) if v.is_floating_point() else v.dtype
+        key = (id(v), target)
+        if key not in done:
+            done[key] = v.to(target)
+        state[k] = done[key]
+        del v
+    done.clear()
+    module.load_state_dict(state, strict=True, assign=True)
+    left = [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
+    if left:
+        raise ValueError(f"{what}: {len(left)} tensor(s) left unloaded: {', '.join(left[:8])}")
 
 
 # --------------------------------------------------------------------------- checkpoint files
 
 
 def torch_load_state(path: Path) -> dict[str, Tensor]:
-    """A state dict read with ``torch.load(weights_only=True)`` (unwrapping ``{"state_dict": ...}``)."""
+    """A state dict read with ``torch.load(weights_only=True)`` (unwrapping ``{"state_dict": ...}``),
+    memory-mapped where the file format allows it (tensors are paged in as they are used)."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:  # legacy (non-zip) checkpoints cannot be memory-mapped
+            if "mmap" not in str(exc):
+                raise
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for unreadable / unsafe pickles
         raise ValueError(f"could not read {path} with torch.load(weights_only=True): {type(exc).__name__}: {exc}") \
             from exc
@@ -247,16 +282,32 @@ def torch_load_state(path: Path) -> dict[str, Tensor]:
     return state
 
 
-def read_weights(path: Path) -> dict[str, Tensor]:
-    """The tensors of a ``.safetensors`` file, or of a torch checkpoint (:func:`torch_load_state`)."""
+def read_weights(path: Path, dtype: torch.dtype | None = None, skip: tuple[str, ...] = ()) -> dict[str, Tensor]:
+    """The tensors of a ``.safetensors`` file, or of a torch checkpoint (:func:`torch_load_state`).
+
+    With ``dtype``, floating tensors are read straight into it one at a time (never a whole copy in the
+    file's dtype); keys in ``skip`` (e.g. a tokenizer blob stored beside the weights) are not read.
+    """
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+        from safetensors import safe_open
 
         try:
-            return load_file(str(path))
+            state: dict[str, Tensor] = {}
+            with safe_open(str(path), framework="pt") as fh:
+                for k in fh.keys():
+                    if k in skip:
+                        continue
+                    t = fh.get_tensor(k)
+                    state[k] = t.to(dtype) if (dtype is not None and t.is_floating_point()) else t
+            return state
         except Exception as exc:  # safetensors raises its own error types for corrupt files
             raise ValueError(f"could not read {path}: {type(exc).__name__}: {exc}") from exc
-    return torch_load_state(path)
+    state = {k: v for k, v in torch_load_state(path).items() if k not in skip}
+    if dtype is not None:
+        for k, v in state.items():
+            if v.is_floating_point():
+                state[k] = v.to(dtype)
+    return state
 
 
 def shard_shapes(shard: Path) -> dict[str, tuple[int, ...]]:
@@ -285,6 +336,27 @@ def shard_index(shards) -> dict[str, tuple[Path, str, tuple[int, ...]]]:
         for ours_k, off_k in mapped.items():
             index[ours_k] = (shard, off_k, shapes[off_k])
     return index
+
+
+def read_indexed(index: dict[str, tuple[Path, str]], dtype: torch.dtype | None,
+                 keep_fp32: tuple[str, ...] = ()) -> dict[str, Tensor]:
+    """Our name -> tensor, for ``index`` (our name -> (safetensors file, name in the file)), each tensor
+    read and cast (:func:`cast_weight`, by our name) before the next is read: peak memory is the
+    result in its load dtypes plus one tensor."""
+    from safetensors import safe_open
+
+    by_file: dict[Path, list[tuple[str, str]]] = {}
+    for ours, (file, name) in index.items():
+        by_file.setdefault(Path(file), []).append((ours, name))
+    state: dict[str, Tensor] = {}
+    for file, pairs in by_file.items():
+        try:
+            with safe_open(str(file), framework="pt") as fh:
+                for ours, name in pairs:
+                    state[ours] = cast_weight(ours, fh.get_tensor(name), dtype, keep_fp32)
+        except Exception as exc:  # safetensors raises its own error types for corrupt files
+            raise ValueError(f"could not read {file}: {type(exc).__name__}: {exc}") from exc
+    return state
 
 
 # --------------------------------------------------------------------------- component loaders
