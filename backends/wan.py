@@ -21,7 +21,11 @@ Public API:
     shard_shapes(shard), shard_index(shards)     tensor shapes from safetensors headers; our names -> shards
     read_indexed(index, dtype, keep_fp32)  tensors of our names from safetensors files, cast as they are read
     vit_heads(dim)                      attention heads of a ViT of width ``dim``
+    read_component(source, dtype, skip)   tensors of a single weight file or a component folder
+    vae_state, umt5_state, clip_vision_state   any supported key layout -> the diffusers / transformers names
+    dequantize_scaled(state, dtype)     ComfyUI fp8 "scaled" weights -> ``weight * scale`` in ``dtype``
     load_wan_vae(base_vae, finetuned), load_umt5(t5, tokenizer, dtype), load_wan_clip(clip, dtype)
+                                        each from a release file, a ComfyUI single file or a diffusers folder
 
 Design notes:
     Users are ``backends.video_inpaint`` (Wan VACE, diffusers layout), ``backends.video_inpaint_fun``
@@ -92,6 +96,11 @@ __all__ = [
     "read_indexed",
     "shard_index",
     "vit_heads",
+    "read_component",
+    "dequantize_scaled",
+    "vae_state",
+    "umt5_state",
+    "clip_vision_state",
     "load_wan_vae",
     "load_umt5",
     "load_wan_clip",
@@ -286,7 +295,9 @@ def read_weights(path: Path, dtype: torch.dtype | None = None, skip: tuple[str, 
     """The tensors of a ``.safetensors`` file, or of a torch checkpoint (:func:`torch_load_state`).
 
     With ``dtype``, floating tensors are read straight into it one at a time (never a whole copy in the
-    file's dtype); keys in ``skip`` (e.g. a tokenizer blob stored beside the weights) are not read.
+    file's dtype), except fp8 weights and their ``scale_weight`` / ``scale_input`` factors, kept as
+    stored for :func:`dequantize_scaled`; keys in ``skip`` (e.g. a tokenizer blob stored beside the
+    weights) are not read.
     """
     if path.suffix == ".safetensors":
         from safetensors import safe_open
@@ -298,16 +309,24 @@ def read_weights(path: Path, dtype: torch.dtype | None = None, skip: tuple[str, 
                     if k in skip:
                         continue
                     t = fh.get_tensor(k)
-                    state[k] = t.to(dtype) if (dtype is not None and t.is_floating_point()) else t
+                    state[k] = _read_cast(k, t, dtype)
             return state
         except Exception as exc:  # safetensors raises its own error types for corrupt files
             raise ValueError(f"could not read {path}: {type(exc).__name__}: {exc}") from exc
     state = {k: v for k, v in torch_load_state(path).items() if k not in skip}
-    if dtype is not None:
-        for k, v in state.items():
-            if v.is_floating_point():
-                state[k] = v.to(dtype)
+    for k, v in state.items():
+        state[k] = _read_cast(k, v, dtype)
     return state
+
+
+_FP8 = tuple(getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2") if hasattr(torch, n))
+
+
+def _read_cast(name: str, t: Tensor, dtype: torch.dtype | None) -> Tensor:
+    """``t`` in ``dtype`` when floating, except fp8 weights and their scales (see :func:`dequantize_scaled`)."""
+    if dtype is None or not t.is_floating_point() or t.dtype in _FP8 or name.endswith((".scale_weight", ".scale_input")):
+        return t
+    return t.to(dtype)
 
 
 def shard_shapes(shard: Path) -> dict[str, tuple[int, ...]]:
@@ -370,27 +389,102 @@ def vit_heads(dim: int) -> int:
     return max(1, dim // 64)
 
 
+def read_component(source: Path, dtype: torch.dtype | None = None, skip: tuple[str, ...] = ()) -> dict[str, Tensor]:
+    """The tensors of one model component: a single weight file (``.safetensors`` / ``.pth``), or a
+    diffusers / transformers component folder (every ``.safetensors`` file in it), read as
+    :func:`read_weights` does."""
+    source = Path(source)
+    if source.is_dir():
+        files = sorted(source.glob("*.safetensors"))
+        if not files:
+            raise ValueError(f"{source}: no .safetensors weights in this folder")
+        state: dict[str, Tensor] = {}
+        for f in files:
+            state.update(read_weights(f, dtype, skip))
+        return state
+    return read_weights(source, dtype, skip)
+
+
+# Non-weight entries of ComfyUI's repackaged single files: the tokenizer model stored beside the UMT5
+# weights, and the marker of an fp8 "scaled" file.
+_T5_SKIP = ("spiece_model", "scaled_fp8")
+
+
+def dequantize_scaled(state: dict[str, Tensor], dtype: torch.dtype | None) -> dict[str, Tensor]:
+    """ComfyUI's fp8 "scaled" single files store ``<m>.weight`` in fp8 with a ``<m>.scale_weight`` factor
+    (and an activation ``<m>.scale_input``): give each weight as ``weight * scale`` in ``dtype`` (float32
+    without one) and drop the scales. A state dict without scales is returned unchanged."""
+    scales = [k for k in state if k.endswith(".scale_weight")]
+    for k in scales:
+        w = k[: -len("scale_weight")] + "weight"
+        scale = state.pop(k)
+        if w in state:
+            state[w] = (state[w].to(torch.float32) * scale.to(torch.float32)).to(dtype or torch.float32)
+    for k in [k for k in state if k.endswith(".scale_input")]:
+        del state[k]
+    for k, v in state.items():  # fp8 tensors without a scale still need a computing dtype
+        if v.dtype in _FP8:
+            state[k] = v.to(dtype or torch.float32)
+    return state
+
+
+def vae_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A Wan VAE state dict in diffusers ``AutoencoderKLWan`` names, from the original Wan naming (the
+    release ``Wan2.1_VAE.pth`` and ComfyUI's single file ``wan_2.1_vae.safetensors`` share it,
+    optionally ``model.``-prefixed) or from diffusers' own (kept)."""
+    if "encoder.conv_in.weight" in state:
+        return state
+    return official_vae_to_diffusers(state)
+
+
 def load_wan_vae(base_vae: Path, finetuned: Path | None = None):
-    """The Wan VAE of a release ``Wan2.1_VAE.pth`` (float32, eval), its decoder optionally replaced by
-    a fine-tuned checkpoint in the same naming."""
+    """The Wan VAE (float32, eval) of a release ``Wan2.1_VAE.pth``, a ComfyUI single file
+    (``models/vae/wan_2.1_vae.safetensors``) or a diffusers ``vae`` folder, built on the meta device and
+    filled from the file; its decoder optionally replaced by a fine-tuned checkpoint in the same naming."""
     from diffusers import AutoencoderKLWan
 
-    state = official_vae_to_diffusers(read_weights(base_vae))
+    state = vae_state(read_component(base_vae, torch.float32))
     if finetuned is not None:
-        state.update(official_vae_to_diffusers(read_weights(finetuned)))
+        state.update(vae_state(read_component(finetuned, torch.float32)))
     base_dim = int(state["encoder.conv_in.weight"].shape[0])
     z = int(state["post_quant_conv.weight"].shape[0])
-    vae = AutoencoderKLWan(base_dim=base_dim, z_dim=z, latents_mean=list(WAN_LATENT_MEAN[:z]),
-                           latents_std=list(WAN_LATENT_STD[:z]))
+    with params_on_meta():
+        vae = AutoencoderKLWan(base_dim=base_dim, z_dim=z, latents_mean=list(WAN_LATENT_MEAN[:z]),
+                               latents_std=list(WAN_LATENT_STD[:z]))
     assign_weights(vae, state, None, f"Wan VAE {base_vae}")
     return vae.eval().requires_grad_(False)
 
 
+def umt5_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A UMT5 encoder state dict in transformers ``UMT5EncoderModel`` names, from Wan's release naming
+    (``token_embedding``, ``blocks.i.attn``...) or from the transformers naming that ComfyUI's single
+    files (``models/text_encoders/umt5_xxl_*.safetensors``) and diffusers ``text_encoder`` folders use
+    (the tied embedding given under both of its names)."""
+    if "token_embedding.weight" in state:
+        return wan_t5_to_umt5(state)
+    emb = state.get("shared.weight", state.get("encoder.embed_tokens.weight"))
+    if emb is None:
+        raise MappingError("UMT5 text encoder (no token embedding: neither token_embedding.weight nor "
+                           "shared.weight)", sorted(state)[:20])
+    state["shared.weight"] = state["encoder.embed_tokens.weight"] = emb
+    unknown = [k for k in state if not (k.startswith("encoder.") or k == "shared.weight")]
+    if unknown:
+        raise MappingError("UMT5 text encoder", unknown)
+    return state
+
+
 def load_umt5(t5: Path, tokenizer: Path, dtype: torch.dtype):
-    """``(tokenizer, UMT5 encoder)`` of a release UMT5 checkpoint and its tokenizer folder (eval)."""
+    """``(tokenizer, UMT5 encoder)`` (eval) of a release UMT5 checkpoint, a ComfyUI single file (fp16,
+    bf16 or fp8 "scaled") or a diffusers ``text_encoder`` folder, and a tokenizer folder; the weights
+    are read straight into ``dtype`` into a model built on the meta device."""
     from transformers import AutoTokenizer, UMT5Config, UMT5EncoderModel
 
-    state = wan_t5_to_umt5(read_weights(t5))
+    raw = dequantize_scaled(read_component(t5, dtype, _T5_SKIP), dtype)
+    try:
+        state = umt5_state(raw)
+    except MappingError as exc:
+        raise ValueError(f"{t5}: {exc}") from exc
+    del raw
     emb = state["encoder.embed_tokens.weight"]
     heads = int(state["encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"].shape[1])
     config = UMT5Config(
@@ -408,14 +502,25 @@ def load_umt5(t5: Path, tokenizer: Path, dtype: torch.dtype):
     return AutoTokenizer.from_pretrained(tokenizer), model.eval().requires_grad_(False)
 
 
+def clip_vision_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A CLIP vision tower in transformers ``CLIPVisionModel`` names (``vision_model.*``), from Wan's
+    release open-clip checkpoint, or from the transformers naming of ComfyUI's single files
+    (``models/clip_vision/clip_vision_h.safetensors``) and diffusers ``image_encoder`` folders, whose
+    projection and position ids are dropped (the features used are the tower's hidden states)."""
+    if "vision_model.embeddings.patch_embedding.weight" not in state:
+        return wan_clip_to_hf(state)
+    return {k: v for k, v in state.items() if k.startswith("vision_model.") and not k.endswith("position_ids")}
+
+
 def load_wan_clip(clip: Path | None, dtype: torch.dtype):
-    """The CLIP vision tower of a release open-clip checkpoint as a transformers ``CLIPVisionModel``
-    (eval), or None without a file."""
+    """The CLIP vision tower of a release open-clip checkpoint, a ComfyUI single file or a diffusers
+    ``image_encoder`` folder as a transformers ``CLIPVisionModel`` (eval; weights read straight into
+    ``dtype``, the model built on the meta device), or None without a file."""
     if clip is None:
         return None
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
-    state = wan_clip_to_hf(read_weights(clip))
+    state = clip_vision_state(read_component(clip, dtype))
     patch = state["vision_model.embeddings.patch_embedding.weight"]
     hidden, p = int(patch.shape[0]), int(patch.shape[-1])
     n = int(state["vision_model.embeddings.position_embedding.weight"].shape[0]) - 1
