@@ -324,7 +324,9 @@ _FP8 = tuple(getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2") if hasa
 
 def _read_cast(name: str, t: Tensor, dtype: torch.dtype | None) -> Tensor:
     """``t`` in ``dtype`` when floating, except fp8 weights and their scales (see :func:`dequantize_scaled`)."""
-    if dtype is None or not t.is_floating_point() or t.dtype in _FP8 or name.endswith((".scale_weight", ".scale_input")):
+    if dtype is None or not t.is_floating_point() or t.dtype in _FP8:
+        return t
+    if name.endswith((".scale_weight", ".scale_input")):
         return t
     return t.to(dtype)
 
