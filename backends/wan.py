@@ -509,6 +509,8 @@ def clip_vision_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
     release open-clip checkpoint, or from the transformers naming of ComfyUI's single files
     (``models/clip_vision/clip_vision_h.safetensors``) and diffusers ``image_encoder`` folders, whose
     projection and position ids are dropped (the features used are the tower's hidden states)."""
+    if "embeddings.patch_embedding.weight" in state:  # saved by transformers >= 5, without the prefix
+        state = {"vision_model." + k: v for k, v in state.items()}
     if "vision_model.embeddings.patch_embedding.weight" not in state:
         return wan_clip_to_hf(state)
     return {k: v for k, v in state.items() if k.startswith("vision_model.") and not k.endswith("position_ids")}
