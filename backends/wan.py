@@ -19,6 +19,7 @@ Public API:
     assign_weights(module, state, dtype, what, keep_fp32)   load a state dict exactly (names the misfits)
     read_weights(path, dtype, skip), torch_load_state(path)   tensors of a safetensors / torch checkpoint file
     shard_shapes(shard), shard_index(shards)     tensor shapes from safetensors headers; our names -> shards
+    SafetensorsReader(path)             tensors of a safetensors file by plain reads (no memory map)
     read_indexed(index, dtype, keep_fp32)  tensors of our names from safetensors files, cast as they are read
     vit_heads(dim)                      attention heads of a ViT of width ``dim``
     read_component(source, dtype, skip)   tensors of a single weight file or a component folder
@@ -59,6 +60,7 @@ Design notes:
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 from pathlib import Path
 from typing import Iterator
@@ -94,6 +96,7 @@ __all__ = [
     "torch_load_state",
     "shard_shapes",
     "read_indexed",
+    "SafetensorsReader",
     "shard_index",
     "vit_heads",
     "read_component",
@@ -271,6 +274,80 @@ def assign_weights(module: nn.Module, state: dict[str, Tensor], dtype: torch.dty
 # --------------------------------------------------------------------------- checkpoint files
 
 
+_ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+              "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
+
+
+class SafetensorsReader:
+    """Tensors of a ``.safetensors`` file read one at a time with plain file reads into fresh memory.
+
+    Unlike a memory map, reading this way leaves no file pages mapped into the process, so the
+    resident memory of a load is the tensors kept plus the one being read, whatever the file's size.
+    Use as a context manager; :meth:`get` raises ValueError for truncated or malformed entries.
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._fh = open(self.path, "rb")
+        try:
+            n = int.from_bytes(self._fh.read(8), "little")
+            size = self.path.stat().st_size
+            if n <= 1 or 8 + n > size:
+                raise ValueError(f"header length {n} does not fit a file of {size} bytes")
+            header = json.loads(self._fh.read(n))
+            self._base = 8 + n
+            self._entries = {k: v for k, v in header.items() if k != "__metadata__"}
+        except Exception:
+            self._fh.close()
+            raise
+
+    def __enter__(self) -> "SafetensorsReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._fh.close()
+
+    def keys(self) -> list[str]:
+        return list(self._entries)
+
+    def dtype(self, name: str) -> torch.dtype:
+        stored = _ST_DTYPES.get(self._entries[name]["dtype"])
+        if stored is None:
+            raise ValueError(f"{name}: unsupported dtype {self._entries[name]['dtype']}")
+        return stored
+
+    def get(self, name: str, dtype: torch.dtype | None = None) -> Tensor:
+        """Tensor ``name``; with ``dtype``, converted while it is read, in pieces of at most
+        :attr:`CHUNK` bytes (a tensor never exists whole in the file's dtype)."""
+        entry = self._entries[name]
+        stored = _ST_DTYPES.get(entry["dtype"])
+        if stored is None:
+            raise ValueError(f"{name}: unsupported dtype {entry['dtype']}")
+        start, end = (int(x) for x in entry["data_offsets"])
+        shape = [int(d) for d in entry["shape"]]
+        self._fh.seek(self._base + start)
+        if dtype is None or dtype == stored or end - start <= self.CHUNK:
+            t = self._read(name, end - start).view(stored).reshape(shape)
+            return t if dtype is None else t.to(dtype)
+        out = torch.empty(shape, dtype=dtype)
+        flat = out.view(-1)
+        size = stored.itemsize
+        step = max(self.CHUNK // size, 1)
+        for i in range(0, flat.numel(), step):
+            n = min(step, flat.numel() - i)
+            flat[i:i + n] = self._read(name, n * size).view(stored)
+        return out
+
+    CHUNK = 64 * 2**20
+
+    def _read(self, name: str, nbytes: int) -> Tensor:
+        buf = torch.empty(nbytes, dtype=torch.uint8)
+        if nbytes and self._fh.readinto(memoryview(buf.numpy())) != nbytes:
+            raise ValueError(f"{name}: the file ends inside this tensor (truncated download?)")
+        return buf
+
+
 def torch_load_state(path: Path) -> dict[str, Tensor]:
     """A state dict read with ``torch.load(weights_only=True)`` (unwrapping ``{"state_dict": ...}``),
     memory-mapped where the file format allows it (tensors are paged in as they are used)."""
@@ -300,16 +377,12 @@ def read_weights(path: Path, dtype: torch.dtype | None = None, skip: tuple[str, 
     weights) are not read.
     """
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
         try:
             state: dict[str, Tensor] = {}
-            with safe_open(str(path), framework="pt") as fh:
+            with SafetensorsReader(path) as fh:
                 for k in fh.keys():
-                    if k in skip:
-                        continue
-                    t = fh.get_tensor(k)
-                    state[k] = _read_cast(k, t, dtype)
+                    if k not in skip:
+                        state[k] = fh.get(k, _read_dtype(k, fh.dtype(k), dtype))
             return state
         except Exception as exc:  # safetensors raises its own error types for corrupt files
             raise ValueError(f"could not read {path}: {type(exc).__name__}: {exc}") from exc
@@ -322,13 +395,18 @@ def read_weights(path: Path, dtype: torch.dtype | None = None, skip: tuple[str, 
 _FP8 = tuple(getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2") if hasattr(torch, n))
 
 
-def _read_cast(name: str, t: Tensor, dtype: torch.dtype | None) -> Tensor:
-    """``t`` in ``dtype`` when floating, except fp8 weights and their scales (see :func:`dequantize_scaled`)."""
-    if dtype is None or not t.is_floating_point() or t.dtype in _FP8:
-        return t
+def _read_dtype(name: str, stored: torch.dtype, dtype: torch.dtype | None) -> torch.dtype:
+    """The dtype a tensor is read in: ``dtype`` for floating tensors, except fp8 weights and their scales
+    (kept for :func:`dequantize_scaled`); everything else as stored."""
+    if dtype is None or not stored.is_floating_point or stored in _FP8:
+        return stored
     if name.endswith((".scale_weight", ".scale_input")):
-        return t
-    return t.to(dtype)
+        return stored
+    return dtype
+
+
+def _read_cast(name: str, t: Tensor, dtype: torch.dtype | None) -> Tensor:
+    return t.to(_read_dtype(name, t.dtype, dtype))
 
 
 def shard_shapes(shard: Path) -> dict[str, tuple[int, ...]]:
@@ -364,17 +442,17 @@ def read_indexed(index: dict[str, tuple[Path, str]], dtype: torch.dtype | None,
     """Our name -> tensor, for ``index`` (our name -> (safetensors file, name in the file)), each tensor
     read and cast (:func:`cast_weight`, by our name) before the next is read: peak memory is the
     result in its load dtypes plus one tensor."""
-    from safetensors import safe_open
-
     by_file: dict[Path, list[tuple[str, str]]] = {}
     for ours, (file, name) in index.items():
         by_file.setdefault(Path(file), []).append((ours, name))
     state: dict[str, Tensor] = {}
     for file, pairs in by_file.items():
         try:
-            with safe_open(str(file), framework="pt") as fh:
+            with SafetensorsReader(file) as fh:
                 for ours, name in pairs:
-                    state[ours] = cast_weight(ours, fh.get_tensor(name), dtype, keep_fp32)
+                    stored = fh.dtype(name)
+                    target = weight_dtype(ours, dtype, keep_fp32) if stored.is_floating_point else stored
+                    state[ours] = fh.get(name, target)
         except Exception as exc:  # safetensors raises its own error types for corrupt files
             raise ValueError(f"could not read {file}: {type(exc).__name__}: {exc}") from exc
     return state

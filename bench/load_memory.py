@@ -159,8 +159,8 @@ def main() -> None:
             write_umt5(tmp / "umt5.safetensors", args.umt5_layers, 4096, 10240, 32000, args.file_dtype)
             jobs.append(("umt5", tmp / "umt5.safetensors", str(tmp / "tok")))
         for what, path, tok in jobs:
-            out = subprocess.run([sys.executable, __file__, "--code", str(args.code), "--_measure", what, str(path), tok],
-                                 capture_output=True, text=True)
+            cmd = [sys.executable, __file__, "--code", str(args.code), "--_measure", what, str(path), tok]
+            out = subprocess.run(cmd, capture_output=True, text=True)
             if out.returncode:
                 print(json.dumps({"what": what, "code": str(args.code), "error": out.stderr.strip().splitlines()[-1]}))
             else:

@@ -228,3 +228,24 @@ def test_comfyui_key_layouts_load(tmp_path, tokenizer):
     src = read_weights(files["vae"])
     assert torch.equal(vae.encoder.conv_in.weight, src["encoder.conv1.weight"])
     assert torch.equal(vae.post_quant_conv.weight, src["conv2.weight"])
+
+
+def test_safetensors_reader_reads_in_pieces_exactly(tmp_path, monkeypatch):
+    from gen4d.backends.wan import SafetensorsReader
+    from safetensors.torch import load_file
+
+    path = tmp_path / "w.safetensors"
+    save_file({"a": torch.randn(37, 11), "h": torch.randn(5, 3).half(), "e": torch.zeros(0, 4),
+               "b": torch.tensor([True, False]), "i": torch.arange(6).reshape(2, 3)}, str(path))
+    ref = load_file(str(path))
+    monkeypatch.setattr(SafetensorsReader, "CHUNK", 24)  # pieces of 6 floats: several per tensor, a ragged last one
+    with SafetensorsReader(path) as fh:
+        assert sorted(fh.keys()) == sorted(ref)
+        for k, v in ref.items():
+            assert torch.equal(fh.get(k), v)
+            if v.is_floating_point():
+                assert torch.equal(fh.get(k, torch.bfloat16), v.to(torch.bfloat16))
+    data = path.read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[:-20])
+    with pytest.raises(ValueError, match="could not read"):
+        read_weights(tmp_path / "cut.safetensors", torch.bfloat16)
