@@ -10,6 +10,9 @@ Public API:
     HUB_IDS                     the published model ids of each kind (named in errors)
     EXPECTED_FILES              kind -> what a model of that kind looks like on disk (named in errors)
     preferred_dtype(device)     bf16 on CUDA devices that support it, else float32
+    COMFY_FOLDERS               ComfyUI's own model folders single weight files are picked from
+    single_file_roots(folder)   where ComfyUI's ``models/<folder>`` lives (``folder_paths`` or the pack's root)
+    find_single_file(folder, patterns)   the first ``.safetensors`` file of such a folder matching a pattern
 
 Design notes:
     With ComfyUI, folders come from ``folder_paths`` (so ``extra_model_paths.yaml`` works); without
@@ -37,6 +40,9 @@ __all__ = [
     "NO_MODELS",
     "HUB_IDS",
     "EXPECTED_FILES",
+    "COMFY_FOLDERS",
+    "single_file_roots",
+    "find_single_file",
 ]
 
 MODEL_KINDS: dict[str, str] = {
@@ -172,6 +178,37 @@ def resolve_model(kind: str, name: str, required: tuple[str, ...] = ()) -> Path:
     searched = ", ".join(str(p) for p in candidates)
     raise ValueError(f"{kind} model {name!r} not found (looked at {searched}); put the model folder there"
                      + _hub_hint(kind))
+
+
+# ComfyUI's folders of single-file weights (folder_paths names; the same sub-folders of ``models/``).
+COMFY_FOLDERS = ("diffusion_models", "text_encoders", "vae", "clip_vision")
+
+
+def single_file_roots(folder: str) -> list[Path]:
+    """The folders of ComfyUI's ``models/<folder>`` (one of :data:`COMFY_FOLDERS`): from ``folder_paths``
+    inside ComfyUI (``extra_model_paths.yaml`` included), else ``$GEN4D_MODELS_DIR/<folder>``."""
+    if folder not in COMFY_FOLDERS:
+        raise ValueError(f"single-file folder must be one of {list(COMFY_FOLDERS)}, got {folder!r}")
+    fp = _folder_paths()
+    if fp is not None:
+        try:
+            return [Path(p) for p in fp.get_folder_paths(folder)]
+        except KeyError:
+            return []
+    return [Path(os.environ.get("GEN4D_MODELS_DIR", "models")).resolve() / folder]
+
+
+def find_single_file(folder: str, patterns: tuple[str, ...]) -> Path | None:
+    """The first ``.safetensors`` file (sub-folders included) of :func:`single_file_roots` ``(folder)`` whose
+    name matches a glob pattern, patterns tried in order (names sorted within one); None when none does."""
+    for pattern in patterns:
+        for root in single_file_roots(folder):
+            if not root.is_dir():
+                continue
+            hits = sorted(p for p in root.rglob(pattern) if p.is_file() and p.suffix == ".safetensors")
+            if hits:
+                return hits[0]
+    return None
 
 
 def _hub_hint(kind: str) -> str:

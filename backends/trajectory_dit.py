@@ -105,6 +105,7 @@ from .wan import (
     WAN_LATENT_MEAN,
     WAN_LATENT_STD,
     assign_weights,
+    find_wan_component,
     load_umt5,
     load_wan_clip,
     load_wan_vae,
@@ -282,13 +283,14 @@ def find_layout(path: str | Path) -> Layout:
     else:
         shards = tuple(sorted(base.glob("diffusion_pytorch_model*.safetensors")))
         base_vae = base / BASE_VAE
-        t5 = _first(base, (BASE_T5, "models_t5_umt5-xxl-enc-fp32.pth"))
+        t5 = find_wan_component(base, "t5", (BASE_T5, "models_t5_umt5-xxl-enc-fp32.pth"))
         if t5 is None:
-            missing.append(f"{base.name}/{BASE_T5}")
+            missing.append(f"{base.name}/{BASE_T5} (or text_encoder/, or umt5_xxl_*.safetensors in ComfyUI's "
+                           f"models/text_encoders)")
         tok = base / BASE_T5_TOKENIZER
         if not tok.is_dir():
             missing.append(f"{base.name}/{BASE_T5_TOKENIZER}/ (UMT5 tokenizer)")
-        clip = _first(base, (BASE_CLIP,))
+        clip = find_wan_component(base, "clip", (BASE_CLIP,))
     if missing:
         raise ValueError(f"trajectory model {str(root)!r} is incomplete; missing: {'; '.join(missing)}. Put the "
                          f"MoGe4D release (Yanran21/MoGe4D) and alibaba-pai/Wan2.1-Fun-V1.1-14B-Control there")

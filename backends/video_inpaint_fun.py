@@ -115,6 +115,7 @@ from .wan import (
     WAN_LATENT_MEAN,
     WAN_LATENT_STD,
     assign_weights,
+    find_wan_component,
     first_step,
     flow_sigmas,
     latent_cells,
@@ -270,16 +271,16 @@ def find_fun_inp_layout(path: str | Path) -> FunInpLayout:
     missing = []
     if not shards:
         missing.append("diffusion_pytorch_model*.safetensors (transformer)")
-    t5 = next((base / n for n in (BASE_T5, "models_t5_umt5-xxl-enc-fp32.pth") if (base / n).is_file()), None)
+    t5 = find_wan_component(base, "t5", (BASE_T5, "models_t5_umt5-xxl-enc-fp32.pth"))
     if t5 is None:
-        missing.append(BASE_T5)
+        missing.append(f"{BASE_T5} (or text_encoder/, or umt5_xxl_*.safetensors in ComfyUI's models/text_encoders)")
     tokenizer = base / BASE_T5_TOKENIZER
     if not tokenizer.is_dir():
         missing.append(f"{BASE_T5_TOKENIZER}/ (UMT5 tokenizer)")
     if missing:
         raise ValueError(f"{what}: the Wan2.1-Fun InP folder {str(base)!r} is incomplete; missing: "
                          f"{'; '.join(missing)}")
-    clip = base / BASE_CLIP if (base / BASE_CLIP).is_file() else None
+    clip = find_wan_component(base, "clip", (BASE_CLIP,))
     return FunInpLayout(root, base, shards, base / BASE_VAE, t5, tokenizer, clip, find_vism_lora(root, base))
 
 

@@ -25,6 +25,8 @@ Public API:
     read_component(source, dtype, skip)   tensors of a single weight file or a component folder
     vae_state, umt5_state, clip_vision_state   any supported key layout -> the diffusers / transformers names
     dequantize_scaled(state, dtype)     ComfyUI fp8 "scaled" weights -> ``weight * scale`` in ``dtype``
+    WAN_COMPONENTS, find_wan_component(base, which, release)   a component's file or folder: release,
+                                        diffusers sub-folder, or ComfyUI single file
     load_wan_vae(base_vae, finetuned), load_umt5(t5, tokenizer, dtype), load_wan_clip(clip, dtype)
                                         each from a release file, a ComfyUI single file or a diffusers folder
 
@@ -104,6 +106,8 @@ __all__ = [
     "vae_state",
     "umt5_state",
     "clip_vision_state",
+    "WAN_COMPONENTS",
+    "find_wan_component",
     "load_wan_vae",
     "load_umt5",
     "load_wan_clip",
@@ -515,6 +519,32 @@ def vae_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
     if "encoder.conv_in.weight" in state:
         return state
     return official_vae_to_diffusers(state)
+
+
+# Where a Wan component is found besides a release folder's own file: the diffusers sub-folder of the
+# same folder, then a single file of ComfyUI's models folders (folder, name patterns in order).
+WAN_COMPONENTS: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "vae": ("vae", "vae", ("wan_2.1_vae*.safetensors", "wan2.1_vae*.safetensors", "Wan2.1_VAE*.safetensors")),
+    "t5": ("text_encoder", "text_encoders", ("umt5_xxl*.safetensors", "umt5-xxl*.safetensors", "umt5*.safetensors")),
+    "clip": ("image_encoder", "clip_vision", ("clip_vision_h*.safetensors", "open_clip*vit_h*.safetensors")),
+}
+
+
+def find_wan_component(base: Path, which: str, release: tuple[str, ...] = ()) -> Path | None:
+    """A Wan VAE / UMT5 / CLIP vision (``which``: a key of :data:`WAN_COMPONENTS`) for the model folder
+    ``base``: a release file of ``release`` in it, else its diffusers sub-folder (``config.json`` and
+    ``.safetensors``), else a single file of ComfyUI's ``models/vae``, ``text_encoders`` or
+    ``clip_vision`` (:func:`backends.model_folders.find_single_file`); None when there is none."""
+    from .model_folders import find_single_file
+
+    for name in release:
+        if (base / name).is_file():
+            return base / name
+    sub, folder, patterns = WAN_COMPONENTS[which]
+    d = base / sub
+    if (d / "config.json").is_file() and any(d.glob("*.safetensors")):
+        return d
+    return find_single_file(folder, patterns)
 
 
 def load_wan_vae(base_vae: Path, finetuned: Path | None = None):

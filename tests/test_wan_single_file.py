@@ -249,3 +249,70 @@ def test_safetensors_reader_reads_in_pieces_exactly(tmp_path, monkeypatch):
     (tmp_path / "cut.safetensors").write_bytes(data[:-20])
     with pytest.raises(ValueError, match="could not read"):
         read_weights(tmp_path / "cut.safetensors", torch.bfloat16)
+
+
+# --------------------------------------------------------------------------- picking files from ComfyUI's folders
+
+
+def test_single_file_roots_follow_folder_paths_or_the_models_dir(tmp_path, monkeypatch):
+    import types
+
+    from gen4d.backends import model_folders as mf
+
+    monkeypatch.setenv("GEN4D_MODELS_DIR", str(tmp_path / "m"))
+    monkeypatch.setitem(sys.modules, "folder_paths", None)  # outside ComfyUI
+    assert mf.single_file_roots("vae") == [(tmp_path / "m" / "vae").resolve()]
+    (tmp_path / "m" / "vae" / "wan").mkdir(parents=True)
+    for name in ("z_other.safetensors", "wan_2.1_vae_bf16.safetensors", "wan_2.1_vae.pth"):
+        (tmp_path / "m" / "vae" / "wan" / name).write_bytes(b"x")
+    assert mf.find_single_file("vae", ("wan_2.1_vae*",)).name == "wan_2.1_vae_bf16.safetensors"
+    assert mf.find_single_file("vae", ("nothing*",)) is None
+    fake = types.SimpleNamespace(get_folder_paths=lambda name: [str(tmp_path / "comfy" / name)])
+    monkeypatch.setitem(sys.modules, "folder_paths", fake)  # inside ComfyUI: its folders, not the pack's
+    assert mf.single_file_roots("clip_vision") == [tmp_path / "comfy" / "clip_vision"]
+    assert mf.find_single_file("vae", ("wan_2.1_vae*",)) is None
+    with pytest.raises(ValueError, match="single-file folder"):
+        mf.single_file_roots("checkpoints")
+
+
+def test_fun_layout_takes_umt5_and_clip_from_comfyui_folders(tmp_path, monkeypatch):
+    import shutil
+
+    from gen4d.backends.tiny import build_tiny
+    from gen4d.backends.video_inpaint_fun import find_fun_inp_layout
+
+    monkeypatch.setitem(sys.modules, "folder_paths", None)
+    monkeypatch.setenv("GEN4D_MODELS_DIR", str(tmp_path / "models"))
+    folder = build_tiny("video_inpaint_wan_fun", tmp_path / "src", seed=1)
+    release = find_fun_inp_layout(folder)
+    _, text = load_umt5(release.t5, release.tokenizer, torch.float32)
+    clip = load_wan_clip(release.clip, torch.float32)
+    (tmp_path / "models" / "text_encoders").mkdir(parents=True)
+    (tmp_path / "models" / "clip_vision").mkdir(parents=True)
+    t5_state = {k: v.to(torch.float16) for k, v in text.state_dict().items() if k != "encoder.embed_tokens.weight"}
+    save_file(t5_state, str(tmp_path / "models" / "text_encoders" / "umt5_xxl_fp16.safetensors"))
+    clip_state = {k if k.startswith("vision_model.") else "vision_model." + k: v.to(torch.float16)
+                  for k, v in clip.state_dict().items() if not k.endswith("position_ids")}
+    save_file(clip_state, str(tmp_path / "models" / "clip_vision" / "clip_vision_h.safetensors"))
+    release.t5.unlink()
+    release.clip.unlink()
+
+    layout = find_fun_inp_layout(folder)
+    assert layout.t5.name == "umt5_xxl_fp16.safetensors" and layout.clip.name == "clip_vision_h.safetensors"
+    _, text2 = load_umt5(layout.t5, layout.tokenizer, torch.float32)
+    clip2 = load_wan_clip(layout.clip, torch.float32)
+    ids = torch.tensor([[4, 7, 1]])
+    x = torch.randn(1, 3, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(text2(input_ids=ids).last_hidden_state,
+                           text.half().float()(input_ids=ids).last_hidden_state)
+        assert torch.equal(clip2(pixel_values=x).last_hidden_state,
+                           clip.half().float()(pixel_values=x).last_hidden_state)
+
+    # a diffusers text_encoder/ beside the base comes before ComfyUI's folder
+    text.save_pretrained(layout.base / "text_encoder", safe_serialization=True)
+    assert find_fun_inp_layout(folder).t5 == layout.base / "text_encoder"
+    shutil.rmtree(layout.base / "text_encoder")
+    (tmp_path / "models" / "text_encoders" / "umt5_xxl_fp16.safetensors").unlink()
+    with pytest.raises(ValueError, match="models/text_encoders"):
+        find_fun_inp_layout(folder)
