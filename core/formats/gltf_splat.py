@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from ..engine.gaussians import Gaussians
-from .paths import atomic_write_bytes, safe_output_path
+from .paths import atomic_write_bytes, read_file_bytes, safe_output_path
 
 __all__ = [
     "KHR_GS",
@@ -327,10 +327,4 @@ def save_glb(gaussians: Gaussians, path: str | os.PathLike, root: str | os.PathL
 
 def load_glb(path: str | os.PathLike) -> Gaussians:
     """Read a .glb (see :func:`gaussians_from_glb_bytes`)."""
-    try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError as exc:
-        raise ValueError(f"load_glb: file {str(path)!r} does not exist") from exc
-    except IsADirectoryError as exc:
-        raise ValueError(f"load_glb: {str(path)!r} is a folder, expected a .glb file") from exc
-    return gaussians_from_glb_bytes(data, source=str(path))
+    return gaussians_from_glb_bytes(read_file_bytes(path, "load_glb", "a .glb file"), source=str(path))

@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import IO, Iterator
 
 __all__ = ["safe_output_path", "check_name_lengths", "NAME_MAX", "TEMP_NAME_EXTRA", "atomic_writer", "atomic_path",
-           "atomic_write_bytes", "StagedSave", "STAGING_PREFIX"]
+           "atomic_write_bytes", "read_file_bytes", "StagedSave", "STAGING_PREFIX"]
 
 STAGING_PREFIX = ".gen4d-staging-"
 
@@ -227,6 +227,17 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.unlink(tmp)
         raise
     _fsync_dir(path.parent)
+
+
+def read_file_bytes(path: str | os.PathLike, who: str, kind: str) -> bytes:
+    """The bytes of the file at ``path``; a missing file or a folder is a ``ValueError`` naming ``who``
+    and the ``kind`` of file expected (e.g. "a .spz file")."""
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError as exc:
+        raise ValueError(f"{who}: file {str(path)!r} does not exist") from exc
+    except IsADirectoryError as exc:
+        raise ValueError(f"{who}: {str(path)!r} is a folder, expected {kind}") from exc
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes | bytearray | memoryview) -> Path:

@@ -41,7 +41,7 @@ import torch
 from torch import Tensor
 
 from ..engine.gaussians import Gaussians
-from .paths import atomic_write_bytes, safe_output_path
+from .paths import atomic_write_bytes, read_file_bytes, safe_output_path
 
 __all__ = [
     "ply_property_names",
@@ -291,18 +291,9 @@ def gaussians_from_ply_bytes(data: bytes, source: str = "<bytes>") -> Gaussians:
     )
 
 
-def _read_file(path: str | os.PathLike, who: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except FileNotFoundError as exc:
-        raise ValueError(f"{who}: file {str(path)!r} does not exist") from exc
-    except IsADirectoryError as exc:
-        raise ValueError(f"{who}: {str(path)!r} is a folder, expected a .ply file") from exc
-
-
 def load_ply(path: str | os.PathLike) -> Gaussians:
     """Read a 3DGS PLY file (see :func:`gaussians_from_ply_bytes`)."""
-    return gaussians_from_ply_bytes(_read_file(path, "load_ply"), source=str(path))
+    return gaussians_from_ply_bytes(read_file_bytes(path, "load_ply", "a .ply file"), source=str(path))
 
 
 # -- point clouds -------------------------------------------------------------------------
@@ -342,7 +333,7 @@ def load_points_ply(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     Returns:
         ``points [N,3]`` float32 and ``colors [N,3]`` float32 in [0,1].
     """
-    cols = _read_vertices(_read_file(path, "load_points_ply"), str(path))
+    cols = _read_vertices(read_file_bytes(path, "load_points_ply", "a .ply file"), str(path))
     missing = [p for p in ("x", "y", "z", "red", "green", "blue") if p not in cols]
     if missing:
         raise ValueError(f"{path}: PLY vertex element lacks properties {missing}")

@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 from ..engine.gaussians import Gaussians
-from .paths import atomic_write_bytes, safe_output_path
+from .paths import atomic_write_bytes, read_file_bytes, safe_output_path
 
 __all__ = [
     "SPZ_MAGIC",
@@ -257,10 +257,4 @@ def save_spz(gaussians: Gaussians, path: str | os.PathLike, root: str | os.PathL
 
 def load_spz(path: str | os.PathLike) -> Gaussians:
     """Read an SPZ file (see :func:`gaussians_from_spz_bytes`)."""
-    try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError as exc:
-        raise ValueError(f"load_spz: file {str(path)!r} does not exist") from exc
-    except IsADirectoryError as exc:
-        raise ValueError(f"load_spz: {str(path)!r} is a folder, expected a .spz file") from exc
-    return gaussians_from_spz_bytes(data, source=str(path))
+    return gaussians_from_spz_bytes(read_file_bytes(path, "load_spz", "a .spz file"), source=str(path))
