@@ -72,6 +72,8 @@ TIME_PLANES = ("xt", "yt", "zt")
 COCO4D_FOREGROUND_LR = (0.00064, 0.0064)
 COCO4D_BACKGROUND_LR = (0.0064, 0.064)
 _SPATIAL_INIT = (0.1, 0.5)
+# First and second axis of xy, xz, yz (rows of ``p.T`` gathered for one batched sample).
+_SPATIAL_AXES = ([0, 0, 1], [1, 2, 2])
 _TIME_TOL = 1e-6
 
 
@@ -212,12 +214,16 @@ def _shape(x: Any) -> str:
     return str(tuple(x.shape)) if isinstance(x, Tensor) else type(x).__name__
 
 
-def _sample_plane(plane: Tensor, a: Tensor, b: Tensor) -> Tensor:
-    """Bilinear samples of ``plane [1,F,R_a,R_b]`` at coordinates ``a, b [M]`` in ``[-1,1]`` -> ``[M,F]``."""
+def _sample_planes(planes: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """Bilinear samples of ``K`` planes ``[K,F,R_a,R_b]``, plane ``k`` at ``(a[k], b[k])``.
+
+    ``a, b``: ``[K,M]`` coordinates in ``[-1,1]``. Returns ``[K,M,F]``. One ``grid_sample`` serves
+    all ``K`` planes (planes of one shape are sampled together: fewer kernels per step).
+    """
     # grid_sample's x indexes the last (width) axis and y the height axis.
-    grid = torch.stack([b, a], dim=-1).reshape(1, 1, -1, 2)
-    out = F.grid_sample(plane, grid, mode="bilinear", padding_mode="border", align_corners=True)
-    return out[0, :, 0, :].transpose(0, 1)
+    grid = torch.stack([b, a], dim=-1).unsqueeze(1)  # [K,1,M,2]
+    out = F.grid_sample(planes, grid, mode="bilinear", padding_mode="border", align_corners=True)
+    return out[:, :, 0, :].transpose(1, 2)
 
 
 class HexPlaneField(nn.Module):
@@ -271,20 +277,17 @@ class HexPlaneField(nn.Module):
         return (xyz - lo) / span * 2.0 - 1.0
 
     def _spatial(self, grid: nn.ParameterDict, p: Tensor) -> Tensor:
-        out = None
-        for name in SPATIAL_PLANES:
-            i, j = PLANES[name]
-            s = _sample_plane(grid[name], p[:, i], p[:, j])
-            out = s if out is None else out * s
-        return out
+        """Product of the xy, xz and yz samples at normalised points ``p [M,3]`` -> ``[M,F]``."""
+        planes = torch.cat([grid[name] for name in SPATIAL_PLANES])
+        first, second = p.T[_SPATIAL_AXES[0]], p.T[_SPATIAL_AXES[1]]
+        s = _sample_planes(planes, first, second)
+        return s[0] * s[1] * s[2]
 
     def _temporal(self, grid: nn.ParameterDict, p: Tensor, tn: Tensor) -> Tensor:
-        out = None
-        for name in TIME_PLANES:
-            i, _ = PLANES[name]
-            s = _sample_plane(grid[name], p[:, i], tn)
-            out = s if out is None else out * s
-        return out
+        """Product of the xt, yt and zt samples at ``p [M,3]`` and normalised times ``tn [M]`` -> ``[M,F]``."""
+        planes = torch.cat([grid[name] for name in TIME_PLANES])
+        s = _sample_planes(planes, p.T, tn.unsqueeze(0).expand(3, -1))
+        return s[0] * s[1] * s[2]
 
     def forward(self, xyz: Tensor, t: Tensor | float) -> Tensor:
         """Features at per-point times.

@@ -69,6 +69,19 @@ def _zero(field: HexPlaneField) -> Tensor:
     return p.new_zeros(())
 
 
+def _stacked_planes(field: HexPlaneField, which: str) -> list[Tensor]:
+    """The chosen planes concatenated by shape, ``[K,F,A,B]`` per group (one kernel per group, not per plane)."""
+    groups: dict[tuple[int, ...], list[Tensor]] = {}
+    for _, plane in field.planes(which):
+        groups.setdefault(tuple(plane.shape), []).append(plane)
+    return [torch.cat(planes) for planes in groups.values()]
+
+
+def _sum_of_plane_means(values: Tensor) -> Tensor:
+    """``Σ_k mean(values[k])`` for a ``[K,...]`` stack: per-plane means summed, as the losses define."""
+    return values.mean() * values.shape[0]
+
+
 def plane_tv_loss(field: HexPlaneField | Deformation, which: str = "all") -> Tensor:
     """Total variation of the planes (K-planes, Fridovich-Keil et al. 2023, Eq. 5; 4DGS).
 
@@ -86,9 +99,9 @@ def plane_tv_loss(field: HexPlaneField | Deformation, which: str = "all") -> Ten
     """
     f = _field(field, "plane_tv_loss")
     total = _zero(f)
-    for _, p in f.planes(which):
-        total = total + (p[:, :, 1:, :] - p[:, :, :-1, :]).square().mean() \
-            + (p[:, :, :, 1:] - p[:, :, :, :-1]).square().mean()
+    for p in _stacked_planes(f, which):
+        total = total + _sum_of_plane_means((p[:, :, 1:, :] - p[:, :, :-1, :]).square()) \
+            + _sum_of_plane_means((p[:, :, :, 1:] - p[:, :, :, :-1]).square())
     return total
 
 
@@ -104,9 +117,9 @@ def time_smoothness_loss(field: HexPlaneField | Deformation) -> Tensor:
     """
     f = _field(field, "time_smoothness_loss")
     total = _zero(f)
-    for _, p in f.planes("time"):
+    for p in _stacked_planes(f, "time"):
         if p.shape[-1] >= 3:
-            total = total + (p[..., 2:] - 2.0 * p[..., 1:-1] + p[..., :-2]).square().mean()
+            total = total + _sum_of_plane_means((p[..., 2:] - 2.0 * p[..., 1:-1] + p[..., :-2]).square())
     return total
 
 
@@ -122,8 +135,8 @@ def time_l1_loss(field: HexPlaneField | Deformation) -> Tensor:
     """
     f = _field(field, "time_l1_loss")
     total = _zero(f)
-    for _, p in f.planes("time"):
-        total = total + (1.0 - p).abs().mean()
+    for p in _stacked_planes(f, "time"):
+        total = total + _sum_of_plane_means((1.0 - p).abs())
     return total
 
 
