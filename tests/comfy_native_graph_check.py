@@ -40,8 +40,10 @@ the fit moved the Gaussians with SDS evaluated every step; and for bad inputs th
 """
 
 import asyncio
+import atexit
 import importlib
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -82,6 +84,7 @@ T0 = time.perf_counter()
 # --------------------------------------------------------------------------- folders and files
 
 BASE = Path(tempfile.mkdtemp(prefix="gen4d_native_graph_"))
+atexit.register(shutil.rmtree, BASE, ignore_errors=True)   # the Wan VAE file alone is about 250 MB
 for sub in ("diffusion_models", "vae", "loras"):
     (BASE / "models" / sub).mkdir(parents=True)
     folder_paths.add_model_folder_path(sub, str(BASE / "models" / sub), is_default=True)
