@@ -7,7 +7,8 @@
 #   make test-browser   headless chromium test of the 4D viewer (installs chromium + playwright-core)
 #   make test-splat-client   our PLY/SPZ/glTF frames opened by splat-transform and glTF-Transform (npm)
 #   make workflow-shots     open every example workflow in real ComfyUI's frontend: screenshots, thumbnails, sizes
-#   make check-workflows    real ComfyUI queues every weight-free workflow as shipped (COMFYUI_PATH, COMFYUI_PYTHON)
+#   make check-workflows    real ComfyUI queues every weight-free workflow as shipped and the native-model graphs
+#                           on tiny models (COMFYUI_PATH, COMFYUI_PYTHON)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -64,7 +65,7 @@ workflow-shots: $(STAMP)
 	CHROMIUM=$(CHROMIUM) $(BIN)/python tools/workflow_shots.py --out outputs/workflow_shots --thumbnails --sizes
 
 check-workflows: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_comfyui_integration.py
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_comfyui_integration.py tests/test_comfy_native.py
 
 # A throwaway venv resolves the newest versions the requirements allow; its freeze becomes the lock,
 # then the project venv is rebuilt from the new lock and the suite runs on it.

@@ -22,14 +22,20 @@ Design notes:
     ComfyUI's model management (``load_models_gpu`` inside sampling, the VAE's own encode/decode).
     ``comfy`` is imported inside the calls only, so the pack imports without ComfyUI.
 
+    Inference mode: ComfyUI creates weights inside ``torch.inference_mode`` (its loaders run there), and
+    the fitting stages call the handles with autograd enabled, where such weights cannot take part in
+    recorded operations. Every ComfyUI call (VAE encode / decode, sampling) therefore runs inside
+    ``torch.inference_mode`` and its results are cloned out as ordinary tensors.
+
     Text: the conditioning comes from the CONDITIONING sockets; the ``prompt`` / ``negative_prompt``
     strings the stages pass are not used (the adaptor node says so).
 
     Checks before any sampling: the MODEL's family from ComfyUI's model class and its detected
     config (``model.model``, ``model.model.model_config.unet_config``), the VAE's latent channels
-    and dimensionality against the MODEL's latent format, and the CONDITIONING's cross-attention
+    and dimensionality against the MODEL's latent format, the CONDITIONING's cross-attention
     width against what the MODEL's text input takes (umt5-xxl 4096 for Wan, CLIP 768 / 1024 /
-    2048 for SD 1.x / 2.x / SDXL). Errors name the socket and what it expected.
+    2048 for SD 1.x / 2.x / SDXL), and the CLIP_VISION's embedding width against Stable Zero123's
+    camera projection (768). Errors name the socket and what it expected.
 
     CoCo4D eq. 7 with ComfyUI's samplers (flow models: ``x_σ = (1 - σ) z + σ ε``): the start is the
     first step of ``calculate_sigmas(model_sampling, scheduler, steps)`` whose σ is at most
@@ -154,8 +160,8 @@ def _check_vae(node: str, vae, channels: int, dims: int, expected: str):
     if got_channels is None or not callable(getattr(vae, "encode", None)):
         raise TypeError(f"{node}: vae: expected a ComfyUI VAE ({expected}), got {type(vae).__name__}")
     if int(got_channels) != channels or int(got_dims) != dims:
-        kind = "video" if int(got_dims) == 3 else "image"
-        raise ValueError(f"{node}: vae: got a {kind} VAE with {got_channels} latent channels; the model expects "
+        kind = "a video" if int(got_dims) == 3 else "an image"
+        raise ValueError(f"{node}: vae: got {kind} VAE with {got_channels} latent channels; the model expects "
                          f"{expected} ({channels} channels, {'video' if dims == 3 else 'image'} latents)")
 
 
@@ -227,6 +233,18 @@ def check_image_inpaint_inputs(node: str, model, vae, positive, negative) -> str
     return family
 
 
+def _zero123_embedding_width(model) -> int | None:
+    """Image-embedding width Stable Zero123's camera projection takes (its input minus the 4 camera values)."""
+    weight = getattr(getattr(model.model, "cc_projection", None), "weight", None)
+    return int(weight.shape[1]) - 4 if isinstance(weight, Tensor) and weight.dim() == 2 else None
+
+
+def _clip_vision_width(clip_vision) -> int | None:
+    """Width of a ComfyUI CLIP_VISION's ``image_embeds`` (its projection's output), when it has a projection."""
+    weight = getattr(getattr(getattr(clip_vision, "model", None), "visual_projection", None), "weight", None)
+    return int(weight.shape[0]) if isinstance(weight, Tensor) and weight.dim() == 2 else None
+
+
 def check_zero123_inputs(node: str, model, clip_vision, vae) -> None:
     try:
         family, cls, cfg = describe_model(model)
@@ -238,6 +256,11 @@ def check_zero123_inputs(node: str, model, clip_vision, vae) -> None:
     if not callable(getattr(clip_vision, "encode_image", None)):
         raise TypeError(f"{node}: clip_vision: expected CLIP_VISION (the checkpoint's, or CLIPVisionLoader's "
                         f"ViT-L/14), got {type(clip_vision).__name__}")
+    takes, gives = _zero123_embedding_width(model), _clip_vision_width(clip_vision)
+    if takes is not None and gives is not None and takes != gives:
+        raise ValueError(f"{node}: clip_vision: got a CLIP vision model with {gives}-wide image embeddings; this "
+                         f"Stable Zero123 model takes {takes} (the checkpoint's own ViT-L/14, not clip_vision_h or "
+                         f"clip_vision_g)")
     _check_vae(node, vae, int(model.model.latent_format.latent_channels), 2, "the SD VAE of the checkpoint")
 
 
@@ -353,9 +376,10 @@ class NativeVideoInpainter:
         sigmas, first = self.start_index(noise_level, steps)
         if not (masks > 0).any() or first >= int(steps):
             return frames.clone()
-        out = self._run(frames, masks, paste, paste_level, sigmas, first, float(guidance_scale), int(seed),
-                        callback, should_stop, what)
-        return composite(frames, out, masks)
+        with torch.inference_mode():
+            out = self._run(frames, masks, paste, paste_level, sigmas, first, float(guidance_scale), int(seed),
+                            callback, should_stop, what)
+        return composite(frames, out.clone(), masks)
 
     def _run(self, frames, masks, paste, paste_level, sigmas, first, guidance_scale, seed, callback, should_stop,
              what) -> Tensor:
@@ -462,13 +486,18 @@ class NativeImageInpainter:
                 strength: float = 1.0, steps: int = 30, guidance_scale: float = 7.5, seed: int = 0,
                 callback: Callable | None = None, should_stop: Callable[[], bool] | None = None) -> Tensor:
         """Same contract as :meth:`backends.inpaint.ImageInpainter.inpaint` (text from the CONDITIONING)."""
-        import comfy.sample
-
         what = "NativeImageInpainter.inpaint"
         image, mask = check_frames_and_masks(image, mask, what, video=False)
         check_sampling(what, strength, steps, guidance_scale)
         if not (mask > 0).any() or float(strength) <= 0:
             return image.clone()
+        with torch.inference_mode():
+            out = self._run(image, mask, strength, steps, guidance_scale, seed, callback, should_stop, what)
+        return composite(image, out.clone(), mask)
+
+    def _run(self, image, mask, strength, steps, guidance_scale, seed, callback, should_stop, what) -> Tensor:
+        import comfy.sample
+
         height, width = image.shape[:2]
         mh, mw = model_size(height, width, self.multiple)
         x = F.interpolate(image.permute(2, 0, 1)[None], (mh, mw), mode="bilinear", align_corners=False)
@@ -490,7 +519,7 @@ class NativeImageInpainter:
         out = self.vae.decode(samples).float().cpu().reshape(-1, mh, mw, 3)[:1].permute(0, 3, 1, 2)
         if (mh, mw) != (height, width):
             out = F.interpolate(out, (height, width), mode="bilinear", align_corners=False)
-        return composite(image, out[0].permute(1, 2, 0).clamp(0, 1), mask)
+        return out[0].permute(1, 2, 0).clamp(0, 1)
 
 
 # --------------------------------------------------------------------------- SDS guidance
@@ -565,7 +594,7 @@ class _NativeSDS:
         noise = torch.randn(latents.shape, generator=self._generator)
         sampler = _one_eval_sampler(sigma)
         raw = self.model.model.process_latent_out(latents.detach().float().cpu())
-        with torch.no_grad():
+        with torch.inference_mode():
             comfy.sample.sample_custom(self.model, noise, float(self.guidance_scale), sampler,
                                        torch.stack([sigma.max(), torch.zeros(())]), positive, negative, raw,
                                        disable_pbar=True, seed=int(self.seed))

@@ -20,7 +20,9 @@
 All weights are created under ``torch.inference_mode()``, as ComfyUI loads them.
 """
 
+import atexit
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -117,6 +119,7 @@ def expect_error(fn, *words):
 
 
 tmp = Path(tempfile.mkdtemp(prefix="gen4d_native_"))
+atexit.register(shutil.rmtree, tmp, ignore_errors=True)
 t0 = time.perf_counter()
 if True:  # written to a file, then loaded the way UNETLoader loads it
     net = wan_model.VaceWanModel(model_type="vace", patch_size=(1, 2, 2), text_len=16, in_dim=16, dim=128, ffn_dim=64,

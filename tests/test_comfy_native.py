@@ -6,7 +6,10 @@ Without ComfyUI: the socket checks on stand-ins shaped like ComfyUI's objects (a
 format and diffusion model; a VAE with ``latent_channels`` / ``latent_dim``; CONDITIONING as
 ``[[tensor, dict]]``), and the eq. 7 start arithmetic. With ``COMFYUI_PATH`` (and ``COMFYUI_PYTHON``):
 tests/comfy_native_check.py builds ComfyUI's own model objects at tiny sizes and runs the adaptors
-through the outpaint inpainting step, ViSM hole filling and the Stable Zero123 static fit.
+through the outpaint inpainting step, ViSM hole filling and the Stable Zero123 static fit, and
+tests/comfy_native_graph_check.py queues whole graphs (core loaders -> adaptor nodes -> stage nodes)
+through ComfyUI's own prompt validation and executor, good ones and ones with a wrong model, VAE,
+text encoder or CLIP vision model.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import torch
 from gen4d.backends.comfy_native import (
     NativeImageInpainter,
     NativeVideoInpainter,
+    check_zero123_inputs,
     describe_model,
     eq7_noise,
 )
@@ -111,6 +115,25 @@ def test_image_adaptor_refuses_wrong_model_and_text_encoder():
     assert isinstance(node.build(_sd15(), _VAE(4, 2), _cond(768), _cond(768))[0], NativeImageInpainter)
 
 
+def test_zero123_adaptor_refuses_a_clip_vision_of_another_width():
+    zero = _Patcher(_named("Stable_Zero123", BaseModel), "Stable_Zero123", {"context_dim": 768, "in_channels": 8}, 4)
+    zero.model.cc_projection = torch.nn.Linear(772, 768)
+
+    class _ClipVision:
+        def __init__(self, width):
+            self.model = torch.nn.Module()
+            self.model.visual_projection = torch.nn.Linear(32, width, bias=False)
+
+        def encode_image(self, image):
+            raise AssertionError("a refused input must fail before any encoding")
+
+    with pytest.raises(ValueError, match=r"N: clip_vision: .*1024-wide image embeddings.*takes 768"):
+        check_zero123_inputs("N", zero, _ClipVision(1024), _VAE(4, 2))
+    check_zero123_inputs("N", zero, _ClipVision(768), _VAE(4, 2))
+    with pytest.raises(ValueError, match=r"N: model: .*SD15.*Stable Zero123"):
+        check_zero123_inputs("N", _sd15(), _ClipVision(768), _VAE(4, 2))
+
+
 def test_eq7_noise_makes_comfys_flow_start_equal_the_paste_level():
     g = torch.Generator().manual_seed(0)
     clean, noise = torch.randn(1, 16, 2, 3, 3, generator=g), torch.randn(1, 16, 2, 3, 3, generator=g)
@@ -149,3 +172,65 @@ def test_adaptors_on_comfys_own_models(tmp_path):
     assert [s for s, _ in r["vism"]["steps"]] == [1, 2, 3]
     assert r["sds_grad"]["finite"] and r["sds_grad"]["grad_abs"] > 0
     assert r["fit"] == {"steps": 3, "finite": True, "moved": True}
+
+
+@pytest.mark.skipif(not (COMFYUI_PATH and (Path(COMFYUI_PATH) / "main.py").is_file()),
+                    reason="set COMFYUI_PATH (and COMFYUI_PYTHON) to queue native-model graphs in ComfyUI")
+def test_native_graphs_run_through_comfys_executor(tmp_path):
+    """Core loaders -> adaptor nodes -> outpaint / ViSM / static-fit nodes, validated and executed by ComfyUI."""
+    python = os.environ.get("COMFYUI_PYTHON", sys.executable)
+    script = Path(__file__).with_name("comfy_native_graph_check.py")
+    out = tmp_path / "graphs.json"
+    run = subprocess.run([python, str(script), COMFYUI_PATH, str(out)], capture_output=True, text=True, timeout=900,
+                         cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-4000:]
+    r = json.loads(out.read_text())
+    for name in ("outpaint", "vism", "zero123"):
+        assert r[name].get("success"), (name, r[name].get("crashed") or r[name].get("error"), r[name].get("traceback"))
+        assert r[name]["calls"]["sample"] > 0 and r[name]["calls"]["apply_model"] > 0, (name, r[name]["calls"])
+
+    outpaint = r["outpaint"]
+    for loader in ("UNETLoader", "VAELoader", "Gen4D_NativeVideoInpaintModel", "Gen4D_NativeInpaintModel",
+                   "Gen4D_NativeSDGuidance", "Gen4D_ProgressiveOutpaint"):
+        assert loader in outpaint["started"], (loader, outpaint["started"])
+    assert outpaint["image"]["shape"] == [5, 32, 32, 3] and outpaint["image"]["finite"]
+    assert outpaint["scene"]["parts"] == ["background"] and outpaint["scene"]["finite"]
+    assert outpaint["scene"]["frames"] == 5 and outpaint["scene"]["gaussians"] > 0
+    assert "loop 1 pose 1" in outpaint["text"]
+    calls = outpaint["video_calls"]
+    assert calls and all(c["family"] == "wan_vace" and c["paste"] for c in calls), calls
+    assert outpaint["sds_calls"] and all(c["finite"] and c["requires_grad"] for c in outpaint["sds_calls"])
+
+    vism = r["vism"]
+    assert "LoraLoaderModelOnly" in vism["started"] and "Gen4D_ViSMRender" in vism["started"]
+    assert vism["image"]["shape"] == [5, 32, 32, 3] and vism["image"]["finite"]
+    assert 0 < vism["hole_fraction"] < 1 and vism["known_kept"] and vism["holes_changed"] > 1e-3
+    calls += vism["video_calls"]
+    assert [c["family"] for c in vism["video_calls"]] == ["wan_inp"]
+    assert vism["video_calls"][0]["model_patches"] > 0, "the LoRA's patches did not reach the sampled MODEL"
+    for c in calls:   # every video-inpainting call: shape kept, finite, known pixels exact, holes changed
+        assert c["shape_out"] == c["shape_in"] and c["finite"] and c["known_kept"], c
+        assert c["holes"] > 0 and c["holes_changed"] > 1e-3, c
+
+    fit = r["zero123"]
+    assert "Gen4D_NativeZero123Guidance" in fit["started"] and fit["gaussians"]["finite"] and fit["gaussians"]["moved"]
+    sds = fit["sds_calls"]
+    assert len(sds) == 3 and all(c["kind"] == "NativeZero123Guidance" and c["finite"] and c["requires_grad"]
+                                 for c in sds), sds
+
+    expected = {   # case: (adaptor node, words its error must contain)
+        "sd_model_into_video": ("Gen4D_NativeVideoInpaintModel", ["model:", "SD15", "Wan 2.1 VACE"]),
+        "sd_vae_with_wan": ("Gen4D_NativeVideoInpaintModel", ["vae:", "image VAE", "Wan 2.1 VAE"]),
+        "clip_text_into_wan": ("Gen4D_NativeVideoInpaintModel", ["positive:", "width 768", "umt5", "4096"]),
+        "umt5_text_into_sd_inpainter": ("Gen4D_NativeInpaintModel", ["negative:", "width 4096", "768"]),
+        "sd_model_into_zero123": ("Gen4D_NativeZero123Guidance", ["model:", "SD15", "Stable Zero123"]),
+        "wrong_clip_vision_for_zero123": ("Gen4D_NativeZero123Guidance", ["clip_vision:", "1024", "768"]),
+    }
+    assert set(r["bad"]) == set(expected)
+    for case, (adaptor, words) in expected.items():
+        got = r["bad"][case]
+        assert got["validated"] and not got["success"], (case, got)
+        assert got["error_node"] == adaptor and got["error"].startswith(f"{adaptor}: "), (case, got["error"])
+        assert all(w in got["error"] for w in words), (case, words, got["error"])
+        assert got["calls"] == {"sample": 0, "apply_model": 0}, (case, "sampling started", got["calls"])
+        assert got["started"][-1] == adaptor, (case, "a node ran after the refused adaptor", got["started"])
