@@ -17,8 +17,9 @@ Design notes:
     ``bos_id`` 41, ``eos_id`` 42, ``pad_id`` 43) and ``normalizer_spec`` (3: ``precompiled_charsmap``
     2, ``add_dummy_prefix`` 3, ``remove_extra_whitespaces`` 4). The tokenizer is built with the
     ``tokenizers`` library the way transformers converts a SentencePiece model: the precompiled
-    normalisation map, runs of spaces collapsed, ``▁`` for spaces with a prefix, a Unigram model with
-    the pieces' scores. Only Unigram models (T5 / UMT5) are accepted.
+    normalisation map, outer spaces stripped and runs collapsed, ``▁`` for spaces with a prefix, words
+    encoded one by one (SentencePiece's default ``split_by_whitespace``) by a Unigram model with the
+    pieces' scores. Only Unigram models (T5 / UMT5) are accepted.
 """
 
 from __future__ import annotations
@@ -154,12 +155,13 @@ def spiece_tokenizer(blob: bytes, what: str = "SentencePiece model"):
     tok = Tokenizer(models.Unigram([(p, s) for p, s, _ in sp.pieces], unk_id=sp.unk_id,
                                    byte_fallback=sp.byte_fallback))
     norms = [normalizers.Precompiled(sp.charsmap)] if sp.charsmap else []
-    if sp.remove_extra_whitespaces:
-        norms.append(normalizers.Replace(Regex(" {2,}"), " "))
+    if sp.remove_extra_whitespaces:  # SentencePiece drops leading / trailing spaces and collapses runs
+        norms += [normalizers.Strip(), normalizers.Replace(Regex(" {2,}"), " ")]
     if norms:
         tok.normalizer = normalizers.Sequence(norms)
     scheme = "always" if sp.add_dummy_prefix else "never"
-    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme=scheme)
+    # pieces never span a space (SentencePiece's default split_by_whitespace): each word is encoded alone
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme=scheme, split=True)
     tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme=scheme)
     eos = sp.pieces[sp.eos_id][0]
     tok.post_processor = processors.TemplateProcessing(single=f"$A {eos}", pair=f"$A {eos} $B {eos}",

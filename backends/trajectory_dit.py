@@ -334,10 +334,10 @@ def find_fun_control_file() -> Path | None:
 def _base_config(layout: Layout) -> dict:
     """The base transformer's Wan config: the release ``config.json``, or, for a single file, the one its
     shapes imply (``backends.wan.wan_dit_config``)."""
-    cfg_file = layout.base / "config.json"
-    if len(layout.base_transformer) == 1 and not cfg_file.is_file():
-        return wan_dit_config(wan_dit_shapes(layout.base_transformer[0]))
-    return json.loads(cfg_file.read_text())
+    files = layout.base_transformer
+    if len(files) == 1 and files[0].parent != layout.base:  # a single file from ComfyUI's folder
+        return wan_dit_config(wan_dit_shapes(files[0]))
+    return json.loads((layout.base / "config.json").read_text())
 
 
 def _config_from_shapes(cfg: dict, shapes: dict[str, tuple[int, ...]]) -> DiTConfig:
