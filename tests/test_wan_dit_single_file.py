@@ -11,9 +11,12 @@ both paths must give the same outputs; files of the wrong kind are refused namin
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
 import struct
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -334,3 +337,33 @@ def test_trajectory_base_from_comfyui_single_files(tmp_path, monkeypatch):
     prompt = ["a photo of a dog at night"]
     assert torch.equal(got.encode_prompt(prompt, torch.device("cpu")), ref.encode_prompt(prompt, torch.device("cpu")))
     clear_traj()
+
+
+# --------------------------------------------------------------------------- against SentencePiece itself
+
+COMFYUI_PATH = os.environ.get("COMFYUI_PATH", "")
+_SPM_SCRIPT = r"""
+import io, json, sys
+import sentencepiece as spm
+words = "a photo of a cat a dog in the forest the city at night red blue car scene über café naïve ＡＢＣ 123".split()
+lines = [" ".join(words[i:] + words[:i]) for i in range(len(words))] * 5
+buf = io.BytesIO()
+spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_writer=buf, vocab_size=80, hard_vocab_limit=False,
+                               model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+                               normalization_rule_name="nmt_nfkc", minloglevel=3)
+sp = spm.SentencePieceProcessor(model_proto=buf.getvalue())
+texts = json.loads(sys.argv[1])
+print(json.dumps({"blob": buf.getvalue().hex(), "ids": [sp.encode(t) + [sp.eos_id()] for t in texts]}))
+"""
+
+
+@pytest.mark.skipif(not (COMFYUI_PATH and (Path(COMFYUI_PATH) / "comfy").is_dir()),
+                    reason="set COMFYUI_PATH (and COMFYUI_PYTHON, which has sentencepiece) to compare with SentencePiece")
+def test_stored_tokenizer_encodes_as_sentencepiece():
+    texts = ["a photo of a cat", "  red   car ＡＢＣ café  ", "xyz über naïve!", "forest123 city", ""]
+    python = os.environ.get("COMFYUI_PYTHON") or sys.executable
+    out = subprocess.run([python, "-c", _SPM_SCRIPT, json.dumps(texts)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    ours = spiece_tokenizer(bytes.fromhex(result["blob"]))
+    assert ours(texts)["input_ids"] == result["ids"]
