@@ -315,6 +315,7 @@ class SafetensorsReader:
                 raise ValueError(f"header length {n} does not fit a file of {size} bytes")
             header = json.loads(self._fh.read(n))
             self._base = 8 + n
+            self._buf: Tensor | None = None
             self._entries = {k: v for k, v in header.items() if k != "__metadata__"}
         except Exception:
             self._fh.close()
@@ -325,6 +326,7 @@ class SafetensorsReader:
 
     def __exit__(self, *exc) -> None:
         self._fh.close()
+        self._buf = None
 
     def keys(self) -> list[str]:
         return list(self._entries)
@@ -345,19 +347,31 @@ class SafetensorsReader:
         start, end = (int(x) for x in entry["data_offsets"])
         shape = [int(d) for d in entry["shape"]]
         self._fh.seek(self._base + start)
-        if dtype is None or dtype == stored or end - start <= self.CHUNK:
-            t = self._read(name, end - start).view(stored).reshape(shape)
-            return t if dtype is None else t.to(dtype)
+        if end - start != math.prod(shape) * stored.itemsize:
+            raise ValueError(f"{name}: {end - start} bytes do not hold {shape} of {entry['dtype']}")
+        if dtype is None or dtype == stored:
+            return self._read(name, end - start).view(stored).reshape(shape)
+        # converted through one reused buffer of at most CHUNK bytes: no allocation per tensor but the result
+        # (freed buffers of varying sizes would fragment the heap and keep memory resident)
         out = torch.empty(shape, dtype=dtype)
         flat = out.view(-1)
         size = stored.itemsize
         step = max(self.CHUNK // size, 1)
         for i in range(0, flat.numel(), step):
             n = min(step, flat.numel() - i)
-            flat[i:i + n] = self._read(name, n * size).view(stored)
+            flat[i:i + n] = self._read_into(name, n * size).view(stored)
         return out
 
     CHUNK = 64 * 2**20
+
+    def _read_into(self, name: str, nbytes: int) -> Tensor:
+        """The next ``nbytes`` of the file in the reader's reused buffer (valid until the next call)."""
+        if self._buf is None or self._buf.numel() < nbytes:
+            self._buf = torch.empty(max(nbytes, min(self.CHUNK, 2**20)), dtype=torch.uint8)
+        view = self._buf[:nbytes]
+        if nbytes and self._fh.readinto(memoryview(view.numpy())) != nbytes:
+            raise ValueError(f"{name}: the file ends inside this tensor (truncated download?)")
+        return view
 
     def _read(self, name: str, nbytes: int) -> Tensor:
         buf = torch.empty(nbytes, dtype=torch.uint8)

@@ -13,8 +13,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import struct
+import subprocess
 import sys
 from pathlib import Path
 
@@ -22,7 +22,7 @@ import pytest
 import torch
 from gen4d.backends.spiece import read_spiece, spiece_tokenizer
 from gen4d.backends.tiny import build_tiny
-from gen4d.backends.tiny.wan import _TINY_WORDS, hf_clip_to_wan, our_to_official, umt5_to_wan
+from gen4d.backends.tiny.wan import TINY_WORDS, hf_clip_to_wan, our_to_official, umt5_to_wan
 from gen4d.backends.video_inpaint import load_video_inpainter
 from gen4d.backends.video_inpaint_fun import clear_cache, find_fun_inp_layout
 from gen4d.backends.wan import load_umt5, load_wan_clip, read_weights, wan_dit_shapes
@@ -73,7 +73,7 @@ def spm_blob(pieces: list[tuple[str, float, int]], unk=2, eos=1, pad=0, bos=-1) 
 def tiny_spm() -> bytes:
     """The pieces of ``backends.tiny.wan.write_tiny_t5_tokenizer`` (same ids) as a SentencePiece model."""
     pieces = [("<pad>", 0.0, 3), ("</s>", 0.0, 3), ("<unk>", 0.0, 2)]
-    pieces += [(f"\u2581{w}", -1.0, 1) for w in _TINY_WORDS] + [("\u2581", -3.0, 1)]
+    pieces += [(f"\u2581{w}", -1.0, 1) for w in TINY_WORDS] + [("\u2581", -3.0, 1)]
     pieces += [(chr(c), -5.0, 1) for c in range(ord("a"), ord("z") + 1)]
     return spm_blob(pieces)
 
@@ -358,7 +358,7 @@ print(json.dumps({"blob": buf.getvalue().hex(), "ids": [sp.encode(t) + [sp.eos_i
 
 
 @pytest.mark.skipif(not (COMFYUI_PATH and (Path(COMFYUI_PATH) / "comfy").is_dir()),
-                    reason="set COMFYUI_PATH (and COMFYUI_PYTHON, which has sentencepiece) to compare with SentencePiece")
+                    reason="set COMFYUI_PATH (and COMFYUI_PYTHON, which has sentencepiece) to compare with it")
 def test_stored_tokenizer_encodes_as_sentencepiece():
     texts = ["a photo of a cat", "  red   car ＡＢＣ café  ", "xyz über naïve!", "forest123 city", ""]
     python = os.environ.get("COMFYUI_PYTHON") or sys.executable
