@@ -13,6 +13,9 @@ Public API:
     COMFY_FOLDERS               ComfyUI's own model folders single weight files are picked from
     single_file_roots(folder)   where ComfyUI's ``models/<folder>`` lives (``folder_paths`` or the pack's root)
     find_single_file(folder, patterns)   the first ``.safetensors`` file of such a folder matching a pattern
+    single_files(folder, patterns)       every such file, in pattern order
+    FUN_INP_PATTERNS, FUN_CONTROL_PATTERNS   names of Wan2.1-Fun InP / Control single files
+    SINGLE_FILE_SOURCES         kind -> ComfyUI folders and name patterns whose single files a loader lists too
 
 Design notes:
     With ComfyUI, folders come from ``folder_paths`` (so ``extra_model_paths.yaml`` works); without
@@ -24,6 +27,7 @@ Design notes:
 
 from __future__ import annotations
 
+import fnmatch
 import importlib
 import os
 from pathlib import Path
@@ -43,6 +47,10 @@ __all__ = [
     "COMFY_FOLDERS",
     "single_file_roots",
     "find_single_file",
+    "single_files",
+    "SINGLE_FILE_SOURCES",
+    "FUN_INP_PATTERNS",
+    "FUN_CONTROL_PATTERNS",
 ]
 
 MODEL_KINDS: dict[str, str] = {
@@ -138,7 +146,9 @@ def _is_model_dir(path: Path, kind: str = "") -> bool:
 
 
 def list_models(kind: str) -> list[str]:
-    """Model folders (diffusers/transformers layout) and ``.safetensors`` files of ``kind``, by name."""
+    """Model folders (diffusers/transformers layout) and ``.safetensors`` files of ``kind``, by name, then
+    the single files of ComfyUI's folders that :data:`SINGLE_FILE_SOURCES` names for the kind (by their
+    path inside that folder, as ComfyUI's own loaders list them)."""
     names: list[str] = []
     for root in model_roots(kind):
         if not root.is_dir():
@@ -147,6 +157,12 @@ def list_models(kind: str) -> list[str]:
             if _is_model_dir(path, kind) or (path.is_file() and path.suffix in WEIGHT_SUFFIXES):
                 if path.name not in names:
                     names.append(path.name)
+    for folder, patterns in SINGLE_FILE_SOURCES.get(kind, ()):
+        for root in single_file_roots(folder):
+            for path in single_files(folder, patterns, roots=[root]):
+                name = path.relative_to(root).as_posix()
+                if name not in names:
+                    names.append(name)
     return names
 
 
@@ -167,7 +183,9 @@ def resolve_model(kind: str, name: str, required: tuple[str, ...] = ()) -> Path:
         roots = ", ".join(str(r) for r in model_roots(kind))
         raise ValueError(f"no {kind} model selected; put a model folder or .safetensors file into {roots}"
                          + _hub_hint(kind))
-    candidates = [Path(name)] if Path(name).is_absolute() else [root / name for root in model_roots(kind)]
+    roots = model_roots(kind) + [r for folder, _ in SINGLE_FILE_SOURCES.get(kind, ())
+                                 for r in single_file_roots(folder)]
+    candidates = [Path(name)] if Path(name).is_absolute() else [root / name for root in roots]
     for path in candidates:
         if path.exists():
             missing = [f for f in required if not (path / f).is_file()] if path.is_dir() else []
@@ -180,35 +198,53 @@ def resolve_model(kind: str, name: str, required: tuple[str, ...] = ()) -> Path:
                      + _hub_hint(kind))
 
 
-# ComfyUI's folders of single-file weights (folder_paths names; the same sub-folders of ``models/``).
-COMFY_FOLDERS = ("diffusion_models", "text_encoders", "vae", "clip_vision")
+# ComfyUI's folders of single-file weights (folder_paths names; the same sub-folders of ``models/``), and
+# the folders of the community packs most users have for SAM2 and Depth Anything.
+COMFY_FOLDERS = ("diffusion_models", "text_encoders", "vae", "clip_vision", "loras", "sam2", "depthanything")
+
+# Wan2.1-Fun single files as ComfyUI users name them (Comfy-Org's ``wan2.1_fun_inp_*``, Kijai's
+# ``Wan2_1-Fun-V1_1-14B-InP_*``); matched without regard to case.
+FUN_INP_PATTERNS = ("*fun*inp*.safetensors",)
+FUN_CONTROL_PATTERNS = ("*fun*control*.safetensors",)
+SINGLE_FILE_SOURCES: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
+    "video_inpaint": (("diffusion_models", FUN_INP_PATTERNS),),
+}
 
 
 def single_file_roots(folder: str) -> list[Path]:
     """The folders of ComfyUI's ``models/<folder>`` (one of :data:`COMFY_FOLDERS`): from ``folder_paths``
-    inside ComfyUI (``extra_model_paths.yaml`` included), else ``$GEN4D_MODELS_DIR/<folder>``."""
+    inside ComfyUI (``extra_model_paths.yaml`` included; a folder it does not know is its ``models_dir``'s
+    sub-folder), else ``$GEN4D_MODELS_DIR/<folder>``."""
     if folder not in COMFY_FOLDERS:
         raise ValueError(f"single-file folder must be one of {list(COMFY_FOLDERS)}, got {folder!r}")
     fp = _folder_paths()
     if fp is not None:
         try:
             return [Path(p) for p in fp.get_folder_paths(folder)]
-        except KeyError:
-            return []
+        except (KeyError, AttributeError):
+            base = getattr(fp, "models_dir", None)
+            return [Path(base) / folder] if base else []
     return [Path(os.environ.get("GEN4D_MODELS_DIR", "models")).resolve() / folder]
 
 
-def find_single_file(folder: str, patterns: tuple[str, ...]) -> Path | None:
-    """The first ``.safetensors`` file (sub-folders included) of :func:`single_file_roots` ``(folder)`` whose
-    name matches a glob pattern, patterns tried in order (names sorted within one); None when none does."""
+def single_files(folder: str, patterns: tuple[str, ...], roots: list[Path] | None = None) -> list[Path]:
+    """Every ``.safetensors`` file (sub-folders included) of :func:`single_file_roots` ``(folder)`` whose
+    name matches a glob pattern (case-insensitive), in pattern order, names sorted within one pattern."""
+    found: list[Path] = []
     for pattern in patterns:
-        for root in single_file_roots(folder):
+        for root in roots if roots is not None else single_file_roots(folder):
             if not root.is_dir():
                 continue
-            hits = sorted(p for p in root.rglob(pattern) if p.is_file() and p.suffix == ".safetensors")
-            if hits:
-                return hits[0]
-    return None
+            hits = sorted(p for p in root.rglob("*") if p.suffix == ".safetensors"
+                          and fnmatch.fnmatch(p.name.lower(), pattern.lower()) and p.is_file())
+            found.extend(p for p in hits if p not in found)
+    return found
+
+
+def find_single_file(folder: str, patterns: tuple[str, ...]) -> Path | None:
+    """The first file :func:`single_files` gives; None when none matches."""
+    hits = single_files(folder, patterns)
+    return hits[0] if hits else None
 
 
 def _hub_hint(kind: str) -> str:

@@ -6,6 +6,7 @@ Public API:
     TrajectoryModel             the loaded model: DiT, Wan VAE, trajectory decoder (+ encoder), UMT5, CLIP
     load_trajectory_model(path, dtype)   cached loader of a MoGe4D model folder (official layout)
     find_layout(path)           the files of a MoGe4D model folder, or ValueError naming what is missing
+    find_fun_control_file()     a Wan2.1-Fun Control single file of ComfyUI's models/diffusion_models (or None)
     generate_tracks(model, image, depth, prompt, ...)   image + z-depth + prompt -> TrajectoryResult
     TrajectoryResult            tracks (core.tracks.Tracks), motion maps, normalised motion, depth
     SamplerConfig               the paper / official inference defaults (49 frames, 512x368, 50 steps,
@@ -26,6 +27,10 @@ Design notes:
     layout, either in a sub-folder (any depth up to 3) or at the root: ``config.json`` +
     ``diffusion_pytorch_model*.safetensors``, ``Wan2.1_VAE.pth``, ``models_t5_umt5-xxl-enc-bf16.pth``
     + ``google/umt5-xxl`` (tokenizer), ``models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth``.
+    Without that base folder the base transformer is a single file of ComfyUI's ``models/diffusion_models``
+    (``find_fun_control_file``: original / ComfyUI naming, fp16 / bf16 / fp8, fp8 "scaled" included), its
+    config implied by its shapes; the VAE, UMT5 (and its tokenizer) and CLIP then come from the folder's
+    own files or ComfyUI's ``models/vae``, ``text_encoders`` and ``clip_vision`` (``backends.wan``).
     Weights are read with safetensors / ``torch.load(weights_only=True)`` only; the Wan VAE, UMT5
     and CLIP loaders, shared with ``backends.video_inpaint_fun``, are ``backends.wan``'s. The transformer
     is built with its parameters on the meta device and filled from the 4D-STraG file first; only
@@ -81,6 +86,7 @@ from ..core.moge4d.strag import (
 )
 from ..core.moge4d.tracks import Tracks
 from .memory import modules_on, park
+from .model_folders import FUN_CONTROL_PATTERNS, single_files
 from .sequence_parallel import ParallelOptions, Session, active_session, guided_velocity, launch
 from .trajectory_dit_modules import (
     LATENT_CHANNELS,
@@ -94,17 +100,18 @@ from .trajectory_dit_names import adaptor_name_map, name_map
 from .wan import (
     BASE_CLIP,
     BASE_T5,
-    BASE_T5_TOKENIZER,
     BASE_VAE,
     CLIP_MEAN,
     CLIP_STD,
     PATCH,
     SPATIAL,
     TEMPORAL,
+    TOKENIZER_HINT,
     WAN_KEEP_FP32,
     WAN_LATENT_MEAN,
     WAN_LATENT_STD,
     assign_weights,
+    find_umt5_tokenizer,
     find_wan_component,
     load_umt5,
     load_wan_clip,
@@ -115,6 +122,8 @@ from .wan import (
     shard_index,
     torch_load_state,
     vit_heads,
+    wan_dit_config,
+    wan_dit_shapes,
 )
 
 __all__ = [
@@ -130,6 +139,7 @@ __all__ = [
     "crop_to_aspect",
     "fov_intrinsics",
     "clear_cache",
+    "find_fun_control_file",
     "TRAJ_LATENT_MEAN",
     "TRAJ_LATENT_STD",
 ]
@@ -275,22 +285,27 @@ def find_layout(path: str | Path) -> Layout:
     encoder = _first(vae, ("encoder_prompt/pytorch_model.bin", "encoder_prompt/model.safetensors"))
     vae_ft = _first(vae, ("vae/pytorch_model.bin", "vae/diffusion_pytorch_model.safetensors", "vae/model.safetensors"))
     base = _find_base(root)
-    t5 = tok = clip = base_vae = None
     shards: tuple[Path, ...] = ()
-    if base is None:
-        missing.append(f"the Wan2.1-Fun-V1.1-14B-Control base (a folder with config.json and {BASE_VAE}, at the "
-                       f"root or in a sub-folder)")
-    else:
+    if base is not None:
         shards = tuple(sorted(base.glob("diffusion_pytorch_model*.safetensors")))
-        base_vae = base / BASE_VAE
-        t5 = find_wan_component(base, "t5", (BASE_T5, "models_t5_umt5-xxl-enc-fp32.pth"))
-        if t5 is None:
-            missing.append(f"{base.name}/{BASE_T5} (or text_encoder/, or umt5_xxl_*.safetensors in ComfyUI's "
-                           f"models/text_encoders)")
-        tok = base / BASE_T5_TOKENIZER
-        if not tok.is_dir():
-            missing.append(f"{base.name}/{BASE_T5_TOKENIZER}/ (UMT5 tokenizer)")
-        clip = find_wan_component(base, "clip", (BASE_CLIP,))
+    else:
+        single = find_fun_control_file()
+        if single is None:
+            missing.append(f"the Wan2.1-Fun-V1.1-14B-Control base (a folder with config.json and {BASE_VAE}, at the "
+                           f"root or in a sub-folder, or a single file named like {FUN_CONTROL_PATTERNS[0]} in "
+                           f"ComfyUI's models/diffusion_models)")
+        base, shards = root, (() if single is None else (single,))
+    base_vae = find_wan_component(base, "vae", (BASE_VAE,))
+    if base_vae is None:
+        missing.append(f"{BASE_VAE} (or vae/, or wan_2.1_vae.safetensors in ComfyUI's models/vae)")
+    t5 = find_wan_component(base, "t5", (BASE_T5, "models_t5_umt5-xxl-enc-fp32.pth"))
+    if t5 is None:
+        missing.append(f"{base.name}/{BASE_T5} (or text_encoder/, or umt5_xxl_*.safetensors in ComfyUI's "
+                       f"models/text_encoders)")
+    tok = find_umt5_tokenizer(base, t5)
+    if tok is None and t5 is not None:
+        missing.append(TOKENIZER_HINT)
+    clip = find_wan_component(base, "clip", (BASE_CLIP,))
     if missing:
         raise ValueError(f"trajectory model {str(root)!r} is incomplete; missing: {'; '.join(missing)}. Put the "
                          f"MoGe4D release (Yanran21/MoGe4D) and alibaba-pai/Wan2.1-Fun-V1.1-14B-Control there")
@@ -299,6 +314,30 @@ def find_layout(path: str | Path) -> Layout:
 
 
 # --------------------------------------------------------------------------- component loaders
+
+
+def find_fun_control_file() -> Path | None:
+    """A Wan2.1-Fun Control transformer single file of ComfyUI's ``models/diffusion_models`` (names of
+    ``model_folders.FUN_CONTROL_PATTERNS``, any case, a ``14B`` one first: 4D-STraG is fine-tuned from the
+    14B model); None when there is none (files that are no Wan transformer are passed over)."""
+    files = single_files("diffusion_models", FUN_CONTROL_PATTERNS)
+    files.sort(key=lambda p: "14b" not in p.name.lower())
+    for f in files:
+        try:
+            wan_dit_shapes(f)
+        except ValueError:
+            continue
+        return f
+    return None
+
+
+def _base_config(layout: Layout) -> dict:
+    """The base transformer's Wan config: the release ``config.json``, or, for a single file, the one its
+    shapes imply (``backends.wan.wan_dit_config``)."""
+    files = layout.base_transformer
+    if len(files) == 1 and files[0].parent != layout.base:  # a single file from ComfyUI's folder
+        return wan_dit_config(wan_dit_shapes(files[0]))
+    return json.loads((layout.base / "config.json").read_text())
 
 
 def _config_from_shapes(cfg: dict, shapes: dict[str, tuple[int, ...]]) -> DiTConfig:
@@ -317,9 +356,9 @@ def _config_from_shapes(cfg: dict, shapes: dict[str, tuple[int, ...]]) -> DiTCon
 
 def _load_dit(layout: Layout, dtype: torch.dtype) -> TrajectoryDiT:
 
-    cfg = json.loads((layout.base / "config.json").read_text())
+    cfg = _base_config(layout)
     # The 4D-STraG file and the base shards are read tensor by tensor, each cast on read.
-    strag = {k: (v[0], v[1]) for k, v in shard_index([layout.strag]).items()}
+    strag = {k: (v[0], v[1], v[3]) for k, v in shard_index([layout.strag]).items()}
     omni = read_indexed({k[len("motion_extractor."):]: v for k, v in strag.items()
                          if k.startswith("motion_extractor.")}, dtype)
     ours = read_indexed({k: v for k, v in strag.items() if not k.startswith("motion_extractor.")}, dtype,
@@ -334,7 +373,8 @@ def _load_dit(layout: Layout, dtype: torch.dtype) -> TrajectoryDiT:
     with params_on_meta():
         model = TrajectoryDiT(config)
     need = sorted(set(model.state_dict()) - set(ours))
-    ours.update(read_indexed({k: (index[k][0], index[k][1]) for k in need if k in index}, dtype, WAN_KEEP_FP32))
+    ours.update(read_indexed({k: (index[k][0], index[k][1], index[k][3]) for k in need if k in index}, dtype,
+                             WAN_KEEP_FP32))
     patch = ours.get("wan.patch_embedding.weight")
     if patch is not None and patch.shape[1] != config.in_channels:
         raise ValueError(f"{layout.strag}: patch_embedding takes {patch.shape[1]} channels; 4D-STraG needs "
@@ -499,7 +539,7 @@ def load_trajectory_model(path: str | Path, dtype: torch.dtype = torch.float32) 
     vae = load_wan_vae(layout.base_vae, layout.vae_finetuned)
     tokenizer, text = load_umt5(layout.t5, layout.tokenizer, dtype)
     clip = load_wan_clip(layout.clip, dtype)
-    cfg = json.loads((layout.base / "config.json").read_text())
+    cfg = _base_config(layout)
     model = TrajectoryModel(dit, vae, decoder, encoder, tokenizer, text, clip, layout.root, dtype,
                             text_len=min(int(cfg.get("text_len", 512)), 512))
     _CACHE[key] = model

@@ -60,7 +60,7 @@ from .inpaint import (
 )
 from .loading import cached, check_diffusers_folder, folder_key, load_component, load_diffusers_model
 from .memory import make_room, park, pipeline_modules
-from .video_inpaint_fun import FunInpainter, find_fun_inp_base, load_fun_inpainter
+from .video_inpaint_fun import VISM_LORA_DIR, FunInpainter, find_fun_inp_base, load_fun_inpainter
 from .wan import first_step, flow_sigmas, latent_cells, normalise_latents, start_latents
 
 __all__ = ["VideoInpainter", "load_video_inpainter", "WAN_VACE_COMPONENTS"]
@@ -74,14 +74,16 @@ def load_video_inpainter(path: str | Path, dtype: torch.dtype = torch.float32) -
     """Load (cached per folder and dtype, on the CPU) a diffusers Wan VACE folder, or a Wan2.1-Fun InP
     folder in its release layout (``backends.video_inpaint_fun``: ``config.json`` with ``in_dim`` 36,
     at the root or up to 3 levels down, e.g. MoGe4D's models folder; its ``4D-ViSM`` LoRA is picked
-    up from ``4D-ViSM/lora_diffusion_pytorch_model.safetensors`` beside it).
+    up from ``4D-ViSM/lora_diffusion_pytorch_model.safetensors`` beside it), or a Wan2.1-Fun InP single
+    file (ComfyUI's ``models/diffusion_models``; also used for a MoGe4D folder without the InP base).
 
     Raises:
         ValueError: not a folder, missing ``model_index.json`` or component files, a pipeline other
             than Wan VACE, corrupt or truncated safetensors, or unreadable components.
     """
     path = Path(path)
-    if not (path / "model_index.json").is_file() and find_fun_inp_base(path) is not None:
+    if path.is_file() or (not (path / "model_index.json").is_file()
+                          and (find_fun_inp_base(path) is not None or (path / VISM_LORA_DIR).is_dir())):
         return load_fun_inpainter(path, dtype)
     what = f"video_inpaint model {str(path)!r}"
     name = str(read_model_index(path, what).get("_class_name", ""))

@@ -7,6 +7,7 @@ Public API:
     load_fun_inpainter(path, dtype)   load (and cache) a Wan2.1-Fun InP folder, with its ViSM LoRA if present
     find_fun_inp_layout(path)         the files of such a folder, or ValueError naming what is missing
     find_fun_inp_base(path)           the Wan2.1-Fun InP base folder under ``path`` (or None)
+    find_fun_inp_file()               a Wan2.1-Fun InP single file of ComfyUI's models/diffusion_models (or None)
     find_vism_lora(root, base)        the 4D-ViSM LoRA file next to the model (or None)
     inp_condition_mask(mask, latent_hw)   binary hole mask -> the 4 mask channels of the InP input
     masked_video(video, mask)         frames in [-1,1] with the holes set to 0 (0.5 grey)
@@ -22,6 +23,15 @@ Design notes:
     the Control base: the InP base is the one whose ``config.json`` says ``in_dim: 36``). Names
     are mapped to diffusers' ``WanTransformer3DModel`` with ``backends.trajectory_dit_names``;
     the VAE, UMT5 and CLIP loaders are those of ``backends.wan`` (shared with ``backends.trajectory_dit``).
+
+    Single files (ComfyUI layout). The transformer may instead be one file of ComfyUI's
+    ``models/diffusion_models`` in the original Wan naming (optionally ``model.diffusion_model.``
+    prefixed; fp16, bf16, fp32, fp8 e4m3fn, or fp8 "scaled" with a ``scale_weight`` per weight, applied
+    in float32 while reading), chosen directly or found by name (``find_fun_inp_file``) when the given
+    folder has no InP base (e.g. a MoGe4D folder holding only ``4D-ViSM``); its config comes from its
+    shapes (heads 128 wide, as Wan). The VAE, UMT5 (+ tokenizer, also the SentencePiece model ComfyUI's
+    umt5 file stores) and CLIP then come from the folder or ComfyUI's ``models/vae``, ``text_encoders``,
+    ``clip_vision``; a LoRA not beside the model from ``models/loras`` (``*vism*.safetensors``).
 
     ViSM LoRA location (first found): ``<folder>/4D-ViSM/lora_diffusion_pytorch_model.safetensors``
     (the MoGe4D release file), ``<folder>/vism_lora.safetensors``, the same two inside the InP
@@ -93,6 +103,7 @@ from .inpaint import (
     video_to_model_size,
 )
 from .memory import modules_on, park
+from .model_folders import FUN_INP_PATTERNS, find_single_file, single_files
 from .sequence_parallel import (
     ParallelOptions,
     Session,
@@ -104,17 +115,19 @@ from .sequence_parallel import (
 from .wan import (
     BASE_CLIP,
     BASE_T5,
-    BASE_T5_TOKENIZER,
     BASE_VAE,
     CLIP_MEAN,
     CLIP_STD,
     PATCH,
     SPATIAL,
     TEMPORAL,
+    TOKENIZER_HINT,
     WAN_KEEP_FP32,
     WAN_LATENT_MEAN,
     WAN_LATENT_STD,
     assign_weights,
+    dit_key,
+    find_umt5_tokenizer,
     find_wan_component,
     first_step,
     flow_sigmas,
@@ -128,6 +141,8 @@ from .wan import (
     read_weights,
     shard_index,
     start_latents,
+    wan_dit_config,
+    wan_dit_shapes,
 )
 
 __all__ = [
@@ -136,6 +151,8 @@ __all__ = [
     "load_fun_inpainter",
     "find_fun_inp_layout",
     "find_fun_inp_base",
+    "find_fun_inp_file",
+    "VISM_LORA_PATTERNS",
     "find_vism_lora",
     "inp_condition_mask",
     "masked_video",
@@ -169,9 +186,12 @@ _LORA_ELEMS = {"lora_up.weight", "lora_down.weight", "alpha"}
 
 
 def _inp_config(folder: Path) -> dict | None:
-    """The folder's Wan ``config.json`` when it describes an InP transformer (``in_dim`` 36)."""
+    """The folder's Wan ``config.json`` when it describes an InP transformer (``in_dim`` 36) beside the
+    release VAE or the transformer's weights."""
     cfg_file = folder / "config.json"
-    if not cfg_file.is_file() or not (folder / BASE_VAE).is_file():
+    if not cfg_file.is_file():
+        return None
+    if not (folder / BASE_VAE).is_file() and not any(folder.glob("diffusion_pytorch_model*.safetensors")):
         return None
     try:
         cfg = json.loads(cfg_file.read_text())
@@ -188,7 +208,8 @@ def _inp_config(folder: Path) -> dict | None:
 
 def find_fun_inp_base(path: str | Path) -> Path | None:
     """The Wan2.1-Fun InP base folder: ``path`` itself or a sub-folder up to 3 levels down whose
-    ``config.json`` has ``in_dim`` 36 next to ``Wan2.1_VAE.pth``; None when there is none."""
+    ``config.json`` has ``in_dim`` 36 next to ``Wan2.1_VAE.pth`` or the transformer's weights; None when
+    there is none."""
     root = Path(path)
     if not root.is_dir():
         return None
@@ -250,38 +271,84 @@ class FunInpLayout:
         return [p for p in (*self.shards, self.vae, self.t5, self.clip, self.lora) if p is not None]
 
 
+VISM_LORA_PATTERNS = ("*4d*vism*.safetensors", "*vism*.safetensors")
+
+
+def find_fun_inp_file() -> Path | None:
+    """A Wan2.1-Fun InP transformer single file of ComfyUI's ``models/diffusion_models`` (names of
+    ``model_folders.FUN_INP_PATTERNS``, any case; the first whose header says 36 input channels, a
+    ``14B`` one first, as the 4D-ViSM LoRA is made for it); None when there is none."""
+    files = single_files("diffusion_models", FUN_INP_PATTERNS)
+    files.sort(key=lambda p: "14b" not in p.name.lower())
+    for f in files:
+        try:
+            if wan_dit_shapes(f)["patch_embedding.weight"][1] == INP_IN_CHANNELS:
+                return f
+        except ValueError:
+            continue
+    return None
+
+
+def _check_inp_file(path: Path, what: str) -> None:
+    patch = wan_dit_shapes(path)["patch_embedding.weight"]
+    if patch[1] != INP_IN_CHANNELS:
+        raise ValueError(f"{what}: {path} is a Wan transformer with {patch[1]} input channels; expected a "
+                         f"Wan2.1-Fun InP one with {INP_IN_CHANNELS} (noise 16 | mask 4 | masked video 16), "
+                         f"e.g. wan2.1_fun_inp_14B_bf16.safetensors")
+
+
 def find_fun_inp_layout(path: str | Path) -> FunInpLayout:
-    """Locate every file of a Wan2.1-Fun InP folder (see the module notes).
+    """Locate every file of a Wan2.1-Fun InP model (see the module notes): a release folder, a folder
+    holding one (e.g. MoGe4D's models folder), or a single transformer file (ComfyUI layout); components
+    the folder lacks come from ComfyUI's ``models/diffusion_models``, ``vae``, ``text_encoders``,
+    ``clip_vision`` and ``loras``.
 
     Raises:
-        ValueError: not a folder, no InP base (``config.json`` with ``in_dim`` 36 and
-            ``Wan2.1_VAE.pth``), or missing transformer / text-encoder / tokenizer files.
+        ValueError: not a folder or file, no InP transformer (neither a folder whose ``config.json`` says
+            ``in_dim`` 36 nor an InP single file), a single file of another kind, or missing VAE /
+            text-encoder / tokenizer files.
     """
-    root = Path(path)
-    what = f"video_inpaint model {str(root)!r}"
-    if not root.is_dir():
-        raise ValueError(f"{what} is not a folder; expected alibaba-pai/Wan2.1-Fun-V1.1-14B-InP (release layout) "
-                         f"or a folder holding it, e.g. MoGe4D's models folder")
-    base = find_fun_inp_base(root)
+    given = Path(path)
+    what = f"video_inpaint model {str(given)!r}"
+    single: Path | None = None
+    if given.is_file():
+        single, root = given, given.parent
+        _check_inp_file(single, what)
+    elif given.is_dir():
+        root = given
+    else:
+        raise ValueError(f"{what} is not a folder or file; expected alibaba-pai/Wan2.1-Fun-V1.1-14B-InP (release "
+                         f"layout), a folder holding it (e.g. MoGe4D's models folder), or a Wan2.1-Fun InP single "
+                         f"file in ComfyUI's models/diffusion_models")
+    base = find_fun_inp_base(root) if single is None else None
+    shards = tuple(sorted(base.glob("diffusion_pytorch_model*.safetensors"))) if base is not None else ()
     if base is None:
-        raise ValueError(f"{what}: no Wan2.1-Fun InP base found (a folder, at most 3 levels down, with config.json "
-                         f"saying in_dim {INP_IN_CHANNELS} and {BASE_VAE}); put alibaba-pai/Wan2.1-Fun-V1.1-14B-InP "
-                         f"there")
-    shards = tuple(sorted(base.glob("diffusion_pytorch_model*.safetensors")))
-    missing = []
+        base = root
     if not shards:
-        missing.append("diffusion_pytorch_model*.safetensors (transformer)")
+        single = single or find_fun_inp_file()
+        if single is None:
+            raise ValueError(f"{what}: no Wan2.1-Fun InP transformer found: neither a base folder (at most 3 "
+                             f"levels down, config.json saying in_dim {INP_IN_CHANNELS}, diffusion_pytorch_model"
+                             f"*.safetensors) nor a single file named like {FUN_INP_PATTERNS[0]} in ComfyUI's "
+                             f"models/diffusion_models; put alibaba-pai/Wan2.1-Fun-V1.1-14B-InP there, or "
+                             f"wan2.1_fun_inp_14B_bf16.safetensors into models/diffusion_models")
+        shards = (single,)
+    missing = []
+    vae = find_wan_component(base, "vae", (BASE_VAE,))
+    if vae is None:
+        missing.append(f"{BASE_VAE} (or vae/, or wan_2.1_vae.safetensors in ComfyUI's models/vae)")
     t5 = find_wan_component(base, "t5", (BASE_T5, "models_t5_umt5-xxl-enc-fp32.pth"))
     if t5 is None:
         missing.append(f"{BASE_T5} (or text_encoder/, or umt5_xxl_*.safetensors in ComfyUI's models/text_encoders)")
-    tokenizer = base / BASE_T5_TOKENIZER
-    if not tokenizer.is_dir():
-        missing.append(f"{BASE_T5_TOKENIZER}/ (UMT5 tokenizer)")
+    tokenizer = find_umt5_tokenizer(base, t5)
+    if tokenizer is None and t5 is not None:
+        missing.append(TOKENIZER_HINT)
     if missing:
-        raise ValueError(f"{what}: the Wan2.1-Fun InP folder {str(base)!r} is incomplete; missing: "
+        raise ValueError(f"{what}: the Wan2.1-Fun InP model in {str(base)!r} is incomplete; missing: "
                          f"{'; '.join(missing)}")
     clip = find_wan_component(base, "clip", (BASE_CLIP,))
-    return FunInpLayout(root, base, shards, base / BASE_VAE, t5, tokenizer, clip, find_vism_lora(root, base))
+    lora = find_vism_lora(root, base) or find_single_file("loras", VISM_LORA_PATTERNS)
+    return FunInpLayout(root, base, shards, vae, t5, tokenizer, clip, lora)
 
 
 # --------------------------------------------------------------------------- conditions
@@ -382,17 +449,18 @@ def lora_deltas(state: dict[str, Tensor], targets: dict[str, tuple[str, tuple[in
 # --------------------------------------------------------------------------- loading
 
 
-def _shard_index(layout: FunInpLayout) -> tuple[dict[str, tuple[Path, str]], dict[str, tuple[int, ...]]]:
-    """diffusers parameter name -> (shard, official name), and shapes, for the whole transformer."""
+def _shard_index(layout: FunInpLayout) -> tuple[dict[str, tuple], dict[str, tuple[int, ...]]]:
+    """diffusers parameter name -> (file, name in the file, fp8 scale name or None), and shapes, for the
+    whole transformer."""
 
-    index: dict[str, tuple[Path, str]] = {}
+    index: dict[str, tuple] = {}
     shapes: dict[str, tuple[int, ...]] = {}
     skipped: list[str] = []
-    for ours, (shard, official, shape) in shard_index(layout.shards).items():
+    for ours, (shard, official, shape, scale) in shard_index(layout.shards).items():
         if not ours.startswith("wan."):
             skipped.append(official)
             continue
-        index[ours[len("wan."):]] = (shard, official)
+        index[ours[len("wan."):]] = (shard, official, scale)
         shapes[ours[len("wan."):]] = shape
     if skipped:
         logger.info("%s: %d tensor(s) unused for inpainting (e.g. %s)", layout.base, len(skipped), skipped[0])
@@ -402,9 +470,9 @@ def _shard_index(layout: FunInpLayout) -> tuple[dict[str, tuple[Path, str]], dic
 def _load_transformer(layout: FunInpLayout, dtype: torch.dtype):
     from diffusers import WanTransformer3DModel
 
-    what = f"Wan2.1-Fun InP transformer {layout.base}"
-    cfg = _inp_config(layout.base) or {}
+    what = f"Wan2.1-Fun InP transformer {layout.shards[0] if len(layout.shards) == 1 else layout.base}"
     index, shapes = _shard_index(layout)
+    cfg = _config(layout)
     patch = shapes.get("patch_embedding.weight")
     if patch is None or patch[1] != INP_IN_CHANNELS:
         got = "no patch_embedding" if patch is None else f"{patch[1]} input channels"
@@ -427,6 +495,15 @@ def _load_transformer(layout: FunInpLayout, dtype: torch.dtype):
     state = read_indexed(index, dtype, WAN_KEEP_FP32)
     assign_weights(model, state, dtype, what, keep_fp32=WAN_KEEP_FP32)
     return model.eval().requires_grad_(False), index
+
+
+def _config(layout: FunInpLayout) -> dict:
+    """The transformer's Wan config: the base folder's ``config.json`` (release layout), completed and
+    checked against the weights' shapes (the only source for a single file)."""
+    cfg = _inp_config(layout.base) or {}
+    if len(layout.shards) == 1:
+        cfg = wan_dit_config(wan_dit_shapes(layout.shards[0]), cfg)
+    return cfg
 
 
 _CACHE: OrderedDict[tuple, FunInpainter] = OrderedDict()
@@ -452,7 +529,7 @@ def load_fun_inpainter(path: str | Path, dtype: torch.dtype = torch.float32) -> 
     transformer, index = _load_transformer(layout, dtype)
     vae = load_wan_vae(layout.vae)
     tokenizer, text = load_umt5(layout.t5, layout.tokenizer, dtype)
-    cfg = _inp_config(layout.base) or {}
+    cfg = _config(layout)
     model = FunInpainter(transformer=transformer, vae=vae, tokenizer=tokenizer, text_encoder=text, layout=layout,
                          dtype=dtype, weight_index=index, max_sequence_length=min(int(cfg.get("text_len", 512)), 512))
     _CACHE[key] = model
@@ -558,22 +635,13 @@ class FunInpainter:
         targets = {}
         for name, module in self.transformer.named_modules():
             if isinstance(module, nn.Linear) and name + ".weight" in self.weight_index:
-                official = self.weight_index[name + ".weight"][1][: -len(".weight")]
+                official = dit_key(self.weight_index[name + ".weight"][1])[: -len(".weight")]
                 targets[official.replace(".", "_")] = (name, (module.out_features, module.in_features))
         return targets
 
-    def _read_original(self, names: list[str]) -> dict[str, Tensor]:
-        from safetensors import safe_open
-
-        by_shard: dict[Path, list[str]] = defaultdict(list)
-        for n in names:
-            by_shard[self.weight_index[n + ".weight"][0]].append(n)
-        out = {}
-        for shard, group in by_shard.items():
-            with safe_open(str(shard), framework="pt") as fh:
-                for n in group:
-                    out[n] = fh.get_tensor(self.weight_index[n + ".weight"][1])
-        return out
+    def _read_original(self, name: str) -> Tensor:
+        """The checkpoint's weight of Linear ``name`` in float32 (fp8 scales applied), read alone."""
+        return read_indexed({"w": self.weight_index[name + ".weight"]}, torch.float32)["w"]
 
     @torch.no_grad()
     def apply_vism_lora(self, strength: float = VISM_LORA_STRENGTH) -> bool:
@@ -600,12 +668,11 @@ class FunInpainter:
         if s == self._lora_strength:
             return True
         names = list(self._lora)
-        originals = self._read_original(names) if self._lora_strength != 0.0 else {}
         device = self._device()
-        for name in names:
+        for name in names:  # one layer at a time: the originals are never all in memory together
             module = self.transformer.get_submodule(name)
             weight = module.weight
-            base = originals.get(name, weight.data)
+            base = self._read_original(name) if self._lora_strength != 0.0 else weight.data
             if s == 0.0:
                 weight.data.copy_(base.to(weight.dtype))
                 continue

@@ -19,8 +19,13 @@ Public API:
     assign_weights(module, state, dtype, what, keep_fp32)   load a state dict exactly (names the misfits)
     read_weights(path, dtype, skip), torch_load_state(path)   tensors of a safetensors / torch checkpoint file
     shard_shapes(shard), shard_index(shards)     tensor shapes from safetensors headers; our names -> shards
+                                        (release shards or one ComfyUI single file, fp8 "scaled" included)
+    DIT_PREFIXES, dit_key(key)          ComfyUI's key prefixes of a transformer, and a key without one
+    wan_dit_shapes(path), wan_dit_config(shapes, cfg)   a single transformer file's shapes (refusing other
+                                        families) and the Wan config they imply
     SafetensorsReader(path)             tensors of a safetensors file by plain reads (no memory map)
-    read_indexed(index, dtype, keep_fp32)  tensors of our names from safetensors files, cast as they are read
+    read_indexed(index, dtype, keep_fp32)  tensors of our names from safetensors files, cast (and fp8 scales
+                                        applied) as they are read
     vit_heads(dim)                      attention heads of a ViT of width ``dim``
     read_component(source, dtype, skip)   tensors of a single weight file or a component folder
     vae_state, umt5_state, clip_vision_state   any supported key layout -> the diffusers / transformers names
@@ -29,6 +34,8 @@ Public API:
                                         diffusers sub-folder, or ComfyUI single file
     load_wan_vae(base_vae, finetuned), load_umt5(t5, tokenizer, dtype), load_wan_clip(clip, dtype)
                                         each from a release file, a ComfyUI single file or a diffusers folder
+    find_umt5_tokenizer(base, t5), umt5_tokenizer(source), TOKENIZER_HINT   the UMT5 tokenizer: a folder,
+                                        or the SentencePiece model a ComfyUI umt5 file stores
 
 Design notes:
     Users are ``backends.video_inpaint`` (Wan VACE, diffusers layout), ``backends.video_inpaint_fun``
@@ -100,6 +107,10 @@ __all__ = [
     "read_indexed",
     "SafetensorsReader",
     "shard_index",
+    "DIT_PREFIXES",
+    "dit_key",
+    "wan_dit_shapes",
+    "wan_dit_config",
     "vit_heads",
     "read_component",
     "dequantize_scaled",
@@ -110,6 +121,9 @@ __all__ = [
     "find_wan_component",
     "load_wan_vae",
     "load_umt5",
+    "find_umt5_tokenizer",
+    "umt5_tokenizer",
+    "TOKENIZER_HINT",
     "load_wan_clip",
 ]
 
@@ -301,6 +315,7 @@ class SafetensorsReader:
                 raise ValueError(f"header length {n} does not fit a file of {size} bytes")
             header = json.loads(self._fh.read(n))
             self._base = 8 + n
+            self._buf: Tensor | None = None
             self._entries = {k: v for k, v in header.items() if k != "__metadata__"}
         except Exception:
             self._fh.close()
@@ -311,6 +326,7 @@ class SafetensorsReader:
 
     def __exit__(self, *exc) -> None:
         self._fh.close()
+        self._buf = None
 
     def keys(self) -> list[str]:
         return list(self._entries)
@@ -331,19 +347,31 @@ class SafetensorsReader:
         start, end = (int(x) for x in entry["data_offsets"])
         shape = [int(d) for d in entry["shape"]]
         self._fh.seek(self._base + start)
-        if dtype is None or dtype == stored or end - start <= self.CHUNK:
-            t = self._read(name, end - start).view(stored).reshape(shape)
-            return t if dtype is None else t.to(dtype)
+        if end - start != math.prod(shape) * stored.itemsize:
+            raise ValueError(f"{name}: {end - start} bytes do not hold {shape} of {entry['dtype']}")
+        if dtype is None or dtype == stored:
+            return self._read(name, end - start).view(stored).reshape(shape)
+        # converted through one reused buffer of at most CHUNK bytes: no allocation per tensor but the result
+        # (freed buffers of varying sizes would fragment the heap and keep memory resident)
         out = torch.empty(shape, dtype=dtype)
         flat = out.view(-1)
         size = stored.itemsize
         step = max(self.CHUNK // size, 1)
         for i in range(0, flat.numel(), step):
             n = min(step, flat.numel() - i)
-            flat[i:i + n] = self._read(name, n * size).view(stored)
+            flat[i:i + n] = self._read_into(name, n * size).view(stored)
         return out
 
     CHUNK = 64 * 2**20
+
+    def _read_into(self, name: str, nbytes: int) -> Tensor:
+        """The next ``nbytes`` of the file in the reader's reused buffer (valid until the next call)."""
+        if self._buf is None or self._buf.numel() < nbytes:
+            self._buf = torch.empty(max(nbytes, min(self.CHUNK, 2**20)), dtype=torch.uint8)
+        view = self._buf[:nbytes]
+        if nbytes and self._fh.readinto(memoryview(view.numpy())) != nbytes:
+            raise ValueError(f"{name}: the file ends inside this tensor (truncated download?)")
+        return view
 
     def _read(self, name: str, nbytes: int) -> Tensor:
         buf = torch.empty(nbytes, dtype=torch.uint8)
@@ -424,39 +452,109 @@ def shard_shapes(shard: Path) -> dict[str, tuple[int, ...]]:
         raise ValueError(f"could not read {shard}: {type(exc).__name__}: {exc}") from exc
 
 
-def shard_index(shards) -> dict[str, tuple[Path, str, tuple[int, ...]]]:
-    """Our name -> (shard, official name, shape) for every tensor of a transformer checkpoint in the
-    original Wan naming (``trajectory_dit_names.name_map``), from the shards' headers (no data read)."""
+# Prefixes a Wan transformer's keys carry in single files saved from ComfyUI (checkpoint / model saves).
+DIT_PREFIXES = ("model.diffusion_model.", "diffusion_model.")
+_SCALE_SUFFIXES = (".scale_weight", ".scale_input")
+_SCALED_MARKER = "scaled_fp8"
 
-    index: dict[str, tuple[Path, str, tuple[int, ...]]] = {}
+
+def dit_key(key: str) -> str:
+    """A transformer key without a ComfyUI prefix of :data:`DIT_PREFIXES` (the original Wan name)."""
+    for prefix in DIT_PREFIXES:
+        if key.startswith(prefix):
+            return key[len(prefix):]
+    return key
+
+
+def shard_index(shards) -> dict[str, tuple[Path, str, tuple[int, ...], str | None]]:
+    """Our name -> (file, name in the file, shape, name of its fp8 ``scale_weight`` or None) for every
+    tensor of a transformer checkpoint in the original Wan naming (``trajectory_dit_names.name_map``), from
+    the files' headers (no data read). The files are release shards or one ComfyUI single file: keys
+    optionally prefixed (:data:`DIT_PREFIXES`), fp16 / bf16 / fp32 / fp8, fp8 "scaled" ones with a
+    ``<m>.scale_weight`` per weight (``<m>.scale_input`` and the ``scaled_fp8`` marker are not weights)."""
+
+    index: dict[str, tuple[Path, str, tuple[int, ...], str | None]] = {}
     for shard in shards:
         shapes = shard_shapes(shard)
-        keys = list(shapes)
+        plain = {dit_key(k): k for k in shapes if k != _SCALED_MARKER and not k.endswith(_SCALE_SUFFIXES)}
         try:
-            mapped = name_map({k: k for k in keys})  # names only
+            mapped = name_map({k: k for k in plain})  # names only
         except MappingError as exc:
-            raise ValueError(f"{shard}: {exc}") from exc
+            raise ValueError(f"{shard}: not a Wan2.1 transformer in the original Wan / ComfyUI naming; {exc}") \
+                from exc
         for ours_k, off_k in mapped.items():
-            index[ours_k] = (shard, off_k, shapes[off_k])
+            key = plain[off_k]
+            scale = key[: -len("weight")] + "scale_weight" if key.endswith(".weight") else None
+            index[ours_k] = (shard, key, shapes[key], scale if scale in shapes else None)
     return index
 
 
-def read_indexed(index: dict[str, tuple[Path, str]], dtype: torch.dtype | None,
+def wan_dit_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Original Wan name -> shape of the transformer in a single ``.safetensors`` file (prefix stripped,
+    scales left out), from its header.
+
+    Raises:
+        ValueError: naming the file, when it holds no Wan2.1 transformer (no 5-D ``patch_embedding.weight``
+            or no ``blocks.N.self_attn`` weights), e.g. a VAE, a text encoder or another model family.
+    """
+    shapes = {dit_key(k): v for k, v in shard_shapes(path).items()
+              if k != _SCALED_MARKER and not k.endswith(_SCALE_SUFFIXES)}
+    patch = shapes.get("patch_embedding.weight")
+    if patch is None or len(patch) != 5 or "blocks.0.self_attn.q.weight" not in shapes:
+        some = ", ".join(sorted(shapes)[:6])
+        raise ValueError(f"{path}: not a Wan2.1 transformer (expected patch_embedding.weight [dim, in, 1, 2, 2] and "
+                         f"blocks.N.self_attn.* in the original Wan / ComfyUI naming; the file holds {some}, ...)")
+    return shapes
+
+
+def wan_dit_config(shapes: dict[str, tuple[int, ...]], cfg: dict | None = None) -> dict:
+    """A Wan ``config.json``-style dict (``dim``, ``ffn_dim``, ``num_heads``, ``num_layers``, ``in_dim``,
+    ``out_dim``, ``text_dim``, ``freq_dim``, ``eps``, ``text_len``) of a transformer, from the shapes of
+    :func:`wan_dit_shapes` (which are authoritative), over ``cfg`` (a folder's ``config.json``, if any).
+    Heads are not stored in a checkpoint: ``cfg``'s, else Wan's 128-wide heads (1.3B: 12, 14B: 40)."""
+    out = dict(cfg or {})
+    patch = shapes["patch_embedding.weight"]
+    dim = int(patch[0])
+    out.update(dim=dim, in_dim=int(patch[1]),
+               num_layers=len({k.split(".")[1] for k in shapes if k.startswith("blocks.")}))
+    if "blocks.0.ffn.0.weight" in shapes:
+        out["ffn_dim"] = int(shapes["blocks.0.ffn.0.weight"][0])
+    if "text_embedding.0.weight" in shapes:
+        out["text_dim"] = int(shapes["text_embedding.0.weight"][1])
+    if "time_embedding.0.weight" in shapes:
+        out["freq_dim"] = int(shapes["time_embedding.0.weight"][1])
+    if "head.head.weight" in shapes:
+        out["out_dim"] = int(shapes["head.head.weight"][0]) // (PATCH * PATCH)
+    if "num_heads" not in out or dim % int(out["num_heads"]):
+        out["num_heads"] = max(dim // 128, 1)
+    out.setdefault("eps", 1e-6)
+    out.setdefault("text_len", 512)
+    return out
+
+
+def read_indexed(index: dict[str, tuple], dtype: torch.dtype | None,
                  keep_fp32: tuple[str, ...] = ()) -> dict[str, Tensor]:
-    """Our name -> tensor, for ``index`` (our name -> (safetensors file, name in the file)), each tensor
-    read and cast (:func:`cast_weight`, by our name) before the next is read: peak memory is the
-    result in its load dtypes plus one tensor."""
-    by_file: dict[Path, list[tuple[str, str]]] = {}
-    for ours, (file, name) in index.items():
-        by_file.setdefault(Path(file), []).append((ours, name))
+    """Our name -> tensor, for ``index`` (our name -> (safetensors file, name in the file[, name of an fp8
+    ``scale_weight`` or None])), each tensor read and cast (:func:`cast_weight`, by our name) before the next
+    is read: peak memory is the result in its load dtypes plus one tensor (in float32 for a scaled one).
+    A scaled fp8 weight is ``weight * scale`` computed in float32; an unscaled fp8 one is upcast."""
+    by_file: dict[Path, list[tuple[str, str, str | None]]] = {}
+    for ours, entry in index.items():
+        by_file.setdefault(Path(entry[0]), []).append((ours, entry[1], entry[2] if len(entry) > 2 else None))
     state: dict[str, Tensor] = {}
-    for file, pairs in by_file.items():
+    for file, triples in by_file.items():
         try:
             with SafetensorsReader(file) as fh:
-                for ours, name in pairs:
+                for ours, name, scale in triples:
                     stored = fh.dtype(name)
                     target = weight_dtype(ours, dtype, keep_fp32) if stored.is_floating_point else stored
-                    state[ours] = fh.get(name, target)
+                    if scale is not None:
+                        w = fh.get(name, torch.float32)
+                        w.mul_(fh.get(scale, torch.float32))
+                        state[ours] = w.to(target)
+                        del w
+                    else:
+                        state[ours] = fh.get(name, target)
         except Exception as exc:  # safetensors raises its own error types for corrupt files
             raise ValueError(f"could not read {file}: {type(exc).__name__}: {exc}") from exc
     return state
@@ -585,9 +683,10 @@ def umt5_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
 
 def load_umt5(t5: Path, tokenizer: Path, dtype: torch.dtype):
     """``(tokenizer, UMT5 encoder)`` (eval) of a release UMT5 checkpoint, a ComfyUI single file (fp16,
-    bf16 or fp8 "scaled") or a diffusers ``text_encoder`` folder, and a tokenizer folder; the weights
-    are read straight into ``dtype`` into a model built on the meta device."""
-    from transformers import AutoTokenizer, UMT5Config, UMT5EncoderModel
+    bf16 or fp8 "scaled") or a diffusers ``text_encoder`` folder, and a tokenizer folder or a ComfyUI file
+    storing one (:func:`umt5_tokenizer`); the weights are read straight into ``dtype`` into a model built on
+    the meta device."""
+    from transformers import UMT5Config, UMT5EncoderModel
 
     raw = dequantize_scaled(read_component(t5, dtype, _T5_SKIP), dtype)
     try:
@@ -609,7 +708,50 @@ def load_umt5(t5: Path, tokenizer: Path, dtype: torch.dtype):
     with params_on_meta():
         model = UMT5EncoderModel(config)
     assign_weights(model, state, dtype, f"UMT5 {t5}")
-    return AutoTokenizer.from_pretrained(tokenizer), model.eval().requires_grad_(False)
+    return umt5_tokenizer(tokenizer), model.eval().requires_grad_(False)
+
+
+_TOKENIZER_FILES = ("tokenizer.json", "spiece.model", "tokenizer_config.json")
+
+
+def find_umt5_tokenizer(base: Path, t5: Path | None) -> Path | None:
+    """Where the UMT5 tokenizer of a Wan model folder ``base`` with text encoder ``t5`` comes from: the
+    release's ``google/umt5-xxl/`` folder, a diffusers ``tokenizer/`` folder (beside ``base``'s components or
+    beside a diffusers ``text_encoder`` folder ``t5``), else a ComfyUI single file ``t5`` that stores the
+    SentencePiece model beside its weights (``spiece_model``); None when there is none."""
+    places = [base / BASE_T5_TOKENIZER, base / "tokenizer"]
+    if t5 is not None and t5.is_dir():
+        places.append(t5.parent / "tokenizer")
+    for d in places:
+        if d.is_dir() and any((d / f).is_file() for f in _TOKENIZER_FILES):
+            return d
+    if t5 is not None and t5.is_file() and t5.suffix == ".safetensors":
+        with SafetensorsReader(t5) as fh:
+            if "spiece_model" in fh.keys():
+                return t5
+    return None
+
+
+TOKENIZER_HINT = (f"the UMT5 tokenizer: put google/umt5-xxl's tokenizer files (spiece.model, tokenizer.json, "
+                  f"tokenizer_config.json) into {BASE_T5_TOKENIZER}/ or tokenizer/ of the model folder, or use a "
+                  f"ComfyUI umt5_xxl_*.safetensors that stores its tokenizer (Comfy-Org's files do)")
+
+
+def umt5_tokenizer(source: Path):
+    """The UMT5 tokenizer of a tokenizer folder, or of a ComfyUI single file's ``spiece_model`` entry (built
+    offline by :func:`backends.spiece.spiece_tokenizer`)."""
+    source = Path(source)
+    if source.is_file():
+        from .spiece import spiece_tokenizer
+
+        with SafetensorsReader(source) as fh:
+            if "spiece_model" not in fh.keys():
+                raise ValueError(f"{source}: holds no tokenizer (spiece_model); expected {TOKENIZER_HINT}")
+            blob = fh.get("spiece_model").numpy().tobytes()
+        return spiece_tokenizer(blob, f"UMT5 tokenizer stored in {source}")
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(source)
 
 
 def clip_vision_state(state: dict[str, Tensor]) -> dict[str, Tensor]:

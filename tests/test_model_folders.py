@@ -66,3 +66,21 @@ def test_release_layouts_are_listed_by_their_kind_marker(models_dir):
     (models_dir / "gen4d" / "depth" / "MoGe4D" / "4D-STraG").mkdir(parents=True)
     (models_dir / "gen4d" / "depth" / "MoGe4D" / "4D-STraG" / "diffusion_pytorch_model.safetensors").write_bytes(b"")
     assert mf.list_models("depth") == [], "the marker belongs to the trajectory kind only"
+
+
+def test_video_inpaint_lists_and_resolves_fun_inp_single_files(models_dir, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "folder_paths", None)
+    (models_dir / "diffusers" / "vace").mkdir(parents=True)
+    (models_dir / "diffusers" / "vace" / "model_index.json").write_text("{}")
+    dm = models_dir / "diffusion_models" / "wan"
+    dm.mkdir(parents=True)
+    for name in ("Wan2_1-Fun-V1_1-14B-InP_fp8_e4m3fn.safetensors", "wan2.1_t2v_14B_bf16.safetensors",
+                 "wan2.1_fun_inp_1.3B_bf16.safetensors"):
+        (dm / name).write_bytes(b"x")
+    names = mf.list_models("video_inpaint")
+    assert names == ["vace", "wan/Wan2_1-Fun-V1_1-14B-InP_fp8_e4m3fn.safetensors",
+                     "wan/wan2.1_fun_inp_1.3B_bf16.safetensors"]  # matched whatever the case; other Wan files not
+    assert mf.resolve_model("video_inpaint", names[1]) == (dm / "Wan2_1-Fun-V1_1-14B-InP_fp8_e4m3fn.safetensors")
+    assert mf.list_models("depth") == []

@@ -44,6 +44,7 @@ __all__ = [
     "build_tiny_wan_fun_inp",
     "build_tiny_trajectory",
     "write_tiny_t5_tokenizer",
+    "TINY_WORDS",
     "tiny_wan_encoders",
     "tiny_vae_official",
     "our_to_official",
@@ -52,7 +53,7 @@ __all__ = [
     "hf_clip_to_wan",
 ]
 
-_TINY_WORDS = ("a", "photo", "of", "cat", "dog", "forest", "city", "at", "night", "red", "blue", "car", "scene")
+TINY_WORDS = ("a", "photo", "of", "cat", "dog", "forest", "city", "at", "night", "red", "blue", "car", "scene")
 
 
 def write_tiny_t5_tokenizer(folder: Path) -> None:
@@ -60,7 +61,7 @@ def write_tiny_t5_tokenizer(folder: Path) -> None:
     from transformers import T5Tokenizer
 
     pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
-    pieces += [(f"\u2581{w}", -1.0) for w in _TINY_WORDS] + [("\u2581", -3.0)]
+    pieces += [(f"\u2581{w}", -1.0) for w in TINY_WORDS] + [("\u2581", -3.0)]
     pieces += [(chr(c), -5.0) for c in range(ord("a"), ord("z") + 1)]
     tokenizer = T5Tokenizer(vocab=pieces, extra_ids=0)
     tokenizer.save_pretrained(folder)
