@@ -8,6 +8,7 @@ Public API:
     DepthAnythingV2                 Depth Anything V2 (``DepthAnythingForDepthEstimation``) from a local folder
     DepthAnythingV2.load(path, device, dtype, lazy=False)
     check_model_folder(path)        validate a transformers Depth Anything folder, return its config dict
+    check_model(path)               a folder (as ``check_model_folder``) or an original single file: its config dict
     resize_for_model(h, w, size)    the processing size: short side ``size``, both sides multiples of 14
     preprocess(images, size)        IMAGE ``[B,H,W,3]`` -> normalised ``[B,3,h,w]``
 
@@ -23,8 +24,13 @@ Design notes:
     patch size 14, keeping the aspect ratio ("lower bound" resize of the original code), ImageNet
     normalisation, then bilinear upsampling of the prediction back to the input size.
 
-    Weights load only from safetensors in a local folder (``config.json`` + ``model.safetensors`` or a
-    sharded ``model.safetensors.index.json``) with ``local_files_only=True``: nothing is downloaded.
+    Weights load only from safetensors: a local transformers folder (``config.json`` +
+    ``model.safetensors`` or a sharded ``model.safetensors.index.json``, ``local_files_only=True``), or a
+    single file in the original Depth Anything V2 naming (``depth_anything_v2_vitl_fp32.safetensors`` as
+    ComfyUI-DepthAnythingV2 keeps it in ``models/depthanything``), read by ``backends.depth_file``
+    (sizes from the weights, built on the meta device, read straight into the compute dtype). The
+    pre-processing above is the one every V2 variant was trained with, so a single file needs no
+    processor config. Nothing is downloaded.
     The DINOv2 backbone uses SDPA attention where torch provides it (transformers' default). On GPU
     the model runs in bf16 / fp16 as asked; outputs are always float32 on the CPU.
     ``transformers`` is imported inside functions, so the pack imports without it.
@@ -53,6 +59,7 @@ __all__ = [
     "DEPTH_KINDS",
     "DepthAnythingV2",
     "check_model_folder",
+    "check_model",
     "resize_for_model",
     "preprocess",
     "REQUIRED_FILES",
@@ -193,6 +200,25 @@ def _check_safetensors(path: Path) -> None:
                          "download it again") from None
 
 
+def check_model(path: str | Path) -> dict:
+    """The config dict of a transformers folder (:func:`check_model_folder`) or of an original Depth Anything
+    V2 single ``.safetensors`` file (derived from its header; ``variant`` names its encoder).
+
+    Raises:
+        ValueError: naming the folder or file and what is wrong.
+    """
+    path = Path(path)
+    if path.is_file():
+        if path.suffix != ".safetensors":
+            raise ValueError(f"depth model: {str(path)!r} is not a .safetensors file; expected an original Depth "
+                             "Anything V2 checkpoint such as depth_anything_v2_vitl_fp32.safetensors, or a "
+                             "transformers folder")
+        from .depth_file import check_depth_file
+
+        return check_depth_file(path)
+    return check_model_folder(path)
+
+
 def check_model_folder(path: str | Path) -> dict:
     """Validate a transformers Depth Anything folder without loading weights.
 
@@ -207,8 +233,8 @@ def check_model_folder(path: str | Path) -> dict:
     """
     folder = Path(path)
     if folder.is_file():
-        raise ValueError(f"depth model: {str(folder)!r} is a single file; Depth Anything loads from a transformers "
-                         f"folder with {list(REQUIRED_FILES)} (e.g. depth-anything/Depth-Anything-V2-Small-hf)")
+        raise ValueError(f"depth model: {str(folder)!r} is a single file; check it with check_model (a transformers "
+                         f"folder holds {list(REQUIRED_FILES)}, e.g. depth-anything/Depth-Anything-V2-Small-hf)")
     if not folder.is_dir():
         raise ValueError(f"depth model: folder {str(folder)!r} does not exist")
     config_file = folder / "config.json"
@@ -256,10 +282,10 @@ class DepthAnythingV2(DepthEstimator):
     @classmethod
     def load(cls, path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
              lazy: bool = False) -> DepthAnythingV2:
-        """Open a local transformers folder (``config.json`` + ``model.safetensors``).
+        """Open a local transformers folder (``config.json`` + ``model.safetensors``) or an original single file.
 
         Args:
-            path: the model folder.
+            path: the model folder, or a Depth Anything V2 ``.safetensors`` file in the original naming.
             device: where :meth:`predict` runs.
             dtype: weight and compute dtype (float32, bfloat16 or float16).
             lazy: only validate the folder now; read the weights on first use.
@@ -271,7 +297,7 @@ class DepthAnythingV2(DepthEstimator):
         if dtype not in (torch.float32, torch.bfloat16, torch.float16):
             raise ValueError(f"DepthAnythingV2.load: dtype must be float32, bfloat16 or float16, got {dtype}")
         folder = Path(path)
-        estimator = cls(folder, check_model_folder(folder), torch.device(device), dtype)
+        estimator = cls(folder, check_model(folder), torch.device(device), dtype)
         if not lazy:
             estimator.materialize()
         return estimator
@@ -283,6 +309,11 @@ class DepthAnythingV2(DepthEstimator):
     def materialize(self) -> DepthAnythingV2:
         """Read the weights (on the CPU) if not done yet."""
         if self.model is not None:
+            return self
+        if self.path.is_file():
+            from .depth_file import load_depth_file
+
+            self.model = load_depth_file(self.path, self.dtype)
             return self
         from transformers import DepthAnythingForDepthEstimation
 

@@ -15,6 +15,7 @@ Public API:
     find_single_file(folder, patterns)   the first ``.safetensors`` file of such a folder matching a pattern
     single_files(folder, patterns)       every such file, in pattern order
     FUN_INP_PATTERNS, FUN_CONTROL_PATTERNS   names of Wan2.1-Fun InP / Control single files
+    SAM2_PATTERNS, DEPTH_ANYTHING_V2_PATTERNS   names of SAM2 / Depth Anything V2 single files
     SINGLE_FILE_SOURCES         kind -> ComfyUI folders and name patterns whose single files a loader lists too
 
 Design notes:
@@ -51,6 +52,8 @@ __all__ = [
     "SINGLE_FILE_SOURCES",
     "FUN_INP_PATTERNS",
     "FUN_CONTROL_PATTERNS",
+    "SAM2_PATTERNS",
+    "DEPTH_ANYTHING_V2_PATTERNS",
 ]
 
 MODEL_KINDS: dict[str, str] = {
@@ -83,8 +86,10 @@ HUB_IDS: dict[str, tuple[str, ...]] = {
 }
 _DIFFUSERS = "a diffusers folder: model_index.json plus one sub-folder per component, weights as .safetensors"
 EXPECTED_FILES: dict[str, str] = {
-    "depth": "a transformers folder: config.json and model.safetensors (or sharded, with its index)",
-    "sam2": "a transformers SAM2 video folder: config.json and model.safetensors",
+    "depth": "a transformers folder: config.json and model.safetensors (or sharded, with its index), or an original "
+             "Depth Anything V2 single file such as models/depthanything/depth_anything_v2_vitl_fp32.safetensors",
+    "sam2": "a transformers SAM2 video folder: config.json and model.safetensors, or an original SAM2 / SAM2.1 single "
+            "file such as models/sam2/sam2.1_hiera_large.safetensors",
     "video": _DIFFUSERS,
     "inpaint": _DIFFUSERS,
     "video_inpaint": _DIFFUSERS + " (or a Wan2.1-Fun release folder)",
@@ -206,8 +211,14 @@ COMFY_FOLDERS = ("diffusion_models", "text_encoders", "vae", "clip_vision", "lor
 # ``Wan2_1-Fun-V1_1-14B-InP_*``); matched without regard to case.
 FUN_INP_PATTERNS = ("*fun*inp*.safetensors",)
 FUN_CONTROL_PATTERNS = ("*fun*control*.safetensors",)
+# SAM2 / SAM2.1 files as ComfyUI-segment-anything-2 names them (``sam2.1_hiera_large.safetensors``), and Depth
+# Anything V2 files as ComfyUI-DepthAnythingV2 names them (``depth_anything_v2_vitl_fp32.safetensors``).
+SAM2_PATTERNS = ("*sam2*.safetensors",)
+DEPTH_ANYTHING_V2_PATTERNS = ("*depth*anything*v2*.safetensors",)
 SINGLE_FILE_SOURCES: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
     "video_inpaint": (("diffusion_models", FUN_INP_PATTERNS),),
+    "sam2": (("sam2", SAM2_PATTERNS),),
+    "depth": (("depthanything", DEPTH_ANYTHING_V2_PATTERNS),),
 }
 
 

@@ -7,13 +7,17 @@ Public API:
     SegmentationStopped         raised when ``should_stop()`` interrupts ``segment``
     REQUIRED_FILES              files a model folder must hold besides its weights
     check_model_folder(path)    the weight file of a folder, or ValueError naming what is missing/corrupt
+    check_model(path)           a folder's weight file, or an original SAM2 single file (its header checked)
     preprocess_frames(frames, size)   ``[T,H,W,3]`` 0..1 -> ``[T,3,S,S]`` ImageNet-normalised
     upsample_logits(low_res, size, height, width)   mask logits -> ``[.., H, W]``
 
 Design notes:
     Weights: a local transformers folder (``config.json`` + ``model.safetensors`` or a sharded
     ``model.safetensors.index.json``), e.g. ``facebook/sam2.1-hiera-*`` downloaded into
-    ``models/sam2/<name>``. Nothing is downloaded here; loading is ``local_files_only``.
+    ``models/sam2/<name>``, or a single ``.safetensors`` file in the original facebookresearch/sam2
+    naming (``models/sam2/sam2.1_hiera_large.safetensors``, as ComfyUI-segment-anything-2 keeps it),
+    read by ``backends.sam2_file`` (sizes from the weights, built on the meta device). Nothing is
+    downloaded here; loading is ``local_files_only``.
 
     transformers' ``Sam2VideoProcessor`` / ``Sam2VideoVideoProcessor`` need torchvision (the video
     processor base class resizes with it); the model does not. So this module builds the
@@ -52,6 +56,7 @@ __all__ = [
     "SegmentationStopped",
     "REQUIRED_FILES",
     "check_model_folder",
+    "check_model",
     "preprocess_frames",
     "upsample_logits",
 ]
@@ -86,11 +91,27 @@ def upsample_logits(low_res: Tensor, size: int, height: int, width: int) -> Tens
     return F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False)
 
 
+def check_model(path: Path) -> Path:
+    """A model folder's weight file (:func:`check_model_folder`), or a single original SAM2 ``.safetensors``
+    file itself, its header checked (family, size); ValueError naming what is wrong."""
+    path = Path(path)
+    if path.is_file():
+        if path.suffix != ".safetensors":
+            raise ValueError(f"SAM2 model {str(path)!r} is not a .safetensors file; expected an original SAM2 / "
+                             "SAM2.1 checkpoint such as sam2.1_hiera_large.safetensors, or a transformers folder")
+        from .sam2_file import check_sam2_file
+
+        check_sam2_file(path)
+        return path
+    return check_model_folder(path)
+
+
 def check_model_folder(path: Path) -> Path:
     """The weight file of a model folder; ValueError naming what is missing or broken."""
     if not path.is_dir():
         raise ValueError(f"SAM2 model {str(path)!r} is not a folder; expected a transformers folder with "
-                         f"config.json and model.safetensors (e.g. facebook/sam2.1-hiera-tiny)")
+                         f"config.json and model.safetensors (e.g. facebook/sam2.1-hiera-tiny) or an original "
+                         f"SAM2 .safetensors file")
     missing = [f for f in REQUIRED_FILES if not (path / f).is_file()]
     weights = next((path / f for f in WEIGHT_FILES if (path / f).is_file()), None)
     if weights is None:
@@ -167,7 +188,8 @@ class Sam2VideoSegmenter:
         """Load a transformers SAM2 video checkpoint from a local folder.
 
         Args:
-            path: folder with ``config.json`` and ``model.safetensors`` (or a sharded index).
+            path: folder with ``config.json`` and ``model.safetensors`` (or a sharded index), or an
+                original SAM2 / SAM2.1 single ``.safetensors`` file.
             device: compute device for :meth:`segment`; ``None`` decides at call time.
             dtype: compute dtype; ``None`` gives bf16 on CUDA and float32 elsewhere.
 
@@ -276,6 +298,11 @@ class Sam2VideoSegmenter:
 
 def _read_model(path: Path):
     """Check ``path`` and read its ``Sam2VideoModel`` in float32 on the CPU (eval mode, no gradients)."""
+    if path.is_file():
+        check_model(path)
+        from .sam2_file import load_sam2_file
+
+        return load_sam2_file(path, torch.float32)
     check_model_folder(path)
     try:
         from transformers import Sam2VideoConfig, Sam2VideoModel

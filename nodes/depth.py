@@ -2,7 +2,8 @@
 """Gen4D_DepthLoader and Gen4D_Depth: monocular depth (Depth Anything V2) as ComfyUI nodes.
 
 Public API:
-    DepthLoader     node ``Gen4D_DepthLoader``: a model from ``models/gen4d/depth`` -> GEN4D_DEPTH_MODEL
+    DepthLoader     node ``Gen4D_DepthLoader``: a model from ``models/gen4d/depth`` (or an original Depth Anything V2
+                    single file from ``models/depthanything``) -> GEN4D_DEPTH_MODEL
     Depth           node ``Gen4D_Depth``: IMAGE + GEN4D_DEPTH_MODEL -> depth IMAGE and a MASK-compatible map
     load_depth_model(model_name, device, dtype)     the cached estimator the loader returns
     clear_cache()                   forget every cached estimator
@@ -96,10 +97,12 @@ def clear_cache() -> None:
 
 class DepthLoader:
     DESCRIPTION = (
-        "Loads a monocular depth model (Depth Anything V2, transformers format) from ComfyUI's "
-        "models/gen4d/depth folder: a folder with config.json and model.safetensors, e.g. a copy of "
-        "depth-anything/Depth-Anything-V2-Small-hf. Relative models give disparity (near = large), metric "
-        "models metres. Weights are read on first use and kept for later runs."
+        "Loads a monocular depth model (Depth Anything V2): a transformers folder with config.json and "
+        "model.safetensors in ComfyUI's models/gen4d/depth folder (e.g. a copy of "
+        "depth-anything/Depth-Anything-V2-Small-hf), or an original single file in models/depthanything such as "
+        "depth_anything_v2_vitl_fp32.safetensors (size read from the weights; metric when the name says "
+        "hypersim or vkitti). Relative models give disparity (near = large), metric models metres. Weights are "
+        "read on first use and kept for later runs."
     )
     CATEGORY = f"{T.CATEGORY}/loaders"
     RETURN_TYPES = (T.DEPTH_MODEL,)
@@ -112,7 +115,8 @@ class DepthLoader:
         return {
             "required": {
                 "model_name": model_in("depth",
-                                       "Model folder under models/gen4d/depth (config.json + model.safetensors)."),
+                                       "Model folder under models/gen4d/depth (config.json + model.safetensors), or "
+                                       "a depth_anything_v2_*.safetensors file from models/depthanything."),
                 "device": device_in(),
                 "dtype": dtype_in(),
             },

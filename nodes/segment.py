@@ -11,8 +11,9 @@ Public API:
 
 Design notes:
     Models are transformers SAM2 video checkpoints (``facebook/sam2.1-hiera-*``: ``config.json`` +
-    ``model.safetensors``) in ComfyUI's ``models/sam2`` folder, or any local folder given as an
-    absolute path. Loaded segmenters are cached per (folder, device, dtype, file stamps). With
+    ``model.safetensors``) in ComfyUI's ``models/sam2`` folder, the original SAM2 / SAM2.1 single files
+    ComfyUI users keep there (``sam2.1_hiera_large.safetensors``, any precision), or any local folder or
+    file given as an absolute path. Loaded segmenters are cached per (folder, device, dtype, file stamps). With
     device "auto" the compute device is looked up each time Gen4D_SAM2Split runs (ComfyUI's torch
     device); "auto" dtype is bf16 on CUDA where supported and float32 elsewhere. The split node
     moves the model to the device, segments frame by frame with progress and interrupt checks,
@@ -32,7 +33,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 from ..backends.model_folders import resolve_model
-from ..backends.sam2_video import REQUIRED_FILES, Sam2VideoSegmenter, SegmentationStopped, check_model_folder
+from ..backends.sam2_video import REQUIRED_FILES, Sam2VideoSegmenter, SegmentationStopped, check_model
 from ..core.coco4d.segmentation import FILL_MODES, parse_box, parse_points, points_to_prompt, split_video
 from ..core.formats.convert import check_image, check_mask, parse_color, to_image, to_mask
 from . import host
@@ -60,7 +61,8 @@ def _model_path(model_name: str, local_folder: str = "") -> Path:
     if folder:
         path = Path(folder).expanduser()
         if not path.is_absolute():
-            raise ValueError(f"local_folder must be an absolute path to a transformers SAM2 folder, got {folder!r}")
+            raise ValueError(f"local_folder must be an absolute path to a transformers SAM2 folder or an original "
+                             f"SAM2 .safetensors file, got {folder!r}")
         return resolve_model("sam2", str(path), required=REQUIRED_FILES)
     return resolve_model("sam2", model_name, required=REQUIRED_FILES)
 
@@ -99,10 +101,11 @@ def clear_cache() -> None:
 
 class SAM2Loader:
     DESCRIPTION = (
-        "Loads a SAM2 video segmentation model (transformers format, e.g. facebook/sam2.1-hiera-tiny / -small / "
-        "-base-plus / -large) from ComfyUI's models/sam2 folder: a folder with config.json and "
-        "model.safetensors. A folder elsewhere can be given as an absolute path in local_folder. Runs without "
-        "torchvision."
+        "Loads a SAM2 video segmentation model from ComfyUI's models/sam2 folder: a transformers folder with "
+        "config.json and model.safetensors (e.g. facebook/sam2.1-hiera-tiny / -small / -base-plus / -large), or "
+        "an original SAM2 / SAM2.1 single file such as sam2.1_hiera_large.safetensors (fp32, fp16 or bf16; the "
+        "size is read from the weights). A folder or file elsewhere can be given as an absolute path in "
+        "local_folder. Runs without torchvision."
     )
     CATEGORY = f"{T.CATEGORY}/loaders"
     RETURN_TYPES = (T.SEGMENTER_MODEL,)
@@ -115,14 +118,15 @@ class SAM2Loader:
         return {
             "required": {
                 "model_name": model_in("sam2",
-                                       "Model folder under models/sam2 (config.json + model.safetensors of a "
-                                       "facebook/sam2.1-hiera-* checkpoint)."),
+                                       "Model under models/sam2: a transformers folder (config.json + "
+                                       "model.safetensors of a facebook/sam2.1-hiera-* checkpoint) or an "
+                                       "original single file such as sam2.1_hiera_large.safetensors."),
                 "device": device_in(),
                 "dtype": dtype_in(),
             },
             "optional": {
-                "local_folder": str_in("", "Absolute path of a local transformers SAM2 folder; when set it is "
-                                       "used instead of model_name."),
+                "local_folder": str_in("", "Absolute path of a local transformers SAM2 folder or original SAM2 "
+                                       ".safetensors file; when set it is used instead of model_name."),
             },
         }
 
@@ -131,7 +135,7 @@ class SAM2Loader:
         if model_name is None and not local_folder:
             return True
         try:
-            check_model_folder(_model_path(model_name or "", local_folder or ""))
+            check_model(_model_path(model_name or "", local_folder or ""))
         except ValueError as exc:
             return f"Gen4D_SAM2Loader: {exc}"
         return True

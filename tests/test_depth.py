@@ -304,7 +304,8 @@ def test_single_file_checkpoint_is_explained(models_dir):
     single = models_dir / "gen4d" / "depth" / "depth_anything_v2_vits.safetensors"
     shutil.copy(models_dir / "gen4d" / "depth" / "depth-tiny" / "model.safetensors", single)
     try:
-        with pytest.raises(ValueError, match="single file"):
+        with pytest.raises(ValueError, match=r"depth_anything_v2_vits.safetensors.*not a Depth Anything V2 checkpoint "
+                                             r"in the original naming.*transformers checkpoint.*config.json"):
             nodes.DepthLoader().load(single.name, "auto", "auto")
     finally:
         single.unlink()
