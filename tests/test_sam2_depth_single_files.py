@@ -113,7 +113,12 @@ def _tiny_depth_model(seed=0, **kw):
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return DepthAnythingForDepthEstimation(_tiny_depth_config(**kw)).eval()
+        model = DepthAnythingForDepthEstimation(_tiny_depth_config(**kw)).eval()
+        with torch.no_grad():  # layer scales start at 1: make the two of a block tell apart
+            for layer in model.backbone.encoder.layer:
+                layer.layer_scale1.lambda1.uniform_(0.5, 1.5)
+                layer.layer_scale2.lambda1.uniform_(0.5, 1.5)
+    return model
 
 
 @pytest.fixture(scope="module")
@@ -415,3 +420,69 @@ def test_listing_patterns_pick_sam2_and_depth_anything_v2_files(tmp_path, monkey
     assert model_folders.list_models("depth") == ["depth_anything_v2_vitl_fp32.safetensors"]
     assert model_folders.resolve_model("depth", "depth_anything_v2_vitl_fp32.safetensors") == \
         (tmp_path / "depthanything" / "depth_anything_v2_vitl_fp32.safetensors").resolve()
+
+
+# --------------------------------------------------------------------------- original semantics (independent oracles)
+
+
+def _original_dinov2_block(t: dict, i: int, x: torch.Tensor, heads: int) -> torch.Tensor:
+    """Block ``i`` of the original DINOv2 computed from a file's tensors as that code does: one fused ``qkv``
+    projection read as (3, heads, head width) on its output channels, layer scales ``ls1/ls2.gamma``, and an
+    MLP ``fc1 -> GELU -> fc2`` or SwiGLU ``w12`` (chunk 1 gated by SiLU times chunk 2) ``-> w3``."""
+    import torch.nn.functional as F
+
+    p = f"pretrained.blocks.{i}."
+    b, n, c = x.shape
+    h = F.layer_norm(x, (c,), t[p + "norm1.weight"], t[p + "norm1.bias"], eps=1e-6)
+    qkv = F.linear(h, t[p + "attn.qkv.weight"], t[p + "attn.qkv.bias"]).reshape(b, n, 3, heads, c // heads)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4)
+    att = torch.softmax(q @ k.transpose(-2, -1) / (c // heads) ** 0.5, dim=-1)
+    h = (att @ v).transpose(1, 2).reshape(b, n, c)
+    x = x + t[p + "ls1.gamma"] * F.linear(h, t[p + "attn.proj.weight"], t[p + "attn.proj.bias"])
+    h = F.layer_norm(x, (c,), t[p + "norm2.weight"], t[p + "norm2.bias"], eps=1e-6)
+    if p + "mlp.w12.weight" in t:
+        x1, x2 = F.linear(h, t[p + "mlp.w12.weight"], t[p + "mlp.w12.bias"]).chunk(2, dim=-1)
+        h = F.linear(F.silu(x1) * x2, t[p + "mlp.w3.weight"], t[p + "mlp.w3.bias"])
+    else:
+        h = F.linear(F.gelu(F.linear(h, t[p + "mlp.fc1.weight"], t[p + "mlp.fc1.bias"])),
+                     t[p + "mlp.fc2.weight"], t[p + "mlp.fc2.bias"])
+    return x + t[p + "ls2.gamma"] * h
+
+
+@pytest.mark.parametrize("swiglu", [False, True], ids=["mlp", "swiglu"])
+def test_loaded_encoder_blocks_compute_the_original_dinov2_blocks(models_dir, tmp_path, swiglu):
+    from safetensors.torch import load_file
+
+    path = tmp_path / "depth_anything_v2_tinytest_block.safetensors"
+    _save_original(depth_file.depth_rules(swiglu=swiglu), _tiny_depth_model(seed=3, swiglu=swiglu), path)
+    tensors = load_file(str(path))
+    model = depth_file.load_depth_file(path)
+    x = torch.randn(2, 5, TINY_DEPTH[0], generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for i in range(TINY_DEPTH[1]):
+            out = model.backbone.encoder.layer[i](x)
+            out = out[0] if isinstance(out, tuple) else out
+            torch.testing.assert_close(out, _original_dinov2_block(tensors, i, x, heads=1), rtol=1e-5, atol=1e-5)
+
+
+def test_loaded_sam2_parts_compute_the_original_parts(models_dir):
+    """The object-pointer MLP applies ``layers.0``, ``layers.1``, ``layers.2`` in order with ReLU between, and the
+    prompt encoder's point table is ``point_embeddings.0..3`` in label order (negative, positive, box corners)."""
+    import torch.nn.functional as F
+    from safetensors.torch import load_file
+
+    path = models_dir / "sam2" / SAM2_FILE
+    t = load_file(str(path))
+    model = sam2_file.load_sam2_file(path)
+    x = torch.randn(3, t["obj_ptr_proj.layers.0.weight"].shape[1], generator=torch.Generator().manual_seed(0))
+    ref = x
+    for j in range(3):
+        ref = F.linear(ref, t[f"obj_ptr_proj.layers.{j}.weight"], t[f"obj_ptr_proj.layers.{j}.bias"])
+        ref = F.relu(ref) if j < 2 else ref
+    with torch.no_grad():
+        torch.testing.assert_close(model.object_pointer_proj(x), ref, rtol=1e-5, atol=1e-5)
+    table = model.prompt_encoder.point_embed.weight
+    for label in range(4):
+        assert torch.equal(table[label], t[f"sam_prompt_encoder.point_embeddings.{label}.weight"][0])
+    assert torch.equal(model.shared_image_embedding.positional_embedding,
+                       t["sam_prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"])
