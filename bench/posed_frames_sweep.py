@@ -1,0 +1,152 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Compare settings of the 4D engine on one posed-frame dataset: one coarse fit, several fine fits.
+
+Each run of a JSON plan names the changes it makes to ``CoarseToFineConfig``'s coarse and fine
+stages; runs with the same coarse changes share one coarse fit (fitted once, timed once), so a plan
+of N fine settings costs one coarse stage and N fine stages. Every run is scored on the test split
+as ``bench/posed_frames_bench.py`` scores it (PSNR, SSIM), with its wall times, Gaussian count,
+milliseconds per step and peak CUDA memory. With ``"profile": true`` the fine stage runs under the
+torch profiler (CPU and CUDA) and the busiest operators are printed: use a short run for that.
+
+Plan format (a list of runs)::
+
+    [{"name": "defaults"},
+     {"name": "8 frames a step", "fine": {"times_per_step": 8}},
+     {"name": "densify", "fine": {"densify": {"refine_start": 200}, "lr_final_ratio": 0.1}},
+     {"name": "short coarse", "coarse": {"iterations": 2000}},
+     {"name": "profile", "profile": true, "fine": {"iterations": 60}}]
+
+``fine`` keys are ``DeformationFitConfig`` fields; ``densify``, ``hexplane``, ``loss`` and
+``canonical_learning_rates`` take the fields of their own classes. ``coarse`` keys are
+``StaticFitConfig`` fields (``densify``, ``loss`` and ``learning_rates`` likewise). ``--deadline``
+skips the runs that would end after it (each run may carry an ``"estimate"`` in seconds).
+
+Usage:
+    python bench/posed_frames_bench.py --export-synthetic /tmp/pf
+    python bench/posed_frames_sweep.py /tmp/pf plan.json [--deadline 540] [--json rows.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import posed_frames_bench as pfb  # noqa: E402  (loads the pack)
+from gen4d.backends.render import training_render  # noqa: E402
+from gen4d.core.engine import densify as dens  # noqa: E402
+from gen4d.core.engine.deformation import HexPlaneConfig  # noqa: E402
+from gen4d.core.engine.fit_dynamic import CoarseToFineConfig, fit_deformation  # noqa: E402
+from gen4d.core.engine.fit_static import GaussianLearningRates, fit_static  # noqa: E402
+from gen4d.core.engine.losses import ReconstructionLoss  # noqa: E402
+from gen4d.core.engine.scene import Scene4D, ScenePart  # noqa: E402
+from gen4d.core.engine.views import PosedImages  # noqa: E402
+from gen4d.core.formats.posed_frames import available_splits, read_posed_frames  # noqa: E402
+
+_NESTED = {"densify": lambda d: None if d is None else dens.DensifyConfig(**d),
+           "hexplane": lambda d: HexPlaneConfig(**d),
+           "loss": lambda d: ReconstructionLoss(**d),
+           "canonical_learning_rates": lambda d: GaussianLearningRates(**d),
+           "learning_rates": lambda d: GaussianLearningRates(**d)}
+
+
+def apply_changes(config, changes: dict):
+    """``config`` with the plan's ``changes`` (nested settings built from their dicts)."""
+    values = {k: (_NESTED[k](v) if k in _NESTED else v) for k, v in changes.items()}
+    return replace(config, **values)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("folder", help="dataset folder (transforms*.json)")
+    ap.add_argument("plan", help="JSON list of runs (see above)")
+    ap.add_argument("--deadline", type=float, default=None, help="seconds after start; later runs are skipped")
+    ap.add_argument("--background", default="#ffffff")
+    ap.add_argument("--init-points", type=int, default=5000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--json", default=None, help="also write the result rows here")
+    args = ap.parse_args()
+    start_all = time.perf_counter()
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    background = tuple(pfb.parse_color(args.background).tolist())
+    folder, plan = Path(args.folder), json.loads(Path(args.plan).read_text())
+    test_split = next((s for s in ("test", "val") if s in available_splits(folder)), "train")
+    train = read_posed_frames(folder, "train", background)
+    test = read_posed_frames(folder, test_split, background)
+    views = PosedImages(train.images, train.cameras, train.masks if train.has_alpha else None)
+    init, _, _ = pfb.init_sphere(train.cameras, args.init_points, None, args.seed)
+    warm = pfb.sphere_init(100, 0.5).to(device).requires_grad_(True)  # gsplat may JIT-compile on first use
+    training_render(warm, train.cameras[0].to(device), torch.ones(3, device=device)).rgb.sum().backward()
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"device {name}; {folder}: {len(train.cameras)} train, {len(test.cameras)} {test_split} frames, "
+          f"{train.cameras.width}x{train.cameras.height}", flush=True)
+
+    base = CoarseToFineConfig()
+    common = {"preview_every": 0, "background": background, "seed": args.seed}
+    coarse_fits, rows = {}, []
+    for run in plan:
+        label = run.get("name", "?")
+        if args.deadline is not None and time.perf_counter() - start_all + run.get("estimate", 0) > args.deadline:
+            print(f"skipped {label}: past the deadline", flush=True)
+            continue
+        key = json.dumps(run.get("coarse", {}), sort_keys=True)
+        if key not in coarse_fits:
+            ccfg = apply_changes(replace(base.coarse, **common), run.get("coarse", {}))
+            _sync(device)
+            t = time.perf_counter()
+            coarse = fit_static(init, views, training_render, ccfg, device=device)
+            _sync(device)
+            seconds = time.perf_counter() - t
+            score, _ = pfb.score(Scene4D.static(coarse.gaussians), test.cameras, test.images, background, device)
+            coarse_fits[key] = (coarse, seconds, score)
+            print(f"coarse {key}: {ccfg.iterations} x {ccfg.views_per_step} in {seconds:.1f} s, "
+                  f"{len(coarse.gaussians)} Gaussians, {score['psnr']:.2f} dB", flush=True)
+        coarse, coarse_s, coarse_score = coarse_fits[key]
+        fcfg = apply_changes(replace(base.fine, **common), run.get("fine", {}))
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        _sync(device)
+        t = time.perf_counter()
+        if run.get("profile"):
+            from torch.profiler import ProfilerActivity, profile
+
+            activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+            with profile(activities=activities) as prof:
+                fine = fit_deformation(coarse.gaussians, views, training_render, fcfg, device=device)
+                _sync(device)
+            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=40), flush=True)
+        else:
+            fine = fit_deformation(coarse.gaussians, views, training_render, fcfg, device=device)
+        _sync(device)
+        fine_s = time.perf_counter() - t
+        peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+        scene = Scene4D([ScenePart("object", fine.gaussians, fine.extra["motion"])], len(views), 8.0)
+        score, _ = pfb.score(scene, test.cameras, test.images, background, device)
+        row = {"name": label, "device": name, "coarse_s": coarse_s, "fine_s": fine_s, "total_s": coarse_s + fine_s,
+               "psnr": score["psnr"], "ssim": score["ssim"], "coarse_psnr": coarse_score["psnr"],
+               "gaussians": len(fine.gaussians), "fine_iterations": fcfg.iterations,
+               "times_per_step": fcfg.times_per_step, "ms_per_step": fine_s / fcfg.iterations * 1000,
+               "peak_cuda_mib": peak, "run": run}
+        rows.append(row)
+        print(f"{label}: coarse {coarse_s:.1f} s + fine {fine_s:.1f} s = {coarse_s + fine_s:.1f} s -> "
+              f"{score['psnr']:.2f} dB, SSIM {score['ssim']:.4f}, {row['gaussians']} Gaussians, "
+              f"{fcfg.iterations} x {fcfg.times_per_step} at {row['ms_per_step']:.1f} ms/step"
+              + (f", peak {peak:.0f} MiB" if peak is not None else ""), flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
