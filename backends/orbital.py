@@ -93,7 +93,7 @@ from ..core.diffusion4d.orbital import (
     check_magnitude,
 )
 from .loading import check_weights, file_stamps, holds_weights, missing_config_files, read_folder_weights
-from .memory import make_room, park
+from .memory import park, place
 
 __all__ = [
     "OrbitalModel",
@@ -380,9 +380,7 @@ class OrbitalModel:
                 if m is not None]
 
     def place(self, device: torch.device) -> None:
-        make_room(self.modules(), device)
-        for m in self.modules():
-            m.to(device)
+        place(self.modules(), device)
 
     def offload(self) -> None:
         park(self.modules())

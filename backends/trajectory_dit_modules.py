@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..core.moge4d.strag import MAdaNorm, motion_tokens
+from .memory import streamed_blocks
 from .sequence_parallel import Layout, attention_parallel, gather_tokens, split_tokens, token_range
 
 __all__ = [
@@ -388,7 +389,7 @@ class TrajectoryDiT(nn.Module):
         if s is not None:  # motion tokens cover the first f*h*w tokens: this rank's part of them
             s = s[:, first:min(last, s.shape[1])] if first < s.shape[1] else None
         with attention_parallel(wan, layout, tokens, self.config.num_heads, x.device):
-            for i, block in enumerate(wan.blocks):
+            for i, block in enumerate(streamed_blocks(wan.blocks)):
                 x = self._block(i, block, x, context, temb6, rope, s)
         shift, scale = (wan.scale_shift_table.to(temb.device) + temb.unsqueeze(1)).chunk(2, dim=1)
         x = (wan.norm_out(x.float()) * (1 + scale) + shift).type_as(x)

@@ -62,7 +62,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .loading import check_component_weights, file_stamps, load_diffusers_model, missing_config_files, needs_manual_load
-from .memory import make_room, park, pipeline_modules
+from .memory import park, pipeline_modules, place
 
 __all__ = [
     "VideoGenerator",
@@ -271,8 +271,7 @@ class VideoGenerator:
         if self._offload_hooked:
             self.pipe.remove_all_hooks()
             self._offload_hooked = False
-        make_room(pipeline_modules(self.pipe), device)
-        self.pipe.to(device)
+        place(pipeline_modules(self.pipe), device)
 
     def offload(self) -> None:
         """Park the weights on the CPU (no-op under diffusers' model CPU offload, which does it itself)."""

@@ -59,7 +59,7 @@ from .inpaint import (
     video_to_model_size,
 )
 from .loading import cached, check_diffusers_folder, folder_key, load_component, load_diffusers_model
-from .memory import make_room, park, pipeline_modules
+from .memory import park, pipeline_modules, place
 from .video_inpaint_fun import VISM_LORA_DIR, FunInpainter, find_fun_inp_base, load_fun_inpainter
 from .wan import first_step, flow_sigmas, latent_cells, normalise_latents, start_latents
 
@@ -148,10 +148,7 @@ class VideoInpainter:
 
     def _place(self, device: torch.device) -> None:
         modules = (self.pipe.transformer, self.pipe.transformer_2, self.pipe.text_encoder, self.pipe.vae)
-        make_room(modules, device)
-        for module in modules:
-            if module is not None:
-                module.to(device)
+        place(modules, device)
 
     def _normalise(self, latents: Tensor, inverse: bool = False) -> Tensor:
         cfg = self.pipe.vae.config

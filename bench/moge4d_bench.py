@@ -16,10 +16,16 @@ tokens with the reference frame), batch 2 (classifier-free guidance):
     peak_mib      peak GPU memory
 (The ViSM render / inpaint time is measured by bench/vism_bench.py.)
 
+With ``--lowvram`` the weights live on the CPU and the DiT's blocks are streamed to the GPU one at a
+time (``backends.memory.place`` under the ``"stream"`` policy, as under ComfyUI's ``--lowvram``);
+``peak_mib`` then counts from the placement on, and ``--vram-gib N`` caps the allocator at N GiB
+(``torch.cuda.set_per_process_memory_fraction``) to check that the run fits a smaller card.
+
 Usage:
     python bench/moge4d_bench.py                 # real size on CUDA
     python bench/moge4d_bench.py --budget 400    # measure the full 50 steps only if they fit 400 s
     python bench/moge4d_bench.py --tiny          # toy size on the CPU (a smoke run of the same code)
+    python bench/moge4d_bench.py --lowvram --vram-gib 24 --budget 0   # blocks streamed, a 24 GiB card
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pack_loader import load_pack  # noqa: E402
 
 load_pack()
+from gen4d.backends import memory  # noqa: E402
 from gen4d.backends.trajectory_dit_modules import DiTConfig, OmniMAEFeatures, TrajectoryDiT  # noqa: E402
 from gen4d.backends.wan import params_on_meta  # noqa: E402
 from timing import peak_mib, sync  # noqa: E402
@@ -100,6 +107,20 @@ def run(args) -> dict:
                 omni_heads=2 if tiny else 12)
     sync()
     build_s = time.perf_counter() - start
+    placed = None
+    if args.lowvram:
+        dit.to("cpu")
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            if args.vram_gib:
+                total = torch.cuda.get_device_properties(device).total_memory
+                torch.cuda.set_per_process_memory_fraction(min(1.0, args.vram_gib * 2**30 / total), device)
+        memory.set_offload_policy("stream")
+        t0 = time.perf_counter()
+        placed = memory.place([dit], device)
+        sync()
+        place_s = time.perf_counter() - t0
     n_params = sum(p.numel() for p in dit.parameters())
     gen = torch.Generator(device="cpu").manual_seed(0)
     b = 2  # classifier-free guidance batch
@@ -136,7 +157,8 @@ def run(args) -> dict:
     steady = sorted(times[1:])
     step_s = steady[len(steady) // 2]
     est = 50 * step_s + motion_s
-    out = {"case": "tiny-cpu" if tiny else "wan14b-bf16", "params_b": round(n_params / 1e9, 3),
+    case = ("tiny-cpu" if tiny else "wan14b-bf16") + ("-lowvram" if args.lowvram else "")
+    out = {"case": case, "params_b": round(n_params / 1e9, 3),
            "tokens": (t_lat + 1) * (h // 2) * (w // 2), "build_s": round(build_s, 2),
            "motion_features_s": round(motion_s, 3), "step_s": round(step_s, 3), "total_50_est_s": round(est, 1)}
     if args.full or est <= args.budget:
@@ -152,6 +174,12 @@ def run(args) -> dict:
         out["finite"] = bool(torch.isfinite(x).all())
     peak = peak_mib()
     out["peak_mib"] = None if peak is None else round(peak)
+    if placed is not None:
+        out["placement"] = placed.mode
+        out["place_s"] = round(place_s, 2)
+        out["vram_cap_gib"] = args.vram_gib or None
+        placed.release()
+        out["parked_on_cpu"] = all(p.device.type == "cpu" for p in dit.parameters())
     return out
 
 
@@ -161,6 +189,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed steps after one warm-up step")
     parser.add_argument("--budget", type=float, default=420.0, help="run the full 50 steps if estimated below this")
     parser.add_argument("--full", action="store_true", help="always run the full 50 steps")
+    parser.add_argument("--lowvram", action="store_true",
+                        help="weights on the CPU, the DiT's blocks streamed to the GPU one at a time")
+    parser.add_argument("--vram-gib", type=float, default=0.0,
+                        help="with --lowvram: cap the GPU allocator at this many GiB (0: no cap)")
     args = parser.parse_args()
     print(json.dumps(run(args), indent=1))
 

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from ..backends.loading import set_cache_owner
-from ..backends.memory import set_host_hook, set_host_loader
+from ..backends.memory import set_host_hook, set_host_loader, set_host_low_memory, set_host_release
 from . import (
     cameras,
     checks,
@@ -38,6 +38,8 @@ _MODULES = (cameras, synthetic, video, segment, depth, guidance, inpaint, fit, f
 # loaded by it (ModelPatcher), and its node cache, not ours, decides how long they stay in memory.
 set_host_hook(host.free_memory_for)
 set_host_loader(host.load_with_comfy)
+set_host_low_memory(host.low_vram)
+set_host_release(host.release_from_comfy)
 set_cache_owner(host.in_comfy)
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {}

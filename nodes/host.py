@@ -14,6 +14,8 @@ Public API:
     soft_empty_cache()          release cached GPU memory
     free_memory_for(n, device)  ask ComfyUI's model manager to unload its models until ``n`` bytes fit
     load_with_comfy(modules, device)   register our modules with ComfyUI's model manager and load them there
+    release_from_comfy(modules)   have ComfyUI's model manager unload and forget those modules
+    low_vram()                  True when ComfyUI runs with --lowvram or --novram
     with_notes(node, result, notes)   a node's return value carrying notes shown on the node
     splat_class()               ComfyUI core's SPLAT payload class, or None where the host has none
 
@@ -47,6 +49,8 @@ __all__ = [
     "soft_empty_cache",
     "free_memory_for",
     "load_with_comfy",
+    "release_from_comfy",
+    "low_vram",
     "with_notes",
     "splat_class",
 ]
@@ -203,6 +207,27 @@ def load_with_comfy(modules: Sequence[torch.nn.Module], device: torch.device) ->
         patchers.append(patcher)
     mm.load_models_gpu(patchers)
     return True
+
+
+def release_from_comfy(modules: Sequence[torch.nn.Module]) -> None:
+    """Unload ``modules`` through ComfyUI's model manager (back to its offload device) and drop them from
+    its loaded models, so it neither counts them nor moves them while they are streamed by the pack."""
+    mm = _module("comfy.model_management")
+    loaded = getattr(mm, "current_loaded_models", None) if mm is not None else None
+    if loaded is None:
+        return
+    patchers = [m.__dict__.get("_gen4d_patcher") for m in modules]
+    for i in range(len(loaded) - 1, -1, -1):
+        if any(p is not None and loaded[i].model is p for p in patchers):
+            loaded[i].model_unload()
+            loaded.pop(i)
+
+
+def low_vram() -> bool:
+    """True when ComfyUI's VRAM state is LOW_VRAM or NO_VRAM (``--lowvram`` / ``--novram``)."""
+    mm = _module("comfy.model_management")
+    state = getattr(mm, "vram_state", None) if mm is not None else None
+    return getattr(state, "name", None) in ("LOW_VRAM", "NO_VRAM")
 
 
 def with_notes(node: str, result: tuple, notes: Sequence[str]) -> dict:
