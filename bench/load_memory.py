@@ -222,6 +222,8 @@ def main() -> None:
         return
     if args.file_dtype.startswith(("float8", "fp8")) and not args.single_file:
         ap.error("fp8 file dtypes need --single-file")
+    if args.work is not None:
+        args.work.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.work) as tmp:
         tmp = Path(tmp)
         if args.single_file:
