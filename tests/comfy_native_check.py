@@ -48,6 +48,7 @@ import comfy.utils  # noqa: E402
 from pack_loader import load_pack  # noqa: E402
 
 load_pack()
+from comfy_tiny_models import init_normal, patcher, plain_init, tiny_sd_vae, tiny_unet_config  # noqa: E402
 from gen4d.backends.comfy_native import (  # noqa: E402
     NativeImageInpainter,
     NativeVideoInpainter,
@@ -67,46 +68,6 @@ from safetensors.torch import save_file  # noqa: E402
 torch.manual_seed(0)
 result: dict = {}
 CPU = torch.device("cpu")
-
-
-def init_normal(module, std=0.05):
-    for p in module.parameters():
-        torch.nn.init.normal_(p, std=std)
-    return module
-
-
-def plain_init(module):
-    """ComfyUI's layers skip weight init (weights come from files): fill them (norm gains 1, biases 0)."""
-    for name, p in module.named_parameters():
-        if name.endswith("gamma"):
-            torch.nn.init.ones_(p)
-        elif name.endswith("bias"):
-            torch.nn.init.zeros_(p)
-        else:
-            torch.nn.init.normal_(p, std=(2.0 / max(p[0].numel(), 1)) ** 0.5)
-    return module
-
-
-def patcher(model):
-    return comfy.model_patcher.ModelPatcher(model, load_device=comfy.model_management.get_torch_device(),
-                                            offload_device=comfy.model_management.unet_offload_device())
-
-
-def tiny_unet_config(in_channels):
-    return {"in_channels": in_channels, "out_channels": 4, "model_channels": 32, "num_res_blocks": [1],
-            "channel_mult": [1], "transformer_depth": [1], "transformer_depth_output": [1, 1],
-            "transformer_depth_middle": 1, "context_dim": 768, "image_size": 32,
-            "use_linear_in_transformer": False, "adm_in_channels": None, "use_temporal_attention": False,
-            "use_spatial_transformer": True, "legacy": False, "num_head_channels": -1, "num_heads": 1}
-
-
-def tiny_sd_vae():
-    ddconfig = {"double_z": True, "z_channels": 4, "resolution": 32, "in_channels": 3, "out_ch": 3, "ch": 32,
-                "ch_mult": [1, 1, 1, 1], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0}
-    from comfy.ldm.models.autoencoder import AutoencoderKL
-
-    state = init_normal(AutoencoderKL(ddconfig=ddconfig, embed_dim=4), 0.1).state_dict()
-    return comfy.sd.VAE(sd=state, config={"params": {"ddconfig": ddconfig, "embed_dim": 4}})
 
 
 def expect_error(fn, *words):

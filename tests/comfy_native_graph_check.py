@@ -70,8 +70,8 @@ import comfy.sd  # noqa: E402
 import comfy.supported_models as sm  # noqa: E402
 import execution  # noqa: E402
 import folder_paths  # noqa: E402
-from comfy.ldm.models.autoencoder import AutoencoderKL  # noqa: E402
 from comfy.ldm.wan.vae import WanVAE  # noqa: E402
+from comfy_tiny_models import init_normal, patcher, plain_init, tiny_sd_vae, tiny_unet_config  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
 import nodes  # noqa: E402
@@ -93,24 +93,6 @@ for sub in ("output", "input", "temp"):
 folder_paths.set_output_directory(str(BASE / "output"))
 folder_paths.set_input_directory(str(BASE / "input"))
 folder_paths.set_temp_directory(str(BASE / "temp"))
-
-
-def init_normal(module, std=0.05):
-    for p in module.parameters():
-        torch.nn.init.normal_(p, std=std)
-    return module
-
-
-def plain_init(module):
-    """ComfyUI's layers skip weight init (weights come from files): fill them (norm gains 1, biases 0)."""
-    for name, p in module.named_parameters():
-        if name.endswith("gamma"):
-            torch.nn.init.ones_(p)
-        elif name.endswith("bias"):
-            torch.nn.init.zeros_(p)
-        else:
-            torch.nn.init.normal_(p, std=(2.0 / max(p[0].numel(), 1)) ** 0.5)
-    return module
 
 
 def save(module_or_sd, path: Path, dtype=None):
@@ -140,27 +122,6 @@ with torch.no_grad():
 result["seconds"]["files"] = time.perf_counter() - T0
 
 # --------------------------------------------------------------------------- test-only nodes (never shipped)
-
-
-def tiny_unet_config(in_channels):
-    return {"in_channels": in_channels, "out_channels": 4, "model_channels": 32, "num_res_blocks": [1],
-            "channel_mult": [1], "transformer_depth": [1], "transformer_depth_output": [1, 1],
-            "transformer_depth_middle": 1, "context_dim": 768, "image_size": 32,
-            "use_linear_in_transformer": False, "adm_in_channels": None, "use_temporal_attention": False,
-            "use_spatial_transformer": True, "legacy": False, "num_head_channels": -1, "num_heads": 1}
-
-
-def patcher(model):
-    return comfy.model_patcher.ModelPatcher(model, load_device=comfy.model_management.get_torch_device(),
-                                            offload_device=comfy.model_management.unet_offload_device())
-
-
-def tiny_sd_vae(seed):
-    ddconfig = {"double_z": True, "z_channels": 4, "resolution": 32, "in_channels": 3, "out_ch": 3, "ch": 32,
-                "ch_mult": [1, 1, 1, 1], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0}
-    torch.manual_seed(seed)
-    state = init_normal(AutoencoderKL(ddconfig=ddconfig, embed_dim=4), 0.1).state_dict()
-    return comfy.sd.VAE(sd=state, config={"params": {"ddconfig": ddconfig, "embed_dim": 4}})
 
 
 class SDCheckpoint:
