@@ -404,9 +404,11 @@ class _Report:
         self.channel.put(("progress", int(step), None if total is None else int(total)))
 
 
-def _worker(index: int, devices: tuple[str, ...], port: int, cfg_parallel: bool, timeout_s: float,
+def _worker(index: int, devices: tuple[str, ...], port: int, cfg_parallel: bool, timeout_s: float, threads: int,
             fn: Callable, args: tuple, channel) -> None:
     device = torch.device(devices[index])
+    if device.type == "cpu":  # the caller's threads shared out: ranks on one CPU do not oversubscribe it
+        torch.set_num_threads(threads)
     if device.type == "cuda":
         os.environ["CUDA_VISIBLE_DEVICES"] = str(device.index)
         device = torch.device("cuda", 0)
@@ -484,7 +486,8 @@ def launch(options: ParallelOptions, fn: Callable, args: tuple, what: str, callb
     channel = mp.get_context("spawn").SimpleQueue()
     port = _free_port()
     logger.info("%s: %d workers on %s", what, len(devices), ",".join(devices))
-    task = (_worker, (devices, port, options.cfg_parallel, float(options.timeout_s), fn, tuple(args)))
+    threads = max(1, torch.get_num_threads() // len(devices))
+    task = (_worker, (devices, port, options.cfg_parallel, float(options.timeout_s), threads, fn, tuple(args)))
     # one pickle per worker: a shared tensor's handle can be claimed once
     tasks = tuple(bytes(ForkingPickler.dumps(task)) for _ in devices)
     with _spawnable() as entry:

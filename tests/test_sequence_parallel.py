@@ -84,9 +84,12 @@ def test_two_gloo_ranks_match_one_process(folders, traj_model, inpainter, stage_
         assert agree, f"{case}: the ranks ended with different results"
         _close(ref_dit, dit, f"{case}: trajectory DiT latents")
         _close(ref_fun, fun, f"{case}: Fun InP latents")
-        # whole stages: the VAE and the trajectory decoder see the latents above
+        # whole stages: the VAE and the trajectory decoder see the latents above. Ulysses ranks give the
+        # same latents bit for bit; split guidance rows differ by fp32 rounding (a batch of one row, not
+        # two), which the decoder and the normalisation amplify about twentyfold
+        decoded = 4 * ATOL if cfg_parallel else ATOL
         for name, a, b in zip(("motion maps", "normalised motion", "track points"), ref_tracks, tracks):
-            _close(a, b, f"{case}: trajectory stage {name}", rel=4 * ATOL)
+            _close(a, b, f"{case}: trajectory stage {name}", rel=decoded)
         _close(ref_frames, frames_out, f"{case}: inpainted frames")
     # the comparison can fail: another seed's sampling is far from these
     assert (tasks.dit_latents(None, traj_model.dit, seed=1) - ref_dit).abs().max() > 1e-2
