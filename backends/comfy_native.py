@@ -32,7 +32,8 @@ Design notes:
 
     Checks before any sampling: the MODEL's family from ComfyUI's model class and its detected
     config (``model.model``, ``model.model.model_config.unet_config``), the VAE's latent channels
-    and dimensionality against the MODEL's latent format, the CONDITIONING's cross-attention
+    and dimensionality against the MODEL's latent format (for Wan also the VAE network's family, as
+    other video VAEs share its 16-channel 3D latents), the CONDITIONING's cross-attention
     width against what the MODEL's text input takes (umt5-xxl 4096 for Wan, CLIP 768 / 1024 /
     2048 for SD 1.x / 2.x / SDXL), and the CLIP_VISION's embedding width against Stable Zero123's
     camera projection (768). Errors name the socket and what it expected.
@@ -99,6 +100,7 @@ logger = logging.getLogger(__name__)
 
 WAN_TEXT_WIDTH = 4096      # umt5-xxl hidden size, Wan 2.1's text input
 ZERO123_CLIP_WIDTH = 768   # Stable Zero123's CLIP image embedding (ViT-L/14 projection)
+WAN21_VAE_MODULE = "comfy.ldm.wan.vae"  # where ComfyUI's Wan 2.1 VAE network lives (VAE.first_stage_model)
 
 
 # --------------------------------------------------------------------------- socket checks
@@ -154,7 +156,9 @@ def _model_label(model) -> str:
     return f"{cls} ({cfg})"
 
 
-def _check_vae(node: str, vae, channels: int, dims: int, expected: str):
+def _check_vae(node: str, vae, channels: int, dims: int, expected: str, family: str | None = None):
+    """Latent channels and dimensionality of a ComfyUI VAE; with ``family``, the module its network comes
+    from (other video VAEs, e.g. Cosmos or HunyuanVideo, also give 16-channel 3D latents)."""
     got_channels = getattr(vae, "latent_channels", None)
     got_dims = getattr(vae, "latent_dim", None)
     if got_channels is None or not callable(getattr(vae, "encode", None)):
@@ -163,6 +167,11 @@ def _check_vae(node: str, vae, channels: int, dims: int, expected: str):
         kind = "a video" if int(got_dims) == 3 else "an image"
         raise ValueError(f"{node}: vae: got {kind} VAE with {got_channels} latent channels; the model expects "
                          f"{expected} ({channels} channels, {'video' if dims == 3 else 'image'} latents)")
+    network = getattr(vae, "first_stage_model", None)
+    where = type(network).__module__ if network is not None else None
+    if family is not None and where is not None and where != family:
+        raise ValueError(f"{node}: vae: got a {type(network).__name__} VAE ({where}) with {got_channels}-channel "
+                         f"latents; the model expects {expected} (e.g. wan_2.1_vae.safetensors from VAELoader)")
 
 
 def _check_conditioning(node: str, socket: str, conditioning, width: int, expected: str,
@@ -202,7 +211,7 @@ def check_video_inpaint_inputs(node: str, model, vae, positive, negative, clip_v
         raise ValueError(f"{node}: model: got a {cls} ({cfg}) MODEL; expected a Wan 2.1 VACE model (e.g. "
                          f"wan2.1_vace_1.3B / 14B) or a Wan2.1-Fun InP / Wan 2.1 I2V model (36 input channels) from "
                          f"UNETLoader")
-    _check_vae(node, vae, int(model.model.latent_format.latent_channels), 3, "the Wan 2.1 VAE")
+    _check_vae(node, vae, int(model.model.latent_format.latent_channels), 3, "the Wan 2.1 VAE", WAN21_VAE_MODULE)
     width = _wan_text_width(model)
     for socket, cond in (("positive", positive), ("negative", negative)):
         _check_conditioning(node, socket, cond, width, "umt5-xxl text embeddings (CLIPLoader type 'wan')")

@@ -56,8 +56,10 @@ class _Patcher:
 
 
 class _VAE:
-    def __init__(self, channels, dims):
+    def __init__(self, channels, dims, network_module=None):
         self.latent_channels, self.latent_dim = channels, dims
+        if network_module is not None:  # ComfyUI's VAE keeps its network as first_stage_model
+            self.first_stage_model = type("Network", (), {"__module__": network_module})()
 
     def encode(self, pixels):
         raise AssertionError("a refused input must fail before any encoding")
@@ -91,6 +93,9 @@ def test_video_adaptor_refuses_wrong_model_vae_and_text_encoder_naming_the_socke
         node.build(_sd15(), _VAE(4, 2), _cond(768), _cond(768))
     with pytest.raises(ValueError, match=r"vae: .*image VAE with 4 latent channels.*Wan 2.1 VAE"):
         node.build(_wan_vace(), _VAE(4, 2), _cond(4096), _cond(4096))
+    with pytest.raises(ValueError, match=r"vae: .*comfy\.ldm\.cosmos\.vae.*16-channel.*Wan 2.1 VAE"):
+        node.build(_wan_vace(), _VAE(16, 3, "comfy.ldm.cosmos.vae"), _cond(4096), _cond(4096))
+    node.build(_wan_vace(), _VAE(16, 3, "comfy.ldm.wan.vae"), _cond(4096), _cond(4096))
     with pytest.raises(ValueError, match=r"positive: .*width 768.*umt5"):
         node.build(_wan_vace(), _VAE(16, 3), _cond(768), _cond(4096))
     with pytest.raises(ValueError, match=r"negative: .*CONDITIONING"):
