@@ -31,6 +31,7 @@ from ..core.engine.cameras import Cameras
 from ..core.engine.gaussians import Gaussians
 from ..core.engine.rasterize import rasterize
 from ..core.engine.scene import Scene4D
+from ..core.engine.sh import SH_C0
 
 __all__ = ["RenderOutput", "cpu_step_seconds", "CPU_SECONDS_PER_SPLAT_VIEW",
            "render", "render_each", "render_scene", "render_placed", "training_render",
@@ -91,6 +92,15 @@ def _gsplat_rasterization():
         logger.warning("gsplat unavailable, using the torch rasterizer: %s", exc)
         return None
     return rasterization
+
+
+def _gsplat_colors(sh: Tensor, degree: int) -> tuple[Tensor, int | None]:
+    """What gsplat is given for the colours: at degree 0 the RGB itself, computed as gsplat would
+    (``max(SH_C0 · DC + 0.5, 0)``), so it skips its SH pass, whose camera centres come from a
+    ``torch.inverse`` that waits for the device; at higher degrees the coefficients and the degree."""
+    if degree == 0:
+        return torch.clamp_min(sh[..., 0, :] * SH_C0 + 0.5, 0.0), None
+    return sh, degree
 
 
 def available_backends() -> list[str]:
@@ -187,9 +197,10 @@ def render(
     if name == "gsplat":
         # gsplat 1.5 rejects backgrounds in "RGB+ED" mode; composite them the way it would (+ T * bg).
         _check_stop(should_stop)  # one gsplat call renders the whole batch in milliseconds per image
+        colors_in, gsplat_degree = _gsplat_colors(gaussians.sh, degree)
         colors, alphas, meta = _gsplat_rasterization()(
-            *args, near_plane=cams.near, far_plane=cams.far, sh_degree=degree, render_mode="RGB+ED",
-            packed=False,
+            *args[:4], colors_in, *args[5:], near_plane=cams.near, far_plane=cams.far, sh_degree=gsplat_degree,
+            render_mode="RGB+ED", packed=False,
         )
         means2d, radii = meta["means2d"], meta["radii"]
         rgb = colors[..., :3] if bg is None else colors[..., :3] + (1.0 - alphas) * bg[:, None, None, :]
@@ -296,8 +307,8 @@ def render_each(sets: list[Gaussians], cameras: Cameras, background, screen_grad
         g.validate()
     cams = cameras.to(device)
     bg = _background(background, len(cams), device)
-    degree = sets[0].sh_degree
     stacked = [torch.stack([getattr(g, key) for g in sets]) for key in ("means", "quats", "scales", "opacities", "sh")]
+    stacked[4], degree = _gsplat_colors(stacked[4], sets[0].sh_degree)
     colors, alphas, meta = _gsplat_rasterization()(
         *stacked, cams.viewmats.to(stacked[0].dtype)[:, None], cams.Ks.to(stacked[0].dtype)[:, None],
         int(cams.width), int(cams.height), near_plane=cams.near, far_plane=cams.far, sh_degree=degree,

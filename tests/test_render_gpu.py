@@ -143,8 +143,10 @@ def test_torch_rasterizer_matches_gsplat(seed):
         assert value <= 1e-3, msg
 
 
-def test_render_backends_agree_through_the_pack_api():
-    """``render(backend="gsplat")`` and ``render(backend="torch")`` give the same images and screen data."""
+@pytest.mark.parametrize("bases", [1, 4])
+def test_render_backends_agree_through_the_pack_api(bases):
+    """``render(backend="gsplat")`` and ``render(backend="torch")`` give the same images and screen data
+    (degree 0: gsplat gets the colours themselves; degree 1: the coefficients)."""
     pytest.importorskip("gsplat")
     from gen4d.backends.render import render
     from gen4d.core.engine.cameras import Cameras
@@ -157,7 +159,7 @@ def test_render_backends_agree_through_the_pack_api():
         quats=torch.randn(n, 4, generator=g),
         log_scales=torch.empty(n, 3).uniform_(-5.5, -3.5, generator=g),
         logit_opacities=torch.randn(n, generator=g),
-        sh=torch.randn(n, 4, 3, generator=g) * 0.3,
+        sh=torch.randn(n, bases, 3, generator=g) * 0.3,
     ).to("cuda")
     viewmats = orbit_poses([15.0, -10.0], [30.0, 250.0], 2.4)
     Ks = intrinsics_from_fov(45.0, 200, 150).expand(2, 3, 3).clone()
@@ -204,3 +206,42 @@ def test_render_each_batches_sets_and_matches_one_render_per_set():
     # A set must be seen only by its own camera: swapping the sets changes the images.
     swapped = render_each(sets[::-1], cams, bg)
     assert (swapped.rgb[0] - batched.rgb[0]).abs().max() > 0.05
+
+
+def test_degree_zero_colours_match_gsplats_own_sh_pass_with_gradients():
+    """At SH degree 0 ``render`` hands gsplat the colours (no SH pass, no device wait): images and the
+    gradients of every parameter equal gsplat's own degree-0 SH evaluation."""
+    gsplat = pytest.importorskip("gsplat")
+    from gen4d.backends.render import render
+    from gen4d.core.engine.cameras import Cameras
+    from gen4d.core.engine.gaussians import Gaussians
+
+    g = torch.Generator().manual_seed(5)
+    n = 4_000
+    base = Gaussians(
+        means=(torch.rand(n, 3, generator=g) * 2 - 1) * 0.6,
+        quats=torch.randn(n, 4, generator=g),
+        log_scales=torch.empty(n, 3).uniform_(-5.0, -3.5, generator=g),
+        logit_opacities=torch.randn(n, generator=g),
+        sh=torch.randn(n, 1, 3, generator=g) * 2.0,  # some colours below 0: the clamp is exercised
+    ).to("cuda")
+    viewmats = orbit_poses([10.0, -20.0], [60.0, 200.0], 2.4)
+    Ks = intrinsics_from_fov(45.0, 80, 64).expand(2, 3, 3).clone()
+    cams = Cameras(viewmats, Ks, 80, 64, torch.tensor([0.0, 1.0]), 0.05, 100.0).to("cuda")
+    weights = torch.rand(2, 64, 80, 4, generator=g).cuda()
+
+    def grads(fn):
+        params = {k: v.detach().clone().requires_grad_(True) for k, v in base.tensors().items()}
+        image = fn(Gaussians(**params))
+        (image * weights).sum().backward()
+        return image.detach(), {k: p.grad for k, p in params.items()}
+
+    ours, our_grads = grads(lambda s: torch.cat(
+        [(o := render(s, cams, None, backend="gsplat")).rgb, o.alpha], dim=-1))
+    theirs, their_grads = grads(lambda s: torch.cat(gsplat.rasterization(
+        s.means, s.quats, s.scales, s.opacities, s.sh, cams.viewmats, cams.Ks, 80, 64, near_plane=0.05,
+        far_plane=100.0, sh_degree=0, render_mode="RGB")[:2], dim=-1))
+    assert torch.allclose(ours, theirs, atol=1e-6)
+    for key in our_grads:
+        scale = their_grads[key].abs().max().clamp_min(1e-12)
+        assert ((our_grads[key] - their_grads[key]).abs().max() / scale) < 1e-4, key
