@@ -14,14 +14,9 @@ text encoder or CLIP vision model.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
+from comfy_host import needs_comfyui, run_check
 from gen4d.backends.comfy_native import (
     NativeImageInpainter,
     NativeVideoInpainter,
@@ -153,19 +148,9 @@ def test_eq7_noise_makes_comfys_flow_start_equal_the_paste_level():
     assert torch.equal(eq7_noise(noise, clean, sigma, None, level), noise)
 
 
-COMFYUI_PATH = os.environ.get("COMFYUI_PATH", "")
-
-
-@pytest.mark.skipif(not (COMFYUI_PATH and (Path(COMFYUI_PATH) / "main.py").is_file()),
-                    reason="set COMFYUI_PATH (and COMFYUI_PYTHON) to run the adaptors on ComfyUI's own models")
+@needs_comfyui("to run the adaptors on ComfyUI's own models")
 def test_adaptors_on_comfys_own_models(tmp_path):
-    python = os.environ.get("COMFYUI_PYTHON", sys.executable)
-    script = Path(__file__).with_name("comfy_native_check.py")
-    out = tmp_path / "native.json"
-    run = subprocess.run([python, str(script), COMFYUI_PATH, str(out)], capture_output=True, text=True, timeout=900,
-                         cwd=tmp_path)
-    assert run.returncode == 0, run.stderr[-4000:]
-    r = json.loads(out.read_text())
+    r = run_check("comfy_native_check.py", tmp_path, timeout=900)
     assert r["wan_family"] == ["WAN21_Vace", "vace"]          # ComfyUI's loader detected the tiny file
     for case in ("sd_model_into_video", "sd_vae_into_video", "clip_text_into_video", "wan_into_image",
                  "umt5_into_image", "sd_into_zero123"):
@@ -179,17 +164,10 @@ def test_adaptors_on_comfys_own_models(tmp_path):
     assert r["fit"] == {"steps": 3, "finite": True, "moved": True}
 
 
-@pytest.mark.skipif(not (COMFYUI_PATH and (Path(COMFYUI_PATH) / "main.py").is_file()),
-                    reason="set COMFYUI_PATH (and COMFYUI_PYTHON) to queue native-model graphs in ComfyUI")
+@needs_comfyui("to queue native-model graphs in ComfyUI")
 def test_native_graphs_run_through_comfys_executor(tmp_path):
     """Core loaders -> adaptor nodes -> outpaint / ViSM / static-fit nodes, validated and executed by ComfyUI."""
-    python = os.environ.get("COMFYUI_PYTHON", sys.executable)
-    script = Path(__file__).with_name("comfy_native_graph_check.py")
-    out = tmp_path / "graphs.json"
-    run = subprocess.run([python, str(script), COMFYUI_PATH, str(out)], capture_output=True, text=True, timeout=900,
-                         cwd=tmp_path)
-    assert run.returncode == 0, run.stderr[-4000:]
-    r = json.loads(out.read_text())
+    r = run_check("comfy_native_graph_check.py", tmp_path, timeout=900)
     for name in ("outpaint", "vism", "zero123"):
         assert r[name].get("success"), (name, r[name].get("crashed") or r[name].get("error"), r[name].get("traceback"))
         assert r[name]["calls"]["sample"] > 0 and r[name]["calls"]["apply_model"] > 0, (name, r[name]["calls"])

@@ -5,16 +5,13 @@
 from __future__ import annotations
 
 import gc
-import json
-import os
-import subprocess
 import sys
 import types
-from pathlib import Path
 
 import gen4d  # noqa: F401  (installs the host hooks)
 import pytest
 import torch
+from comfy_host import needs_comfyui, run_check
 from gen4d.backends import loading, memory
 from gen4d.backends.inpaint import load_image_inpainter
 from gen4d.backends.sd_guidance import load_sd_guidance
@@ -163,19 +160,9 @@ def test_without_comfy_nothing_is_registered(monkeypatch):
     assert memory.make_room([layer], "cpu") == 0 and not memory.host_managed(layer)
 
 
-COMFYUI_PATH = os.environ.get("COMFYUI_PATH", "")
-
-
-@pytest.mark.skipif(not (COMFYUI_PATH and (Path(COMFYUI_PATH) / "main.py").is_file()),
-                    reason="set COMFYUI_PATH (and COMFYUI_PYTHON) to check our models under ComfyUI's model manager")
+@needs_comfyui("to check our models under ComfyUI's model manager")
 def test_comfys_model_manager_loads_unloads_and_frees_our_models(tmp_path):
-    python = os.environ.get("COMFYUI_PYTHON", sys.executable)
-    script = Path(__file__).with_name("comfy_memory_check.py")
-    out = tmp_path / "memory.json"
-    run = subprocess.run([python, str(script), COMFYUI_PATH, str(out)], capture_output=True, text=True, timeout=600,
-                         cwd=tmp_path)
-    assert run.returncode == 0, run.stderr[-4000:]
-    r = json.loads(out.read_text())
+    r = run_check("comfy_memory_check.py", tmp_path, timeout=600)
     assert r["same_objects_on_second_load"] is True
     assert r["registered"] == r["modules"] > 0, r
     assert r["registered_after_second_run"] == r["modules"], "a second run added entries instead of reusing them"

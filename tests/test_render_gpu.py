@@ -143,6 +143,19 @@ def test_torch_rasterizer_matches_gsplat(seed):
         assert value <= 1e-3, msg
 
 
+def _random_set(g: torch.Generator, n: int, bases: int, smallest_log_scale: float = -5.0, sh_scale: float = 0.3):
+    """``n`` random Gaussians in a 1.2-wide cube on CUDA, with ``bases`` SH coefficients per colour channel."""
+    from gen4d.core.engine.gaussians import Gaussians
+
+    return Gaussians(
+        means=(torch.rand(n, 3, generator=g) * 2 - 1) * 0.6,
+        quats=torch.randn(n, 4, generator=g),
+        log_scales=torch.empty(n, 3).uniform_(smallest_log_scale, -3.5, generator=g),
+        logit_opacities=torch.randn(n, generator=g),
+        sh=torch.randn(n, bases, 3, generator=g) * sh_scale,
+    ).to("cuda")
+
+
 @pytest.mark.parametrize("bases", [1, 4])
 def test_render_backends_agree_through_the_pack_api(bases):
     """``render(backend="gsplat")`` and ``render(backend="torch")`` give the same images and screen data
@@ -150,17 +163,8 @@ def test_render_backends_agree_through_the_pack_api(bases):
     pytest.importorskip("gsplat")
     from gen4d.backends.render import render
     from gen4d.core.engine.cameras import Cameras
-    from gen4d.core.engine.gaussians import Gaussians
 
-    g = torch.Generator().manual_seed(7)
-    n = 20_000
-    gaussians = Gaussians(
-        means=(torch.rand(n, 3, generator=g) * 2 - 1) * 0.6,
-        quats=torch.randn(n, 4, generator=g),
-        log_scales=torch.empty(n, 3).uniform_(-5.5, -3.5, generator=g),
-        logit_opacities=torch.randn(n, generator=g),
-        sh=torch.randn(n, bases, 3, generator=g) * 0.3,
-    ).to("cuda")
+    gaussians = _random_set(torch.Generator().manual_seed(7), 20_000, bases, smallest_log_scale=-5.5)
     viewmats = orbit_poses([15.0, -10.0], [30.0, 250.0], 2.4)
     Ks = intrinsics_from_fov(45.0, 200, 150).expand(2, 3, 3).clone()
     cams = Cameras(viewmats, Ks, 200, 150, torch.tensor([0.0, 1.0]), 0.05, 100.0).to("cuda")
@@ -183,17 +187,9 @@ def test_render_each_batches_sets_and_matches_one_render_per_set():
     pytest.importorskip("gsplat")
     from gen4d.backends.render import render, render_each
     from gen4d.core.engine.cameras import Cameras
-    from gen4d.core.engine.gaussians import Gaussians
 
     g = torch.Generator().manual_seed(3)
-    n = 5_000
-    sets = [Gaussians(
-        means=(torch.rand(n, 3, generator=g) * 2 - 1) * 0.6,
-        quats=torch.randn(n, 4, generator=g),
-        log_scales=torch.empty(n, 3).uniform_(-5.0, -3.5, generator=g),
-        logit_opacities=torch.randn(n, generator=g),
-        sh=torch.randn(n, 4, 3, generator=g) * 0.3,
-    ).to("cuda") for _ in range(3)]
+    sets = [_random_set(g, 5_000, 4) for _ in range(3)]
     viewmats = orbit_poses([15.0, -10.0, 5.0], [30.0, 250.0, 120.0], 2.4)
     Ks = intrinsics_from_fov(45.0, 96, 64).expand(3, 3, 3).clone()
     cams = Cameras(viewmats, Ks, 96, 64, torch.tensor([0.0, 0.5, 1.0]), 0.05, 100.0).to("cuda")
@@ -217,14 +213,7 @@ def test_degree_zero_colours_match_gsplats_own_sh_pass_with_gradients():
     from gen4d.core.engine.gaussians import Gaussians
 
     g = torch.Generator().manual_seed(5)
-    n = 4_000
-    base = Gaussians(
-        means=(torch.rand(n, 3, generator=g) * 2 - 1) * 0.6,
-        quats=torch.randn(n, 4, generator=g),
-        log_scales=torch.empty(n, 3).uniform_(-5.0, -3.5, generator=g),
-        logit_opacities=torch.randn(n, generator=g),
-        sh=torch.randn(n, 1, 3, generator=g) * 2.0,  # some colours below 0: the clamp is exercised
-    ).to("cuda")
+    base = _random_set(g, 4_000, 1, sh_scale=2.0)  # some colours below 0: the clamp is exercised
     viewmats = orbit_poses([10.0, -20.0], [60.0, 200.0], 2.4)
     Ks = intrinsics_from_fov(45.0, 80, 64).expand(2, 3, 3).clone()
     cams = Cameras(viewmats, Ks, 80, 64, torch.tensor([0.0, 1.0]), 0.05, 100.0).to("cuda")
