@@ -115,7 +115,8 @@ def run(args) -> dict:
             torch.cuda.reset_peak_memory_stats()
             if args.vram_gib:
                 total = torch.cuda.get_device_properties(device).total_memory
-                torch.cuda.set_per_process_memory_fraction(min(1.0, args.vram_gib * 2**30 / total), device)
+                index = device.index if device.index is not None else torch.cuda.current_device()
+                torch.cuda.set_per_process_memory_fraction(min(1.0, args.vram_gib * 2**30 / total), index)
         memory.set_offload_policy("stream")
         t0 = time.perf_counter()
         placed = memory.place([dit], device)
