@@ -62,6 +62,51 @@ def apply_changes(config, changes: dict):
     return replace(config, **values)
 
 
+def _phase_ranges():
+    """Wrap the stages of a fit step in profiler ranges named ``phase:...``; returns an undo function.
+
+    The profile then says how the host time of a step divides between the deformation, the render,
+    the losses, the backward pass, gradient repair and the optimiser.
+    """
+    from gen4d.core.engine import fit_dynamic
+    from gen4d.core.engine.deformation import Deformation
+    from gen4d.core.engine.fit_monitor import FitMonitor
+
+    targets = [(Deformation, "forward_batch", "deformation"), (ReconstructionLoss, "__call__", "loss"),
+               (fit_dynamic.reg, "plane_tv_loss", "regularisers"),
+               (fit_dynamic.reg, "time_smoothness_loss", "regularisers"),
+               (fit_dynamic.reg, "time_l1_loss", "regularisers"), (fit_dynamic, "masked_targets", "targets"),
+               (dens, "zero_non_finite_grads", "grad repair"), (torch.Tensor, "backward", "backward"),
+               (torch.optim.Adam, "step", "optimiser"), (FitMonitor, "record", "monitor"),
+               (training_render, "each", "render")]
+    saved = []
+    for owner, attr, label in targets:
+        original = getattr(owner, attr)
+
+        def wrapped(*a, _f=original, _label=label, **k):
+            with torch.profiler.record_function(f"phase:{_label}"):
+                return _f(*a, **k)
+
+        saved.append((owner, attr, original))
+        setattr(owner, attr, wrapped)
+
+    def undo() -> None:
+        for owner, attr, original in reversed(saved):
+            setattr(owner, attr, original)
+
+    return undo
+
+
+def _print_phases(prof, steps: int) -> None:
+    rows = [e for e in prof.key_averages() if e.key.startswith("phase:")]
+    for e in sorted(rows, key=lambda e: -e.cpu_time_total):
+        print(f"  {e.key[6:]:<14} {e.cpu_time_total / 1000 / steps:7.2f} ms host per step "
+              f"({e.count / steps:.0f} calls)", flush=True)
+    launches = sum(e.count for e in prof.key_averages() if e.key in ("cudaLaunchKernel", "cuLaunchKernel",
+                                                                     "cudaLaunchKernelExC", "cuLaunchKernelEx"))
+    print(f"  kernel launches: {launches / steps:.0f} per step", flush=True)
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -123,10 +168,15 @@ def main() -> None:
             from torch.profiler import ProfilerActivity, profile
 
             activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-            with profile(activities=activities) as prof:
-                fine = fit_deformation(coarse.gaussians, views, training_render, fcfg, device=device)
-                _sync(device)
-            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=40), flush=True)
+            undo = _phase_ranges()
+            try:
+                with profile(activities=activities) as prof:
+                    fine = fit_deformation(coarse.gaussians, views, training_render, fcfg, device=device)
+                    _sync(device)
+            finally:
+                undo()
+            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30), flush=True)
+            _print_phases(prof, fcfg.iterations)
         else:
             fine = fit_deformation(coarse.gaussians, views, training_render, fcfg, device=device)
         _sync(device)
