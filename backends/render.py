@@ -28,7 +28,7 @@ from torch import Tensor
 
 from ..core.coco4d.screen_trajectory import composite_layers, place_layer
 from ..core.engine.cameras import Cameras
-from ..core.engine.gaussians import Gaussians
+from ..core.engine.gaussians import GaussianBatch, Gaussians
 from ..core.engine.rasterize import rasterize
 from ..core.engine.scene import Scene4D
 from ..core.engine.sh import SH_C0
@@ -303,12 +303,19 @@ def render_each(sets: list[Gaussians], cameras: Cameras, background, screen_grad
         merged = RenderOutput.cat(outs)
         merged.parts = outs if screen_grads else None
         return merged
-    for g in sets:
-        g.validate()
     cams = cameras.to(device)
     bg = _background(background, len(cams), device)
-    stacked = [torch.stack([getattr(g, key) for g in sets]) for key in ("means", "quats", "scales", "opacities", "sh")]
-    stacked[4], degree = _gsplat_colors(stacked[4], sets[0].sh_degree)
+    degree = sets[0].sh_degree
+    if isinstance(sets, GaussianBatch):  # fields already stacked (or shared): no split-and-restack
+        sh_in, degree = _gsplat_colors(sets.fields["sh"], degree)
+        stacked = [sets.stacked("means"), sets.stacked("quats"), sets.stacked("log_scales", torch.exp),
+                   sets.stacked("logit_opacities", torch.sigmoid), sets.broadcast("sh", sh_in)]
+    else:
+        for g in sets:
+            g.validate()
+        stacked = [torch.stack([getattr(g, key) for g in sets])
+                   for key in ("means", "quats", "scales", "opacities", "sh")]
+        stacked[4], degree = _gsplat_colors(stacked[4], degree)
     colors, alphas, meta = _gsplat_rasterization()(
         *stacked, cams.viewmats.to(stacked[0].dtype)[:, None], cams.Ks.to(stacked[0].dtype)[:, None],
         int(cams.width), int(cams.height), near_plane=cams.near, far_plane=cams.far, sh_degree=degree,

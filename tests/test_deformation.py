@@ -15,7 +15,7 @@ from gen4d.core.engine.deformation import (
     bounds_from_means,
     param_groups,
 )
-from gen4d.core.engine.gaussians import Gaussians, quat_multiply, rotmat_to_quat
+from gen4d.core.engine.gaussians import GaussianBatch, Gaussians, quat_multiply, rotmat_to_quat
 from gen4d.core.engine.regularizers import (
     knn,
     knn_weights,
@@ -169,6 +169,41 @@ def test_forward_batch_matches_single_times_and_per_point_times():
     assert not torch.allclose(batch[0].means, batch[2].means, atol=1e-4)  # the randomised field moves
     per_point = module(g, torch.full((200,), 0.35))
     torch.testing.assert_close(per_point.means, batch[1].means, atol=1e-6, rtol=0)
+
+
+def test_forward_batch_keeps_its_stacked_fields_behind_the_list():
+    """The sets ``forward_batch`` returns are views of one stacked tensor per moved field; unmoved fields
+    are the canonical tensors, shared (what the batched rasteriser reads instead of re-stacking)."""
+    g = random_gaussians(60)
+    module = randomise(Deformation(SMALL, canonical=g, generator=gen()))
+    batch = module.forward_batch(g, [0.1, 0.6, 0.9])
+    assert isinstance(batch, GaussianBatch) and len(batch) == 3
+    assert batch.shared == {"logit_opacities", "sh"}
+    for name in ("means", "quats", "log_scales"):
+        stacked = batch.stacked(name)
+        assert stacked.shape[:2] == (3, 60)
+        for i, one in enumerate(batch):
+            assert getattr(one, name).data_ptr() == stacked[i].data_ptr()
+    opacities = batch.stacked("logit_opacities", torch.sigmoid)
+    assert opacities.shape == (3, 60) and opacities.stride(0) == 0
+    torch.testing.assert_close(opacities[2], torch.sigmoid(g.logit_opacities))
+    torch.testing.assert_close(batch.stacked("log_scales", torch.exp), torch.stack([s.scales for s in batch]))
+    loss = batch.stacked("means").square().sum() + batch.stacked("sh").sum()
+    loss.backward()
+    assert all(p.grad is not None for p in module.heads["position"].parameters())
+
+
+def test_gaussian_batch_refuses_fields_of_the_wrong_shape():
+    g = random_gaussians(10)
+    fields = g.tensors()
+    with pytest.raises(ValueError, match="fields must be"):
+        GaussianBatch({k: v for k, v in fields.items() if k != "sh"}, 2)
+    with pytest.raises(ValueError, match=r"means must be \[N,...\] or \[B=2"):
+        GaussianBatch({**fields, "means": torch.zeros(3, 10, 3)}, 2)
+    with pytest.raises(ValueError, match="batch must be"):
+        GaussianBatch(fields, 0)
+    shared = GaussianBatch(fields, 2)
+    assert shared[0].means is g.means and shared.stacked("means").shape == (2, 10, 3)
 
 
 def test_static_mask_keeps_gaussians_bit_exact():

@@ -234,3 +234,48 @@ def test_degree_zero_colours_match_gsplats_own_sh_pass_with_gradients():
     for key in our_grads:
         scale = their_grads[key].abs().max().clamp_min(1e-12)
         assert ((our_grads[key] - their_grads[key]).abs().max() / scale) < 1e-4, key
+
+
+@pytest.mark.parametrize("bases", [1, 4])
+def test_render_each_reads_a_deformation_batch_stacked_with_the_same_images_and_gradients(bases):
+    """A ``GaussianBatch`` from ``Deformation.forward_batch`` goes to gsplat as the stacked fields it holds
+    (no split and re-stack): images and the gradients of the canonical set and of the field equal
+    those of the same sets handed over as a plain list."""
+    pytest.importorskip("gsplat")
+    from gen4d.backends.render import render_each
+    from gen4d.core.engine.cameras import Cameras
+    from gen4d.core.engine.deformation import Deformation, HexPlaneConfig
+    from gen4d.core.engine.gaussians import GaussianBatch, Gaussians
+
+    g = torch.Generator().manual_seed(11)
+    base = _random_set(g, 3_000, bases)
+    deformation = Deformation(HexPlaneConfig(time_resolution=8), base, generator=g)
+    for head in deformation.heads.values():  # non-zero deltas, so every head's gradient is exercised
+        torch.nn.init.normal_(head[-1].weight, std=0.05, generator=g)
+    deformation = deformation.cuda()
+    times = torch.tensor([0.1, 0.5, 0.9], device="cuda")
+    viewmats = orbit_poses([15.0, -10.0, 5.0], [30.0, 250.0, 120.0], 2.4)
+    Ks = intrinsics_from_fov(45.0, 96, 64).expand(3, 3, 3).clone()
+    cams = Cameras(viewmats, Ks, 96, 64, times.cpu(), 0.05, 100.0).to("cuda")
+    bg = torch.tensor([0.2, 0.4, 0.6], device="cuda")
+    weights = torch.rand(3, 64, 96, 5, generator=g).cuda()
+
+    def run(as_list: bool):
+        deformation.zero_grad(set_to_none=True)
+        params = {k: v.detach().clone().requires_grad_(True) for k, v in base.tensors().items()}
+        sets = deformation.forward_batch(Gaussians(**params), times)
+        assert isinstance(sets, GaussianBatch)
+        out = render_each(list(sets) if as_list else sets, cams, bg)
+        image = torch.cat([out.rgb, out.alpha, out.depth], dim=-1)
+        (image * weights).sum().backward()
+        grads = {k: p.grad.clone() for k, p in params.items()}
+        grads.update({n: p.grad.clone() for n, p in deformation.named_parameters() if p.grad is not None})
+        return image.detach(), grads
+
+    stacked, stacked_grads = run(False)
+    listed, listed_grads = run(True)
+    assert torch.allclose(stacked, listed, atol=1e-5)
+    assert stacked_grads.keys() == listed_grads.keys() and len(stacked_grads) > 5
+    for key, value in listed_grads.items():
+        scale = value.abs().max().clamp_min(1e-12)
+        assert ((stacked_grads[key] - value).abs().max() / scale) < 1e-4, key

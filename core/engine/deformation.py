@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .gaussians import Gaussians
+from .gaussians import GaussianBatch, Gaussians
 from .scene import Motion, register_motion
 from .sh import num_sh_bases
 
@@ -488,7 +488,7 @@ class Deformation(nn.Module):
         return _apply_deltas(g, d, idx, batch=None)
 
     def forward_batch(self, gaussians: Gaussians, times: Tensor | Sequence[float],
-                      static_mask: Tensor | None = None, check_values: bool = True) -> list[Gaussians]:
+                      static_mask: Tensor | None = None, check_values: bool = True) -> GaussianBatch:
         """Deform ``gaussians`` to each of ``B`` times with one pass over ``B*N`` points.
 
         Args:
@@ -500,8 +500,8 @@ class Deformation(nn.Module):
                 turns it off (shapes are checked either way).
 
         Returns:
-            ``B`` deformed sets; their tensors are views of stacked ``[B,N,...]`` results and
-            unchanged fields are shared with ``gaussians``.
+            the ``B`` deformed sets as a :class:`GaussianBatch`: their tensors are views of the
+            stacked ``[B,N,...]`` results, and unchanged fields are shared with ``gaussians``.
         """
         if check_values or not isinstance(times, Tensor) or times.dim() != 1:
             g = self._check_gaussians(gaussians, "Deformation.forward_batch")
@@ -567,7 +567,7 @@ def _check_times(t: Any, who: str, name: str, allow_per_point: int | None = None
 
 
 def _apply_deltas(g: Gaussians, d: dict[str, Tensor], idx: Tensor | None,
-                  batch: int | None) -> Gaussians | list[Gaussians]:
+                  batch: int | None) -> Gaussians | GaussianBatch:
     """Add head outputs ``d`` (``[M,·]`` or ``[B,M,·]``) to the rows ``idx`` (all if None) of ``g``.
 
     Fields without a head are passed through as the very same tensors.
@@ -589,7 +589,8 @@ def _apply_deltas(g: Gaussians, d: dict[str, Tensor], idx: Tensor | None,
             out[name] = stacked + delta if idx is None else stacked.index_add(1, idx, delta)
     if batch is None:
         return Gaussians(*(out.get(k, base[k]) for k in order))
-    return [Gaussians(*(out[k][i] if k in out else base[k] for k in order)) for i in range(batch)]
+    names = ("means", "quats", "log_scales", "logit_opacities", "sh")
+    return GaussianBatch({f: out.get(k, base[k]) for f, k in zip(names, order)}, batch)
 
 
 @register_motion

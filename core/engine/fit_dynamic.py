@@ -250,8 +250,7 @@ def fit_deformation(
             total, parts = cfg.loss(rendered, target, masks)
             terms = dict(parts)
             if knn_index is not None:
-                stacked_means = torch.stack([g.means for g in deformed])
-                stacked_quats = torch.stack([g.quats for g in deformed])
+                stacked_means, stacked_quats = deformed.stacked("means"), deformed.stacked("quats")
                 rigid = cfg.rigidity_weight * reg.rigidity_loss(
                     base.means, stacked_means, knn_index, canonical_quats=base.quats, deformed_quats=stacked_quats,
                     check_values=False)

@@ -4,6 +4,7 @@
 Public API:
     Gaussians                      means / quats / log_scales / logit_opacities / sh, with activated views
     Gaussians.from_colors          build from colours, scales and opacities in natural units
+    GaussianBatch                  B sets of one size from one batched computation, fields kept stacked
     sphere_init                    CoCo4D / DreamGaussian init: points on a sphere surface
     from_depth                     back-project depth pixels (one Gaussian per pixel)
     quat_multiply / quat_to_rotmat / rotmat_to_quat   wxyz quaternion helpers
@@ -29,6 +30,7 @@ from .sh import num_sh_bases, rgb_to_sh, sh_degree_from_bases, sh_to_rgb
 
 __all__ = [
     "Gaussians",
+    "GaussianBatch",
     "sphere_init",
     "from_depth",
     "quat_multiply",
@@ -236,6 +238,49 @@ class Gaussians:
             quats=quat_multiply(q, self.quats),
             log_scales=self.log_scales + math.log(scale),
         )
+
+
+class GaussianBatch(list):
+    """``B`` Gaussian sets of one size made by one batched computation (a deformation at ``B`` times).
+
+    It is the list of the ``B`` :class:`Gaussians` and also keeps every field as it was computed:
+    stacked ``[B,N,...]`` or, for a field all sets share, the one ``[N,...]`` tensor. The list's sets
+    are views of those tensors, so both feed one autograd graph. A consumer of the whole batch (the
+    batched rasteriser) reads :meth:`stacked` instead of splitting and re-stacking: re-stacking ``B``
+    slices costs a copy per field, and its backward pass rebuilds each field's gradient from ``B``
+    slices (a zero-filled ``[B,N,...]`` tensor per slice, then ``B - 1`` additions).
+
+    Args:
+        values: every field of :class:`Gaussians` by name, ``[B,N,...]`` or shared ``[N,...]``.
+        batch: ``B``.
+    """
+
+    def __init__(self, values: dict[str, Tensor], batch: int) -> None:
+        names = [f.name for f in fields(Gaussians)]
+        if sorted(values) != sorted(names):
+            raise ValueError(f"GaussianBatch: fields must be {names}, got {sorted(values)}")
+        if batch < 1:
+            raise ValueError(f"GaussianBatch: batch must be >= 1, got {batch}")
+        n = values["means"].shape[-2]
+        base_dims = {"means": 2, "quats": 2, "log_scales": 2, "logit_opacities": 1, "sh": 3}
+        self.shared = frozenset(k for k, v in values.items() if v.dim() == base_dims[k])
+        for k, v in values.items():
+            if k not in self.shared and (v.dim() != base_dims[k] + 1 or v.shape[0] != batch or v.shape[1] != n):
+                raise ValueError(f"GaussianBatch: {k} must be [N,...] or [B={batch},N={n},...], got {tuple(v.shape)}")
+        self.fields = dict(values)
+        super().__init__(Gaussians(**{k: (v if k in self.shared else v[i]) for k, v in values.items()})
+                         for i in range(batch))
+
+    def stacked(self, name: str, activation=None) -> Tensor:
+        """Field ``name`` as ``[B,N,...]``, ``activation`` (e.g. ``torch.exp``) applied once, before a
+        shared field is expanded."""
+        value = self.fields[name]
+        return self.broadcast(name, value if activation is None else activation(value))
+
+    def broadcast(self, name: str, value: Tensor) -> Tensor:
+        """``value``, computed row by row from field ``name``, as ``[B,N,...]``: expanded without a copy
+        when the field is shared, else as it is."""
+        return value.unsqueeze(0).expand(len(self), *value.shape) if name in self.shared else value
 
 
 def _fmt(shape) -> str:
