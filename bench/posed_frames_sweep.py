@@ -16,6 +16,9 @@ Plan format (a list of runs)::
      {"name": "short coarse", "coarse": {"iterations": 2000}},
      {"name": "profile", "profile": true, "fine": {"iterations": 60}}]
 
+``"sets_as_list": true`` hands the deformed sets to the batched rasteriser as a plain list, which it
+re-stacks every step: the baseline for the stacked hand-over (``GaussianBatch``) in an A/B run.
+
 ``fine`` keys are ``DeformationFitConfig`` fields; ``densify``, ``hexplane``, ``loss`` and
 ``canonical_learning_rates`` take the fields of their own classes. ``coarse`` keys are
 ``StaticFitConfig`` fields (``densify``, ``loss`` and ``learning_rates`` likewise). ``--deadline``
@@ -39,7 +42,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import posed_frames_bench as pfb  # noqa: E402  (loads the pack)
-from gen4d.backends.render import training_render  # noqa: E402
+from gen4d.backends.render import render_each, training_render  # noqa: E402
 from gen4d.core.engine import densify as dens  # noqa: E402
 from gen4d.core.engine.deformation import HexPlaneConfig  # noqa: E402
 from gen4d.core.engine.fit_dynamic import CoarseToFineConfig, fit_deformation  # noqa: E402
@@ -107,6 +110,19 @@ def _print_phases(prof, steps: int) -> None:
     print(f"  kernel launches: {launches / steps:.0f} per step", flush=True)
 
 
+def _render_fn(run: dict):
+    """``training_render``, or with ``"sets_as_list"`` a copy whose ``each`` gets the sets as a plain list."""
+    if not run.get("sets_as_list"):
+        return training_render
+
+    def render_fn(gaussians, cameras, background):
+        return training_render(gaussians, cameras, background)
+
+    render_fn.each = lambda sets, cameras, background, screen_grads=False: render_each(
+        list(sets), cameras, background, screen_grads=screen_grads)
+    return render_fn
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -171,14 +187,14 @@ def main() -> None:
             undo = _phase_ranges()
             try:
                 with profile(activities=activities) as prof:
-                    fine = fit_deformation(coarse.gaussians, views, training_render, fcfg, device=device)
+                    fine = fit_deformation(coarse.gaussians, views, _render_fn(run), fcfg, device=device)
                     _sync(device)
             finally:
                 undo()
             print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30), flush=True)
             _print_phases(prof, fcfg.iterations)
         else:
-            fine = fit_deformation(coarse.gaussians, views, training_render, fcfg, device=device)
+            fine = fit_deformation(coarse.gaussians, views, _render_fn(run), fcfg, device=device)
         _sync(device)
         fine_s = time.perf_counter() - t
         peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
