@@ -284,7 +284,8 @@ def render_each(sets: list[Gaussians], cameras: Cameras, background, screen_grad
     """Camera ``i`` sees ``sets[i]``: the sets of one deformation at several times, say.
 
     On CUDA with gsplat, sets of equal size go through one batched rasterization (one launch for all
-    of them instead of one per set); elsewhere each set is rendered on its own.
+    of them instead of one per set); a :class:`GaussianBatch` (what ``Deformation.forward_batch``
+    returns) goes in as the stacked tensors it holds. Elsewhere each set is rendered on its own.
 
     Args:
         screen_grads: keep screen-space data for densification: ``means2d`` / ``radii`` of shape

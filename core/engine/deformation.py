@@ -629,7 +629,7 @@ class DeformationMotion(Motion):
         self.check_compatible(len(gaussians))
         return self.deformation(gaussians, t, self.static_mask)
 
-    def apply_batch(self, gaussians: Gaussians, times: Tensor | Sequence[float]) -> list[Gaussians]:
+    def apply_batch(self, gaussians: Gaussians, times: Tensor | Sequence[float]) -> GaussianBatch:
         """Gaussians at each of ``times [B]`` in one pass (see :meth:`Deformation.forward_batch`)."""
         self.check_compatible(len(gaussians))
         return self.deformation.forward_batch(gaussians, times, self.static_mask)

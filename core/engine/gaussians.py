@@ -248,7 +248,8 @@ class GaussianBatch(list):
     are views of those tensors, so both feed one autograd graph. A consumer of the whole batch (the
     batched rasteriser) reads :meth:`stacked` instead of splitting and re-stacking: re-stacking ``B``
     slices costs a copy per field, and its backward pass rebuilds each field's gradient from ``B``
-    slices (a zero-filled ``[B,N,...]`` tensor per slice, then ``B - 1`` additions).
+    slices (a zero-filled ``[B,N,...]`` tensor per slice, then ``B - 1`` additions). Treat it as
+    read-only: the stacked fields do not follow changes to the list.
 
     Args:
         values: every field of :class:`Gaussians` by name, ``[B,N,...]`` or shared ``[N,...]``.
