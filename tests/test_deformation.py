@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from deformation_helpers import randomise
 from gen4d.core.engine.deformation import (
     Deformation,
     DeformationMotion,
@@ -37,18 +38,6 @@ def random_gaussians(n: int, k: int = 1, seed: int = 0) -> Gaussians:
     g = gen(seed)
     return Gaussians(torch.rand(n, 3, generator=g) - 0.5, torch.randn(n, 4, generator=g),
                      torch.randn(n, 3, generator=g) - 4, torch.randn(n, generator=g), torch.randn(n, k, 3, generator=g))
-
-
-def randomise(module: Deformation, seed: int = 1) -> Deformation:
-    """Give the zero-initialised last layers and the time planes non-trivial values."""
-    g = gen(seed)
-    with torch.no_grad():
-        for head in module.heads.values():
-            head[-1].weight.copy_(torch.randn(head[-1].weight.shape, generator=g) * 0.1)
-            head[-1].bias.copy_(torch.randn(head[-1].bias.shape, generator=g) * 0.01)
-        for _, p in module.field.planes("time"):
-            p.add_(torch.randn(p.shape, generator=g) * 0.2)
-    return module
 
 
 def assert_same(a: Gaussians, b: Gaussians) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from deformation_helpers import randomise
 from gen4d.backends import render as render_mod
 from gen4d.core.engine.cameras import Cameras, intrinsics_from_fov, orbit_poses
 from gen4d.core.engine.deformation import Deformation, HexPlaneConfig
@@ -58,11 +59,7 @@ def _batch_and_cameras(bases: int, static_every: int | None):
                      logit_opacities=torch.randn(n, generator=g), sh=torch.randn(n, bases, 3, generator=g) * 0.4)
     deformation = Deformation(HexPlaneConfig(feature_dim=8, base_resolution=16, time_resolution=6, width=32), base,
                               generator=g)
-    with torch.no_grad():  # deltas that differ between times, so every entry of the batch is its own set
-        for head in deformation.heads.values():
-            head[-1].weight.normal_(0.0, 0.4, generator=g)
-        for _, plane in deformation.field.planes("time"):
-            plane.add_(torch.randn(plane.shape, generator=g))
+    randomise(deformation, seed=4, head_std=0.4, plane_std=1.0)  # every entry of the batch is its own set
     mask = None
     if static_every:
         mask = torch.zeros(n, dtype=torch.bool)

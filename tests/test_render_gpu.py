@@ -242,6 +242,7 @@ def test_render_each_reads_a_deformation_batch_stacked_with_the_same_images_and_
     (no split and re-stack): images and the gradients of the canonical set and of the field equal
     those of the same sets handed over as a plain list."""
     pytest.importorskip("gsplat")
+    from deformation_helpers import randomise
     from gen4d.backends.render import render_each
     from gen4d.core.engine.cameras import Cameras
     from gen4d.core.engine.deformation import Deformation, HexPlaneConfig
@@ -250,9 +251,8 @@ def test_render_each_reads_a_deformation_batch_stacked_with_the_same_images_and_
     g = torch.Generator().manual_seed(11)
     base = _random_set(g, 3_000, bases)
     deformation = Deformation(HexPlaneConfig(time_resolution=8), base, generator=g)
-    for head in deformation.heads.values():  # non-zero deltas, so every head's gradient is exercised
-        torch.nn.init.normal_(head[-1].weight, std=0.05, generator=g)
-    deformation = deformation.cuda()
+    # Deltas that differ between times: every head's gradient is exercised and every set is its own.
+    deformation = randomise(deformation, seed=11, head_std=0.4, plane_std=1.0).cuda()
     times = torch.tensor([0.1, 0.5, 0.9], device="cuda")
     viewmats = orbit_poses([15.0, -10.0, 5.0], [30.0, 250.0, 120.0], 2.4)
     Ks = intrinsics_from_fov(45.0, 96, 64).expand(3, 3, 3).clone()
