@@ -64,8 +64,9 @@ class FitOptions:
                                                  "(4DGS 64); 0 = the preset's.")
         required["hexplane_multires"] = str_in("", "HexPlane spatial resolution multipliers, e.g. '1,2' (4DGS "
                                                "D-NeRF: 1,2 = planes of 64 and 128); empty = the preset's.")
-        required["time_resolution"] = int_in(0, 0, 1024, "HexPlane samples along time; 0 = follow the number of "
-                                             "frame times (at most 64).")
+        required["time_resolution"] = int_in(0, 0, 1024, "HexPlane samples along time; 0 = one per frame time, "
+                                             "at most 25 (4DGS on D-NeRF): a coarser grid interpolates "
+                                             "better between frames each seen from one camera.")
         return {"required": required}
 
     @classmethod

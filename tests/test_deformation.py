@@ -15,6 +15,7 @@ from gen4d.core.engine.deformation import (
     HexPlaneField,
     bounds_from_means,
     param_groups,
+    time_samples_for,
 )
 from gen4d.core.engine.gaussians import GaussianBatch, Gaussians, quat_multiply, rotmat_to_quat
 from gen4d.core.engine.regularizers import (
@@ -407,6 +408,14 @@ def test_invalid_inputs_raise_value_errors_naming_the_argument():
                           ({"deform_position": False, "deform_scale": False, "deform_rotation": False}, "deform_")):
         with pytest.raises(ValueError, match=match):
             HexPlaneConfig(**kwargs)
+
+
+def test_time_samples_follow_the_frame_count_up_to_the_cap():
+    assert [time_samples_for(n, 25) for n in (1, 2, 16, 25, 49, 100)] == [2, 2, 16, 25, 25, 25]
+    assert time_samples_for(100, 64) == 64
+    for frames, cap in ((0, 25), (10, 1)):
+        with pytest.raises(ValueError, match="time_samples_for"):
+            time_samples_for(frames, cap)
 
 
 def test_cpu_gradients_do_not_depend_on_the_thread_count():

@@ -369,6 +369,19 @@ def test_same_seed_same_gaussians(tiny):
     assert sd.keys() == se.keys() and all(torch.equal(sd[k], se[k]) for k in sd)
 
 
+def test_adapted_time_grid_has_one_sample_per_frame_time_up_to_the_configured_count(tiny):
+    """A fit that adapts its time grid samples each distinct frame time once, at most the configured count."""
+    frames = int(torch.unique(tiny.video.cameras.times).numel())
+    assert frames == 4
+    canonical = sphere(200)
+    for adapt, configured, expected in ((True, 25, frames), (True, 3, 3), (False, 9, 9)):
+        config = deformation_config(1, hexplane=dataclasses.replace(small_field(), time_resolution=configured),
+                                    adapt_time_resolution=adapt)
+        motion = fit_deformation(canonical, tiny.video, training_render, config).extra["motion"]
+        assert motion.deformation.config.time_resolution == expected, (adapt, configured)
+        assert motion.deformation.field.grids[0]["xt"].shape[-1] == expected
+
+
 # --------------------------------------------------------------------------- 6. screen trajectory
 
 

@@ -95,7 +95,7 @@ class OutpaintConfig:
         static_views_per_step: images per static refit step; times_per_step: frames per field step.
         learning_rates: Gaussian Adam rates (Table 4; position decays to 1 %).
         hexplane: field settings (4DGS defaults); its bounds and time resolution are set by the run
-            (bounds: lift + pose frustums; time: the frame count, at most 64).
+            (bounds: lift + pose frustums; time: the frame count, at most ``hexplane.time_resolution``).
         deformation_lr, grid_lr: field rates (Table 4: 0.0064, 0.064).
         max_scale: clamp on activated Gaussian scales (App. A: 0.2).
         densify_interval: densification interval (Table 4: 100); 0 turns it off.

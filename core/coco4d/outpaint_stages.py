@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from ..engine.cameras import Cameras, clip_cameras, orbit_poses
-from ..engine.deformation import Deformation, DeformationMotion
+from ..engine.deformation import Deformation, DeformationMotion, time_samples_for
 from ..engine.fit_dynamic import fit_deformation
 from ..engine.fit_static import RenderFn, fit_static
 from ..engine.gaussians import Gaussians, from_depth
@@ -446,7 +446,7 @@ class OutpaintState:
 
     @property
     def time_resolution(self) -> int:
-        return int(min(max(self.frames.shape[0], 2), 64))
+        return time_samples_for(self.frames.shape[0], self.cfg.hexplane.time_resolution)
 
     @property
     def reference_views(self) -> PosedImages:

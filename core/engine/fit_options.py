@@ -140,7 +140,7 @@ class FitOptions:
         deformation_lr, grid_lr: rates of the deformation MLPs and the HexPlane planes.
         hexplane_resolution: spatial plane resolution at multiplier 1.
         hexplane_multires: spatial resolution multipliers, e.g. ``(1, 2)``.
-        time_resolution: samples along time; ``None`` follows the number of frame times.
+        time_resolution: samples along time; ``None``: one per frame time, at most the preset's (25).
     """
 
     preset: str = "coco4d_foreground"
