@@ -15,6 +15,7 @@ default, 27.6 dB after 200 steps with ``SHORT_FIT_LR`` and 28.4 dB after the def
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 
@@ -25,7 +26,7 @@ from gen4d.backends.render import render_scene, training_render
 from gen4d.core.coco4d.reference import reference_clip
 from gen4d.core.coco4d.screen_trajectory import ScreenTrajectory, center_object, refine_trajectory
 from gen4d.core.engine.cameras import Cameras, diffusion4d_orbit, intrinsics_from_fov, orbit_poses
-from gen4d.core.engine.deformation import HexPlaneConfig
+from gen4d.core.engine.deformation import Deformation, HexPlaneConfig
 from gen4d.core.engine.densify import DensifyConfig
 from gen4d.core.engine.fit_dynamic import CoarseToFineConfig, DeformationFitConfig, fit_coarse_to_fine, fit_deformation
 from gen4d.core.engine.fit_static import FitDivergedError, GaussianLearningRates, StaticFitConfig, evaluate, fit_static
@@ -449,6 +450,27 @@ def test_unfrozen_deformation_fit_densifies_on_the_deformed_gaussians(tiny, obje
     assert {h["count"] for h in plain.history} == {200}, "no densify config, no growth"
     with pytest.raises(ValueError, match="densify grows the canonical set"):
         deformation_config(30, densify=densify)
+
+
+def test_tv_can_cover_only_the_spatial_planes(tiny):
+    """4DGS's TV covers the spatial planes only: with constant spatial planes and varying time planes it is 0."""
+    canonical = sphere(200)
+    gen = torch.Generator().manual_seed(0)
+    field = Deformation(dataclasses.replace(small_field(), time_resolution=4), canonical, generator=gen)
+    with torch.no_grad():
+        for _name, plane in field.field.planes("spatial"):
+            plane.fill_(0.3)
+        for _name, plane in field.field.planes("time"):
+            plane.copy_(1.0 + 0.1 * torch.randn(plane.shape, generator=gen))
+    tv = {}
+    for planes in ("all", "spatial"):
+        config = deformation_config(1, tv_weight=1.0, time_smoothness_weight=0.0, time_l1_weight=0.0,
+                                    tv_planes=planes, adapt_time_resolution=False)
+        result = fit_deformation(canonical, tiny.video, training_render, config, deformation=copy.deepcopy(field))
+        tv[planes] = result.history[0]["tv"]
+    assert tv["spatial"] == 0.0 and tv["all"] > 1e-4
+    with pytest.raises(ValueError, match="tv_planes"):
+        deformation_config(1, tv_planes="time")
 
 
 def test_lr_final_ratio_must_be_a_fraction():

@@ -83,6 +83,8 @@ class DeformationFitConfig:
         loss: reconstruction loss on the frames (eq. 3: L2; masks add a silhouette term).
         rigidity_weight: weight of the local-rigidity loss (0 off); ``rigidity_k`` neighbours.
         tv_weight, time_smoothness_weight, time_l1_weight: 4DGS plane regularisers.
+        tv_planes: planes the total variation covers: "all", or "spatial" as 4DGS does (its D-NeRF
+            configs: TV 1e-4 on the spatial planes, time smoothness 1e-2).
         freeze_canonical: keep the canonical Gaussians fixed (CoCo4D); False also trains them
             at ``canonical_learning_rates`` (4DGS / Diffusion4D fine stage).
         sds_weight, sds_every, pose_sampling: per-timestamp score distillation (eq. 4; weight 1e-4
@@ -117,6 +119,7 @@ class DeformationFitConfig:
     tv_weight: float = 2e-4
     time_smoothness_weight: float = 1e-3
     time_l1_weight: float = 1e-4
+    tv_planes: str = "all"
     freeze_canonical: bool = True
     canonical_learning_rates: GaussianLearningRates = field(
         default_factory=lambda: GaussianLearningRates(position=0.00016))
@@ -141,6 +144,8 @@ class DeformationFitConfig:
             raise ValueError("DeformationFitConfig: iterations, times_per_step, sds_every and rigidity_k must be "
                              f">= 1, got {self.iterations}, {self.times_per_step}, {self.sds_every}, "
                              f"{self.rigidity_k}")
+        if self.tv_planes not in ("all", "spatial"):
+            raise ValueError(f"DeformationFitConfig: tv_planes must be 'all' or 'spatial', got {self.tv_planes!r}")
         for name in ("rigidity_weight", "tv_weight", "time_smoothness_weight", "time_l1_weight", "sds_weight"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
@@ -265,7 +270,7 @@ def fit_deformation(
                     check_values=False)
                 terms["rigidity"] = rigid.detach()
                 total = total + rigid
-            for name, weight, fn in (("tv", cfg.tv_weight, reg.plane_tv_loss),
+            for name, weight, fn in (("tv", cfg.tv_weight, lambda d: reg.plane_tv_loss(d, cfg.tv_planes)),
                                      ("time_smoothness", cfg.time_smoothness_weight, reg.time_smoothness_loss),
                                      ("time_l1", cfg.time_l1_weight, reg.time_l1_loss)):
                 if weight > 0:
