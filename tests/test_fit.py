@@ -473,6 +473,24 @@ def test_tv_can_cover_only_the_spatial_planes(tiny):
         deformation_config(1, tv_planes="time")
 
 
+def test_checkpoints_see_the_fit_so_far_and_leave_it_unchanged(tiny):
+    canonical = sphere(200)
+    config = deformation_config(6, freeze_canonical=False, seed=2)
+    seen = []
+    hooked = fit_deformation(canonical, tiny.video, training_render, config,
+                             on_checkpoint=seen.append, checkpoint_every=2)
+    plain = fit_deformation(canonical, tiny.video, training_render, config)
+    assert [c.steps for c in seen] == [2, 4], "every 2 steps, not after the last"
+    final, mid = plain.extra["motion"].state_dict(), seen[1].extra["motion"].state_dict()
+    assert all(torch.equal(hooked.extra["motion"].state_dict()[k], final[k]) for k in final)
+    assert torch.equal(hooked.gaussians.means, plain.gaussians.means)
+    assert not all(torch.equal(mid[k], final[k]) for k in final), "a checkpoint is the state at its step"
+    assert not torch.equal(seen[0].gaussians.means, seen[1].gaussians.means)
+    assert not seen[1].extra["motion"].deformation.training
+    with pytest.raises(ValueError, match="checkpoint_every"):
+        fit_deformation(canonical, tiny.video, training_render, config, checkpoint_every=-1)
+
+
 def test_lr_final_ratio_must_be_a_fraction():
     with pytest.raises(ValueError, match="lr_final_ratio"):
         deformation_config(20, lr_final_ratio=0.0)

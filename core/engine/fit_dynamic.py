@@ -169,6 +169,8 @@ def fit_deformation(
     should_stop: Callable[[], bool] | None = None,
     device: torch.device | str | None = None,
     deformation: Deformation | None = None,
+    on_checkpoint: Callable[[FitResult], None] | None = None,
+    checkpoint_every: int = 0,
 ) -> FitResult:
     """Fit a HexPlane deformation of ``canonical`` to frames seen at their cameras and times.
 
@@ -182,6 +184,9 @@ def fit_deformation(
         should_stop: polled every step; True ends the fit early.
         device: where to optimise (default: the canonical set's device).
         deformation: continue from this module instead of a fresh (identity) one.
+        on_checkpoint: called every ``checkpoint_every`` steps (not after the last) with the fit so
+            far, a :class:`FitResult` holding copies, e.g. to score a long fit along the way; the
+            fit itself is unchanged by it.
 
     Returns:
         :class:`FitResult` with ``gaussians`` = the canonical set (refined unless frozen) and
@@ -196,6 +201,8 @@ def fit_deformation(
         raise ValueError(f"fit_deformation: views must be PosedImages, got {type(views).__name__}")
     if len(canonical) == 0:
         raise ValueError("fit_deformation: the canonical Gaussian set is empty")
+    if not isinstance(checkpoint_every, int) or checkpoint_every < 0:
+        raise ValueError(f"fit_deformation: checkpoint_every must be an integer >= 0, got {checkpoint_every!r}")
     canonical.validate(check_finite=True)
     dev = torch.device(device) if device is not None else canonical.device
     views = views.to(dev)
@@ -310,6 +317,11 @@ def fit_deformation(
                 except FitDivergedError as exc:
                     raise FitDivergedError(str(exc), materialise(last_good)) from None
                 last_good = snapshot(result.steps)
+            if on_checkpoint is not None and checkpoint_every > 0 and result.steps % checkpoint_every == 0 \
+                    and result.steps < cfg.iterations:
+                checkpoint = materialise(snapshot(result.steps))
+                checkpoint.extra["motion"].deformation.eval()
+                on_checkpoint(checkpoint)
     try:
         monitor.flush(FitResult(Gaussians(**last_good[1]), steps=last_good[0]))
     except FitDivergedError as exc:
