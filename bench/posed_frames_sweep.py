@@ -16,6 +16,10 @@ Plan format (a list of runs)::
      {"name": "short coarse", "coarse": {"iterations": 2000}},
      {"name": "profile", "profile": true, "fine": {"iterations": 60}}]
 
+``"checkpoints": K`` also scores the fine stage every ``K`` steps on the way (the scoring time is
+left out of the stage's time), so one long run gives a curve of PSNR against wall time, as the
+peers' test iterations do.
+
 ``"sets_as_list": true`` hands the deformed sets to the batched rasteriser as a plain list, which it
 re-stacks every step: the baseline for the stacked hand-over (``GaussianBatch``) in an A/B run.
 
@@ -128,6 +132,29 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+class CheckpointScorer:
+    """``on_checkpoint`` hook: scores the fit so far on the test split, leaving its own time out.
+
+    ``curve`` collects ``{"step", "total_s", "psnr", "ssim"}``, ``total_s`` counted from ``start``
+    (the coarse stage's start) without the scoring time, which ``paused`` sums.
+    """
+
+    def __init__(self, test, background, device: torch.device, frames: int, start: float) -> None:
+        self.test, self.background, self.device, self.frames, self.start = test, background, device, frames, start
+        self.paused, self.curve = 0.0, []
+
+    def __call__(self, result) -> None:
+        _sync(self.device)
+        begin = time.perf_counter()
+        seconds = begin - self.start - self.paused
+        scene = Scene4D([ScenePart("object", result.gaussians, result.extra["motion"])], self.frames, 8.0)
+        score, _ = pfb.score(scene, self.test.cameras, self.test.images, self.background, self.device)
+        self.curve.append({"step": result.steps, "total_s": seconds, "psnr": score["psnr"], "ssim": score["ssim"]})
+        print(f"  step {result.steps}: {seconds:.1f} s -> {score['psnr']:.2f} dB", flush=True)
+        _sync(self.device)
+        self.paused += time.perf_counter() - begin
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("folder", help="dataset folder (transforms*.json)")
@@ -179,6 +206,7 @@ def main() -> None:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         _sync(device)
+        every, paused, curve = int(run.get("checkpoints", 0)), 0.0, []
         t = time.perf_counter()
         if run.get("profile"):
             from torch.profiler import ProfilerActivity, profile
@@ -194,9 +222,13 @@ def main() -> None:
             print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30), flush=True)
             _print_phases(prof, fcfg.iterations)
         else:
-            fine = fit_deformation(coarse.gaussians, views, _render_fn(run), fcfg, device=device)
+            scorer = CheckpointScorer(test, background, device, len(views), t - coarse_s) if every else None
+            fine = fit_deformation(coarse.gaussians, views, _render_fn(run), fcfg, device=device,
+                                   on_checkpoint=scorer, checkpoint_every=every)
+            if scorer is not None:
+                paused, curve = scorer.paused, scorer.curve
         _sync(device)
-        fine_s = time.perf_counter() - t
+        fine_s = time.perf_counter() - t - paused
         peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
         scene = Scene4D([ScenePart("object", fine.gaussians, fine.extra["motion"])], len(views), 8.0)
         score, _ = pfb.score(scene, test.cameras, test.images, background, device)
@@ -204,7 +236,7 @@ def main() -> None:
                "psnr": score["psnr"], "ssim": score["ssim"], "coarse_psnr": coarse_score["psnr"],
                "gaussians": len(fine.gaussians), "fine_iterations": fcfg.iterations,
                "times_per_step": fcfg.times_per_step, "ms_per_step": fine_s / fcfg.iterations * 1000,
-               "peak_cuda_mib": peak, "run": run}
+               "peak_cuda_mib": peak, "run": run, "curve": curve}
         rows.append(row)
         print(f"{label}: coarse {coarse_s:.1f} s + fine {fine_s:.1f} s = {coarse_s + fine_s:.1f} s -> "
               f"{score['psnr']:.2f} dB, SSIM {score['ssim']:.4f}, {row['gaussians']} Gaussians, "

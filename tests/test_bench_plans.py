@@ -28,7 +28,7 @@ def test_plan_runs_build_their_configs(sweep, plan):
     runs = json.loads(plan.read_text())
     assert isinstance(runs, list) and runs
     base = sweep.CoarseToFineConfig()
-    known = {"name", "fine", "coarse", "profile", "sets_as_list", "estimate"}
+    known = {"name", "fine", "coarse", "profile", "sets_as_list", "estimate", "checkpoints"}
     for run in runs:
         assert set(run) <= known, (plan.name, run.get("name"), set(run) - known)
         coarse = sweep.apply_changes(replace(base.coarse), run.get("coarse", {}))
