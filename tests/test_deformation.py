@@ -18,6 +18,7 @@ from gen4d.core.engine.deformation import (
     time_samples_for,
 )
 from gen4d.core.engine.gaussians import GaussianBatch, Gaussians, quat_multiply, rotmat_to_quat
+from gen4d.core.engine.graphed_deformation import graphed_batch_deltas
 from gen4d.core.engine.regularizers import (
     knn,
     knn_weights,
@@ -408,6 +409,29 @@ def test_invalid_inputs_raise_value_errors_naming_the_argument():
                           ({"deform_position": False, "deform_scale": False, "deform_rotation": False}, "deform_")):
         with pytest.raises(ValueError, match=match):
             HexPlaneConfig(**kwargs)
+
+
+def test_forward_batch_takes_the_deltas_from_a_given_pass():
+    g = random_gaussians(40)
+    module = randomise(Deformation(SMALL, canonical=g, generator=gen()))
+    times = torch.tensor([0.1, 0.7])
+    calls = []
+
+    def own_pass(means, t):
+        calls.append((means, t))
+        return module.deltas_batch(means, t)
+
+    given = module.forward_batch(g, times, deltas=own_pass)
+    plain = module.forward_batch(g, times)
+    assert len(calls) == 1 and calls[0][0] is g.means and torch.equal(calls[0][1], times)
+    for name in ("means", "quats", "log_scales"):
+        assert torch.equal(given.stacked(name), plain.stacked(name)), name
+    halved = module.forward_batch(g, times, deltas=lambda m, t: {k: v / 2 for k, v in own_pass(m, t).items()})
+    assert not torch.equal(halved.stacked("means"), plain.stacked("means"))
+    with pytest.raises(ValueError, match="static_mask"):
+        module.forward_batch(g, times, static_mask=torch.zeros(40, dtype=torch.bool), deltas=own_pass)
+    with pytest.raises(ValueError, match="CUDA"):
+        graphed_batch_deltas(module, g.means, 2)
 
 
 def test_time_samples_follow_the_frame_count_up_to_the_cap():

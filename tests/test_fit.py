@@ -491,6 +491,15 @@ def test_checkpoints_see_the_fit_so_far_and_leave_it_unchanged(tiny):
         fit_deformation(canonical, tiny.video, training_render, config, checkpoint_every=-1)
 
 
+def test_cuda_graphs_setting_leaves_a_cpu_fit_unchanged(tiny):
+    canonical = sphere(200)
+    config = deformation_config(4, freeze_canonical=False, seed=1)
+    plain = fit_deformation(canonical, tiny.video, training_render, config)
+    graphed = fit_deformation(canonical, tiny.video, training_render, dataclasses.replace(config, cuda_graphs=True))
+    a, b = plain.extra["motion"].state_dict(), graphed.extra["motion"].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a) and torch.equal(plain.gaussians.means, graphed.gaussians.means)
+
+
 def test_lr_final_ratio_must_be_a_fraction():
     with pytest.raises(ValueError, match="lr_final_ratio"):
         deformation_config(20, lr_final_ratio=0.0)

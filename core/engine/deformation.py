@@ -38,7 +38,7 @@ import logging
 import math
 import numbers
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -51,6 +51,7 @@ from .sh import num_sh_bases
 __all__ = [
     "HexPlaneConfig",
     "bounds_from_means",
+    "time_samples_for",
     "HexPlaneField",
     "Deformation",
     "DeformationMotion",
@@ -503,7 +504,8 @@ class Deformation(nn.Module):
         return _apply_deltas(g, d, idx, batch=None)
 
     def forward_batch(self, gaussians: Gaussians, times: Tensor | Sequence[float],
-                      static_mask: Tensor | None = None, check_values: bool = True) -> GaussianBatch:
+                      static_mask: Tensor | None = None, check_values: bool = True,
+                      deltas: Callable[[Tensor, Tensor], dict[str, Tensor]] | None = None) -> GaussianBatch:
         """Deform ``gaussians`` to each of ``B`` times with one pass over ``B*N`` points.
 
         Args:
@@ -513,6 +515,9 @@ class Deformation(nn.Module):
             check_values: read positions and times back to refuse NaN/inf or times outside
                 ``[0,1]`` (a wait for the device); a fit loop whose times come from checked frames
                 turns it off (shapes are checked either way).
+            deltas: computes the heads' ``{head: [B,N,d]}`` from ``(means, times)`` in place of this
+                module's own pass, e.g. its CUDA-graphed copy (``graphed_deformation``); not with
+                ``static_mask``.
 
         Returns:
             the ``B`` deformed sets as a :class:`GaussianBatch`: their tensors are views of the
@@ -524,6 +529,10 @@ class Deformation(nn.Module):
         else:
             g = gaussians
         mask = self._check_static_mask(static_mask, len(g), "Deformation.forward_batch")
+        if deltas is not None:
+            if mask is not None:
+                raise ValueError("Deformation.forward_batch: deltas replaces the whole pass; it takes no static_mask")
+            return _apply_deltas(g, deltas(g.means, times.to(self.device)), None, batch=times.shape[0])
         idx = None if mask is None else torch.nonzero(~mask.to(g.device)).squeeze(1)
         means = g.means if idx is None else g.means[idx]
         d = self._heads(self.field.forward_batch(means, times.to(self.device))) if means.shape[0] else {}

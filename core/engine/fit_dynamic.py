@@ -53,6 +53,7 @@ from .fit_static import (
     view_schedule,
 )
 from .gaussians import Gaussians
+from .graphed_deformation import graphed_batch_deltas
 from .guidance import Guidance, PoseSampling, restart_guidance, sample_guidance_cameras
 from .losses import ReconstructionLoss
 from .views import PosedImages
@@ -104,6 +105,9 @@ class DeformationFitConfig:
         densify: adaptive density control of the canonical set during the fit, driven by the
             screen-space gradients of the deformed Gaussians (4DGS densifies in its fine stage);
             needs ``freeze_canonical=False``. ``None`` off.
+        cuda_graphs: on a CUDA device, replay the field's pass and its backward as CUDA graphs
+            (``graphed_deformation``), which saves their launches from Python every step; fits that
+            densify run without (the graphs fix the Gaussian count). Ignored off CUDA.
     """
 
     iterations: int = 800
@@ -132,6 +136,7 @@ class DeformationFitConfig:
     lr_scale_with_extent: bool = False
     lr_final_ratio: float | None = None
     densify: dens.DensifyConfig | None = None
+    cuda_graphs: bool = False
 
     def __post_init__(self) -> None:
         if self.densify is not None and self.freeze_canonical:
@@ -234,6 +239,13 @@ def fit_deformation(
     schedule_host = view_schedule(len(views), cfg.times_per_step, cfg.iterations, gen)
     schedule, times_host = schedule_host.to(dev), views.times.detach().cpu()
     render_each = getattr(render_fn, "each", None)
+    batch_deltas = None
+    if cfg.cuda_graphs and dev.type == "cuda":
+        if dcfg is None:
+            batch_deltas = graphed_batch_deltas(deformation, params["means"], schedule.shape[1], views.times.dtype)
+        else:
+            logger.info("fit_deformation: densification changes the Gaussian count; the field runs without CUDA "
+                        "graphs")
 
     def snapshot(step: int) -> tuple[int, dict, dict]:
         """The state after ``step`` steps, copied on the device (the module is rebuilt only when needed)."""
@@ -259,7 +271,7 @@ def fit_deformation(
             index = schedule[step]
             times = views.times[index]
             base = Gaussians(**params)
-            deformed = deformation.forward_batch(base, times, check_values=False)
+            deformed = deformation.forward_batch(base, times, check_values=False, deltas=batch_deltas)
             cams = views.cameras[index]
             if render_each is not None:
                 out = render_each(deformed, cams, background, screen_grads=dcfg is not None)

@@ -1,0 +1,70 @@
+# SPDX-License-Identifier: Apache-2.0
+"""A deformation field's batched pass replayed as CUDA graphs (forward and backward).
+
+A deformation fit step is bound by host time: the field's pass (plane sampling, feature MLP, heads)
+and its backward are a few hundred small kernels, each launched from Python. Captured once as CUDA
+graphs (``torch.cuda.make_graphed_callables``), each becomes a single replay. The captured shapes are
+fixed, so this serves fits whose Gaussian count and frames per step do not change (no densification).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from .deformation import Deformation
+
+__all__ = ["graphed_batch_deltas"]
+
+
+class _BatchDeltas(nn.Module):
+    """``(means [N,3], times [B]) -> heads' outputs [B,N,d]`` as a tuple, in ``head_dims`` order."""
+
+    def __init__(self, deformation: Deformation) -> None:
+        super().__init__()
+        self.deformation = deformation
+        self.names = tuple(deformation.head_dims())
+
+    def forward(self, means: Tensor, times: Tensor) -> tuple[Tensor, ...]:
+        d = self.deformation._heads(self.deformation.field.forward_batch(means, times))
+        return tuple(d[name] for name in self.names)
+
+
+def graphed_batch_deltas(deformation: Deformation, means: Tensor, batch: int,
+                         times_dtype: torch.dtype = torch.float32) -> Callable[[Tensor, Tensor], dict[str, Tensor]]:
+    """``deltas(means, times) -> {head: [B,N,d]}`` of ``deformation``, captured as CUDA graphs.
+
+    Args:
+        deformation: the field, on a CUDA device, in the mode (train / eval) it will run in.
+        means: a ``[N,3]`` tensor like the ones it will be called with (same shape, dtype and
+            ``requires_grad``); its values are not kept.
+        batch: ``B``, the number of times per call.
+        times_dtype: dtype of the ``[B]`` times it will be called with.
+
+    Returns:
+        A function for :meth:`Deformation.forward_batch`'s ``deltas``. Gradients reach the field's
+        parameters and ``means`` as they would without graphs. Its outputs are buffers that the next
+        call overwrites: use them within the step.
+
+    Raises:
+        ValueError: the field or ``means`` is not on a CUDA device, or ``batch`` < 1.
+    """
+    device = means.device
+    if device.type != "cuda" or deformation.device.type != "cuda":
+        raise ValueError(f"graphed_batch_deltas: CUDA graphs need the field and means on a CUDA device, got "
+                         f"{deformation.device} and {device}")
+    if batch < 1:
+        raise ValueError(f"graphed_batch_deltas: batch must be >= 1, got {batch}")
+    module = _BatchDeltas(deformation)
+    sample_means = means.detach().clone().requires_grad_(means.requires_grad)
+    # Sample times inside [0,1]; the capture records kernels, not these values.
+    sample_times = torch.linspace(0.0, 1.0, batch, device=device, dtype=times_dtype)
+    graphed = torch.cuda.make_graphed_callables(module, (sample_means, sample_times))
+    names = module.names
+
+    def deltas(m: Tensor, times: Tensor) -> dict[str, Tensor]:
+        return dict(zip(names, graphed(m, times)))
+
+    return deltas
