@@ -16,7 +16,8 @@ import pytest
 import torch
 from deformation_helpers import randomise
 from gen4d.core.engine.deformation import Deformation, HexPlaneConfig
-from gen4d.core.engine.graphed_deformation import graphed_batch_deltas
+from gen4d.core.engine.graphed_deformation import graphed_batch_deltas, graphed_plane_terms
+from gen4d.core.engine.regularizers import plane_tv_loss, time_l1_loss, time_smoothness_loss
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -54,6 +55,27 @@ def test_graphed_pass_gives_the_eager_outputs_and_gradients_on_new_inputs():
         got = _grads(module, means, list(replay.values()), weights)
         for i, (a, b) in enumerate(zip(got, want)):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=f"gradient {i}, call {call}")
+
+
+def test_graphed_plane_terms_follow_the_planes_as_they_change():
+    module, _ = _field()
+    terms = [("tv", 2e-4, lambda d: plane_tv_loss(d, "spatial")), ("time_smoothness", 1e-2, time_smoothness_loss),
+             ("time_l1", 1e-4, time_l1_loss)]
+    graphed = graphed_plane_terms(module, terms)
+    params = list(module.parameters())
+    g = torch.Generator(device="cuda").manual_seed(3)
+    for call in range(3):
+        with torch.no_grad():  # as an optimiser step would: in place, same tensors
+            for _, plane in module.field.planes():
+                plane.add_(0.05 * torch.randn(plane.shape, device="cuda", generator=g))
+        replay = graphed()
+        for name, weight, fn in terms:
+            eager = weight * fn(module)
+            torch.testing.assert_close(replay[name], eager, rtol=1e-5, atol=0.0, msg=f"{name}, call {call}")
+            want = torch.autograd.grad(eager, params, allow_unused=True, materialize_grads=True)
+            got = torch.autograd.grad(graphed()[name], params, allow_unused=True, materialize_grads=True)
+            for i, (a, b) in enumerate(zip(got, want)):
+                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-9, msg=f"{name} gradient {i}, call {call}")
 
 
 def test_graphed_fit_learns_as_the_eager_fit():

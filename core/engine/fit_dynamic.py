@@ -53,7 +53,7 @@ from .fit_static import (
     view_schedule,
 )
 from .gaussians import Gaussians
-from .graphed_deformation import graphed_batch_deltas
+from .graphed_deformation import graphed_batch_deltas, graphed_plane_terms
 from .guidance import Guidance, PoseSampling, restart_guidance, sample_guidance_cameras
 from .losses import ReconstructionLoss
 from .views import PosedImages
@@ -239,10 +239,19 @@ def fit_deformation(
     schedule_host = view_schedule(len(views), cfg.times_per_step, cfg.iterations, gen)
     schedule, times_host = schedule_host.to(dev), views.times.detach().cpu()
     render_each = getattr(render_fn, "each", None)
+    regularisers = [term for term in (("tv", cfg.tv_weight, lambda d: reg.plane_tv_loss(d, cfg.tv_planes)),
+                                      ("time_smoothness", cfg.time_smoothness_weight, reg.time_smoothness_loss),
+                                      ("time_l1", cfg.time_l1_weight, reg.time_l1_loss)) if term[1] > 0]
+
+    def plane_terms() -> dict[str, torch.Tensor]:
+        return {name: weight * fn(deformation) for name, weight, fn in regularisers}
+
     batch_deltas = None
     if cfg.cuda_graphs and dev.type == "cuda":
         if dcfg is None:
             batch_deltas = graphed_batch_deltas(deformation, params["means"], schedule.shape[1], views.times.dtype)
+            if regularisers:
+                plane_terms = graphed_plane_terms(deformation, regularisers)
         else:
             logger.info("fit_deformation: densification changes the Gaussian count; the field runs without CUDA "
                         "graphs")
@@ -289,13 +298,10 @@ def fit_deformation(
                     check_values=False)
                 terms["rigidity"] = rigid.detach()
                 total = total + rigid
-            for name, weight, fn in (("tv", cfg.tv_weight, lambda d: reg.plane_tv_loss(d, cfg.tv_planes)),
-                                     ("time_smoothness", cfg.time_smoothness_weight, reg.time_smoothness_loss),
-                                     ("time_l1", cfg.time_l1_weight, reg.time_l1_loss)):
-                if weight > 0:
-                    value = weight * fn(deformation)
-                    terms[name] = value.detach()
-                    total = total + value
+            for name, value in plane_terms().items():
+                # A graphed output is a buffer that the next step overwrites; the monitor reads terms later.
+                terms[name] = value.detach().clone() if batch_deltas is not None else value.detach()
+                total = total + value
             if guidance is not None and cfg.sds_weight > 0 and step % cfg.sds_every == 0:
                 k = int(torch.randint(0, len(deformed), (1,), generator=gen))
                 t = float(times_host[schedule_host[step, k]])

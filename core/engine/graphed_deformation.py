@@ -1,10 +1,11 @@
 # SPDX-License-Identifier: Apache-2.0
-"""A deformation field's batched pass replayed as CUDA graphs (forward and backward).
+"""A deformation field's batched pass and plane regularisers replayed as CUDA graphs.
 
-A deformation fit step is bound by host time: the field's pass (plane sampling, feature MLP, heads)
-and its backward are a few hundred small kernels, each launched from Python. Captured once as CUDA
-graphs (``torch.cuda.make_graphed_callables``), each becomes a single replay. The captured shapes are
-fixed, so this serves fits whose Gaussian count and frames per step do not change (no densification).
+A deformation fit step is bound by host time: the field's pass (plane sampling, feature MLP, heads),
+the plane regularisers and their backward are a few hundred small kernels, each launched from
+Python. Captured once as CUDA graphs (``torch.cuda.make_graphed_callables``), each becomes a single
+replay, forward and backward. The captured shapes are fixed, so this serves fits whose Gaussian
+count and frames per step do not change (no densification).
 """
 
 from __future__ import annotations
@@ -14,9 +15,12 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from .deformation import Deformation
+from .deformation import Deformation, HexPlaneField
 
-__all__ = ["graphed_batch_deltas"]
+__all__ = ["graphed_batch_deltas", "graphed_plane_terms", "PlaneTerm"]
+
+PlaneTerm = tuple[str, float, Callable[[HexPlaneField], Tensor]]
+"""``(name, weight, loss_fn)``: a weighted regulariser of a field's planes (``loss_fn(field)``)."""
 
 
 class _BatchDeltas(nn.Module):
@@ -68,3 +72,45 @@ def graphed_batch_deltas(deformation: Deformation, means: Tensor, batch: int,
         return dict(zip(names, graphed(m, times)))
 
     return deltas
+
+
+class _PlaneTerms(nn.Module):
+    """``() -> weighted plane regularisers`` as a tuple, in the order given."""
+
+    def __init__(self, field: HexPlaneField, terms: list[PlaneTerm]) -> None:
+        super().__init__()
+        self.field = field
+        self.terms = list(terms)
+
+    def forward(self) -> tuple[Tensor, ...]:
+        return tuple(weight * fn(self.field) for _, weight, fn in self.terms)
+
+
+def graphed_plane_terms(deformation: Deformation, terms: list[PlaneTerm]) -> Callable[[], dict[str, Tensor]]:
+    """``terms() -> {name: weight * loss_fn(deformation)}``, captured as CUDA graphs.
+
+    Args:
+        deformation: the field, on a CUDA device.
+        terms: the regularisers, each a function of ``deformation.field``'s planes alone (TV, time
+            smoothness, time L1); at least one.
+
+    Returns:
+        A function giving the weighted terms with gradients to the planes. Its outputs are buffers
+        that the next call overwrites: copy what must outlive the step.
+
+    Raises:
+        ValueError: the field is not on a CUDA device, or ``terms`` is empty.
+    """
+    if deformation.device.type != "cuda":
+        raise ValueError(f"graphed_plane_terms: CUDA graphs need the field on a CUDA device, got {deformation.device}")
+    if not terms:
+        raise ValueError("graphed_plane_terms: no terms to capture")
+    module = _PlaneTerms(deformation.field, terms)
+    # A term may leave some planes out (TV on the spatial planes only): those get no gradient.
+    graphed = torch.cuda.make_graphed_callables(module, (), allow_unused_input=True)
+    names = [name for name, _, _ in terms]
+
+    def values() -> dict[str, Tensor]:
+        return dict(zip(names, graphed()))
+
+    return values
