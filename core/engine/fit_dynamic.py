@@ -105,9 +105,10 @@ class DeformationFitConfig:
         densify: adaptive density control of the canonical set during the fit, driven by the
             screen-space gradients of the deformed Gaussians (4DGS densifies in its fine stage);
             needs ``freeze_canonical=False``. ``None`` off.
-        cuda_graphs: on a CUDA device, replay the field's pass and its backward as CUDA graphs
-            (``graphed_deformation``), which saves their launches from Python every step; fits that
-            densify run without (the graphs fix the Gaussian count). Ignored off CUDA.
+        cuda_graphs: on a CUDA device, replay the field's pass, the plane regularisers and their
+            backward as CUDA graphs (``graphed_deformation``), which saves their launches from Python
+            every step; fits that densify run without (the graphs fix the Gaussian count). Ignored
+            off CUDA.
     """
 
     iterations: int = 800
