@@ -105,8 +105,11 @@ def _phase_ranges():
 
 
 def _print_phases(prof, steps: int) -> None:
-    rows = [e for e in prof.key_averages() if e.key.startswith("phase:")]
-    for e in sorted(rows, key=lambda e: -e.cpu_time_total):
+    rows = {}
+    for e in prof.key_averages():  # a range shows up twice with CUDA on (host and device rows): keep the host one
+        if e.key.startswith("phase:") and e.cpu_time_total >= getattr(rows.get(e.key), "cpu_time_total", -1.0):
+            rows[e.key] = e
+    for e in sorted(rows.values(), key=lambda e: -e.cpu_time_total):
         print(f"  {e.key[6:]:<14} {e.cpu_time_total / 1000 / steps:7.2f} ms host per step "
               f"({e.count / steps:.0f} calls)", flush=True)
     launches = sum(e.count for e in prof.key_averages() if e.key in ("cudaLaunchKernel", "cuLaunchKernel",
