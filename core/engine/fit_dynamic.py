@@ -53,7 +53,7 @@ from .fit_static import (
     view_schedule,
 )
 from .gaussians import Gaussians
-from .graphed_deformation import graphed_batch_deltas, graphed_plane_terms
+from .graphed_deformation import graphed_batch_deltas, graphed_plane_terms, graphs_supported
 from .guidance import Guidance, PoseSampling, restart_guidance, sample_guidance_cameras
 from .losses import ReconstructionLoss
 from .views import PosedImages
@@ -248,7 +248,7 @@ def fit_deformation(
         return {name: weight * fn(deformation) for name, weight, fn in regularisers}
 
     batch_deltas = None
-    if cfg.cuda_graphs and dev.type == "cuda":
+    if cfg.cuda_graphs and graphs_supported(dev):
         if dcfg is None:
             batch_deltas = graphed_batch_deltas(deformation, params["means"], schedule.shape[1], views.times.dtype)
             if regularisers:

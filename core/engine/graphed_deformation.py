@@ -17,10 +17,15 @@ from torch import Tensor, nn
 
 from .deformation import Deformation, HexPlaneField
 
-__all__ = ["graphed_batch_deltas", "graphed_plane_terms", "PlaneTerm"]
+__all__ = ["graphs_supported", "graphed_batch_deltas", "graphed_plane_terms", "PlaneTerm"]
 
 PlaneTerm = tuple[str, float, Callable[[HexPlaneField], Tensor]]
 """``(name, weight, loss_fn)``: a weighted regulariser of a field's planes (``loss_fn(field)``)."""
+
+
+def graphs_supported(device: torch.device) -> bool:
+    """Whether work on ``device`` can be captured as CUDA graphs."""
+    return torch.device(device).type == "cuda"
 
 
 class _BatchDeltas(nn.Module):
@@ -56,7 +61,7 @@ def graphed_batch_deltas(deformation: Deformation, means: Tensor, batch: int,
         ValueError: the field or ``means`` is not on a CUDA device, or ``batch`` < 1.
     """
     device = means.device
-    if device.type != "cuda" or deformation.device.type != "cuda":
+    if not (graphs_supported(device) and graphs_supported(deformation.device)):
         raise ValueError(f"graphed_batch_deltas: CUDA graphs need the field and means on a CUDA device, got "
                          f"{deformation.device} and {device}")
     if batch < 1:
@@ -101,7 +106,7 @@ def graphed_plane_terms(deformation: Deformation, terms: list[PlaneTerm]) -> Cal
     Raises:
         ValueError: the field is not on a CUDA device, or ``terms`` is empty.
     """
-    if deformation.device.type != "cuda":
+    if not graphs_supported(deformation.device):
         raise ValueError(f"graphed_plane_terms: CUDA graphs need the field on a CUDA device, got {deformation.device}")
     if not terms:
         raise ValueError("graphed_plane_terms: no terms to capture")
