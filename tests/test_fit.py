@@ -537,3 +537,17 @@ def test_graphed_fit_loop_matches_the_eager_loop_with_graph_buffer_semantics(tin
     for k in sa:
         torch.testing.assert_close(sb[k], sa[k], rtol=1e-4, atol=1e-6, msg=k)
     torch.testing.assert_close(graphed.gaussians.means, eager.gaussians.means, rtol=1e-4, atol=1e-6)
+
+
+def test_a_failed_graph_capture_is_a_clear_error(tiny, monkeypatch):
+    from gen4d.core.engine import fit_dynamic, graphed_deformation
+
+    def fail(module, sample_args, **kwargs):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(torch.cuda, "make_graphed_callables", fail)
+    monkeypatch.setattr(fit_dynamic, "graphs_supported", lambda device: True)
+    monkeypatch.setattr(graphed_deformation, "graphs_supported", lambda device: True)
+    config = deformation_config(2, freeze_canonical=False, cuda_graphs=True)
+    with pytest.raises(ValueError, match="could not be captured.*stream is capturing.*cuda_graphs off"):
+        fit_deformation(sphere(100), tiny.video, training_render, config)

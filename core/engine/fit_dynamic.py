@@ -250,9 +250,14 @@ def fit_deformation(
     batch_deltas = None
     if cfg.cuda_graphs and graphs_supported(dev):
         if dcfg is None:
-            batch_deltas = graphed_batch_deltas(deformation, params["means"], schedule.shape[1], views.times.dtype)
-            if regularisers:
-                plane_terms = graphed_plane_terms(deformation, regularisers)
+            try:
+                batch_deltas = graphed_batch_deltas(deformation, params["means"], schedule.shape[1],
+                                                    views.times.dtype)
+                if regularisers:
+                    plane_terms = graphed_plane_terms(deformation, regularisers)
+            except RuntimeError as exc:  # out of memory, or an operation that cannot be captured
+                raise ValueError(f"fit_deformation: the field's CUDA graphs could not be captured ({exc}); run with "
+                                 "cuda_graphs off") from exc
         else:
             logger.info("fit_deformation: densification changes the Gaussian count; the field runs without CUDA "
                         "graphs")
