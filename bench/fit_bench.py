@@ -9,8 +9,9 @@ Cases (pick with --case, default all):
     coco4d_fg   CoCo4D foreground without guidance: seen view at 256², 1000 static iterations from a
                 5000-point sphere, then 800 deformation iterations at batch 4 (target < 30 s).
 
-Usage: python bench/fit_bench.py [--case static] [--scale 1.0] [--json out.json]
-``--scale`` multiplies every iteration count (quick checks on a CPU).
+Usage: python bench/fit_bench.py [--case static] [--scale 1.0] [--cuda-graphs] [--json out.json]
+``--scale`` multiplies every iteration count (quick checks on a CPU); ``--cuda-graphs`` runs the
+deformation stages with ``DeformationFitConfig.cuda_graphs``.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ class Timer:
         self.peak_mib = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else float("nan")
 
 
-def case_static(scale: float) -> dict:
+def case_static(scale: float, cuda_graphs: bool = False) -> dict:
     world = synthetic.object_world(0)
     train = _views(world, diffusion4d_orbit(SIZE, SIZE, 24, dynamic=False, **ORBIT))
     test = _views(world, _held_out(8, dynamic=False))
@@ -97,7 +98,7 @@ def case_static(scale: float) -> dict:
             "heldout_mask_iou": score.get("mask_iou"), "target_psnr": 30.0}
 
 
-def case_orbital(scale: float) -> dict:
+def case_orbital(scale: float, cuda_graphs: bool = False) -> dict:
     world = synthetic.object_world(0)
     orbit_4d = _views(world, diffusion4d_orbit(SIZE, SIZE, 24, dynamic=True, **ORBIT))
     static = _views(world, diffusion4d_orbit(SIZE, SIZE, 24, dynamic=False, **ORBIT))
@@ -106,7 +107,7 @@ def case_orbital(scale: float) -> dict:
     base = CoarseToFineConfig()
     cfg = CoarseToFineConfig(
         coarse=replace(base.coarse, iterations=max(int(5000 * scale), 1), preview_every=0),
-        fine=replace(base.fine, iterations=max(int(2000 * scale), 1), preview_every=0),
+        fine=replace(base.fine, iterations=max(int(2000 * scale), 1), preview_every=0, cuda_graphs=cuda_graphs),
     )
     init = sphere_init(5000, 0.5, generator=torch.Generator().manual_seed(0))
     with Timer() as t:
@@ -123,7 +124,7 @@ def case_orbital(scale: float) -> dict:
             "target_psnr": 27.0}
 
 
-def case_coco4d_fg(scale: float) -> dict:
+def case_coco4d_fg(scale: float, cuda_graphs: bool = False) -> dict:
     world = synthetic.object_world(0)
     truth = synthetic.render(world, world.reference_cameras(SIZE, SIZE, 16), supersample=3)
     clip = reference_clip(truth["rgb"], truth["foreground"], center=True)
@@ -134,7 +135,8 @@ def case_coco4d_fg(scale: float) -> dict:
                             StaticFitConfig(iterations=s_iters, preview_every=0), device=_device())
     with Timer() as t_dyn:
         dynamic = fit_deformation(static.gaussians, clip.views, training_render,
-                                  DeformationFitConfig(iterations=d_iters, preview_every=0), device=_device())
+                                  DeformationFitConfig(iterations=d_iters, preview_every=0, cuda_graphs=cuda_graphs),
+                                  device=_device())
     scene = Scene4D([ScenePart("fg", dynamic.gaussians, dynamic.extra["motion"])], 16, 8.0)
     with torch.no_grad():
         out = render_scene(scene, clip.views.cameras, torch.tensor(WHITE), device=_device()).rgb.clamp(0, 1).cpu()
@@ -158,6 +160,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--case", choices=list(CASES), action="append")
     ap.add_argument("--scale", type=float, default=1.0)
+    ap.add_argument("--cuda-graphs", action="store_true", help="deformation stages with CUDA graphs")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     device = _device()
@@ -168,7 +171,7 @@ def main() -> None:
           f"warm-up {time.perf_counter() - start:.1f} s", flush=True)
     results = []
     for case in args.case or list(CASES):
-        row = CASES[case](args.scale)
+        row = {**CASES[case](args.scale, args.cuda_graphs), "cuda_graphs": args.cuda_graphs}
         results.append(row)
         print(json.dumps(row), flush=True)
     if args.json:
