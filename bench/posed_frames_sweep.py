@@ -135,6 +135,13 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def score_fit(result, test, background, device: torch.device, frames: int) -> dict:
+    """PSNR and SSIM of a fine-stage result (canonical set + motion) on the test split."""
+    scene = Scene4D([ScenePart("object", result.gaussians, result.extra["motion"])], frames, 8.0)
+    score, _ = pfb.score(scene, test.cameras, test.images, background, device)
+    return score
+
+
 class CheckpointScorer:
     """``on_checkpoint`` hook: scores the fit so far on the test split, leaving its own time out.
 
@@ -150,8 +157,7 @@ class CheckpointScorer:
         _sync(self.device)
         begin = time.perf_counter()
         seconds = begin - self.start - self.paused
-        scene = Scene4D([ScenePart("object", result.gaussians, result.extra["motion"])], self.frames, 8.0)
-        score, _ = pfb.score(scene, self.test.cameras, self.test.images, self.background, self.device)
+        score = score_fit(result, self.test, self.background, self.device, self.frames)
         self.curve.append({"step": result.steps, "total_s": seconds, "psnr": score["psnr"], "ssim": score["ssim"]})
         print(f"  step {result.steps}: {seconds:.1f} s -> {score['psnr']:.2f} dB", flush=True)
         _sync(self.device)
@@ -233,8 +239,7 @@ def main() -> None:
         _sync(device)
         fine_s = time.perf_counter() - t - paused
         peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
-        scene = Scene4D([ScenePart("object", fine.gaussians, fine.extra["motion"])], len(views), 8.0)
-        score, _ = pfb.score(scene, test.cameras, test.images, background, device)
+        score = score_fit(fine, test, background, device, len(views))
         row = {"name": label, "device": name, "coarse_s": coarse_s, "fine_s": fine_s, "total_s": coarse_s + fine_s,
                "psnr": score["psnr"], "ssim": score["ssim"], "coarse_psnr": coarse_score["psnr"],
                "gaussians": len(fine.gaussians), "fine_iterations": fcfg.iterations,

@@ -86,6 +86,7 @@ def test_graphed_fit_learns_as_the_eager_fit():
     from gen4d.core.engine.fit_static import StaticFitConfig, fit_static
     from gen4d.core.engine.gaussians import sphere_init
     from gen4d.core.engine.losses import ReconstructionLoss, psnr
+    from gen4d.core.engine.scene import Scene4D, ScenePart
     from gen4d.core.engine.views import PosedImages
 
     world = synthetic.object_world(seed=0)
@@ -101,7 +102,7 @@ def test_graphed_fit_learns_as_the_eager_fit():
     for graphs in (False, True):
         result = fit_deformation(canonical, views, training_render, dataclasses.replace(config, cuda_graphs=graphs),
                                  device="cuda")
-        scene = _Fitted(result)
+        scene = Scene4D([ScenePart("object", result.gaussians, result.extra["motion"])], 12, 8.0)
         with torch.no_grad():
             out = render_scene(scene, cams.to("cuda"), torch.ones(3, device="cuda"))
         scores[graphs] = float(psnr(out.rgb.clamp(0, 1), views.images.cuda()))
@@ -109,10 +110,3 @@ def test_graphed_fit_learns_as_the_eager_fit():
         assert last < 0.7 * first, (graphs, first, last)
     assert abs(scores[True] - scores[False]) < 0.3, scores
 
-
-class _Fitted:
-    def __init__(self, result):
-        self.gaussians, self.motion = result.gaussians, result.extra["motion"]
-
-    def at(self, t: float):
-        return self.motion.apply(self.gaussians, float(t))

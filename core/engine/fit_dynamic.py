@@ -244,10 +244,10 @@ def fit_deformation(
                                       ("time_smoothness", cfg.time_smoothness_weight, reg.time_smoothness_loss),
                                       ("time_l1", cfg.time_l1_weight, reg.time_l1_loss)) if term[1] > 0]
 
-    def plane_terms() -> dict[str, torch.Tensor]:
+    def eager_plane_terms() -> dict[str, torch.Tensor]:
         return {name: weight * fn(deformation) for name, weight, fn in regularisers}
 
-    batch_deltas = None
+    batch_deltas, plane_terms = None, eager_plane_terms
     if cfg.cuda_graphs and graphs_supported(dev):
         if dcfg is None:
             try:
@@ -306,7 +306,7 @@ def fit_deformation(
                 total = total + rigid
             for name, value in plane_terms().items():
                 # A graphed output is a buffer that the next step overwrites; the monitor reads terms later.
-                terms[name] = value.detach().clone() if batch_deltas is not None else value.detach()
+                terms[name] = value.detach() if plane_terms is eager_plane_terms else value.detach().clone()
                 total = total + value
             if guidance is not None and cfg.sds_weight > 0 and step % cfg.sds_every == 0:
                 k = int(torch.randint(0, len(deformed), (1,), generator=gen))
