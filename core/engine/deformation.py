@@ -295,7 +295,10 @@ class HexPlaneField(nn.Module):
     def _spatial(self, grid: nn.ParameterDict, p: Tensor) -> Tensor:
         """Product of the xy, xz and yz samples at normalised points ``p [M,3]`` -> ``[M,F]``."""
         planes = torch.cat([grid[name] for name in SPATIAL_PLANES])
-        first, second = p.T[_SPATIAL_AXES[0]], p.T[_SPATIAL_AXES[1]]
+        # Stacked column views, not list indexing: a list index is a host tensor copied to the device
+        # on every call, which CUDA-graph capture forbids.
+        first = torch.stack([p[:, i] for i in _SPATIAL_AXES[0]])
+        second = torch.stack([p[:, i] for i in _SPATIAL_AXES[1]])
         s = _sample_planes(planes, first, second)
         return s[0] * s[1] * s[2]
 
