@@ -107,8 +107,10 @@ class DeformationFitConfig:
             needs ``freeze_canonical=False``. ``None`` off.
         cuda_graphs: on a CUDA device, replay the field's pass, the plane regularisers and their
             backward as CUDA graphs (``graphed_deformation``), which saves their launches from Python
-            every step; fits that densify run without (the graphs fix the Gaussian count). Ignored
-            off CUDA.
+            every step: on the posed-frames bench (H100, one sitting) 400 fine steps of 8 frames took
+            10.1 ms each against 19.7 ms eager, at the same PSNR. Fits that densify run without (the
+            graphs fix the Gaussian count); a capture that fails (out of memory, an operation that
+            cannot be captured) falls back to the eager field with a logged warning. Ignored off CUDA.
     """
 
     iterations: int = 800
@@ -137,7 +139,7 @@ class DeformationFitConfig:
     lr_scale_with_extent: bool = False
     lr_final_ratio: float | None = None
     densify: dens.DensifyConfig | None = None
-    cuda_graphs: bool = False
+    cuda_graphs: bool = True
 
     def __post_init__(self) -> None:
         if self.densify is not None and self.freeze_canonical:
@@ -256,8 +258,10 @@ def fit_deformation(
                 if regularisers:
                     plane_terms = graphed_plane_terms(deformation, regularisers)
             except RuntimeError as exc:  # out of memory, or an operation that cannot be captured
-                raise ValueError(f"fit_deformation: the field's CUDA graphs could not be captured ({exc}); run with "
-                                 "cuda_graphs off") from exc
+                # The eager field computes the same fit, only slower: nothing is lost by going on without.
+                logger.warning("fit_deformation: the field's CUDA graphs could not be captured (%s); the fit "
+                               "runs the eager field (set cuda_graphs off to skip the attempt)", exc)
+                batch_deltas, plane_terms = None, eager_plane_terms
         else:
             logger.info("fit_deformation: densification changes the Gaussian count; the field runs without CUDA "
                         "graphs")
