@@ -67,6 +67,11 @@ class FitOptions:
         required["time_resolution"] = int_in(0, 0, 1024, "HexPlane samples along time; 0 = one per frame time, "
                                              "at most 25 (4DGS on D-NeRF): a coarser grid interpolates "
                                              "better between frames each seen from one camera.")
+        # Appended last: saved workflows list widget values by position.
+        required["lr_final_ratio"] = float_in(-1.0, -1.0, 1.0, "Deformation Fit: decay the field's learning rates "
+                                              "(and the canonical positions') log-linearly to this fraction "
+                                              "of their start over the fit (4DGS: 0.1); 1 = constant "
+                                              "(CoCo4D); -1 = the preset's.", step=0.01)
         return {"required": required}
 
     @classmethod
@@ -84,7 +89,7 @@ class FitOptions:
         return True
 
     def build(self, preset, lpips_weights=NO_LPIPS, hexplane_multires="", hexplane_resolution=0, time_resolution=0,
-              **values):
+              lr_final_ratio=-1.0, **values):
         node = "Gen4D_FitOptions"
         given = {name: float(values[name]) for name in (*LOSS_TERMS, *LEARNING_RATES)
                  if name in values and float(values[name]) >= 0}
@@ -98,7 +103,7 @@ class FitOptions:
             options = fo.FitOptions(
                 preset=preset, lpips_path=path, hexplane_resolution=int(hexplane_resolution) or None,
                 hexplane_multires=_multires(hexplane_multires), time_resolution=int(time_resolution) or None,
-                **given)
+                lr_final_ratio=None if float(lr_final_ratio) < 0 else float(lr_final_ratio), **given)
         except ValueError as exc:
             raise ValueError(f"{node}: {exc}") from exc
         loss = options.loss()

@@ -557,7 +557,8 @@ def test_a_failed_graph_capture_falls_back_to_the_eager_field(tiny, monkeypatch,
     monkeypatch.setattr(fit_dynamic, "graphs_supported", lambda device: True)
     monkeypatch.setattr(graphed_deformation, "graphs_supported", lambda device: True)
     with caplog.at_level("WARNING", logger=fit_dynamic.logger.name):
-        fallback = fit_deformation(sphere(100), tiny.video, training_render, dataclasses.replace(config, cuda_graphs=True))
+        fallback = fit_deformation(sphere(100), tiny.video, training_render,
+                                   dataclasses.replace(config, cuda_graphs=True))
     assert len(calls) == 2
     assert "could not be captured (operation not permitted when stream is capturing)" in caplog.text
     assert "cuda_graphs off" in caplog.text

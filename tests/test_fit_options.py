@@ -52,6 +52,11 @@ def test_presets_carry_the_papers_numbers():
         assert (p.deformation_lr, p.grid_lr) == (0.00016, 0.0016)
         assert (p.tv_weight, p.time_smoothness_weight, p.time_l1_weight) == (1e-4, 0.01, 1e-4)
         assert (p.hexplane.base_resolution, p.hexplane.multires, p.hexplane.time_resolution) == (64, (1, 2), 25)
+    for name in ("diffusion4d_fine", "4dgs_default"):  # 4DGS: deformation 1.6e-4 -> 1.6e-5, grid 1.6e-3 -> 1.6e-4
+        assert FIT_PRESETS[name].lr_final_ratio == 0.1
+        assert FitOptions(name).deformation_config(DeformationFitConfig()).lr_final_ratio == 0.1
+    for name in ("coco4d_foreground", "coco4d_background"):  # constant rates in CoCo4D's tables
+        assert FIT_PRESETS[name].lr_final_ratio is None
     four = FIT_PRESETS["4dgs_default"].loss
     assert (four.l1, four.lpips, four.dssim, four.l2) == (1.0, 0.0, 0.0, 0.0)
 
@@ -62,7 +67,7 @@ def test_coco4d_foreground_preset_is_what_the_fit_nodes_do_without_options():
     assert opts.static_config(static) == static
     applied = opts.deformation_config(dynamic)
     for name in ("loss", "deformation_lr", "grid_lr", "hexplane", "adapt_time_resolution", "tv_weight",
-                 "time_smoothness_weight", "time_l1_weight"):
+                 "time_smoothness_weight", "time_l1_weight", "lr_final_ratio"):
         assert getattr(applied, name) == getattr(dynamic, name), name
 
 
@@ -76,6 +81,15 @@ def test_overrides_replace_only_what_they_name():
     assert (cfg.hexplane.base_resolution, cfg.hexplane.multires, cfg.hexplane.time_resolution) == (16, (1,), 8)
     assert not cfg.adapt_time_resolution and cfg.iterations == 7, "what options do not name stays the fit's"
     assert opts.deformation_config(DeformationFitConfig(), has_masks=False).loss.mask == 0.0
+    assert FitOptions("diffusion4d_fine", lr_final_ratio=0.3).deformation_config(DeformationFitConfig()) \
+        .lr_final_ratio == 0.3
+    assert FitOptions("diffusion4d_fine", lr_final_ratio=1.0).deformation_config(DeformationFitConfig()) \
+        .lr_final_ratio is None, "1 = constant rates"
+    assert FitOptions("coco4d_foreground", lr_final_ratio=0.5).deformation_config(DeformationFitConfig()) \
+        .lr_final_ratio == 0.5
+    for ratio in (0.0, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="lr_final_ratio"):
+            FitOptions("diffusion4d_fine", lr_final_ratio=ratio)
     for bad, match in ((dict(preset="nerf"), "preset must be one of"), (dict(l1=-0.5), "l1 must be"),
                        (dict(grid_lr=0.0), "grid_lr must be a finite number > 0"),
                        (dict(hexplane_multires=(0,)), "FitOptions: HexPlaneConfig: multires")):
@@ -93,7 +107,12 @@ def test_fit_options_node(caplog, tmp_path, monkeypatch):
                   hexplane_resolution=32, hexplane_multires="1, 4", time_resolution=6)
     assert (opts.l1, opts.dssim, opts.grid_lr) == (0.3, 0.0, 0.002)
     assert (opts.hexplane_resolution, opts.hexplane_multires, opts.time_resolution) == (32, (1, 4), 6)
+    (opts,) = run("Gen4D_FitOptions", preset="diffusion4d_fine", lr_final_ratio=0.25)
+    assert opts.lr_final_ratio == 0.25 and opts.deformation_config(DeformationFitConfig()).lr_final_ratio == 0.25
+    with pytest.raises(ValueError, match="Gen4D_FitOptions: .*lr_final_ratio"):
+        run("Gen4D_FitOptions", preset="diffusion4d_fine", lr_final_ratio=0.0)
     cls = gen4d.NODE_CLASS_MAPPINGS["Gen4D_FitOptions"]
+    assert list(cls.INPUT_TYPES()["required"])[-1] == "lr_final_ratio", "new widgets go last (saved workflows)"
     assert "hexplane_multires" in cls.VALIDATE_INPUTS(hexplane_multires="1,x")
     with pytest.raises(ValueError, match="hexplane_multires"):
         run("Gen4D_FitOptions", hexplane_multires="0")

@@ -90,8 +90,8 @@ SETTINGS: dict[str, dict[int, dict[str, Any]]] = {
 }
 RUNNABLE = set(SETTINGS)
 # The model workflows' own values where they differ from the node defaults (posed fits: no centring).
-# Fine stage: 8 frames a step (CoarseToFineConfig), not the node's CoCo4D default of 4.
-SETTINGS["Diffusion4D"] = {11: {"center_object": False}, 12: {"center_object": False, "times_per_step": 8}}
+# Fine stage: 16 frames a step (CoarseToFineConfig), not the node's CoCo4D default of 4.
+SETTINGS["Diffusion4D"] = {11: {"center_object": False}, 12: {"center_object": False, "times_per_step": 16}}
 # Tiny sizes for the test suite's headless runs (tests/test_run_workflow.py); never applied in ComfyUI.
 TEST_OVERRIDES = {
     "Gen4D_ForegroundFit_synthetic": {"1.num_frames": 3, "1.width": 24, "1.height": 24, "1.twin_points": 300,
@@ -114,7 +114,7 @@ SETTINGS_NOTES = {
         "**As shipped** (a few minutes on a 2-core CPU): 12 views at 48², coarse 300 iterations from 1000 "
         "points, fine 60 iterations, a 16-view novel orbit. **Paper settings**, one widget each: 24 views at "
         "256² (`num_frames`, `width`, `height` on the orbit camera and the world), coarse 5000 and fine 2000 "
-        "iterations (8 times per fine step); on a GPU."),
+        "iterations (16 times per fine step); on a GPU."),
     "Gen4D_ForegroundFit_synthetic": (
         "**As shipped** (a few minutes on a 2-core CPU): 8 frames at 64², 80 static steps from 1500 points, "
         "24 motion steps (2 times per step) + 6 trajectory steps, a 12-view 96² orbit. **Paper settings**, "

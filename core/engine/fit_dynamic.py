@@ -100,8 +100,8 @@ class DeformationFitConfig:
             scene extent (``fit_static.scene_extent``), as 4DGS does (``spatial_lr_scale``); off for
             CoCo4D's absolute rates.
         lr_final_ratio: decay the deformation, grid and canonical position rates log-linearly to
-            this fraction of their start over the fit (4DGS: 0.01); ``None`` keeps them constant
-            (CoCo4D).
+            this fraction of their start over the fit (4DGS: 0.1 for the field's rates); ``None``
+            keeps them constant (CoCo4D).
         densify: adaptive density control of the canonical set during the fit, driven by the
             screen-space gradients of the deformed Gaussians (4DGS densifies in its fine stage);
             needs ``freeze_canonical=False``. ``None`` off.
@@ -380,25 +380,25 @@ class CoarseToFineConfig:
     """Diffusion4D §3.4 / §4.1: 4DGS construction in two stages.
 
     Args:
-        coarse: static fit on the static orbit and the 4D orbit together (5k iterations).
-        fine: deformation fit on the 4D orbit only (2k iterations; canonical trained too), 8 frames
-            a step: a step's cost is mostly fixed (launches, the rasterizer's tile sort), so twice
-            CoCo4D's batch of 4 costs little. On the posed-frames bench (H100, one coarse fit, same
-            sitting) 8 frames gave 28.8 dB in 47.9 s against 28.2 dB in 44.9 s with 4. 4DGS's
-            fine-stage densification and rate decay are available (``densify``, ``lr_final_ratio``)
-            but off: on that bench they gave 28.2 dB and 26.0 dB against 28.4 dB without them at
-            these stage lengths (4 frames a step), and with 4DGS's rates and 25 time samples 32.7 dB
-            against 33.0 dB. The time grid follows the frame count up to 25 samples (4DGS D-NeRF;
-            :func:`~.deformation.time_samples_for`): on the 100-frame bench that gave 33.0 dB against
-            29.1 dB with a sample per frame.
+        coarse: static fit on the static orbit and the 4D orbit together (5k iterations, 4 views a step).
+        fine: deformation fit on the 4D orbit only (2k iterations; canonical trained too) with 4DGS's
+            time smoothness (1e-2) and rate decay (to a tenth), 16 frames a step.
+
+    The fine-stage choices were measured on the posed-frames bench (``bench/plans/time_smoothness.json``;
+    one H100, one coarse fit, 2000 fine steps, eager field): 32.2 dB with time smoothness 1e-3, 33.2 with
+    1e-2, 34.7 with 1e-2 and the decay, 35.6 with 16 frames a step on top (8 before: a step's cost is
+    mostly fixed, launches and the rasterizer's tile sort, so more frames cost little). The time grid
+    follows the frame count up to 25 samples (4DGS D-NeRF; :func:`~.deformation.time_samples_for`).
+    4DGS's fine-stage densification is available (``densify``) but off: at 2000 x 8 it gave 32.6 dB against
+    32.0 for a fifth more time, and a fit that changes its Gaussian count runs without CUDA graphs.
     """
 
     coarse: StaticFitConfig = field(default_factory=lambda: StaticFitConfig(
         iterations=5000, views_per_step=4, loss=ReconstructionLoss(l1=1.0, dssim=0.0, mask=0.0,
                                                                    depth_smoothness=0.0)))
     fine: DeformationFitConfig = field(default_factory=lambda: DeformationFitConfig(
-        iterations=2000, times_per_step=8, loss=ReconstructionLoss(l1=1.0, l2=0.0, dssim=0.0, mask=0.0),
-        rigidity_weight=0.0, freeze_canonical=False))
+        iterations=2000, times_per_step=16, loss=ReconstructionLoss(l1=1.0, l2=0.0, dssim=0.0, mask=0.0),
+        rigidity_weight=0.0, freeze_canonical=False, time_smoothness_weight=1e-2, lr_final_ratio=0.1))
 
 
 def fit_coarse_to_fine(

@@ -61,6 +61,9 @@ class FitPreset:
         deformation_lr, grid_lr: Adam rates of the deformation MLPs and of the HexPlane planes.
         hexplane: the deformation field (plane resolution, multi-resolution levels, time samples).
         tv_weight, time_smoothness_weight, time_l1_weight: HexPlane plane regularisers (4DGS).
+        lr_final_ratio: a deformation fit decays the field's rates (and the canonical positions') log-linearly
+            to this fraction of their start (4DGS: deformation 1.6e-4 -> 1.6e-5, grid 1.6e-3 -> 1.6e-4);
+            ``None`` keeps them constant (CoCo4D).
         iterations: the paper's steps for this stage (reference only; the fit's own setting decides).
         lr_scale_with_extent: the position, deformation and grid rates are relative to the scene extent
             (3DGS / 4DGS ``spatial_lr_scale``; 2.2 for Diffusion4D's orbit at distance 2) rather than absolute
@@ -77,6 +80,7 @@ class FitPreset:
     tv_weight: float = 2e-4
     time_smoothness_weight: float = 1e-3
     time_l1_weight: float = 1e-4
+    lr_final_ratio: float | None = None
     iterations: int = 0
     lr_scale_with_extent: bool = False
 
@@ -106,15 +110,15 @@ FIT_PRESETS: dict[str, FitPreset] = {
         iterations=5000, lr_scale_with_extent=True),
     "diffusion4d_fine": FitPreset(
         "diffusion4d_fine", "Diffusion4D §3.4 (L1 + LPIPS + depth smoothness on the 4D orbit) with 4DGS [46] "
-        "rates, HexPlane and regularisers; §4.1: 2000 fine iterations",
+        "rates, rate decay, HexPlane and regularisers; §4.1: 2000 fine iterations",
         _DIFFUSION4D_LOSS, FOURDGS_LEARNING_RATES, 0.00016, 0.0016, _fourdgs_field(), 1e-4, 0.01, 1e-4,
-        iterations=2000, lr_scale_with_extent=True),
+        lr_final_ratio=0.1, iterations=2000, lr_scale_with_extent=True),
     "4dgs_default": FitPreset(
         "4dgs_default", "4DGS (Wu et al. 2024) D-NeRF config: L1 only (lambda_dssim = lambda_lpips = 0), "
-        "deformation 1.6e-4, grid 1.6e-3, plane TV 1e-4, time smoothness 0.01, time L1 1e-4; 3000 + 20000 "
-        "iterations",
+        "deformation 1.6e-4 and grid 1.6e-3 decaying to a tenth, plane TV 1e-4, time smoothness 0.01, time L1 "
+        "1e-4; 3000 + 20000 iterations",
         ReconstructionLoss(l1=1.0, l2=0.0, dssim=0.0, mask=0.0), FOURDGS_LEARNING_RATES, 0.00016, 0.0016,
-        _fourdgs_field(), 1e-4, 0.01, 1e-4, iterations=20000, lr_scale_with_extent=True),
+        _fourdgs_field(), 1e-4, 0.01, 1e-4, lr_final_ratio=0.1, iterations=20000, lr_scale_with_extent=True),
 }
 
 
@@ -141,6 +145,8 @@ class FitOptions:
         hexplane_resolution: spatial plane resolution at multiplier 1.
         hexplane_multires: spatial resolution multipliers, e.g. ``(1, 2)``.
         time_resolution: samples along time; ``None``: one per frame time, at most the preset's (25).
+        lr_final_ratio: the deformation fit's rate decay, a fraction in (0, 1] (1 = constant rates);
+            ``None`` keeps the preset's.
     """
 
     preset: str = "coco4d_foreground"
@@ -161,6 +167,7 @@ class FitOptions:
     hexplane_resolution: int | None = None
     hexplane_multires: tuple[int, ...] | None = None
     time_resolution: int | None = None
+    lr_final_ratio: float | None = None
 
     def __post_init__(self) -> None:
         if self.preset not in FIT_PRESETS:
@@ -169,6 +176,10 @@ class FitOptions:
             _check_optional(name, getattr(self, name))
         for name in LEARNING_RATES:
             _check_optional(name, getattr(self, name), positive=True)
+        _check_optional("lr_final_ratio", self.lr_final_ratio, positive=True)
+        if self.lr_final_ratio is not None and self.lr_final_ratio > 1:
+            raise ValueError(f"FitOptions: lr_final_ratio must be in (0, 1] (1 = constant rates) or None (the "
+                             f"preset's), got {self.lr_final_ratio!r}")
         try:  # HexPlaneConfig checks resolution, multires and time samples
             self.field_config(FIT_PRESETS[self.preset].hexplane)
         except ValueError as exc:
@@ -220,7 +231,13 @@ class FitOptions:
             grid_lr=float(self.grid_lr if self.grid_lr is not None else p.grid_lr),
             hexplane=self.field_config(p.hexplane), adapt_time_resolution=self.time_resolution is None,
             tv_weight=p.tv_weight, time_smoothness_weight=p.time_smoothness_weight,
-            time_l1_weight=p.time_l1_weight, lr_scale_with_extent=p.lr_scale_with_extent)
+            time_l1_weight=p.time_l1_weight, lr_scale_with_extent=p.lr_scale_with_extent,
+            lr_final_ratio=self.final_ratio())
+
+    def final_ratio(self) -> float | None:
+        """The deformation fit's rate decay: the override, else the preset's (``None`` = constant rates)."""
+        ratio = self.lr_final_ratio if self.lr_final_ratio is not None else self.base.lr_final_ratio
+        return None if ratio is None or ratio == 1 else float(ratio)
 
     def describe(self) -> str:
         """One line: the preset, its source and the overrides."""
