@@ -178,6 +178,6 @@ class SDGuidance(GuidanceLifecycle):
             return out.chunk(2)
 
         steps = sample_timesteps(self._generator, batch, step_ratio, c.num_train_timesteps, self.t_range)
-        noise = torch.randn(latents.shape, generator=self._generator).to(device)
+        noise = torch.randn(latents.shape, generator=self._generator)  # host generator: same noise on any device
         return sds_from_latents(latents, predict, c.alphas_cumprod, steps, noise, self.guidance_scale,
                                 c.prediction_type)

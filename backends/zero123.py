@@ -110,20 +110,25 @@ def sds_from_latents(latents: Tensor, predict: Callable[[Tensor, Tensor], tuple[
     Args:
         latents: ``[B,C,h,w]`` scaled latents, attached to the graph of the images.
         predict: ``(x_t, t) -> (out_cond, out_uncond)`` network outputs for the noisy latents.
-        alphas_cumprod: ``ᾱ`` of the noise schedule (any device).
-        timesteps: ``[B]`` integer timesteps.
+        alphas_cumprod: ``ᾱ`` of the noise schedule (on the host, where it is indexed).
+        timesteps: ``[B]`` integer timesteps, drawn on the host.
         noise: ``[B,C,h,w]`` the ε added.
+
+    Host inputs reach the device without waiting for its queue (``non_blocking``), so a fit step that
+    calls this keeps the GPU fed.
         guidance_scale: classifier-free guidance scale ``s``.
         prediction_type: "epsilon" or "v_prediction" (SD 2.1 768); v is converted to ε.
 
     Returns:
         scalar ``0.5 ||z - sg(z - w(t)(ε̂ - ε))||² / B``, ``w(t) = 1 - ᾱ_t``.
     """
-    a = alphas_cumprod.to(latents.device, torch.float32)[timesteps.to(latents.device)].view(-1, 1, 1, 1)
+    device = latents.device
+    steps = timesteps.cpu()
+    a = alphas_cumprod.cpu().float()[steps].view(-1, 1, 1, 1).to(device, non_blocking=True)
     with torch.no_grad():
         z = latents.detach().float()
-        x_t = a.sqrt() * z + (1 - a).sqrt() * noise
-        cond, uncond = predict(x_t.to(latents.dtype), timesteps.to(latents.device))
+        x_t = a.sqrt() * z + (1 - a).sqrt() * noise.to(device, non_blocking=True)
+        cond, uncond = predict(x_t.to(latents.dtype), steps.to(device, non_blocking=True))
         cond, uncond = cond.float(), uncond.float()
         if prediction_type == "v_prediction":
             cond = a.sqrt() * cond + (1 - a).sqrt() * x_t
@@ -131,7 +136,7 @@ def sds_from_latents(latents: Tensor, predict: Callable[[Tensor, Tensor], tuple[
         elif prediction_type != "epsilon":
             raise ValueError(f"SDS: unsupported scheduler prediction_type {prediction_type!r}")
         eps = uncond + guidance_scale * (cond - uncond)
-        grad = torch.nan_to_num((1 - a) * (eps - noise))
+        grad = torch.nan_to_num((1 - a) * (eps - noise.to(device, non_blocking=True)))
     return sds_surrogate(latents.float(), grad)
 
 
@@ -384,7 +389,8 @@ class Zero123Guidance(GuidanceLifecycle):
         index = int(round(min(max(float(t), 0.0), 1.0) * (frames - 1))) if frames > 1 else 0
         clip, cond_latent = self._condition(index, device, dtype)
         el, az, radius = orbit_angles(cameras, self.center)
-        cam = camera_embedding(el.float().cpu(), az.float().cpu(), radius.float().cpu(),
+        # On the cameras' device: reading the angles back to the host would wait for the render.
+        cam = camera_embedding(el.float(), az.float(), radius.float(),
                                (self.condition_elevation, self.condition_azimuth, self.condition_radius),
                                self.variant).to(device, dtype)
         with torch.no_grad():
@@ -400,7 +406,7 @@ class Zero123Guidance(GuidanceLifecycle):
             return out.chunk(2)
 
         steps = sample_timesteps(self._generator, batch, step_ratio, c.num_train_timesteps, self.t_range)
-        noise = torch.randn(latents.shape, generator=self._generator).to(device)
+        noise = torch.randn(latents.shape, generator=self._generator)  # host generator: same noise on any device
         return sds_from_latents(latents, predict, c.alphas_cumprod, steps, noise, self.guidance_scale,
                                 c.prediction_type)
 

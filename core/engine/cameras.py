@@ -123,8 +123,12 @@ class Cameras:
         """``[C]`` vertical field of view in degrees."""
         return torch.rad2deg(2.0 * torch.atan(0.5 * self.height / self.Ks[:, 1, 1]))
 
-    def to(self, device: torch.device | str) -> "Cameras":
-        return self._derived(viewmats=self.viewmats.to(device), Ks=self.Ks.to(device), times=self.times.to(device))
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "Cameras":
+        """A copy on ``device``; ``non_blocking`` copies host tensors without waiting for the device's queue
+        (safe for cameras made on the host, as a fit's sampled guidance views are)."""
+        return self._derived(viewmats=self.viewmats.to(device, non_blocking=non_blocking),
+                             Ks=self.Ks.to(device, non_blocking=non_blocking),
+                             times=self.times.to(device, non_blocking=non_blocking))
 
     def __getitem__(self, index) -> "Cameras":
         if isinstance(index, int):

@@ -315,7 +315,7 @@ def fit_deformation(
             if guidance is not None and cfg.sds_weight > 0 and step % cfg.sds_every == 0:
                 k = int(torch.randint(0, len(deformed), (1,), generator=gen))
                 t = float(times_host[schedule_host[step, k]])
-                sds_cams = sample_guidance_cameras(cfg.pose_sampling, t, gen).to(dev)
+                sds_cams = sample_guidance_cameras(cfg.pose_sampling, t, gen).to(dev, non_blocking=True)
                 sds_out = render_fn(deformed[k], sds_cams, background)
                 sds = cfg.sds_weight * guidance.sds_loss(sds_out.rgb, sds_cams, t, step / max(cfg.iterations - 1, 1))
                 terms["sds"] = sds.detach()

@@ -292,7 +292,7 @@ def fit_static(
             renders = [out]
             if guidance is not None and cfg.sds_weight > 0 and step % cfg.sds_every == 0:
                 t = float(times_host[schedule_host[step, 0]])
-                cams = sample_guidance_cameras(cfg.pose_sampling, t, gen).to(dev)
+                cams = sample_guidance_cameras(cfg.pose_sampling, t, gen).to(dev, non_blocking=True)
                 sds_out = render_fn(gaussians, cams, background)
                 sds = cfg.sds_weight * guidance.sds_loss(sds_out.rgb, cams, t, step / max(cfg.iterations - 1, 1))
                 total = total + sds

@@ -117,7 +117,8 @@ def orbit_angles(cameras: Cameras, center=(0.0, 0.0, 0.0), up=DEFAULT_UP) -> tup
     """
     if tuple(up) != tuple(DEFAULT_UP):
         raise ValueError(f"orbit_angles: only the default up axis {DEFAULT_UP} is supported, got {up}")
-    offset = cameras.centers - torch.as_tensor(center, dtype=cameras.viewmats.dtype, device=cameras.device)
+    origin = torch.as_tensor(center, dtype=cameras.viewmats.dtype)
+    offset = cameras.centers - origin.to(cameras.device, non_blocking=True)
     radius = offset.norm(dim=-1)
     direction = offset / radius.clamp_min(1e-12)[:, None]
     elevation = torch.rad2deg(torch.asin((-direction[:, 1]).clamp(-1.0, 1.0)))

@@ -1,0 +1,81 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Score distillation on a GPU never waits for the device (GPU machines only).
+
+A fit step queues the render, then the SDS loss, then the backward. If the loss reads a value back to
+the host (camera angles, timesteps) or copies host data with a blocking copy, the host stops until the
+render has finished and the GPU idles while the next kernels are launched. With CUDA's sync debug mode
+set to "error", such a wait raises. The tiny random-weight Zero123 and Stable Diffusion folders go
+through the real loaders; the first call, which moves the networks and encodes the condition, is left
+out.
+
+Run: ``pytest tests/test_guidance_gpu.py`` on a machine with CUDA.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from gen4d.backends.tiny import build_tiny
+from gen4d.core.engine.cameras import Cameras, intrinsics_from_fov, orbit_poses
+from gen4d.nodes.guidance import SDGuidanceLoader, Zero123GuidanceLoader
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+S = 24
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GEN4D_MODELS_DIR", str(root))
+        build_tiny("guidance_zero123", root / "gen4d" / "zero123", seed=0)
+        build_tiny("guidance_sd", root / "diffusers", seed=0)
+        yield root
+
+
+def _cameras(n: int) -> Cameras:
+    el, az = torch.linspace(-10.0, 20.0, n), torch.linspace(0.0, 270.0, n)
+    K = intrinsics_from_fov(49.1, S, S).expand(n, 3, 3).clone()
+    return Cameras(orbit_poses(el, az, 2.5), K, S, S, torch.zeros(n), 0.01, 100.0).to("cuda")
+
+
+def _guidances():
+    with torch.inference_mode():
+        zero123 = Zero123GuidanceLoader().load(
+            model="guidance_zero123-tiny", condition_image=torch.rand(1, 40, 40, 3), condition_elevation=0.0,
+            condition_azimuth=0.0, condition_radius=2.5, guidance_scale=5.0, device="auto", dtype="auto", seed=0)[0]
+        sd = SDGuidanceLoader().load(model="guidance_sd-tiny", prompt="a cat", negative_prompt="",
+                                     guidance_scale=7.5, device="auto", dtype="auto", seed=0)[0]
+    return {"zero123": zero123, "sd": sd}
+
+
+@pytest.mark.parametrize("name", ["zero123", "sd"])
+def test_sds_loss_and_its_backward_never_wait_for_the_device(models_dir, name):
+    guidance = _guidances()[name]
+    cams = _cameras(3)
+    images = torch.rand(3, S, S, 3, device="cuda", requires_grad=True)
+    guidance.sds_loss(images, cams, 0.5, 0.3).backward()  # moves the networks, encodes the condition
+    torch.cuda.synchronize()
+    images.grad = None
+    previous = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        loss = guidance.sds_loss(images * 1.0, cams, 0.5, 0.6)
+        loss.backward()
+    finally:
+        torch.cuda.set_sync_debug_mode(previous)
+    assert torch.isfinite(loss) and images.grad is not None and images.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", ["zero123", "sd"])
+def test_sds_loss_on_the_gpu_repeats_under_its_seed(models_dir, name):
+    guidance = _guidances()[name]
+    cams = _cameras(2)
+    images = torch.rand(2, S, S, 3, generator=torch.Generator().manual_seed(3)).cuda()
+    losses = []
+    for _ in range(2):
+        guidance.reseed(7)
+        losses.append([float(guidance.sds_loss(images, cams, 0.25, r)) for r in (0.1, 0.9)])
+    assert losses[0] == losses[1]
+    assert losses[0][0] != losses[0][1], "the noise level follows the step ratio"
