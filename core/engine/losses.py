@@ -154,7 +154,9 @@ def l2_loss(x: Tensor, y: Tensor, mask: Tensor | None = None) -> Tensor:
 def _gaussian_window(window: int, sigma: float, dtype: torch.dtype, device: torch.device) -> Tensor:
     coords = torch.arange(window, dtype=torch.float64) - (window - 1) / 2.0
     g = torch.exp(-(coords**2) / (2.0 * sigma**2))
-    return (g / g.sum()).to(dtype=dtype, device=device)
+    # Made on the host every call (cheap), copied without waiting for the device's queue: a blocking copy
+    # would stall every fit step that uses SSIM until the render finished.
+    return (g / g.sum()).to(dtype=dtype).to(device, non_blocking=True)
 
 
 def _filter(x: Tensor, g: Tensor, padding: str) -> Tensor:
