@@ -539,6 +539,41 @@ def test_graphed_fit_loop_matches_the_eager_loop_with_graph_buffer_semantics(tin
     torch.testing.assert_close(graphed.gaussians.means, eager.gaussians.means, rtol=1e-4, atol=1e-6)
 
 
+def test_a_densifying_graphed_fit_captures_again_when_the_count_changes(tiny, object_world, monkeypatch):
+    """A graph replays fixed shapes: after densification changes the Gaussian count the field's pass is
+    captured again for the new count (the plane terms, which do not depend on it, once), and the fit is
+    the eager fit's."""
+    from gen4d.core.engine import fit_dynamic, graphed_deformation
+    from graph_emulator import make_graphed_callables
+
+    captured = []
+
+    def capture(module, sample_args, **kwargs):
+        captured.append((module, tuple(a.shape for a in sample_args)))
+        return make_graphed_callables(module, sample_args, **kwargs)
+
+    canonical = synthetic.surface_motion(object_world, [0.0], 200, seed=0).gaussians
+    densify = DensifyConfig(refine_start=5, refine_every=5, refine_stop=20, grad_threshold=1e-6,
+                            prune_scale3d=None)
+    config = deformation_config(24, freeze_canonical=False, densify=densify, seed=3, cuda_graphs=False)
+    eager = fit_deformation(canonical, tiny.video, training_render, config)
+    monkeypatch.setattr(torch.cuda, "make_graphed_callables", capture)
+    monkeypatch.setattr(fit_dynamic, "graphs_supported", lambda device: True)
+    monkeypatch.setattr(graphed_deformation, "graphs_supported", lambda device: True)
+    graphed = fit_deformation(canonical, tiny.video, training_render, dataclasses.replace(config, cuda_graphs=True))
+    counts = [h["count"] for h in eager.history]
+    assert [h["count"] for h in graphed.history] == counts
+    changed = [b for a, b in zip([200, *counts], counts) if a != b]
+    assert len(changed) >= 2, counts
+    passes = [shapes[0][0] for module, shapes in captured if shapes]  # the field's pass: (means, times)
+    assert passes == [200, *changed], (passes, counts)
+    assert sum(1 for _, shapes in captured if not shapes) == 1, "the plane terms are captured once"
+    assert sum(m.replays for m, shapes in captured if shapes) == len(counts), "one replay of the pass a step"
+    for a, b in zip(eager.history, graphed.history):
+        assert b["total"] == pytest.approx(a["total"], rel=1e-5, abs=1e-9), a["step"]
+    torch.testing.assert_close(graphed.gaussians.means, eager.gaussians.means, rtol=1e-4, atol=1e-6)
+
+
 def test_a_failed_graph_capture_falls_back_to_the_eager_field(tiny, monkeypatch, caplog):
     from gen4d.core.engine import fit_dynamic, graphed_deformation
     from graph_emulator import make_graphed_callables

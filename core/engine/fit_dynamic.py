@@ -108,8 +108,9 @@ class DeformationFitConfig:
         cuda_graphs: on a CUDA device, replay the field's pass, the plane regularisers and their
             backward as CUDA graphs (``graphed_deformation``), which saves their launches from Python
             every step: on the posed-frames bench (H100, one sitting) 400 fine steps of 8 frames took
-            10.1 ms each against 19.7 ms eager, at the same PSNR. Fits that densify run without (the
-            graphs fix the Gaussian count); a capture that fails (out of memory, an operation that
+            10.1 ms each against 19.7 ms eager, at the same PSNR. A graph replays fixed shapes, so a fit
+            that densifies captures the pass again whenever the Gaussian count changes (every
+            ``refine_every`` steps at most); a capture that fails (out of memory, an operation that
             cannot be captured) falls back to the eager field with a logged warning. Ignored off CUDA.
     """
 
@@ -250,21 +251,24 @@ def fit_deformation(
         return {name: weight * fn(deformation) for name, weight, fn in regularisers}
 
     batch_deltas, plane_terms = None, eager_plane_terms
-    if cfg.cuda_graphs and graphs_supported(dev):
-        if dcfg is None:
-            try:
-                batch_deltas = graphed_batch_deltas(deformation, params["means"], schedule.shape[1],
-                                                    views.times.dtype)
-                if regularisers:
-                    plane_terms = graphed_plane_terms(deformation, regularisers)
-            except RuntimeError as exc:  # out of memory, or an operation that cannot be captured
-                # The eager field computes the same fit, only slower: nothing is lost by going on without.
-                logger.warning("fit_deformation: the field's CUDA graphs could not be captured (%s); the fit "
-                               "runs the eager field (set cuda_graphs off to skip the attempt)", exc)
-                batch_deltas, plane_terms = None, eager_plane_terms
-        else:
-            logger.info("fit_deformation: densification changes the Gaussian count; the field runs without CUDA "
-                        "graphs")
+
+    def capture_field() -> bool:
+        """Capture the field's pass for the current Gaussian count (and the plane terms, once); False when the
+        capture fails, after which the fit runs the eager field."""
+        nonlocal batch_deltas, plane_terms
+        try:
+            batch_deltas = graphed_batch_deltas(deformation, params["means"], schedule.shape[1], views.times.dtype)
+            if regularisers and plane_terms is eager_plane_terms:
+                plane_terms = graphed_plane_terms(deformation, regularisers)
+            return True
+        except RuntimeError as exc:  # out of memory, or an operation that cannot be captured
+            # The eager field computes the same fit, only slower: nothing is lost by going on without.
+            logger.warning("fit_deformation: the field's CUDA graphs could not be captured (%s); the fit runs the "
+                           "eager field (set cuda_graphs off to skip the attempt)", exc)
+            batch_deltas, plane_terms = None, eager_plane_terms
+            return False
+
+    graphed = cfg.cuda_graphs and graphs_supported(dev) and capture_field()
 
     def snapshot(step: int) -> tuple[int, dict, dict]:
         """The state after ``step`` steps, copied on the device (the module is rebuilt only when needed)."""
@@ -336,8 +340,12 @@ def fit_deformation(
             if dcfg is not None:
                 count = params["means"].shape[0]
                 dens.step(params, optimizers[-1], densify_state, step + 1, dcfg, extent, gen)
-                if knn_index is not None and params["means"].shape[0] != count:
-                    knn_index = reg.knn(params["means"].detach(), min(cfg.rigidity_k, params["means"].shape[0] - 1))
+                if params["means"].shape[0] != count:
+                    if knn_index is not None:
+                        knn_index = reg.knn(params["means"].detach(),
+                                            min(cfg.rigidity_k, params["means"].shape[0] - 1))
+                    if graphed:  # a graph replays fixed shapes: capture the pass again for the new count
+                        graphed = capture_field()
             monitor.record(step, terms, total, rendered["rgb"], count=params["means"].shape[0])
             if monitor.due():
                 try:
@@ -389,8 +397,8 @@ class CoarseToFineConfig:
     1e-2, 34.7 with 1e-2 and the decay, 35.6 with 16 frames a step on top (8 before: a step's cost is
     mostly fixed, launches and the rasterizer's tile sort, so more frames cost little). The time grid
     follows the frame count up to 25 samples (4DGS D-NeRF; :func:`~.deformation.time_samples_for`).
-    4DGS's fine-stage densification is available (``densify``) but off: at 2000 x 8 it gave 32.6 dB against
-    32.0 for a fifth more time, and a fit that changes its Gaussian count runs without CUDA graphs.
+    4DGS's fine-stage densification is available (``densify``) but off: at 2000 x 8 with the eager field it
+    gave 32.6 dB against 32.0 for a fifth more time.
     """
 
     coarse: StaticFitConfig = field(default_factory=lambda: StaticFitConfig(
