@@ -507,7 +507,8 @@ def test_lr_final_ratio_must_be_a_fraction():
         deformation_config(20, lr_final_ratio=2.0)
 
 
-def test_graphed_fit_loop_matches_the_eager_loop_with_graph_buffer_semantics(tiny, monkeypatch):
+@pytest.mark.parametrize("freeze", [False, True], ids=["canonical trained", "canonical frozen (CoCo4D)"])
+def test_graphed_fit_loop_matches_the_eager_loop_with_graph_buffer_semantics(tiny, monkeypatch, freeze):
     """CUDA graphs return outputs and gradients in buffers that the next replay overwrites; the fit loop must
     use them within the step (the monitor keeps its own copies). On the CPU a stand-in with those semantics
     (``graph_emulator``) stands for ``torch.cuda.make_graphed_callables``."""
@@ -521,7 +522,7 @@ def test_graphed_fit_loop_matches_the_eager_loop_with_graph_buffer_semantics(tin
         return make_graphed_callables(module, sample_args, **kwargs)
 
     canonical = sphere(200)
-    config = deformation_config(12, freeze_canonical=False, seed=4, time_l1_weight=1e-2, tv_planes="spatial")
+    config = deformation_config(12, freeze_canonical=freeze, seed=4, time_l1_weight=1e-2, tv_planes="spatial")
     eager = fit_deformation(canonical, tiny.video, training_render, config)
     monkeypatch.setattr(torch.cuda, "make_graphed_callables", capture)
     monkeypatch.setattr(fit_dynamic, "graphs_supported", lambda device: True)

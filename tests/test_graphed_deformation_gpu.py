@@ -78,7 +78,8 @@ def test_graphed_plane_terms_follow_the_planes_as_they_change():
                 torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-9, msg=f"{name} gradient {i}, call {call}")
 
 
-def test_graphed_fit_learns_as_the_eager_fit():
+@pytest.mark.parametrize("freeze", [False, True], ids=["canonical trained", "canonical frozen (CoCo4D)"])
+def test_graphed_fit_learns_as_the_eager_fit(freeze):
     pytest.importorskip("gsplat")
     from gen4d import synthetic
     from gen4d.backends.render import render_scene, training_render
@@ -95,7 +96,7 @@ def test_graphed_fit_learns_as_the_eager_fit():
     views = PosedImages(truth["rgb"], cams, truth["foreground"])
     canonical = fit_static(sphere_init(4000, 0.5), views, training_render,
                            StaticFitConfig(iterations=300, views_per_step=4, preview_every=0), device="cuda").gaussians
-    config = DeformationFitConfig(iterations=150, times_per_step=4, hexplane=CONFIG, freeze_canonical=False,
+    config = DeformationFitConfig(iterations=150, times_per_step=4, hexplane=CONFIG, freeze_canonical=freeze,
                                   rigidity_weight=0.0, loss=ReconstructionLoss(l1=1.0, l2=0.0, dssim=0.0, mask=0.0),
                                   preview_every=0)
     scores = {}
