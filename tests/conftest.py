@@ -55,6 +55,20 @@ def one_thread():
     torch.set_num_threads(previous)
 
 
+@pytest.fixture(scope="module")
+def guidance_models_dir(tmp_path_factory):
+    """A models folder holding the tiny random-weight Zero123 and Stable Diffusion guidance models, in their
+    real layouts, with GEN4D_MODELS_DIR pointing at it for the module."""
+    from gen4d.backends.tiny import build_tiny
+
+    root = tmp_path_factory.mktemp("models")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GEN4D_MODELS_DIR", str(root))
+        build_tiny("guidance_zero123", root / "gen4d" / "zero123", seed=0)
+        build_tiny("guidance_sd", root / "diffusers", seed=0)
+        yield root
+
+
 class Interrupted(Exception):
     """Stands in for comfy.model_management.InterruptProcessingException."""
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from gen4d.backends.tiny import build_tiny
 from gen4d.nodes.guidance import SDGuidanceLoader, Zero123GuidanceLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -21,13 +20,8 @@ SIZE, FRAMES = 24, 2
 
 
 @pytest.fixture(scope="module")
-def models_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("GEN4D_MODELS_DIR", str(root))
-        build_tiny("guidance_zero123", root / "gen4d" / "zero123", seed=0)
-        build_tiny("guidance_sd", root / "diffusers", seed=0)
-        yield root
+def models_dir(guidance_models_dir):
+    return guidance_models_dir
 
 
 @pytest.fixture(scope="module")

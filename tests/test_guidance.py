@@ -19,7 +19,6 @@ import torch.nn.functional as F
 from gen4d.backends.model_folders import NO_MODELS
 from gen4d.backends.render import training_render
 from gen4d.backends.sd_guidance import SDGuidance, load_sd_guidance
-from gen4d.backends.tiny import build_tiny
 from gen4d.backends.zero123 import Zero123Guidance, camera_embedding, load_zero123
 from gen4d.core.coco4d.reference import reference_clip
 from gen4d.core.engine.cameras import Cameras, intrinsics_from_fov, orbit_poses
@@ -39,13 +38,8 @@ def _one_thread(one_thread):
 
 
 @pytest.fixture(scope="module")
-def models_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("GEN4D_MODELS_DIR", str(root))
-        build_tiny("guidance_zero123", root / "gen4d" / "zero123", seed=0)
-        build_tiny("guidance_sd", root / "diffusers", seed=0)
-        yield root
+def models_dir(guidance_models_dir):
+    return guidance_models_dir
 
 
 def cameras(elevations, azimuths, radius: float = 2.5) -> Cameras:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from gen4d.backends.tiny import build_tiny
 from gen4d.core.engine.cameras import Cameras, intrinsics_from_fov, orbit_poses
 from gen4d.nodes.guidance import SDGuidanceLoader, Zero123GuidanceLoader
 
@@ -25,13 +24,8 @@ S = 24
 
 
 @pytest.fixture(scope="module")
-def models_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("GEN4D_MODELS_DIR", str(root))
-        build_tiny("guidance_zero123", root / "gen4d" / "zero123", seed=0)
-        build_tiny("guidance_sd", root / "diffusers", seed=0)
-        yield root
+def models_dir(guidance_models_dir):
+    return guidance_models_dir
 
 
 def _cameras(n: int) -> Cameras:
