@@ -113,14 +113,14 @@ def sds_from_latents(latents: Tensor, predict: Callable[[Tensor, Tensor], tuple[
         alphas_cumprod: ``ᾱ`` of the noise schedule (on the host, where it is indexed).
         timesteps: ``[B]`` integer timesteps, drawn on the host.
         noise: ``[B,C,h,w]`` the ε added.
-
-    Host inputs reach the device without waiting for its queue (``non_blocking``), so a fit step that
-    calls this keeps the GPU fed.
         guidance_scale: classifier-free guidance scale ``s``.
         prediction_type: "epsilon" or "v_prediction" (SD 2.1 768); v is converted to ε.
 
     Returns:
         scalar ``0.5 ||z - sg(z - w(t)(ε̂ - ε))||² / B``, ``w(t) = 1 - ᾱ_t``.
+
+    Host inputs reach the device without waiting for its queue (``non_blocking``), so a fit step that
+    calls this keeps the GPU fed.
     """
     device = latents.device
     steps = timesteps.cpu()
