@@ -284,7 +284,9 @@ def fit(args) -> dict:
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     start = time.perf_counter()
-    warm = sphere_init(100, 0.5).to(device).requires_grad_(True)  # gsplat may JIT-compile on first use
+    # gsplat may JIT-compile on first use. The init sphere, centred where the cameras look, is in view; a
+    # sphere at the origin is not, for scenes away from it.
+    warm = init.detach().clone().to(device).requires_grad_(True)
     training_render(warm, train.cameras[0].to(device), torch.ones(3, device=device)).rgb.sum().backward()
     print(f"device {name}, backends {available_backends()}, torch {torch.__version__}, "
           f"warm-up {time.perf_counter() - start:.1f} s", flush=True)

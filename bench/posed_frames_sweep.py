@@ -184,7 +184,9 @@ def main() -> None:
     test = read_posed_frames(folder, test_split, background)
     views = PosedImages(train.images, train.cameras, train.masks if train.has_alpha else None)
     init, _, _ = pfb.init_sphere(train.cameras, args.init_points, None, args.seed)
-    warm = pfb.sphere_init(100, 0.5).to(device).requires_grad_(True)  # gsplat may JIT-compile on first use
+    # gsplat may JIT-compile on first use. The init sphere, centred where the cameras look, is in view; a
+    # sphere at the origin is not, for scenes away from it.
+    warm = init.detach().clone().to(device).requires_grad_(True)
     training_render(warm, train.cameras[0].to(device), torch.ones(3, device=device)).rgb.sum().backward()
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"device {name}; {folder}: {len(train.cameras)} train, {len(test.cameras)} {test_split} frames, "
