@@ -394,9 +394,10 @@ class CoarseToFineConfig:
 
     The fine-stage choices were measured on the posed-frames bench (``bench/plans/time_smoothness.json``;
     one H100, one coarse fit, 2000 fine steps, eager field): 32.2 dB with time smoothness 1e-3, 33.2 with
-    1e-2, 34.7 with 1e-2 and the decay, 35.6 with 16 frames a step on top (8 before: a step's cost is
-    mostly fixed, launches and the rasterizer's tile sort, so more frames cost little). The time grid
-    follows the frame count up to 25 samples (4DGS D-NeRF; :func:`~.deformation.time_samples_for`).
+    1e-2, 34.7 with 1e-2 and the decay, 35.6 with 16 frames a step on top (8 before), for 23.4 ms a step
+    against 18.0 eager (the graphed field: 11.5 ms for 8 frames in the same call, 20.4 ms for 16 in the
+    next). The time grid follows the frame count up to 25 samples (4DGS D-NeRF;
+    :func:`~.deformation.time_samples_for`).
     4DGS's fine-stage densification is available (``densify``) but off: at 2000 x 8 with the eager field it
     gave 32.6 dB against 32.0 for a fifth more time.
     """
