@@ -41,6 +41,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 from pack_loader import load_pack  # noqa: E402
 
 load_pack()
@@ -62,6 +63,16 @@ TARGET_SECONDS = 120.0
 TARGET_PSNR = 27.0
 PAPER = {"size": 256, "frames": 24, "steps": 50, "coarse": 5000, "fine": 2000, "points": 5000}
 TINY = {"size": 32, "frames": 8, "steps": 4, "coarse": 30, "fine": 20, "points": 500}
+WORKFLOW = Path(__file__).resolve().parents[1] / "example_workflows" / "Diffusion4D.json"
+
+
+def workflow_fine_times_per_step() -> int:
+    """Frames a fine step in the shipped Diffusion4D workflow, which the construction bench runs."""
+    from workflow_checker import load_workflow, ui_to_api
+
+    prompt = ui_to_api(load_workflow(WORKFLOW), gen4d.NODE_CLASS_MAPPINGS)
+    return next(int(e["inputs"]["times_per_step"]) for e in prompt.values()
+                if e["class_type"] == "Gen4D_DeformationFit")
 
 
 def _node(node_id: str, **inputs):
@@ -200,14 +211,14 @@ def bench_construction(cfg: dict, lpips_path: str | None = None) -> dict:
     images, coarse_cams = _node("Gen4D_OrbitCoarseViews", orbit_4d=orbit, static_orbit=static, cameras=cams)
     gaussians = _node("Gen4D_StaticGaussians", images=images, fit_frames="all", iterations=cfg["coarse"],
                       num_points=cfg["points"], sphere_radius=0.5, views_per_step=4, sds_weight=0.0, densify=True,
-                      max_scale=0.0, center_object=True, background="#ffffff", preview_every=0, seed=0,
+                      max_scale=0.0, center_object=False, background="#ffffff", preview_every=0, seed=0,
                       cameras=coarse_cams, options=coarse_options)[0]
     sync()
     coarse_s = time.perf_counter() - start
     scene = _node("Gen4D_DeformationFit", gaussians=gaussians, images=orbit, iterations=cfg["fine"],
-                  times_per_step=4, rigidity_weight=0.0, sds_weight=0.0, freeze_canonical=False, center_object=True,
-                  trajectory_iterations=0, fps=8.0, background="#ffffff", preview_every=0, seed=0, cameras=cams,
-                  options=fine_options)[0]
+                  times_per_step=workflow_fine_times_per_step(), rigidity_weight=0.0, sds_weight=0.0,
+                  freeze_canonical=False, center_object=False, trajectory_iterations=0, fps=8.0, background="#ffffff",
+                  preview_every=0, seed=0, cameras=cams, options=fine_options)[0]
     sync()
     seconds = time.perf_counter() - start
 
