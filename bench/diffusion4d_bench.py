@@ -57,22 +57,19 @@ from gen4d.core.engine.cameras import (  # noqa: E402
 )
 from gen4d.core.engine.losses import psnr  # noqa: E402
 from gen4d.synthetic import object_world, render  # noqa: E402
+from shipped_workflow import DIFFUSION4D, node_inputs  # noqa: E402
 from timing import peak_mib, sync  # noqa: E402
 
 TARGET_SECONDS = 120.0
 TARGET_PSNR = 27.0
 PAPER = {"size": 256, "frames": 24, "steps": 50, "coarse": 5000, "fine": 2000, "points": 5000}
 TINY = {"size": 32, "frames": 8, "steps": 4, "coarse": 30, "fine": 20, "points": 500}
-WORKFLOW = Path(__file__).resolve().parents[1] / "example_workflows" / "Diffusion4D.json"
 
 
 def workflow_fine_times_per_step() -> int:
     """Frames a fine step in the shipped Diffusion4D workflow, which the construction bench runs."""
-    from workflow_checker import load_workflow, ui_to_api
-
-    prompt = ui_to_api(load_workflow(WORKFLOW), gen4d.NODE_CLASS_MAPPINGS)
-    return next(int(e["inputs"]["times_per_step"]) for e in prompt.values()
-                if e["class_type"] == "Gen4D_DeformationFit")
+    fine = node_inputs(DIFFUSION4D, ("Gen4D_DeformationFit",), gen4d.NODE_CLASS_MAPPINGS)["Gen4D_DeformationFit"]
+    return int(fine["times_per_step"])
 
 
 def _node(node_id: str, **inputs):

@@ -60,8 +60,8 @@ from gen4d.core.formats.convert import parse_color  # noqa: E402
 from gen4d.core.formats.posed_frames import available_splits, read_posed_frames  # noqa: E402
 from gen4d.nodes import host  # noqa: E402
 from gen4d.synthetic.export_posed import export_dnerf  # noqa: E402
-
-WORKFLOW = Path(__file__).resolve().parents[1] / "example_workflows" / "Diffusion4D.json"
+from shipped_workflow import DIFFUSION4D as WORKFLOW  # noqa: E402
+from shipped_workflow import node_inputs  # noqa: E402
 
 
 def _device(name: str | None) -> torch.device:
@@ -187,14 +187,7 @@ def fit_engine(init, views: PosedImages, args, background, device, windows):
 
 def _workflow_widgets() -> dict[str, dict]:
     """The Gen4D_StaticGaussians / Gen4D_DeformationFit widget values and linked inputs of Diffusion4D.json."""
-    from workflow_checker import load_workflow, ui_to_api
-
-    prompt = ui_to_api(load_workflow(WORKFLOW), gen4d.NODE_CLASS_MAPPINGS)
-    out = {}
-    for entry in prompt.values():
-        if entry["class_type"] in ("Gen4D_StaticGaussians", "Gen4D_DeformationFit"):
-            out[entry["class_type"]] = entry["inputs"]
-    return out
+    return node_inputs(WORKFLOW, ("Gen4D_StaticGaussians", "Gen4D_DeformationFit"), gen4d.NODE_CLASS_MAPPINGS)
 
 
 def fit_nodes(init, views: PosedImages, args, background, device, windows):

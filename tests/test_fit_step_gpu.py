@@ -19,7 +19,7 @@ from deformation_helpers import randomise
 from gen4d.core.engine import densify as dens
 from gen4d.core.engine import regularizers as reg
 from gen4d.core.engine.deformation import Deformation, HexPlaneConfig
-from gen4d.core.engine.fit_static import GaussianLearningRates, make_optimizer
+from gen4d.core.engine.fit_static import PARAM_NAMES, GaussianLearningRates, make_optimizer
 from gen4d.core.engine.gaussians import Gaussians, sphere_init
 from gen4d.core.engine.losses import ReconstructionLoss
 
@@ -56,8 +56,7 @@ def _step(params, field, optimizers, knn_index, times, loss_fn, target, masks):
 def test_a_deformation_step_outside_the_rasterizer_never_waits_for_the_device():
     g = torch.Generator().manual_seed(0)
     canonical = sphere_init(2000, 0.5, generator=g).cuda()
-    params = {k: torch.nn.Parameter(getattr(canonical, k).detach().clone()) for k in
-              ("means", "quats", "log_scales", "logit_opacities", "sh")}
+    params = {k: torch.nn.Parameter(getattr(canonical, k).detach().clone()) for k in PARAM_NAMES}
     field = randomise(Deformation(CONFIG, canonical=canonical.means.cpu(), generator=g)).cuda().train()
     optimizers = [make_optimizer(params, GaussianLearningRates()),
                   torch.optim.Adam(field.parameters(), lr=1e-3, fused=True)]

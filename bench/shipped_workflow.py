@@ -1,0 +1,21 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The inputs a shipped example workflow gives its nodes, for benches that run its settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "example_workflows"
+DIFFUSION4D = EXAMPLES / "Diffusion4D.json"
+
+
+def node_inputs(workflow: Path, class_types: tuple[str, ...], node_classes) -> dict[str, dict]:
+    """``class_type -> inputs`` (widget values and links, API form) of the named nodes in ``workflow``.
+
+    ``node_classes`` is the pack's NODE_CLASS_MAPPINGS, which say how widget values map onto inputs.
+    Needs ``tools/`` on ``sys.path`` (the workflow checker converts the file).
+    """
+    from workflow_checker import load_workflow, ui_to_api
+
+    prompt = ui_to_api(load_workflow(workflow), node_classes)
+    return {entry["class_type"]: entry["inputs"] for entry in prompt.values() if entry["class_type"] in class_types}
