@@ -55,7 +55,7 @@ def _step(params, field, optimizers, knn_index, times, loss_fn, target, masks):
 
 def test_a_deformation_step_outside_the_rasterizer_never_waits_for_the_device():
     g = torch.Generator().manual_seed(0)
-    canonical = sphere_init(2000, 0.5, generator=g).cuda()
+    canonical = sphere_init(2000, 0.5, generator=g).to("cuda")
     params = {k: torch.nn.Parameter(getattr(canonical, k).detach().clone()) for k in PARAM_NAMES}
     field = randomise(Deformation(CONFIG, canonical=canonical.means.cpu(), generator=g)).cuda().train()
     optimizers = [make_optimizer(params, GaussianLearningRates()),

@@ -111,7 +111,9 @@ class Cameras:
     @property
     def camtoworlds(self) -> Tensor:
         """``[C,4,4]`` camera-to-world matrices."""
-        return torch.linalg.inv(self.viewmats)
+        # inv_ex skips linalg.inv's singularity check, which waits for the device on every call; a camera
+        # pose is never singular.
+        return torch.linalg.inv_ex(self.viewmats).inverse
 
     @property
     def centers(self) -> Tensor:

@@ -171,7 +171,7 @@ def rasterize(
     proj = project(means, quats, scales, opacities, viewmats, Ks, width, height, near_plane, far_plane, eps2d)
     n_cams = viewmats.shape[0]
     if sh_degree is not None:
-        campos = torch.linalg.inv(viewmats)[:, :3, 3]  # [C,3]
+        campos = torch.linalg.inv_ex(viewmats).inverse[:, :3, 3]  # [C,3]; inv_ex: no wait for a check
         dirs = means[None] - campos[:, None]  # [C,N,3]
         feats = torch.clamp_min(eval_sh(sh_degree, colors[None].expand(n_cams, *colors.shape), dirs) + 0.5, 0.0)
     else:
