@@ -190,6 +190,11 @@ def _workflow_widgets() -> dict[str, dict]:
     return node_inputs(WORKFLOW, ("Gen4D_StaticGaussians", "Gen4D_DeformationFit"), gen4d.NODE_CLASS_MAPPINGS)
 
 
+def _result(out) -> tuple:
+    """A node's outputs, whether it returned them bare or with notes for the UI."""
+    return out["result"] if isinstance(out, dict) else out
+
+
 def fit_nodes(init, views: PosedImages, args, background, device, windows):
     widgets = _workflow_widgets()
     classes = gen4d.NODE_CLASS_MAPPINGS
@@ -214,13 +219,13 @@ def fit_nodes(init, views: PosedImages, args, background, device, windows):
         stage["window"] = KernelWindow("coarse", static_in["iterations"] // 2,
                                        min(args.profile_steps, static_in["iterations"] // 4), device)
         windows.append(stage["window"])
-        (gaussians,) = classes["Gen4D_StaticGaussians"]().fit(images=views.images, masks=masks, cameras=views.cameras,
-                                                             init=init, **static_in)
+        (gaussians,) = _result(classes["Gen4D_StaticGaussians"]().fit(
+            images=views.images, masks=masks, cameras=views.cameras, init=init, **static_in))
         stage["window"] = KernelWindow("fine", fine_in["iterations"] // 2,
                                        min(args.profile_steps, fine_in["iterations"] // 4), device)
         windows.append(stage["window"])
-        (scene,) = classes["Gen4D_DeformationFit"]().fit(gaussians=gaussians, images=views.images, masks=masks,
-                                                         cameras=views.cameras, **fine_in)
+        (scene,) = _result(classes["Gen4D_DeformationFit"]().fit(
+            gaussians=gaussians, images=views.images, masks=masks, cameras=views.cameras, **fine_in))
     finally:
         host.set_progress_sink(None)
     return scene, gaussians, {"coarse_iterations": static_in["iterations"], "fine_iterations": fine_in["iterations"],

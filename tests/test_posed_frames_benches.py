@@ -30,12 +30,14 @@ def dataset(tmp_path_factory):
     return folder
 
 
-def test_bench_fits_and_scores(dataset, tmp_path):
+@pytest.mark.parametrize("via", ["engine", "nodes"])
+def test_bench_fits_and_scores(dataset, tmp_path, via):
     out = tmp_path / "row.json"
     _run(str(BENCH / "posed_frames_bench.py"), str(dataset), "--coarse-iterations", "3", "--fine-iterations", "2",
-         "--init-points", "300", "--device", "cpu", "--json", str(out))
+         "--init-points", "300", "--device", "cpu", "--via", via, "--json", str(out))
     row = json.loads(out.read_text())
-    assert row["train_frames"] == 24 and row["coarse_iterations"] == 3 and row["fine_iterations"] == 2
+    assert row["via"] == via and row["train_frames"] == 24
+    assert row["coarse_iterations"] == 3 and row["fine_iterations"] == 2
     assert row["test_psnr"] > 0 and row["coarse_only_psnr"] > 0
 
 
