@@ -19,6 +19,7 @@ from ..core.engine.fit_static import StaticFitConfig, fit_static
 from ..core.engine.gaussians import sphere_init
 from ..core.engine.guidance import PoseSampling
 from ..core.engine.scene import Scene4D, ScenePart
+from ..core.engine.views import PosedImages
 from ..core.formats.convert import check_image, check_mask, parse_color
 from . import host
 from . import types as T
@@ -114,16 +115,8 @@ class StaticGaussians:
         views = clip.views if fit_frames == "all" else clip.views.subset([0])
         gen = torch.Generator().manual_seed(seed)
         start = init if init is not None else sphere_init(num_points, sphere_radius, generator=gen)
-        loss = _S.loss if views.masks is not None else replace(_S.loss, mask=0.0)
-        config = replace(
-            _S, iterations=iterations, views_per_step=views_per_step, sds_weight=sds_weight, seed=seed,
-            densify=DensifyConfig(total_iterations=iterations) if densify else None, loss=loss,
-            max_scale=max_scale or None, background=tuple(parse_color(background).tolist()),
-            preview_every=preview_every,
-            pose_sampling=PoseSampling(width=min(views.cameras.width, 256), height=min(views.cameras.height, 256)),
-        )
-        if options is not None:
-            config = _options(options, "Gen4D_StaticGaussians").static_config(config, views.masks is not None)
+        config = static_fit_config(views, iterations, views_per_step, sds_weight, densify, max_scale, background,
+                                   preview_every, seed, options)
         device = host.compute_device()
         if device.type == "cpu":
             _cpu_step_check(len(start), min(config.views_per_step, len(views))
@@ -188,17 +181,8 @@ class DeformationFit:
             center_object, trajectory_iterations, fps, background, preview_every, seed, masks=None, cameras=None,
             guidance=None, options=None):
         clip = _setup(images, masks, cameras, center_object, background)
-        loss = _D.loss if clip.views.masks is not None else replace(_D.loss, mask=0.0)
-        config = replace(
-            _D, iterations=iterations, times_per_step=times_per_step, rigidity_weight=rigidity_weight,
-            sds_weight=sds_weight, freeze_canonical=freeze_canonical, loss=loss, seed=seed,
-            background=tuple(parse_color(background).tolist()), preview_every=preview_every,
-            pose_sampling=PoseSampling(width=min(clip.views.cameras.width, 256),
-                                       height=min(clip.views.cameras.height, 256)),
-        )
-        if options is not None:
-            config = _options(options, "Gen4D_DeformationFit").deformation_config(config,
-                                                                                  clip.views.masks is not None)
+        config = deformation_fit_config(clip.views, iterations, times_per_step, rigidity_weight, sds_weight,
+                                        freeze_canonical, background, preview_every, seed, options)
         progress = host.Progress(iterations + trajectory_iterations)
         device = host.compute_device()
         with torch.inference_mode(False), torch.enable_grad():
@@ -231,6 +215,39 @@ def _cpu_step_check(num_gaussians: int, views: int, iterations: int) -> None:
                  f"{step * iterations / 3600:,.1f} h for {iterations} iterations; cancel waits for a step)",
                  f"num_points (at most {most:,} Gaussians per step at {views} view(s) here) or views_per_step, "
                  "or fit on a GPU")
+
+
+def _pose_sampling(views: PosedImages) -> PoseSampling:
+    return PoseSampling(width=min(views.cameras.width, 256), height=min(views.cameras.height, 256))
+
+
+def static_fit_config(views: PosedImages, iterations, views_per_step, sds_weight, densify, max_scale, background,
+                      preview_every, seed, options=None) -> StaticFitConfig:
+    """The ``StaticFitConfig`` Gen4D_StaticGaussians fits ``views`` with, from its widget values and options
+    (benches build a shipped workflow's coarse stage with it)."""
+    loss = _S.loss if views.masks is not None else replace(_S.loss, mask=0.0)
+    config = replace(
+        _S, iterations=iterations, views_per_step=views_per_step, sds_weight=sds_weight, seed=seed,
+        densify=DensifyConfig(total_iterations=iterations) if densify else None, loss=loss,
+        max_scale=max_scale or None, background=tuple(parse_color(background).tolist()),
+        preview_every=preview_every, pose_sampling=_pose_sampling(views))
+    if options is None:
+        return config
+    return _options(options, "Gen4D_StaticGaussians").static_config(config, views.masks is not None)
+
+
+def deformation_fit_config(views: PosedImages, iterations, times_per_step, rigidity_weight, sds_weight,
+                           freeze_canonical, background, preview_every, seed, options=None) -> DeformationFitConfig:
+    """The ``DeformationFitConfig`` Gen4D_DeformationFit fits ``views`` with, from its widget values and options."""
+    loss = _D.loss if views.masks is not None else replace(_D.loss, mask=0.0)
+    config = replace(
+        _D, iterations=iterations, times_per_step=times_per_step, rigidity_weight=rigidity_weight,
+        sds_weight=sds_weight, freeze_canonical=freeze_canonical, loss=loss, seed=seed,
+        background=tuple(parse_color(background).tolist()), preview_every=preview_every,
+        pose_sampling=_pose_sampling(views))
+    if options is None:
+        return config
+    return _options(options, "Gen4D_DeformationFit").deformation_config(config, views.masks is not None)
 
 
 def _options(options, node: str) -> FitOptions:
