@@ -8,7 +8,8 @@ by one of two paths:
                   ``CoarseToFineConfig``'s defaults (coarse static fit on every training view,
                   then the deformation fit), as the Diffusion4D stage lengths define it;
     --via nodes   the Gen4D_StaticGaussians and Gen4D_DeformationFit nodes with the widget values
-                  of example_workflows/Diffusion4D.json (the shipped workflow).
+                  of example_workflows/Diffusion4D.json (the shipped workflow) and the fit options
+                  its Gen4D_FitOptions nodes give them (the Diffusion4D coarse and fine presets).
 
 Both start from the same sphere of Gaussians, centred where the cameras look. The test split (val
 when there is none, train when neither exists) is rendered at its cameras and times and scored
@@ -61,7 +62,7 @@ from gen4d.core.formats.posed_frames import available_splits, read_posed_frames 
 from gen4d.nodes import host  # noqa: E402
 from gen4d.synthetic.export_posed import export_dnerf  # noqa: E402
 from shipped_workflow import DIFFUSION4D as WORKFLOW  # noqa: E402
-from shipped_workflow import node_inputs  # noqa: E402
+from shipped_workflow import linked_input, node_inputs  # noqa: E402
 
 
 def _device(name: str | None) -> torch.device:
@@ -185,9 +186,17 @@ def fit_engine(init, views: PosedImages, args, background, device, windows):
     return scene, coarse, {"coarse_iterations": coarse_iters, "fine_iterations": fine_iters}
 
 
+FIT_NODES = ("Gen4D_StaticGaussians", "Gen4D_DeformationFit")
+
+
 def _workflow_widgets() -> dict[str, dict]:
     """The Gen4D_StaticGaussians / Gen4D_DeformationFit widget values and linked inputs of Diffusion4D.json."""
-    return node_inputs(WORKFLOW, ("Gen4D_StaticGaussians", "Gen4D_DeformationFit"), gen4d.NODE_CLASS_MAPPINGS)
+    return node_inputs(WORKFLOW, FIT_NODES, gen4d.NODE_CLASS_MAPPINGS)
+
+
+def workflow_fit_options() -> dict[str, object]:
+    """The fit options each fit node of Diffusion4D.json receives (its Gen4D_FitOptions node's output)."""
+    return {node: linked_input(WORKFLOW, node, "options", gen4d.NODE_CLASS_MAPPINGS) for node in FIT_NODES}
 
 
 def _result(out) -> tuple:
@@ -196,7 +205,7 @@ def _result(out) -> tuple:
 
 
 def fit_nodes(init, views: PosedImages, args, background, device, windows):
-    widgets = _workflow_widgets()
+    widgets, options = _workflow_widgets(), workflow_fit_options()
     classes = gen4d.NODE_CLASS_MAPPINGS
     colour = "#" + "".join(f"{round(c * 255):02x}" for c in background)
     static_in = {k: v for k, v in widgets["Gen4D_StaticGaussians"].items() if not isinstance(v, list)}
@@ -220,16 +229,19 @@ def fit_nodes(init, views: PosedImages, args, background, device, windows):
                                        min(args.profile_steps, static_in["iterations"] // 4), device)
         windows.append(stage["window"])
         (gaussians,) = _result(classes["Gen4D_StaticGaussians"]().fit(
-            images=views.images, masks=masks, cameras=views.cameras, init=init, **static_in))
+            images=views.images, masks=masks, cameras=views.cameras, init=init,
+            options=options["Gen4D_StaticGaussians"], **static_in))
         stage["window"] = KernelWindow("fine", fine_in["iterations"] // 2,
                                        min(args.profile_steps, fine_in["iterations"] // 4), device)
         windows.append(stage["window"])
         (scene,) = _result(classes["Gen4D_DeformationFit"]().fit(
-            gaussians=gaussians, images=views.images, masks=masks, cameras=views.cameras, **fine_in))
+            gaussians=gaussians, images=views.images, masks=masks, cameras=views.cameras,
+            options=options["Gen4D_DeformationFit"], **fine_in))
     finally:
         host.set_progress_sink(None)
     return scene, gaussians, {"coarse_iterations": static_in["iterations"], "fine_iterations": fine_in["iterations"],
-                              "workflow": WORKFLOW.name, "masks": use_masks}
+                              "workflow": WORKFLOW.name, "masks": use_masks,
+                              "fit_options": {k: None if v is None else v.describe() for k, v in options.items()}}
 
 
 # --------------------------------------------------------------------------- scoring

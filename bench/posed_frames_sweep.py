@@ -20,6 +20,10 @@ Plan format (a list of runs)::
 left out of the stage's time), so one long run gives a curve of PSNR against wall time, as the
 peers' test iterations do.
 
+``"base": "workflow"`` starts a run from the stages as example_workflows/Diffusion4D.json sets its fit
+nodes (widget values and Gen4D_FitOptions presets) instead of ``CoarseToFineConfig``'s defaults
+(``"engine"``), so a plan can compare the shipped workflow's settings with the engine's on the same data.
+
 ``"sets_as_list": true`` hands the deformed sets to the batched rasteriser as a plain list, which it
 re-stacks every step: the baseline for the stacked hand-over (``GaussianBatch``) in an A/B run.
 
@@ -55,6 +59,7 @@ from gen4d.core.engine.losses import ReconstructionLoss  # noqa: E402
 from gen4d.core.engine.scene import Scene4D, ScenePart  # noqa: E402
 from gen4d.core.engine.views import PosedImages  # noqa: E402
 from gen4d.core.formats.posed_frames import available_splits, read_posed_frames  # noqa: E402
+from gen4d.nodes.fit import deformation_fit_config, static_fit_config  # noqa: E402
 
 _NESTED = {"densify": lambda d: None if d is None else dens.DensifyConfig(**d),
            "hexplane": lambda d: HexPlaneConfig(**d),
@@ -164,6 +169,21 @@ class CheckpointScorer:
         self.paused += time.perf_counter() - begin
 
 
+def workflow_base(views: PosedImages) -> CoarseToFineConfig:
+    """The two stages as example_workflows/Diffusion4D.json configures its fit nodes: their widget values and
+    the fit options their Gen4D_FitOptions nodes give (what a ComfyUI user's run of it fits with)."""
+    widgets, options = pfb._workflow_widgets(), pfb.workflow_fit_options()
+    s, d = widgets["Gen4D_StaticGaussians"], widgets["Gen4D_DeformationFit"]
+    plain = PosedImages(views.images, views.cameras)  # the workflow connects no masks
+    coarse = static_fit_config(plain, s["iterations"], s["views_per_step"], s["sds_weight"], s["densify"],
+                               s["max_scale"], s["background"], s["preview_every"], s["seed"],
+                               options["Gen4D_StaticGaussians"])
+    fine = deformation_fit_config(plain, d["iterations"], d["times_per_step"], d["rigidity_weight"], d["sds_weight"],
+                                  d["freeze_canonical"], d["background"], d["preview_every"], d["seed"],
+                                  options["Gen4D_DeformationFit"])
+    return CoarseToFineConfig(coarse=coarse, fine=fine)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("folder", help="dataset folder (transforms*.json)")
@@ -192,7 +212,7 @@ def main() -> None:
     print(f"device {name}; {folder}: {len(train.cameras)} train, {len(test.cameras)} {test_split} frames, "
           f"{train.cameras.width}x{train.cameras.height}", flush=True)
 
-    base = CoarseToFineConfig()
+    bases = {"engine": CoarseToFineConfig, "workflow": lambda: workflow_base(views)}
     common = {"preview_every": 0, "background": background, "seed": args.seed}
     coarse_fits, rows = {}, []
     for run in plan:
@@ -200,7 +220,10 @@ def main() -> None:
         if args.deadline is not None and time.perf_counter() - start_all + run.get("estimate", 0) > args.deadline:
             print(f"skipped {label}: past the deadline", flush=True)
             continue
-        key = json.dumps(run.get("coarse", {}), sort_keys=True)
+        if run.get("base", "engine") not in bases:
+            raise ValueError(f"{label}: base must be one of {list(bases)}, got {run['base']!r}")
+        base = bases[run.get("base", "engine")]()
+        key = json.dumps([run.get("base", "engine"), run.get("coarse", {})], sort_keys=True)
         if key not in coarse_fits:
             ccfg = apply_changes(replace(base.coarse, **common), run.get("coarse", {}))
             _sync(device)
@@ -242,7 +265,8 @@ def main() -> None:
         fine_s = time.perf_counter() - t - paused
         peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
         score = score_fit(fine, test, background, device, len(views))
-        row = {"name": label, "device": name, "coarse_s": coarse_s, "fine_s": fine_s, "total_s": coarse_s + fine_s,
+        row = {"name": label, "base": run.get("base", "engine"), "device": name, "coarse_s": coarse_s,
+               "fine_s": fine_s, "total_s": coarse_s + fine_s,
                "psnr": score["psnr"], "ssim": score["ssim"], "coarse_psnr": coarse_score["psnr"],
                "gaussians": len(fine.gaussians), "fine_iterations": fcfg.iterations,
                "times_per_step": fcfg.times_per_step, "ms_per_step": fine_s / fcfg.iterations * 1000,

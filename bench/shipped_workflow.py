@@ -19,3 +19,24 @@ def node_inputs(workflow: Path, class_types: tuple[str, ...], node_classes) -> d
 
     prompt = ui_to_api(load_workflow(workflow), node_classes)
     return {entry["class_type"]: entry["inputs"] for entry in prompt.values() if entry["class_type"] in class_types}
+
+
+def linked_input(workflow: Path, class_type: str, name: str, node_classes):
+    """The value the named node's linked input ``name`` receives: the source node run with its widget values.
+
+    Only for sources fed by widgets alone (the fit options nodes); None when the input is not linked.
+    """
+    from workflow_checker import load_workflow, ui_to_api
+
+    prompt = ui_to_api(load_workflow(workflow), node_classes)
+    entry = next(e for e in prompt.values() if e["class_type"] == class_type)
+    link = entry["inputs"].get(name)
+    if not isinstance(link, list):
+        return None
+    source = prompt[str(link[0])]
+    if any(isinstance(v, list) for v in source["inputs"].values()):
+        raise ValueError(f"{workflow.name}: {class_type}.{name} comes from {source['class_type']}, which has linked "
+                         "inputs of its own; only widget-fed sources can be run here")
+    cls = node_classes[source["class_type"]]
+    out = getattr(cls(), cls.FUNCTION)(**source["inputs"])
+    return (out["result"] if isinstance(out, dict) else out)[int(link[1])]

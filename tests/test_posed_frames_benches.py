@@ -37,6 +37,8 @@ def test_bench_fits_and_scores(dataset, tmp_path, via):
          "--init-points", "300", "--device", "cpu", "--via", via, "--json", str(out))
     row = json.loads(out.read_text())
     assert row["via"] == via and row["train_frames"] == 24
+    if via == "nodes":  # the shipped workflow's Gen4D_FitOptions presets reach the fit nodes
+        assert [o.split()[0] for o in row["fit_options"].values()] == ["diffusion4d_coarse", "diffusion4d_fine"]
     assert row["coarse_iterations"] == 3 and row["fine_iterations"] == 2
     assert row["test_psnr"] > 0 and row["coarse_only_psnr"] > 0
 
@@ -44,9 +46,12 @@ def test_bench_fits_and_scores(dataset, tmp_path, via):
 def test_sweep_runs_a_plan(dataset, tmp_path):
     plan = tmp_path / "plan.json"
     plan.write_text(json.dumps([{"name": "tiny", "coarse": {"iterations": 3},
-                                 "fine": {"iterations": 2, "times_per_step": 2}}]))
+                                 "fine": {"iterations": 2, "times_per_step": 2}},
+                                {"name": "tiny, as the workflow", "base": "workflow", "coarse": {"iterations": 3},
+                                 "fine": {"iterations": 2}}]))
     out = tmp_path / "rows.json"
     _run(str(BENCH / "posed_frames_sweep.py"), str(dataset), str(plan), "--init-points", "300", "--device", "cpu",
          "--json", str(out))
     rows = json.loads(out.read_text())
-    assert [r["name"] for r in rows] == ["tiny"] and rows[0]["psnr"] > 0
+    assert [r["name"] for r in rows] == ["tiny", "tiny, as the workflow"]
+    assert [r["base"] for r in rows] == ["engine", "workflow"] and all(r["psnr"] > 0 for r in rows)
