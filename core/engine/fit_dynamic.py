@@ -390,16 +390,17 @@ class CoarseToFineConfig:
     Args:
         coarse: static fit on the static orbit and the 4D orbit together (5k iterations, 4 views a step).
         fine: deformation fit on the 4D orbit only (2k iterations; canonical trained too) with 4DGS's
-            time smoothness (1e-2) and rate decay (to a tenth), 16 frames a step.
+            rate decay (to a tenth) and fine-stage densification, time smoothness 3e-2, 16 frames a step.
 
-    The fine-stage choices were measured on the posed-frames bench (``bench/plans/time_smoothness.json``;
-    one H100, one coarse fit, 2000 fine steps, eager field): 32.2 dB with time smoothness 1e-3, 33.2 with
-    1e-2, 34.7 with 1e-2 and the decay, 35.6 with 16 frames a step on top (8 before), for 23.4 ms a step
-    against 18.0 eager (the graphed field: 11.5 ms for 8 frames in the same call, 20.4 ms for 16 in the
-    next). The time grid follows the frame count up to 25 samples (4DGS D-NeRF;
-    :func:`~.deformation.time_samples_for`).
-    4DGS's fine-stage densification is available (``densify``) but off: at 2000 x 8 with the eager field it
-    gave 32.6 dB against 32.0 for a fifth more time.
+    The fine-stage choices were measured on the posed-frames bench (``bench/posed_frames_sweep.py``, one
+    H100 per call, one coarse fit per call). ``bench/plans/time_smoothness.json`` (2000 fine steps, eager
+    field): 32.2 dB with time smoothness 1e-3, 33.2 with 1e-2, 33.5 with 3e-2, 34.7 with 1e-2 and the decay,
+    35.6 with 16 frames a step on top (8 before). ``bench/plans/toward_full_run.json`` (coarse 3000, fine
+    4000 x 16, graphed field): 36.4 dB in 71 s; time smoothness 3e-2 (4DGS: 1e-2) 36.7 dB at the same
+    time; densification 36.9 dB for 13 % more time (``fine_stage.json``, 2000 x 8 eager: 32.6 against
+    32.0); TV on the spatial planes no change. 8 frames a step did better at equal time given many steps
+    (7000 x 8: 36.7 dB in 73 s), 16 at the paper's 2000 steps (above). The time grid follows the frame count up to 25 samples
+    (4DGS D-NeRF; :func:`~.deformation.time_samples_for`).
     """
 
     coarse: StaticFitConfig = field(default_factory=lambda: StaticFitConfig(
@@ -407,7 +408,8 @@ class CoarseToFineConfig:
                                                                    depth_smoothness=0.0)))
     fine: DeformationFitConfig = field(default_factory=lambda: DeformationFitConfig(
         iterations=2000, times_per_step=16, loss=ReconstructionLoss(l1=1.0, l2=0.0, dssim=0.0, mask=0.0),
-        rigidity_weight=0.0, freeze_canonical=False, time_smoothness_weight=1e-2, lr_final_ratio=0.1))
+        rigidity_weight=0.0, freeze_canonical=False, time_smoothness_weight=3e-2, lr_final_ratio=0.1,
+        densify=dens.DensifyConfig(total_iterations=2000, refine_start=200, refine_every=100)))
 
 
 def fit_coarse_to_fine(
