@@ -13,7 +13,7 @@ from ..backends.render import cpu_step_seconds, render, training_render
 from ..core.coco4d.reference import reference_clip
 from ..core.coco4d.screen_trajectory import refine_trajectory
 from ..core.engine.densify import DensifyConfig
-from ..core.engine.fit_dynamic import DeformationFitConfig, fit_deformation
+from ..core.engine.fit_dynamic import DeformationFitConfig, fine_stage_densify, fit_deformation
 from ..core.engine.fit_options import FitOptions
 from ..core.engine.fit_static import StaticFitConfig, fit_static
 from ..core.engine.gaussians import sphere_init
@@ -169,6 +169,10 @@ class DeformationFit:
                 "background": background_in("Background colour behind the object (#rrggbb)."),
                 "preview_every": int_in(_D.preview_every, 0, 100000, "Show a preview this often (0 = never)."),
                 "seed": seed_in(),
+                # Appended last: saved workflows list widget values by position.
+                "densify": bool_in(False, "Grow and prune the canonical Gaussians during the fit (4DGS's fine "
+                                   "stage: clone/split/prune every 100 steps from step 200 to 80 % of the fit). "
+                                   "Needs freeze_canonical off."),
             },
             "optional": {**_COMMON_OPTIONAL, "options": _OPTIONS_IN},
         }
@@ -178,11 +182,11 @@ class DeformationFit:
         return color_error(background)
 
     def fit(self, gaussians, images, iterations, times_per_step, rigidity_weight, sds_weight, freeze_canonical,
-            center_object, trajectory_iterations, fps, background, preview_every, seed, masks=None, cameras=None,
-            guidance=None, options=None):
+            center_object, trajectory_iterations, fps, background, preview_every, seed, densify=False, masks=None,
+            cameras=None, guidance=None, options=None):
         clip = _setup(images, masks, cameras, center_object, background)
         config = deformation_fit_config(clip.views, iterations, times_per_step, rigidity_weight, sds_weight,
-                                        freeze_canonical, background, preview_every, seed, options)
+                                        freeze_canonical, background, preview_every, seed, options, densify)
         progress = host.Progress(iterations + trajectory_iterations)
         device = host.compute_device()
         with torch.inference_mode(False), torch.enable_grad():
@@ -237,14 +241,23 @@ def static_fit_config(views: PosedImages, iterations, views_per_step, sds_weight
 
 
 def deformation_fit_config(views: PosedImages, iterations, times_per_step, rigidity_weight, sds_weight,
-                           freeze_canonical, background, preview_every, seed, options=None) -> DeformationFitConfig:
-    """The ``DeformationFitConfig`` Gen4D_DeformationFit fits ``views`` with, from its widget values and options."""
+                           freeze_canonical, background, preview_every, seed, options=None,
+                           densify: bool = False) -> DeformationFitConfig:
+    """The ``DeformationFitConfig`` Gen4D_DeformationFit fits ``views`` with, from its widget values and options.
+
+    Raises:
+        ValueError: ``densify`` with ``freeze_canonical`` (a frozen set cannot grow).
+    """
+    if densify and freeze_canonical:
+        raise ValueError("Gen4D_DeformationFit: densify grows the canonical Gaussians, which freeze_canonical keeps "
+                         "fixed; turn one of them off")
     loss = _D.loss if views.masks is not None else replace(_D.loss, mask=0.0)
     config = replace(
         _D, iterations=iterations, times_per_step=times_per_step, rigidity_weight=rigidity_weight,
         sds_weight=sds_weight, freeze_canonical=freeze_canonical, loss=loss, seed=seed,
         background=tuple(parse_color(background).tolist()), preview_every=preview_every,
-        pose_sampling=_pose_sampling(views))
+        pose_sampling=_pose_sampling(views),
+        densify=fine_stage_densify(iterations) if densify else None)
     if options is None:
         return config
     return _options(options, "Gen4D_DeformationFit").deformation_config(config, views.masks is not None)

@@ -236,3 +236,33 @@ def test_center_object_with_cameras_is_reported_on_the_node(world):
     out = raw("Gen4D_StaticGaussians", images=world.images, masks=world.masks, cameras=world.cameras,
               center_object=False, iterations=2, num_points=100, preview_every=0)
     assert out["ui"]["text"] == []
+
+
+def _sphere() -> Gaussians:
+    return sphere_init(300, 0.5, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("densify", [False, True])
+def test_deformation_fit_densify_reaches_the_fit(world, monkeypatch, densify):
+    from gen4d.core.engine.fit_dynamic import fine_stage_densify
+    from gen4d.nodes import fit as fit_nodes
+
+    seen = {}
+
+    class Captured(Exception):
+        pass
+
+    def capture(canonical, views, render_fn, config, *args, **kwargs):
+        seen["config"] = config
+        raise Captured
+
+    monkeypatch.setattr(fit_nodes, "fit_deformation", capture)
+    with pytest.raises(Captured):
+        deformation_fit(world, _sphere(), iterations=400, freeze_canonical=False, densify=densify)
+    assert seen["config"].densify == (fine_stage_densify(400) if densify else None)
+    assert not seen["config"].freeze_canonical
+
+
+def test_deformation_fit_refuses_densify_with_a_frozen_canonical_set(world):
+    with pytest.raises(ValueError, match="densify.*freeze_canonical"):
+        deformation_fit(world, _sphere(), freeze_canonical=True, densify=True)
