@@ -90,8 +90,10 @@ SETTINGS: dict[str, dict[int, dict[str, Any]]] = {
 }
 RUNNABLE = set(SETTINGS)
 # The model workflows' own values where they differ from the node defaults (posed fits: no centring).
-# Fine stage: 16 frames a step (CoarseToFineConfig), not the node's CoCo4D default of 4.
-SETTINGS["Diffusion4D"] = {11: {"center_object": False}, 12: {"center_object": False, "times_per_step": 16}}
+# Fine stage: 16 frames a step (CoarseToFineConfig), not the node's CoCo4D default of 4, and 4DGS's
+# fine-stage densification.
+SETTINGS["Diffusion4D"] = {11: {"center_object": False},
+                           12: {"center_object": False, "times_per_step": 16, "densify": True}}
 # Tiny sizes for the test suite's headless runs (tests/test_run_workflow.py); never applied in ComfyUI.
 TEST_OVERRIDES = {
     "Gen4D_ForegroundFit_synthetic": {"1.num_frames": 3, "1.width": 24, "1.height": 24, "1.twin_points": 300,
@@ -285,8 +287,11 @@ def build(path: Path, classes) -> dict:
         g = Graph.load(path, classes)
         plans = PLANS
     base = native.SOURCES.get(name, name)
-    for node_id, values in SETTINGS.get(name, {}).items():
-        g.refresh(node_id, **values)
+    settings = SETTINGS.get(name, {})
+    for node in g.nodes:
+        # Every node is brought up to its definition, so a widget appended to a node type reaches every file.
+        if node["type"] in g.registry:
+            g.refresh(node["id"], **settings.get(node["id"], {}))
     for node in g.nodes:
         picker = MODELS_BY_FILE.get(base, {}).get(node["type"]) or MODELS.get(node["type"])
         if picker:
