@@ -180,7 +180,7 @@ def workflow_base(views: PosedImages) -> CoarseToFineConfig:
                                options["Gen4D_StaticGaussians"])
     fine = deformation_fit_config(plain, d["iterations"], d["times_per_step"], d["rigidity_weight"], d["sds_weight"],
                                   d["freeze_canonical"], d["background"], d["preview_every"], d["seed"],
-                                  options["Gen4D_DeformationFit"])
+                                  options["Gen4D_DeformationFit"], d["densify"])
     return CoarseToFineConfig(coarse=coarse, fine=fine)
 
 
