@@ -178,7 +178,9 @@ class DeformationFit:
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, background=None):
+    def VALIDATE_INPUTS(cls, background=None, densify=None, freeze_canonical=None):
+        if densify is True and freeze_canonical is True:
+            return "densify grows the canonical Gaussians, which freeze_canonical keeps fixed; turn one of them off"
         return color_error(background)
 
     def fit(self, gaussians, images, iterations, times_per_step, rigidity_weight, sds_weight, freeze_canonical,

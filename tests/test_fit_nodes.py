@@ -266,3 +266,10 @@ def test_deformation_fit_densify_reaches_the_fit(world, monkeypatch, densify):
 def test_deformation_fit_refuses_densify_with_a_frozen_canonical_set(world):
     with pytest.raises(ValueError, match="densify.*freeze_canonical"):
         deformation_fit(world, _sphere(), freeze_canonical=True, densify=True)
+
+
+def test_deformation_fit_validation_names_densify_with_a_frozen_set():
+    validate = NODES["Gen4D_DeformationFit"].VALIDATE_INPUTS
+    assert "freeze_canonical" in validate(background="#ffffff", densify=True, freeze_canonical=True)
+    assert validate(background="#ffffff", densify=True, freeze_canonical=False) is True
+    assert validate(background="#ffffff", densify=False, freeze_canonical=True) is True
