@@ -7,6 +7,7 @@ Each case clones this repository with git, lays the working tree's uncommitted e
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -36,8 +37,10 @@ def _clone_with_working_tree(target: Path) -> None:
 
 
 def _pytest(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    # The outer run's PYTEST_ADDOPTS (e.g. --durations, which prints test names) would change what is read here.
+    env = {k: v for k, v in os.environ.items() if k != "PYTEST_ADDOPTS"}
     return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, env=env)
 
 
 needs_git = pytest.mark.skipif(shutil.which("git") is None or not (ROOT / ".git").exists(),
