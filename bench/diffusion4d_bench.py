@@ -66,10 +66,11 @@ PAPER = {"size": 256, "frames": 24, "steps": 50, "coarse": 5000, "fine": 2000, "
 TINY = {"size": 32, "frames": 8, "steps": 4, "coarse": 30, "fine": 20, "points": 500}
 
 
-def workflow_fine_times_per_step() -> int:
-    """Frames a fine step in the shipped Diffusion4D workflow, which the construction bench runs."""
+def workflow_fine_settings() -> dict:
+    """Frames a fine step and fine-stage densification in the shipped Diffusion4D workflow, which the
+    construction bench runs."""
     fine = node_inputs(DIFFUSION4D, ("Gen4D_DeformationFit",), gen4d.NODE_CLASS_MAPPINGS)["Gen4D_DeformationFit"]
-    return int(fine["times_per_step"])
+    return {"times_per_step": int(fine["times_per_step"]), "densify": bool(fine["densify"])}
 
 
 def _node(node_id: str, **inputs):
@@ -213,7 +214,7 @@ def bench_construction(cfg: dict, lpips_path: str | None = None) -> dict:
     sync()
     coarse_s = time.perf_counter() - start
     scene = _node("Gen4D_DeformationFit", gaussians=gaussians, images=orbit, iterations=cfg["fine"],
-                  times_per_step=workflow_fine_times_per_step(), rigidity_weight=0.0, sds_weight=0.0,
+                  **workflow_fine_settings(), rigidity_weight=0.0, sds_weight=0.0,
                   freeze_canonical=False, center_object=False, trajectory_iterations=0, fps=8.0, background="#ffffff",
                   preview_every=0, seed=0, cameras=cams, options=fine_options)[0]
     sync()
