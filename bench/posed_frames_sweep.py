@@ -7,6 +7,8 @@ of N fine settings costs one coarse stage and N fine stages. Every run is scored
 as ``bench/posed_frames_bench.py`` scores it (PSNR, SSIM), with its wall times, Gaussian count,
 milliseconds per step and peak CUDA memory. With ``"profile": true`` the fine stage runs under the
 torch profiler (CPU and CUDA) and the busiest operators are printed: use a short run for that.
+``"profile_coarse": true`` does the same for the run's coarse stage (fitted on its own, not shared with
+unprofiled runs).
 
 Plan format (a list of runs)::
 
@@ -74,11 +76,12 @@ def apply_changes(config, changes: dict):
     return replace(config, **values)
 
 
-def _phase_ranges():
+def _phase_ranges(more=()):
     """Wrap the stages of a fit step in profiler ranges named ``phase:...``; returns an undo function.
 
     The profile then says how the host time of a step divides between the deformation, the render,
-    the losses, the backward pass, gradient repair and the optimiser.
+    the losses, the backward pass, gradient repair and the optimiser. ``more``: further
+    ``(owner, attribute, label)`` to wrap.
     """
     from gen4d.core.engine import fit_dynamic
     from gen4d.core.engine.deformation import Deformation
@@ -90,7 +93,7 @@ def _phase_ranges():
                (fit_dynamic.reg, "time_l1_loss", "regularisers"), (fit_dynamic, "masked_targets", "targets"),
                (dens, "zero_non_finite_grads", "grad repair"), (torch.Tensor, "backward", "backward"),
                (torch.optim.Adam, "step", "optimiser"), (FitMonitor, "record", "monitor"),
-               (training_render, "each", "render")]
+               (training_render, "each", "render"), *more]
     saved = []
     for owner, attr, label in targets:
         original = getattr(owner, attr)
@@ -120,6 +123,29 @@ def _print_phases(prof, steps: int) -> None:
     launches = sum(e.count for e in prof.key_averages() if e.key in ("cudaLaunchKernel", "cuLaunchKernel",
                                                                      "cudaLaunchKernelExC", "cuLaunchKernelEx"))
     print(f"  kernel launches: {launches / steps:.0f} per step", flush=True)
+
+
+def _profiled_coarse(init, views: PosedImages, config, device: torch.device):
+    """The coarse fit under the torch profiler, its step divided into phases as the fine stage's is."""
+    from gen4d.core.engine import fit_static as static_module
+    from torch.profiler import ProfilerActivity, profile
+
+    def render_fn(gaussians, cameras, background):
+        with torch.profiler.record_function("phase:render"):
+            return training_render(gaussians, cameras, background)
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    undo = _phase_ranges([(static_module, "masked_targets", "targets"), (dens, "accumulate", "densify"),
+                          (dens, "step", "densify")])
+    try:
+        with profile(activities=activities) as prof:
+            result = fit_static(init, views, render_fn, config, device=device)
+            _sync(device)
+    finally:
+        undo()
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30), flush=True)
+    _print_phases(prof, config.iterations)
+    return result
 
 
 def _render_fn(run: dict):
@@ -223,12 +249,16 @@ def main() -> None:
         if run.get("base", "engine") not in bases:
             raise ValueError(f"{label}: base must be one of {list(bases)}, got {run['base']!r}")
         base = bases[run.get("base", "engine")]()
-        key = json.dumps([run.get("base", "engine"), run.get("coarse", {})], sort_keys=True)
+        key = json.dumps([run.get("base", "engine"), run.get("coarse", {}), bool(run.get("profile_coarse"))],
+                         sort_keys=True)
         if key not in coarse_fits:
             ccfg = apply_changes(replace(base.coarse, **common), run.get("coarse", {}))
             _sync(device)
             t = time.perf_counter()
-            coarse = fit_static(init, views, training_render, ccfg, device=device)
+            if run.get("profile_coarse"):
+                coarse = _profiled_coarse(init, views, ccfg, device)
+            else:
+                coarse = fit_static(init, views, training_render, ccfg, device=device)
             _sync(device)
             seconds = time.perf_counter() - t
             score, _ = pfb.score(Scene4D.static(coarse.gaussians), test.cameras, test.images, background, device)

@@ -29,7 +29,7 @@ def test_plan_runs_build_their_configs(sweep, plan):
     runs = json.loads(plan.read_text())
     assert isinstance(runs, list) and runs
     base = sweep.CoarseToFineConfig()
-    known = {"name", "base", "fine", "coarse", "profile", "sets_as_list", "estimate", "checkpoints"}
+    known = {"name", "base", "fine", "coarse", "profile", "profile_coarse", "sets_as_list", "estimate", "checkpoints"}
     for run in runs:
         assert set(run) <= known, (plan.name, run.get("name"), set(run) - known)
         assert run.get("base", "engine") in ("engine", "workflow"), (plan.name, run["name"])

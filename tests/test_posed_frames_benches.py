@@ -7,6 +7,7 @@ whose cameras do not look at the origin.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -48,10 +49,15 @@ def test_sweep_runs_a_plan(dataset, tmp_path):
     plan.write_text(json.dumps([{"name": "tiny", "coarse": {"iterations": 3},
                                  "fine": {"iterations": 2, "times_per_step": 2}},
                                 {"name": "tiny, as the workflow", "base": "workflow", "coarse": {"iterations": 3},
-                                 "fine": {"iterations": 2}}]))
+                                 "fine": {"iterations": 2}},
+                                {"name": "tiny, profiled", "profile_coarse": True, "profile": True,
+                                 "coarse": {"iterations": 3}, "fine": {"iterations": 2, "times_per_step": 2}}]))
     out = tmp_path / "rows.json"
-    _run(str(BENCH / "posed_frames_sweep.py"), str(dataset), str(plan), "--init-points", "300", "--device", "cpu",
-         "--json", str(out))
+    printed = _run(str(BENCH / "posed_frames_sweep.py"), str(dataset), str(plan), "--init-points", "300",
+                   "--device", "cpu", "--json", str(out))
     rows = json.loads(out.read_text())
-    assert [r["name"] for r in rows] == ["tiny", "tiny, as the workflow"]
-    assert [r["base"] for r in rows] == ["engine", "workflow"] and all(r["psnr"] > 0 for r in rows)
+    assert [r["name"] for r in rows] == ["tiny", "tiny, as the workflow", "tiny, profiled"]
+    assert [r["base"] for r in rows] == ["engine", "workflow", "engine"] and all(r["psnr"] > 0 for r in rows)
+    phases = re.findall(r"^  (\S[^\n]*?)\s+[0-9.]+ ms host per step", printed, re.MULTILINE)
+    assert {"render", "targets", "densify", "backward"} <= set(phases)  # the coarse stage's phases
+    assert "deformation" in phases  # the fine stage's
