@@ -189,7 +189,7 @@ def fit_engine(init, views: PosedImages, args, background, device, windows):
 FIT_NODES = ("Gen4D_StaticGaussians", "Gen4D_DeformationFit")
 
 
-def _workflow_widgets() -> dict[str, dict]:
+def workflow_widgets() -> dict[str, dict]:
     """The Gen4D_StaticGaussians / Gen4D_DeformationFit widget values and linked inputs of Diffusion4D.json."""
     return node_inputs(WORKFLOW, FIT_NODES, gen4d.NODE_CLASS_MAPPINGS)
 
@@ -205,7 +205,7 @@ def _result(out) -> tuple:
 
 
 def fit_nodes(init, views: PosedImages, args, background, device, windows):
-    widgets, options = _workflow_widgets(), workflow_fit_options()
+    widgets, options = workflow_widgets(), workflow_fit_options()
     classes = gen4d.NODE_CLASS_MAPPINGS
     colour = "#" + "".join(f"{round(c * 255):02x}" for c in background)
     static_in = {k: v for k, v in widgets["Gen4D_StaticGaussians"].items() if not isinstance(v, list)}

@@ -198,7 +198,7 @@ class CheckpointScorer:
 def workflow_base(views: PosedImages) -> CoarseToFineConfig:
     """The two stages as example_workflows/Diffusion4D.json configures its fit nodes: their widget values and
     the fit options their Gen4D_FitOptions nodes give (what a ComfyUI user's run of it fits with)."""
-    widgets, options = pfb._workflow_widgets(), pfb.workflow_fit_options()
+    widgets, options = pfb.workflow_widgets(), pfb.workflow_fit_options()
     s, d = widgets["Gen4D_StaticGaussians"], widgets["Gen4D_DeformationFit"]
     plain = PosedImages(views.images, views.cameras)  # the workflow connects no masks
     coarse = static_fit_config(plain, s["iterations"], s["views_per_step"], s["sds_weight"], s["densify"],
