@@ -125,9 +125,10 @@ def sds_from_latents(latents: Tensor, predict: Callable[[Tensor, Tensor], tuple[
     device = latents.device
     steps = timesteps.cpu()
     a = alphas_cumprod.cpu().float()[steps].view(-1, 1, 1, 1).to(device, non_blocking=True)
+    noise = noise.to(device, non_blocking=True)
     with torch.no_grad():
         z = latents.detach().float()
-        x_t = a.sqrt() * z + (1 - a).sqrt() * noise.to(device, non_blocking=True)
+        x_t = a.sqrt() * z + (1 - a).sqrt() * noise
         cond, uncond = predict(x_t.to(latents.dtype), steps.to(device, non_blocking=True))
         cond, uncond = cond.float(), uncond.float()
         if prediction_type == "v_prediction":
@@ -136,7 +137,7 @@ def sds_from_latents(latents: Tensor, predict: Callable[[Tensor, Tensor], tuple[
         elif prediction_type != "epsilon":
             raise ValueError(f"SDS: unsupported scheduler prediction_type {prediction_type!r}")
         eps = uncond + guidance_scale * (cond - uncond)
-        grad = torch.nan_to_num((1 - a) * (eps - noise.to(device, non_blocking=True)))
+        grad = torch.nan_to_num((1 - a) * (eps - noise))
     return sds_surrogate(latents.float(), grad)
 
 

@@ -9,15 +9,20 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "example_workflows"
 DIFFUSION4D = EXAMPLES / "Diffusion4D.json"
 
 
+def _prompt(workflow: Path, node_classes) -> dict:
+    """The workflow in API form (``workflow_checker`` converts it; needs ``tools/`` on ``sys.path``)."""
+    from workflow_checker import load_workflow, ui_to_api
+
+    return ui_to_api(load_workflow(workflow), node_classes)
+
+
 def node_inputs(workflow: Path, class_types: tuple[str, ...], node_classes) -> dict[str, dict]:
     """``class_type -> inputs`` (widget values and links, API form) of the named nodes in ``workflow``.
 
     ``node_classes`` is the pack's NODE_CLASS_MAPPINGS, which say how widget values map onto inputs.
     Needs ``tools/`` on ``sys.path`` (the workflow checker converts the file).
     """
-    from workflow_checker import load_workflow, ui_to_api
-
-    prompt = ui_to_api(load_workflow(workflow), node_classes)
+    prompt = _prompt(workflow, node_classes)
     return {entry["class_type"]: entry["inputs"] for entry in prompt.values() if entry["class_type"] in class_types}
 
 
@@ -26,9 +31,7 @@ def linked_input(workflow: Path, class_type: str, name: str, node_classes):
 
     Only for sources fed by widgets alone (the fit options nodes); None when the input is not linked.
     """
-    from workflow_checker import load_workflow, ui_to_api
-
-    prompt = ui_to_api(load_workflow(workflow), node_classes)
+    prompt = _prompt(workflow, node_classes)
     entry = next(e for e in prompt.values() if e["class_type"] == class_type)
     link = entry["inputs"].get(name)
     if not isinstance(link, list):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import pytest
 import torch
 from deformation_helpers import randomise
+from device_waits import no_device_waits
 from gen4d.core.engine import densify as dens
 from gen4d.core.engine import regularizers as reg
 from gen4d.core.engine.deformation import Deformation, HexPlaneConfig
@@ -67,12 +68,8 @@ def test_a_deformation_step_outside_the_rasterizer_never_waits_for_the_device():
     times = torch.tensor([0.0, 0.3, 0.6, 0.9]).cuda()
     first, _ = _step(params, field, optimizers, knn_index, times, loss_fn, target, masks)
     torch.cuda.synchronize()
-    previous = torch.cuda.get_sync_debug_mode()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
+    with no_device_waits():
         for _ in range(3):
             last, repaired = _step(params, field, optimizers, knn_index, times.flip(0), loss_fn, target, masks)
-    finally:
-        torch.cuda.set_sync_debug_mode(previous)
     assert torch.isfinite(last) and int(repaired) == 0
     assert float(last) != float(first), "the step changed the parameters"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from device_waits import no_device_waits
 from gen4d.core.engine.cameras import Cameras, intrinsics_from_fov, orbit_poses
 from gen4d.nodes.guidance import SDGuidanceLoader, Zero123GuidanceLoader
 
@@ -52,13 +53,9 @@ def test_sds_loss_and_its_backward_never_wait_for_the_device(models_dir, name):
     guidance.sds_loss(images, cams, 0.5, 0.3).backward()  # moves the networks, encodes the condition
     torch.cuda.synchronize()
     images.grad = None
-    previous = torch.cuda.get_sync_debug_mode()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
+    with no_device_waits():
         loss = guidance.sds_loss(images * 1.0, cams, 0.5, 0.6)
         loss.backward()
-    finally:
-        torch.cuda.set_sync_debug_mode(previous)
     assert torch.isfinite(loss) and images.grad is not None and images.grad.abs().sum() > 0
 
 
