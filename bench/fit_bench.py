@@ -9,7 +9,7 @@ Cases (pick with --case, default all):
     coco4d_fg   CoCo4D foreground without guidance: seen view at 256², 1000 static iterations from a
                 5000-point sphere, then 800 deformation iterations at batch 4 (target < 30 s).
 
-Usage: python bench/fit_bench.py [--case static] [--scale 1.0] [--eager-field] [--json out.json]
+Usage: python bench/fit_bench.py [--case static] [--scale 1.0] [--eager-field] [--profile] [--json out.json]
 ``--scale`` multiplies every iteration count (quick checks on a CPU); ``--eager-field`` runs the
 deformation stages with ``DeformationFitConfig.cuda_graphs`` off (it is on by default), for the A/B.
 """
@@ -39,6 +39,9 @@ from gen4d.core.engine.gaussians import sphere_init  # noqa: E402
 from gen4d.core.engine.losses import ReconstructionLoss, psnr  # noqa: E402
 from gen4d.core.engine.scene import Scene4D, ScenePart  # noqa: E402
 from gen4d.core.engine.views import PosedImages  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fit_profile import profiled_static  # noqa: E402
 
 SIZE = 256
 WHITE = (1.0, 1.0, 1.0)
@@ -82,7 +85,7 @@ class Timer:
         self.peak_mib = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else float("nan")
 
 
-def case_static(scale: float, cuda_graphs: bool = True) -> dict:
+def case_static(scale: float, cuda_graphs: bool = True, profiled: bool = False) -> dict:
     world = synthetic.object_world(0)
     train = _views(world, diffusion4d_orbit(SIZE, SIZE, 24, dynamic=False, **ORBIT))
     test = _views(world, _held_out(8, dynamic=False))
@@ -91,9 +94,13 @@ def case_static(scale: float, cuda_graphs: bool = True) -> dict:
                           loss=ReconstructionLoss(l1=0.8, dssim=0.2, mask=0.5))
     init = sphere_init(5000, 0.5, generator=torch.Generator().manual_seed(0))
     with Timer() as t:
-        result = fit_static(init, train, training_render, cfg, device=_device())
+        if profiled:
+            result = profiled_static(init, train, cfg, _device())
+        else:
+            result = fit_static(init, train, training_render, cfg, device=_device())
     score = evaluate(result.gaussians, test, training_render, WHITE)
-    return {"case": "static", "iterations": iters, "seconds": t.seconds, "it_per_s": iters / t.seconds,
+    return {"case": "static", "profiled": profiled, "iterations": iters,
+            "seconds": t.seconds, "it_per_s": iters / t.seconds,
             "peak_mib": t.peak_mib, "gaussians": len(result.gaussians), "heldout_psnr": score["psnr"],
             "heldout_mask_iou": score.get("mask_iou"), "target_psnr": 30.0}
 
@@ -161,6 +168,9 @@ def main() -> None:
     ap.add_argument("--case", choices=list(CASES), action="append")
     ap.add_argument("--scale", type=float, default=1.0)
     ap.add_argument("--eager-field", action="store_true", help="deformation stages without CUDA graphs")
+    ap.add_argument("--profile", action="store_true",
+                    help="run the static case under the torch profiler: busiest operators, host time per "
+                         "phase of a step, kernel launches (its time is then not a speed figure)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     device = _device()
@@ -172,7 +182,8 @@ def main() -> None:
     results = []
     for case in args.case or list(CASES):
         graphs = not args.eager_field
-        row = {**CASES[case](args.scale, graphs), "cuda_graphs": graphs}
+        extra = {"profiled": True} if args.profile and case == "static" else {}
+        row = {**CASES[case](args.scale, graphs, **extra), "cuda_graphs": graphs}
         results.append(row)
         print(json.dumps(row), flush=True)
     if args.json:

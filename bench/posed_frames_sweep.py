@@ -52,6 +52,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import posed_frames_bench as pfb  # noqa: E402  (loads the pack)
+from fit_profile import phase_ranges, print_phases, profiled_static  # noqa: E402
 from gen4d.backends.render import render_each, training_render  # noqa: E402
 from gen4d.core.engine import densify as dens  # noqa: E402
 from gen4d.core.engine.deformation import HexPlaneConfig  # noqa: E402
@@ -74,78 +75,6 @@ def apply_changes(config, changes: dict):
     """``config`` with the plan's ``changes`` (nested settings built from their dicts)."""
     values = {k: (_NESTED[k](v) if k in _NESTED else v) for k, v in changes.items()}
     return replace(config, **values)
-
-
-def _phase_ranges(more=()):
-    """Wrap the stages of a fit step in profiler ranges named ``phase:...``; returns an undo function.
-
-    The profile then says how the host time of a step divides between the deformation, the render,
-    the losses, the backward pass, gradient repair and the optimiser. ``more``: further
-    ``(owner, attribute, label)`` to wrap.
-    """
-    from gen4d.core.engine import fit_dynamic
-    from gen4d.core.engine.deformation import Deformation
-    from gen4d.core.engine.fit_monitor import FitMonitor
-
-    targets = [(Deformation, "forward_batch", "deformation"), (ReconstructionLoss, "__call__", "loss"),
-               (fit_dynamic.reg, "plane_tv_loss", "regularisers"),
-               (fit_dynamic.reg, "time_smoothness_loss", "regularisers"),
-               (fit_dynamic.reg, "time_l1_loss", "regularisers"), (fit_dynamic, "masked_targets", "targets"),
-               (dens, "zero_non_finite_grads", "grad repair"), (torch.Tensor, "backward", "backward"),
-               (torch.optim.Adam, "step", "optimiser"), (FitMonitor, "record", "monitor"),
-               (training_render, "each", "render"), *more]
-    saved = []
-    for owner, attr, label in targets:
-        original = getattr(owner, attr)
-
-        def wrapped(*a, _f=original, _label=label, **k):
-            with torch.profiler.record_function(f"phase:{_label}"):
-                return _f(*a, **k)
-
-        saved.append((owner, attr, original))
-        setattr(owner, attr, wrapped)
-
-    def undo() -> None:
-        for owner, attr, original in reversed(saved):
-            setattr(owner, attr, original)
-
-    return undo
-
-
-def _print_phases(prof, steps: int) -> None:
-    rows = {}
-    for e in prof.key_averages():  # a range shows up twice with CUDA on (host and device rows): keep the host one
-        if e.key.startswith("phase:") and e.cpu_time_total >= getattr(rows.get(e.key), "cpu_time_total", -1.0):
-            rows[e.key] = e
-    for e in sorted(rows.values(), key=lambda e: -e.cpu_time_total):
-        print(f"  {e.key[6:]:<14} {e.cpu_time_total / 1000 / steps:7.2f} ms host per step "
-              f"({e.count / steps:.0f} calls)", flush=True)
-    launches = sum(e.count for e in prof.key_averages() if e.key in ("cudaLaunchKernel", "cuLaunchKernel",
-                                                                     "cudaLaunchKernelExC", "cuLaunchKernelEx"))
-    print(f"  kernel launches: {launches / steps:.0f} per step", flush=True)
-
-
-def _profiled_coarse(init, views: PosedImages, config, device: torch.device):
-    """The coarse fit under the torch profiler, its step divided into phases as the fine stage's is."""
-    from gen4d.core.engine import fit_static as static_module
-    from torch.profiler import ProfilerActivity, profile
-
-    def render_fn(gaussians, cameras, background):
-        with torch.profiler.record_function("phase:render"):
-            return training_render(gaussians, cameras, background)
-
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    undo = _phase_ranges([(static_module, "masked_targets", "targets"), (dens, "accumulate", "densify"),
-                          (dens, "step", "densify")])
-    try:
-        with profile(activities=activities) as prof:
-            result = fit_static(init, views, render_fn, config, device=device)
-            _sync(device)
-    finally:
-        undo()
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30), flush=True)
-    _print_phases(prof, config.iterations)
-    return result
 
 
 def _render_fn(run: dict):
@@ -256,7 +185,7 @@ def main() -> None:
             _sync(device)
             t = time.perf_counter()
             if run.get("profile_coarse"):
-                coarse = _profiled_coarse(init, views, ccfg, device)
+                coarse = profiled_static(init, views, ccfg, device)
             else:
                 coarse = fit_static(init, views, training_render, ccfg, device=device)
             _sync(device)
@@ -276,7 +205,7 @@ def main() -> None:
             from torch.profiler import ProfilerActivity, profile
 
             activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-            undo = _phase_ranges()
+            undo = phase_ranges()
             try:
                 with profile(activities=activities) as prof:
                     fine = fit_deformation(coarse.gaussians, views, _render_fn(run), fcfg, device=device)
@@ -284,7 +213,7 @@ def main() -> None:
             finally:
                 undo()
             print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30), flush=True)
-            _print_phases(prof, fcfg.iterations)
+            print_phases(prof, fcfg.iterations)
         else:
             scorer = CheckpointScorer(test, background, device, len(views), t - coarse_s) if every else None
             fine = fit_deformation(coarse.gaussians, views, _render_fn(run), fcfg, device=device,

@@ -1,0 +1,89 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Where a fit step's host time goes: profiler ranges around its phases, and a profiled static fit.
+
+Used by ``posed_frames_sweep.py`` (``"profile"`` / ``"profile_coarse"`` runs) and ``fit_bench.py --profile``.
+Import it after the pack is loaded (both benches load it first).
+"""
+
+from __future__ import annotations
+
+import torch
+from gen4d.backends.render import training_render
+from gen4d.core.engine import densify as dens
+from gen4d.core.engine import fit_static as static_module
+from gen4d.core.engine.fit_static import fit_static
+from gen4d.core.engine.losses import ReconstructionLoss
+from gen4d.core.engine.views import PosedImages
+from torch.profiler import ProfilerActivity, profile
+
+
+def phase_ranges(more=()):
+    """Wrap the stages of a fit step in profiler ranges named ``phase:...``; returns an undo function.
+
+    The profile then says how the host time of a step divides between the deformation, the render,
+    the losses, the backward pass, gradient repair and the optimiser. ``more``: further
+    ``(owner, attribute, label)`` to wrap.
+    """
+    from gen4d.core.engine import fit_dynamic
+    from gen4d.core.engine.deformation import Deformation
+    from gen4d.core.engine.fit_monitor import FitMonitor
+
+    targets = [(Deformation, "forward_batch", "deformation"), (ReconstructionLoss, "__call__", "loss"),
+               (fit_dynamic.reg, "plane_tv_loss", "regularisers"),
+               (fit_dynamic.reg, "time_smoothness_loss", "regularisers"),
+               (fit_dynamic.reg, "time_l1_loss", "regularisers"), (fit_dynamic, "masked_targets", "targets"),
+               (dens, "zero_non_finite_grads", "grad repair"), (torch.Tensor, "backward", "backward"),
+               (torch.optim.Adam, "step", "optimiser"), (FitMonitor, "record", "monitor"),
+               (training_render, "each", "render"), *more]
+    saved = []
+    for owner, attr, label in targets:
+        original = getattr(owner, attr)
+
+        def wrapped(*a, _f=original, _label=label, **k):
+            with torch.profiler.record_function(f"phase:{_label}"):
+                return _f(*a, **k)
+
+        saved.append((owner, attr, original))
+        setattr(owner, attr, wrapped)
+
+    def undo() -> None:
+        for owner, attr, original in reversed(saved):
+            setattr(owner, attr, original)
+
+    return undo
+
+
+def print_phases(prof, steps: int) -> None:
+    rows = {}
+    for e in prof.key_averages():  # a range shows up twice with CUDA on (host and device rows): keep the host one
+        if e.key.startswith("phase:") and e.cpu_time_total >= getattr(rows.get(e.key), "cpu_time_total", -1.0):
+            rows[e.key] = e
+    for e in sorted(rows.values(), key=lambda e: -e.cpu_time_total):
+        print(f"  {e.key[6:]:<14} {e.cpu_time_total / 1000 / steps:7.2f} ms host per step "
+              f"({e.count / steps:.0f} calls)", flush=True)
+    launches = sum(e.count for e in prof.key_averages() if e.key in ("cudaLaunchKernel", "cuLaunchKernel",
+                                                                     "cudaLaunchKernelExC", "cuLaunchKernelEx"))
+    print(f"  kernel launches: {launches / steps:.0f} per step", flush=True)
+
+
+def profiled_static(init, views: PosedImages, config, device: torch.device):
+    """A static fit (a coarse stage) under the torch profiler, its step divided into phases as the
+    deformation fit's is; prints the busiest operators and the phases, returns the fit's result."""
+
+    def render_fn(gaussians, cameras, background):
+        with torch.profiler.record_function("phase:render"):
+            return training_render(gaussians, cameras, background)
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    undo = phase_ranges([(static_module, "masked_targets", "targets"), (dens, "accumulate", "densify"),
+                          (dens, "step", "densify")])
+    try:
+        with profile(activities=activities) as prof:
+            result = fit_static(init, views, render_fn, config, device=device)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+    finally:
+        undo()
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30), flush=True)
+    print_phases(prof, config.iterations)
+    return result
