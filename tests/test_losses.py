@@ -97,6 +97,17 @@ def test_ssim_gradient_and_errors(images):
         L.ssim(x.detach(), y, window=10)
 
 
+def test_ssim_backpropagates_after_a_first_call_under_inference_mode(images):
+    """The filter window is cached: one first made under inference mode must still serve a fit's backward."""
+    x, y = images
+    with torch.inference_mode():
+        first = L.ssim(x, y, window=9, sigma=1.3)
+    x = x.clone().requires_grad_(True)
+    L.ssim(x, y, window=9, sigma=1.3).backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    assert float(L.ssim(x.detach(), y, window=9, sigma=1.3)) == pytest.approx(float(first), abs=1e-7)
+
+
 def test_l1_l2_with_and_without_mask():
     x = torch.zeros(1, 4, 4, 3)
     y = torch.zeros(1, 4, 4, 3)
