@@ -12,6 +12,7 @@ from ..backends.memory import require_time
 from ..backends.render import cpu_step_seconds, render, training_render
 from ..core.coco4d.reference import reference_clip
 from ..core.coco4d.screen_trajectory import refine_trajectory
+from ..core.engine.cameras import gaze_sphere
 from ..core.engine.densify import DensifyConfig
 from ..core.engine.fit_dynamic import DeformationFitConfig, fine_stage_densify, fit_deformation
 from ..core.engine.fit_options import FitOptions
@@ -84,7 +85,9 @@ class StaticGaussians:
                 "num_points": int_in(5000, 100, 1_000_000, "Gaussians of the sphere init (CoCo4D: 5000). On the CPU "
                                      "a fit whose steps would each take over 30 s (about 600,000 Gaussians x "
                                      "rendered views) is refused up front."),
-                "sphere_radius": float_in(0.5, 0.01, 100.0, "Radius of the sphere init in scene units."),
+                "sphere_radius": float_in(0.5, 0.0, 100.0, "Radius of the sphere init in scene units; 0 = fit it to "
+                                          "the cameras: centred where their optical axes meet, sized to stay in every "
+                                          "view (for posed frames whose object is not at the origin)."),
                 "views_per_step": int_in(4, 1, 64, "Posed images rendered per step (multi-view fits)."),
                 "sds_weight": float_in(_S.sds_weight, 0.0, 1000.0, "Weight of the guidance (SDS) loss relative to the "
                                       "reference loss (1e-4 = DreamGaussian's 1 : 10^4 balance).", step=1e-5),
@@ -114,7 +117,7 @@ class StaticGaussians:
         clip = _setup(images, masks, cameras, center_object, background)
         views = clip.views if fit_frames == "all" else clip.views.subset([0])
         gen = torch.Generator().manual_seed(seed)
-        start = init if init is not None else sphere_init(num_points, sphere_radius, generator=gen)
+        start = init if init is not None else _sphere(num_points, sphere_radius, clip.views, gen)
         config = static_fit_config(views, iterations, views_per_step, sds_weight, densify, max_scale, background,
                                    preview_every, seed, options)
         device = host.compute_device()
@@ -225,6 +228,17 @@ def _cpu_step_check(num_gaussians: int, views: int, iterations: int) -> None:
 
 def _pose_sampling(views: PosedImages) -> PoseSampling:
     return PoseSampling(width=min(views.cameras.width, 256), height=min(views.cameras.height, 256))
+
+
+def _sphere(num_points: int, radius: float, views: PosedImages, gen: torch.Generator):
+    """The sphere init: at the origin with ``radius``, or (radius 0) where the cameras look, sized to their views."""
+    if radius > 0:
+        return sphere_init(num_points, radius, generator=gen)
+    try:
+        center, fitted = gaze_sphere(views.cameras)
+    except ValueError as exc:
+        raise ValueError(f"Gen4D_StaticGaussians: sphere_radius 0 fits the init to the cameras, but {exc}") from exc
+    return sphere_init(num_points, fitted, center=center, generator=gen)
 
 
 def static_fit_config(views: PosedImages, iterations, views_per_step, sds_weight, densify, max_scale, background,

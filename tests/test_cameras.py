@@ -284,3 +284,42 @@ def test_clip_cameras_hold_rescale_and_default():
     with pytest.raises(TypeError, match="node: cameras must be Cameras"):
         clip_cameras("front", 4, 32, 24, who="node")
     assert isinstance(held, Cameras)
+
+
+def _ring(center, n=10, radius=3.0, fovy=40.0, jitter=0.0):
+    g = torch.Generator().manual_seed(3)
+    el = torch.empty(n).uniform_(-20.0, 30.0, generator=g)
+    az = torch.linspace(0.0, 360.0, n + 1)[:-1]
+    vm = cameras.orbit_poses(el, az, radius, center=center)
+    if jitter:  # aim each camera a little off the centre: the axes then only nearly meet
+        tilt = cameras.look_at(torch.zeros(n, 3), torch.randn(n, 3, generator=g) * jitter + torch.tensor([0, 0, 1.0]))
+        vm = tilt @ vm
+    K = cameras.intrinsics_from_fov(fovy, 64, 48).expand(n, 3, 3).clone()
+    return Cameras(vm, K, 64, 48, torch.linspace(0, 1, n), 0.01, 100.0)
+
+
+@pytest.mark.parametrize("center", [(0.0, 0.0, 0.0), (1.5, -0.7, 4.0)])
+def test_gaze_sphere_finds_where_the_cameras_look_and_a_radius_every_view_holds(center):
+    found, radius = cameras.gaze_sphere(_ring(center))
+    assert torch.allclose(torch.tensor(found), torch.tensor(center), atol=1e-5)
+    # fill 0.6 of the narrower half-view (the 48-pixel height: fovy 40) at the distance 3
+    assert radius == pytest.approx(0.6 * 3.0 * math.tan(math.radians(20.0)), rel=1e-5)
+    found, _ = cameras.gaze_sphere(_ring(center, jitter=0.02))
+    assert torch.dist(torch.tensor(found), torch.tensor(center)) < 0.2  # least squares, not one camera's axis
+
+
+def test_gaze_sphere_refuses_cameras_whose_axes_do_not_meet():
+    one = _ring((0.0, 0.0, 0.0))[0:1]
+    with pytest.raises(ValueError, match="do not cross"):
+        cameras.gaze_sphere(one)
+    side_by_side = torch.eye(4).repeat(3, 1, 1)
+    side_by_side[:, 0, 3] = torch.arange(3.0)  # three cameras in a row, all looking along +z
+    parallel = Cameras(side_by_side, cameras.intrinsics_from_fov(40.0, 32, 32).expand(3, 3, 3).clone(), 32, 32,
+                       torch.zeros(3), 0.01, 100.0)
+    with pytest.raises(ValueError, match="do not cross"):
+        cameras.gaze_sphere(parallel)
+    ring = _ring((0.0, 0.0, 0.0))
+    backwards = Cameras(torch.diag(torch.tensor([-1.0, 1.0, -1.0, 1.0])) @ ring.viewmats, ring.Ks, 64, 48,
+                        ring.times, 0.01, 100.0)  # each camera turned round: the common point is behind them
+    with pytest.raises(ValueError, match="behind"):
+        cameras.gaze_sphere(backwards)

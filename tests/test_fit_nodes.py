@@ -273,3 +273,35 @@ def test_deformation_fit_validation_names_densify_with_a_frozen_set():
     assert "freeze_canonical" in validate(background="#ffffff", densify=True, freeze_canonical=True)
     assert validate(background="#ffffff", densify=True, freeze_canonical=False) is True
     assert validate(background="#ffffff", densify=False, freeze_canonical=True) is True
+
+
+def test_sphere_radius_zero_starts_where_posed_cameras_look(monkeypatch):
+    """sphere_radius 0: the init sphere sits where the cameras' axes meet, sized to stay in every view."""
+    from gen4d.core.engine.cameras import Cameras, gaze_sphere, intrinsics_from_fov
+    from gen4d.nodes import fit as fit_nodes
+
+    n, center = 6, (0.8, -0.4, 2.5)
+    cams = Cameras(orbit_poses(torch.full((n,), 15.0), torch.linspace(0, 300, n), 2.0, center=center),
+                   intrinsics_from_fov(45.0, 24, 24).expand(n, 3, 3).clone(), 24, 24, torch.linspace(0, 1, n))
+    seen = {}
+
+    class Captured(Exception):
+        pass
+
+    def capture(init, *args, **kwargs):
+        seen["init"] = init
+        raise Captured
+
+    monkeypatch.setattr(fit_nodes, "fit_static", capture)
+    with pytest.raises(Captured):
+        run("Gen4D_StaticGaussians", images=torch.rand(n, 24, 24, 3), cameras=cams, iterations=4, num_points=2000,
+            sphere_radius=0.0, center_object=False, preview_every=0, seed=0)
+    means = seen["init"].means
+    _, radius = gaze_sphere(cams)
+    assert torch.allclose(means.mean(0), torch.tensor(center), atol=0.05 * radius)
+    assert (means - torch.tensor(center)).norm(dim=-1).max() <= radius * 1.01
+
+
+def test_sphere_radius_zero_says_why_one_held_camera_cannot_place_it(world):
+    with pytest.raises(ValueError, match="sphere_radius 0.*do not cross"):
+        static_gaussians(world, cameras=world.cameras, sphere_radius=0.0)

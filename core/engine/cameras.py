@@ -11,6 +11,7 @@ Public API:
     coco4d_reference_cameras    CoCo4D's seen view held over a clip (identity, fovy 60)
     clip_cameras                cameras of a clip: given ones held / rescaled, or the CoCo4D seen view
     view_difference             how far cameras are from reference cameras (angle, offset, focal ratio)
+    gaze_sphere                 the point the cameras look at and a radius that stays inside every view
     diffusion4d_orbit           Diffusion4D's 24-view orbit where view and time advance together (the
                                 official render script's spacing and field of view by default)
     orbit_azimuth_steps         fractions of a turn of an orbit's views, per ORBIT_CONVENTIONS
@@ -47,6 +48,7 @@ __all__ = [
     "coco4d_reference_cameras",
     "clip_cameras",
     "view_difference",
+    "gaze_sphere",
     "diffusion4d_orbit",
     "DIFFUSION4D_FOVY_DEG",
     "ORBIT_CONVENTIONS",
@@ -383,6 +385,35 @@ COCO4D_LOOPS: dict[int, tuple[tuple[float, float], ...]] = {
     1: ((0.0, 30.0), (0.0, -30.0), (15.0, 0.0), (-15.0, 0.0)),
     2: ((15.0, 30.0), (15.0, -30.0), (-15.0, 30.0), (-15.0, -30.0)),
 }
+
+
+def gaze_sphere(cameras: Cameras, fill: float = 0.6) -> tuple[tuple[float, float, float], float]:
+    """Where a set of posed cameras looks, and how large a sphere there stays in view (an init for posed frames).
+
+    The centre is the least-squares point nearest to every optical axis (``sum_i (I - a_i a_i^T)`` solved
+    against the camera centres); the radius is ``fill`` times the half-width the median camera sees at its
+    distance from that point, across the narrower of its two fields of view.
+
+    Raises:
+        ValueError: the optical axes do not pin a point down (one camera, or all looking along one line),
+            or the point lies behind the cameras.
+    """
+    c2w = cameras.camtoworlds.detach().cpu().double()
+    origins, axes = c2w[:, :3, 3], c2w[:, :3, 2]  # OpenCV axes: camera z is the viewing direction
+    proj = torch.eye(3, dtype=torch.float64) - axes[:, :, None] * axes[:, None, :]
+    a, b = proj.sum(0), (proj @ origins[:, :, None]).sum(0)[:, 0]
+    eig = torch.linalg.eigvalsh(a)
+    if len(cameras) < 2 or eig[0] <= 1e-6 * max(float(eig[-1]), 1e-12):
+        raise ValueError("gaze_sphere: the cameras' optical axes do not cross near one point (one camera, or all "
+                         "looking along one line); give the sphere's radius (and the object's place) instead")
+    center = torch.linalg.solve(a, b)
+    depth = ((center - origins) * axes).sum(-1)
+    if float(depth.median()) <= 0:
+        raise ValueError("gaze_sphere: the point nearest to the cameras' optical axes lies behind them; give the "
+                         "sphere's radius instead")
+    half = torch.minimum(cameras.width / (2 * cameras.Ks[:, 0, 0]), cameras.height / (2 * cameras.Ks[:, 1, 1]))
+    radius = float(fill * (origins - center).norm(dim=-1).median() * half.detach().cpu().double().median())
+    return tuple(float(v) for v in center), radius
 
 
 def coco4d_outpaint_poses(
