@@ -5,7 +5,8 @@ Cases (pick with --case, default all):
     static      object world, 24-view static orbit at 256², 1000 iterations; held-out PSNR
                 (target >= 30 dB).
     orbital     Diffusion4D construction: static orbit + 4D orbit (24 views, view and time advance
-                together), coarse 5k + fine 2k; PSNR on held-out (view, time) pairs (target >= 27 dB).
+                together) fitted as example_workflows/Diffusion4D.json's fit nodes set it (coarse 5k + fine
+                2k of 16 frames, its presets); PSNR on held-out (view, time) pairs (target >= 27 dB).
     coco4d_fg   CoCo4D foreground without guidance: seen view at 256², 1000 static iterations from a
                 5000-point sphere, then 800 deformation iterations at batch 4 (target < 30 s).
 
@@ -33,7 +34,8 @@ from gen4d import synthetic  # noqa: E402
 from gen4d.backends.render import available_backends, render_scene, training_render  # noqa: E402
 from gen4d.core.coco4d.reference import reference_clip  # noqa: E402
 from gen4d.core.engine.cameras import Cameras, diffusion4d_orbit, intrinsics_from_fov, orbit_poses  # noqa: E402
-from gen4d.core.engine.fit_dynamic import CoarseToFineConfig, DeformationFitConfig, fit_coarse_to_fine, fit_deformation  # noqa: E402,E501
+from gen4d.core.engine.coarse_to_fine import CoarseToFineConfig, fit_coarse_to_fine  # noqa: E402
+from gen4d.core.engine.fit_dynamic import DeformationFitConfig, fit_deformation  # noqa: E402
 from gen4d.core.engine.fit_static import StaticFitConfig, evaluate, fit_static  # noqa: E402
 from gen4d.core.engine.gaussians import sphere_init  # noqa: E402
 from gen4d.core.engine.losses import ReconstructionLoss, psnr  # noqa: E402
@@ -42,6 +44,12 @@ from gen4d.core.engine.views import PosedImages  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fit_profile import profiled_static  # noqa: E402
+from posed_frames_sweep import workflow_base  # noqa: E402
+
+
+def diffusion4d_stages(views: PosedImages) -> CoarseToFineConfig:
+    """The construction as example_workflows/Diffusion4D.json runs it: its fit nodes' widgets and presets."""
+    return workflow_base(views, "diffusion4d")
 
 SIZE = 256
 WHITE = (1.0, 1.0, 1.0)
@@ -111,10 +119,12 @@ def case_orbital(scale: float, cuda_graphs: bool = True) -> dict:
     static = _views(world, diffusion4d_orbit(SIZE, SIZE, 24, dynamic=False, **ORBIT))
     test_cams = _held_out(12, dynamic=True)
     test = synthetic.render(world, test_cams, supersample=3)["rgb"]
-    base = CoarseToFineConfig()
+    base = diffusion4d_stages(orbit_4d)
+    fine_iters = max(int(base.fine.iterations * scale), 1)
+    densify = None if base.fine.densify is None else replace(base.fine.densify, total_iterations=fine_iters)
     cfg = CoarseToFineConfig(
-        coarse=replace(base.coarse, iterations=max(int(5000 * scale), 1), preview_every=0),
-        fine=replace(base.fine, iterations=max(int(2000 * scale), 1), preview_every=0, cuda_graphs=cuda_graphs),
+        coarse=replace(base.coarse, iterations=max(int(base.coarse.iterations * scale), 1), preview_every=0),
+        fine=replace(base.fine, iterations=fine_iters, preview_every=0, cuda_graphs=cuda_graphs, densify=densify),
     )
     init = sphere_init(5000, 0.5, generator=torch.Generator().manual_seed(0))
     with Timer() as t:

@@ -6,12 +6,13 @@ by one of two paths:
 
     --via engine  (default) the engine's coarse-to-fine construction, ``fit_coarse_to_fine`` with
                   ``CoarseToFineConfig``'s defaults (coarse static fit on every training view,
-                  then the deformation fit), as the Diffusion4D stage lengths define it;
+                  then the deformation fit), which are example_workflows/PosedFrames4D.json's stages;
     --via nodes   the Gen4D_StaticGaussians and Gen4D_DeformationFit nodes with the widget values
-                  of example_workflows/Diffusion4D.json (the shipped workflow) and the fit options
-                  its Gen4D_FitOptions nodes give them (the Diffusion4D coarse and fine presets).
+                  of a shipped workflow (``--workflow``: PosedFrames4D.json, or Diffusion4D.json with
+                  the paper's stage lengths) and the fit options its Gen4D_FitOptions nodes give them.
 
-Both start from the same sphere of Gaussians, centred where the cameras look. The test split (val
+Both start from the same sphere of Gaussians, centred where the cameras look (Gen4D_StaticGaussians'
+``sphere_radius`` 0, ``gaze_sphere``). The test split (val
 when there is none, train when neither exists) is rendered at its cameras and times and scored
 against the files: PSNR and SSIM (``core.engine.losses``; SSIM with an 11-pixel Gaussian window),
 for the fine result and the coarse one alone. Also printed: the fit's wall time, the Gaussian
@@ -26,7 +27,7 @@ CPU that size takes hours: use --frames/--test-frames/--size for small ones).
 
 Usage:
     python bench/posed_frames_bench.py --export-synthetic /tmp/pf [--frames 100 --test-frames 20 --size 800]
-    python bench/posed_frames_bench.py /tmp/pf [--coarse-iterations 5000 --fine-iterations 2000] [--json out.json]
+    python bench/posed_frames_bench.py /tmp/pf [--via nodes --workflow diffusion4d] [--json out.json]
     python bench/posed_frames_bench.py /tmp/pf --coarse-iterations 30 --fine-iterations 30   # a CPU smoke run
 """
 
@@ -51,8 +52,8 @@ from pack_loader import load_pack  # noqa: E402
 gen4d = load_pack()
 from gen4d import synthetic  # noqa: E402
 from gen4d.backends.render import available_backends, render_scene, training_render  # noqa: E402
-from gen4d.core.engine.cameras import Cameras  # noqa: E402
-from gen4d.core.engine.fit_dynamic import CoarseToFineConfig, fit_coarse_to_fine  # noqa: E402
+from gen4d.core.engine.cameras import Cameras, gaze_sphere  # noqa: E402
+from gen4d.core.engine.coarse_to_fine import CoarseToFineConfig, fit_coarse_to_fine  # noqa: E402
 from gen4d.core.engine.gaussians import sphere_init  # noqa: E402
 from gen4d.core.engine.losses import psnr, ssim  # noqa: E402
 from gen4d.core.engine.scene import Scene4D, ScenePart  # noqa: E402
@@ -61,8 +62,7 @@ from gen4d.core.formats.convert import parse_color  # noqa: E402
 from gen4d.core.formats.posed_frames import available_splits, read_posed_frames  # noqa: E402
 from gen4d.nodes import host  # noqa: E402
 from gen4d.synthetic.export_posed import export_dnerf  # noqa: E402
-from shipped_workflow import DIFFUSION4D as WORKFLOW  # noqa: E402
-from shipped_workflow import linked_input, node_inputs  # noqa: E402
+from shipped_workflow import FIT_WORKFLOWS, linked_input, node_inputs  # noqa: E402
 
 
 def _device(name: str | None) -> torch.device:
@@ -144,24 +144,12 @@ def _kernel_busy_seconds(profiler) -> tuple[float, int]:
 
 
 def init_sphere(cameras: Cameras, points: int, radius: float | None, seed: int):
-    """A sphere of Gaussians around the point nearest to every optical axis.
-
-    Its radius (unless given) is 0.6 of what the median camera sees at that distance across its
-    narrower field of view, so the object starts inside every view.
-    """
-    c2w = cameras.camtoworlds.double()
-    origins, axes = c2w[:, :3, 3], c2w[:, :3, 2]  # OpenCV: camera z is the viewing direction
-    proj = torch.eye(3, dtype=torch.float64) - axes[:, :, None] * axes[:, None, :]
-    a, b = proj.sum(0), (proj @ origins[:, :, None]).sum(0)
-    center = torch.linalg.lstsq(a, b).solution[:, 0]
-    if not torch.isfinite(center).all():
-        center = origins.mean(0)
-    if radius is None:
-        dist = (origins - center).norm(dim=-1).median()
-        half = torch.minimum(cameras.width / (2 * cameras.Ks[:, 0, 0]), cameras.height / (2 * cameras.Ks[:, 1, 1]))
-        radius = float(0.6 * dist * half.double().median())
+    """The sphere Gen4D_StaticGaussians starts from with ``sphere_radius`` 0: around the point nearest to every
+    optical axis, sized to stay in every view (``gaze_sphere``), unless ``radius`` is given."""
+    center, fitted = gaze_sphere(cameras)
+    radius = fitted if radius is None else radius
     gen = torch.Generator().manual_seed(seed)
-    return sphere_init(points, radius, center=tuple(center.float().tolist()), generator=gen), center, radius
+    return sphere_init(points, radius, center=center, generator=gen), torch.tensor(center), radius
 
 
 def fit_engine(init, views: PosedImages, args, background, device, windows):
@@ -189,14 +177,16 @@ def fit_engine(init, views: PosedImages, args, background, device, windows):
 FIT_NODES = ("Gen4D_StaticGaussians", "Gen4D_DeformationFit")
 
 
-def workflow_widgets() -> dict[str, dict]:
-    """The Gen4D_StaticGaussians / Gen4D_DeformationFit widget values and linked inputs of Diffusion4D.json."""
-    return node_inputs(WORKFLOW, FIT_NODES, gen4d.NODE_CLASS_MAPPINGS)
+def workflow_widgets(workflow: str = "posed_frames") -> dict[str, dict]:
+    """The Gen4D_StaticGaussians / Gen4D_DeformationFit widget values and linked inputs of a shipped workflow
+    (a key of ``FIT_WORKFLOWS``)."""
+    return node_inputs(FIT_WORKFLOWS[workflow], FIT_NODES, gen4d.NODE_CLASS_MAPPINGS)
 
 
-def workflow_fit_options() -> dict[str, object]:
-    """The fit options each fit node of Diffusion4D.json receives (its Gen4D_FitOptions node's output)."""
-    return {node: linked_input(WORKFLOW, node, "options", gen4d.NODE_CLASS_MAPPINGS) for node in FIT_NODES}
+def workflow_fit_options(workflow: str = "posed_frames") -> dict[str, object]:
+    """The fit options each fit node of a shipped workflow receives (its Gen4D_FitOptions node's output)."""
+    return {node: linked_input(FIT_WORKFLOWS[workflow], node, "options", gen4d.NODE_CLASS_MAPPINGS)
+            for node in FIT_NODES}
 
 
 def _result(out) -> tuple:
@@ -205,7 +195,7 @@ def _result(out) -> tuple:
 
 
 def fit_nodes(init, views: PosedImages, args, background, device, windows):
-    widgets, options = workflow_widgets(), workflow_fit_options()
+    widgets, options = workflow_widgets(args.workflow), workflow_fit_options(args.workflow)
     classes = gen4d.NODE_CLASS_MAPPINGS
     colour = "#" + "".join(f"{round(c * 255):02x}" for c in background)
     static_in = {k: v for k, v in widgets["Gen4D_StaticGaussians"].items() if not isinstance(v, list)}
@@ -240,7 +230,7 @@ def fit_nodes(init, views: PosedImages, args, background, device, windows):
     finally:
         host.set_progress_sink(None)
     return scene, gaussians, {"coarse_iterations": static_in["iterations"], "fine_iterations": fine_in["iterations"],
-                              "workflow": WORKFLOW.name, "masks": use_masks,
+                              "workflow": FIT_WORKFLOWS[args.workflow].name, "masks": use_masks,
                               "fit_options": {k: None if v is None else v.describe() for k, v in options.items()}}
 
 
@@ -361,8 +351,10 @@ def main() -> None:
     ap.add_argument("--fov", type=float, default=40.0, help="exported field of view, degrees")
     ap.add_argument("--supersample", type=int, default=3, help="exported sub-pixel grid (odd)")
     ap.add_argument("--via", choices=("engine", "nodes"), default="engine", help="fit path (see above)")
-    ap.add_argument("--coarse-iterations", type=int, default=0, help="0: the path's default (5000)")
-    ap.add_argument("--fine-iterations", type=int, default=0, help="0: the path's default (2000)")
+    ap.add_argument("--workflow", choices=sorted(FIT_WORKFLOWS), default="posed_frames",
+                    help="with --via nodes: the shipped workflow whose fit stages run")
+    ap.add_argument("--coarse-iterations", type=int, default=0, help="0: the path's default (3000)")
+    ap.add_argument("--fine-iterations", type=int, default=0, help="0: the path's default (7000)")
     ap.add_argument("--downscale", type=int, default=1, help="read the images downscaled by this factor")
     ap.add_argument("--background", default="#ffffff", help="background colour (D-NeRF: white)")
     ap.add_argument("--init-points", type=int, default=5000, help="Gaussians of the sphere init")

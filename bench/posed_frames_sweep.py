@@ -22,9 +22,10 @@ Plan format (a list of runs)::
 left out of the stage's time), so one long run gives a curve of PSNR against wall time, as the
 peers' test iterations do.
 
-``"base": "workflow"`` starts a run from the stages as example_workflows/Diffusion4D.json sets its fit
-nodes (widget values and Gen4D_FitOptions presets) instead of ``CoarseToFineConfig``'s defaults
-(``"engine"``), so a plan can compare the shipped workflow's settings with the engine's on the same data.
+``"base": "diffusion4d"`` starts a run from the stages as example_workflows/Diffusion4D.json sets its fit
+nodes (widget values and Gen4D_FitOptions presets; the paper's stage lengths) instead of
+``CoarseToFineConfig``'s defaults (``"engine"``); ``"posed_frames"`` from PosedFrames4D.json's nodes, which
+give ``CoarseToFineConfig``'s settings through the nodes' own config builders.
 
 ``"sets_as_list": true`` hands the deformed sets to the batched rasteriser as a plain list, which it
 re-stacks every step: the baseline for the stacked hand-over (``GaussianBatch``) in an A/B run.
@@ -55,8 +56,9 @@ import posed_frames_bench as pfb  # noqa: E402  (loads the pack)
 from fit_profile import phase_ranges, print_phases, profiled_static  # noqa: E402
 from gen4d.backends.render import render_each, training_render  # noqa: E402
 from gen4d.core.engine import densify as dens  # noqa: E402
+from gen4d.core.engine.coarse_to_fine import CoarseToFineConfig  # noqa: E402
 from gen4d.core.engine.deformation import HexPlaneConfig  # noqa: E402
-from gen4d.core.engine.fit_dynamic import CoarseToFineConfig, fit_deformation  # noqa: E402
+from gen4d.core.engine.fit_dynamic import fit_deformation  # noqa: E402
 from gen4d.core.engine.fit_static import GaussianLearningRates, fit_static  # noqa: E402
 from gen4d.core.engine.losses import ReconstructionLoss  # noqa: E402
 from gen4d.core.engine.scene import Scene4D, ScenePart  # noqa: E402
@@ -124,16 +126,18 @@ class CheckpointScorer:
         self.paused += time.perf_counter() - begin
 
 
-def workflow_base(views: PosedImages) -> CoarseToFineConfig:
-    """The two stages as example_workflows/Diffusion4D.json configures its fit nodes: their widget values and
-    the fit options their Gen4D_FitOptions nodes give (what a ComfyUI user's run of it fits with)."""
-    widgets, options = pfb.workflow_widgets(), pfb.workflow_fit_options()
+def workflow_base(views: PosedImages, workflow: str = "diffusion4d") -> CoarseToFineConfig:
+    """The two stages as a shipped workflow (``shipped_workflow.FIT_WORKFLOWS``) configures its fit nodes: their
+    widget values and the fit options their Gen4D_FitOptions nodes give (what a ComfyUI user's run of it fits with).
+    Diffusion4D.json connects no masks; PosedFrames4D.json passes the dataset's."""
+    widgets, options = pfb.workflow_widgets(workflow), pfb.workflow_fit_options(workflow)
     s, d = widgets["Gen4D_StaticGaussians"], widgets["Gen4D_DeformationFit"]
-    plain = PosedImages(views.images, views.cameras)  # the workflow connects no masks
-    coarse = static_fit_config(plain, s["iterations"], s["views_per_step"], s["sds_weight"], s["densify"],
+    if "masks" not in s:
+        views = PosedImages(views.images, views.cameras)
+    coarse = static_fit_config(views, s["iterations"], s["views_per_step"], s["sds_weight"], s["densify"],
                                s["max_scale"], s["background"], s["preview_every"], s["seed"],
                                options["Gen4D_StaticGaussians"])
-    fine = deformation_fit_config(plain, d["iterations"], d["times_per_step"], d["rigidity_weight"], d["sds_weight"],
+    fine = deformation_fit_config(views, d["iterations"], d["times_per_step"], d["rigidity_weight"], d["sds_weight"],
                                   d["freeze_canonical"], d["background"], d["preview_every"], d["seed"],
                                   options["Gen4D_DeformationFit"], d["densify"])
     return CoarseToFineConfig(coarse=coarse, fine=fine)
@@ -167,7 +171,8 @@ def main() -> None:
     print(f"device {name}; {folder}: {len(train.cameras)} train, {len(test.cameras)} {test_split} frames, "
           f"{train.cameras.width}x{train.cameras.height}", flush=True)
 
-    bases = {"engine": CoarseToFineConfig, "workflow": lambda: workflow_base(views)}
+    bases = {"engine": CoarseToFineConfig, "posed_frames": lambda: workflow_base(views, "posed_frames"),
+             "diffusion4d": lambda: workflow_base(views, "diffusion4d")}
     common = {"preview_every": 0, "background": background, "seed": args.seed}
     coarse_fits, rows = {}, []
     for run in plan:

@@ -7,6 +7,9 @@ from pathlib import Path
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "example_workflows"
 DIFFUSION4D = EXAMPLES / "Diffusion4D.json"
+POSED_FRAMES = EXAMPLES / "PosedFrames4D.json"
+# The workflows whose fit stages the posed-frames benches can run, by the name their options take.
+FIT_WORKFLOWS = {"posed_frames": POSED_FRAMES, "diffusion4d": DIFFUSION4D}
 
 
 def _prompt(workflow: Path, node_classes) -> dict:

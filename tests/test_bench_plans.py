@@ -32,7 +32,7 @@ def test_plan_runs_build_their_configs(sweep, plan):
     known = {"name", "base", "fine", "coarse", "profile", "profile_coarse", "sets_as_list", "estimate", "checkpoints"}
     for run in runs:
         assert set(run) <= known, (plan.name, run.get("name"), set(run) - known)
-        assert run.get("base", "engine") in ("engine", "workflow"), (plan.name, run["name"])
+        assert run.get("base", "engine") in ("engine", "posed_frames", "diffusion4d"), (plan.name, run["name"])
         coarse = sweep.apply_changes(replace(base.coarse), run.get("coarse", {}))
         fine = sweep.apply_changes(replace(base.fine), run.get("fine", {}))
         for key, value in run.get("fine", {}).items():
@@ -46,16 +46,38 @@ def test_a_misspelt_setting_is_refused(sweep):
         sweep.apply_changes(sweep.CoarseToFineConfig().fine, {"time_smoothnes_weight": 0.01})
 
 
-def test_the_workflow_base_is_what_the_shipped_workflow_fits_with(sweep):
+def _views(n: int = 4, masks: bool = False):
     from gen4d.core.engine.cameras import Cameras
-    from gen4d.core.engine.fit_dynamic import fine_stage_densify
-    from gen4d.core.engine.fit_options import FIT_PRESETS
     from gen4d.core.engine.views import PosedImages
 
-    n = 4
     cameras = Cameras(torch.eye(4).expand(n, 4, 4).clone(), torch.diag(torch.tensor([20.0, 20.0, 1.0])).expand(
         n, 3, 3).clone(), 16, 16, torch.linspace(0, 1, n))
-    base = sweep.workflow_base(PosedImages(torch.rand(n, 16, 16, 3), cameras))
+    return PosedImages(torch.rand(n, 16, 16, 3), cameras, torch.ones(n, 16, 16) if masks else None)
+
+
+@pytest.mark.parametrize("masks", [False, True])
+def test_the_engine_defaults_are_what_the_posed_frames_workflow_fits_with(sweep, masks):
+    """CoarseToFineConfig() (the posed-frames benches' engine path) is PosedFrames4D.json's fit stages as its
+    nodes build them, so the figures measured on the engine are what a user's run of the workflow gets."""
+    from gen4d.core.engine.fit_dynamic import fine_stage_densify
+
+    engine, shipped = sweep.CoarseToFineConfig(), sweep.workflow_base(_views(masks=masks), "posed_frames")
+    skip = {"pose_sampling", "sds_weight", "preview_every"}  # unused without guidance; previews are the UI's
+    for stage in ("coarse", "fine"):
+        a, b = getattr(engine, stage), getattr(shipped, stage)
+        differ = {f: (getattr(a, f), getattr(b, f)) for f in a.__dataclass_fields__
+                  if f not in skip and getattr(a, f) != getattr(b, f)}
+        assert not differ, (stage, differ)
+    assert (engine.coarse.iterations, engine.coarse.views_per_step) == (3000, 4)
+    assert (engine.fine.iterations, engine.fine.times_per_step) == (7000, 8)
+    assert engine.fine.densify == fine_stage_densify(7000) and not engine.fine.freeze_canonical
+
+
+def test_the_diffusion4d_base_is_what_the_shipped_workflow_fits_with(sweep):
+    from gen4d.core.engine.fit_dynamic import fine_stage_densify
+    from gen4d.core.engine.fit_options import FIT_PRESETS
+
+    base = sweep.workflow_base(_views(), "diffusion4d")
     coarse, fine = FIT_PRESETS["diffusion4d_coarse"], FIT_PRESETS["diffusion4d_fine"]
     assert (base.coarse.iterations, base.coarse.views_per_step) == (5000, 4)
     assert (base.fine.iterations, base.fine.times_per_step) == (2000, 16)

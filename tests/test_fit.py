@@ -26,9 +26,10 @@ from gen4d.backends.render import render_scene, training_render
 from gen4d.core.coco4d.reference import reference_clip
 from gen4d.core.coco4d.screen_trajectory import ScreenTrajectory, center_object, refine_trajectory
 from gen4d.core.engine.cameras import Cameras, diffusion4d_orbit, intrinsics_from_fov, orbit_poses
+from gen4d.core.engine.coarse_to_fine import CoarseToFineConfig, fit_coarse_to_fine
 from gen4d.core.engine.deformation import Deformation, HexPlaneConfig
 from gen4d.core.engine.densify import DensifyConfig
-from gen4d.core.engine.fit_dynamic import CoarseToFineConfig, DeformationFitConfig, fit_coarse_to_fine, fit_deformation
+from gen4d.core.engine.fit_dynamic import DeformationFitConfig, fit_deformation
 from gen4d.core.engine.fit_static import FitDivergedError, GaussianLearningRates, StaticFitConfig, evaluate, fit_static
 from gen4d.core.engine.gaussians import Gaussians, sphere_init
 from gen4d.core.engine.guidance import PoseSampling

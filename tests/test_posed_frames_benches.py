@@ -39,7 +39,8 @@ def test_bench_fits_and_scores(dataset, tmp_path, via):
     row = json.loads(out.read_text())
     assert row["via"] == via and row["train_frames"] == 24
     if via == "nodes":  # the shipped workflow's Gen4D_FitOptions presets reach the fit nodes
-        assert [o.split()[0] for o in row["fit_options"].values()] == ["diffusion4d_coarse", "diffusion4d_fine"]
+        assert row["workflow"] == "PosedFrames4D.json"
+        assert [o.split()[0] for o in row["fit_options"].values()] == ["posed_frames_coarse", "posed_frames_fine"]
     assert row["coarse_iterations"] == 3 and row["fine_iterations"] == 2
     assert row["test_psnr"] > 0 and row["coarse_only_psnr"] > 0
 
@@ -48,7 +49,7 @@ def test_sweep_runs_a_plan(dataset, tmp_path):
     plan = tmp_path / "plan.json"
     plan.write_text(json.dumps([{"name": "tiny", "coarse": {"iterations": 3},
                                  "fine": {"iterations": 2, "times_per_step": 2}},
-                                {"name": "tiny, as the workflow", "base": "workflow", "coarse": {"iterations": 3},
+                                {"name": "tiny, as Diffusion4D", "base": "diffusion4d", "coarse": {"iterations": 3},
                                  "fine": {"iterations": 2}},
                                 {"name": "tiny, profiled", "profile_coarse": True, "profile": True,
                                  "coarse": {"iterations": 3}, "fine": {"iterations": 2, "times_per_step": 2}}]))
@@ -56,8 +57,8 @@ def test_sweep_runs_a_plan(dataset, tmp_path):
     printed = _run(str(BENCH / "posed_frames_sweep.py"), str(dataset), str(plan), "--init-points", "300",
                    "--device", "cpu", "--json", str(out))
     rows = json.loads(out.read_text())
-    assert [r["name"] for r in rows] == ["tiny", "tiny, as the workflow", "tiny, profiled"]
-    assert [r["base"] for r in rows] == ["engine", "workflow", "engine"] and all(r["psnr"] > 0 for r in rows)
+    assert [r["name"] for r in rows] == ["tiny", "tiny, as Diffusion4D", "tiny, profiled"]
+    assert [r["base"] for r in rows] == ["engine", "diffusion4d", "engine"] and all(r["psnr"] > 0 for r in rows)
     phases = re.findall(r"^  (\S[^\n]*?)\s+[0-9.]+ ms host per step", printed, re.MULTILINE)
     assert {"render", "targets", "densify", "backward"} <= set(phases)  # the coarse stage's phases
     assert "deformation" in phases  # the fine stage's

@@ -175,6 +175,11 @@ PLANS: dict[str, list[tuple[str, list[list[Any]]]]] = {
         ("1 · Synthetic world and its 4D Gaussian twin", [["note", 1], [2, 6]]),
         ("2 · Render, save and preview", [[3, 7], [4, 5], ["P"]]),
     ],
+    "PosedFrames4D": [
+        ("1 · Posed frames (transforms.json)", [["note", 1]]),
+        ("2 · Coarse-to-fine 4D Gaussians", [[2, 4], [3], [5]]),
+        ("3 · Test views, save and preview", [[6, 7], [8, 9], [10, "P"]]),
+    ],
     "MoGe4D": [
         ("1 · Image, depth and models", [["note", 1], [2, 3, 6]]),
         ("2 · 4D-STraG: dense 4D trajectories", [[4, 13]]),

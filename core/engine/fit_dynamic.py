@@ -5,8 +5,6 @@ Public API:
     DeformationFitConfig      CoCo4D foreground defaults (800 iterations, batch of 4 timestamps)
     fit_deformation(...)      the deformation fit (CoCo4D §3.1 eqs. 3-4; Diffusion4D fine stage)
     fine_stage_densify(n)     4DGS-style density control for an n-step deformation fit
-    CoarseToFineConfig        Diffusion4D §3.4 stage lengths (5k coarse + 2k fine for 4DGS, 16 frames a fine step)
-    fit_coarse_to_fine(...)   coarse static fit on static + 4D orbits, then fine deformation fit
 
 Design notes:
     Each step draws ``times_per_step`` frames, deforms the canonical set to all their times in one
@@ -44,9 +42,7 @@ from .fit_static import (
     FitResult,
     GaussianLearningRates,
     RenderFn,
-    StaticFitConfig,
     adam,
-    fit_static,
     make_optimizer,
     masked_targets,
     memory_guard,
@@ -63,8 +59,6 @@ __all__ = [
     "DeformationFitConfig",
     "fit_deformation",
     "fine_stage_densify",
-    "CoarseToFineConfig",
-    "fit_coarse_to_fine",
     "FitDivergedError",
 ]
 
@@ -389,77 +383,3 @@ def fine_stage_densify(iterations: int) -> dens.DensifyConfig:
     """4DGS-style density control of the canonical set during a deformation fit: clone, split and prune every
     100 steps from step 200 until 80 % of the fit (the coarse stage's thresholds)."""
     return dens.DensifyConfig(total_iterations=iterations, refine_start=200, refine_every=100)
-
-
-@dataclass(frozen=True)
-class CoarseToFineConfig:
-    """Diffusion4D §3.4 / §4.1: 4DGS construction in two stages.
-
-    Args:
-        coarse: static fit on the static orbit and the 4D orbit together (5k iterations, 4 views a step).
-        fine: deformation fit on the 4D orbit only (2k iterations; canonical trained too) with 4DGS's
-            rate decay (to a tenth) and fine-stage densification, time smoothness 3e-2, 16 frames a step.
-
-    The fine-stage choices were measured on the posed-frames bench (``bench/posed_frames_sweep.py``, one
-    H100 per call, one coarse fit per call). ``bench/plans/time_smoothness.json`` (2000 fine steps, eager
-    field): 32.2 dB with time smoothness 1e-3, 33.2 with 1e-2, 33.5 with 3e-2, 34.7 with 1e-2 and the decay,
-    35.6 with 16 frames a step on top (8 before). ``bench/plans/toward_full_run.json`` (coarse 3000, fine
-    4000 x 16, graphed field): 36.4 dB in 71 s; time smoothness 3e-2 (4DGS: 1e-2) 36.7 dB at the same
-    time; densification 36.9 dB for 13 % more time (``fine_stage.json``, 2000 x 8 eager: 32.6 against
-    32.0); TV on the spatial planes no change. 8 frames a step did better at equal time given many steps
-    (7000 x 8: 36.7 dB in 73 s), 16 at the paper's 2000 steps (above). The time grid follows the frame
-    count up to 25 samples (4DGS D-NeRF; :func:`~.deformation.time_samples_for`).
-    """
-
-    coarse: StaticFitConfig = field(default_factory=lambda: StaticFitConfig(
-        iterations=5000, views_per_step=4, loss=ReconstructionLoss(l1=1.0, dssim=0.0, mask=0.0,
-                                                                   depth_smoothness=0.0)))
-    fine: DeformationFitConfig = field(default_factory=lambda: DeformationFitConfig(
-        iterations=2000, times_per_step=16, loss=ReconstructionLoss(l1=1.0, l2=0.0, dssim=0.0, mask=0.0),
-        rigidity_weight=0.0, freeze_canonical=False, time_smoothness_weight=3e-2, lr_final_ratio=0.1,
-        densify=fine_stage_densify(2000)))
-
-
-def fit_coarse_to_fine(
-    init: Gaussians,
-    orbit_4d: PosedImages,
-    render_fn: RenderFn,
-    static_orbit: PosedImages | None = None,
-    config: CoarseToFineConfig | None = None,
-    callback: Callable | None = None,
-    should_stop: Callable[[], bool] | None = None,
-    device: torch.device | str | None = None,
-) -> FitResult:
-    """Coarse static Gaussians from every orbit view, then a deformation fit on the 4D orbit.
-
-    Args:
-        init: initial Gaussians (e.g. a sphere).
-        orbit_4d: the 4D orbit: views whose time advances with the azimuth.
-        render_fn: renderer.
-        static_orbit: the static orbit at time 0 (Diffusion4D's ``V'``), merged into the coarse
-            stage; optional.
-        config: stage settings.
-        callback: progress over both stages, ``callback(step, total, preview)``.
-        should_stop: early stop for either stage.
-        device: where to optimise.
-
-    Returns:
-        The fine stage's :class:`FitResult` (``extra["motion"]``, ``extra["coarse"]`` the coarse result).
-    """
-    cfg = config or CoarseToFineConfig()
-    coarse_views = orbit_4d if static_orbit is None else PosedImages.cat([static_orbit, orbit_4d])
-    total = cfg.coarse.iterations + cfg.fine.iterations
-
-    def shifted(offset: int):
-        if callback is None:
-            return None
-        return lambda step, _total, preview=None: callback(offset + step, total, preview)
-
-    coarse = fit_static(init, coarse_views, render_fn, cfg.coarse, None, shifted(0), should_stop, device)
-    if coarse.stopped:
-        coarse.extra["coarse"] = coarse
-        return coarse
-    fine = fit_deformation(coarse.gaussians, orbit_4d, render_fn, cfg.fine, None, shifted(cfg.coarse.iterations),
-                           should_stop, device)
-    fine.extra["coarse"] = coarse
-    return fine
