@@ -24,6 +24,14 @@ from .widgets import color_error, combo_in, int_in, str_in
 
 NODE = "Gen4D_LoadPosedFrames"
 NO_DATASETS = "(no datasets found)"
+# Marks the folder picker: a shared workflow names a dataset the user supplies, so the frontend switches a name
+# the user lacks to the first dataset present (web/gen4d_models.js) and the workflow checker accepts any name.
+DATASET_PICKER_KEY = "gen4d_dataset_picker"
+
+
+def _picker(combo: tuple) -> tuple:
+    choices, opts = combo
+    return choices, {**opts, DATASET_PICKER_KEY: True}
 
 
 def dataset_choices() -> list[str]:
@@ -64,8 +72,9 @@ class LoadPosedFrames:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "folder": combo_in(dataset_choices(), "A sub-folder of the input folder holding transforms.json "
-                                   "or transforms_train/val/test.json (ignored when path is set)."),
+                "folder": _picker(combo_in(dataset_choices(), "A sub-folder of the input folder holding "
+                                           "transforms.json or transforms_train/val/test.json (ignored when path "
+                                           "is set).")),
                 "path": str_in("", "Dataset folder typed relative to the input folder (e.g. 'dnerf/lego'); "
                                "overrides folder when not empty. Absolute paths, '..' and symlinks leading out of "
                                "the input folder are refused."),

@@ -363,6 +363,20 @@ def test_file_pickers_accept_files_the_user_supplies():
     assert check_value(spec, "") is not None and check_value(spec, 3) is not None
 
 
+def test_dataset_pickers_accept_datasets_the_user_supplies():
+    """Gen4D Load Posed Frames' folder picker lists the user's input folder; a shared workflow names its own."""
+    import gen4d
+    from workflow_checker import check_value
+
+    spec = build_registry({"Gen4D_LoadPosedFrames": gen4d.NODE_CLASS_MAPPINGS["Gen4D_LoadPosedFrames"]})[
+        "Gen4D_LoadPosedFrames"].input("folder")
+    assert check_value(spec, "dnerf/lego") is None and check_value(spec, "(no datasets found)") is None
+    assert check_value(spec, "") is not None and check_value(spec, 3) is not None
+    split = build_registry({"Gen4D_LoadPosedFrames": gen4d.NODE_CLASS_MAPPINGS["Gen4D_LoadPosedFrames"]})[
+        "Gen4D_LoadPosedFrames"].input("split")
+    assert check_value(split, "someday") is not None, "other combos still hold to their lists"
+
+
 def test_with_widget_values_writes_the_right_slot_and_refuses_sockets():
     import gen4d
     from workflow_builder import Graph

@@ -63,6 +63,7 @@ ANY = "*"
 
 # A Gen4D model picker (nodes/placement.py model_in) and its placeholder when no model is present.
 MODEL_KIND_KEY = "gen4d_model_kind"
+DATASET_PICKER_KEY = "gen4d_dataset_picker"
 NO_MODELS = "(no models found)"
 # Extra frontend widget values that follow a combo with one of these options.
 _UPLOAD_EXTRAS = {
@@ -575,6 +576,10 @@ def check_value(spec: InputSpec, value: Any) -> str | None:
         if not (isinstance(value, str) and value) or value == NO_MODELS:
             return f"{spec.name}: expected a model name, got {value!r}"
         return None
+    if kind == "COMBO" and spec.opts.get(DATASET_PICKER_KEY):
+        # a dataset picker lists the user's input folder: a workflow names a dataset the user supplies (or the
+        # placeholder), and the frontend swaps in the first dataset found (web/gen4d_models.js)
+        return None if isinstance(value, str) and value else f"{spec.name}: expected a dataset folder, got {value!r}"
     if kind == "COMBO" and spec.choices is not None and value not in spec.choices:
         shown = list(spec.choices) if len(spec.choices) <= 12 else f"{len(spec.choices)} options"
         return f"{spec.name}: {value!r} is not one of {shown}"

@@ -3,18 +3,19 @@
 // (e.g. "Wan2.1-I2V-14B-480P-Diffusers"); a picker keeps that name when the user has it, and otherwise
 // switches to the first model the user does have, so a shared workflow runs without re-picking every loader.
 // With no model of that kind present the saved name stays, telling the user which model the graph expects.
-// Pickers are the combo inputs the pack marks with `gen4d_model_kind` (nodes/placement.py model_in).
+// Pickers are the combo inputs the pack marks with `gen4d_model_kind` (nodes/placement.py model_in), and the
+// posed-frames dataset picker, marked `gen4d_dataset_picker` (nodes/posed_frames.py), which behaves the same.
 import { app } from "../../scripts/app.js";
 
 const EXTENSION_NAME = "Gen4D.ModelPickers";
-const NO_MODELS = "(no models found)";
+const PLACEHOLDERS = new Set(["(no models found)", "(no datasets found)"]);
 const PICKERS = Symbol("gen4d.modelPickers");
 
 function pickerNames(nodeData) {
   const names = [];
   for (const section of ["required", "optional"]) {
     for (const [name, spec] of Object.entries(nodeData?.input?.[section] ?? {})) {
-      if (Array.isArray(spec) && spec[1] && typeof spec[1] === "object" && spec[1].gen4d_model_kind) names.push(name);
+      if (Array.isArray(spec) && spec[1] && typeof spec[1] === "object" && (spec[1].gen4d_model_kind || spec[1].gen4d_dataset_picker)) names.push(name);
     }
   }
   return names;
@@ -25,7 +26,7 @@ function choosePresent(node) {
     const widget = node.widgets?.find((w) => w.name === name);
     const values = widget?.options?.values;
     if (!widget || !Array.isArray(values)) continue;
-    const present = values.filter((v) => v !== NO_MODELS);
+    const present = values.filter((v) => !PLACEHOLDERS.has(v));
     if (!present.length || present.includes(widget.value)) continue;
     widget.value = present[0];
     widget.callback?.(widget.value);
