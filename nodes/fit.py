@@ -237,7 +237,8 @@ def _sphere(num_points: int, radius: float, views: PosedImages, gen: torch.Gener
     try:
         center, fitted = gaze_sphere(views.cameras)
     except ValueError as exc:
-        raise ValueError(f"Gen4D_StaticGaussians: sphere_radius 0 fits the init to the cameras, but {exc}") from exc
+        why = str(exc).removeprefix("gaze_sphere: ")
+        raise ValueError(f"Gen4D_StaticGaussians: sphere_radius 0 fits the init to the cameras, but {why}") from exc
     return sphere_init(num_points, fitted, center=center, generator=gen)
 
 
