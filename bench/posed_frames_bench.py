@@ -279,7 +279,9 @@ def fit(args) -> dict:
     test_split = next((s for s in ("test", "val") if s in splits), "train")
     train = read_posed_frames(folder, "train", background, args.downscale)
     test = read_posed_frames(folder, test_split, background, args.downscale)
-    views = PosedImages(train.images, train.cameras, train.masks if train.has_alpha else None)
+    # The reader composites the frames on the background, so no masks (as PosedFrames4D.json passes none): a
+    # fit given masks composites its targets again, which moves every anti-aliased edge towards the background.
+    views = PosedImages(train.images, train.cameras)
     init, center, radius = init_sphere(train.cameras, args.init_points, args.init_radius, args.seed)
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"

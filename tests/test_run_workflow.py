@@ -85,6 +85,9 @@ def test_posed_frames_workflow_fits_an_exported_dataset(tmp_path, one_thread):
     path = ROOT / "example_workflows" / "PosedFrames4D.json"
     ids = {n.get("title", n["type"]): n["id"] for n in load_workflow(path)["nodes"]}
     loaders = [n["id"] for n in load_workflow(path)["nodes"] if n["type"] == "Gen4D_LoadPosedFrames"]
+    fits = [n for n in load_workflow(path)["nodes"] if n["type"] in ("Gen4D_StaticGaussians", "Gen4D_DeformationFit")]
+    # the loader composites the frames on the background: masks would make the fits composite their targets twice
+    assert all(i.get("link") is None for n in fits for i in n["inputs"] if i["name"] == "masks")
     static = next(v for k, v in ids.items() if k.startswith("Coarse: static"))
     fine = next(v for k, v in ids.items() if k.startswith("Fine: deformation"))
     overrides = {**{f"{i}.path": "toy" for i in loaders}, f"{static}.iterations": 12, f"{static}.num_points": 300,
