@@ -56,14 +56,17 @@ class LoadPosedFrames:
         "and instant-ngp (camera_angle_x/y or fl_x..., aabb_scale ignored). Poses are converted from the files' "
         "OpenGL/Blender axes to the pack's OpenCV cameras; times come from the frames' 'time' or are spread "
         "evenly over [0, 1]. Alpha becomes the mask and the images are composited on the background colour. "
-        "Feed the outputs to Static Gaussians (fit_frames 'all') and Deformation Fit to fit a 4D scene."
+        "Feed images and cameras to Static Gaussians (fit_frames 'all', sphere_radius 0) and Deformation Fit to fit "
+        "a 4D scene (example workflow PosedFrames4D)."
     )
     CATEGORY = f"{T.CATEGORY}/io"
     RETURN_TYPES = (T.IMAGE, T.MASK, T.CAMERAS)
     RETURN_NAMES = ("images", "masks", "cameras")
     OUTPUT_TOOLTIPS = (
         "The frames [N,H,W,3], composited on the background colour.",
-        "Each frame's alpha [N,H,W] (all ones for images without alpha).",
+        "Each frame's alpha [N,H,W] (all ones for images without alpha). The frames are composited already, so "
+        "the fits need no masks: given these, they composite their targets again at soft edges. Connect it for a "
+        "silhouette term (the fit options' mask weight).",
         "One camera per frame: OpenCV world-to-camera pose, pixel intrinsics, image size and time in [0, 1].",
     )
     FUNCTION = "load"
