@@ -200,14 +200,12 @@ def fit_nodes(init, views: PosedImages, args, background, device, windows):
     colour = "#" + "".join(f"{round(c * 255):02x}" for c in background)
     static_in = {k: v for k, v in widgets["Gen4D_StaticGaussians"].items() if not isinstance(v, list)}
     fine_in = {k: v for k, v in widgets["Gen4D_DeformationFit"].items() if not isinstance(v, list)}
-    use_masks = "masks" in widgets["Gen4D_StaticGaussians"] and views.masks is not None
     static_in.update(fit_frames="all", background=colour, preview_every=0, seed=args.seed)
     fine_in.update(background=colour, preview_every=0, seed=args.seed, trajectory_iterations=0)
     if args.coarse_iterations:
         static_in["iterations"] = args.coarse_iterations
     if args.fine_iterations:
         fine_in["iterations"] = args.fine_iterations
-    masks = views.masks if use_masks else None
     stage = {}
 
     def sink(step, _total):
@@ -219,18 +217,18 @@ def fit_nodes(init, views: PosedImages, args, background, device, windows):
                                        min(args.profile_steps, static_in["iterations"] // 4), device)
         windows.append(stage["window"])
         (gaussians,) = _result(classes["Gen4D_StaticGaussians"]().fit(
-            images=views.images, masks=masks, cameras=views.cameras, init=init,
+            images=views.images, cameras=views.cameras, init=init,
             options=options["Gen4D_StaticGaussians"], **static_in))
         stage["window"] = KernelWindow("fine", fine_in["iterations"] // 2,
                                        min(args.profile_steps, fine_in["iterations"] // 4), device)
         windows.append(stage["window"])
         (scene,) = _result(classes["Gen4D_DeformationFit"]().fit(
-            gaussians=gaussians, images=views.images, masks=masks, cameras=views.cameras,
+            gaussians=gaussians, images=views.images, cameras=views.cameras,
             options=options["Gen4D_DeformationFit"], **fine_in))
     finally:
         host.set_progress_sink(None)
     return scene, gaussians, {"coarse_iterations": static_in["iterations"], "fine_iterations": fine_in["iterations"],
-                              "workflow": FIT_WORKFLOWS[args.workflow].name, "masks": use_masks,
+                              "workflow": FIT_WORKFLOWS[args.workflow].name,
                               "fit_options": {k: None if v is None else v.describe() for k, v in options.items()}}
 
 

@@ -129,11 +129,10 @@ class CheckpointScorer:
 def workflow_base(views: PosedImages, workflow: str = "diffusion4d") -> CoarseToFineConfig:
     """The two stages as a shipped workflow (``shipped_workflow.FIT_WORKFLOWS``) configures its fit nodes: their
     widget values and the fit options their Gen4D_FitOptions nodes give (what a ComfyUI user's run of it fits with).
-    Diffusion4D.json connects no masks; PosedFrames4D.json passes the dataset's."""
+    Neither workflow connects masks (PosedFrames4D's frames come composited), so masks are dropped."""
     widgets, options = pfb.workflow_widgets(workflow), pfb.workflow_fit_options(workflow)
     s, d = widgets["Gen4D_StaticGaussians"], widgets["Gen4D_DeformationFit"]
-    if "masks" not in s:
-        views = PosedImages(views.images, views.cameras)
+    views = PosedImages(views.images, views.cameras)
     coarse = static_fit_config(views, s["iterations"], s["views_per_step"], s["sds_weight"], s["densify"],
                                s["max_scale"], s["background"], s["preview_every"], s["seed"],
                                options["Gen4D_StaticGaussians"])
