@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 
 from ..core.engine.cameras import Cameras
+from .graphed_forward import GraphedForward
 from .loading import cached, check_diffusers_folder, folder_key, load_component
 from .zero123 import (
     GuidanceLifecycle,
@@ -127,6 +128,8 @@ class SDGuidance(GuidanceLifecycle):
         seed: seed of timesteps and noise.
         device, dtype: fixed compute device / dtype; ``None`` follows the images (bf16 on CUDA).
         t_range: noise-level range before annealing.
+        cuda_graphs: replay the UNet from CUDA graphs on a GPU (eager when off, on a CPU, or where a
+            capture fails).
     """
 
     components: SDComponents
@@ -137,8 +140,10 @@ class SDGuidance(GuidanceLifecycle):
     device: torch.device | str | None = None
     dtype: torch.dtype | None = None
     t_range: tuple[float, float] = (0.02, 0.98)
+    cuda_graphs: bool = True
     _embeds: dict = field(init=False, repr=False, default_factory=dict)
     _generator: torch.Generator = field(init=False, repr=False)
+    _graphed: GraphedForward | None = field(init=False, repr=False, default=None)
 
     def __post_init__(self) -> None:
         if not isinstance(self.prompt, str) or not self.prompt.strip():
@@ -173,9 +178,10 @@ class SDGuidance(GuidanceLifecycle):
         context = torch.cat([text[:1].expand(batch, -1, -1), text[1:].expand(batch, -1, -1)])
         latents = c.vae.encode(x.to(device, dtype)).latent_dist.mean * c.vae.config.scaling_factor
 
+        unet = self.unet_forward()
+
         def predict(x_t: Tensor, steps: Tensor) -> tuple[Tensor, Tensor]:
-            out = c.unet(torch.cat([x_t, x_t]), torch.cat([steps, steps]), encoder_hidden_states=context).sample
-            return out.chunk(2)
+            return unet(torch.cat([x_t, x_t]), torch.cat([steps, steps]), context).chunk(2)
 
         steps = sample_timesteps(self._generator, batch, step_ratio, c.num_train_timesteps, self.t_range)
         noise = torch.randn(latents.shape, generator=self._generator)  # host generator: same noise on any device

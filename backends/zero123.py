@@ -67,6 +67,7 @@ from torch import Tensor
 
 from ..core.engine.cameras import Cameras
 from ..core.engine.guidance import annealed_timestep_range, orbit_angles, sds_surrogate
+from .graphed_forward import GraphedForward
 from .loading import cached, check_diffusers_folder, folder_key, load_component
 from .memory import make_room, park
 from .model_folders import preferred_dtype
@@ -293,7 +294,17 @@ def mix_seeds(a: int, b: int) -> int:
 
 
 class GuidanceLifecycle:
-    """``reseed`` and ``offload`` of the SDS guidances (fields: components, seed, _generator, _embeds)."""
+    """``reseed``, ``offload`` and the UNet call of the SDS guidances (fields: components, seed, cuda_graphs,
+    _generator, _embeds, _graphed)."""
+
+    def unet_forward(self) -> GraphedForward:
+        """``(latents, timesteps, context) -> prediction`` of the UNet, replayed from CUDA graphs on a GPU
+        (an SDS step runs it at the same shapes every time; eager, its launches pace the fit)."""
+        if self._graphed is None:
+            unet = self.components.unet
+            self._graphed = GraphedForward(lambda x, t, context: unet(x, t, encoder_hidden_states=context).sample,
+                                           unet, enabled=self.cuda_graphs)
+        return self._graphed
 
     def reseed(self, run_seed: int | None = None) -> None:
         """Restart the timestep/noise stream: at the constructor's seed, or (``run_seed`` given, as every
@@ -306,6 +317,8 @@ class GuidanceLifecycle:
         """Move the networks to the CPU and drop cached condition embeddings."""
         park(self.components.modules)
         self._embeds.clear()
+        if self._graphed is not None:
+            self._graphed.clear()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
@@ -326,6 +339,8 @@ class Zero123Guidance(GuidanceLifecycle):
             "zero123" or "stable".
         device, dtype: fixed compute device / dtype; ``None`` follows the images (bf16 on CUDA).
         t_range: noise-level range before annealing.
+        cuda_graphs: replay the UNet from CUDA graphs on a GPU (eager when off, on a CPU, or where a
+            capture fails).
     """
 
     components: Zero123Components
@@ -340,9 +355,11 @@ class Zero123Guidance(GuidanceLifecycle):
     device: torch.device | str | None = None
     dtype: torch.dtype | None = None
     t_range: tuple[float, float] = (0.02, 0.98)
+    cuda_graphs: bool = True
     _frames: Tensor = field(init=False, repr=False)
     _embeds: dict = field(init=False, repr=False, default_factory=dict)
     _generator: torch.Generator = field(init=False, repr=False)
+    _graphed: GraphedForward | None = field(init=False, repr=False, default=None)
 
     def __post_init__(self) -> None:
         self._frames = condition_frames(self.condition_image)
@@ -401,10 +418,11 @@ class Zero123Guidance(GuidanceLifecycle):
         image_latent = torch.cat([image_latent, torch.zeros_like(image_latent)])
         latents = c.vae.encode(x.to(device, dtype)).latent_dist.mean * c.vae.config.scaling_factor
 
+        unet = self.unet_forward()
+
         def predict(x_t: Tensor, steps: Tensor) -> tuple[Tensor, Tensor]:
             x_in = torch.cat([torch.cat([x_t, x_t]), image_latent], dim=1)
-            out = c.unet(x_in, torch.cat([steps, steps]), encoder_hidden_states=context).sample
-            return out.chunk(2)
+            return unet(x_in, torch.cat([steps, steps]), context).chunk(2)
 
         steps = sample_timesteps(self._generator, batch, step_ratio, c.num_train_timesteps, self.t_range)
         noise = torch.randn(latents.shape, generator=self._generator)  # host generator: same noise on any device

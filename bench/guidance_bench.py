@@ -6,11 +6,13 @@ Builds a real-size Zero123 from configs with random weights (no download): the S
 772 -> 768 camera projection, in bf16.
 
 Cases:
-    step    seconds per SDS step, batch 4 at 256² (VAE encode + 2x UNet with CFG + backward).
+    step    seconds per SDS step, batch 4 at 256² (VAE encode + 2x UNet with CFG + backward), with
+            the UNet replayed from CUDA graphs and eager.
     fit     CoCo4D foreground with guidance on the object world: 1000 static + 800 deformation
-            iterations, one SDS step (batch 4) per iteration (target: under 90 s).
+            iterations, one SDS step (batch 4) per iteration (target: 60 s or less).
 
-Usage: python bench/guidance_bench.py [--case step] [--scale 1.0]
+Usage: python bench/guidance_bench.py [--case step] [--scale 1.0] [--eager-unet]
+``--eager-unet`` runs the fit with ``Zero123Guidance.cuda_graphs`` off (on by default), for the A/B.
 """
 
 from __future__ import annotations
@@ -65,17 +67,17 @@ def real_size_zero123(device: torch.device, dtype: torch.dtype) -> Zero123Compon
 def case_step(components, device) -> dict:
     world = synthetic.object_world(0)
     cond = synthetic.render(world, world.reference_cameras(256, 256, 1))["rgb"][0]
-    guidance = Zero123Guidance(components, cond)
-    steady = sds_step_seconds(guidance, device)
-    return {"case": "step", "batch": 4, "size": 256, "seconds_per_sds_step": steady,
-            "peak_mib": peak_mib()}
+    seconds = {graphs: sds_step_seconds(Zero123Guidance(components, cond, cuda_graphs=graphs), device)
+               for graphs in (True, False)}
+    return {"case": "step", "batch": 4, "size": 256, "seconds_per_sds_step": seconds[True],
+            "seconds_per_sds_step_eager_unet": seconds[False], "peak_mib": peak_mib()}
 
 
-def case_fit(components, device, scale: float) -> dict:
+def case_fit(components, device, scale: float, cuda_graphs: bool = True) -> dict:
     world = synthetic.object_world(0)
     truth = synthetic.render(world, world.reference_cameras(256, 256, 16), supersample=3)
     clip = reference_clip(truth["rgb"], truth["foreground"], center=True)
-    guidance = Zero123Guidance(components, clip.views.images)
+    guidance = Zero123Guidance(components, clip.views.images, cuda_graphs=cuda_graphs)
     s_iters, d_iters = max(int(1000 * scale), 1), max(int(800 * scale), 1)
     init = sphere_init(5000, 0.5, generator=torch.Generator().manual_seed(0))
     sync()
@@ -90,7 +92,7 @@ def case_fit(components, device, scale: float) -> dict:
     end = time.perf_counter()
     return {"case": "fit", "static_iterations": s_iters, "deformation_iterations": d_iters,
             "static_seconds": mid - start, "deformation_seconds": end - mid, "total_seconds": end - start,
-            "target_seconds": 90.0,
+            "target_seconds": 60.0, "cuda_graphs": cuda_graphs,
             "peak_mib": peak_mib()}
 
 
@@ -98,6 +100,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--case", choices=("step", "fit"), action="append")
     ap.add_argument("--scale", type=float, default=1.0)
+    ap.add_argument("--eager-unet", action="store_true", help="fit without replaying the UNet from CUDA graphs")
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -107,7 +110,8 @@ def main() -> None:
     print(f"device {device}, Zero123 components {params / 1e6:.0f}M parameters, {dtype}, "
           f"built in {time.perf_counter() - start:.1f} s", flush=True)
     for case in args.case or ["step", "fit"]:
-        row = case_step(components, device) if case == "step" else case_fit(components, device, args.scale)
+        row = case_step(components, device) if case == "step" else case_fit(components, device, args.scale,
+                                                                                   not args.eager_unet)
         print(json.dumps(row), flush=True)
 
 

@@ -1,0 +1,115 @@
+# SPDX-License-Identifier: Apache-2.0
+"""A network's no-grad forward pass replayed as a CUDA graph.
+
+Score distillation runs the same diffusion UNet at the same shapes on every fit step. Eager, its
+thousand-odd small kernels are launched from Python one at a time, so the host sets the pace and the
+GPU waits. Captured once per input signature (shapes, dtypes, device) and weight placement, a call
+copies its inputs into the graph's buffers and replays every kernel with one launch.
+
+Anything that is not a CUDA tensor, a call with autograd recording, or a capture that fails runs the
+function eagerly; the last also turns graphs off for that instance, with a warning.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+__all__ = ["GraphedForward"]
+
+logger = logging.getLogger(__name__)
+
+Outputs = Tensor | tuple[Tensor, ...]
+
+
+@dataclass
+class _Capture:
+    graph: torch.cuda.CUDAGraph
+    inputs: tuple[Tensor, ...]
+    outputs: Outputs
+
+
+class GraphedForward:
+    """``fn(*tensors)`` under ``no_grad``, replayed from CUDA graphs.
+
+    Args:
+        fn: the forward pass; tensors in, a tensor or a tuple of tensors out. It must not read values
+            back to the host or draw random numbers (a diffusion UNet in eval mode does neither).
+        module: the network ``fn`` runs. A graph holds the addresses of its weights, so when they
+            move (another device or dtype, parked on the CPU) the next call captures again.
+        warmup: eager calls on a side stream before a capture (lets cuDNN and cuBLAS pick and
+            allocate their workspaces outside the graph).
+        max_signatures: graphs kept at once; the oldest is dropped beyond it.
+        enabled: False runs ``fn`` eagerly always.
+
+    The outputs of a replay are the graph's own buffers: the next call overwrites them, so read them
+    (or copy them) before calling again.
+    """
+
+    def __init__(self, fn: Callable[..., Outputs], module: torch.nn.Module, warmup: int = 2,
+                 max_signatures: int = 2, enabled: bool = True) -> None:
+        if warmup < 1 or max_signatures < 1:
+            raise ValueError(f"GraphedForward: warmup and max_signatures must be >= 1, got {warmup}, {max_signatures}")
+        self.fn = fn
+        params = list(module.parameters())
+        self._watched = (params[0], params[-1]) if params else ()  # a module moves all its weights at once
+        self.warmup = warmup
+        self.max_signatures = max_signatures
+        self.enabled = enabled
+        self._captures: dict[tuple, _Capture] = {}
+        self._placement: tuple | None = None
+
+    def clear(self) -> None:
+        """Drop every captured graph and its memory."""
+        self._captures.clear()
+        self._placement = None
+
+    def __call__(self, *inputs: Tensor) -> Outputs:
+        if not self._can_graph(inputs):
+            return self.fn(*inputs)
+        placement = self._weight_placement()
+        if placement != self._placement:  # the weights moved: every graph points at freed memory
+            self.clear()
+            self._placement = placement
+        key = tuple((tuple(t.shape), t.dtype, t.device, t.stride()) for t in inputs)
+        capture = self._captures.get(key)
+        if capture is None:
+            try:
+                capture = self._capture(inputs)
+            except RuntimeError as exc:  # an operation that cannot be captured: stay eager from now on
+                logger.warning("CUDA graph capture failed, running eagerly: %s", exc)
+                self.enabled = False
+                self.clear()
+                return self.fn(*inputs)
+            while len(self._captures) >= self.max_signatures:
+                self._captures.pop(next(iter(self._captures)))
+            self._captures[key] = capture
+        for buffer, value in zip(capture.inputs, inputs):
+            buffer.copy_(value, non_blocking=True)
+        capture.graph.replay()
+        return capture.outputs
+
+    def _can_graph(self, inputs: tuple[Tensor, ...]) -> bool:
+        return (self.enabled and not torch.is_grad_enabled() and len(inputs) > 0
+                and all(isinstance(t, Tensor) and t.is_cuda for t in inputs)
+                and not torch.cuda.is_current_stream_capturing())
+
+    def _weight_placement(self) -> tuple:
+        return tuple((p.data_ptr(), p.dtype, p.device) for p in self._watched)
+
+    def _capture(self, inputs: tuple[Tensor, ...]) -> _Capture:
+        static = tuple(t.detach().clone() for t in inputs)
+        side = torch.cuda.Stream(device=static[0].device)
+        side.wait_stream(torch.cuda.current_stream(static[0].device))
+        with torch.cuda.stream(side):
+            for _ in range(self.warmup):
+                self.fn(*static)
+        torch.cuda.current_stream(static[0].device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            outputs = self.fn(*static)
+        return _Capture(graph, static, outputs)
