@@ -10,9 +10,8 @@ from __future__ import annotations
 import torch
 from gen4d.backends.render import training_render
 from gen4d.core.engine import densify as dens
-from gen4d.core.engine import fit_static as static_module
 from gen4d.core.engine.fit_static import fit_static
-from gen4d.core.engine.losses import ReconstructionLoss
+from gen4d.core.engine.graphed_loss import GraphedLoss
 from gen4d.core.engine.views import PosedImages
 from torch.profiler import ProfilerActivity, profile
 
@@ -28,10 +27,10 @@ def phase_ranges(more=()):
     from gen4d.core.engine.deformation import Deformation
     from gen4d.core.engine.fit_monitor import FitMonitor
 
-    targets = [(Deformation, "forward_batch", "deformation"), (ReconstructionLoss, "__call__", "loss"),
+    targets = [(Deformation, "forward_batch", "deformation"), (GraphedLoss, "__call__", "loss"),
                (fit_dynamic.reg, "plane_tv_loss", "regularisers"),
                (fit_dynamic.reg, "time_smoothness_loss", "regularisers"),
-               (fit_dynamic.reg, "time_l1_loss", "regularisers"), (fit_dynamic, "masked_targets", "targets"),
+               (fit_dynamic.reg, "time_l1_loss", "regularisers"),
                (dens, "zero_non_finite_grads", "grad repair"), (torch.Tensor, "backward", "backward"),
                (torch.optim.Adam, "step", "optimiser"), (FitMonitor, "record", "monitor"),
                (training_render, "each", "render"), *more]
@@ -75,7 +74,7 @@ def profiled_static(init, views: PosedImages, config, device: torch.device):
             return training_render(gaussians, cameras, background)
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    undo = phase_ranges([(static_module, "masked_targets", "targets"), (dens, "accumulate", "densify"),
+    undo = phase_ranges([(dens, "accumulate", "densify"),
                           (dens, "step", "densify")])
     try:
         with profile(activities=activities) as prof:

@@ -602,3 +602,23 @@ def test_a_failed_graph_capture_falls_back_to_the_eager_field(tiny, monkeypatch,
     assert calls[0].replays == 0, "after a failed capture no graph is replayed"
     assert [h["total"] for h in fallback.history] == [h["total"] for h in eager.history]
     torch.testing.assert_close(fallback.gaussians.means, eager.gaussians.means, rtol=0, atol=0)
+
+
+def test_targets_composited_once_match_the_per_step_composite():
+    from gen4d.core.engine.fit_static import composited_targets, masked_targets
+
+    g = torch.Generator().manual_seed(0)
+    n, s = 5, 6
+    K = intrinsics_from_fov(50.0, s, s).expand(n, 3, 3).clone()
+    cams = Cameras(orbit_poses(torch.zeros(n), torch.linspace(0, 200, n), 2.0), K, s, s, torch.zeros(n), 0.01, 10.0)
+    images, masks = torch.rand(n, s, s, 3, generator=g), torch.rand(n, s, s, generator=g)
+    bg = torch.tensor([1.0, 0.5, 0.0])
+    index = torch.tensor([3, 0, 3])
+    views = PosedImages(images, cams, masks)
+    target, picked = masked_targets(views, index, bg)
+    torch.testing.assert_close(composited_targets(views, bg)[index], target)
+    torch.testing.assert_close(picked, masks[index])
+    expected = images[3] * masks[3, ..., None] + bg * (1 - masks[3, ..., None])
+    torch.testing.assert_close(target[0], expected)
+    unmasked = PosedImages(images, cams)
+    assert composited_targets(unmasked, bg) is images and masked_targets(unmasked, index, bg)[1] is None

@@ -22,6 +22,7 @@ from gen4d.core.engine import regularizers as reg
 from gen4d.core.engine.deformation import Deformation, HexPlaneConfig
 from gen4d.core.engine.fit_static import PARAM_NAMES, GaussianLearningRates, make_optimizer
 from gen4d.core.engine.gaussians import Gaussians, sphere_init
+from gen4d.core.engine.graphed_loss import GraphedLoss
 from gen4d.core.engine.losses import ReconstructionLoss
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -54,7 +55,8 @@ def _step(params, field, optimizers, knn_index, times, loss_fn, target, masks):
     return total.detach(), repaired
 
 
-def test_a_deformation_step_outside_the_rasterizer_never_waits_for_the_device():
+@pytest.mark.parametrize("graphed", [False, True], ids=["eager loss", "graphed loss"])
+def test_a_deformation_step_outside_the_rasterizer_never_waits_for_the_device(graphed):
     g = torch.Generator().manual_seed(0)
     canonical = sphere_init(2000, 0.5, generator=g).to("cuda")
     params = {k: torch.nn.Parameter(getattr(canonical, k).detach().clone()) for k in PARAM_NAMES}
@@ -63,6 +65,8 @@ def test_a_deformation_step_outside_the_rasterizer_never_waits_for_the_device():
                   torch.optim.Adam(field.parameters(), lr=1e-3, fused=True)]
     knn_index = reg.knn(params["means"].detach(), 8)
     loss_fn = ReconstructionLoss(l1=0.8, l2=0.2, dssim=0.2, mask=0.5, depth_smoothness=0.1)
+    if graphed:  # captured in the first step, replayed in the checked ones
+        loss_fn = GraphedLoss(loss_fn)
     target = torch.rand(4, 32, 32, 3, generator=g).cuda()
     masks = (torch.rand(4, 32, 32, generator=g) > 0.3).float().cuda()
     times = torch.tensor([0.0, 0.3, 0.6, 0.9]).cuda()
@@ -73,3 +77,5 @@ def test_a_deformation_step_outside_the_rasterizer_never_waits_for_the_device():
             last, repaired = _step(params, field, optimizers, knn_index, times.flip(0), loss_fn, target, masks)
     assert torch.isfinite(last) and int(repaired) == 0
     assert float(last) != float(first), "the step changed the parameters"
+    if graphed:
+        assert loss_fn._graphs, "the loss ran from its graph"

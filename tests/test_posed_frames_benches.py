@@ -60,5 +60,5 @@ def test_sweep_runs_a_plan(dataset, tmp_path):
     assert [r["name"] for r in rows] == ["tiny", "tiny, as Diffusion4D", "tiny, profiled"]
     assert [r["base"] for r in rows] == ["engine", "diffusion4d", "engine"] and all(r["psnr"] > 0 for r in rows)
     phases = re.findall(r"^  (\S[^\n]*?)\s+[0-9.]+ ms host per step", printed, re.MULTILINE)
-    assert {"render", "targets", "densify", "backward"} <= set(phases)  # the coarse stage's phases
+    assert {"render", "loss", "densify", "backward"} <= set(phases)  # the coarse stage's phases
     assert "deformation" in phases  # the fine stage's

@@ -43,14 +43,15 @@ from .fit_static import (
     GaussianLearningRates,
     RenderFn,
     adam,
+    composited_targets,
     make_optimizer,
-    masked_targets,
     memory_guard,
     scene_extent,
     view_schedule,
 )
 from .gaussians import Gaussians
 from .graphed_deformation import graphed_batch_deltas, graphed_plane_terms, graphs_supported
+from .graphed_loss import GraphedLoss
 from .guidance import Guidance, PoseSampling, restart_guidance, sample_guidance_cameras
 from .losses import ReconstructionLoss
 from .views import PosedImages
@@ -107,7 +108,9 @@ class DeformationFitConfig:
             10.1 ms each against 19.7 ms eager, at the same PSNR. A graph replays fixed shapes, so a fit
             that densifies captures the pass again whenever the Gaussian count changes (every
             ``refine_every`` steps at most); a capture that fails (out of memory, an operation that
-            cannot be captured) falls back to the eager field with a logged warning. Ignored off CUDA.
+            cannot be captured) falls back to the eager field with a logged warning. The image loss and
+            its backward are replayed too (:class:`~core.engine.graphed_loss.GraphedLoss`, one capture
+            for the fit: its shapes do not change). Ignored off CUDA.
     """
 
     iterations: int = 800
@@ -279,6 +282,8 @@ def fit_deformation(
 
     result, last_good = FitResult(canonical.detach().clone()), snapshot(0)
     monitor = FitMonitor("fit_deformation", result, cfg.iterations, callback, cfg.preview_every)
+    loss_fn = GraphedLoss(cfg.loss, enabled=cfg.cuda_graphs)
+    targets = composited_targets(views, background)
     with memory_guard("fit_deformation", lambda: len(canonical)):
         for step in range(cfg.iterations):
             if should_stop is not None and should_stop():
@@ -298,8 +303,8 @@ def fit_deformation(
             else:
                 outs = [render_fn(g, cams[i: i + 1], background) for i, g in enumerate(deformed)]
             rendered = {key: torch.cat([getattr(o, key) for o in outs]) for key in ("rgb", "alpha", "depth")}
-            target, masks = masked_targets(views, index, background)
-            total, parts = cfg.loss(rendered, target, masks)
+            target, masks = targets[index], None if views.masks is None else views.masks[index]
+            total, parts = loss_fn(rendered, target, masks)
             terms = dict(parts)
             if knn_index is not None:
                 stacked_means, stacked_quats = deformed.stacked("means"), deformed.stacked("quats")
@@ -309,8 +314,7 @@ def fit_deformation(
                 terms["rigidity"] = rigid.detach()
                 total = total + rigid
             for name, value in plane_terms().items():
-                # A graphed output is a buffer that the next step overwrites; the monitor reads terms later.
-                terms[name] = value.detach() if plane_terms is eager_plane_terms else value.detach().clone()
+                terms[name] = value.detach()  # a graphed buffer: the monitor copies what it keeps
                 total = total + value
             if guidance is not None and cfg.sds_weight > 0 and step % cfg.sds_every == 0:
                 k = int(torch.randint(0, len(deformed), (1,), generator=gen))

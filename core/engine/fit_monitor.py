@@ -55,13 +55,14 @@ class FitMonitor:
                  every: int = 10):
         self.who, self.result, self.total_steps = who, result, int(total_steps)
         self.callback, self.preview_every, self.every = callback, int(preview_every), max(int(every), 1)
-        self._pending: list[tuple[int, list[str], list[Tensor], dict]] = []
+        self._pending: list[tuple[int, list[str], Tensor, dict]] = []
         self._repaired: list[Tensor] = []
 
     def record(self, step: int, terms: dict[str, Tensor], total: Tensor, images: Tensor, **extra) -> None:
         """Keep step ``step``'s terms (0-d tensors) and report progress, with a preview when due."""
         names = [*terms, "total"]
-        values = [v.detach().reshape(()).float() for v in terms.values()] + [total.detach().reshape(()).float()]
+        # One copy of them all: a term may be a buffer that the next step overwrites (a graphed loss).
+        values = torch.stack([v.detach().reshape(()).float() for v in (*terms.values(), total)])
         self._pending.append((step, names, values, extra))
         self.result.steps = step + 1
         if self.callback is not None:
@@ -85,9 +86,9 @@ class FitMonitor:
         """
         pending, self._pending = self._pending, []
         repaired, self._repaired = self._repaired, []
-        flat = [v for _, _, values, _ in pending for v in values]
-        counts = [c.to(flat[0].device if flat else "cpu", torch.float32) for c in repaired]
-        numbers = torch.stack(flat + counts).tolist() if flat or counts else []
+        flat = [values for _, _, values, _ in pending]
+        counts = [c.to(flat[0].device if flat else "cpu", torch.float32).reshape(1) for c in repaired]
+        numbers = torch.cat(flat + counts).tolist() if flat or counts else []
         pos = 0
         for step, names, values, extra in pending:
             row = numbers[pos: pos + len(values)]

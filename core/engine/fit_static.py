@@ -33,6 +33,7 @@ from . import densify as dens
 from .cameras import Cameras
 from .fit_monitor import FitDivergedError, FitMonitor
 from .gaussians import Gaussians
+from .graphed_loss import GraphedLoss
 from .guidance import Guidance, PoseSampling, restart_guidance, sample_guidance_cameras
 from .losses import ReconstructionLoss, psnr
 from .views import PosedImages
@@ -49,6 +50,7 @@ __all__ = [
     "make_optimizer",
     "memory_guard",
     "masked_targets",
+    "composited_targets",
     "view_schedule",
 ]
 
@@ -96,6 +98,8 @@ class StaticFitConfig:
         seed: seed of view and pose sampling and of densification.
         lr_scale_with_extent: multiply the position rate by the scene extent (:func:`scene_extent`),
             as 3DGS / 4DGS do (``spatial_lr_scale``); off for CoCo4D's rates, which are absolute.
+        cuda_graphs: on a CUDA device, replay the reconstruction loss and its backward as CUDA graphs
+            (:class:`~core.engine.graphed_loss.GraphedLoss`; eager where a capture fails).
     """
 
     iterations: int = 1000
@@ -112,6 +116,7 @@ class StaticFitConfig:
     preview_every: int = 50
     seed: int = 0
     lr_scale_with_extent: bool = False
+    cuda_graphs: bool = True
 
     def __post_init__(self) -> None:
         if self.iterations < 1 or self.views_per_step < 1 or self.sds_every < 1:
@@ -208,13 +213,23 @@ class memory_guard:
         return False
 
 
+def _composite(images: Tensor, masks: Tensor, background: Tensor) -> Tensor:
+    return images * masks[..., None] + background * (1.0 - masks[..., None])
+
+
+def composited_targets(views: PosedImages, background: Tensor) -> Tensor:
+    """Every view's target image, masked-out pixels replaced by the background (the render's
+    background); a fit composites them once and indexes them per step."""
+    return views.images if views.masks is None else _composite(views.images, views.masks, background)
+
+
 def masked_targets(views: PosedImages, index: Tensor, background: Tensor) -> tuple[Tensor, Tensor | None]:
-    """Target images with masked-out pixels replaced by the background (the render's background)."""
+    """Target images of the views at ``index``, composited as :func:`composited_targets` does, and their masks."""
     images = views.images[index]
     if views.masks is None:
         return images, None
     masks = views.masks[index]
-    return images * masks[..., None] + background * (1.0 - masks[..., None]), masks
+    return _composite(images, masks, background), masks
 
 
 def fit_static(
@@ -274,6 +289,8 @@ def fit_static(
     result = FitResult(init.detach().clone())
     last_good = FitResult(init.detach().clone())
     monitor = FitMonitor("fit_static", result, cfg.iterations, callback, cfg.preview_every)
+    loss_fn = GraphedLoss(cfg.loss, enabled=cfg.cuda_graphs)
+    targets = composited_targets(views, background)
     with memory_guard("fit_static", lambda: params["means"].shape[0]):
         for step in range(cfg.iterations):
             if should_stop is not None and should_stop():
@@ -285,9 +302,9 @@ def fit_static(
                                                       cfg.iterations)
             gaussians = _to_gaussians(params)
             index = schedule[step]
-            target, masks = masked_targets(views, index, background)
+            target, masks = targets[index], None if views.masks is None else views.masks[index]
             out = render_fn(gaussians, views.cameras[index], background)
-            total, parts = cfg.loss({"rgb": out.rgb, "alpha": out.alpha, "depth": out.depth}, target, masks)
+            total, parts = loss_fn({"rgb": out.rgb, "alpha": out.alpha, "depth": out.depth}, target, masks)
             terms = {**parts}
             renders = [out]
             if guidance is not None and cfg.sds_weight > 0 and step % cfg.sds_every == 0:
