@@ -377,3 +377,22 @@ def test_non_finite_gradients_and_parameters_are_repaired():
     assert params["means"].shape == (4, 3) and torch.isfinite(params["log_scales"]).all()
     state = opt.state[opt.param_groups[0]["params"][0]]
     assert state["exp_avg"].shape == (4, 3), "optimizer state follows the pruned rows"
+
+
+def test_gradient_repair_counts_each_gaussian_with_any_non_finite_gradient_once():
+    n = 6
+    params = {"means": torch.nn.Parameter(torch.zeros(n, 3)), "log_scales": torch.nn.Parameter(torch.zeros(n, 3)),
+              "logit_opacities": torch.nn.Parameter(torch.zeros(n))}
+    for p in params.values():
+        p.grad = torch.ones_like(p)
+    params["means"].grad[1] = torch.tensor([float("inf"), float("-inf"), 1.0])  # sums to NaN
+    params["log_scales"].grad[1, 2] = float("nan")  # the same Gaussian again
+    params["logit_opacities"].grad[4] = float("-inf")
+    params["log_scales"].grad[3] = 1e30  # large but finite: not repaired
+    field = torch.nn.Parameter(torch.zeros(5))
+    field.grad = torch.tensor([0.0, float("nan"), 2.0, float("inf"), 1.0])
+    count = D.zero_non_finite_grads(params, extra=[field])
+    assert int(count) == 2
+    assert all(torch.isfinite(p.grad).all() for p in (*params.values(), field))
+    assert params["means"].grad[1].tolist() == [0.0, 0.0, 1.0] and field.grad.tolist() == [0.0, 0.0, 2.0, 0.0, 1.0]
+    assert torch.equal(params["log_scales"].grad[3], torch.full((3,), 1e30))

@@ -355,17 +355,15 @@ def zero_non_finite_grads(params: dict[str, torch.nn.Parameter], extra=()) -> Te
     ``extra`` are more parameters (a deformation field's) whose non-finite gradients are zeroed too;
     they are not counted, having no rows per Gaussian.
     """
-    bad = None
-    for p in params.values():
-        if p.grad is None:
-            continue
-        rows = ~torch.isfinite(p.grad.reshape(p.shape[0], -1)).all(-1)
-        bad = rows if bad is None else bad | rows
-        torch.nan_to_num_(p.grad, nan=0.0, posinf=0.0, neginf=0.0)
-    for p in extra:
+    # A row holding NaN or inf sums to NaN or inf: one reduction per parameter finds the bad rows
+    # (a fit step is bound by its kernel launches, and this runs every step).
+    sums = [p.grad.reshape(p.shape[0], -1).sum(-1) for p in params.values() if p.grad is not None]
+    for p in (*params.values(), *extra):
         if p.grad is not None:
             torch.nan_to_num_(p.grad, nan=0.0, posinf=0.0, neginf=0.0)
-    return torch.zeros((), dtype=torch.int64) if bad is None else bad.sum()
+    if not sums:
+        return torch.zeros((), dtype=torch.int64)
+    return torch.isfinite(torch.stack(sums).sum(0)).logical_not_().sum()
 
 
 @torch.no_grad()
