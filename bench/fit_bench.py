@@ -10,10 +10,12 @@ Cases (pick with --case, default all):
     coco4d_fg   CoCo4D foreground without guidance: seen view at 256², 1000 static iterations from a
                 5000-point sphere, then 800 deformation iterations at batch 4 (target < 30 s).
 
-Usage: python bench/fit_bench.py [--case static] [--scale 1.0] [--eager] [--profile] [--json out.json]
-``--scale`` multiplies every iteration count (quick checks on a CPU); ``--eager`` runs every stage with
-``cuda_graphs`` off (on by default: the deformation field's pass and the loss replayed as CUDA graphs),
-for the A/B.
+Usage: python bench/fit_bench.py [--case static] [--scale 1.0] [--eager-field] [--graphed-loss] [--profile]
+                                [--json out.json]
+``--scale`` multiplies every iteration count (quick checks on a CPU); ``--eager-field`` runs the
+deformation stages with ``DeformationFitConfig.cuda_graphs`` off (it is on by default), and
+``--graphed-loss`` turns on every stage's ``graphed_loss`` (the loss and its backward replayed as CUDA
+graphs; off by default), for the A/Bs.
 """
 
 from __future__ import annotations
@@ -94,12 +96,12 @@ class Timer:
         self.peak_mib = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else float("nan")
 
 
-def case_static(scale: float, cuda_graphs: bool = True, profiled: bool = False) -> dict:
+def case_static(scale: float, cuda_graphs: bool = True, graphed_loss: bool = False, profiled: bool = False) -> dict:
     world = synthetic.object_world(0)
     train = _views(world, diffusion4d_orbit(SIZE, SIZE, 24, dynamic=False, **ORBIT))
     test = _views(world, _held_out(8, dynamic=False))
     iters = max(int(1000 * scale), 1)
-    cfg = StaticFitConfig(iterations=iters, views_per_step=4, preview_every=0, cuda_graphs=cuda_graphs,
+    cfg = StaticFitConfig(iterations=iters, views_per_step=4, preview_every=0, graphed_loss=graphed_loss,
                           loss=ReconstructionLoss(l1=0.8, dssim=0.2, mask=0.5))
     init = sphere_init(5000, 0.5, generator=torch.Generator().manual_seed(0))
     with Timer() as t:
@@ -114,7 +116,7 @@ def case_static(scale: float, cuda_graphs: bool = True, profiled: bool = False) 
             "heldout_mask_iou": score.get("mask_iou"), "target_psnr": 30.0}
 
 
-def case_orbital(scale: float, cuda_graphs: bool = True) -> dict:
+def case_orbital(scale: float, cuda_graphs: bool = True, graphed_loss: bool = False) -> dict:
     world = synthetic.object_world(0)
     orbit_4d = _views(world, diffusion4d_orbit(SIZE, SIZE, 24, dynamic=True, **ORBIT))
     static = _views(world, diffusion4d_orbit(SIZE, SIZE, 24, dynamic=False, **ORBIT))
@@ -125,8 +127,9 @@ def case_orbital(scale: float, cuda_graphs: bool = True) -> dict:
     densify = None if base.fine.densify is None else replace(base.fine.densify, total_iterations=fine_iters)
     cfg = CoarseToFineConfig(
         coarse=replace(base.coarse, iterations=max(int(base.coarse.iterations * scale), 1), preview_every=0,
-                       cuda_graphs=cuda_graphs),
-        fine=replace(base.fine, iterations=fine_iters, preview_every=0, cuda_graphs=cuda_graphs, densify=densify),
+                       graphed_loss=graphed_loss),
+        fine=replace(base.fine, iterations=fine_iters, preview_every=0, cuda_graphs=cuda_graphs, densify=densify,
+                     graphed_loss=graphed_loss),
     )
     init = sphere_init(5000, 0.5, generator=torch.Generator().manual_seed(0))
     with Timer() as t:
@@ -143,7 +146,7 @@ def case_orbital(scale: float, cuda_graphs: bool = True) -> dict:
             "target_psnr": 27.0}
 
 
-def case_coco4d_fg(scale: float, cuda_graphs: bool = True) -> dict:
+def case_coco4d_fg(scale: float, cuda_graphs: bool = True, graphed_loss: bool = False) -> dict:
     world = synthetic.object_world(0)
     truth = synthetic.render(world, world.reference_cameras(SIZE, SIZE, 16), supersample=3)
     clip = reference_clip(truth["rgb"], truth["foreground"], center=True)
@@ -151,11 +154,12 @@ def case_coco4d_fg(scale: float, cuda_graphs: bool = True) -> dict:
     init = sphere_init(5000, 0.5, generator=torch.Generator().manual_seed(0))
     with Timer() as t_static:
         static = fit_static(init, clip.views.subset([0]), training_render,
-                            StaticFitConfig(iterations=s_iters, preview_every=0, cuda_graphs=cuda_graphs),
+                            StaticFitConfig(iterations=s_iters, preview_every=0, graphed_loss=graphed_loss),
                             device=_device())
     with Timer() as t_dyn:
         dynamic = fit_deformation(static.gaussians, clip.views, training_render,
-                                  DeformationFitConfig(iterations=d_iters, preview_every=0, cuda_graphs=cuda_graphs),
+                                  DeformationFitConfig(iterations=d_iters, preview_every=0, cuda_graphs=cuda_graphs,
+                                                       graphed_loss=graphed_loss),
                                   device=_device())
     scene = Scene4D([ScenePart("fg", dynamic.gaussians, dynamic.extra["motion"])], 16, 8.0)
     with torch.no_grad():
@@ -190,7 +194,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--case", choices=list(CASES), action="append")
     ap.add_argument("--scale", type=float, default=1.0)
-    ap.add_argument("--eager", action="store_true", help="fits without CUDA graphs (field and loss)")
+    ap.add_argument("--eager-field", action="store_true", help="deformation stages without CUDA graphs")
+    ap.add_argument("--graphed-loss", action="store_true", help="every stage replays its loss from CUDA graphs")
     ap.add_argument("--profile", action="store_true",
                     help="run the static case under the torch profiler: busiest operators, host time per "
                          "phase of a step, kernel launches (its time is then not a speed figure)")
@@ -204,9 +209,10 @@ def main() -> None:
           f"warm-up {time.perf_counter() - start:.1f} s", flush=True)
     results = []
     for case in args.case or list(CASES):
-        graphs = not args.eager
+        graphs = not args.eager_field
         extra = {"profiled": True} if args.profile and case == "static" else {}
-        row = {**CASES[case](args.scale, graphs, **extra), "cuda_graphs": graphs}
+        row = {**CASES[case](args.scale, graphs, args.graphed_loss, **extra), "cuda_graphs": graphs,
+               "graphed_loss": args.graphed_loss}
         results.append(row)
         print(json.dumps(row), flush=True)
     if args.json:

@@ -108,9 +108,10 @@ class DeformationFitConfig:
             10.1 ms each against 19.7 ms eager, at the same PSNR. A graph replays fixed shapes, so a fit
             that densifies captures the pass again whenever the Gaussian count changes (every
             ``refine_every`` steps at most); a capture that fails (out of memory, an operation that
-            cannot be captured) falls back to the eager field with a logged warning. The image loss and
-            its backward are replayed too (:class:`~core.engine.graphed_loss.GraphedLoss`, one capture
-            for the fit: its shapes do not change). Ignored off CUDA.
+            cannot be captured) falls back to the eager field with a logged warning. Ignored off CUDA.
+        graphed_loss: on a CUDA device, replay the image loss and its backward as CUDA graphs too
+            (:class:`~core.engine.graphed_loss.GraphedLoss`, one capture for the fit: its shapes do
+            not change). Opt-in.
     """
 
     iterations: int = 800
@@ -140,6 +141,7 @@ class DeformationFitConfig:
     lr_final_ratio: float | None = None
     densify: dens.DensifyConfig | None = None
     cuda_graphs: bool = True
+    graphed_loss: bool = False
 
     def __post_init__(self) -> None:
         if self.densify is not None and self.freeze_canonical:
@@ -282,7 +284,7 @@ def fit_deformation(
 
     result, last_good = FitResult(canonical.detach().clone()), snapshot(0)
     monitor = FitMonitor("fit_deformation", result, cfg.iterations, callback, cfg.preview_every)
-    loss_fn = GraphedLoss(cfg.loss, enabled=cfg.cuda_graphs)
+    loss_fn = GraphedLoss(cfg.loss, enabled=cfg.graphed_loss)
     targets = composited_targets(views, background)
     with memory_guard("fit_deformation", lambda: len(canonical)):
         for step in range(cfg.iterations):

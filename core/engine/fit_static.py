@@ -98,8 +98,8 @@ class StaticFitConfig:
         seed: seed of view and pose sampling and of densification.
         lr_scale_with_extent: multiply the position rate by the scene extent (:func:`scene_extent`),
             as 3DGS / 4DGS do (``spatial_lr_scale``); off for CoCo4D's rates, which are absolute.
-        cuda_graphs: on a CUDA device, replay the reconstruction loss and its backward as CUDA graphs
-            (:class:`~core.engine.graphed_loss.GraphedLoss`; eager where a capture fails).
+        graphed_loss: on a CUDA device, replay the reconstruction loss and its backward as CUDA graphs
+            (:class:`~core.engine.graphed_loss.GraphedLoss`; eager where a capture fails). Opt-in.
     """
 
     iterations: int = 1000
@@ -116,7 +116,7 @@ class StaticFitConfig:
     preview_every: int = 50
     seed: int = 0
     lr_scale_with_extent: bool = False
-    cuda_graphs: bool = True
+    graphed_loss: bool = False
 
     def __post_init__(self) -> None:
         if self.iterations < 1 or self.views_per_step < 1 or self.sds_every < 1:
@@ -289,7 +289,7 @@ def fit_static(
     result = FitResult(init.detach().clone())
     last_good = FitResult(init.detach().clone())
     monitor = FitMonitor("fit_static", result, cfg.iterations, callback, cfg.preview_every)
-    loss_fn = GraphedLoss(cfg.loss, enabled=cfg.cuda_graphs)
+    loss_fn = GraphedLoss(cfg.loss, enabled=cfg.graphed_loss)
     targets = composited_targets(views, background)
     with memory_guard("fit_static", lambda: params["means"].shape[0]):
         for step in range(cfg.iterations):
