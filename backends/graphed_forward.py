@@ -2,7 +2,7 @@
 """A network's no-grad forward pass replayed as a CUDA graph.
 
 Score distillation runs the same diffusion UNet at the same shapes on every fit step. Eager, its
-thousand-odd small kernels are launched from Python one at a time, so the host sets the pace and the
+many small kernels are launched from Python one at a time, so the host can set the pace while the
 GPU waits. Captured once per input signature (shapes, dtypes, device) and weight placement, a call
 copies its inputs into the graph's buffers and replays every kernel with one launch.
 

@@ -2,7 +2,7 @@
 """A fit's image loss, forward and backward, replayed as CUDA graphs.
 
 The reconstruction loss of a fit step (L1, the SSIM filters, the silhouette and depth terms, their
-weighting) is some ninety small kernels with their backward, each launched from Python; on a GPU the
+weighting) is dozens of small kernels with their backward, each launched from Python; on a GPU the
 fit loops are bound by that host time. The loss always sees the same shapes within a fit (views or
 frames per step at one image size), so one capture per shape serves the whole fit, densification
 included: each call copies its inputs into the graph's buffers and replays two graphs.
