@@ -19,7 +19,8 @@ Design notes:
 
     SSIM uses an ``11x11`` Gaussian window with ``sigma = 1.5`` and ``C1 = 0.01^2``,
     ``C2 = 0.03^2`` (data range 1). Local statistics are computed with a separable, depthwise
-    (per-channel) convolution; ``padding="valid"`` (the default) evaluates only windows that
+    (per-channel) convolution (``core.engine.image_filter``: on CUDA its backward pass is the adjoint
+    forward convolution, much cheaper than cuDNN's grouped backward); ``padding="valid"`` (the default) evaluates only windows that
     lie fully inside the image, as Wang et al.'s reference code does, so the map is
     ``[B,C,H-10,W-10]``; ``padding="reflect"`` keeps the full size by mirroring the borders.
     (The 3DGS code pads with zeros, which darkens the statistics at the border; we do not.)
@@ -53,7 +54,6 @@ Design notes:
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import os
@@ -63,6 +63,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from .image_filter import gaussian_window, separable_filter
 
 __all__ = [
     "l1_loss",
@@ -152,25 +154,12 @@ def l2_loss(x: Tensor, y: Tensor, mask: Tensor | None = None) -> Tensor:
 
 
 # -- SSIM --------------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=16)
-def _gaussian_window(window: int, sigma: float, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """The normalised 1-D Gaussian window, made once per size, dtype and device (fit loops call SSIM every
-    step; building and copying it each time cost a host-to-device copy per step)."""
-    with torch.inference_mode(False):  # a normal tensor even when first made under inference mode
-        coords = torch.arange(window, dtype=torch.float64) - (window - 1) / 2.0
-        g = torch.exp(-(coords**2) / (2.0 * sigma**2))
-        return (g / g.sum()).to(dtype=dtype).to(device)
-
-
 def _filter(x: Tensor, g: Tensor, padding: str) -> Tensor:
-    """Separable depthwise Gaussian filter of ``x [B,C,H,W]``."""
-    c, w = x.shape[1], g.numel()
+    """Separable depthwise Gaussian filter of ``x [B,C,H,W]`` (``"reflect"``: mirrored borders first)."""
     if padding == "reflect":
-        p = w // 2
+        p = g.numel() // 2
         x = F.pad(x, (p, p, p, p), mode="reflect")
-    kx = g.view(1, 1, 1, w).expand(c, 1, 1, w)
-    ky = g.view(1, 1, w, 1).expand(c, 1, w, 1)
-    return F.conv2d(F.conv2d(x, kx, groups=c), ky, groups=c)
+    return separable_filter(x, g)
 
 
 def ssim(
@@ -213,7 +202,7 @@ def ssim(
                          f"padding={padding!r} (need at least {need}x{need})")
     xc = x.permute(0, 3, 1, 2)
     yc = y.permute(0, 3, 1, 2)
-    g = _gaussian_window(window, sigma, x.dtype, x.device)
+    g = gaussian_window(window, sigma, x.dtype, x.device)
     # The five local means in one depthwise filter pass (two convolutions, not ten, and as many in backward).
     stats = _filter(torch.cat([xc, yc, xc * xc, yc * yc, xc * yc], dim=1), g, padding)
     mu_x, mu_y, exx, eyy, exy = stats.chunk(5, dim=1)
