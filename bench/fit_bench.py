@@ -10,12 +10,12 @@ Cases (pick with --case, default all):
     coco4d_fg   CoCo4D foreground without guidance: seen view at 256², 1000 static iterations from a
                 5000-point sphere, then 800 deformation iterations at batch 4 (target < 30 s).
 
-Usage: python bench/fit_bench.py [--case static] [--scale 1.0] [--eager-field] [--graphed-loss] [--profile]
+Usage: python bench/fit_bench.py [--case static] [--scale 1.0] [--eager-field] [--eager-loss] [--profile]
                                 [--json out.json]
 ``--scale`` multiplies every iteration count (quick checks on a CPU); ``--eager-field`` runs the
-deformation stages with ``DeformationFitConfig.cuda_graphs`` off (it is on by default), and
-``--graphed-loss`` turns on every stage's ``graphed_loss`` (the loss and its backward replayed as CUDA
-graphs; off by default), for the A/Bs.
+deformation stages with ``DeformationFitConfig.cuda_graphs`` off and ``--eager-loss`` every stage's
+``graphed_loss`` (the loss and its backward replayed as CUDA graphs); both are on by default, and the
+flags give the A/Bs.
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ class Timer:
         self.peak_mib = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else float("nan")
 
 
-def case_static(scale: float, cuda_graphs: bool = True, graphed_loss: bool = False, profiled: bool = False) -> dict:
+def case_static(scale: float, cuda_graphs: bool = True, graphed_loss: bool = True, profiled: bool = False) -> dict:
     world = synthetic.object_world(0)
     train = _views(world, diffusion4d_orbit(SIZE, SIZE, 24, dynamic=False, **ORBIT))
     test = _views(world, _held_out(8, dynamic=False))
@@ -117,7 +117,7 @@ def case_static(scale: float, cuda_graphs: bool = True, graphed_loss: bool = Fal
             "target_it_per_s": 300.0}
 
 
-def case_orbital(scale: float, cuda_graphs: bool = True, graphed_loss: bool = False) -> dict:
+def case_orbital(scale: float, cuda_graphs: bool = True, graphed_loss: bool = True) -> dict:
     world = synthetic.object_world(0)
     orbit_4d = _views(world, diffusion4d_orbit(SIZE, SIZE, 24, dynamic=True, **ORBIT))
     static = _views(world, diffusion4d_orbit(SIZE, SIZE, 24, dynamic=False, **ORBIT))
@@ -147,7 +147,7 @@ def case_orbital(scale: float, cuda_graphs: bool = True, graphed_loss: bool = Fa
             "target_psnr": 28.5, "target_seconds": 30.0}
 
 
-def case_coco4d_fg(scale: float, cuda_graphs: bool = True, graphed_loss: bool = False) -> dict:
+def case_coco4d_fg(scale: float, cuda_graphs: bool = True, graphed_loss: bool = True) -> dict:
     world = synthetic.object_world(0)
     truth = synthetic.render(world, world.reference_cameras(SIZE, SIZE, 16), supersample=3)
     clip = reference_clip(truth["rgb"], truth["foreground"], center=True)
@@ -196,7 +196,7 @@ def main() -> None:
     ap.add_argument("--case", choices=list(CASES), action="append")
     ap.add_argument("--scale", type=float, default=1.0)
     ap.add_argument("--eager-field", action="store_true", help="deformation stages without CUDA graphs")
-    ap.add_argument("--graphed-loss", action="store_true", help="every stage replays its loss from CUDA graphs")
+    ap.add_argument("--eager-loss", action="store_true", help="every stage runs its loss eagerly (no CUDA graphs)")
     ap.add_argument("--profile", action="store_true",
                     help="run the static case under the torch profiler: busiest operators, host time per "
                          "phase of a step, kernel launches (its time is then not a speed figure)")
@@ -212,8 +212,8 @@ def main() -> None:
     for case in args.case or list(CASES):
         graphs = not args.eager_field
         extra = {"profiled": True} if args.profile and case == "static" else {}
-        row = {**CASES[case](args.scale, graphs, args.graphed_loss, **extra), "cuda_graphs": graphs,
-               "graphed_loss": args.graphed_loss}
+        row = {**CASES[case](args.scale, graphs, not args.eager_loss, **extra), "cuda_graphs": graphs,
+               "graphed_loss": not args.eager_loss}
         results.append(row)
         print(json.dumps(row), flush=True)
     if args.json:

@@ -99,7 +99,9 @@ class StaticFitConfig:
         lr_scale_with_extent: multiply the position rate by the scene extent (:func:`scene_extent`),
             as 3DGS / 4DGS do (``spatial_lr_scale``); off for CoCo4D's rates, which are absolute.
         graphed_loss: on a CUDA device, replay the reconstruction loss and its backward as CUDA graphs
-            (:class:`~core.engine.graphed_loss.GraphedLoss`; eager where a capture fails). Opt-in.
+            (:class:`~core.engine.graphed_loss.GraphedLoss`; eager where a capture fails). On one H100
+            ``bench/fit_bench.py --case static`` took 4.3 to 5.0 s against 5.1 to 7.4 s eager (three runs
+            each), at 30.4 to 30.9 dB against 30.2 to 31.0 dB. Ignored off CUDA.
     """
 
     iterations: int = 1000
@@ -116,7 +118,7 @@ class StaticFitConfig:
     preview_every: int = 50
     seed: int = 0
     lr_scale_with_extent: bool = False
-    graphed_loss: bool = False
+    graphed_loss: bool = True
 
     def __post_init__(self) -> None:
         if self.iterations < 1 or self.views_per_step < 1 or self.sds_every < 1:

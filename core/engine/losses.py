@@ -20,8 +20,8 @@ Design notes:
     SSIM uses an ``11x11`` Gaussian window with ``sigma = 1.5`` and ``C1 = 0.01^2``,
     ``C2 = 0.03^2`` (data range 1). Local statistics are computed with a separable, depthwise
     (per-channel) convolution (``core.engine.image_filter``: on CUDA its backward pass is the adjoint
-    forward convolution, much cheaper than cuDNN's grouped backward); ``padding="valid"`` (the default) evaluates only windows that
-    lie fully inside the image, as Wang et al.'s reference code does, so the map is
+    forward convolution, much cheaper than cuDNN's grouped backward); ``padding="valid"`` (the default)
+    evaluates only windows that lie fully inside the image, as Wang et al.'s reference code does, so the map is
     ``[B,C,H-10,W-10]``; ``padding="reflect"`` keeps the full size by mirroring the borders.
     (The 3DGS code pads with zeros, which darkens the statistics at the border; we do not.)
 
