@@ -11,11 +11,12 @@ Cases (pick with --case, default all):
                 5000-point sphere, then 800 deformation iterations at batch 4 (target < 30 s).
 
 Usage: python bench/fit_bench.py [--case static] [--scale 1.0] [--eager-field] [--eager-loss] [--profile]
-                                [--json out.json]
+                                [--repeat N] [--json out.json]
 ``--scale`` multiplies every iteration count (quick checks on a CPU); ``--eager-field`` runs the
 deformation stages with ``DeformationFitConfig.cuda_graphs`` off and ``--eager-loss`` every stage's
 ``graphed_loss`` (the loss and its backward replayed as CUDA graphs); both are on by default, and the
-flags give the A/Bs.
+flags give the A/Bs. ``--repeat N`` runs each case N times and prints the spread of its time and PSNR
+(gsplat's backward is not deterministic, and densification follows it: one run's PSNR is not a verdict).
 """
 
 from __future__ import annotations
@@ -191,6 +192,17 @@ def _warm_up(device: torch.device) -> None:
 CASES = {"static": case_static, "orbital": case_orbital, "coco4d_fg": case_coco4d_fg}
 
 
+def spread(case: str, rows: list[dict]) -> dict:
+    """Mean, min and max over repeated runs of each timing and quality figure the rows share."""
+    keys = [k for k, v in rows[0].items() if isinstance(v, float) and ("seconds" in k or "psnr" in k or k == "it_per_s")
+            and not k.startswith("target")]
+    out = {"case": case, "runs": len(rows)}
+    for k in keys:
+        values = [r[k] for r in rows]
+        out[k] = {"mean": sum(values) / len(values), "min": min(values), "max": max(values)}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--case", choices=list(CASES), action="append")
@@ -200,6 +212,7 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true",
                     help="run the static case under the torch profiler: busiest operators, host time per "
                          "phase of a step, kernel launches (its time is then not a speed figure)")
+    ap.add_argument("--repeat", type=int, default=1, help="runs of each case (prints their spread)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     device = _device()
@@ -208,14 +221,21 @@ def main() -> None:
     _warm_up(device)
     print(f"device {name}, backends {available_backends()}, torch {torch.__version__}, "
           f"warm-up {time.perf_counter() - start:.1f} s", flush=True)
+    if args.repeat < 1:
+        ap.error("--repeat must be >= 1")
     results = []
     for case in args.case or list(CASES):
         graphs = not args.eager_field
         extra = {"profiled": True} if args.profile and case == "static" else {}
-        row = {**CASES[case](args.scale, graphs, not args.eager_loss, **extra), "cuda_graphs": graphs,
-               "graphed_loss": not args.eager_loss}
-        results.append(row)
-        print(json.dumps(row), flush=True)
+        rows = []
+        for _ in range(args.repeat):
+            row = {**CASES[case](args.scale, graphs, not args.eager_loss, **extra), "cuda_graphs": graphs,
+                   "graphed_loss": not args.eager_loss}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+        results += rows
+        if args.repeat > 1:
+            print(json.dumps(spread(case, rows)), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
 
