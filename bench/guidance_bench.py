@@ -11,8 +11,9 @@ Cases:
     fit     CoCo4D foreground with guidance on the object world: 1000 static + 800 deformation
             iterations, one SDS step (batch 4) per iteration (target: 60 s or less).
 
-Usage: python bench/guidance_bench.py [--case step] [--scale 1.0] [--eager-unet]
-``--eager-unet`` runs the fit with ``Zero123Guidance.cuda_graphs`` off (on by default), for the A/B.
+Usage: python bench/guidance_bench.py [--case step] [--scale 1.0] [--eager-unet] [--profile]
+``--eager-unet`` runs the fit with ``Zero123Guidance.cuda_graphs`` off (on by default), for the A/B;
+``--profile`` also prints where a step's time goes (busiest operators, kernel time against wall time).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from gen4d.core.coco4d.reference import reference_clip  # noqa: E402
 from gen4d.core.engine.fit_dynamic import DeformationFitConfig, fit_deformation  # noqa: E402
 from gen4d.core.engine.fit_static import StaticFitConfig, fit_static  # noqa: E402
 from gen4d.core.engine.gaussians import sphere_init  # noqa: E402
-from timing import peak_mib, sds_step_seconds, sync  # noqa: E402
+from timing import peak_mib, profile_sds_step, sds_step_seconds, sync  # noqa: E402
 
 
 def real_size_zero123(device: torch.device, dtype: torch.dtype) -> Zero123Components:
@@ -101,6 +102,7 @@ def main() -> None:
     ap.add_argument("--case", choices=("step", "fit"), action="append")
     ap.add_argument("--scale", type=float, default=1.0)
     ap.add_argument("--eager-unet", action="store_true", help="fit with the UNet run eagerly (no CUDA graphs)")
+    ap.add_argument("--profile", action="store_true", help="profile the SDS step (graphed UNet) after timing it")
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -113,6 +115,10 @@ def main() -> None:
         row = case_step(components, device) if case == "step" else case_fit(components, device, args.scale,
                                                                                    not args.eager_unet)
         print(json.dumps(row), flush=True)
+        if case == "step" and args.profile:
+            world = synthetic.object_world(0)
+            cond = synthetic.render(world, world.reference_cameras(256, 256, 1))["rgb"][0]
+            profile_sds_step(Zero123Guidance(components, cond, cuda_graphs=not args.eager_unet), device)
 
 
 if __name__ == "__main__":

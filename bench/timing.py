@@ -8,7 +8,7 @@ import time
 import torch
 from gen4d.core.engine.guidance import PoseSampling, sample_guidance_cameras
 
-__all__ = ["sync", "peak_mib", "sds_step_seconds"]
+__all__ = ["sync", "peak_mib", "sds_step_seconds", "profile_sds_step"]
 
 
 def sync() -> None:
@@ -33,3 +33,27 @@ def sds_step_seconds(guidance, device: torch.device, batch: int = 4, size: int =
         times.append(time.perf_counter() - start)
     steady = sorted(times[2:])
     return steady[len(steady) // 2]
+
+
+def profile_sds_step(guidance, device: torch.device, batch: int = 4, size: int = 256, steps: int = 6) -> None:
+    """Print where an SDS step's time goes: the busiest operators by device time, and per step the
+    device's kernel time against the wall time (near equal: GPU-bound; far apart: the host sets the pace)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cams = sample_guidance_cameras(PoseSampling(batch=batch), 0.0, torch.Generator().manual_seed(0))
+    images = torch.rand(batch, size, size, 3, device=device, requires_grad=True)
+    for i in range(3):  # capture and warm-up outside the profile
+        guidance.sds_loss(images, cams, 0.0, i / 2).backward()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    sync()
+    start = time.perf_counter()
+    with profile(activities=activities) as prof:
+        for i in range(steps):
+            guidance.sds_loss(images, cams, 0.0, i / max(steps - 1, 1)).backward()
+        sync()
+    wall = (time.perf_counter() - start) / steps
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(prof.key_averages().table(sort_by=sort, row_limit=25), flush=True)
+    kernel_us = sum(e.self_device_time_total for e in prof.key_averages() if e.device_type.name == "CUDA")
+    print(f"SDS step under the profiler: {wall * 1e3:.1f} ms wall, {kernel_us / 1e3 / steps:.1f} ms of kernels",
+          flush=True)
