@@ -11,12 +11,17 @@ Cases (pick with --case, default all):
                 5000-point sphere, then 800 deformation iterations at batch 4 (target < 30 s).
 
 Usage: python bench/fit_bench.py [--case static] [--scale 1.0] [--eager-field] [--eager-loss] [--profile]
-                                [--repeat N] [--json out.json]
+                                [--repeat N] [--changes JSON] [--json out.json]
 ``--scale`` multiplies every iteration count (quick checks on a CPU); ``--eager-field`` runs the
 deformation stages with ``DeformationFitConfig.cuda_graphs`` off and ``--eager-loss`` every stage's
 ``graphed_loss`` (the loss and its backward replayed as CUDA graphs); both are on by default, and the
 flags give the A/Bs. ``--repeat N`` runs each case N times and prints the spread of its time and PSNR
 (gsplat's backward is not deterministic, and densification follows it: one run's PSNR is not a verdict).
+``--changes`` fits with other settings, in a sweep plan's format (``bench/posed_frames_sweep.py``): a JSON
+object whose ``"static"`` entry changes the static case's ``StaticFitConfig`` (and CoCo4D foreground's static
+stage), ``"coarse"`` and ``"fine"`` the orbital stages, ``"deformation"`` CoCo4D foreground's deformation
+stage; nested settings (``densify``, ``loss``, ``learning_rates``, ``hexplane``) are built from their dicts,
+e.g. ``--changes '{"static": {"densify": {"grad_threshold": 0.0001}}}'``.
 """
 
 from __future__ import annotations
@@ -48,7 +53,7 @@ from gen4d.core.engine.views import PosedImages  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fit_profile import profiled_static  # noqa: E402
-from posed_frames_sweep import workflow_base  # noqa: E402
+from posed_frames_sweep import apply_changes, workflow_base  # noqa: E402
 
 
 def diffusion4d_stages(views: PosedImages) -> CoarseToFineConfig:
@@ -97,13 +102,16 @@ class Timer:
         self.peak_mib = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else float("nan")
 
 
-def case_static(scale: float, cuda_graphs: bool = True, graphed_loss: bool = True, profiled: bool = False) -> dict:
+def case_static(scale: float, cuda_graphs: bool = True, graphed_loss: bool = True, profiled: bool = False,
+                changes: dict | None = None) -> dict:
     world = synthetic.object_world(0)
     train = _views(world, diffusion4d_orbit(SIZE, SIZE, 24, dynamic=False, **ORBIT))
     test = _views(world, _held_out(8, dynamic=False))
     iters = max(int(1000 * scale), 1)
     cfg = StaticFitConfig(iterations=iters, views_per_step=4, preview_every=0, graphed_loss=graphed_loss,
                           loss=ReconstructionLoss(l1=0.8, dssim=0.2, mask=0.5))
+    cfg = apply_changes(cfg, (changes or {}).get("static", {}))
+    iters = cfg.iterations
     init = sphere_init(5000, 0.5, generator=torch.Generator().manual_seed(0))
     with Timer() as t:
         if profiled:
@@ -118,7 +126,8 @@ def case_static(scale: float, cuda_graphs: bool = True, graphed_loss: bool = Tru
             "target_it_per_s": 300.0}
 
 
-def case_orbital(scale: float, cuda_graphs: bool = True, graphed_loss: bool = True) -> dict:
+def case_orbital(scale: float, cuda_graphs: bool = True, graphed_loss: bool = True,
+                 changes: dict | None = None) -> dict:
     world = synthetic.object_world(0)
     orbit_4d = _views(world, diffusion4d_orbit(SIZE, SIZE, 24, dynamic=True, **ORBIT))
     static = _views(world, diffusion4d_orbit(SIZE, SIZE, 24, dynamic=False, **ORBIT))
@@ -133,6 +142,9 @@ def case_orbital(scale: float, cuda_graphs: bool = True, graphed_loss: bool = Tr
         fine=replace(base.fine, iterations=fine_iters, preview_every=0, cuda_graphs=cuda_graphs, densify=densify,
                      graphed_loss=graphed_loss),
     )
+    changes = changes or {}
+    cfg = CoarseToFineConfig(coarse=apply_changes(cfg.coarse, changes.get("coarse", {})),
+                             fine=apply_changes(cfg.fine, changes.get("fine", {})))
     init = sphere_init(5000, 0.5, generator=torch.Generator().manual_seed(0))
     with Timer() as t:
         result = fit_coarse_to_fine(init, orbit_4d, training_render, static, cfg, device=_device())
@@ -148,21 +160,23 @@ def case_orbital(scale: float, cuda_graphs: bool = True, graphed_loss: bool = Tr
             "target_psnr": 28.5, "target_seconds": 30.0}
 
 
-def case_coco4d_fg(scale: float, cuda_graphs: bool = True, graphed_loss: bool = True) -> dict:
+def case_coco4d_fg(scale: float, cuda_graphs: bool = True, graphed_loss: bool = True,
+                   changes: dict | None = None) -> dict:
     world = synthetic.object_world(0)
     truth = synthetic.render(world, world.reference_cameras(SIZE, SIZE, 16), supersample=3)
     clip = reference_clip(truth["rgb"], truth["foreground"], center=True)
     s_iters, d_iters = max(int(1000 * scale), 1), max(int(800 * scale), 1)
+    changes = changes or {}
+    s_cfg = apply_changes(StaticFitConfig(iterations=s_iters, preview_every=0, graphed_loss=graphed_loss),
+                          changes.get("static", {}))
+    d_cfg = apply_changes(DeformationFitConfig(iterations=d_iters, preview_every=0, cuda_graphs=cuda_graphs,
+                                               graphed_loss=graphed_loss), changes.get("deformation", {}))
+    s_iters, d_iters = s_cfg.iterations, d_cfg.iterations
     init = sphere_init(5000, 0.5, generator=torch.Generator().manual_seed(0))
     with Timer() as t_static:
-        static = fit_static(init, clip.views.subset([0]), training_render,
-                            StaticFitConfig(iterations=s_iters, preview_every=0, graphed_loss=graphed_loss),
-                            device=_device())
+        static = fit_static(init, clip.views.subset([0]), training_render, s_cfg, device=_device())
     with Timer() as t_dyn:
-        dynamic = fit_deformation(static.gaussians, clip.views, training_render,
-                                  DeformationFitConfig(iterations=d_iters, preview_every=0, cuda_graphs=cuda_graphs,
-                                                       graphed_loss=graphed_loss),
-                                  device=_device())
+        dynamic = fit_deformation(static.gaussians, clip.views, training_render, d_cfg, device=_device())
     scene = Scene4D([ScenePart("fg", dynamic.gaussians, dynamic.extra["motion"])], 16, 8.0)
     with torch.no_grad():
         out = render_scene(scene, clip.views.cameras, torch.tensor(WHITE), device=_device()).rgb.clamp(0, 1).cpu()
@@ -190,6 +204,20 @@ def _warm_up(device: torch.device) -> None:
 
 
 CASES = {"static": case_static, "orbital": case_orbital, "coco4d_fg": case_coco4d_fg}
+# The stages each case fits, by their --changes key.
+STAGES = {"static": ("static",), "orbital": ("coarse", "fine"), "coco4d_fg": ("static", "deformation")}
+
+
+def checked_changes(text: str, cases: list[str]) -> dict:
+    """``--changes`` parsed; a stage none of the chosen cases fits is an error, not a silent no-op."""
+    changes = json.loads(text)
+    if not isinstance(changes, dict) or not all(isinstance(v, dict) for v in changes.values()):
+        raise ValueError(f"--changes must be a JSON object of objects, got {text!r}")
+    fitted = {stage for case in cases for stage in STAGES[case]}
+    unused = sorted(set(changes) - fitted)
+    if unused:
+        raise ValueError(f"--changes: {unused} name no stage of the cases run ({sorted(fitted)})")
+    return changes
 
 
 def spread(case: str, rows: list[dict]) -> dict:
@@ -213,6 +241,7 @@ def main() -> None:
                     help="run the static case under the torch profiler: busiest operators, host time per "
                          "phase of a step, kernel launches (its time is then not a speed figure)")
     ap.add_argument("--repeat", type=int, default=1, help="runs of each case (prints their spread)")
+    ap.add_argument("--changes", default="{}", help="other settings per stage, as JSON (see above)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     device = _device()
@@ -223,14 +252,20 @@ def main() -> None:
           f"warm-up {time.perf_counter() - start:.1f} s", flush=True)
     if args.repeat < 1:
         ap.error("--repeat must be >= 1")
+    cases = args.case or list(CASES)
+    try:
+        changes = checked_changes(args.changes, cases)
+    except (ValueError, json.JSONDecodeError) as exc:
+        ap.error(str(exc))
     results = []
-    for case in args.case or list(CASES):
+    for case in cases:
         graphs = not args.eager_field
         extra = {"profiled": True} if args.profile and case == "static" else {}
         rows = []
         for _ in range(args.repeat):
-            row = {**CASES[case](args.scale, graphs, not args.eager_loss, **extra), "cuda_graphs": graphs,
-                   "graphed_loss": not args.eager_loss}
+            row = {**CASES[case](args.scale, graphs, not args.eager_loss, changes=changes, **extra),
+                   "cuda_graphs": graphs, "graphed_loss": not args.eager_loss,
+                   "changes": {k: v for k, v in changes.items() if k in STAGES[case]}}
             rows.append(row)
             print(json.dumps(row), flush=True)
         results += rows

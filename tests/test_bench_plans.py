@@ -46,6 +46,28 @@ def test_a_misspelt_setting_is_refused(sweep):
         sweep.apply_changes(sweep.CoarseToFineConfig().fine, {"time_smoothnes_weight": 0.01})
 
 
+@pytest.fixture(scope="module")
+def fit_bench():
+    sys.path.insert(0, str(BENCH))
+    try:
+        import fit_bench
+    finally:
+        sys.path.remove(str(BENCH))
+    return fit_bench
+
+
+def test_fit_bench_changes_name_the_stages_of_the_cases_run(fit_bench):
+    changes = fit_bench.checked_changes('{"static": {"densify": {"grad_threshold": 0.0001}}}', ["static"])
+    cfg = fit_bench.apply_changes(fit_bench.StaticFitConfig(), changes["static"])
+    assert cfg.densify.grad_threshold == 0.0001 and cfg.iterations == fit_bench.StaticFitConfig().iterations
+    assert set(fit_bench.checked_changes('{"coarse": {}, "deformation": {}}', ["orbital", "coco4d_fg"])) == {
+        "coarse", "deformation"}
+    with pytest.raises(ValueError, match="fine"):
+        fit_bench.checked_changes('{"fine": {"iterations": 10}}', ["static", "coco4d_fg"])
+    with pytest.raises(ValueError, match="object"):
+        fit_bench.checked_changes('{"static": 3}', ["static"])
+
+
 def _views(n: int = 4, masks: bool = False):
     from gen4d.core.engine.cameras import Cameras
     from gen4d.core.engine.views import PosedImages
