@@ -12,6 +12,7 @@ from gen4d.backends.render import training_render
 from gen4d.core.engine import densify as dens
 from gen4d.core.engine.fit_static import fit_static
 from gen4d.core.engine.graphed_loss import GraphedLoss
+from gen4d.core.engine.graphed_update import GraphedUpdate
 from gen4d.core.engine.views import PosedImages
 from torch.profiler import ProfilerActivity, profile
 
@@ -20,8 +21,8 @@ def phase_ranges(more=()):
     """Wrap the stages of a fit step in profiler ranges named ``phase:...``; returns an undo function.
 
     The profile then says how the host time of a step divides between the deformation, the render,
-    the losses, the backward pass, gradient repair and the optimiser. ``more``: further
-    ``(owner, attribute, label)`` to wrap.
+    the losses, the backward pass, gradient repair and the optimiser (and the update after the backward,
+    which holds both). ``more``: further ``(owner, attribute, label)`` to wrap.
     """
     from gen4d.core.engine import fit_dynamic
     from gen4d.core.engine.deformation import Deformation
@@ -33,7 +34,7 @@ def phase_ranges(more=()):
                (fit_dynamic.reg, "time_l1_loss", "regularisers"),
                (dens, "zero_non_finite_grads", "grad repair"), (torch.Tensor, "backward", "backward"),
                (torch.optim.Adam, "step", "optimiser"), (FitMonitor, "record", "monitor"),
-               (training_render, "each", "render"), *more]
+               (training_render, "each", "render"), (GraphedUpdate, "__call__", "update"), *more]
     saved = []
     for owner, attr, label in targets:
         original = getattr(owner, attr)

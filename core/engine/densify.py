@@ -244,7 +244,8 @@ def accumulate(state: DensifyState, means2d_grad: Tensor, radii: Tensor, width: 
     state.grad2d += (norms * vis).sum(0).to(state.grad2d.dtype)
     state.count += vis.sum(0).to(state.count.dtype)
     frac = r.to(state.max_radii.dtype) / float(max(width, height))
-    state.max_radii = torch.maximum(state.max_radii, frac.amax(0))
+    # In place: a CUDA graph of this update keeps writing to the buffers it was captured with.
+    torch.maximum(state.max_radii, frac.amax(0), out=state.max_radii)
 
 
 # -- parameter / optimizer surgery ------------------------------------------------------------

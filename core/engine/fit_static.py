@@ -34,6 +34,7 @@ from .cameras import Cameras
 from .fit_monitor import FitDivergedError, FitMonitor
 from .gaussians import Gaussians
 from .graphed_loss import GraphedLoss
+from .graphed_update import GraphedUpdate, capturable_adam
 from .guidance import Guidance, PoseSampling, restart_guidance, sample_guidance_cameras
 from .losses import ReconstructionLoss, psnr
 from .views import PosedImages
@@ -102,6 +103,10 @@ class StaticFitConfig:
             (:class:`~core.engine.graphed_loss.GraphedLoss`; eager where a capture fails). On one H100
             ``bench/fit_bench.py --case static`` took 4.3 to 5.0 s against 5.1 to 7.4 s eager (three runs
             each), at 30.4 to 30.9 dB against 30.2 to 31.0 dB. Ignored off CUDA.
+        graphed_update: on a CUDA device, replay the work after the backward (gradient repair,
+            densification's accumulation, the Adam step) as a CUDA graph between refinements
+            (:class:`~core.engine.graphed_update.GraphedUpdate`; eager where a capture fails). Off by
+            default: not yet timed on a GPU. Ignored off CUDA.
     """
 
     iterations: int = 1000
@@ -119,6 +124,7 @@ class StaticFitConfig:
     seed: int = 0
     lr_scale_with_extent: bool = False
     graphed_loss: bool = True
+    graphed_update: bool = False
 
     def __post_init__(self) -> None:
         if self.iterations < 1 or self.views_per_step < 1 or self.sds_every < 1:
@@ -151,12 +157,24 @@ class FitResult:
     extra: dict = field(default_factory=dict)
 
 
-def make_optimizer(params: dict[str, torch.nn.Parameter], lrs: GaussianLearningRates) -> torch.optim.Adam:
-    """Adam over the Gaussian parameters, one group per parameter with its learning rate."""
+def make_optimizer(params: dict[str, torch.nn.Parameter], lrs: GaussianLearningRates,
+                   capturable: bool = False) -> torch.optim.Adam:
+    """Adam over the Gaussian parameters, one group per parameter with its learning rate; ``capturable``
+    gives the CUDA-graph-capturable one of :func:`~core.engine.graphed_update.capturable_adam`."""
     rate = {"means": lrs.position, "quats": lrs.rotation, "log_scales": lrs.scaling,
             "logit_opacities": lrs.opacity, "sh": lrs.feature}
     groups = [{"params": [params[name]], "lr": rate[name], "name": name} for name in PARAM_NAMES]
+    if capturable:
+        return capturable_adam(groups, eps=1e-15)
     return adam(groups, lr=lrs.position, eps=1e-15)
+
+
+def set_learning_rate(group: dict, value: float) -> None:
+    """Set a parameter group's rate, in place where it is a tensor (a captured Adam step reads it there)."""
+    if isinstance(group["lr"], Tensor):
+        group["lr"].fill_(value)
+    else:
+        group["lr"] = value
 
 
 def adam(groups, **kwargs) -> torch.optim.Adam:
@@ -276,7 +294,8 @@ def fit_static(
     lrs = cfg.learning_rates
     if cfg.lr_scale_with_extent:
         lrs = replace(lrs, position=lrs.position * extent)
-    optimizer = make_optimizer(params, lrs)
+    graphed_update = cfg.graphed_update and dev.type == "cuda"
+    optimizer = make_optimizer(params, lrs, capturable=graphed_update)
     gen = torch.Generator().manual_seed(cfg.seed)
     schedule_host = view_schedule(len(views), cfg.views_per_step, cfg.iterations,
                                   torch.Generator().manual_seed(cfg.seed + 1))
@@ -293,15 +312,16 @@ def fit_static(
     monitor = FitMonitor("fit_static", result, cfg.iterations, callback, cfg.preview_every)
     loss_fn = GraphedLoss(cfg.loss, enabled=cfg.graphed_loss)
     targets = composited_targets(views, background)
+    update = GraphedUpdate(params, optimizer, state if dcfg is not None else None, enabled=graphed_update)
     with memory_guard("fit_static", lambda: params["means"].shape[0]):
         for step in range(cfg.iterations):
             if should_stop is not None and should_stop():
                 result.stopped = True
                 break
+            lr = dens.exponential_lr(step, lr0, lr0 * cfg.learning_rates.position_final_ratio, cfg.iterations)
             for group in optimizer.param_groups:
                 if group.get("name") == "means":
-                    group["lr"] = dens.exponential_lr(step, lr0, lr0 * cfg.learning_rates.position_final_ratio,
-                                                      cfg.iterations)
+                    set_learning_rate(group, lr)
             gaussians = _to_gaussians(params)
             index = schedule[step]
             target, masks = targets[index], None if views.masks is None else views.masks[index]
@@ -322,15 +342,13 @@ def fit_static(
                                  "nothing can be fitted: the initial Gaussians (init / gaussians input) lie outside "
                                  "every camera's view. Check that the cameras look at them (their centre, scale "
                                  "and the cameras' near/far planes)")
-            optimizer.zero_grad(set_to_none=True)
+            # A graphed update needs the gradients where the last backward left them.
+            optimizer.zero_grad(set_to_none=not graphed_update)
             total.backward()
-            monitor.add_repaired(dens.zero_non_finite_grads(params))
-            if dcfg is not None:
-                for r in renders:
-                    if r.means2d is not None and r.means2d.grad is not None:
-                        torch.nan_to_num_(r.means2d.grad, nan=0.0, posinf=0.0, neginf=0.0)
-                        dens.accumulate(state, r.means2d.grad, r.radii, r.rgb.shape[2], r.rgb.shape[1])
-            optimizer.step()
+            screen = [] if dcfg is None else [
+                (r.means2d.grad, r.radii, r.rgb.shape[2], r.rgb.shape[1]) for r in renders
+                if r.means2d is not None and r.means2d.grad is not None]
+            monitor.add_repaired(update(screen))
             if dcfg is not None:
                 dens.step(params, optimizer, state, step + 1, dcfg, extent, gen)
             if cfg.max_scale is not None:
