@@ -13,7 +13,9 @@ Cases:
 
 Usage: python bench/guidance_bench.py [--case step] [--scale 1.0] [--eager-unet] [--profile]
 ``--eager-unet`` runs the fit with ``Zero123Guidance.cuda_graphs`` off (on by default), for the A/B;
-``--profile`` also prints where a step's time goes (busiest operators, kernel time against wall time).
+``--profile`` also prints where a step's time goes (busiest operators, kernel time against wall time);
+``--channels-last`` stores the UNet's and the VAE's convolution weights channel-last (cuDNN's layout on
+recent GPUs, which otherwise converts them on every call), for the A/B.
 """
 
 from __future__ import annotations
@@ -103,17 +105,22 @@ def main() -> None:
     ap.add_argument("--scale", type=float, default=1.0)
     ap.add_argument("--eager-unet", action="store_true", help="fit with the UNet run eagerly (no CUDA graphs)")
     ap.add_argument("--profile", action="store_true", help="profile the SDS step (graphed UNet) after timing it")
+    ap.add_argument("--channels-last", action="store_true", help="UNet and VAE weights in channels-last layout")
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     start = time.perf_counter()
     components = real_size_zero123(device, dtype)
+    if args.channels_last:
+        for module in (components.unet, components.vae):
+            module.to(memory_format=torch.channels_last)
     params = sum(p.numel() for m in components.modules for p in m.parameters())
     print(f"device {device}, Zero123 components {params / 1e6:.0f}M parameters, {dtype}, "
           f"built in {time.perf_counter() - start:.1f} s", flush=True)
     for case in args.case or ["step", "fit"]:
         row = case_step(components, device) if case == "step" else case_fit(components, device, args.scale,
                                                                                    not args.eager_unet)
+        row["channels_last"] = args.channels_last
         print(json.dumps(row), flush=True)
         if case == "step" and args.profile:
             world = synthetic.object_world(0)
