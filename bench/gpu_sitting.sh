@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# One GPU sitting of the engine's benchmarks, each step under its own time limit so one slow step cannot
+# take the rest, and skipped when the sitting's budget has no room left for it:
+#   1. the GPU tests (tests that skip without CUDA), with short tracebacks;
+#   2. fit_bench's static case, three runs with the defaults and three with the graphed update, and the
+#      profile of each;
+#   3. the SDS step and its profile, with and without channel-last weights;
+#   4. fit_bench's orbital case (the Diffusion4D construction), with and without the graphed update;
+#   5. a posed-frames dataset exported from the object world, PosedFrames4D's nodes fitted on it, and the
+#      PSNR-against-time curve of bench/plans/goal_curve.json.
+# Every log lands in OUTDIR; the JSON rows of each bench in OUTDIR/*.json.
+#
+# Usage: bash bench/gpu_sitting.sh OUTDIR [SECONDS]     (SECONDS: the sitting's budget, default 560)
+#        ONLY="static sds_step" bash bench/gpu_sitting.sh OUTDIR   runs the named steps alone
+set -u
+OUT_DIR=${1:?usage: bash bench/gpu_sitting.sh OUTDIR [SECONDS]}
+BUDGET=${2:-560}
+cd "$(dirname "$0")/.." || exit 1
+mkdir -p "$OUT_DIR"
+export PYTHONUNBUFFERED=1
+START=$(date +%s)
+PY=${PYTHON:-python3}
+
+left() { echo $(( BUDGET - ( $(date +%s) - START ) )); }
+
+# step NAME SECONDS COMMAND...: run COMMAND under a limit of SECONDS (less if the budget is shorter),
+# logging to OUTDIR/NAME.log and echoing its summary lines; skipped when fewer than 20 s are left.
+step() {
+    local name=$1 limit=$2
+    shift 2
+    [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]] && return
+    local budget
+    budget=$(left)
+    if [ "$budget" -lt 20 ]; then
+        echo "[$(( $(date +%s) - START ))s] $name: skipped (budget spent)"
+        return
+    fi
+    [ "$limit" -gt "$budget" ] && limit=$budget
+    echo "[$(( $(date +%s) - START ))s] $name (limit ${limit}s)"
+    timeout "$limit" "$@" > "$OUT_DIR/$name.log" 2>&1
+    local rc=$?
+    grep -hE '^\{|passed|failed|FAILED|Error|host per step|kernel launches|SDS step under|PSNR' "$OUT_DIR/$name.log" \
+        | cut -c1-400 | tail -12
+    [ $rc -ne 0 ] && echo "  $name exited with $rc"
+}
+
+GRAPHED='{"static": {"graphed_update": true}}'
+step gpu_tests 170 "$PY" -m pytest -q -p no:cacheprovider --tb=short -rf tests/test_image_filter.py \
+    tests/test_graphed_loss.py tests/test_graphed_update.py tests/test_guidance_gpu.py tests/test_fit_step_gpu.py \
+    tests/test_graphed_forward.py tests/test_graphed_deformation_gpu.py tests/test_render_gpu.py
+step static 70 "$PY" bench/fit_bench.py --case static --repeat 3 --json "$OUT_DIR/static.json"
+step static_graphed_update 70 "$PY" bench/fit_bench.py --case static --repeat 3 --changes "$GRAPHED" \
+    --json "$OUT_DIR/static_graphed_update.json"
+step static_profile 50 "$PY" bench/fit_bench.py --case static --scale 0.1 --profile
+step static_graphed_update_profile 50 "$PY" bench/fit_bench.py --case static --scale 0.1 --profile --changes "$GRAPHED"
+step sds_step 70 "$PY" bench/guidance_bench.py --case step --profile
+step sds_step_channels_last 70 "$PY" bench/guidance_bench.py --case step --profile --channels-last
+step orbital 70 "$PY" bench/fit_bench.py --case orbital --json "$OUT_DIR/orbital.json"
+step orbital_graphed_update 70 "$PY" bench/fit_bench.py --case orbital \
+    --changes '{"coarse": {"graphed_update": true}}' --json "$OUT_DIR/orbital_graphed_update.json"
+[ -f /tmp/gen4d_pf/transforms_test.json ] || step export 90 "$PY" bench/posed_frames_bench.py \
+    --export-synthetic /tmp/gen4d_pf
+step posed_frames_nodes 150 "$PY" bench/posed_frames_bench.py /tmp/gen4d_pf --via nodes --json "$OUT_DIR/pf_nodes.json"
+step goal_curve 160 "$PY" bench/posed_frames_sweep.py /tmp/gen4d_pf bench/plans/goal_curve.json \
+    --json "$OUT_DIR/goal_curve.json"
+echo "[$(( $(date +%s) - START ))s] sitting done; logs in $OUT_DIR"
