@@ -56,8 +56,8 @@ step static_graphed_update_profile 50 "$PY" bench/fit_bench.py --case static --s
 step sds_step 70 "$PY" bench/guidance_bench.py --case step --profile
 step sds_step_channels_last 70 "$PY" bench/guidance_bench.py --case step --profile --channels-last
 step orbital 70 "$PY" bench/fit_bench.py --case orbital --json "$OUT_DIR/orbital.json"
-step orbital_graphed_update 70 "$PY" bench/fit_bench.py --case orbital \
-    --changes '{"coarse": {"graphed_update": true}}' --json "$OUT_DIR/orbital_graphed_update.json"
+step orbital_graphed_update 70 "$PY" bench/fit_bench.py --case orbital --json "$OUT_DIR/orbital_graphed_update.json" \
+    --changes '{"coarse": {"graphed_update": true}, "fine": {"graphed_update": true}}'
 [ -f /tmp/gen4d_pf/transforms_test.json ] || step export 90 "$PY" bench/posed_frames_bench.py \
     --export-synthetic /tmp/gen4d_pf
 step posed_frames_nodes 150 "$PY" bench/posed_frames_bench.py /tmp/gen4d_pf --via nodes --json "$OUT_DIR/pf_nodes.json"

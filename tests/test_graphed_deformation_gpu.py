@@ -2,8 +2,8 @@
 """CUDA graphs of the deformation field's batched pass (GPU machines only).
 
 The graphed pass must give the eager pass's head outputs and every gradient (field parameters and
-canonical centres) on repeated calls with new centres and times, and a fit with ``cuda_graphs`` must
-learn as the eager fit does.
+canonical centres) on repeated calls with new centres and times, and a fit with ``cuda_graphs`` (or
+``graphed_update``, the work after the backward) must learn as the eager fit does.
 
 Run: ``pytest tests/test_graphed_deformation_gpu.py`` on a machine with CUDA (and gsplat for the fit).
 """
@@ -78,8 +78,9 @@ def test_graphed_plane_terms_follow_the_planes_as_they_change():
                 torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-9, msg=f"{name} gradient {i}, call {call}")
 
 
+@pytest.mark.parametrize("option", ["cuda_graphs", "graphed_update"])
 @pytest.mark.parametrize("freeze", [False, True], ids=["canonical trained", "canonical frozen (CoCo4D)"])
-def test_graphed_fit_learns_as_the_eager_fit(freeze):
+def test_graphed_fit_learns_as_the_eager_fit(freeze, option):
     pytest.importorskip("gsplat")
     from gen4d import synthetic
     from gen4d.backends.render import render_scene, training_render
@@ -101,7 +102,7 @@ def test_graphed_fit_learns_as_the_eager_fit(freeze):
                                   preview_every=0)
     scores = {}
     for graphs in (False, True):
-        result = fit_deformation(canonical, views, training_render, dataclasses.replace(config, cuda_graphs=graphs),
+        result = fit_deformation(canonical, views, training_render, dataclasses.replace(config, **{option: graphs}),
                                  device="cuda")
         scene = Scene4D([ScenePart("object", result.gaussians, result.extra["motion"])], 12, 8.0)
         with torch.no_grad():

@@ -47,11 +47,13 @@ from .fit_static import (
     make_optimizer,
     memory_guard,
     scene_extent,
+    set_learning_rate,
     view_schedule,
 )
 from .gaussians import Gaussians
 from .graphed_deformation import graphed_batch_deltas, graphed_plane_terms, graphs_supported
 from .graphed_loss import GraphedLoss
+from .graphed_update import GraphedUpdate, capturable_adam
 from .guidance import Guidance, PoseSampling, restart_guidance, sample_guidance_cameras
 from .losses import ReconstructionLoss
 from .views import PosedImages
@@ -114,6 +116,10 @@ class DeformationFitConfig:
             not change; eager where a capture fails). On one H100 the CoCo4D foreground case of
             ``bench/fit_bench.py`` took 9.1 s against 10.0 s eager and the Diffusion4D construction
             41.7 s against 44.9 s, at PSNRs within the run-to-run spread.
+        graphed_update: on a CUDA device, replay the work after the backward (gradient repair,
+            densification's accumulation, the field's and the Gaussians' Adam steps) as a CUDA graph
+            between refinements (:class:`~core.engine.graphed_update.GraphedUpdate`; eager where a
+            capture fails). Off by default: not yet timed on a GPU. Ignored off CUDA.
     """
 
     iterations: int = 800
@@ -144,6 +150,7 @@ class DeformationFitConfig:
     densify: dens.DensifyConfig | None = None
     cuda_graphs: bool = True
     graphed_loss: bool = True
+    graphed_update: bool = False
 
     def __post_init__(self) -> None:
         if self.densify is not None and self.freeze_canonical:
@@ -225,16 +232,18 @@ def fit_deformation(
     deformation = deformation.to(dev).train()
     scale = scene_extent(views, canonical) if cfg.lr_scale_with_extent else 1.0
     groups = param_groups(deformation, cfg.deformation_lr * scale, cfg.grid_lr * scale)
-    optimizers = [adam(groups, eps=1e-15)]
+    graphed_update = cfg.graphed_update and dev.type == "cuda"
+    optimizers = [capturable_adam(groups, eps=1e-15) if graphed_update else adam(groups, eps=1e-15)]
     params = {k: torch.nn.Parameter(v.detach().clone().float().to(dev)) for k, v in canonical.tensors().items()}
     if cfg.freeze_canonical:
         for p in params.values():
             p.requires_grad_(False)
     else:
         lrs = cfg.canonical_learning_rates
-        optimizers.append(make_optimizer(params, replace(lrs, position=lrs.position * scale)))
+        optimizers.append(make_optimizer(params, replace(lrs, position=lrs.position * scale),
+                                         capturable=graphed_update))
     field_params = [p for group in groups for p in group["params"]]
-    schedules = [(group, group["lr"]) for opt in optimizers for group in opt.param_groups
+    schedules = [(group, float(group["lr"])) for opt in optimizers for group in opt.param_groups
                  if group.get("name") in ("grid", "deformation", "means")]
     dcfg = cfg.densify
     if dcfg is not None and dcfg.total_iterations != cfg.iterations:
@@ -287,6 +296,8 @@ def fit_deformation(
     result, last_good = FitResult(canonical.detach().clone()), snapshot(0)
     monitor = FitMonitor("fit_deformation", result, cfg.iterations, callback, cfg.preview_every)
     loss_fn = GraphedLoss(cfg.loss, enabled=cfg.graphed_loss)
+    update = GraphedUpdate(params, optimizers, densify_state if dcfg is not None else None, extra=field_params,
+                           enabled=graphed_update)
     targets = composited_targets(views, background)
     with memory_guard("fit_deformation", lambda: len(canonical)):
         for step in range(cfg.iterations):
@@ -295,7 +306,7 @@ def fit_deformation(
                 break
             if cfg.lr_final_ratio is not None:
                 for group, lr0 in schedules:
-                    group["lr"] = dens.exponential_lr(step, lr0, lr0 * cfg.lr_final_ratio, cfg.iterations)
+                    set_learning_rate(group, dens.exponential_lr(step, lr0, lr0 * cfg.lr_final_ratio, cfg.iterations))
             index = schedule[step]
             times = views.times[index]
             base = Gaussians(**params)
@@ -333,14 +344,11 @@ def fit_deformation(
                                  f"{step}, so nothing can be fitted: the initial Gaussians (init / gaussians "
                                  "input) lie outside every camera's view. Check that the cameras look at them "
                                  "(their centre, scale and the cameras' near/far planes)")
-            for opt in optimizers:
-                opt.zero_grad(set_to_none=True)
+            for opt in optimizers:  # a graphed update needs the gradients where the last backward left them
+                opt.zero_grad(set_to_none=not graphed_update)
             total.backward()
-            monitor.add_repaired(dens.zero_non_finite_grads(params, extra=field_params))
-            if dcfg is not None:
-                _accumulate_screen_grads(densify_state, outs, rendered["rgb"].shape[2], rendered["rgb"].shape[1])
-            for opt in optimizers:
-                opt.step()
+            screen = [] if dcfg is None else _screen_grads(outs, rendered["rgb"].shape[2], rendered["rgb"].shape[1])
+            monitor.add_repaired(update(screen))
             if dcfg is not None:
                 count = params["means"].shape[0]
                 dens.step(params, optimizers[-1], densify_state, step + 1, dcfg, extent, gen)
@@ -372,19 +380,18 @@ def fit_deformation(
     return result
 
 
-def _accumulate_screen_grads(state: dens.DensifyState, outs: list, width: int, height: int) -> None:
-    """Feed this step's screen-space gradients (one batched render or one render per set, as ``[B,N,2]``
-    together, since the loss averages over the B sets) to densification; renders without them (a
-    custom ``render_fn``) are skipped."""
+def _screen_grads(outs: list, width: int, height: int) -> list[tuple[torch.Tensor, torch.Tensor, int, int]]:
+    """This step's screen-space gradients for densification, ``[(grad [B,N,2], radii, width, height)]`` (one
+    batched render or one render per set, together, since the loss averages over the B sets); empty when
+    a render has none (a custom ``render_fn``)."""
     grads, radii = [], []
     for out in outs:
         means2d, r = getattr(out, "means2d", None), getattr(out, "radii", None)
         if means2d is None or means2d.grad is None or r is None:
-            return
+            return []
         grads.append(means2d.grad.reshape(-1, *means2d.grad.shape[-2:]))
         radii.append(r.reshape(-1, *r.shape[-2:]))
-    grad = torch.nan_to_num(torch.cat(grads), nan=0.0, posinf=0.0, neginf=0.0)
-    dens.accumulate(state, grad, torch.cat(radii), width, height)
+    return [(torch.cat(grads), torch.cat(radii), width, height)]
 
 
 def fine_stage_densify(iterations: int) -> dens.DensifyConfig:

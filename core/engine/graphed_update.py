@@ -1,12 +1,13 @@
 # SPDX-License-Identifier: Apache-2.0
 """The work between a fit step's backward and its next render, replayed as one CUDA graph.
 
-After the backward a static fit step repairs non-finite gradients, adds the screen-space gradients to
-the densification accumulators and takes the Adam step: some 30 small kernels, each launched from
-Python. With the loss graphed, a step at 256² spends about 1.6 ms on the GPU and 3.6 ms on the host
-(one H100), so those launches set the pace. Between two refinements the Gaussian count, the
-parameters, their gradient buffers, Adam's moments and the accumulators keep their addresses, so one
-capture serves every step until :func:`core.engine.densify.step` replaces them.
+After the backward a fit step repairs non-finite gradients, adds the screen-space gradients to the
+densification accumulators and takes its Adam steps (the Gaussians', and a deformation fit's field):
+some 30 small kernels, each launched from Python. With the loss graphed, a static step at 256² spends
+about 1.6 ms on the GPU and 3.6 ms on the host (one H100), so such launches set the pace. Between two
+refinements the Gaussian count, the parameters, their gradient buffers, Adam's moments and the
+accumulators keep their addresses, so one capture serves every step until
+:func:`core.engine.densify.step` replaces them.
 
 The first step with a new set of buffers runs eagerly (it also makes Adam's state and the
 accumulators); the next one captures the work and replays it, and the ones after replay it. The
@@ -39,12 +40,13 @@ def capturable_adam(groups: list[dict], **kwargs) -> torch.optim.Adam:
 
 
 class GraphedUpdate:
-    """``update(screen) -> repaired``: gradient repair, accumulation and the Adam step.
+    """``update(screen) -> repaired``: gradient repair, accumulation and the Adam steps.
 
     Args:
-        params: the fit's parameters (``densify``'s keys), replaced in place by densification.
-        optimizer: Adam over them, from :func:`capturable_adam` on a GPU.
+        params: the fit's Gaussian parameters (``densify``'s keys), replaced in place by densification.
+        optimizers: the Adam optimisers to step (one, or a list), from :func:`capturable_adam` on a GPU.
         state: the densification accumulators, or None when the fit does not densify.
+        extra: more parameters whose non-finite gradients are zeroed (a deformation field's).
         enabled: False always runs the work eagerly.
 
     ``screen`` holds one ``(means2d.grad, radii, width, height)`` per render of the step (empty when the
@@ -53,9 +55,12 @@ class GraphedUpdate:
     eagerly from then on.
     """
 
-    def __init__(self, params: dict[str, torch.nn.Parameter], optimizer: torch.optim.Optimizer,
-                 state: dens.DensifyState | None, enabled: bool = True) -> None:
-        self.params, self.optimizer, self.state = params, optimizer, state
+    def __init__(self, params: dict[str, torch.nn.Parameter],
+                 optimizers: torch.optim.Optimizer | list[torch.optim.Optimizer],
+                 state: dens.DensifyState | None, extra: tuple[torch.nn.Parameter, ...] = (),
+                 enabled: bool = True) -> None:
+        self.params, self.state, self.extra = params, state, tuple(extra)
+        self.optimizers = list(optimizers) if isinstance(optimizers, (list, tuple)) else [optimizers]
         self.enabled = enabled
         self.captures = 0
         self._signature: tuple | None = None
@@ -87,29 +92,30 @@ class GraphedUpdate:
 
     # -- the work --------------------------------------------------------------------------------
     def _work(self, screen: list[tuple[Tensor, Tensor, int, int]]) -> Tensor:
-        repaired = dens.zero_non_finite_grads(self.params)
+        repaired = dens.zero_non_finite_grads(self.params, extra=self.extra)
         for grad, radii, width, height in screen:
             torch.nan_to_num_(grad, nan=0.0, posinf=0.0, neginf=0.0)
             dens.accumulate(self.state, grad, radii, width, height)
-        self.optimizer.step()
+        for optimizer in self.optimizers:
+            optimizer.step()
         return repaired
 
     # -- graphs ----------------------------------------------------------------------------------
     def _can_graph(self, screen: list[tuple[Tensor, Tensor, int, int]]) -> bool:
-        first = self.params["means"]
-        return (self.enabled and first.is_cuda and first.grad is not None
+        trained = [p for p in (*self.params.values(), *self.extra) if p.requires_grad]
+        return (self.enabled and bool(trained) and all(p.is_cuda and p.grad is not None for p in trained)
                 and all(grad.is_cuda and radii.is_cuda for grad, radii, _, _ in screen)
                 and not torch.cuda.is_current_stream_capturing())
 
     def _buffers(self, screen: list[tuple[Tensor, Tensor, int, int]]) -> tuple:
         """Addresses and shapes of everything the graph reads or writes, besides its own inputs."""
         tensors: list[Tensor] = []
-        for p in self.params.values():
+        for p in (*self.params.values(), *self.extra):
             tensors += [p, p.grad] if p.grad is not None else [p]
-            tensors += [v for v in self.optimizer.state.get(p, {}).values() if isinstance(v, Tensor)]
-        for group in self.optimizer.param_groups:
-            if isinstance(group["lr"], Tensor):
-                tensors.append(group["lr"])
+        for optimizer in self.optimizers:
+            for p, values in optimizer.state.items():
+                tensors += [p, *(v for v in values.values() if isinstance(v, Tensor))]
+            tensors += [group["lr"] for group in optimizer.param_groups if isinstance(group["lr"], Tensor)]
         if self.state is not None and self.state.grad2d is not None:
             tensors += [self.state.grad2d, self.state.count, self.state.max_radii]
         renders = tuple((tuple(g.shape), g.dtype, tuple(r.shape), r.dtype, w, h) for g, r, w, h in screen)
