@@ -35,6 +35,7 @@ from ..core.engine.sh import SH_C0
 
 __all__ = ["RenderOutput", "cpu_step_seconds", "CPU_SECONDS_PER_SPLAT_VIEW",
            "render", "render_each", "render_scene", "render_placed", "training_render",
+           "training_render_without_depth",
            "available_backends", "resolve_backend", "BACKENDS"]
 
 logger = logging.getLogger(__name__)
@@ -59,7 +60,8 @@ class RenderOutput:
     Attributes:
         rgb: ``[C,H,W,3]`` colour, background composited, not clamped.
         alpha: ``[C,H,W,1]`` accumulated opacity.
-        depth: ``[C,H,W,1]`` expected z-depth, 0 where alpha is 0.
+        depth: ``[C,H,W,1]`` expected z-depth, 0 where alpha is 0; None from a render without it
+            (``depth=False``).
         means2d: ``[C,N,2]`` screen-space centres with ``retain_grad()`` set (only with
             ``screen_grads=True``): after backward, ``means2d.grad`` drives densification.
         radii: ``[C,N,2]`` screen-space radii in pixels (0 = not visible), with ``screen_grads``.
@@ -69,7 +71,7 @@ class RenderOutput:
 
     rgb: Tensor
     alpha: Tensor
-    depth: Tensor
+    depth: Tensor | None
     means2d: Tensor | None = None
     radii: Tensor | None = None
     parts: list["RenderOutput"] | None = None
@@ -77,10 +79,11 @@ class RenderOutput:
     @staticmethod
     def cat(parts: list["RenderOutput"]) -> "RenderOutput":
         """Images of several renders in one batch (screen-space data is dropped)."""
-        return RenderOutput(*(torch.cat([getattr(p, k) for p in parts]) for k in ("rgb", "alpha", "depth")))
+        depth = None if parts[0].depth is None else torch.cat([p.depth for p in parts])
+        return RenderOutput(torch.cat([p.rgb for p in parts]), torch.cat([p.alpha for p in parts]), depth)
 
     def reorder(self, index: Tensor) -> "RenderOutput":
-        return RenderOutput(self.rgb[index], self.alpha[index], self.depth[index])
+        return RenderOutput(self.rgb[index], self.alpha[index], None if self.depth is None else self.depth[index])
 
 
 @functools.lru_cache(maxsize=1)
@@ -150,6 +153,7 @@ def render(
     screen_grads: bool = False,
     check_finite: bool = True,
     should_stop: Callable[[], bool] | None = None,
+    depth: bool = True,
 ) -> RenderOutput:
     """Render a Gaussian set from every camera (cameras' times are ignored here).
 
@@ -164,6 +168,8 @@ def render(
             which repair non-finite values themselves, turn it off.
         should_stop: polled before a gsplat call, and per camera and block of tiles on the torch
             rasterizer; when it returns True, ``InterruptedError`` is raised.
+        depth: also composite the expected depth (``RenderOutput.depth``); without it the colour is
+            the same and a channel less is composited and differentiated.
 
     Raises:
         ValueError: empty or non-finite Gaussians, bad background, unusable backend.
@@ -200,20 +206,21 @@ def render(
         colors_in, gsplat_degree = _gsplat_colors(gaussians.sh, degree)
         colors, alphas, meta = _gsplat_rasterization()(
             *args[:4], colors_in, *args[5:], near_plane=cams.near, far_plane=cams.far, sh_degree=gsplat_degree,
-            render_mode="RGB+ED", packed=False,
+            render_mode="RGB+ED" if depth else "RGB", packed=False,
         )
         means2d, radii = meta["means2d"], meta["radii"]
         rgb = colors[..., :3] if bg is None else colors[..., :3] + (1.0 - alphas) * bg[:, None, None, :]
     else:
         colors, alphas, proj = rasterize(*args, near_plane=cams.near, far_plane=cams.far, sh_degree=degree,
-                                         backgrounds=bg, render_depth=True, return_projection=True,
+                                         backgrounds=bg, render_depth=depth, return_projection=True,
                                          should_stop=should_stop)
         means2d, radii = proj.means2d, proj.radii
         rgb = colors[..., :3]
     if screen_grads and means2d.requires_grad:
         means2d.retain_grad()
     keep = screen_grads
-    return RenderOutput(rgb, alphas, colors[..., 3:4], means2d if keep else None, radii if keep else None)
+    return RenderOutput(rgb, alphas, colors[..., 3:4] if depth else None, means2d if keep else None,
+                        radii if keep else None)
 
 
 def _check_stop(should_stop: Callable[[], bool] | None) -> None:
@@ -280,7 +287,15 @@ def training_render(gaussians: Gaussians, cameras: Cameras, background) -> Rende
     return render(gaussians, cameras, background, screen_grads=True, check_finite=False)
 
 
-def render_each(sets: list[Gaussians], cameras: Cameras, background, screen_grads: bool = False) -> RenderOutput:
+def training_render_without_depth(gaussians: Gaussians, cameras: Cameras, background) -> RenderOutput:
+    """:func:`training_render` without the depth channel (``depth`` None), for fits whose losses read no
+    depth; ``training_render.without_depth`` names it to the fit loops, and its ``each`` is
+    :func:`render_each` likewise."""
+    return render(gaussians, cameras, background, screen_grads=True, check_finite=False, depth=False)
+
+
+def render_each(sets: list[Gaussians], cameras: Cameras, background, screen_grads: bool = False,
+                depth: bool = True) -> RenderOutput:
     """Camera ``i`` sees ``sets[i]``: the sets of one deformation at several times, say.
 
     On CUDA with gsplat, sets of equal size go through one batched rasterization (one launch for all
@@ -290,6 +305,7 @@ def render_each(sets: list[Gaussians], cameras: Cameras, background, screen_grad
     Args:
         screen_grads: keep screen-space data for densification: ``means2d`` / ``radii`` of shape
             ``[B,1,N,2]`` from the batched call, or one render per set in ``parts``.
+        depth: also composite the expected depth (as :func:`render`).
 
     Raises:
         ValueError: the numbers of sets and cameras differ, or no set is given.
@@ -299,7 +315,7 @@ def render_each(sets: list[Gaussians], cameras: Cameras, background, screen_grad
     device = sets[0].device
     name = resolve_backend("auto", device)
     if name != "gsplat" or len(sets) == 1 or len({len(g) for g in sets}) != 1:
-        outs = [render(g, cameras[i: i + 1], background, screen_grads=screen_grads, check_finite=False)
+        outs = [render(g, cameras[i: i + 1], background, screen_grads=screen_grads, check_finite=False, depth=depth)
                 for i, g in enumerate(sets)]
         merged = RenderOutput.cat(outs)
         merged.parts = outs if screen_grads else None
@@ -320,17 +336,20 @@ def render_each(sets: list[Gaussians], cameras: Cameras, background, screen_grad
     colors, alphas, meta = _gsplat_rasterization()(
         *stacked, cams.viewmats.to(stacked[0].dtype)[:, None], cams.Ks.to(stacked[0].dtype)[:, None],
         int(cams.width), int(cams.height), near_plane=cams.near, far_plane=cams.far, sh_degree=degree,
-        render_mode="RGB+ED", packed=False,
+        render_mode="RGB+ED" if depth else "RGB", packed=False,
     )
     colors, alphas = colors[:, 0], alphas[:, 0]  # [B,1,H,W,·] -> [B,H,W,·]
     rgb = colors[..., :3] if bg is None else colors[..., :3] + (1.0 - alphas) * bg[:, None, None, :]
     means2d = meta["means2d"] if screen_grads else None
     if means2d is not None and means2d.requires_grad:
         means2d.retain_grad()
-    return RenderOutput(rgb, alphas, colors[..., 3:4], means2d, meta["radii"] if screen_grads else None)
+    return RenderOutput(rgb, alphas, colors[..., 3:4] if depth else None, means2d,
+                        meta["radii"] if screen_grads else None)
 
 
 training_render.each = render_each
+training_render_without_depth.each = functools.partial(render_each, depth=False)
+training_render.without_depth = training_render_without_depth
 
 
 def render_placed(scene: Scene4D, cams: Cameras, index: slice, plans: dict, bg, backend: str = "auto",

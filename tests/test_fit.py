@@ -622,3 +622,35 @@ def test_targets_composited_once_match_the_per_step_composite():
     torch.testing.assert_close(target[0], expected)
     unmasked = PosedImages(images, cams)
     assert composited_targets(unmasked, bg) is images and masked_targets(unmasked, index, bg)[1] is None
+
+
+def _spied(calls: list):
+    """training_render and its depth-less variant, each noting its use in ``calls``."""
+    def with_depth(g, cams, bg):
+        calls.append("depth")
+        return training_render(g, cams, bg)
+
+    def without_depth(g, cams, bg):
+        calls.append("colour")
+        return training_render.without_depth(g, cams, bg)
+
+    without_depth.each = lambda *a, **k: calls.append("colour") or training_render.without_depth.each(*a, **k)
+    with_depth.without_depth = without_depth
+    return with_depth
+
+
+@pytest.mark.parametrize("depth_weight", [0.0, 0.1])
+def test_fits_render_depth_only_when_their_loss_reads_it(tiny, depth_weight):
+    """A loss without a depth term gets the depth-less render (same colour, a channel less); the fit it gives
+    is the one the full render gives."""
+    loss = ReconstructionLoss(l1=1.0, dssim=0.0, mask=0.5, depth_smoothness=depth_weight)
+    results, calls = [], []
+    for render_fn in (_spied(calls), lambda g, cams, bg: training_render(g, cams, bg)):
+        config = static_config(4, loss=loss, views_per_step=2)
+        results.append(fit_static(sphere(300), tiny.orbit, render_fn, config).gaussians)
+    assert set(calls) == {"colour" if depth_weight == 0 else "depth"}
+    for key in ("means", "sh", "logit_opacities"):  # the same fit, up to the order of float sums
+        torch.testing.assert_close(getattr(results[0], key), getattr(results[1], key), rtol=1e-5, atol=1e-6)
+    calls.clear()
+    fit_deformation(results[0], tiny.video, _spied(calls), deformation_config(2, loss=loss))
+    assert set(calls) == {"colour" if depth_weight == 0 else "depth"}

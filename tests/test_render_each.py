@@ -16,7 +16,7 @@ from gen4d.core.engine.rasterize import rasterize
 
 
 class GsplatStandIn:
-    """gsplat's ``rasterization`` for ``B`` batched sets and ``C`` cameras each, unpacked, "RGB+ED"."""
+    """gsplat's ``rasterization`` for ``B`` batched sets and ``C`` cameras each, unpacked, "RGB+ED" or "RGB"."""
 
     def __init__(self) -> None:
         self.calls = []
@@ -25,16 +25,17 @@ class GsplatStandIn:
                  far_plane, sh_degree, render_mode, packed):
         b, n = means.shape[:2]
         c = viewmats.shape[1]
-        assert render_mode == "RGB+ED" and packed is False
+        assert render_mode in ("RGB+ED", "RGB") and packed is False
         assert quats.shape == (b, n, 4) and scales.shape == (b, n, 3) and opacities.shape == (b, n)
         assert viewmats.shape == (b, c, 4, 4) and Ks.shape == (b, c, 3, 3)
         assert colors.shape == ((b, n, 3) if sh_degree is None else (b, n, colors.shape[2], 3))
         self.calls.append(sh_degree)
+        self.modes = [*getattr(self, "modes", []), render_mode]
         images, alphas, means2d, radii = [], [], [], []
         for i in range(b):
             rgbd, alpha, proj = rasterize(means[i], quats[i], scales[i], opacities[i], colors[i], viewmats[i],
                                           Ks[i], width, height, near_plane, far_plane, sh_degree=sh_degree,
-                                          return_projection=True)
+                                          render_depth=render_mode == "RGB+ED", return_projection=True)
             images.append(rgbd)
             alphas.append(alpha)
             means2d.append(proj.means2d)
@@ -115,3 +116,30 @@ def test_sets_of_another_batch_still_render_one_per_camera(stand_in):
     assert type(sets[::-1]) is list
     assert (forward[0] - backward[0]).abs().max() > 0.05
     torch.testing.assert_close(forward[1], backward[1])
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_a_render_without_depth_gives_the_same_colour_and_gradients(stand_in, monkeypatch, batched):
+    """Fits whose losses read no depth render without it: the same colour, alpha and gradients, ``depth`` None."""
+    if not batched:  # the built-in rasterizer, one set at a time
+        monkeypatch.setattr(render_mod, "resolve_backend", lambda name, device: "torch")
+    base, deformation, _, cams = _batch_and_cameras(1, None)
+    weights = torch.rand(3, 32, 40, 4, generator=torch.Generator().manual_seed(2))
+    results = []
+    for depth in (True, False):
+        params = {k: v.detach().clone().requires_grad_(True) for k, v in base.tensors().items()}
+        sets = deformation.forward_batch(Gaussians(**params), cams.times)
+        each = render_mod.render_each if depth else render_mod.training_render.without_depth.each
+        out = each(sets, cams, torch.tensor([1.0, 1.0, 1.0]), screen_grads=True)
+        assert (out.depth is None) == (not depth)
+        image = torch.cat([out.rgb, out.alpha], dim=-1)
+        (image * weights).sum().backward()
+        results.append((image.detach(), {k: p.grad for k, p in params.items()}))
+    if batched:
+        assert stand_in.modes == ["RGB+ED", "RGB"]
+    torch.testing.assert_close(results[1][0], results[0][0])
+    for key, grad in results[0][1].items():
+        torch.testing.assert_close(results[1][1][key], grad, msg=key)
+    if not batched:
+        single = render_mod.training_render.without_depth(sets[0], cams[:1], torch.ones(3))
+        assert single.depth is None and single.rgb.shape == (1, 32, 40, 3)

@@ -279,3 +279,28 @@ def test_render_each_reads_a_deformation_batch_stacked_with_the_same_images_and_
     for key, value in listed_grads.items():
         scale = value.abs().max().clamp_min(1e-12)
         assert ((stacked_grads[key] - value).abs().max() / scale) < 1e-4, key
+
+
+def test_gsplat_without_depth_gives_the_colour_and_gradients_of_the_render_with_it():
+    """Fits whose losses read no depth render in gsplat's "RGB" mode: the same colour, alpha and gradients."""
+    pytest.importorskip("gsplat")
+    from gen4d.backends.render import render
+    from gen4d.core.engine.cameras import Cameras
+    from gen4d.core.engine.gaussians import Gaussians
+
+    params, viewmats, Ks, background, weights = _scene(7)
+    means, quats, scales, opacities, sh = params
+    gaussians = Gaussians(means=means, quats=quats, log_scales=torch.log(scales),
+                          logit_opacities=torch.logit(opacities), sh=sh)
+    cams = Cameras(viewmats, Ks, SIZE, SIZE, torch.zeros(4, device="cuda"), 0.01, 100.0)
+    results = []
+    for depth in (True, False):
+        out = render(gaussians, cams, background, backend="gsplat", depth=depth)
+        assert (out.depth is None) == (not depth)
+        loss = (out.rgb * weights[0]).sum() + (out.alpha * weights[1]).sum()
+        results.append((out.rgb.detach(), out.alpha.detach(), torch.autograd.grad(loss, params)))
+    (rgb, alpha, grads), (rgb2, alpha2, grads2) = results
+    torch.testing.assert_close(rgb2, rgb, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(alpha2, alpha, rtol=1e-5, atol=1e-6)
+    for a, b in zip(grads2, grads):
+        assert float((a - b).norm() / b.norm().clamp_min(1e-12)) < 1e-4

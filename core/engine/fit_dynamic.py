@@ -46,6 +46,7 @@ from .fit_static import (
     composited_targets,
     make_optimizer,
     memory_guard,
+    renderer_for,
     scene_extent,
     set_learning_rate,
     view_schedule,
@@ -254,6 +255,7 @@ def fit_deformation(
         if cfg.rigidity_weight > 0 and len(canonical) > 1 else None
     schedule_host = view_schedule(len(views), cfg.times_per_step, cfg.iterations, gen)
     schedule, times_host = schedule_host.to(dev), views.times.detach().cpu()
+    render_fn = renderer_for(render_fn, cfg.loss)
     render_each = getattr(render_fn, "each", None)
     regularisers = [term for term in (("tv", cfg.tv_weight, lambda d: reg.plane_tv_loss(d, cfg.tv_planes)),
                                       ("time_smoothness", cfg.time_smoothness_weight, reg.time_smoothness_loss),
@@ -317,7 +319,8 @@ def fit_deformation(
                 outs = out.parts or [out]
             else:
                 outs = [render_fn(g, cams[i: i + 1], background) for i, g in enumerate(deformed)]
-            rendered = {key: torch.cat([getattr(o, key) for o in outs]) for key in ("rgb", "alpha", "depth")}
+            rendered = {key: torch.cat([getattr(o, key) for o in outs]) for key in ("rgb", "alpha", "depth")
+                        if getattr(outs[0], key) is not None}
             target, masks = targets[index], None if views.masks is None else views.masks[index]
             total, parts = loss_fn(rendered, target, masks)
             terms = dict(parts)

@@ -16,7 +16,9 @@ Design notes:
     (position decays exponentially), densification every 100 steps (``core.engine.densify``) and an
     optional activated-scale clamp (CoCo4D background: 0.2). ``core`` never imports
     ``backends``, so the renderer is injected (``render_fn``; the nodes pass
-    ``backends.render.render``), which also lets tests swap it.
+    ``backends.render.training_render``), which also lets tests swap it. A loss without a depth term
+    makes the fits use ``render_fn.without_depth`` where the renderer has one (:func:`renderer_for`): the
+    same colour with one channel less to composite and differentiate every step.
 """
 
 from __future__ import annotations
@@ -53,12 +55,14 @@ __all__ = [
     "masked_targets",
     "composited_targets",
     "view_schedule",
+    "renderer_for",
+    "set_learning_rate",
 ]
 
 logger = logging.getLogger(__name__)
 
 # render_fn(gaussians, cameras, background [3]) -> object with rgb [C,H,W,3], alpha [C,H,W,1],
-# depth [C,H,W,1], means2d [C,N,2] (retain_grad set) and radii [C,N,2].
+# depth [C,H,W,1] (None from a render_fn.without_depth), means2d [C,N,2] (retain_grad set) and radii [C,N,2].
 RenderFn = Callable[[Gaussians, Cameras, Tensor], object]
 PARAM_NAMES = ("means", "quats", "log_scales", "logit_opacities", "sh")
 
@@ -155,6 +159,15 @@ class FitResult:
     repaired: int = 0
     stopped: bool = False
     extra: dict = field(default_factory=dict)
+
+
+def renderer_for(render_fn: RenderFn, loss) -> RenderFn:
+    """``render_fn``, or its variant without the depth channel (``render_fn.without_depth``, as
+    ``backends.render.training_render`` has) when ``loss`` reads no depth: the same colour, with a
+    channel less to composite and differentiate on every step."""
+    if getattr(loss, "needs_depth", True):
+        return render_fn
+    return getattr(render_fn, "without_depth", render_fn)
 
 
 def make_optimizer(params: dict[str, torch.nn.Parameter], lrs: GaussianLearningRates,
@@ -289,6 +302,7 @@ def fit_static(
     init.validate(check_finite=True)
     dev = torch.device(device) if device is not None else init.device
     views = views.to(dev)
+    render_fn = renderer_for(render_fn, cfg.loss)
     params = {k: torch.nn.Parameter(v.to(dev)) for k, v in _as_params(init).items()}
     extent = scene_extent(views, init)
     lrs = cfg.learning_rates
@@ -326,7 +340,8 @@ def fit_static(
             index = schedule[step]
             target, masks = targets[index], None if views.masks is None else views.masks[index]
             out = render_fn(gaussians, views.cameras[index], background)
-            total, parts = loss_fn({"rgb": out.rgb, "alpha": out.alpha, "depth": out.depth}, target, masks)
+            rendered = {"rgb": out.rgb, "alpha": out.alpha, "depth": out.depth}
+            total, parts = loss_fn({k: v for k, v in rendered.items() if v is not None}, target, masks)
             terms = {**parts}
             renders = [out]
             if guidance is not None and cfg.sds_weight > 0 and step % cfg.sds_every == 0:

@@ -554,6 +554,11 @@ class ReconstructionLoss:
     mask_rgb: bool = False
     _lpips_cache: list = field(default_factory=list, init=False, repr=False, compare=False)
 
+    @property
+    def needs_depth(self) -> bool:
+        """Whether a term reads the rendered depth (a fit may then render without it)."""
+        return self.depth_smoothness > 0
+
     def __post_init__(self) -> None:
         for name in ("l1", "l2", "dssim", "mask", "depth_smoothness", "lpips"):
             value = getattr(self, name)
