@@ -11,12 +11,14 @@ Cases (pick with --case, default all):
                 5000-point sphere, then 800 deformation iterations at batch 4 (target < 30 s).
 
 Usage: python bench/fit_bench.py [--case static] [--scale 1.0] [--eager-field] [--eager-loss] [--profile]
-                                [--repeat N] [--changes JSON] [--json out.json]
+                                [--repeat N] [--changes JSON] [--with-depth] [--json out.json]
 ``--scale`` multiplies every iteration count (quick checks on a CPU); ``--eager-field`` runs the
 deformation stages with ``DeformationFitConfig.cuda_graphs`` off and ``--eager-loss`` every stage's
 ``graphed_loss`` (the loss and its backward replayed as CUDA graphs); both are on by default, and the
-flags give the A/Bs. ``--repeat N`` runs each case N times and prints the spread of its time and PSNR
-(gsplat's backward is not deterministic, and densification follows it: one run's PSNR is not a verdict).
+flags give the A/Bs; ``--with-depth`` renders the expected depth in every fit, as the fits did before they
+left it out where their losses read none. ``--repeat N`` runs each case N times and prints the spread of
+its time and PSNR (gsplat's backward is not deterministic, and densification follows it: one run's PSNR is
+not a verdict).
 ``--changes`` fits with other settings, in a sweep plan's format (``bench/posed_frames_sweep.py``): a JSON
 object whose ``"static"`` entry changes the static case's ``StaticFitConfig`` (and CoCo4D foreground's static
 stage), ``"coarse"`` and ``"fine"`` the orbital stages, ``"deformation"`` CoCo4D foreground's deformation
@@ -62,6 +64,18 @@ def diffusion4d_stages(views: PosedImages) -> CoarseToFineConfig:
 
 SIZE = 256
 WHITE = (1.0, 1.0, 1.0)
+
+
+def with_depth_always(render_fn):
+    """``render_fn`` without its depth-less variant: every fit then renders depth (``--with-depth``, the A/B)."""
+    def render(gaussians, cameras, background):
+        return render_fn(gaussians, cameras, background)
+
+    render.each = render_fn.each
+    return render
+
+
+RENDER_FN = training_render  # what the cases fit with
 
 
 def _device() -> torch.device:
@@ -117,7 +131,7 @@ def case_static(scale: float, cuda_graphs: bool = True, graphed_loss: bool = Tru
         if profiled:
             result = profiled_static(init, train, cfg, _device())
         else:
-            result = fit_static(init, train, training_render, cfg, device=_device())
+            result = fit_static(init, train, RENDER_FN, cfg, device=_device())
     score = evaluate(result.gaussians, test, training_render, WHITE)
     return {"case": "static", "profiled": profiled, "iterations": iters,
             "seconds": t.seconds, "it_per_s": iters / t.seconds,
@@ -147,7 +161,7 @@ def case_orbital(scale: float, cuda_graphs: bool = True, graphed_loss: bool = Tr
                              fine=apply_changes(cfg.fine, changes.get("fine", {})))
     init = sphere_init(5000, 0.5, generator=torch.Generator().manual_seed(0))
     with Timer() as t:
-        result = fit_coarse_to_fine(init, orbit_4d, training_render, static, cfg, device=_device())
+        result = fit_coarse_to_fine(init, orbit_4d, RENDER_FN, static, cfg, device=_device())
     scene = Scene4D([ScenePart("object", result.gaussians, result.extra["motion"])], 24, 8.0)
     coarse = Scene4D.static(result.extra["coarse"].gaussians)
     with torch.no_grad():
@@ -174,9 +188,9 @@ def case_coco4d_fg(scale: float, cuda_graphs: bool = True, graphed_loss: bool = 
     s_iters, d_iters = s_cfg.iterations, d_cfg.iterations
     init = sphere_init(5000, 0.5, generator=torch.Generator().manual_seed(0))
     with Timer() as t_static:
-        static = fit_static(init, clip.views.subset([0]), training_render, s_cfg, device=_device())
+        static = fit_static(init, clip.views.subset([0]), RENDER_FN, s_cfg, device=_device())
     with Timer() as t_dyn:
-        dynamic = fit_deformation(static.gaussians, clip.views, training_render, d_cfg, device=_device())
+        dynamic = fit_deformation(static.gaussians, clip.views, RENDER_FN, d_cfg, device=_device())
     scene = Scene4D([ScenePart("fg", dynamic.gaussians, dynamic.extra["motion"])], 16, 8.0)
     with torch.no_grad():
         out = render_scene(scene, clip.views.cameras, torch.tensor(WHITE), device=_device()).rgb.clamp(0, 1).cpu()
@@ -242,8 +256,12 @@ def main() -> None:
                          "phase of a step, kernel launches (its time is then not a speed figure)")
     ap.add_argument("--repeat", type=int, default=1, help="runs of each case (prints their spread)")
     ap.add_argument("--changes", default="{}", help="other settings per stage, as JSON (see above)")
+    ap.add_argument("--with-depth", action="store_true", help="render depth in every fit even where no loss reads it")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
+    global RENDER_FN
+    if args.with_depth:
+        RENDER_FN = with_depth_always(training_render)
     device = _device()
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     start = time.perf_counter()
@@ -264,7 +282,7 @@ def main() -> None:
         rows = []
         for _ in range(args.repeat):
             row = {**CASES[case](args.scale, graphs, not args.eager_loss, changes=changes, **extra),
-                   "cuda_graphs": graphs, "graphed_loss": not args.eager_loss,
+                   "cuda_graphs": graphs, "graphed_loss": not args.eager_loss, "with_depth": args.with_depth,
                    "changes": {k: v for k, v in changes.items() if k in STAGES[case]}}
             rows.append(row)
             print(json.dumps(row), flush=True)

@@ -2,8 +2,8 @@
 # One GPU sitting of the engine's benchmarks, each step under its own time limit so one slow step cannot
 # take the rest, and skipped when the sitting's budget has no room left for it:
 #   1. the GPU tests (tests that skip without CUDA), with short tracebacks;
-#   2. fit_bench's static case, three runs with the defaults and three with the graphed update, and the
-#      profile of each;
+#   2. fit_bench's static case, three runs each with the defaults, with the graphed update and with the
+#      depth channel rendered (the fits' former render), and the profiles of the first two;
 #   3. the SDS step and its profile, with and without channel-last weights;
 #   4. fit_bench's orbital case (the Diffusion4D construction), with and without the graphed update;
 #   5. a posed-frames dataset exported from the object world, PosedFrames4D's nodes fitted on it, and the
@@ -51,6 +51,8 @@ step gpu_tests 170 "$PY" -m pytest -q -p no:cacheprovider --tb=short -rf tests/t
 step static 70 "$PY" bench/fit_bench.py --case static --repeat 3 --json "$OUT_DIR/static.json"
 step static_graphed_update 70 "$PY" bench/fit_bench.py --case static --repeat 3 --changes "$GRAPHED" \
     --json "$OUT_DIR/static_graphed_update.json"
+step static_with_depth 70 "$PY" bench/fit_bench.py --case static --repeat 3 --with-depth \
+    --json "$OUT_DIR/static_with_depth.json"
 step static_profile 50 "$PY" bench/fit_bench.py --case static --scale 0.1 --profile
 step static_graphed_update_profile 50 "$PY" bench/fit_bench.py --case static --scale 0.1 --profile --changes "$GRAPHED"
 step sds_step 70 "$PY" bench/guidance_bench.py --case step --profile
