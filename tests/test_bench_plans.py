@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 from dataclasses import replace
@@ -14,14 +15,18 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
 PLANS = sorted((BENCH / "plans").glob("*.json"))
 
 
-@pytest.fixture(scope="module")
-def sweep():
+def _bench_module(name: str):
+    """A script of ``bench/`` imported as a module (its folder on the path only while it loads)."""
     sys.path.insert(0, str(BENCH))
     try:
-        import posed_frames_sweep
+        return importlib.import_module(name)
     finally:
         sys.path.remove(str(BENCH))
-    return posed_frames_sweep
+
+
+@pytest.fixture(scope="module")
+def sweep():
+    return _bench_module("posed_frames_sweep")
 
 
 @pytest.mark.parametrize("plan", PLANS, ids=[p.stem for p in PLANS])
@@ -48,12 +53,7 @@ def test_a_misspelt_setting_is_refused(sweep):
 
 @pytest.fixture(scope="module")
 def fit_bench():
-    sys.path.insert(0, str(BENCH))
-    try:
-        import fit_bench
-    finally:
-        sys.path.remove(str(BENCH))
-    return fit_bench
+    return _bench_module("fit_bench")
 
 
 def test_fit_bench_changes_name_the_stages_of_the_cases_run(fit_bench):
