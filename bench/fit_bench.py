@@ -129,7 +129,7 @@ def case_static(scale: float, cuda_graphs: bool = True, graphed_loss: bool = Tru
     init = sphere_init(5000, 0.5, generator=torch.Generator().manual_seed(0))
     with Timer() as t:
         if profiled:
-            result = profiled_static(init, train, cfg, _device())
+            result = profiled_static(init, train, cfg, _device(), RENDER_FN)
         else:
             result = fit_static(init, train, RENDER_FN, cfg, device=_device())
     score = evaluate(result.gaussians, test, training_render, WHITE)
@@ -157,8 +157,8 @@ def case_orbital(scale: float, cuda_graphs: bool = True, graphed_loss: bool = Tr
                      graphed_loss=graphed_loss),
     )
     changes = changes or {}
-    cfg = CoarseToFineConfig(coarse=apply_changes(cfg.coarse, changes.get("coarse", {})),
-                             fine=apply_changes(cfg.fine, changes.get("fine", {})))
+    cfg = replace(cfg, coarse=apply_changes(cfg.coarse, changes.get("coarse", {})),
+                  fine=apply_changes(cfg.fine, changes.get("fine", {})))
     init = sphere_init(5000, 0.5, generator=torch.Generator().manual_seed(0))
     with Timer() as t:
         result = fit_coarse_to_fine(init, orbit_4d, RENDER_FN, static, cfg, device=_device())

@@ -66,13 +66,21 @@ def print_phases(prof, steps: int) -> None:
     print(f"  kernel launches: {launches / steps:.0f} per step", flush=True)
 
 
-def profiled_static(init, views: PosedImages, config, device: torch.device):
-    """A static fit (a coarse stage) under the torch profiler, its step divided into phases as the
-    deformation fit's is; prints the busiest operators and the phases, returns the fit's result."""
-
+def _in_render_phase(render):
     def render_fn(gaussians, cameras, background):
         with torch.profiler.record_function("phase:render"):
-            return training_render(gaussians, cameras, background)
+            return render(gaussians, cameras, background)
+
+    return render_fn
+
+
+def profiled_static(init, views: PosedImages, config, device: torch.device, render=training_render):
+    """A static fit (a coarse stage) under the torch profiler, its step divided into phases as the
+    deformation fit's is; prints the busiest operators and the phases, returns the fit's result. The fit
+    renders as it would unprofiled: through ``render``'s depth-less variant where its loss reads no depth."""
+    render_fn = _in_render_phase(render)
+    if hasattr(render, "without_depth"):
+        render_fn.without_depth = _in_render_phase(render.without_depth)
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     undo = phase_ranges([(dens, "accumulate", "densify"),

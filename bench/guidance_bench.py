@@ -67,9 +67,14 @@ def real_size_zero123(device: torch.device, dtype: torch.dtype) -> Zero123Compon
                              scheduler.alphas_cumprod.to(device), 1000, "epsilon", dtype=dtype)
 
 
-def case_step(components, device) -> dict:
+def condition_image():
+    """The object world's reference view at 256², the step case's condition image."""
     world = synthetic.object_world(0)
-    cond = synthetic.render(world, world.reference_cameras(256, 256, 1))["rgb"][0]
+    return synthetic.render(world, world.reference_cameras(256, 256, 1))["rgb"][0]
+
+
+def case_step(components, device) -> dict:
+    cond = condition_image()
     seconds = {graphs: sds_step_seconds(Zero123Guidance(components, cond, cuda_graphs=graphs), device)
                for graphs in (True, False)}
     return {"case": "step", "batch": 4, "size": 256, "seconds_per_sds_step": seconds[True],
@@ -123,9 +128,7 @@ def main() -> None:
         row["channels_last"] = args.channels_last
         print(json.dumps(row), flush=True)
         if case == "step" and args.profile:
-            world = synthetic.object_world(0)
-            cond = synthetic.render(world, world.reference_cameras(256, 256, 1))["rgb"][0]
-            profile_sds_step(Zero123Guidance(components, cond, cuda_graphs=not args.eager_unet), device)
+            profile_sds_step(Zero123Guidance(components, condition_image(), cuda_graphs=not args.eager_unet), device)
 
 
 if __name__ == "__main__":
