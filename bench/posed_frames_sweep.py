@@ -80,15 +80,21 @@ def apply_changes(config, changes: dict):
 
 
 def _render_fn(run: dict):
-    """``training_render``, or with ``"sets_as_list"`` a copy whose ``each`` gets the sets as a plain list."""
+    """``training_render``, or with ``"sets_as_list"`` a copy whose ``each`` gets the sets as a plain list
+    (its depth-less variant likewise, so the A/B differs in the hand-over alone)."""
     if not run.get("sets_as_list"):
         return training_render
 
-    def render_fn(gaussians, cameras, background):
-        return training_render(gaussians, cameras, background)
+    def as_list(render, depth: bool):
+        def render_fn(gaussians, cameras, background):
+            return render(gaussians, cameras, background)
 
-    render_fn.each = lambda sets, cameras, background, screen_grads=False: render_each(
-        list(sets), cameras, background, screen_grads=screen_grads)
+        render_fn.each = lambda sets, cameras, background, screen_grads=False: render_each(
+            list(sets), cameras, background, screen_grads=screen_grads, depth=depth)
+        return render_fn
+
+    render_fn = as_list(training_render, True)
+    render_fn.without_depth = as_list(training_render.without_depth, False)
     return render_fn
 
 
