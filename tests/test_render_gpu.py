@@ -290,11 +290,12 @@ def test_gsplat_without_depth_gives_the_colour_and_gradients_of_the_render_with_
 
     params, viewmats, Ks, background, weights = _scene(7)
     means, quats, scales, opacities, sh = params
-    gaussians = Gaussians(means=means, quats=quats, log_scales=torch.log(scales),
-                          logit_opacities=torch.logit(opacities), sh=sh)
     cams = Cameras(viewmats, Ks, SIZE, SIZE, torch.zeros(4, device="cuda"), 0.01, 100.0)
     results = []
     for depth in (True, False):
+        # Built per render: each backward frees the graph of the log and logit that make the set.
+        gaussians = Gaussians(means=means, quats=quats, log_scales=torch.log(scales),
+                              logit_opacities=torch.logit(opacities), sh=sh)
         out = render(gaussians, cams, background, backend="gsplat", depth=depth)
         assert (out.depth is None) == (not depth)
         loss = (out.rgb * weights[0]).sum() + (out.alpha * weights[1]).sum()
