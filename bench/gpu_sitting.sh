@@ -2,10 +2,11 @@
 # One GPU sitting of the engine's benchmarks, each step under its own time limit so one slow step cannot
 # take the rest, and skipped when the sitting's budget has no room left for it:
 #   1. the GPU tests (tests that skip without CUDA), with short tracebacks;
-#   2. fit_bench's static case, three runs each with the defaults, with the graphed update and with the
-#      depth channel rendered (the fits' former render), and the profiles of the first two;
+#   2. fit_bench's static case, three runs each with the defaults (graphed update), with the eager update
+#      and with the depth channel rendered (the fits' former render), and the profiles of the first two;
 #   3. the SDS step and its profile, with and without channel-last weights;
-#   4. fit_bench's orbital case (the Diffusion4D construction), with and without the graphed update;
+#   4. fit_bench's orbital case (the Diffusion4D construction), with and without the graphed update in its
+#      fine stage;
 #   5. a posed-frames dataset exported from the object world, PosedFrames4D's nodes fitted on it, and the
 #      PSNR-against-time curve of bench/plans/goal_curve.json.
 # Every log lands in OUTDIR; the JSON rows of each bench in OUTDIR/*.json.
@@ -44,22 +45,22 @@ step() {
     [ $rc -ne 0 ] && echo "  $name exited with $rc"
 }
 
-GRAPHED='{"static": {"graphed_update": true}}'
+EAGER_UPDATE='{"static": {"graphed_update": false}}'
 step gpu_tests 170 "$PY" -m pytest -q -p no:cacheprovider --tb=short -rf tests/test_image_filter.py \
     tests/test_graphed_loss.py tests/test_graphed_update.py tests/test_guidance_gpu.py tests/test_fit_step_gpu.py \
     tests/test_graphed_forward.py tests/test_graphed_deformation_gpu.py tests/test_render_gpu.py
 step static 70 "$PY" bench/fit_bench.py --case static --repeat 3 --json "$OUT_DIR/static.json"
-step static_graphed_update 70 "$PY" bench/fit_bench.py --case static --repeat 3 --changes "$GRAPHED" \
-    --json "$OUT_DIR/static_graphed_update.json"
+step static_eager_update 70 "$PY" bench/fit_bench.py --case static --repeat 3 --changes "$EAGER_UPDATE" \
+    --json "$OUT_DIR/static_eager_update.json"
 step static_with_depth 70 "$PY" bench/fit_bench.py --case static --repeat 3 --with-depth \
     --json "$OUT_DIR/static_with_depth.json"
 step static_profile 50 "$PY" bench/fit_bench.py --case static --scale 0.1 --profile
-step static_graphed_update_profile 50 "$PY" bench/fit_bench.py --case static --scale 0.1 --profile --changes "$GRAPHED"
+step static_eager_update_profile 50 "$PY" bench/fit_bench.py --case static --scale 0.1 --profile --changes "$EAGER_UPDATE"
 step sds_step 70 "$PY" bench/guidance_bench.py --case step --profile
 step sds_step_channels_last 70 "$PY" bench/guidance_bench.py --case step --profile --channels-last
 step orbital 70 "$PY" bench/fit_bench.py --case orbital --json "$OUT_DIR/orbital.json"
 step orbital_graphed_update 70 "$PY" bench/fit_bench.py --case orbital --json "$OUT_DIR/orbital_graphed_update.json" \
-    --changes '{"coarse": {"graphed_update": true}, "fine": {"graphed_update": true}}'
+    --changes '{"fine": {"graphed_update": true}}'
 [ -f /tmp/gen4d_pf/transforms_test.json ] || step export 90 "$PY" bench/posed_frames_bench.py \
     --export-synthetic /tmp/gen4d_pf
 step posed_frames_nodes 150 "$PY" bench/posed_frames_bench.py /tmp/gen4d_pf --via nodes --json "$OUT_DIR/pf_nodes.json"

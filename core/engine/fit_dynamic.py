@@ -120,7 +120,8 @@ class DeformationFitConfig:
         graphed_update: on a CUDA device, replay the work after the backward (gradient repair,
             densification's accumulation, the field's and the Gaussians' Adam steps) as a CUDA graph
             between refinements (:class:`~core.engine.graphed_update.GraphedUpdate`; eager where a
-            capture fails). Off by default: not yet timed on a GPU. Ignored off CUDA.
+            capture fails). Off by default: on one H100 PosedFrames4D's 7000-step fine stage took 10.0 ms a
+            step with it against 9.8 eager (its steps are bound by the GPU, not by launches). Ignored off CUDA.
     """
 
     iterations: int = 800
