@@ -91,8 +91,8 @@ def test_the_engine_defaults_are_what_the_posed_frames_workflow_fits_with(sweep,
                   if f not in skip and getattr(a, f) != getattr(b, f)}
         assert not differ, (stage, differ)
     assert (engine.coarse.iterations, engine.coarse.views_per_step) == (3000, 4)
-    assert (engine.fine.iterations, engine.fine.times_per_step) == (7000, 8)
-    assert engine.fine.densify == fine_stage_densify(7000) and not engine.fine.freeze_canonical
+    assert (engine.fine.iterations, engine.fine.times_per_step) == (5500, 8)
+    assert engine.fine.densify == fine_stage_densify(5500) and not engine.fine.freeze_canonical
 
 
 def test_the_diffusion4d_base_is_what_the_shipped_workflow_fits_with(sweep):

@@ -127,10 +127,10 @@ FIT_PRESETS: dict[str, FitPreset] = {
     "posed_frames_fine": FitPreset(
         "posed_frames_fine", "measured on posed multi-view frames (bench/posed_frames_sweep.py, D-NeRF format): L1; "
         "CoCo4D rates with canonical positions at 1.6e-4, deformation 6.4e-4, grid 6.4e-3, decaying to a tenth; "
-        "4DGS HexPlane; plane TV 2e-4, time smoothness 3e-2 (4DGS 1e-2), time L1 1e-4; 7000 iterations, 8 frames a "
+        "4DGS HexPlane; plane TV 2e-4, time smoothness 3e-2 (4DGS 1e-2), time L1 1e-4; 5500 iterations, 8 frames a "
         "step",
         _POSED_FRAMES_LOSS, GaussianLearningRates(position=0.00016), COCO4D_FOREGROUND_LR[0], COCO4D_FOREGROUND_LR[1],
-        tv_weight=2e-4, time_smoothness_weight=3e-2, time_l1_weight=1e-4, lr_final_ratio=0.1, iterations=7000),
+        tv_weight=2e-4, time_smoothness_weight=3e-2, time_l1_weight=1e-4, lr_final_ratio=0.1, iterations=5500),
     "4dgs_default": FitPreset(
         "4dgs_default", "4DGS (Wu et al. 2024) D-NeRF config: L1 only (lambda_dssim = lambda_lpips = 0), "
         "deformation 1.6e-4 and grid 1.6e-3 decaying to a tenth, plane TV 1e-4, time smoothness 0.01, time L1 "
