@@ -5,8 +5,8 @@
 #   2. fit_bench's static case, three runs each with the defaults (graphed update), with the eager update
 #      and with the depth channel rendered (the fits' former render), and the profiles of the first two;
 #   3. the SDS step and its profile, with and without channel-last weights;
-#   4. fit_bench's orbital case (the Diffusion4D construction), with and without the graphed update in its
-#      fine stage;
+#   4. fit_bench's orbital case (the Diffusion4D construction), twice with 16 frames a fine step and twice
+#      with 8, and the Zero123-guided CoCo4D foreground with and without channel-last weights;
 #   5. a posed-frames dataset exported from the object world, PosedFrames4D's nodes fitted on it, and the
 #      PSNR-against-time curve of bench/plans/goal_curve.json.
 # Every log lands in OUTDIR; the JSON rows of each bench in OUTDIR/*.json.
@@ -58,9 +58,11 @@ step static_profile 50 "$PY" bench/fit_bench.py --case static --scale 0.1 --prof
 step static_eager_update_profile 50 "$PY" bench/fit_bench.py --case static --scale 0.1 --profile --changes "$EAGER_UPDATE"
 step sds_step 70 "$PY" bench/guidance_bench.py --case step --profile
 step sds_step_channels_last 70 "$PY" bench/guidance_bench.py --case step --profile --channels-last
-step orbital 70 "$PY" bench/fit_bench.py --case orbital --json "$OUT_DIR/orbital.json"
-step orbital_graphed_update 70 "$PY" bench/fit_bench.py --case orbital --json "$OUT_DIR/orbital_graphed_update.json" \
-    --changes '{"fine": {"graphed_update": true}}'
+step orbital 140 "$PY" bench/fit_bench.py --case orbital --repeat 2 --json "$OUT_DIR/orbital.json"
+step orbital_8_frames 130 "$PY" bench/fit_bench.py --case orbital --repeat 2 --json "$OUT_DIR/orbital_8_frames.json" \
+    --changes '{"fine": {"times_per_step": 8}}'
+step guided_fit 130 "$PY" bench/guidance_bench.py --case fit
+step guided_fit_channels_last 130 "$PY" bench/guidance_bench.py --case fit --channels-last
 [ -f /tmp/gen4d_pf/transforms_test.json ] || step export 90 "$PY" bench/posed_frames_bench.py \
     --export-synthetic /tmp/gen4d_pf
 step posed_frames_nodes 150 "$PY" bench/posed_frames_bench.py /tmp/gen4d_pf --via nodes --json "$OUT_DIR/pf_nodes.json"
