@@ -111,7 +111,7 @@ def test_graphed_fit_learns_as_the_eager_fit(freeze, option):
         first, last = result.history[0]["total"], result.history[-1]["total"]
         assert last < 0.7 * first, (graphs, first, last)
     # gsplat's backward sums gradients with atomics, so two fits of the same settings part ways over 150 steps;
-    # one H100 gave 29.3 dB eager against 30.0 with the graphed update (the step-by-step test in
-    # test_graphed_update.py checks the update itself against the eager one, step by step).
+    # one H100 gave 29.3 dB eager against 30.0 with the graphed update (test_graphed_update.py checks the
+    # update itself against the eager one, step by step).
     assert abs(scores[True] - scores[False]) < 1.0, scores
 
