@@ -42,7 +42,6 @@ from .graphed_forward import GraphedForward
 from .loading import cached, check_diffusers_folder, folder_key, load_component
 from .zero123 import (
     GuidanceLifecycle,
-    move_modules,
     resolve_device_dtype,
     sample_timesteps,
     sds_from_latents,
@@ -131,6 +130,8 @@ class SDGuidance(GuidanceLifecycle):
         cuda_graphs: replay the UNet from CUDA graphs on a GPU (eager when off, on a CPU, or where a
             capture fails). Zero123's step, which runs the same code, took 35 ms graphed against 50 ms
             eager on one H100 (batch 4); this guidance's step has not been timed graphed.
+        channels_last: store the UNet's and the VAE's convolution weights channel-last (the same values;
+            off until timed, as for Zero123's).
     """
 
     components: SDComponents
@@ -142,6 +143,8 @@ class SDGuidance(GuidanceLifecycle):
     dtype: torch.dtype | None = None
     t_range: tuple[float, float] = (0.02, 0.98)
     cuda_graphs: bool = True
+    channels_last: bool = False
+    _placement: tuple | None = field(init=False, repr=False, default=None)
     _embeds: dict = field(init=False, repr=False, default_factory=dict)
     _generator: torch.Generator = field(init=False, repr=False)
     _graphed: GraphedForward | None = field(init=False, repr=False, default=None)
@@ -174,7 +177,7 @@ class SDGuidance(GuidanceLifecycle):
         x = to_model_images(images, c.resolution, "SDGuidance.sds_loss")
         batch = x.shape[0]
         device, dtype = resolve_device_dtype(self.device, self.dtype, images)
-        move_modules(c.modules, device, dtype)
+        self.place(device, dtype)
         text = self._context(device, dtype)
         context = torch.cat([text[:1].expand(batch, -1, -1), text[1:].expand(batch, -1, -1)])
         latents = c.vae.encode(x.to(device, dtype)).latent_dist.mean * c.vae.config.scaling_factor

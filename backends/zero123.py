@@ -157,16 +157,33 @@ def to_model_images(images: Tensor, resolution: int, what: str) -> Tensor:
 
 def resolve_device_dtype(fixed_device, fixed_dtype, images: Tensor) -> tuple[torch.device, torch.dtype]:
     device = torch.device(fixed_device) if fixed_device is not None else images.device
+    if device.type == "cuda" and device.index is None:  # "cuda" is the current device: name it
+        device = torch.device("cuda", torch.cuda.current_device())
     return device, (fixed_dtype if fixed_dtype is not None else preferred_dtype(device))
 
 
+def _placed(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> bool:
+    p = next(module.parameters())
+    return p.device == device and p.dtype == dtype
+
+
 def move_modules(modules, device: torch.device, dtype: torch.dtype) -> None:
-    """Put modules on ``device`` in ``dtype`` (no-op when they are there already)."""
+    """Put modules on ``device`` in ``dtype``, through the host's model manager where there is one (no move
+    when they are there already)."""
     make_room(modules, device)
     for module in modules:
-        p = next(module.parameters())
-        if p.device != device or p.dtype != dtype:
+        if not _placed(module, device, dtype):
             module.to(device=device, dtype=dtype)
+
+
+def to_channels_last(modules) -> None:
+    """Store the convolution weights of ``modules`` channel-last (NHWC), the layout cuDNN computes in on
+    recent GPUs; with NCHW weights it converts activations before and after many convolutions. A no-op
+    for modules already converted (checked on their first 4-D weight)."""
+    for module in modules:
+        weight = next((p for p in module.parameters() if p.dim() == 4), None)
+        if weight is not None and not weight.is_contiguous(memory_format=torch.channels_last):
+            module.to(memory_format=torch.channels_last)
 
 
 # --------------------------------------------------------------------------- Zero123
@@ -294,8 +311,23 @@ def mix_seeds(a: int, b: int) -> int:
 
 
 class GuidanceLifecycle:
-    """``reseed``, ``offload`` and the UNet call of the SDS guidances (fields: components, seed, cuda_graphs,
-    _generator, _embeds, _graphed)."""
+    """``reseed``, ``offload``, placement and the UNet call of the SDS guidances (fields: components, seed,
+    cuda_graphs, channels_last, _placement, _generator, _embeds, _graphed)."""
+
+    def place(self, device: torch.device, dtype: torch.dtype) -> None:
+        """Move the networks to ``device`` in ``dtype``; with ``channels_last``, the UNet's and the VAE's
+        convolution weights channel-last.
+
+        The host's model manager is asked on a fit's first call (``reseed`` starts a fit) and whenever the
+        networks are not where the last call left them (another model's load moved them away), not on
+        every step: ComfyUI's own samplers ask it once per run.
+        """
+        c = self.components
+        if self._placement != (device, dtype) or not all(_placed(m, device, dtype) for m in c.modules):
+            move_modules(c.modules, device, dtype)
+            self._placement = (device, dtype)
+        if self.channels_last:
+            to_channels_last((c.unet, c.vae))
 
     def unet_forward(self) -> GraphedForward:
         """``(latents, timesteps, context) -> prediction`` of the UNet, replayed from CUDA graphs on a GPU
@@ -312,10 +344,12 @@ class GuidanceLifecycle:
         changing either changes the noise."""
         seed = int(self.seed) if run_seed is None else mix_seeds(int(self.seed), int(run_seed))
         self._generator.manual_seed(seed)
+        self._placement = None  # a new fit: the first step asks the host for the networks again
 
     def offload(self) -> None:
         """Move the networks to the CPU and drop cached condition embeddings."""
         park(self.components.modules)
+        self._placement = None
         self._embeds.clear()
         if self._graphed is not None:
             self._graphed.clear()
@@ -341,6 +375,9 @@ class Zero123Guidance(GuidanceLifecycle):
         t_range: noise-level range before annealing.
         cuda_graphs: replay the UNet from CUDA graphs on a GPU (eager when off, on a CPU, or where a
             capture fails). On one H100 a Zero123 SDS step at batch 4 took 35 ms graphed, 50 ms eager.
+        channels_last: store the UNet's and the VAE's convolution weights channel-last (the same values;
+            cuDNN's layout conversions were a fifth of an SDS step's kernel time on one H100 without it).
+            Off until ``bench/guidance_bench.py --channels-last`` has timed it.
     """
 
     components: Zero123Components
@@ -356,6 +393,8 @@ class Zero123Guidance(GuidanceLifecycle):
     dtype: torch.dtype | None = None
     t_range: tuple[float, float] = (0.02, 0.98)
     cuda_graphs: bool = True
+    channels_last: bool = False
+    _placement: tuple | None = field(init=False, repr=False, default=None)
     _frames: Tensor = field(init=False, repr=False)
     _embeds: dict = field(init=False, repr=False, default_factory=dict)
     _generator: torch.Generator = field(init=False, repr=False)
@@ -402,7 +441,7 @@ class Zero123Guidance(GuidanceLifecycle):
         if len(cameras) != batch:
             raise ValueError(f"Zero123Guidance.sds_loss: {batch} images but {len(cameras)} cameras")
         device, dtype = resolve_device_dtype(self.device, self.dtype, images)
-        move_modules(c.modules, device, dtype)
+        self.place(device, dtype)
         frames = self._frames.shape[0]
         index = int(round(min(max(float(t), 0.0), 1.0) * (frames - 1))) if frames > 1 else 0
         clip, cond_latent = self._condition(index, device, dtype)

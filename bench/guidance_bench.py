@@ -14,8 +14,9 @@ Cases:
 Usage: python bench/guidance_bench.py [--case step] [--scale 1.0] [--eager-unet] [--profile]
 ``--eager-unet`` runs the fit with ``Zero123Guidance.cuda_graphs`` off (on by default), for the A/B;
 ``--profile`` also prints where a step's time goes (busiest operators, kernel time against wall time);
-``--channels-last`` stores the UNet's and the VAE's convolution weights channel-last (cuDNN's layout on
-recent GPUs, which otherwise converts them on every call), for the A/B.
+``--channels-last`` runs the guidance with ``channels_last`` on (the UNet's and the VAE's convolution weights
+channel-last, cuDNN's layout on recent GPUs, which otherwise converts activations around many calls), for
+the A/B.
 """
 
 from __future__ import annotations
@@ -73,19 +74,20 @@ def condition_image():
     return synthetic.render(world, world.reference_cameras(256, 256, 1))["rgb"][0]
 
 
-def case_step(components, device) -> dict:
+def case_step(components, device, channels_last: bool = False) -> dict:
     cond = condition_image()
-    seconds = {graphs: sds_step_seconds(Zero123Guidance(components, cond, cuda_graphs=graphs), device)
+    seconds = {graphs: sds_step_seconds(Zero123Guidance(components, cond, cuda_graphs=graphs,
+                                                        channels_last=channels_last), device)
                for graphs in (True, False)}
     return {"case": "step", "batch": 4, "size": 256, "seconds_per_sds_step": seconds[True],
             "seconds_per_sds_step_eager_unet": seconds[False], "peak_mib": peak_mib()}
 
 
-def case_fit(components, device, scale: float, cuda_graphs: bool = True) -> dict:
+def case_fit(components, device, scale: float, cuda_graphs: bool = True, channels_last: bool = False) -> dict:
     world = synthetic.object_world(0)
     truth = synthetic.render(world, world.reference_cameras(256, 256, 16), supersample=3)
     clip = reference_clip(truth["rgb"], truth["foreground"], center=True)
-    guidance = Zero123Guidance(components, clip.views.images, cuda_graphs=cuda_graphs)
+    guidance = Zero123Guidance(components, clip.views.images, cuda_graphs=cuda_graphs, channels_last=channels_last)
     s_iters, d_iters = max(int(1000 * scale), 1), max(int(800 * scale), 1)
     init = sphere_init(5000, 0.5, generator=torch.Generator().manual_seed(0))
     sync()
@@ -116,19 +118,17 @@ def main() -> None:
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     start = time.perf_counter()
     components = real_size_zero123(device, dtype)
-    if args.channels_last:
-        for module in (components.unet, components.vae):
-            module.to(memory_format=torch.channels_last)
     params = sum(p.numel() for m in components.modules for p in m.parameters())
     print(f"device {device}, Zero123 components {params / 1e6:.0f}M parameters, {dtype}, "
           f"built in {time.perf_counter() - start:.1f} s", flush=True)
     for case in args.case or ["step", "fit"]:
-        row = case_step(components, device) if case == "step" else case_fit(components, device, args.scale,
-                                                                                   not args.eager_unet)
+        row = (case_step(components, device, args.channels_last) if case == "step" else
+               case_fit(components, device, args.scale, not args.eager_unet, args.channels_last))
         row["channels_last"] = args.channels_last
         print(json.dumps(row), flush=True)
         if case == "step" and args.profile:
-            profile_sds_step(Zero123Guidance(components, condition_image(), cuda_graphs=not args.eager_unet), device)
+            profile_sds_step(Zero123Guidance(components, condition_image(), cuda_graphs=not args.eager_unet,
+                                             channels_last=args.channels_last), device)
 
 
 if __name__ == "__main__":

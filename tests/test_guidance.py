@@ -348,6 +348,52 @@ def test_sd_sds_matches_an_independent_reference(models_dir):
     torch.testing.assert_close(loss, ref_loss, atol=0, rtol=1e-4)
 
 
+# --------------------------------------------------------------------------- placement
+
+
+@pytest.mark.parametrize("make", [zero123, sd], ids=["zero123", "sd"])
+def test_channel_last_weights_give_the_same_loss_and_gradient(models_dir, make):
+    cams = cameras([10.0, -20.0], [30.0, 200.0])
+    loss, grad = sds_grad(make(seed=0), cams)
+    guidance = make(seed=0)
+    guidance.channels_last = True
+    c = guidance.components  # loaded once and shared: put its layout back for the other tests
+    try:
+        loss_cl, grad_cl = sds_grad(guidance, cams)
+        convs = [m.weight for net in (c.unet, c.vae) for m in net.modules() if isinstance(m, torch.nn.Conv2d)
+                 and m.kernel_size != (1, 1)]
+        assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+        assert not all(w.is_contiguous() for w in convs)
+    finally:
+        for net in (c.unet, c.vae):
+            net.to(memory_format=torch.contiguous_format)
+    assert grad.abs().max() > 0
+    torch.testing.assert_close(grad_cl, grad, atol=1e-5 * float(grad.abs().max()), rtol=1e-4)
+    torch.testing.assert_close(loss_cl, loss, atol=0, rtol=1e-4)
+
+
+def test_the_host_is_asked_for_the_networks_once_a_fit_and_after_they_moved(models_dir, monkeypatch):
+    from gen4d.backends import memory
+
+    asked = []
+    monkeypatch.setattr(memory, "_loader", lambda modules, device: asked.append(device) is not None)
+    guidance, cams = zero123(), cameras([10.0, -20.0], [30.0, 200.0])
+    guidance.reseed(0)  # a fit starts
+    for _ in range(3):
+        sds_grad(guidance, cams)
+    assert len(asked) == 1, "one ask for the fit, not one a step"
+    guidance.reseed(1)  # the next fit
+    sds_grad(guidance, cams)
+    assert len(asked) == 2
+    unet = guidance.components.unet
+    try:
+        unet.to(torch.float64)  # moved away by someone else (another dtype stands in for another device)
+        sds_grad(guidance, cams)
+        assert len(asked) == 3 and next(unet.parameters()).dtype == torch.float32, "asked again and moved back"
+    finally:
+        unet.to(torch.float32)
+
+
 # --------------------------------------------------------------------------- bad input
 
 
