@@ -42,6 +42,7 @@ from .graphed_forward import GraphedForward
 from .loading import cached, check_diffusers_folder, folder_key, load_component
 from .zero123 import (
     GuidanceLifecycle,
+    host_schedule,
     resolve_device_dtype,
     sample_timesteps,
     sds_from_latents,
@@ -68,6 +69,9 @@ class SDComponents:
     num_train_timesteps: int
     prediction_type: str
     dtype: torch.dtype = torch.float32
+
+    def __post_init__(self) -> None:
+        self.alphas_cumprod = host_schedule(self.alphas_cumprod)
 
     @property
     def resolution(self) -> int:

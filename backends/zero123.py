@@ -103,6 +103,12 @@ def sample_timesteps(generator: torch.Generator, batch: int, step_ratio: float, 
     return torch.randint(first, last + 1, (batch,), generator=generator)
 
 
+def host_schedule(alphas_cumprod: Tensor) -> Tensor:
+    """``ᾱ`` as float32 on the host, where each SDS step indexes it with host timesteps: kept on a GPU, that
+    indexing would read it back every step and make the host wait for the device."""
+    return alphas_cumprod.detach().float().cpu()
+
+
 def sds_from_latents(latents: Tensor, predict: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]],
                      alphas_cumprod: Tensor, timesteps: Tensor, noise: Tensor, guidance_scale: float,
                      prediction_type: str = "epsilon") -> Tensor:
@@ -227,6 +233,9 @@ class Zero123Components:
     clip_std: tuple[float, ...] = CLIP_STD
     clip_size: int = 224
     dtype: torch.dtype = torch.float32
+
+    def __post_init__(self) -> None:
+        self.alphas_cumprod = host_schedule(self.alphas_cumprod)
 
     @property
     def resolution(self) -> int:

@@ -56,7 +56,7 @@ def real_size_sd21(device: torch.device, dtype: torch.dtype) -> SDComponents:
     for module in (unet, vae, text):
         module.to(device=device, dtype=dtype).eval().requires_grad_(False)
     scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
-    return SDComponents(Path("sd21-random"), unet, vae, text, tokenizer, scheduler.alphas_cumprod.to(device), 1000,
+    return SDComponents(Path("sd21-random"), unet, vae, text, tokenizer, scheduler.alphas_cumprod, 1000,
                         "epsilon", dtype=dtype)
 
 

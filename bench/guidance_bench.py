@@ -65,7 +65,7 @@ def real_size_zero123(device: torch.device, dtype: torch.dtype) -> Zero123Compon
     for module in (unet, vae, clip, projection):
         module.to(device=device, dtype=dtype).eval().requires_grad_(False)
     return Zero123Components(Path("zero123-random"), unet, vae, clip, projection,
-                             scheduler.alphas_cumprod.to(device), 1000, "epsilon", dtype=dtype)
+                             scheduler.alphas_cumprod, 1000, "epsilon", dtype=dtype)
 
 
 def condition_image():

@@ -372,6 +372,19 @@ def test_channel_last_weights_give_the_same_loss_and_gradient(models_dir, make):
     torch.testing.assert_close(loss_cl, loss, atol=0, rtol=1e-4)
 
 
+@pytest.mark.parametrize("make", [zero123, sd], ids=["zero123", "sd"])
+def test_the_noise_schedule_lives_on_the_host_however_it_is_given(models_dir, make):
+    import dataclasses
+
+    components = make().components
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    for device in devices:  # on a GPU, each step's indexing would read it back and wait for the device
+        given = components.alphas_cumprod.double().to(device)
+        schedule = dataclasses.replace(components, alphas_cumprod=given).alphas_cumprod
+        assert schedule.device.type == "cpu" and schedule.dtype == torch.float32
+        torch.testing.assert_close(schedule, given.float().cpu())
+
+
 def test_the_host_is_asked_for_the_networks_once_a_fit_and_after_they_moved(models_dir, monkeypatch):
     from gen4d.backends import memory
 
