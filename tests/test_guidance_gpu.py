@@ -93,3 +93,25 @@ def test_the_graphed_unet_gives_the_eager_loss_and_gradient(models_dir, name):
     for (le, ge), (lg, gg) in zip(eager, graphed):
         assert lg == pytest.approx(le, rel=1e-3, abs=1e-6)
         torch.testing.assert_close(gg, ge, rtol=1e-2, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["zero123", "sd"])
+def test_channel_last_weights_give_the_default_loss_and_gradient(models_dir, name):
+    cams = _cameras(3)
+    images = torch.rand(3, S, S, 3, generator=torch.Generator().manual_seed(5)).cuda()
+    results = []
+    for channels_last in (False, True):
+        guidance = _guidances()[name]
+        guidance.channels_last = channels_last
+        guidance.reseed(11)
+        x = images.clone().requires_grad_(True)
+        loss = guidance.sds_loss(x, cams, 0.5, 0.4)
+        loss.backward()
+        results.append((float(loss), x.grad.clone()))
+    unet = guidance.components.unet
+    assert unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    for net in (unet, guidance.components.vae):  # the components are shared: put their layout back
+        net.to(memory_format=torch.contiguous_format)
+    (le, ge), (lc, gc) = results
+    assert lc == pytest.approx(le, rel=1e-2, abs=1e-6)
+    torch.testing.assert_close(gc, ge, rtol=1e-2, atol=1e-5 + 1e-2 * float(ge.abs().max()))
