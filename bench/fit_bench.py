@@ -12,13 +12,13 @@ Cases (pick with --case, default all):
 
 Usage: python bench/fit_bench.py [--case static] [--scale 1.0] [--eager-field] [--eager-loss] [--profile]
                                 [--repeat N] [--changes JSON] [--with-depth] [--json out.json]
-``--scale`` multiplies every iteration count (quick checks on a CPU); ``--eager-field`` runs the
-deformation stages with ``DeformationFitConfig.cuda_graphs`` off and ``--eager-loss`` every stage's
-``graphed_loss`` (the loss and its backward replayed as CUDA graphs); both are on by default, and the
-flags give the A/Bs; ``--with-depth`` renders the expected depth in every fit, as the fits did before they
-left it out where their losses read none. ``--repeat N`` runs each case N times and prints the spread of
-its time and PSNR (gsplat's backward is not deterministic, and densification follows it: one run's PSNR is
-not a verdict).
+``--scale`` multiplies every iteration count (quick checks on a CPU; with ``--profile``, a short profile);
+``--eager-field`` runs the deformation stages with ``DeformationFitConfig.cuda_graphs`` off and
+``--eager-loss`` every stage's ``graphed_loss`` (the loss and its backward replayed as CUDA graphs); both are
+on by default, and the flags give the A/Bs; ``--with-depth`` renders the expected depth in every fit, as the
+fits did before they left it out where their losses read none. ``--repeat N`` runs each case N times and
+prints the spread of its time and PSNR (gsplat's backward is not deterministic, and densification follows it:
+one run's PSNR is not a verdict).
 ``--changes`` fits with other settings, in a sweep plan's format (``bench/posed_frames_sweep.py``): a JSON
 object whose ``"static"`` entry changes the static case's ``StaticFitConfig`` (and CoCo4D foreground's static
 stage), ``"coarse"`` and ``"fine"`` the orbital stages, ``"deformation"`` CoCo4D foreground's deformation
@@ -54,7 +54,7 @@ from gen4d.core.engine.scene import Scene4D, ScenePart  # noqa: E402
 from gen4d.core.engine.views import PosedImages  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fit_profile import profiled_static  # noqa: E402
+from fit_profile import StageProfile, profiled_static  # noqa: E402
 from posed_frames_sweep import apply_changes, workflow_base  # noqa: E402
 
 
@@ -141,7 +141,7 @@ def case_static(scale: float, cuda_graphs: bool = True, graphed_loss: bool = Tru
 
 
 def case_orbital(scale: float, cuda_graphs: bool = True, graphed_loss: bool = True,
-                 changes: dict | None = None) -> dict:
+                 changes: dict | None = None, profiled: bool = False) -> dict:
     world = synthetic.object_world(0)
     orbit_4d = _views(world, diffusion4d_orbit(SIZE, SIZE, 24, dynamic=True, **ORBIT))
     static = _views(world, diffusion4d_orbit(SIZE, SIZE, 24, dynamic=False, **ORBIT))
@@ -161,15 +161,22 @@ def case_orbital(scale: float, cuda_graphs: bool = True, graphed_loss: bool = Tr
                   fine=apply_changes(cfg.fine, changes.get("fine", {})))
     init = sphere_init(5000, 0.5, generator=torch.Generator().manual_seed(0))
     coarse_end = {}
+    window = StageProfile(cfg.coarse.iterations, _device()) if profiled else None
 
     def progress(step: int, _total: int, _preview=None) -> None:
         if step == cfg.coarse.iterations and not coarse_end:  # one wait, so the split is the GPU's
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
             coarse_end["at"] = time.perf_counter()
+        if window is not None:
+            window.step(step)
 
-    with Timer() as t:
-        result = fit_coarse_to_fine(init, orbit_4d, RENDER_FN, static, cfg, progress, device=_device())
+    try:
+        with Timer() as t:
+            result = fit_coarse_to_fine(init, orbit_4d, RENDER_FN, static, cfg, progress, device=_device())
+    finally:
+        if window is not None:
+            window.close()
     coarse_seconds = coarse_end.get("at", t.start + t.seconds) - t.start
     scene = Scene4D([ScenePart("object", result.gaussians, result.extra["motion"])], 24, 8.0)
     coarse = Scene4D.static(result.extra["coarse"].gaussians)
@@ -177,7 +184,8 @@ def case_orbital(scale: float, cuda_graphs: bool = True, graphed_loss: bool = Tr
         bg = torch.tensor(WHITE)
         fine_rgb = render_scene(scene, test_cams, bg, device=_device()).rgb.clamp(0, 1).cpu()
         coarse_rgb = render_scene(coarse, test_cams, bg, device=_device()).rgb.clamp(0, 1).cpu()
-    return {"case": "orbital", "coarse_iterations": cfg.coarse.iterations, "fine_iterations": cfg.fine.iterations,
+    return {"case": "orbital", "profiled": profiled, "coarse_iterations": cfg.coarse.iterations,
+            "fine_iterations": cfg.fine.iterations,
             "seconds": t.seconds, "coarse_seconds": coarse_seconds, "fine_seconds": t.seconds - coarse_seconds,
             "peak_mib": t.peak_mib, "gaussians": len(result.gaussians),
             "heldout_psnr": float(psnr(fine_rgb, test)), "coarse_only_psnr": float(psnr(coarse_rgb, test)),
@@ -262,8 +270,9 @@ def main() -> None:
     ap.add_argument("--eager-field", action="store_true", help="deformation stages without CUDA graphs")
     ap.add_argument("--eager-loss", action="store_true", help="every stage runs its loss eagerly (no CUDA graphs)")
     ap.add_argument("--profile", action="store_true",
-                    help="run the static case under the torch profiler: busiest operators, host time per "
-                         "phase of a step, kernel launches (its time is then not a speed figure)")
+                    help="run the static case, and the orbital case's fine stage, under the torch profiler: "
+                         "busiest operators, host time per phase of a step, kernel launches, and for the fine "
+                         "stage kernel time against wall time (their times are then not speed figures)")
     ap.add_argument("--repeat", type=int, default=1, help="runs of each case (prints their spread)")
     ap.add_argument("--changes", default="{}", help="other settings per stage, as JSON (see above)")
     ap.add_argument("--with-depth", action="store_true", help="render depth in every fit even where no loss reads it")
@@ -288,7 +297,7 @@ def main() -> None:
     results = []
     for case in cases:
         graphs = not args.eager_field
-        extra = {"profiled": True} if args.profile and case == "static" else {}
+        extra = {"profiled": True} if args.profile and case in ("static", "orbital") else {}
         rows = []
         for _ in range(args.repeat):
             row = {**CASES[case](args.scale, graphs, not args.eager_loss, changes=changes, **extra),

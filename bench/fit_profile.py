@@ -1,11 +1,14 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Where a fit step's host time goes: profiler ranges around its phases, and a profiled static fit.
+"""Where a fit step's host time goes: profiler ranges around its phases, a profiled static fit, and a
+profile window over a later stage of a fit (a coarse-to-fine fit's fine stage).
 
 Used by ``posed_frames_sweep.py`` (``"profile"`` / ``"profile_coarse"`` runs) and ``fit_bench.py --profile``.
 Import it after the pack is loaded (both benches load it first).
 """
 
 from __future__ import annotations
+
+import time
 
 import torch
 from gen4d.backends.render import training_render
@@ -95,3 +98,48 @@ def profiled_static(init, views: PosedImages, config, device: torch.device, rend
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30), flush=True)
     print_phases(prof, config.iterations)
     return result
+
+
+class StageProfile:
+    """The torch profiler over the steps of a fit from ``start`` on, opened by the fit's progress callback.
+
+    ``step(n)`` is the callback (``n`` steps done); the profile opens once ``n`` reaches ``start`` and runs
+    to :meth:`close`. The fit runs inside :func:`phase_ranges`, so :meth:`close` prints the busiest
+    operators, the host time per phase of a step, the kernel launches, and the device's kernel time
+    against the window's wall time (near equal: the GPU sets the pace; far apart: the host does).
+    """
+
+    def __init__(self, start: int, device: torch.device):
+        self.start, self.device, self.prof, self.first, self.opened_at = int(start), device, None, 0, 0.0
+        self.undo = phase_ranges([(dens, "accumulate", "densify"), (dens, "step", "densify")])
+
+    def step(self, n: int, _total=None, _preview=None) -> None:
+        if self.prof is None and n >= self.start:
+            self._sync()
+            activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.device.type == "cuda" else [])
+            self.prof = profile(activities=activities)
+            self.prof.start()
+            self.first, self.opened_at, self.last = n, time.perf_counter(), n
+        elif self.prof is not None:
+            self.last = n
+
+    def close(self) -> None:
+        self.undo()
+        if self.prof is None:
+            return
+        self._sync()
+        wall = time.perf_counter() - self.opened_at
+        self.prof.stop()
+        steps = max(self.last - self.first, 1)
+        averages = self.prof.key_averages()
+        print(averages.table(sort_by="self_device_time_total" if self.device.type == "cuda" else "self_cpu_time_total",
+                             row_limit=25), flush=True)
+        print_phases(self.prof, steps)
+        kernels = sum(e.self_device_time_total for e in averages if e.device_type == torch.autograd.DeviceType.CUDA)
+        print(f"  {steps} steps profiled: {wall / steps * 1000:.2f} ms wall, {kernels / 1000 / steps:.2f} ms of "
+              "kernels per step", flush=True)
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+

@@ -7,7 +7,8 @@
 #      and with the depth channel rendered (the fits' former render), and the profiles of the first two;
 #   3. the SDS step and its profile, with and without channel-last weights;
 #   4. fit_bench's orbital case (the Diffusion4D construction), twice with 16 frames a fine step and twice
-#      with 8, and the Zero123-guided CoCo4D foreground with and without channel-last weights;
+#      with 8, and a profile of its fine stage (at a tenth of the lengths); the Zero123-guided CoCo4D
+#      foreground with and without channel-last weights;
 #   5. a posed-frames dataset exported from the object world, PosedFrames4D's nodes fitted on it, and the
 #      PSNR-against-time curve of bench/plans/goal_curve.json.
 # Every log lands in OUTDIR; the JSON rows of each bench in OUTDIR/*.json.
@@ -65,6 +66,7 @@ step sds_step_channels_last 70 "$PY" bench/guidance_bench.py --case step --profi
 step orbital 140 "$PY" bench/fit_bench.py --case orbital --repeat 2 --json "$OUT_DIR/orbital.json"
 step orbital_8_frames 130 "$PY" bench/fit_bench.py --case orbital --repeat 2 --json "$OUT_DIR/orbital_8_frames.json" \
     --changes '{"fine": {"times_per_step": 8}}'
+step orbital_profile 90 "$PY" bench/fit_bench.py --case orbital --scale 0.1 --profile
 step guided_fit 130 "$PY" bench/guidance_bench.py --case fit
 step guided_fit_channels_last 130 "$PY" bench/guidance_bench.py --case fit --channels-last
 [ -f /tmp/gen4d_pf/transforms_test.json ] || step export 90 "$PY" bench/posed_frames_bench.py \
