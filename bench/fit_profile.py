@@ -132,10 +132,10 @@ class StageProfile:
         self.prof.stop()
         steps = max(self.last - self.first, 1)
         averages = self.prof.key_averages()
-        print(averages.table(sort_by="self_device_time_total" if self.device.type == "cuda" else "self_cpu_time_total",
-                             row_limit=25), flush=True)
+        sort = "self_cuda_time_total" if self.device.type == "cuda" else "self_cpu_time_total"
+        print(averages.table(sort_by=sort, row_limit=25), flush=True)
         print_phases(self.prof, steps)
-        kernels = sum(e.self_device_time_total for e in averages if e.device_type == torch.autograd.DeviceType.CUDA)
+        kernels = sum(e.self_device_time_total for e in averages if e.device_type.name == "CUDA")
         print(f"  {steps} steps profiled: {wall / steps * 1000:.2f} ms wall, {kernels / 1000 / steps:.2f} ms of "
               "kernels per step", flush=True)
 
