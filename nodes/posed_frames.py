@@ -124,8 +124,16 @@ class LoadPosedFrames:
 
     def load(self, folder, path, split, downscale, background):
         root = _resolve(folder, path)
+        bar: list[host.Progress] = []
+
+        def progress(done: int, total: int) -> None:
+            host.raise_if_interrupted()
+            if not bar:
+                bar.append(host.Progress(total))
+            bar[0](done, total)
+
         frames = read_posed_frames(root, split, tuple(parse_color(background).tolist()), int(downscale),
-                                   root=host.input_directory(), who=NODE)
+                                   root=host.input_directory(), who=NODE, callback=progress)
         device = host.intermediate_device()
         return frames.images.to(device), frames.masks.to(device), frames.cameras
 

@@ -333,6 +333,42 @@ def test_bad_input_names_file_and_field_and_writes_nothing(tmp_path, edit, messa
     assert tree(tmp_path) == before
 
 
+def test_images_decode_in_threads_as_in_one_with_progress_in_frame_order(tmp_path):
+    ds = tmp_path / "many"
+    frames = []
+    for i in range(7):
+        png(ds / f"f_{i}.png", 40, 30)
+        c2w = [row[:] for row in IDENTITY]
+        c2w[0][3] = 0.1 * i
+        frames.append({"file_path": f"f_{i}.png", "transform_matrix": c2w})
+    write_json(ds / "transforms.json", {"camera_angle_x": 0.9, "frames": frames})
+    one = read_posed_frames(ds, "all", downscale=2, workers=1)
+    seen = []
+    many = read_posed_frames(ds, "all", downscale=2, workers=4, callback=lambda done, total: seen.append((done, total)))
+    assert torch.equal(many.images, one.images) and torch.equal(many.masks, one.masks)
+    assert seen == [(k, 7) for k in range(1, 8)]
+    assert one.images.std() > 0.1  # random pixels, not an empty buffer
+
+    def interrupt(done, total):
+        if done == 2:
+            raise InterruptedError("stop")
+
+    with pytest.raises(InterruptedError):
+        read_posed_frames(ds, "all", workers=4, callback=interrupt)
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="workers must be an integer >= 1"):
+            read_posed_frames(ds, "all", workers=bad)
+
+
+def test_a_truncated_image_is_named_by_the_first_bad_frame_whatever_thread_decodes_it(tmp_path):
+    ds = dnerf_folder(tmp_path, size=(64, 48))
+    for name in ("r_001.png", "r_002.png"):  # the header reads, the pixel data ends early
+        path = ds / "train" / name
+        path.write_bytes(path.read_bytes()[:120])
+    with pytest.raises(ValueError, match=r"frames\[1\]\.file_path: dnerf/train/r_001\.png could not be decoded"):
+        read_posed_frames(ds, "train", root=tmp_path, workers=3)
+
+
 def test_bad_splits_and_result_size(tmp_path, monkeypatch):
     ds = tmp_path / "single"
     png(ds / "a.png", 8, 6)
@@ -399,6 +435,18 @@ def test_node_lists_loads_and_confines_datasets(input_dir, tmp_path):
         run(NODE, folder="(no datasets found)")
     assert "expected '#rrggbb'" in cls.VALIDATE_INPUTS(folder="dnerf", path="", background="nope")
     assert tree(tmp_path) == before
+
+
+def test_node_reports_each_image_and_stops_on_interrupt(fake_comfy):
+    dnerf_folder(fake_comfy.input)
+    cls = gen4d.NODE_CLASS_MAPPINGS[NODE]
+    images, _, _ = cls().load(folder="dnerf", path="", split="train", downscale=1, background="#ffffff")
+    assert len(images) == 3 and [u[:2] for u in fake_comfy.updates] == [(1, 3), (2, 3), (3, 3)]
+    fake_comfy.updates.clear()
+    fake_comfy.interrupt_after = 1
+    with pytest.raises(fake_comfy.Interrupted):
+        cls().load(folder="dnerf", path="", split="train", downscale=1, background="#ffffff")
+    assert len(fake_comfy.updates) == 1, "the node kept reading after the interrupt"
 
 
 def test_node_is_changed_follows_the_files(input_dir):
