@@ -37,7 +37,8 @@ def phase_ranges(more=()):
                (fit_dynamic.reg, "time_l1_loss", "regularisers"),
                (dens, "zero_non_finite_grads", "grad repair"), (torch.Tensor, "backward", "backward"),
                (torch.optim.Adam, "step", "optimiser"), (FitMonitor, "record", "monitor"),
-               (training_render, "each", "render"), (GraphedUpdate, "__call__", "update"), *more]
+               (training_render, "each", "render"), (training_render.without_depth, "each", "render"),
+               (GraphedUpdate, "__call__", "update"), *more]
     saved = []
     for owner, attr, label in targets:
         original = getattr(owner, attr)

@@ -108,3 +108,31 @@ def test_the_diffusion4d_base_is_what_the_shipped_workflow_fits_with(sweep):
     assert base.fine.time_smoothness_weight == fine.time_smoothness_weight
     assert base.fine.lr_final_ratio == fine.lr_final_ratio
     assert base.fine.loss.depth_smoothness == fine.loss.depth_smoothness
+
+
+def test_a_stage_profile_opens_at_its_step_and_undoes_its_phase_ranges(fit_bench, capsys):
+    from gen4d.backends.render import training_render
+    from gen4d.core.engine.cameras import diffusion4d_orbit
+    from gen4d.core.engine.coarse_to_fine import CoarseToFineConfig, fit_coarse_to_fine
+    from gen4d.core.engine.gaussians import sphere_init
+    from gen4d.core.engine.views import PosedImages
+
+    profile = _bench_module("fit_profile")
+    cams = diffusion4d_orbit(16, 16, 4, dynamic=True)
+    views = PosedImages(torch.rand(4, 16, 16, 3, generator=torch.Generator().manual_seed(0)), cams)
+    base = CoarseToFineConfig()
+    cfg = CoarseToFineConfig(coarse=replace(base.coarse, iterations=4, densify=None, preview_every=0),
+                             fine=replace(base.fine, iterations=3, times_per_step=2, densify=None, preview_every=0))
+    each, each_without_depth = training_render.each, training_render.without_depth.each
+    window = profile.StageProfile(cfg.coarse.iterations, torch.device("cpu"))
+    assert training_render.each is not each  # the phases are wrapped while the fit runs
+    try:
+        fit_coarse_to_fine(sphere_init(200, 0.5, generator=torch.Generator().manual_seed(0)), views,
+                           training_render, None, cfg, window.step, device="cpu")
+    finally:
+        window.close()
+    assert training_render.each is each and training_render.without_depth.each is each_without_depth
+    out = capsys.readouterr().out
+    assert "3 steps profiled" in out, out[-2000:]
+    for phase in ("deformation", "render", "backward", "optimiser"):
+        assert f"  {phase} " in out, phase
