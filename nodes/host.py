@@ -30,6 +30,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -78,11 +79,18 @@ def set_progress_sink(sink) -> None:
     _progress_sink = sink
 
 
+# Least seconds between two updates of ComfyUI's bar: each update sends messages to every open browser
+# tab (and redraws the node there), and a fit steps a few hundred times a second.
+PROGRESS_INTERVAL_S = 0.1
+
+
 class Progress:
     """Progress reporting bound to ComfyUI's ProgressBar when it exists.
 
     Use as the ``callback(step, total, preview)`` of core loops: ``preview`` is an optional
-    ``[H,W,3]`` float image in 0..1 shown on the node.
+    ``[H,W,3]`` float image in 0..1 shown on the node. ComfyUI's bar gets at most one update every
+    :data:`PROGRESS_INTERVAL_S` seconds, besides the last step and every preview; the sink outside
+    ComfyUI gets every step.
     """
 
     def __init__(self, total: int):
@@ -90,6 +98,7 @@ class Progress:
         utils = _module("comfy.utils")
         self._bar = utils.ProgressBar(self.total) if utils is not None else None
         self.step = 0
+        self._shown_at = -float("inf")
 
     def __call__(self, step: int, total: int | None = None, preview: torch.Tensor | None = None) -> None:
         self.step = int(step)
@@ -98,6 +107,10 @@ class Progress:
                 _progress_sink(self.step, self.total if total is None else int(total))
             return
         total = self.total if total is None else int(total)
+        now = time.monotonic()
+        if preview is None and self.step < total and now - self._shown_at < PROGRESS_INTERVAL_S:
+            return
+        self._shown_at = now
         image = None
         if preview is not None:
             from PIL import Image

@@ -119,4 +119,8 @@ def fake_comfy(tmp_path, monkeypatch):
                          ("folder_paths", fp)):
         monkeypatch.setitem(sys.modules, name, module)
     monkeypatch.setenv("GEN4D_OUTPUT_DIR", str(tmp_path / "env_output"))
+    # Every step reaches the bar, so tests count them (test_host_progress.py checks the rate limit).
+    from gen4d.nodes import host
+
+    monkeypatch.setattr(host, "PROGRESS_INTERVAL_S", 0.0)
     return state

@@ -327,6 +327,32 @@ def test_host_uses_comfy_when_present(fake_comfy):
     assert host.compute_device() == torch.device("cpu")
 
 
+def test_the_bar_is_updated_at_a_bounded_rate_but_never_misses_the_end_or_a_preview(fake_comfy, monkeypatch):
+    from gen4d.nodes import host
+
+    clock = [100.0]
+    monkeypatch.setattr(host.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(host, "PROGRESS_INTERVAL_S", 0.1)
+    bar, image = host.Progress(400), torch.rand(4, 4, 3)
+    for step in range(1, 401):  # 400 steps over 0.4 s: a fit's pace
+        clock[0] += 0.001
+        bar(step, preview=image if step == 250 else None)
+    values = [v for v, _, _ in fake_comfy.updates]
+    assert values[0] == 1 and values[-1] == 400 and 250 in values
+    assert len(values) <= 7, values  # 1, then one a tenth of a second, the preview and the end
+    assert [p is not None for v, _, p in fake_comfy.updates if v == 250] == [True]
+    seen = []
+    host.set_progress_sink(lambda step, total: seen.append(step))
+    try:
+        monkeypatch.setattr(host, "_module", lambda name: None)  # outside ComfyUI: every step reaches the sink
+        sink_bar = host.Progress(50)
+        for step in range(1, 51):
+            sink_bar(step)
+    finally:
+        host.set_progress_sink(None)
+    assert seen == list(range(1, 51))
+
+
 def test_render_reports_progress(fake_comfy, small):
     images, _, _ = render(small.cams, scene=small.twin, batch_size=1)
     assert fake_comfy.totals == [3]
