@@ -7,7 +7,8 @@ Builds a real-size Zero123 from configs with random weights (no download): the S
 
 Cases:
     step    seconds per SDS step, batch 4 at 256² (VAE encode + 2x UNet with CFG + backward), with
-            the UNet replayed from CUDA graphs and eager.
+            the UNet replayed from CUDA graphs and eager, each step waited for (its latency); and the
+            graphed steps queued back to back as a fit runs them (its pace, ``..._pipelined``).
     fit     CoCo4D foreground with guidance on the object world: 1000 static + 800 deformation
             iterations, one SDS step (batch 4) per iteration (target: 60 s or less).
 
@@ -41,7 +42,7 @@ from gen4d.core.coco4d.reference import reference_clip  # noqa: E402
 from gen4d.core.engine.fit_dynamic import DeformationFitConfig, fit_deformation  # noqa: E402
 from gen4d.core.engine.fit_static import StaticFitConfig, fit_static  # noqa: E402
 from gen4d.core.engine.gaussians import sphere_init  # noqa: E402
-from timing import peak_mib, profile_sds_step, sds_step_seconds, sync  # noqa: E402
+from timing import peak_mib, profile_sds_step, sds_step_seconds, sds_step_seconds_pipelined, sync  # noqa: E402
 
 
 def real_size_zero123(device: torch.device, dtype: torch.dtype) -> Zero123Components:
@@ -76,11 +77,13 @@ def condition_image():
 
 def case_step(components, device, channels_last: bool = False) -> dict:
     cond = condition_image()
-    seconds = {graphs: sds_step_seconds(Zero123Guidance(components, cond, cuda_graphs=graphs,
-                                                        channels_last=channels_last), device)
-               for graphs in (True, False)}
+    guidances = {graphs: Zero123Guidance(components, cond, cuda_graphs=graphs, channels_last=channels_last)
+                 for graphs in (True, False)}
+    seconds = {graphs: sds_step_seconds(guidance, device) for graphs, guidance in guidances.items()}
     return {"case": "step", "batch": 4, "size": 256, "seconds_per_sds_step": seconds[True],
-            "seconds_per_sds_step_eager_unet": seconds[False], "peak_mib": peak_mib()}
+            "seconds_per_sds_step_eager_unet": seconds[False],
+            "seconds_per_sds_step_pipelined": sds_step_seconds_pipelined(guidances[True], device),
+            "peak_mib": peak_mib()}
 
 
 def case_fit(components, device, scale: float, cuda_graphs: bool = True, channels_last: bool = False) -> dict:

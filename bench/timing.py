@@ -8,7 +8,7 @@ import time
 import torch
 from gen4d.core.engine.guidance import PoseSampling, sample_guidance_cameras
 
-__all__ = ["sync", "peak_mib", "sds_step_seconds", "profile_sds_step"]
+__all__ = ["sync", "peak_mib", "sds_step_seconds", "sds_step_seconds_pipelined", "profile_sds_step"]
 
 
 def sync() -> None:
@@ -33,6 +33,23 @@ def sds_step_seconds(guidance, device: torch.device, batch: int = 4, size: int =
         times.append(time.perf_counter() - start)
     steady = sorted(times[2:])
     return steady[len(steady) // 2]
+
+
+def sds_step_seconds_pipelined(guidance, device: torch.device, batch: int = 4, size: int = 256,
+                               repeats: int = 12) -> float:
+    """Seconds per SDS step (loss + backward) with the steps queued back to back, one wait at the end, as a fit
+    runs them: the host launches a step while the device runs the one before, so this is the device's pace
+    unless the host is slower (``sds_step_seconds`` waits around each step: its latency)."""
+    cams = sample_guidance_cameras(PoseSampling(batch=batch), 0.0, torch.Generator().manual_seed(0))
+    images = torch.rand(batch, size, size, 3, device=device, requires_grad=True)
+    for i in range(2):  # capture and warm-up outside the timing
+        guidance.sds_loss(images, cams, 0.0, i / 2).backward()
+    sync()
+    start = time.perf_counter()
+    for i in range(repeats):
+        guidance.sds_loss(images, cams, 0.0, i / max(repeats - 1, 1)).backward()
+    sync()
+    return (time.perf_counter() - start) / repeats
 
 
 def profile_sds_step(guidance, device: torch.device, batch: int = 4, size: int = 256, steps: int = 6) -> None:
