@@ -47,6 +47,13 @@ def _guidances():
     return {"zero123": zero123, "sd": sd}
 
 
+def _loss_and_gradient(guidance, images, cams, ratio: float) -> tuple[float, torch.Tensor]:
+    x = images.clone().requires_grad_(True)
+    loss = guidance.sds_loss(x, cams, 0.5, ratio)
+    loss.backward()
+    return float(loss), x.grad.clone()
+
+
 @pytest.mark.parametrize("name", ["zero123", "sd"])
 def test_sds_loss_and_its_backward_never_wait_for_the_device(models_dir, name):
     guidance = _guidances()[name]
@@ -84,10 +91,7 @@ def test_the_graphed_unet_gives_the_eager_loss_and_gradient(models_dir, name):
         guidance.cuda_graphs = graphs
         guidance.reseed(11)
         for ratio in (0.2, 0.7, 0.7):  # the second call at a shape replays the graph the first captured
-            x = images.clone().requires_grad_(True)
-            loss = guidance.sds_loss(x, cams, 0.5, ratio)
-            loss.backward()
-            results.append((float(loss), x.grad.clone()))
+            results.append(_loss_and_gradient(guidance, images, cams, ratio))
         assert (guidance._graphed._captures != {}) == graphs
     eager, graphed = results[:3], results[3:]
     for (le, ge), (lg, gg) in zip(eager, graphed):
@@ -100,18 +104,17 @@ def test_channel_last_weights_give_the_default_loss_and_gradient(models_dir, nam
     cams = _cameras(3)
     images = torch.rand(3, S, S, 3, generator=torch.Generator().manual_seed(5)).cuda()
     results = []
-    for channels_last in (False, True):
-        guidance = _guidances()[name]
-        guidance.channels_last = channels_last
-        guidance.reseed(11)
-        x = images.clone().requires_grad_(True)
-        loss = guidance.sds_loss(x, cams, 0.5, 0.4)
-        loss.backward()
-        results.append((float(loss), x.grad.clone()))
-    unet = guidance.components.unet
-    assert unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
-    for net in (unet, guidance.components.vae):  # the components are shared: put their layout back
-        net.to(memory_format=torch.contiguous_format)
+    guidance = _guidances()[name]
+    try:
+        for channels_last in (False, True):
+            guidance = _guidances()[name]
+            guidance.channels_last = channels_last
+            guidance.reseed(11)
+            results.append(_loss_and_gradient(guidance, images, cams, 0.4))
+        assert guidance.components.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    finally:
+        for net in (guidance.components.unet, guidance.components.vae):  # shared: put their layout back
+            net.to(memory_format=torch.contiguous_format)
     (le, ge), (lc, gc) = results
     assert lc == pytest.approx(le, rel=1e-2, abs=1e-6)
     torch.testing.assert_close(gc, ge, rtol=1e-2, atol=1e-5 + 1e-2 * float(ge.abs().max()))
