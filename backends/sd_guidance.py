@@ -134,8 +134,6 @@ class SDGuidance(GuidanceLifecycle):
         cuda_graphs: replay the UNet from CUDA graphs on a GPU (eager when off, on a CPU, or where a
             capture fails). Zero123's step, which runs the same code, took 35 ms graphed against 50 ms
             eager on one H100 (batch 4); this guidance's step has not been timed graphed.
-        channels_last: store the UNet's and the VAE's convolution weights channel-last (the same values;
-            off until timed, as for Zero123's).
     """
 
     components: SDComponents
@@ -147,7 +145,6 @@ class SDGuidance(GuidanceLifecycle):
     dtype: torch.dtype | None = None
     t_range: tuple[float, float] = (0.02, 0.98)
     cuda_graphs: bool = True
-    channels_last: bool = False
     _placement: tuple | None = field(init=False, repr=False, default=None)
     _embeds: dict = field(init=False, repr=False, default_factory=dict)
     _generator: torch.Generator = field(init=False, repr=False)

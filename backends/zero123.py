@@ -182,16 +182,6 @@ def move_modules(modules, device: torch.device, dtype: torch.dtype) -> None:
             module.to(device=device, dtype=dtype)
 
 
-def to_channels_last(modules) -> None:
-    """Store the convolution weights of ``modules`` channel-last (NHWC), the layout cuDNN computes in on
-    recent GPUs; with NCHW weights it converts activations before and after many convolutions. A no-op
-    for modules already converted (checked on their first 4-D weight)."""
-    for module in modules:
-        weight = next((p for p in module.parameters() if p.dim() == 4), None)
-        if weight is not None and not weight.is_contiguous(memory_format=torch.channels_last):
-            module.to(memory_format=torch.channels_last)
-
-
 # --------------------------------------------------------------------------- Zero123
 
 
@@ -321,11 +311,10 @@ def mix_seeds(a: int, b: int) -> int:
 
 class GuidanceLifecycle:
     """``reseed``, ``offload``, placement and the UNet call of the SDS guidances (fields: components, seed,
-    cuda_graphs, channels_last, _placement, _generator, _embeds, _graphed)."""
+    cuda_graphs, _placement, _generator, _embeds, _graphed)."""
 
     def place(self, device: torch.device, dtype: torch.dtype) -> None:
-        """Move the networks to ``device`` in ``dtype``; with ``channels_last``, the UNet's and the VAE's
-        convolution weights channel-last.
+        """Move the networks to ``device`` in ``dtype``.
 
         The host's model manager is asked on a fit's first call (``reseed`` starts a fit) and whenever the
         networks are not where the last call left them (another model's load moved them away), not on
@@ -335,8 +324,6 @@ class GuidanceLifecycle:
         if self._placement != (device, dtype) or not all(_placed(m, device, dtype) for m in c.modules):
             move_modules(c.modules, device, dtype)
             self._placement = (device, dtype)
-        if self.channels_last:
-            to_channels_last((c.unet, c.vae))
 
     def unet_forward(self) -> GraphedForward:
         """``(latents, timesteps, context) -> prediction`` of the UNet, replayed from CUDA graphs on a GPU
@@ -384,9 +371,6 @@ class Zero123Guidance(GuidanceLifecycle):
         t_range: noise-level range before annealing.
         cuda_graphs: replay the UNet from CUDA graphs on a GPU (eager when off, on a CPU, or where a
             capture fails). On one H100 a Zero123 SDS step at batch 4 took 35 ms graphed, 50 ms eager.
-        channels_last: store the UNet's and the VAE's convolution weights channel-last (the same values;
-            cuDNN's layout conversions were a fifth of an SDS step's kernel time on one H100 without it).
-            Off until ``bench/guidance_bench.py --channels-last`` has timed it.
     """
 
     components: Zero123Components
@@ -402,7 +386,6 @@ class Zero123Guidance(GuidanceLifecycle):
     dtype: torch.dtype | None = None
     t_range: tuple[float, float] = (0.02, 0.98)
     cuda_graphs: bool = True
-    channels_last: bool = False
     _placement: tuple | None = field(init=False, repr=False, default=None)
     _frames: Tensor = field(init=False, repr=False)
     _embeds: dict = field(init=False, repr=False, default_factory=dict)

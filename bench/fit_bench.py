@@ -6,7 +6,7 @@ Cases (pick with --case, default all):
                 (target >= 31 dB and >= 300 it/s on an H100).
     orbital     Diffusion4D construction: static orbit + 4D orbit (24 views, view and time advance
                 together) fitted as example_workflows/Diffusion4D.json's fit nodes set it (coarse 5k + fine
-                2k of 16 frames, its presets); PSNR on held-out (view, time) pairs (target >= 28.5 dB in <= 30 s).
+                2k of 8 frames, its presets); PSNR on held-out (view, time) pairs (target >= 28.5 dB in <= 30 s).
     coco4d_fg   CoCo4D foreground without guidance: seen view at 256², 1000 static iterations from a
                 5000-point sphere, then 800 deformation iterations at batch 4 (target < 30 s).
 

@@ -107,12 +107,13 @@ class StageProfile:
     ``step(n)`` is the callback (``n`` steps done); the profile opens once ``n`` reaches ``start`` and runs
     to :meth:`close`. The fit runs inside :func:`phase_ranges`, so :meth:`close` prints the busiest
     operators, the host time per phase of a step, the kernel launches, and the device's kernel time
-    against the window's wall time (near equal: the GPU sets the pace; far apart: the host does).
+    against the window's wall time (near equal: the GPU sets the pace; far apart: the host does). ``more``:
+    further ``(owner, attribute, label)`` phases, as for :func:`phase_ranges`.
     """
 
-    def __init__(self, start: int, device: torch.device):
+    def __init__(self, start: int, device: torch.device, more=()):
         self.start, self.device, self.prof, self.first, self.opened_at = int(start), device, None, 0, 0.0
-        self.undo = phase_ranges([(dens, "accumulate", "densify"), (dens, "step", "densify")])
+        self.undo = phase_ranges([(dens, "accumulate", "densify"), (dens, "step", "densify"), *more])
 
     def step(self, n: int, _total=None, _preview=None) -> None:
         if self.prof is None and n >= self.start:

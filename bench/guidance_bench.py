@@ -14,10 +14,9 @@ Cases:
 
 Usage: python bench/guidance_bench.py [--case step] [--scale 1.0] [--eager-unet] [--profile]
 ``--eager-unet`` runs the fit with ``Zero123Guidance.cuda_graphs`` off (on by default), for the A/B;
-``--profile`` also prints where a step's time goes (busiest operators, kernel time against wall time);
-``--channels-last`` runs the guidance with ``channels_last`` on (the UNet's and the VAE's convolution weights
-channel-last, cuDNN's layout on recent GPUs, which otherwise converts activations around many calls), for
-the A/B.
+``--profile`` also prints where a step's time goes (busiest operators, kernel time against wall time): in
+the step case, of the SDS step alone; in the fit case, of the static stage's last half, its SDS call a
+phase of its own (the fit's time then includes the profiler's).
 """
 
 from __future__ import annotations
@@ -35,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pack_loader import load_pack  # noqa: E402
 
 load_pack()
+from fit_profile import StageProfile  # noqa: E402
 from gen4d import synthetic  # noqa: E402
 from gen4d.backends.render import training_render  # noqa: E402
 from gen4d.backends.zero123 import CameraProjection, Zero123Components, Zero123Guidance  # noqa: E402
@@ -75,10 +75,9 @@ def condition_image():
     return synthetic.render(world, world.reference_cameras(256, 256, 1))["rgb"][0]
 
 
-def case_step(components, device, channels_last: bool = False) -> dict:
+def case_step(components, device) -> dict:
     cond = condition_image()
-    guidances = {graphs: Zero123Guidance(components, cond, cuda_graphs=graphs, channels_last=channels_last)
-                 for graphs in (True, False)}
+    guidances = {graphs: Zero123Guidance(components, cond, cuda_graphs=graphs) for graphs in (True, False)}
     seconds = {graphs: sds_step_seconds(guidance, device) for graphs, guidance in guidances.items()}
     return {"case": "step", "batch": 4, "size": 256, "seconds_per_sds_step": seconds[True],
             "seconds_per_sds_step_eager_unet": seconds[False],
@@ -86,17 +85,23 @@ def case_step(components, device, channels_last: bool = False) -> dict:
             "peak_mib": peak_mib()}
 
 
-def case_fit(components, device, scale: float, cuda_graphs: bool = True, channels_last: bool = False) -> dict:
+def case_fit(components, device, scale: float, cuda_graphs: bool = True, profiled: bool = False) -> dict:
     world = synthetic.object_world(0)
     truth = synthetic.render(world, world.reference_cameras(256, 256, 16), supersample=3)
     clip = reference_clip(truth["rgb"], truth["foreground"], center=True)
-    guidance = Zero123Guidance(components, clip.views.images, cuda_graphs=cuda_graphs, channels_last=channels_last)
+    guidance = Zero123Guidance(components, clip.views.images, cuda_graphs=cuda_graphs)
     s_iters, d_iters = max(int(1000 * scale), 1), max(int(800 * scale), 1)
     init = sphere_init(5000, 0.5, generator=torch.Generator().manual_seed(0))
+    window = StageProfile(s_iters // 2, device, [(Zero123Guidance, "sds_loss", "sds")]) if profiled else None
     sync()
     start = time.perf_counter()
-    static = fit_static(init, clip.views.subset([0]), training_render,
-                        replace(StaticFitConfig(iterations=s_iters, preview_every=0)), guidance, device=device)
+    try:
+        static = fit_static(init, clip.views.subset([0]), training_render,
+                            replace(StaticFitConfig(iterations=s_iters, preview_every=0)), guidance,
+                            window.step if window else None, device=device)
+    finally:
+        if window is not None:
+            window.close()
     sync()
     mid = time.perf_counter()
     fit_deformation(static.gaussians, clip.views, training_render,
@@ -105,7 +110,7 @@ def case_fit(components, device, scale: float, cuda_graphs: bool = True, channel
     end = time.perf_counter()
     return {"case": "fit", "static_iterations": s_iters, "deformation_iterations": d_iters,
             "static_seconds": mid - start, "deformation_seconds": end - mid, "total_seconds": end - start,
-            "target_seconds": 60.0, "cuda_graphs": cuda_graphs,
+            "target_seconds": 60.0, "cuda_graphs": cuda_graphs, "profiled": profiled,
             "peak_mib": peak_mib()}
 
 
@@ -114,8 +119,8 @@ def main() -> None:
     ap.add_argument("--case", choices=("step", "fit"), action="append")
     ap.add_argument("--scale", type=float, default=1.0)
     ap.add_argument("--eager-unet", action="store_true", help="fit with the UNet run eagerly (no CUDA graphs)")
-    ap.add_argument("--profile", action="store_true", help="profile the SDS step (graphed UNet) after timing it")
-    ap.add_argument("--channels-last", action="store_true", help="UNet and VAE weights in channels-last layout")
+    ap.add_argument("--profile", action="store_true",
+                    help="profile the SDS step (graphed UNet) after timing it, and the fit's static stage")
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -125,13 +130,12 @@ def main() -> None:
     print(f"device {device}, Zero123 components {params / 1e6:.0f}M parameters, {dtype}, "
           f"built in {time.perf_counter() - start:.1f} s", flush=True)
     for case in args.case or ["step", "fit"]:
-        row = (case_step(components, device, args.channels_last) if case == "step" else
-               case_fit(components, device, args.scale, not args.eager_unet, args.channels_last))
-        row["channels_last"] = args.channels_last
+        row = (case_step(components, device) if case == "step" else
+               case_fit(components, device, args.scale, not args.eager_unet, args.profile))
         print(json.dumps(row), flush=True)
         if case == "step" and args.profile:
-            profile_sds_step(Zero123Guidance(components, condition_image(), cuda_graphs=not args.eager_unet,
-                                             channels_last=args.channels_last), device)
+            profile_sds_step(Zero123Guidance(components, condition_image(), cuda_graphs=not args.eager_unet),
+                             device)
 
 
 if __name__ == "__main__":

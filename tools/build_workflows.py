@@ -90,10 +90,11 @@ SETTINGS: dict[str, dict[int, dict[str, Any]]] = {
 }
 RUNNABLE = set(SETTINGS)
 # The model workflows' own values where they differ from the node defaults (posed fits: no centring).
-# Fine stage: 16 frames a step (CoarseToFineConfig), not the node's CoCo4D default of 4, and 4DGS's
-# fine-stage densification.
+# Fine stage: 8 of the orbit's 24 frames a step, not the node's CoCo4D default of 4, and 4DGS's fine-stage
+# densification. On one H100 (bench/fit_bench.py --case orbital, two runs each) 8 frames gave 29.2 / 29.1 dB
+# in 33.1 / 29.6 s, 16 frames 29.1 / 28.1 dB in 41.9 / 42.3 s.
 SETTINGS["Diffusion4D"] = {11: {"center_object": False},
-                           12: {"center_object": False, "times_per_step": 16, "densify": True}}
+                           12: {"center_object": False, "times_per_step": 8, "densify": True}}
 # Tiny sizes for the test suite's headless runs (tests/test_run_workflow.py); never applied in ComfyUI.
 TEST_OVERRIDES = {
     "Gen4D_ForegroundFit_synthetic": {"1.num_frames": 3, "1.width": 24, "1.height": 24, "1.twin_points": 300,
