@@ -8,7 +8,7 @@
 #      and with the depth channel rendered (the fits' former render), and the profiles of the first two;
 #   3. the SDS step and its profile;
 #   4. fit_bench's orbital case (the Diffusion4D construction), twice as shipped (8 frames a fine step) and
-#      twice with 16, and a profile of its fine stage (at a tenth of the lengths); the Zero123-guided CoCo4D
+#      twice with 16, twice with the fine stage's update graphed, and a profile of its fine stage (at a tenth of the lengths); the Zero123-guided CoCo4D
 #      foreground, and a profile of its static stage;
 #   5. a posed-frames dataset exported from the object world, PosedFrames4D's nodes fitted on it, and the
 #      PSNR-against-time curve of bench/plans/goal_curve.json.
@@ -66,6 +66,8 @@ step sds_step 70 "$PY" bench/guidance_bench.py --case step --profile
 step orbital 140 "$PY" bench/fit_bench.py --case orbital --repeat 2 --json "$OUT_DIR/orbital.json"
 step orbital_16_frames 130 "$PY" bench/fit_bench.py --case orbital --repeat 2 --json "$OUT_DIR/orbital_16_frames.json" \
     --changes '{"fine": {"times_per_step": 16}}'
+step orbital_fine_graphed_update 130 "$PY" bench/fit_bench.py --case orbital --repeat 2 \
+    --json "$OUT_DIR/orbital_fine_graphed_update.json" --changes '{"fine": {"graphed_update": true}}'
 step orbital_profile 90 "$PY" bench/fit_bench.py --case orbital --scale 0.1 --profile
 step guided_fit 130 "$PY" bench/guidance_bench.py --case fit
 step guided_fit_profile 130 "$PY" bench/guidance_bench.py --case fit --profile
