@@ -7,9 +7,9 @@
 #   2. fit_bench's static case, three runs each with the defaults (graphed update), with the eager update
 #      and with the depth channel rendered (the fits' former render), and the profiles of the first two;
 #   3. the SDS step and its profile;
-#   4. fit_bench's orbital case (the Diffusion4D construction), twice as shipped (8 frames a fine step) and
-#      twice with 16, twice with the fine stage's update graphed, and a profile of its fine stage (at a tenth of the lengths); the Zero123-guided CoCo4D
-#      foreground, and a profile of its static stage;
+#   4. fit_bench's orbital case (the Diffusion4D construction), twice as shipped (8 frames a fine step),
+#      twice with 16, twice with the fine stage's update graphed, and a profile of its fine stage (at a
+#      tenth of the lengths); the Zero123-guided CoCo4D foreground, and a profile of its static stage;
 #   5. a posed-frames dataset exported from the object world, PosedFrames4D's nodes fitted on it, and the
 #      PSNR-against-time curve of bench/plans/goal_curve.json.
 # Every log lands in OUTDIR; the JSON rows of each bench in OUTDIR/*.json.
