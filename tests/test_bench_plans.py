@@ -102,7 +102,7 @@ def test_the_diffusion4d_base_is_what_the_shipped_workflow_fits_with(sweep):
     base = sweep.workflow_base(_views(), "diffusion4d")
     coarse, fine = FIT_PRESETS["diffusion4d_coarse"], FIT_PRESETS["diffusion4d_fine"]
     assert (base.coarse.iterations, base.coarse.views_per_step) == (5000, 4)
-    assert (base.fine.iterations, base.fine.times_per_step) == (2000, 16)
+    assert (base.fine.iterations, base.fine.times_per_step) == (2000, 8)
     assert base.fine.densify == fine_stage_densify(2000) and not base.fine.freeze_canonical
     assert base.coarse.learning_rates == coarse.learning_rates and base.coarse.lr_scale_with_extent
     assert base.fine.time_smoothness_weight == fine.time_smoothness_weight
