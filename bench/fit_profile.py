@@ -78,14 +78,21 @@ def _in_render_phase(render):
     return render_fn
 
 
+def phased_render(render=training_render):
+    """``render`` whose calls show up as the ``render`` phase of a profile (a static fit calls its render
+    function itself, where :func:`phase_ranges` only reaches the batched ``each``), keeping its depth-less
+    variant so the fit renders as it would unprofiled."""
+    render_fn = _in_render_phase(render)
+    if hasattr(render, "without_depth"):
+        render_fn.without_depth = _in_render_phase(render.without_depth)
+    return render_fn
+
+
 def profiled_static(init, views: PosedImages, config, device: torch.device, render=training_render):
     """A static fit (a coarse stage) under the torch profiler, its step divided into phases as the
     deformation fit's is; prints the busiest operators and the phases, returns the fit's result. The fit
     renders as it would unprofiled: through ``render``'s depth-less variant where its loss reads no depth."""
-    render_fn = _in_render_phase(render)
-    if hasattr(render, "without_depth"):
-        render_fn.without_depth = _in_render_phase(render.without_depth)
-
+    render_fn = phased_render(render)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     undo = phase_ranges([(dens, "accumulate", "densify"),
                           (dens, "step", "densify")])

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pack_loader import load_pack  # noqa: E402
 
 load_pack()
-from fit_profile import StageProfile  # noqa: E402
+from fit_profile import StageProfile, phased_render  # noqa: E402
 from gen4d import synthetic  # noqa: E402
 from gen4d.backends.render import training_render  # noqa: E402
 from gen4d.backends.zero123 import CameraProjection, Zero123Components, Zero123Guidance  # noqa: E402
@@ -96,7 +96,7 @@ def case_fit(components, device, scale: float, cuda_graphs: bool = True, profile
     sync()
     start = time.perf_counter()
     try:
-        static = fit_static(init, clip.views.subset([0]), training_render,
+        static = fit_static(init, clip.views.subset([0]), phased_render() if profiled else training_render,
                             replace(StaticFitConfig(iterations=s_iters, preview_every=0)), guidance,
                             window.step if window else None, device=device)
     finally:
