@@ -144,7 +144,9 @@ class StageProfile:
         sort = "self_cuda_time_total" if self.device.type == "cuda" else "self_cpu_time_total"
         print(averages.table(sort_by=sort, row_limit=25), flush=True)
         print_phases(self.prof, steps)
-        kernels = sum(e.self_device_time_total for e in averages if e.device_type.name == "CUDA")
+        # a phase range shows up as a device row too, spanning its kernels: count the kernels alone
+        kernels = sum(e.self_device_time_total for e in averages
+                      if e.device_type.name == "CUDA" and not e.key.startswith("phase:"))
         print(f"  {steps} steps profiled: {wall / steps * 1000:.2f} ms wall, {kernels / 1000 / steps:.2f} ms of "
               "kernels per step", flush=True)
 
