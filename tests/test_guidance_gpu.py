@@ -82,7 +82,7 @@ def test_sds_loss_on_the_gpu_repeats_under_its_seed(models_dir, name):
 
 
 @pytest.mark.parametrize("name", ["zero123", "sd"])
-def test_the_graphed_unet_gives_the_eager_loss_and_gradient(models_dir, name):
+def test_the_graphed_unet_and_encoder_give_the_eager_loss_and_gradient(models_dir, name):
     cams = _cameras(3)
     images = torch.rand(3, S, S, 3, generator=torch.Generator().manual_seed(5)).cuda()
     results = []
@@ -93,6 +93,7 @@ def test_the_graphed_unet_gives_the_eager_loss_and_gradient(models_dir, name):
         for ratio in (0.2, 0.7, 0.7):  # the second call at a shape replays the graph the first captured
             results.append(_loss_and_gradient(guidance, images, cams, ratio))
         assert (guidance._graphed._captures != {}) == graphs
+        assert (guidance._graphed_encoder._captures != {}) == graphs
     eager, graphed = results[:3], results[3:]
     for (le, ge), (lg, gg) in zip(eager, graphed):
         assert lg == pytest.approx(le, rel=1e-3, abs=1e-6)
