@@ -102,22 +102,24 @@ def _held_out(n: int, dynamic: bool) -> Cameras:
 
 
 class Timer:
-    """Wall time and peak memory of a block, and the CPU time of the thread that ran it (``cpu_seconds``):
-    a fit keeps that thread busy, launching work or spinning while it waits for the device, so wall time
-    well above it means the machine took the thread away (other load), not that the fit did more work."""
+    """Wall time and peak memory of a block, and the CPU time the process spent in it (``cpu_seconds``, all
+    threads: a fit's CUDA backward runs on autograd's device thread while the fitting thread sleeps, so that
+    thread's own time leaves the backward out). The threads spin while they wait for the device, so wall
+    time well above the CPU time means the machine took them off the CPU (other load). On a CPU device the
+    intra-op threads add up to more than the wall time."""
 
     def __enter__(self):
         if torch.cuda.is_available():
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
-        self.start, self.cpu_start = time.perf_counter(), time.thread_time()
+        self.start, self.cpu_start = time.perf_counter(), time.process_time()
         return self
 
     def __exit__(self, *exc):
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         self.seconds = time.perf_counter() - self.start
-        self.cpu_seconds = time.thread_time() - self.cpu_start
+        self.cpu_seconds = time.process_time() - self.cpu_start
         self.peak_mib = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else float("nan")
 
 
