@@ -7,13 +7,15 @@ Builds a real-size Zero123 from configs with random weights (no download): the S
 
 Cases:
     step    seconds per SDS step, batch 4 at 256² (VAE encode + 2x UNet with CFG + backward), with
-            the UNet replayed from CUDA graphs and eager, each step waited for (its latency); and the
-            graphed steps queued back to back as a fit runs them (its pace, ``..._pipelined``).
+            the UNet and the VAE encoder replayed from CUDA graphs, with the encoder eager, and all
+            eager, each step waited for (its latency); and the graphed steps queued back to back as a fit
+            runs them (its pace, ``..._pipelined``).
     fit     CoCo4D foreground with guidance on the object world: 1000 static + 800 deformation
             iterations, one SDS step (batch 4) per iteration (target: 60 s or less).
 
-Usage: python bench/guidance_bench.py [--case step] [--scale 1.0] [--eager-unet] [--profile]
-``--eager-unet`` runs the fit with ``Zero123Guidance.cuda_graphs`` off (on by default), for the A/B;
+Usage: python bench/guidance_bench.py [--case step] [--scale 1.0] [--eager | --eager-encoder] [--profile]
+``--eager`` runs the fit with ``Zero123Guidance.cuda_graphs`` off (on by default), ``--eager-encoder`` with
+the UNet graphed and the VAE encoder eager, for the A/Bs;
 ``--profile`` also prints where a step's time goes (busiest operators, kernel time against wall time): in
 the step case, of the SDS step alone; in the fit case, of the static stage's last 50 steps, its SDS call a
 phase of its own (the fit's time then includes the profiler's).
@@ -75,21 +77,31 @@ def condition_image():
     return synthetic.render(world, world.reference_cameras(256, 256, 1))["rgb"][0]
 
 
+def guidance_for(components, graphs: str = "all", condition=None) -> Zero123Guidance:
+    """The bench's guidance (``condition`` or the step case's image) with its CUDA graphs: "all" (the
+    default), "unet" (the VAE encoder eager) or "none"."""
+    condition = condition_image() if condition is None else condition
+    guidance = Zero123Guidance(components, condition, cuda_graphs=graphs != "none")
+    if graphs == "unet":
+        guidance.encode_latents().enabled = False
+    return guidance
+
+
 def case_step(components, device) -> dict:
-    cond = condition_image()
-    guidances = {graphs: Zero123Guidance(components, cond, cuda_graphs=graphs) for graphs in (True, False)}
+    guidances = {graphs: guidance_for(components, graphs) for graphs in ("all", "unet", "none")}
     seconds = {graphs: sds_step_seconds(guidance, device) for graphs, guidance in guidances.items()}
-    return {"case": "step", "batch": 4, "size": 256, "seconds_per_sds_step": seconds[True],
-            "seconds_per_sds_step_eager_unet": seconds[False],
-            "seconds_per_sds_step_pipelined": sds_step_seconds_pipelined(guidances[True], device),
+    return {"case": "step", "batch": 4, "size": 256, "seconds_per_sds_step": seconds["all"],
+            "seconds_per_sds_step_eager_encoder": seconds["unet"], "seconds_per_sds_step_eager": seconds["none"],
+            "seconds_per_sds_step_pipelined": sds_step_seconds_pipelined(guidances["all"], device),
+            "seconds_per_sds_step_pipelined_eager_encoder": sds_step_seconds_pipelined(guidances["unet"], device),
             "peak_mib": peak_mib()}
 
 
-def case_fit(components, device, scale: float, cuda_graphs: bool = True, profiled: bool = False) -> dict:
+def case_fit(components, device, scale: float, graphs: str = "all", profiled: bool = False) -> dict:
     world = synthetic.object_world(0)
     truth = synthetic.render(world, world.reference_cameras(256, 256, 16), supersample=3)
     clip = reference_clip(truth["rgb"], truth["foreground"], center=True)
-    guidance = Zero123Guidance(components, clip.views.images, cuda_graphs=cuda_graphs)
+    guidance = guidance_for(components, graphs, clip.views.images)
     s_iters, d_iters = max(int(1000 * scale), 1), max(int(800 * scale), 1)
     init = sphere_init(5000, 0.5, generator=torch.Generator().manual_seed(0))
     # The static stage's last 50 steps: enough to average, and the profiler's own work stays short.
@@ -111,7 +123,7 @@ def case_fit(components, device, scale: float, cuda_graphs: bool = True, profile
     end = time.perf_counter()
     return {"case": "fit", "static_iterations": s_iters, "deformation_iterations": d_iters,
             "static_seconds": mid - start, "deformation_seconds": end - mid, "total_seconds": end - start,
-            "target_seconds": 60.0, "cuda_graphs": cuda_graphs, "profiled": profiled,
+            "target_seconds": 60.0, "cuda_graphs": graphs, "profiled": profiled,
             "peak_mib": peak_mib()}
 
 
@@ -119,7 +131,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--case", choices=("step", "fit"), action="append")
     ap.add_argument("--scale", type=float, default=1.0)
-    ap.add_argument("--eager-unet", action="store_true", help="fit with the UNet run eagerly (no CUDA graphs)")
+    eager = ap.add_mutually_exclusive_group()
+    eager.add_argument("--eager", action="store_true", help="no CUDA graphs: the UNet and the VAE encoder eager")
+    eager.add_argument("--eager-encoder", action="store_true", help="the UNet graphed, the VAE encoder eager")
     ap.add_argument("--profile", action="store_true",
                     help="profile the SDS step (graphed UNet) after timing it, and the fit's static stage")
     args = ap.parse_args()
@@ -130,13 +144,13 @@ def main() -> None:
     params = sum(p.numel() for m in components.modules for p in m.parameters())
     print(f"device {device}, Zero123 components {params / 1e6:.0f}M parameters, {dtype}, "
           f"built in {time.perf_counter() - start:.1f} s", flush=True)
+    graphs = "none" if args.eager else "unet" if args.eager_encoder else "all"
     for case in args.case or ["step", "fit"]:
         row = (case_step(components, device) if case == "step" else
-               case_fit(components, device, args.scale, not args.eager_unet, args.profile))
+               case_fit(components, device, args.scale, graphs, args.profile))
         print(json.dumps(row), flush=True)
         if case == "step" and args.profile:
-            profile_sds_step(Zero123Guidance(components, condition_image(), cuda_graphs=not args.eager_unet),
-                             device)
+            profile_sds_step(guidance_for(components, graphs), device)
 
 
 if __name__ == "__main__":
