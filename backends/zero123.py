@@ -311,8 +311,8 @@ def mix_seeds(a: int, b: int) -> int:
 
 
 class GuidanceLifecycle:
-    """``reseed``, ``offload``, placement and the UNet call of the SDS guidances (fields: components, seed,
-    cuda_graphs, _placement, _generator, _embeds, _graphed, _graphed_encoder)."""
+    """``reseed``, ``end_fit``, ``offload``, placement and the UNet and encoder calls of the SDS guidances
+    (fields: components, seed, cuda_graphs, _placement, _generator, _embeds, _graphed, _graphed_encoder)."""
 
     def place(self, device: torch.device, dtype: torch.dtype) -> None:
         """Move the networks to ``device`` in ``dtype``.
@@ -346,6 +346,14 @@ class GuidanceLifecycle:
             self._graphed_encoder = GraphedBackward(lambda x: vae.encode(x).latent_dist.mean * scale, vae,
                                                     enabled=self.cuda_graphs)
         return self._graphed_encoder
+
+    def end_fit(self) -> None:
+        """A fit ended: drop the encoder's graphs. They hold the activations its backward reads, a whole
+        encoder pass over the batch (growing with the square of the view size), memory that other nodes'
+        models may need between fits; the next fit captures them again. The UNet's graphs, which keep no
+        activations for a backward, stay."""
+        if self._graphed_encoder is not None:
+            self._graphed_encoder.clear()
 
     def reseed(self, run_seed: int | None = None) -> None:
         """Restart the timestep/noise stream: at the constructor's seed, or (``run_seed`` given, as every

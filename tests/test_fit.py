@@ -352,6 +352,50 @@ def test_out_of_memory_becomes_a_value_error_with_a_cap(tiny):
         fit_deformation(canonical, tiny.video, out_of_memory, deformation_config(5, rigidity_weight=0.0))
 
 
+class CountingGuidance:
+    """A stand-in SDS guidance that checks what a real one reads (BHWC images in 0..1, one camera per image,
+    a scene time and progress in [0, 1]) and counts the fits it saw start and end."""
+
+    def __init__(self, fail_at: int | None = None):
+        self.starts, self.ends, self.calls, self.fail_at = 0, 0, 0, fail_at
+
+    def reseed(self, seed: int) -> None:
+        self.starts += 1
+
+    def end_fit(self) -> None:
+        self.ends += 1
+
+    def sds_loss(self, images, cameras, t, step_ratio):
+        assert images.dim() == 4 and images.shape[-1] == 3 and len(cameras) == images.shape[0]
+        assert 0.0 <= t <= 1.0 and 0.0 <= step_ratio <= 1.0
+        assert float(images.detach().min()) >= -1e-4 and float(images.detach().max()) <= 1 + 1e-4
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise RuntimeError("the guidance model failed")
+        return 1e-3 * (images - images.detach().mean()).square().mean()
+
+
+def test_every_fit_ends_its_guidance_however_it_stops(tiny, object_world):
+    """``end_fit`` (where a guidance gives back its per-fit memory) follows every fit's start exactly once:
+    after a full fit, a stopped one and a failed one, static and deformation alike."""
+    sampling = PoseSampling(batch=2, radius=2.0, width=24, height=24)
+    static = static_config(6, views_per_step=1, pose_sampling=sampling, sds_weight=1.0)
+    canonical = synthetic.surface_motion(object_world, [0.0], 300, seed=0).gaussians
+    dynamic = deformation_config(6, times_per_step=1, rigidity_weight=0.0, pose_sampling=sampling, sds_weight=1.0)
+
+    done, stopped, failed = CountingGuidance(), CountingGuidance(), CountingGuidance(fail_at=3)
+    fit_static(sphere(300), tiny.orbit, training_render, static, done)
+    fit_deformation(canonical, tiny.video, training_render, dynamic, done)
+    assert (done.starts, done.ends, done.calls) == (2, 2, 12)
+
+    fit_static(sphere(300), tiny.orbit, training_render, static, stopped, should_stop=lambda: stopped.calls >= 2)
+    assert (stopped.starts, stopped.ends, stopped.calls) == (1, 1, 2)
+
+    with pytest.raises(RuntimeError, match="the guidance model failed"):
+        fit_deformation(canonical, tiny.video, training_render, dynamic, failed)
+    assert (failed.starts, failed.ends) == (1, 1)
+
+
 def test_same_seed_same_gaussians(tiny):
     densify = DensifyConfig(total_iterations=30, refine_start=10, refine_every=10)
     config = static_config(30, views_per_step=2, densify=densify, seed=7)

@@ -99,3 +99,20 @@ def test_the_graphed_unet_and_encoder_give_the_eager_loss_and_gradient(models_di
         assert lg == pytest.approx(le, rel=1e-3, abs=1e-6)
         torch.testing.assert_close(gg, ge, rtol=1e-2, atol=1e-5)
 
+
+
+@pytest.mark.parametrize("name", ["zero123", "sd"])
+def test_a_fits_end_drops_the_encoder_graphs_and_the_next_fit_captures_them_again(models_dir, name):
+    guidance = _guidances()[name]
+    cams = _cameras(3)
+    images = torch.rand(3, S, S, 3, generator=torch.Generator().manual_seed(9)).cuda()
+    results = []
+    for _ in range(2):  # two fits with the same seed: the same loss and gradient from fresh captures
+        guidance.reseed(5)
+        results.append(_loss_and_gradient(guidance, images, cams, 0.4))
+        assert guidance._graphed_encoder._captures != {}
+        guidance.end_fit()
+        assert guidance._graphed_encoder._captures == {} and guidance._graphed._captures != {}
+    (first_loss, first_grad), (second_loss, second_grad) = results
+    assert second_loss == pytest.approx(first_loss, rel=1e-3, abs=1e-6)
+    torch.testing.assert_close(second_grad, first_grad, rtol=1e-2, atol=1e-5)

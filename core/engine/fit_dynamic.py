@@ -55,7 +55,7 @@ from .gaussians import Gaussians
 from .graphed_deformation import graphed_batch_deltas, graphed_plane_terms, graphs_supported
 from .graphed_loss import GraphedLoss
 from .graphed_update import GraphedUpdate, capturable_adam
-from .guidance import Guidance, PoseSampling, restart_guidance, sample_guidance_cameras
+from .guidance import Guidance, PoseSampling, guidance_released, restart_guidance, sample_guidance_cameras
 from .losses import ReconstructionLoss
 from .views import PosedImages
 
@@ -302,7 +302,7 @@ def fit_deformation(
     update = GraphedUpdate(params, optimizers, densify_state if dcfg is not None else None, extra=field_params,
                            enabled=graphed_update)
     targets = composited_targets(views, background)
-    with memory_guard("fit_deformation", lambda: len(canonical)):
+    with memory_guard("fit_deformation", lambda: len(canonical)), guidance_released(guidance):
         for step in range(cfg.iterations):
             if should_stop is not None and should_stop():
                 result.stopped = True

@@ -37,7 +37,7 @@ from .fit_monitor import FitDivergedError, FitMonitor
 from .gaussians import Gaussians
 from .graphed_loss import GraphedLoss
 from .graphed_update import GraphedUpdate, capturable_adam
-from .guidance import Guidance, PoseSampling, restart_guidance, sample_guidance_cameras
+from .guidance import Guidance, PoseSampling, guidance_released, restart_guidance, sample_guidance_cameras
 from .losses import ReconstructionLoss, psnr
 from .views import PosedImages
 
@@ -329,7 +329,7 @@ def fit_static(
     loss_fn = GraphedLoss(cfg.loss, enabled=cfg.graphed_loss)
     targets = composited_targets(views, background)
     update = GraphedUpdate(params, optimizer, state if dcfg is not None else None, enabled=graphed_update)
-    with memory_guard("fit_static", lambda: params["means"].shape[0]):
+    with memory_guard("fit_static", lambda: params["means"].shape[0]), guidance_released(guidance):
         for step in range(cfg.iterations):
             if should_stop is not None and should_stop():
                 result.stopped = True

@@ -9,6 +9,8 @@ Public API:
     annealed_timestep_range   DreamGaussian-style shrinking noise-level range for SDS
     sds_surrogate             a loss whose gradient w.r.t. the image is a given direction
     restart_guidance          restart a guidance's random stream at the start of a fit
+    finish_guidance           let a guidance release per-fit resources when a fit ends
+    guidance_released         a fit loop's context: ``finish_guidance`` on the way out, however it exits
 
 Design notes:
     A guidance object is anything with ``sds_loss``. It receives the rendered images in ComfyUI's
@@ -20,12 +22,15 @@ Design notes:
 
     A guidance that draws random timesteps and noise may also have ``reseed(run_seed)``; every fit
     calls it with its own seed before the first step (:func:`restart_guidance`), so a graph queued
-    again with the same seeds gives the same scene, however many fits used the guidance before.
+    again with the same seeds gives the same scene, however many fits used the guidance before. It may
+    also have ``end_fit()``, which every fit calls when it stops, however it stops
+    (:func:`finish_guidance`): the real guidances give back the memory their CUDA graphs hold there.
 """
 
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -42,6 +47,8 @@ __all__ = [
     "annealed_timestep_range",
     "sds_surrogate",
     "restart_guidance",
+    "finish_guidance",
+    "guidance_released",
 ]
 
 
@@ -50,6 +57,22 @@ def restart_guidance(guidance, seed: int) -> None:
     reseed = getattr(guidance, "reseed", None)
     if callable(reseed):
         reseed(int(seed))
+
+
+def finish_guidance(guidance) -> None:
+    """Call ``guidance.end_fit()`` where the guidance has it (no-op for ``None`` or guidances without one)."""
+    end_fit = getattr(guidance, "end_fit", None)
+    if callable(end_fit):
+        end_fit()
+
+
+@contextmanager
+def guidance_released(guidance):
+    """Run a fit's loop, then :func:`finish_guidance` however the loop exits (done, stopped or failed)."""
+    try:
+        yield
+    finally:
+        finish_guidance(guidance)
 
 
 @runtime_checkable
