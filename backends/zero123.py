@@ -350,8 +350,8 @@ class GuidanceLifecycle:
     def end_fit(self) -> None:
         """A fit ended: drop the encoder's graphs. They hold the activations its backward reads, a whole
         encoder pass over the batch (growing with the square of the view size), memory that other nodes'
-        models may need between fits; the next fit captures them again. The UNet's graphs, which keep no
-        activations for a backward, stay."""
+        models may need between fits; the next fit captures them again. The UNet's graphs stay: a no-grad
+        forward keeps no activations, only its working memory."""
         if self._graphed_encoder is not None:
             self._graphed_encoder.clear()
 
