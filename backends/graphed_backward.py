@@ -9,24 +9,39 @@ input signature; a call then replays the forward with one launch and autograd re
 
 Anything that is not a CUDA tensor that needs a gradient (an input without one is the no-grad forward
 ``GraphedForward`` serves), a disabled instance, or a capture that fails runs the function eagerly; a
-failed capture also turns graphs off for that instance, with a warning. The weights are read, never
-trained: the graphs hold their addresses, so when they move the next call captures again.
+failed capture also turns graphs off for that instance, with a warning (``GraphCache``). The weights are
+read, never trained: the graphs hold their addresses, so when they move the next call captures again.
 """
 
 from __future__ import annotations
 
-import logging
 from typing import Callable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-__all__ = ["GraphedBackward"]
+from .graph_cache import GraphCache, stream_capturing
 
-logger = logging.getLogger(__name__)
+__all__ = ["GraphedBackward", "graphs_supported"]
 
 
-class GraphedBackward:
+def graphs_supported(device: torch.device) -> bool:
+    """Whether work on ``device`` can be captured as CUDA graphs."""
+    return device.type == "cuda"
+
+
+class _Pass(nn.Module):
+    """``fn`` as a module giving a one-tensor tuple, the form ``make_graphed_callables`` captures."""
+
+    def __init__(self, fn: Callable[[Tensor], Tensor]) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x: Tensor) -> tuple[Tensor]:
+        return (self.fn(x),)
+
+
+class GraphedBackward(GraphCache):
     """``fn(x) -> tensor`` differentiable in ``x``, replayed from CUDA graphs forward and backward.
 
     Args:
@@ -43,51 +58,21 @@ class GraphedBackward:
 
     def __init__(self, fn: Callable[[Tensor], Tensor], module: torch.nn.Module, max_signatures: int = 2,
                  enabled: bool = True) -> None:
-        if max_signatures < 1:
-            raise ValueError(f"GraphedBackward: max_signatures must be >= 1, got {max_signatures}")
-        self.fn = fn
-        self.module = module
-        params = list(module.parameters())
-        self._watched = (params[0], params[-1]) if params else ()
-        self.max_signatures = max_signatures
-        self.enabled = enabled
-        self._captures: dict[tuple, Callable[[Tensor], Tensor]] = {}
-        self._placement: tuple | None = None
-
-    def clear(self) -> None:
-        """Drop every captured graph and its memory."""
-        self._captures.clear()
-        self._placement = None
+        super().__init__("GraphedBackward", fn, module, max_signatures, enabled)
 
     def __call__(self, x: Tensor) -> Tensor:
-        if not self._can_graph(x):
-            return self.fn(x)
-        placement = tuple((p.data_ptr(), p.dtype, p.device) for p in self._watched)
-        if placement != self._placement:  # the weights moved: every graph points at freed memory
-            self.clear()
-            self._placement = placement
-        key = (tuple(x.shape), x.dtype, x.device, x.stride())
-        graphed = self._captures.get(key)
-        if graphed is None:
-            if any(p.requires_grad for p in self.module.parameters()):
-                return self.fn(x)  # weights in training: a graph of fn alone would leave them without gradients
-            try:
-                graphed = self._capture(x)
-            except RuntimeError as exc:  # an operation that cannot be captured: stay eager from now on
-                logger.warning("CUDA graph capture failed, running eagerly: %s", exc)
-                self.enabled = False
-                self.clear()
-                return self.fn(x)
-            while len(self._captures) >= self.max_signatures:
-                self._captures.pop(next(iter(self._captures)))
-            self._captures[key] = graphed
-        return graphed(x)
+        graphed = self._capture_for((x,)) if self._can_graph(x) else None
+        return self.fn(x) if graphed is None else graphed(x)[0]
 
     def _can_graph(self, x: Tensor) -> bool:
-        return (self.enabled and isinstance(x, Tensor) and x.is_cuda and x.requires_grad
-                and torch.is_grad_enabled() and not torch.cuda.is_current_stream_capturing())
+        return (self.enabled and isinstance(x, Tensor) and graphs_supported(x.device) and x.requires_grad
+                and torch.is_grad_enabled() and not stream_capturing(x.device))
 
-    def _capture(self, x: Tensor) -> Callable[[Tensor], Tensor]:
-        sample = x.detach().clone().requires_grad_(True)
+    def _capturable(self) -> bool:
+        # Weights in training: a graph of fn alone would leave them without gradients.
+        return not any(p.requires_grad for p in self.module.parameters())
+
+    def _capture(self, inputs: tuple[Tensor, ...]) -> Callable[[Tensor], Tensor]:
+        sample = inputs[0].detach().clone().requires_grad_(True)
         # Its warm-up runs (cuDNN and cuBLAS choose and allocate outside the graphs) happen on a side stream.
-        return torch.cuda.make_graphed_callables(self.fn, (sample,))
+        return torch.cuda.make_graphed_callables(_Pass(self.fn), (sample,))

@@ -7,21 +7,20 @@ GPU waits. Captured once per input signature (shapes, dtypes, device) and weight
 copies its inputs into the graph's buffers and replays every kernel with one launch.
 
 Anything that is not a CUDA tensor, a call with autograd recording, or a capture that fails runs the
-function eagerly; the last also turns graphs off for that instance, with a warning.
+function eagerly; the last also turns graphs off for that instance, with a warning (``GraphCache``).
 """
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch import Tensor
 
-__all__ = ["GraphedForward"]
+from .graph_cache import GraphCache, stream_capturing
 
-logger = logging.getLogger(__name__)
+__all__ = ["GraphedForward"]
 
 Outputs = Tensor | tuple[Tensor, ...]
 
@@ -33,7 +32,7 @@ class _Capture:
     outputs: Outputs
 
 
-class GraphedForward:
+class GraphedForward(GraphCache):
     """``fn(*tensors)`` under ``no_grad``, replayed from CUDA graphs.
 
     Args:
@@ -52,42 +51,15 @@ class GraphedForward:
 
     def __init__(self, fn: Callable[..., Outputs], module: torch.nn.Module, warmup: int = 2,
                  max_signatures: int = 2, enabled: bool = True) -> None:
-        if warmup < 1 or max_signatures < 1:
-            raise ValueError(f"GraphedForward: warmup and max_signatures must be >= 1, got {warmup}, {max_signatures}")
-        self.fn = fn
-        params = list(module.parameters())
-        self._watched = (params[0], params[-1]) if params else ()  # a module moves all its weights at once
+        if warmup < 1:
+            raise ValueError(f"GraphedForward: warmup must be >= 1, got {warmup}")
+        super().__init__("GraphedForward", fn, module, max_signatures, enabled)
         self.warmup = warmup
-        self.max_signatures = max_signatures
-        self.enabled = enabled
-        self._captures: dict[tuple, _Capture] = {}
-        self._placement: tuple | None = None
-
-    def clear(self) -> None:
-        """Drop every captured graph and its memory."""
-        self._captures.clear()
-        self._placement = None
 
     def __call__(self, *inputs: Tensor) -> Outputs:
-        if not self._can_graph(inputs):
-            return self.fn(*inputs)
-        placement = self._weight_placement()
-        if placement != self._placement:  # the weights moved: every graph points at freed memory
-            self.clear()
-            self._placement = placement
-        key = tuple((tuple(t.shape), t.dtype, t.device, t.stride()) for t in inputs)
-        capture = self._captures.get(key)
+        capture = self._capture_for(inputs) if self._can_graph(inputs) else None
         if capture is None:
-            try:
-                capture = self._capture(inputs)
-            except RuntimeError as exc:  # an operation that cannot be captured: stay eager from now on
-                logger.warning("CUDA graph capture failed, running eagerly: %s", exc)
-                self.enabled = False
-                self.clear()
-                return self.fn(*inputs)
-            while len(self._captures) >= self.max_signatures:
-                self._captures.pop(next(iter(self._captures)))
-            self._captures[key] = capture
+            return self.fn(*inputs)
         for buffer, value in zip(capture.inputs, inputs):
             buffer.copy_(value, non_blocking=True)
         capture.graph.replay()
@@ -96,10 +68,7 @@ class GraphedForward:
     def _can_graph(self, inputs: tuple[Tensor, ...]) -> bool:
         return (self.enabled and not torch.is_grad_enabled() and len(inputs) > 0
                 and all(isinstance(t, Tensor) and t.is_cuda for t in inputs)
-                and not torch.cuda.is_current_stream_capturing())
-
-    def _weight_placement(self) -> tuple:
-        return tuple((p.data_ptr(), p.dtype, p.device) for p in self._watched)
+                and not stream_capturing(inputs[0].device))
 
     def _capture(self, inputs: tuple[Tensor, ...]) -> _Capture:
         static = tuple(t.detach().clone() for t in inputs)

@@ -364,6 +364,42 @@ def test_the_noise_schedule_lives_on_the_host_however_it_is_given(models_dir, ma
         torch.testing.assert_close(schedule, given.float().cpu())
 
 
+@pytest.mark.parametrize("make", [zero123, sd], ids=["zero123", "sd"])
+def test_the_graphed_encoder_gives_the_eager_loss_and_gradient_and_a_fits_end_drops_it(models_dir, monkeypatch,
+                                                                                    make):
+    """The VAE encoder's graphs on the CPU, through a stand-in with CUDA graphs' buffer semantics
+    (``graph_emulator``): replays give the eager loss and gradient step after step, ``end_fit`` drops the
+    capture, and the next fit captures again."""
+    from gen4d.backends import graphed_backward
+    from graph_emulator import make_graphed_callables
+
+    captured = []
+
+    def capture(module, sample_args, **kwargs):
+        captured.append(module)
+        return make_graphed_callables(module, sample_args, **kwargs)
+
+    cams = cameras([10.0, -20.0], [30.0, 200.0])
+    eager = make(seed=3)
+    eager.cuda_graphs = False
+    expected = []
+    for ratio in (0.2, 0.7, 0.7):
+        expected.append(sds_grad(eager, cams, step_ratio=ratio, seed=4))
+    monkeypatch.setattr(torch.cuda, "make_graphed_callables", capture)
+    monkeypatch.setattr(graphed_backward, "graphs_supported", lambda device: True)
+    graphed = make(seed=3)
+    for fit in range(2):
+        graphed.reseed() if fit else None
+        for (loss, grad), ratio in zip(expected, (0.2, 0.7, 0.7)):
+            got_loss, got_grad = sds_grad(graphed, cams, step_ratio=ratio, seed=4)
+            torch.testing.assert_close(got_loss, loss, rtol=1e-5, atol=1e-7)
+            torch.testing.assert_close(got_grad, grad, rtol=1e-4, atol=1e-7)
+        assert graphed._graphed_encoder._captures != {}
+        graphed.end_fit()
+        assert graphed._graphed_encoder._captures == {}
+    assert [m.replays for m in captured] == [3, 3], "one capture a fit, replayed every step"
+
+
 def test_the_host_is_asked_for_the_networks_once_a_fit_and_after_they_moved(models_dir, monkeypatch):
     from gen4d.backends import memory
 
