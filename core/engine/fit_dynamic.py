@@ -28,6 +28,7 @@ import torch
 
 from . import densify as dens
 from . import regularizers as reg
+from .cameras import Cameras
 from .deformation import (
     COCO4D_FOREGROUND_LR,
     Deformation,
@@ -51,11 +52,12 @@ from .fit_static import (
     set_learning_rate,
     view_schedule,
 )
-from .gaussians import Gaussians
+from .gaussians import GaussianBatch, Gaussians
 from .graphed_deformation import graphed_batch_deltas, graphed_plane_terms, graphs_supported
 from .graphed_loss import GraphedLoss
 from .graphed_update import GraphedUpdate, capturable_adam
 from .guidance import Guidance, PoseSampling, guidance_released, restart_guidance, sample_guidance_cameras
+from .joint_render import same_image_plane, split_render
 from .losses import ReconstructionLoss
 from .views import PosedImages
 
@@ -315,10 +317,23 @@ def fit_deformation(
             base = Gaussians(**params)
             deformed = deformation.forward_batch(base, times, check_values=False, deltas=batch_deltas)
             cams = views.cameras[index]
-            if render_each is not None:
+            guided = guidance is not None and cfg.sds_weight > 0 and step % cfg.sds_every == 0
+            joint = None
+            if guided:
+                k = int(torch.randint(0, len(deformed), (1,), generator=gen))
+                t = float(times_host[schedule_host[step, k]])
+                sds_cams = sample_guidance_cameras(cfg.pose_sampling, t, gen).to(dev, non_blocking=True)
+                if render_each is not None and isinstance(deformed, GaussianBatch) and same_image_plane(cams, sds_cams):
+                    # the frames and frame k's guidance views in one rasterization
+                    which = torch.cat([torch.arange(len(deformed)), torch.full((len(sds_cams),), k)])
+                    joint = render_each(deformed.select(which), Cameras.cat([cams, sds_cams]), background,
+                                        screen_grads=dcfg is not None)
+                    frames, sds_out = split_render(joint, len(cams))
+                    outs = [frames]
+            if joint is None and render_each is not None:
                 out = render_each(deformed, cams, background, screen_grads=dcfg is not None)
                 outs = out.parts or [out]
-            else:
+            elif joint is None:
                 outs = [render_fn(g, cams[i: i + 1], background) for i, g in enumerate(deformed)]
             rendered = {key: torch.cat([getattr(o, key) for o in outs]) for key in ("rgb", "alpha", "depth")
                         if getattr(outs[0], key) is not None}
@@ -335,11 +350,9 @@ def fit_deformation(
             for name, value in plane_terms().items():
                 terms[name] = value.detach()  # a graphed buffer: the monitor copies what it keeps
                 total = total + value
-            if guidance is not None and cfg.sds_weight > 0 and step % cfg.sds_every == 0:
-                k = int(torch.randint(0, len(deformed), (1,), generator=gen))
-                t = float(times_host[schedule_host[step, k]])
-                sds_cams = sample_guidance_cameras(cfg.pose_sampling, t, gen).to(dev, non_blocking=True)
-                sds_out = render_fn(deformed[k], sds_cams, background)
+            if guided:
+                if joint is None:
+                    sds_out = render_fn(deformed[k], sds_cams, background)
                 sds = cfg.sds_weight * guidance.sds_loss(sds_out.rgb, sds_cams, t, step / max(cfg.iterations - 1, 1))
                 terms["sds"] = sds.detach()
                 total = total + sds
@@ -351,7 +364,8 @@ def fit_deformation(
             for opt in optimizers:  # a graphed update needs the gradients where the last backward left them
                 opt.zero_grad(set_to_none=not graphed_update)
             total.backward()
-            screen = [] if dcfg is None else _screen_grads(outs, rendered["rgb"].shape[2], rendered["rgb"].shape[1])
+            screen = [] if dcfg is None else _screen_grads(
+                [joint] if joint is not None else outs, rendered["rgb"].shape[2], rendered["rgb"].shape[1], len(cams))
             monitor.add_repaired(update(screen))
             if dcfg is not None:
                 count = params["means"].shape[0]
@@ -384,10 +398,12 @@ def fit_deformation(
     return result
 
 
-def _screen_grads(outs: list, width: int, height: int) -> list[tuple[torch.Tensor, torch.Tensor, int, int]]:
-    """This step's screen-space gradients for densification, ``[(grad [B,N,2], radii, width, height)]`` (one
-    batched render or one render per set, together, since the loss averages over the B sets); empty when
-    a render has none (a custom ``render_fn``)."""
+def _screen_grads(outs: list, width: int, height: int,
+                  cameras: int) -> list[tuple[torch.Tensor, torch.Tensor, int, int]]:
+    """This step's screen-space gradients for densification, ``[(grad [B,N,2], radii, width, height)]`` of
+    the first ``cameras`` views, the fitted frames (one batched render, or one render per set, together,
+    since the loss averages over the B sets; a joint render's guidance views after them are left out);
+    empty when a render has none (a custom ``render_fn``)."""
     grads, radii = [], []
     for out in outs:
         means2d, r = getattr(out, "means2d", None), getattr(out, "radii", None)
@@ -395,7 +411,7 @@ def _screen_grads(outs: list, width: int, height: int) -> list[tuple[torch.Tenso
             return []
         grads.append(means2d.grad.reshape(-1, *means2d.grad.shape[-2:]))
         radii.append(r.reshape(-1, *r.shape[-2:]))
-    return [(torch.cat(grads), torch.cat(radii), width, height)]
+    return [(torch.cat(grads)[:cameras], torch.cat(radii)[:cameras], width, height)]
 
 
 def fine_stage_densify(iterations: int) -> dens.DensifyConfig:

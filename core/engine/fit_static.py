@@ -38,6 +38,7 @@ from .gaussians import Gaussians
 from .graphed_loss import GraphedLoss
 from .graphed_update import GraphedUpdate, capturable_adam
 from .guidance import Guidance, PoseSampling, guidance_released, restart_guidance, sample_guidance_cameras
+from .joint_render import JointRender, render_together
 from .losses import ReconstructionLoss, psnr
 from .views import PosedImages
 
@@ -341,19 +342,21 @@ def fit_static(
             gaussians = _to_gaussians(params)
             index = schedule[step]
             target, masks = targets[index], None if views.masks is None else views.masks[index]
-            out = render_fn(gaussians, views.cameras[index], background)
+            guided = guidance is not None and cfg.sds_weight > 0 and step % cfg.sds_every == 0
+            if guided:  # the seen views and the guidance views in one rasterization
+                t = float(times_host[schedule_host[step, 0]])
+                cams = sample_guidance_cameras(cfg.pose_sampling, t, gen).to(dev, non_blocking=True)
+                joint = render_together(render_fn, gaussians, views.cameras[index], cams, background)
+                out, sds_out = joint.first, joint.second
+            else:
+                out = render_fn(gaussians, views.cameras[index], background)
             rendered = {"rgb": out.rgb, "alpha": out.alpha, "depth": out.depth}
             total, parts = loss_fn({k: v for k, v in rendered.items() if v is not None}, target, masks)
             terms = {**parts}
-            renders = [out]
-            if guidance is not None and cfg.sds_weight > 0 and step % cfg.sds_every == 0:
-                t = float(times_host[schedule_host[step, 0]])
-                cams = sample_guidance_cameras(cfg.pose_sampling, t, gen).to(dev, non_blocking=True)
-                sds_out = render_fn(gaussians, cams, background)
+            if guided:
                 sds = cfg.sds_weight * guidance.sds_loss(sds_out.rgb, cams, t, step / max(cfg.iterations - 1, 1))
                 total = total + sds
                 terms["sds"] = sds.detach()
-                renders.append(sds_out)
             if not total.requires_grad:
                 raise ValueError(f"fit_static: no Gaussian is visible from the training cameras at step {step}, so "
                                  "nothing can be fitted: the initial Gaussians (init / gaussians input) lie outside "
@@ -362,9 +365,12 @@ def fit_static(
             # A graphed update needs the gradients where the last backward left them.
             optimizer.zero_grad(set_to_none=not graphed_update)
             total.backward()
-            screen = [] if dcfg is None else [
-                (r.means2d.grad, r.radii, r.rgb.shape[2], r.rgb.shape[1]) for r in renders
-                if r.means2d is not None and r.means2d.grad is not None]
+            if dcfg is None:
+                screen = []
+            elif guided:
+                screen = joint.screen_gradients()
+            else:
+                screen = JointRender(out, None, [out]).screen_gradients()
             monitor.add_repaired(update(screen))
             if dcfg is not None:
                 dens.step(params, optimizer, state, step + 1, dcfg, extent, gen)

@@ -283,6 +283,17 @@ class GaussianBatch(list):
         when the field is shared, else as it is."""
         return value.unsqueeze(0).expand(len(self), *value.shape) if name in self.shared else value
 
+    def select(self, index: Tensor) -> "GaussianBatch":
+        """The batch whose set ``i`` is this batch's set ``index[i]`` (repeats allowed): one gather per
+        stacked field, shared fields stay shared. Gradients flow back to this batch's tensors."""
+        index = torch.as_tensor(index, dtype=torch.long)
+        if index.dim() != 1 or index.numel() == 0:
+            raise ValueError(f"GaussianBatch.select: index must be a non-empty 1-D tensor, got {tuple(index.shape)}")
+        if index.device.type == "cpu" and not bool(((index >= 0) & (index < len(self))).all()):
+            raise ValueError(f"GaussianBatch.select: index {index.tolist()} out of range for {len(self)} sets")
+        values = {k: v if k in self.shared else v[index.to(v.device)] for k, v in self.fields.items()}
+        return GaussianBatch(values, index.numel())
+
 
 def _fmt(shape) -> str:
     return "[" + ",".join("N" if s is None else str(s) for s in shape) + "]"
