@@ -400,6 +400,34 @@ def test_the_graphed_encoder_gives_the_eager_loss_and_gradient_and_a_fits_end_dr
     assert [m.replays for m in captured] == [3, 3], "one capture a fit, replayed every step"
 
 
+@pytest.mark.parametrize("make", [zero123, sd], ids=["zero123", "sd"])
+def test_the_encoder_attention_runs_as_matrix_products_on_small_latents_with_the_same_result(models_dir, monkeypatch,
+                                                                                           make):
+    """Up to ``MATH_ATTENTION_MAX_TOKENS`` latent tokens the VAE encoder's attention is restricted to the
+    math backend (checked where the attention runs), beyond it the backends are left alone, and both give
+    the same loss and gradient."""
+    from gen4d.backends import zero123 as z
+
+    cams = cameras([10.0, -20.0], [30.0, 200.0])
+    runs = []
+    for limit in (z.MATH_ATTENTION_MAX_TOKENS, 0):
+        monkeypatch.setattr(z, "MATH_ATTENTION_MAX_TOKENS", limit)
+        guidance = make(seed=3)
+        guidance.cuda_graphs = False
+        seen = []
+        attention = guidance.components.vae.encoder.mid_block.attentions[0]
+        hook = attention.register_forward_pre_hook(
+            lambda module, args, seen=seen: seen.append(torch.backends.cuda.mem_efficient_sdp_enabled()))
+        try:
+            runs.append((sds_grad(guidance, cams, seed=4), seen))
+        finally:
+            hook.remove()
+    ((loss, grad), math_only), ((loss_fused, grad_fused), fused) = runs
+    assert math_only[-1] is False and all(fused), "the SDS encode (Zero123 encodes its condition image first)"
+    torch.testing.assert_close(loss, loss_fused, rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(grad, grad_fused, rtol=1e-3, atol=1e-3 * float(grad_fused.abs().max()))
+
+
 def test_the_host_is_asked_for_the_networks_once_a_fit_and_after_they_moved(models_dir, monkeypatch):
     from gen4d.backends import memory
 
