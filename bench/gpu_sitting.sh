@@ -9,8 +9,9 @@
 #   3. the SDS step and its profile;
 #   4. fit_bench's orbital case (the Diffusion4D construction), twice as shipped (8 frames a fine step),
 #      twice with 16, twice with the fine stage's update graphed, and a profile of its fine stage (at a
-#      tenth of the lengths); the Zero123-guided CoCo4D foreground, again with its VAE encoder eager (the
-#      A/B of the encoder's CUDA graphs), and a profile of its static stage;
+#      tenth of the lengths); the Zero123-guided CoCo4D foreground (twice in one process: a process's first
+#      fit and one after it), again with its VAE encoder eager (the A/B of the encoder's CUDA graphs), and a
+#      profile of its static stage;
 #   5. a posed-frames dataset exported from the object world, PosedFrames4D's nodes fitted on it, and the
 #      PSNR-against-time curve of bench/plans/goal_curve.json.
 # Every log lands in OUTDIR; the JSON rows of each bench in OUTDIR/*.json.
@@ -70,7 +71,7 @@ step orbital_16_frames 130 "$PY" bench/fit_bench.py --case orbital --repeat 2 --
 step orbital_fine_graphed_update 130 "$PY" bench/fit_bench.py --case orbital --repeat 2 \
     --json "$OUT_DIR/orbital_fine_graphed_update.json" --changes '{"fine": {"graphed_update": true}}'
 step orbital_profile 90 "$PY" bench/fit_bench.py --case orbital --scale 0.1 --profile
-step guided_fit 130 "$PY" bench/guidance_bench.py --case fit
+step guided_fit 220 "$PY" bench/guidance_bench.py --case fit --repeat 2
 step guided_fit_eager_encoder 130 "$PY" bench/guidance_bench.py --case fit --eager-encoder
 step guided_fit_profile 130 "$PY" bench/guidance_bench.py --case fit --profile
 [ -f /tmp/gen4d_pf/transforms_test.json ] || step export 90 "$PY" bench/posed_frames_bench.py \
