@@ -47,7 +47,7 @@ from gen4d.core.coco4d.reference import reference_clip  # noqa: E402
 from gen4d.core.engine.fit_dynamic import DeformationFitConfig, fit_deformation  # noqa: E402
 from gen4d.core.engine.fit_static import StaticFitConfig, fit_static  # noqa: E402
 from gen4d.core.engine.gaussians import sphere_init  # noqa: E402
-from timing import peak_mib, profile_sds_step, sds_step_seconds, sds_step_seconds_pipelined, sync  # noqa: E402
+from timing import StepClock, peak_mib, profile_sds_step, sds_step_seconds, sds_step_seconds_pipelined, sync  # noqa: E402
 
 
 def real_size_zero123(device: torch.device, dtype: torch.dtype) -> Zero123Components:
@@ -111,21 +111,25 @@ def case_fit(components, device, scale: float, graphs: str = "all", profiled: bo
     window = StageProfile(max(s_iters - 50, 0), device, [(Zero123Guidance, "sds_loss", "sds")]) if profiled else None
     sync()
     start = time.perf_counter()
+    static_clock = StepClock(window.step if window else None)
     try:
         static = fit_static(init, clip.views.subset([0]), phased_render() if profiled else training_render,
                             replace(StaticFitConfig(iterations=s_iters, preview_every=0)), guidance,
-                            window.step if window else None, device=device)
+                            static_clock, device=device)
     finally:
         if window is not None:
             window.close()
     sync()
     mid = time.perf_counter()
+    deformation_clock = StepClock()
     fit_deformation(static.gaussians, clip.views, training_render,
-                    DeformationFitConfig(iterations=d_iters, preview_every=0), guidance, device=device)
+                    DeformationFitConfig(iterations=d_iters, preview_every=0), guidance, deformation_clock,
+                    device=device)
     sync()
     end = time.perf_counter()
     return {"case": "fit", "static_iterations": s_iters, "deformation_iterations": d_iters,
             "static_seconds": mid - start, "deformation_seconds": end - mid, "total_seconds": end - start,
+            **static_clock.summary("static"), **deformation_clock.summary("deformation"),
             "target_seconds": 60.0, "cuda_graphs": graphs, "profiled": profiled,
             "peak_mib": peak_mib()}
 

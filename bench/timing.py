@@ -8,7 +8,7 @@ import time
 import torch
 from gen4d.core.engine.guidance import PoseSampling, sample_guidance_cameras
 
-__all__ = ["sync", "peak_mib", "sds_step_seconds", "sds_step_seconds_pipelined", "profile_sds_step"]
+__all__ = ["sync", "peak_mib", "sds_step_seconds", "sds_step_seconds_pipelined", "profile_sds_step", "StepClock"]
 
 
 def sync() -> None:
@@ -74,3 +74,31 @@ def profile_sds_step(guidance, device: torch.device, batch: int = 4, size: int =
     kernel_us = sum(e.self_device_time_total for e in prof.key_averages() if e.device_type.name == "CUDA")
     print(f"SDS step under the profiler: {wall * 1e3:.1f} ms wall, {kernel_us / 1e3 / steps:.1f} ms of kernels",
           flush=True)
+
+
+class StepClock:
+    """A fit's progress callback that notes the host clock after every step, to tell a slow start from a
+    slow pace. A fit step renders through gsplat, whose tile intersection waits for the device, so the host
+    clock follows the device's within a step.
+
+    ``StepClock(then=other_callback)`` also passes each call on. Start it right before the fit."""
+
+    def __init__(self, then=None, head: int = 100):
+        self.then, self.head = then, int(head)
+        self.times = [time.perf_counter()]
+
+    def __call__(self, steps: int, total=None, preview=None) -> None:
+        self.times.append(time.perf_counter())
+        if self.then is not None:
+            self.then(steps, total, preview)
+
+    def summary(self, prefix: str) -> dict:
+        """``{prefix}_first_steps_seconds``: the first ``head`` steps; ``{prefix}_ms_per_step_after``: the
+        median step after them (absent for fits that short)."""
+        t = self.times
+        if len(t) <= self.head + 1:
+            return {}
+        later = sorted(b - a for a, b in zip(t[self.head:], t[self.head + 1:]))
+        return {f"{prefix}_first_{self.head}_steps_seconds": t[self.head] - t[0],
+                f"{prefix}_ms_per_step_after": 1e3 * later[len(later) // 2]}
+
