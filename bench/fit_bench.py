@@ -56,6 +56,7 @@ from gen4d.core.engine.views import PosedImages  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fit_profile import StageProfile, profiled_static  # noqa: E402
 from posed_frames_sweep import apply_changes, workflow_base  # noqa: E402
+from warm_up import warm_up_engine  # noqa: E402
 
 
 def diffusion4d_stages(views: PosedImages) -> CoarseToFineConfig:
@@ -227,22 +228,6 @@ def case_coco4d_fg(scale: float, cuda_graphs: bool = True, graphed_loss: bool = 
             "seen_view_video_psnr": float(psnr(out, clip.views.images)), "target_seconds": 30.0}
 
 
-def _warm_up(device: torch.device) -> None:
-    """One tiny fit of each kind, so the cases time their steps, not the process's first use of each kernel
-    (gsplat's JIT build or load, cuDNN's SSIM convolutions, fused Adam, the deformation field's graphs)."""
-    views = _views(synthetic.object_world(0), diffusion4d_orbit(64, 64, 4, dynamic=True, **ORBIT))
-    init = sphere_init(200, 0.5, generator=torch.Generator().manual_seed(0))
-    loss = ReconstructionLoss(l1=0.8, dssim=0.2, mask=0.5)
-    fit_static(init, views, training_render, StaticFitConfig(iterations=5, views_per_step=2, preview_every=0,
-                                                             loss=loss), device=device)
-    base = CoarseToFineConfig()
-    tiny = CoarseToFineConfig(coarse=replace(base.coarse, iterations=5, preview_every=0),
-                              fine=replace(base.fine, iterations=5, times_per_step=2, preview_every=0))
-    fit_coarse_to_fine(init, views, training_render, None, tiny, device=device)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 CASES = {"static": case_static, "orbital": case_orbital, "coco4d_fg": case_coco4d_fg}
 # The stages each case fits, by their --changes key.
 STAGES = {"static": ("static",), "orbital": ("coarse", "fine"), "coco4d_fg": ("static", "deformation")}
@@ -292,7 +277,7 @@ def main() -> None:
     device = _device()
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     start = time.perf_counter()
-    _warm_up(device)
+    warm_up_engine(device)
     print(f"device {name}, backends {available_backends()}, torch {torch.__version__}, "
           f"warm-up {time.perf_counter() - start:.1f} s", flush=True)
     if args.repeat < 1:
