@@ -13,6 +13,7 @@ from gen4d.core.coco4d.reference import reference_clip
 from gen4d.core.engine import fit_dynamic, joint_render
 from gen4d.core.engine.cameras import diffusion4d_orbit
 from gen4d.core.engine.deformation import HexPlaneConfig
+from gen4d.core.engine.densify import DensifyConfig
 from gen4d.core.engine.fit_dynamic import DeformationFitConfig, fit_deformation
 from gen4d.core.engine.fit_static import GaussianLearningRates, StaticFitConfig, fit_static
 from gen4d.core.engine.gaussians import GaussianBatch, sphere_init
@@ -188,8 +189,9 @@ def test_a_guided_deformation_fit_renders_frames_and_guidance_views_together_wit
         object_world, monkeypatch, device):
     video = _reference_clip(object_world, 4)
     canonical = synthetic.surface_motion(object_world, [0.0], 300, seed=0).gaussians
+    densify = DensifyConfig(refine_start=2, refine_every=2, refine_stop=10, grad_threshold=1e-6, prune_scale3d=None)
     config = DeformationFitConfig(iterations=STEPS, times_per_step=3, preview_every=0, sds_weight=1.0,
-                                  rigidity_weight=0.0,
+                                  rigidity_weight=0.0, freeze_canonical=False, densify=densify,
                                   hexplane=HexPlaneConfig(base_resolution=16, feature_dim=16, multires=(1, 2)),
                                   pose_sampling=PoseSampling(batch=2, radius=2.0, width=SIZE, height=SIZE))
     calls = []
@@ -203,10 +205,12 @@ def test_a_guided_deformation_fit_renders_frames_and_guidance_views_together_wit
     joint_guidance = RecordingGuidance()
     joint = fit_deformation(canonical, video, training_render, config, joint_guidance, device=device)
     assert calls == [True] * STEPS, "every step took the joint path"
+    assert len(joint.gaussians) > len(canonical), "densification read the frames' screen-space gradients"
 
     _apart(monkeypatch)
     apart_guidance = RecordingGuidance()
     apart = fit_deformation(canonical, video, training_render, config, apart_guidance, device=device)
+    assert len(apart.gaussians) == len(joint.gaussians)
     _same_run(joint_guidance, apart_guidance, joint.gaussians, apart.gaussians)
     a, b = joint.extra["motion"].state_dict(), apart.extra["motion"].state_dict()
     for key in a:

@@ -364,8 +364,9 @@ def fit_deformation(
             for opt in optimizers:  # a graphed update needs the gradients where the last backward left them
                 opt.zero_grad(set_to_none=not graphed_update)
             total.backward()
-            screen = [] if dcfg is None else _screen_grads(
-                [joint] if joint is not None else outs, rendered["rgb"].shape[2], rendered["rgb"].shape[1], len(cams))
+            drawn = outs if joint is None else getattr(joint, "parts", None) or [joint]
+            screen = [] if dcfg is None else _screen_grads(drawn, rendered["rgb"].shape[2], rendered["rgb"].shape[1],
+                                                           len(cams))
             monitor.add_repaired(update(screen))
             if dcfg is not None:
                 count = params["means"].shape[0]

@@ -38,7 +38,7 @@ from .gaussians import Gaussians
 from .graphed_loss import GraphedLoss
 from .graphed_update import GraphedUpdate, capturable_adam
 from .guidance import Guidance, PoseSampling, guidance_released, restart_guidance, sample_guidance_cameras
-from .joint_render import JointRender, render_together
+from .joint_render import render_together, screen_gradients
 from .losses import ReconstructionLoss, psnr
 from .views import PosedImages
 
@@ -370,7 +370,7 @@ def fit_static(
             elif guided:
                 screen = joint.screen_gradients()
             else:
-                screen = JointRender(out, None, [out]).screen_gradients()
+                screen = screen_gradients(out)
             monitor.add_repaired(update(screen))
             if dcfg is not None:
                 dens.step(params, optimizer, state, step + 1, dcfg, extent, gen)

@@ -4,6 +4,7 @@
 Public API:
     RenderedPart       the images of some of a joint render's cameras
     JointRender        two camera batches' images, and their screen-space gradients after the backward
+    screen_gradients   one render's screen-space gradients after the backward (densification's input)
     same_image_plane   whether two camera batches can share one rasterization
     split_render       a joint render's images, cut after its first ``n`` cameras
     render_together    ``render_fn`` once for two camera batches of one Gaussian set
@@ -29,7 +30,7 @@ from torch import Tensor
 from .cameras import Cameras
 from .gaussians import Gaussians
 
-__all__ = ["RenderedPart", "JointRender", "same_image_plane", "split_render", "render_together"]
+__all__ = ["RenderedPart", "JointRender", "screen_gradients", "same_image_plane", "split_render", "render_together"]
 
 
 @dataclass
@@ -59,26 +60,29 @@ def split_render(out, n: int) -> tuple[RenderedPart, RenderedPart]:
     return _part(out, 0, n), _part(out, n, out.rgb.shape[0])
 
 
+def screen_gradients(out) -> list[tuple[Tensor, Tensor, int, int]]:
+    """After the backward: ``[(means2d grad [C,N,2], radii, width, height)]`` of one render, or none when it
+    keeps no screen-space data (a custom renderer's) or nothing reached it."""
+    means2d, radii = getattr(out, "means2d", None), getattr(out, "radii", None)
+    if means2d is None or means2d.grad is None or radii is None:
+        return []
+    return [(means2d.grad, radii, out.rgb.shape[2], out.rgb.shape[1])]
+
+
 @dataclass
 class JointRender:
     """Two camera batches of one Gaussian set, rendered together (``renders`` holds one call's output) or
-    apart (two): ``first`` and ``second`` hold each batch's images (``second`` None: one batch only)."""
+    apart (two): ``first`` and ``second`` hold each batch's images."""
 
     first: object
-    second: object | None
+    second: object
     renders: list
 
     def screen_gradients(self) -> list[tuple[Tensor, Tensor, int, int]]:
-        """After the backward: ``[(means2d grad [C,N,2], radii, width, height)]`` per camera batch, as
-        separate renders would give them (densification scales each by its batch's camera count, the
-        count its loss averaged over); a render without screen-space data (a custom renderer's, or one
-        that nothing reached) gives none."""
-        entries = []
-        for out in self.renders:
-            means2d, radii = getattr(out, "means2d", None), getattr(out, "radii", None)
-            if means2d is not None and means2d.grad is not None and radii is not None:
-                entries.append((means2d.grad, radii, out.rgb.shape[2], out.rgb.shape[1]))
-        if len(self.renders) == 1 and self.second is not None and entries:
+        """:func:`screen_gradients` per camera batch, as separate renders would give them (densification
+        scales each by its batch's camera count, the count its loss averaged over)."""
+        entries = [entry for out in self.renders for entry in screen_gradients(out)]
+        if len(self.renders) == 1 and entries:
             (grad, radii, width, height), n = entries[0], self.first.rgb.shape[0]
             entries = [(grad[:n], radii[:n], width, height), (grad[n:], radii[n:], width, height)]
         return entries
