@@ -118,6 +118,23 @@ def test_select_repeats_sets_and_sends_gradients_back():
         batch.select(torch.tensor([], dtype=torch.long))
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_select_on_the_gpu_never_waits_for_the_device():
+    """A fit step selects sets with an index already on the device; a host index is copied without a wait."""
+    from device_waits import no_device_waits
+
+    g = _sphere(50).to("cuda")
+    values = {"means": torch.stack([g.means, g.means + 1.0]), "quats": g.quats, "log_scales": g.log_scales,
+              "logit_opacities": g.logit_opacities, "sh": g.sh}
+    batch = GaussianBatch(values, 2)
+    on_device = torch.tensor([1, 0, 1], device="cuda")
+    torch.cuda.synchronize()
+    with no_device_waits():
+        picked = [batch.select(on_device), batch.select(torch.tensor([1, 0, 1]))]
+    for p in picked:
+        torch.testing.assert_close(p.stacked("means"), values["means"][[1, 0, 1]])
+
+
 class RecordingGuidance:
     """A stand-in SDS guidance: a smooth loss on the images it receives (so the fit depends on them), which
     checks the camera count and keeps each step's images and cameras for comparison."""

@@ -304,6 +304,10 @@ def fit_deformation(
     update = GraphedUpdate(params, optimizers, densify_state if dcfg is not None else None, extra=field_params,
                            enabled=graphed_update)
     targets = composited_targets(views, background)
+    # The sets a joint render draws when frame k's guidance views join the step's frames: made once, on the device.
+    frames = schedule_host.shape[1]
+    frame_then_guidance = [] if guidance is None else [
+        torch.cat([torch.arange(frames), torch.full((cfg.pose_sampling.batch,), k)]).to(dev) for k in range(frames)]
     with memory_guard("fit_deformation", lambda: len(canonical)), guidance_released(guidance):
         for step in range(cfg.iterations):
             if should_stop is not None and should_stop():
@@ -325,9 +329,8 @@ def fit_deformation(
                 sds_cams = sample_guidance_cameras(cfg.pose_sampling, t, gen).to(dev, non_blocking=True)
                 if render_each is not None and isinstance(deformed, GaussianBatch) and same_image_plane(cams, sds_cams):
                     # the frames and frame k's guidance views in one rasterization
-                    which = torch.cat([torch.arange(len(deformed)), torch.full((len(sds_cams),), k)])
-                    joint = render_each(deformed.select(which), Cameras.cat([cams, sds_cams]), background,
-                                        screen_grads=dcfg is not None)
+                    joint = render_each(deformed.select(frame_then_guidance[k]), Cameras.cat([cams, sds_cams]),
+                                        background, screen_grads=dcfg is not None)
                     frames, sds_out = split_render(joint, len(cams))
                     outs = [frames]
             if joint is None and render_each is not None:

@@ -291,7 +291,8 @@ class GaussianBatch(list):
             raise ValueError(f"GaussianBatch.select: index must be a non-empty 1-D tensor, got {tuple(index.shape)}")
         if index.device.type == "cpu" and not bool(((index >= 0) & (index < len(self))).all()):
             raise ValueError(f"GaussianBatch.select: index {index.tolist()} out of range for {len(self)} sets")
-        values = {k: v if k in self.shared else v[index.to(v.device)] for k, v in self.fields.items()}
+        index = index.to(self.fields["means"].device, non_blocking=True)  # one copy, not waited for
+        values = {k: v if k in self.shared else v[index] for k, v in self.fields.items()}
         return GaussianBatch(values, index.numel())
 
 
