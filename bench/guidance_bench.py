@@ -22,8 +22,9 @@ in the timed fit. ``--repeat N`` fits N times in one process, and the rows say w
 ``--eager`` runs the fit with ``Zero123Guidance.cuda_graphs`` off (on by default), ``--eager-encoder`` with
 the UNet graphed and the VAE encoder eager, for the A/Bs;
 ``--profile`` also prints where a step's time goes (busiest operators, kernel time against wall time): in
-the step case, of the SDS step alone; in the fit case, of the static stage's last 50 steps, its SDS call a
-phase of its own (the fit's time then includes the profiler's).
+the step case, of the SDS step alone, then of the eager step by operator and input shape; in the fit case,
+of the static stage's last 50 steps, its SDS call a phase of its own (the fit's time then includes the
+profiler's).
 """
 
 from __future__ import annotations
@@ -165,6 +166,9 @@ def main() -> None:
             print(json.dumps(case_step(components, device)), flush=True)
             if args.profile:
                 profile_sds_step(guidance_for(components, graphs), device)
+                print("The eager step by operator and input shape (which operators the kernels belong to):",
+                      flush=True)
+                profile_sds_step(guidance_for(components, "none"), device, by_operator=True)
             continue
         start = time.perf_counter()
         warm_up_engine(device)

@@ -52,9 +52,12 @@ def sds_step_seconds_pipelined(guidance, device: torch.device, batch: int = 4, s
     return (time.perf_counter() - start) / repeats
 
 
-def profile_sds_step(guidance, device: torch.device, batch: int = 4, size: int = 256, steps: int = 6) -> None:
-    """Print where an SDS step's time goes: the busiest operators by device time, and per step the
-    device's kernel time against the wall time (near equal: GPU-bound; far apart: the host sets the pace)."""
+def profile_sds_step(guidance, device: torch.device, batch: int = 4, size: int = 256, steps: int = 6,
+                     by_operator: bool = False) -> None:
+    """Print where an SDS step's time goes: the busiest kernels by device time (``by_operator``: the busiest
+    operators with their input shapes, each with its kernels' time; run it on an eager guidance, whose kernels
+    a graph replay does not hide), and per step the device's kernel time against the wall time (near equal:
+    GPU-bound; far apart: the host sets the pace)."""
     from torch.profiler import ProfilerActivity, profile
 
     cams = sample_guidance_cameras(PoseSampling(batch=batch), 0.0, torch.Generator().manual_seed(0))
@@ -64,13 +67,16 @@ def profile_sds_step(guidance, device: torch.device, batch: int = 4, size: int =
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     sync()
     start = time.perf_counter()
-    with profile(activities=activities) as prof:
+    with profile(activities=activities, record_shapes=by_operator) as prof:
         for i in range(steps):
             guidance.sds_loss(images, cams, 0.0, i / max(steps - 1, 1)).backward()
         sync()
     wall = (time.perf_counter() - start) / steps
-    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    print(prof.key_averages().table(sort_by=sort, row_limit=25), flush=True)
+    if device.type != "cuda":
+        sort = "self_cpu_time_total"
+    else:
+        sort = "cuda_time_total" if by_operator else "self_cuda_time_total"
+    print(prof.key_averages(group_by_input_shape=by_operator).table(sort_by=sort, row_limit=25), flush=True)
     kernel_us = sum(e.self_device_time_total for e in prof.key_averages() if e.device_type.name == "CUDA")
     print(f"SDS step under the profiler: {wall * 1e3:.1f} ms wall, {kernel_us / 1e3 / steps:.1f} ms of kernels",
           flush=True)
