@@ -56,7 +56,8 @@ EAGER_UPDATE='{"static": {"graphed_update": false}}'
 step gsplat_build 240 "$PY" -c "from gsplat.cuda._backend import _C; assert _C is not None; print('gsplat: ready')"
 step gpu_tests 170 "$PY" -m pytest -q -p no:cacheprovider --tb=short -rf tests/test_image_filter.py \
     tests/test_graphed_loss.py tests/test_graphed_update.py tests/test_guidance_gpu.py tests/test_fit_step_gpu.py \
-    tests/test_graphed_forward.py tests/test_graphed_backward.py tests/test_graphed_deformation_gpu.py tests/test_render_gpu.py
+    tests/test_graphed_forward.py tests/test_graphed_backward.py tests/test_graphed_deformation_gpu.py tests/test_render_gpu.py \
+    tests/test_joint_render.py tests/test_render_each.py
 step static 70 "$PY" bench/fit_bench.py --case static --repeat 3 --json "$OUT_DIR/static.json"
 step static_eager_update 70 "$PY" bench/fit_bench.py --case static --repeat 3 --changes "$EAGER_UPDATE" \
     --json "$OUT_DIR/static_eager_update.json"
