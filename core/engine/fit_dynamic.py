@@ -57,7 +57,7 @@ from .graphed_deformation import graphed_batch_deltas, graphed_plane_terms, grap
 from .graphed_loss import GraphedLoss
 from .graphed_update import GraphedUpdate, capturable_adam
 from .guidance import Guidance, PoseSampling, guidance_released, restart_guidance, sample_guidance_cameras
-from .joint_render import same_image_plane, split_render
+from .joint_render import same_image_plane, screen_gradients, split_render
 from .losses import ReconstructionLoss
 from .views import PosedImages
 
@@ -408,14 +408,12 @@ def _screen_grads(outs: list, width: int, height: int,
     the first ``cameras`` views, the fitted frames (one batched render, or one render per set, together,
     since the loss averages over the B sets; a joint render's guidance views after them are left out);
     empty when a render has none (a custom ``render_fn``)."""
-    grads, radii = [], []
-    for out in outs:
-        means2d, r = getattr(out, "means2d", None), getattr(out, "radii", None)
-        if means2d is None or means2d.grad is None or r is None:
-            return []
-        grads.append(means2d.grad.reshape(-1, *means2d.grad.shape[-2:]))
-        radii.append(r.reshape(-1, *r.shape[-2:]))
-    return [(torch.cat(grads)[:cameras], torch.cat(radii)[:cameras], width, height)]
+    entries = [entry for out in outs for entry in screen_gradients(out)]
+    if not outs or len(entries) != len(outs):
+        return []
+    grads = torch.cat([grad.reshape(-1, *grad.shape[-2:]) for grad, _, _, _ in entries])
+    radii = torch.cat([r.reshape(-1, *r.shape[-2:]) for _, r, _, _ in entries])
+    return [(grads[:cameras], radii[:cameras], width, height)]
 
 
 def fine_stage_densify(iterations: int) -> dens.DensifyConfig:
