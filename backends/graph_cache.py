@@ -6,6 +6,15 @@ share this bookkeeping: a graph holds the addresses of the weights, so when they
 or dtype, parked on the CPU) every graph is dropped; a few signatures are kept, the oldest dropped
 first; and a capture that fails turns graphs off for the instance, with a warning, so the pass runs
 eagerly from then on.
+
+With ``compiled`` the graphs record the pass as ``torch.compile`` (inductor) builds it: element-wise work
+and normalisations fused into a few generated kernels, convolutions in the layout their kernels want.
+Graphs alone remove the launches, not the kernels; on one H100 a real-size Zero123 SDS step (UNet
+forward, VAE encoder forward and backward, batch 4 at 256 px, bf16) took 28.8 ms of device time a step
+as graphs of the eager passes and 20.0 ms compiled (``bench/guidance_bench.py --case step``). Compiling
+happens once, in the warm-up before the first capture (tens of seconds for a diffusion UNet; inductor's
+on-disk cache shortens it in later processes). Where compiling fails (no Triton, an unsupported
+operation), the uncompiled pass is captured instead, with a warning.
 """
 
 from __future__ import annotations
@@ -20,6 +29,9 @@ __all__ = ["GraphCache", "stream_capturing"]
 
 logger = logging.getLogger(__name__)
 
+# The torch.compile backend of compiled captures (tests swap in a backend that needs no C compiler).
+COMPILE_BACKEND = "inductor"
+
 
 def stream_capturing(device: torch.device) -> bool:
     """Whether work on ``device`` is being captured into a graph right now (never, off CUDA)."""
@@ -33,10 +45,14 @@ class GraphCache:
     runs eagerly, and a later call may capture).
     """
 
-    def __init__(self, what: str, fn: Callable, module: torch.nn.Module, max_signatures: int, enabled: bool):
+    def __init__(self, what: str, fn: Callable, module: torch.nn.Module, max_signatures: int, enabled: bool,
+                 compiled: bool = False):
         if max_signatures < 1:
             raise ValueError(f"{what}: max_signatures must be >= 1, got {max_signatures}")
+        self.what = what
         self.fn = fn
+        self.compiled = compiled
+        self._compiled_fn: Callable | None = None
         self.module = module
         params = list(module.parameters())
         self._watched = (params[0], params[-1]) if params else ()  # a module moves all its weights at once
@@ -63,7 +79,7 @@ class GraphCache:
         if not self._capturable():
             return None
         try:
-            capture = self._capture(inputs)
+            capture = self._capture_compiled_or_not(inputs)
         except RuntimeError as exc:  # an operation that cannot be captured: stay eager from now on
             logger.warning("CUDA graph capture failed, running eagerly: %s", exc)
             self.enabled = False
@@ -73,6 +89,28 @@ class GraphCache:
             self._captures.pop(next(iter(self._captures)))
         self._captures[key] = capture
         return capture
+
+    def _capture_compiled_or_not(self, inputs: tuple[Tensor, ...]) -> Any:
+        if not self.compiled:
+            return self._capture(inputs)
+        try:
+            return self._capture(inputs)
+        except Exception as exc:  # compiling failed (no Triton or C compiler, an unsupported operation)
+            # The uncompiled pass computes the same; its graphs still save the launches.
+            logger.warning("%s: torch.compile failed, capturing the uncompiled pass instead: %s", self.what,
+                           str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            self.compiled, self._compiled_fn = False, None
+            return self._capture(inputs)
+
+    def _graph_fn(self) -> Callable:
+        """What a capture records: ``fn``, or ``fn`` compiled (made once, on the first capture)."""
+        if not self.compiled:
+            return self.fn
+        if self._compiled_fn is None:
+            logger.info("%s: compiling the pass with torch.compile before its first capture (once a process; "
+                        "the first step waits for it)", self.what)
+            self._compiled_fn = torch.compile(self.fn, backend=COMPILE_BACKEND, dynamic=False)
+        return self._compiled_fn
 
     def _capturable(self) -> bool:
         return True

@@ -51,14 +51,17 @@ class GraphedBackward(GraphCache):
             Graphs serve a frozen network: while any of its weights needs a gradient, ``fn`` runs eagerly.
         max_signatures: graphs kept at once; the oldest is dropped beyond it.
         enabled: False runs ``fn`` eagerly always.
+        compiled: capture ``fn`` as ``torch.compile`` builds it, forward and backward (``GraphCache``).
+        label: the pass's name in log messages.
 
     The output and the gradient a replay gives are the graphs' own buffers: the next call overwrites
     them, so use them within the step (a fit step does).
     """
 
     def __init__(self, fn: Callable[[Tensor], Tensor], module: torch.nn.Module, max_signatures: int = 2,
-                 enabled: bool = True) -> None:
-        super().__init__("GraphedBackward", fn, module, max_signatures, enabled)
+                 enabled: bool = True, compiled: bool = False,
+                 label: str | None = None) -> None:
+        super().__init__(label or "GraphedBackward", fn, module, max_signatures, enabled, compiled)
 
     def __call__(self, x: Tensor) -> Tensor:
         graphed = self._capture_for((x,)) if self._can_graph(x) else None
@@ -75,4 +78,4 @@ class GraphedBackward(GraphCache):
     def _capture(self, inputs: tuple[Tensor, ...]) -> Callable[[Tensor], Tensor]:
         sample = inputs[0].detach().clone().requires_grad_(True)
         # Its warm-up runs (cuDNN and cuBLAS choose and allocate outside the graphs) happen on a side stream.
-        return torch.cuda.make_graphed_callables(_Pass(self.fn), (sample,))
+        return torch.cuda.make_graphed_callables(_Pass(self._graph_fn()), (sample,))

@@ -44,16 +44,19 @@ class GraphedForward(GraphCache):
             allocate their workspaces outside the graph).
         max_signatures: graphs kept at once; the oldest is dropped beyond it.
         enabled: False runs ``fn`` eagerly always.
+        compiled: capture ``fn`` as ``torch.compile`` builds it (``GraphCache``); eager calls stay uncompiled.
+        label: the pass's name in log messages.
 
     The outputs of a replay are the graph's own buffers: the next call overwrites them, so read them
     (or copy them) before calling again.
     """
 
     def __init__(self, fn: Callable[..., Outputs], module: torch.nn.Module, warmup: int = 2,
-                 max_signatures: int = 2, enabled: bool = True) -> None:
+                 max_signatures: int = 2, enabled: bool = True, compiled: bool = False,
+                 label: str | None = None) -> None:
         if warmup < 1:
             raise ValueError(f"GraphedForward: warmup must be >= 1, got {warmup}")
-        super().__init__("GraphedForward", fn, module, max_signatures, enabled)
+        super().__init__(label or "GraphedForward", fn, module, max_signatures, enabled, compiled)
         self.warmup = warmup
 
     def __call__(self, *inputs: Tensor) -> Outputs:
@@ -72,13 +75,14 @@ class GraphedForward(GraphCache):
 
     def _capture(self, inputs: tuple[Tensor, ...]) -> _Capture:
         static = tuple(t.detach().clone() for t in inputs)
+        fn = self._graph_fn()
         side = torch.cuda.Stream(device=static[0].device)
         side.wait_stream(torch.cuda.current_stream(static[0].device))
         with torch.cuda.stream(side):
-            for _ in range(self.warmup):
-                self.fn(*static)
+            for _ in range(self.warmup):  # a compiled fn compiles in the first of these
+                fn(*static)
         torch.cuda.current_stream(static[0].device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            outputs = self.fn(*static)
+            outputs = fn(*static)
         return _Capture(graph, static, outputs)

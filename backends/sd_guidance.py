@@ -136,6 +136,8 @@ class SDGuidance(GuidanceLifecycle):
             (eager when off, on a CPU, or where a capture fails). Zero123's step, which runs the same code,
             took 31 ms with the UNet graphed against 45 ms eager on one H100 (batch 4); this guidance's
             step has not been timed graphed.
+        torch_compile: capture the graphs from compiled passes, as :class:`~.zero123.Zero123Guidance` does by
+            default; off here until timed at Stable Diffusion's latent sizes (64x64 and 96x96).
     """
 
     components: SDComponents
@@ -147,6 +149,7 @@ class SDGuidance(GuidanceLifecycle):
     dtype: torch.dtype | None = None
     t_range: tuple[float, float] = (0.02, 0.98)
     cuda_graphs: bool = True
+    torch_compile: bool = False
     _placement: tuple | None = field(init=False, repr=False, default=None)
     _embeds: dict = field(init=False, repr=False, default_factory=dict)
     _generator: torch.Generator = field(init=False, repr=False)

@@ -6,11 +6,12 @@
 #   1. the GPU tests (tests that skip without CUDA), with short tracebacks;
 #   2. fit_bench's static case, three runs each with the defaults (graphed update), with the eager update
 #      and with the depth channel rendered (the fits' former render), and the profiles of the first two;
-#   3. the SDS step and its profile;
+#   3. the SDS step (its first step, which compiles, apart) and its profile;
 #   4. fit_bench's orbital case (the Diffusion4D construction), twice as shipped (8 frames a fine step),
 #      twice with 16, twice with the fine stage's update graphed, and a profile of its fine stage (at a
 #      tenth of the lengths); the Zero123-guided CoCo4D foreground (twice in one process: a process's first
-#      fit and one after it), again with its VAE encoder eager (the A/B of the encoder's CUDA graphs), and a
+#      fit, which compiles the guidance's passes, and one after it), again with graphs of the uncompiled passes
+#      and with its VAE encoder eager (the A/Bs of torch.compile and of the encoder's CUDA graphs), and a
 #      profile of its static stage;
 #   5. a posed-frames dataset exported from the object world, PosedFrames4D's nodes fitted on it, and the
 #      PSNR-against-time curve of bench/plans/goal_curve.json.
@@ -54,7 +55,7 @@ EAGER_UPDATE='{"static": {"graphed_update": false}}'
 # gsplat compiles on first import (about 80 s on a fresh machine). Built here under its own limit, a step
 # with a short one never times out in the build, nor leaves a half-built extension to the steps after it.
 step gsplat_build 240 "$PY" -c "from gsplat.cuda._backend import _C; assert _C is not None; print('gsplat: ready')"
-step gpu_tests 170 "$PY" -m pytest -q -p no:cacheprovider --tb=short -rf tests/test_image_filter.py \
+step gpu_tests 300 "$PY" -m pytest -q -p no:cacheprovider --tb=short -rf tests/test_image_filter.py \
     tests/test_graphed_loss.py tests/test_graphed_update.py tests/test_guidance_gpu.py tests/test_fit_step_gpu.py \
     tests/test_graphed_forward.py tests/test_graphed_backward.py tests/test_graphed_deformation_gpu.py tests/test_render_gpu.py \
     tests/test_joint_render.py tests/test_render_each.py
@@ -65,14 +66,15 @@ step static_with_depth 70 "$PY" bench/fit_bench.py --case static --repeat 3 --wi
     --json "$OUT_DIR/static_with_depth.json"
 step static_profile 50 "$PY" bench/fit_bench.py --case static --scale 0.1 --profile
 step static_eager_update_profile 50 "$PY" bench/fit_bench.py --case static --scale 0.1 --profile --changes "$EAGER_UPDATE"
-step sds_step 70 "$PY" bench/guidance_bench.py --case step --profile
+step sds_step 200 "$PY" bench/guidance_bench.py --case step --profile
 step orbital 140 "$PY" bench/fit_bench.py --case orbital --repeat 2 --json "$OUT_DIR/orbital.json"
 step orbital_16_frames 130 "$PY" bench/fit_bench.py --case orbital --repeat 2 --json "$OUT_DIR/orbital_16_frames.json" \
     --changes '{"fine": {"times_per_step": 16}}'
 step orbital_fine_graphed_update 130 "$PY" bench/fit_bench.py --case orbital --repeat 2 \
     --json "$OUT_DIR/orbital_fine_graphed_update.json" --changes '{"fine": {"graphed_update": true}}'
 step orbital_profile 90 "$PY" bench/fit_bench.py --case orbital --scale 0.1 --profile
-step guided_fit 220 "$PY" bench/guidance_bench.py --case fit --repeat 2
+step guided_fit 300 "$PY" bench/guidance_bench.py --case fit --repeat 2
+step guided_fit_uncompiled 130 "$PY" bench/guidance_bench.py --case fit --no-compile
 step guided_fit_eager_encoder 130 "$PY" bench/guidance_bench.py --case fit --eager-encoder
 step guided_fit_profile 130 "$PY" bench/guidance_bench.py --case fit --profile
 [ -f /tmp/gen4d_pf/transforms_test.json ] || step export 90 "$PY" bench/posed_frames_bench.py \

@@ -7,20 +7,22 @@ Builds a real-size Zero123 from configs with random weights (no download): the S
 
 Cases:
     step    seconds per SDS step, batch 4 at 256² (VAE encode + 2x UNet with CFG + backward), with
-            the UNet and the VAE encoder replayed from CUDA graphs, with the encoder eager, and all
-            eager, each step waited for (its latency); and the graphed steps queued back to back as a fit
-            runs them (its pace, ``..._pipelined``).
+            the UNet and the VAE encoder compiled and replayed from CUDA graphs (the default; its first
+            step, which compiles, apart), with graphs of the uncompiled passes, with the encoder eager, and
+            all eager, each step waited for (its latency); and the graphed steps queued back to back as a
+            fit runs them (its pace, ``..._pipelined``).
     fit     CoCo4D foreground with guidance on the object world: 1000 static + 800 deformation
             iterations, one SDS step (batch 4) per iteration (target: 60 s or less).
 
-Usage: python bench/guidance_bench.py [--case step] [--scale 1.0] [--repeat 1] [--eager | --eager-encoder]
-[--profile]
+Usage: python bench/guidance_bench.py [--case step] [--scale 1.0] [--repeat 1]
+[--eager | --eager-encoder | --no-compile] [--profile]
 The fit case first warms the fit engine as ``fit_bench`` does (``warm_up.py``: gsplat's extension, SSIM's
 convolutions, fused Adam, the field's graphs, all paid once per process); the guidance's own first use stays
 in the timed fit. ``--repeat N`` fits N times in one process, and the rows say which was the process's first
 (before that warm-up, first fits took 73-75 s on H100s where fits after a short one took 62 s, the same code);
 ``--eager`` runs the fit with ``Zero123Guidance.cuda_graphs`` off (on by default), ``--eager-encoder`` with
-the UNet graphed and the VAE encoder eager, for the A/Bs;
+the UNet graphed and the VAE encoder eager, ``--no-compile`` with graphs of the uncompiled passes
+(``Zero123Guidance.torch_compile`` off; on by default, so a process's first fit also compiles), for the A/Bs;
 ``--profile`` also prints where a step's time goes (busiest operators, kernel time against wall time): in
 the step case, of the SDS step alone, then of the eager step by operator and input shape; in the fit case,
 of the static stage's last 50 steps, its SDS call a phase of its own (the fit's time then includes the
@@ -50,7 +52,15 @@ from gen4d.core.coco4d.reference import reference_clip  # noqa: E402
 from gen4d.core.engine.fit_dynamic import DeformationFitConfig, fit_deformation  # noqa: E402
 from gen4d.core.engine.fit_static import StaticFitConfig, fit_static  # noqa: E402
 from gen4d.core.engine.gaussians import sphere_init  # noqa: E402
-from timing import StepClock, peak_mib, profile_sds_step, sds_step_seconds, sds_step_seconds_pipelined, sync  # noqa: E402
+from timing import (  # noqa: E402
+    StepClock,
+    peak_mib,
+    profile_sds_step,
+    sds_first_step_seconds,
+    sds_step_seconds,
+    sds_step_seconds_pipelined,
+    sync,
+)
 from warm_up import warm_up_engine  # noqa: E402
 
 
@@ -84,31 +94,36 @@ def condition_image():
     return synthetic.render(world, world.reference_cameras(256, 256, 1))["rgb"][0]
 
 
-def guidance_for(components, graphs: str = "all", condition=None) -> Zero123Guidance:
+def guidance_for(components, graphs: str = "all", condition=None, compiled: bool = True) -> Zero123Guidance:
     """The bench's guidance (``condition`` or the step case's image) with its CUDA graphs: "all" (the
-    default), "unet" (the VAE encoder eager) or "none"."""
+    default), "unet" (the VAE encoder eager) or "none"; ``compiled``: the graphs capture compiled passes."""
     condition = condition_image() if condition is None else condition
-    guidance = Zero123Guidance(components, condition, cuda_graphs=graphs != "none")
+    guidance = Zero123Guidance(components, condition, cuda_graphs=graphs != "none", torch_compile=compiled)
     if graphs == "unet":
         guidance.encode_latents().enabled = False
     return guidance
 
 
 def case_step(components, device) -> dict:
-    guidances = {graphs: guidance_for(components, graphs) for graphs in ("all", "unet", "none")}
+    guidances = {"compiled": guidance_for(components, "all")}
+    guidances.update({graphs: guidance_for(components, graphs, compiled=False) for graphs in ("all", "unet", "none")})
+    first = sds_first_step_seconds(guidances["compiled"], device)
     seconds = {graphs: sds_step_seconds(guidance, device) for graphs, guidance in guidances.items()}
-    return {"case": "step", "batch": 4, "size": 256, "seconds_per_sds_step": seconds["all"],
+    return {"case": "step", "batch": 4, "size": 256, "first_step_seconds_compiling": first,
+            "seconds_per_sds_step": seconds["compiled"], "seconds_per_sds_step_uncompiled": seconds["all"],
             "seconds_per_sds_step_eager_encoder": seconds["unet"], "seconds_per_sds_step_eager": seconds["none"],
-            "seconds_per_sds_step_pipelined": sds_step_seconds_pipelined(guidances["all"], device),
+            "seconds_per_sds_step_pipelined": sds_step_seconds_pipelined(guidances["compiled"], device),
+            "seconds_per_sds_step_pipelined_uncompiled": sds_step_seconds_pipelined(guidances["all"], device),
             "seconds_per_sds_step_pipelined_eager_encoder": sds_step_seconds_pipelined(guidances["unet"], device),
             "peak_mib": peak_mib()}
 
 
-def case_fit(components, device, scale: float, graphs: str = "all", profiled: bool = False) -> dict:
+def case_fit(components, device, scale: float, graphs: str = "all", profiled: bool = False,
+             compiled: bool = True) -> dict:
     world = synthetic.object_world(0)
     truth = synthetic.render(world, world.reference_cameras(256, 256, 16), supersample=3)
     clip = reference_clip(truth["rgb"], truth["foreground"], center=True)
-    guidance = guidance_for(components, graphs, clip.views.images)
+    guidance = guidance_for(components, graphs, clip.views.images, compiled)
     s_iters, d_iters = max(int(1000 * scale), 1), max(int(800 * scale), 1)
     init = sphere_init(5000, 0.5, generator=torch.Generator().manual_seed(0))
     # The static stage's last 50 steps: enough to average, and the profiler's own work stays short.
@@ -134,7 +149,7 @@ def case_fit(components, device, scale: float, graphs: str = "all", profiled: bo
     return {"case": "fit", "static_iterations": s_iters, "deformation_iterations": d_iters,
             "static_seconds": mid - start, "deformation_seconds": end - mid, "total_seconds": end - start,
             **static_clock.summary("static"), **deformation_clock.summary("deformation"),
-            "target_seconds": 60.0, "cuda_graphs": graphs, "profiled": profiled,
+            "target_seconds": 60.0, "cuda_graphs": graphs, "torch_compile": compiled, "profiled": profiled,
             "peak_mib": peak_mib()}
 
 
@@ -148,6 +163,7 @@ def main() -> None:
     eager = ap.add_mutually_exclusive_group()
     eager.add_argument("--eager", action="store_true", help="no CUDA graphs: the UNet and the VAE encoder eager")
     eager.add_argument("--eager-encoder", action="store_true", help="the UNet graphed, the VAE encoder eager")
+    eager.add_argument("--no-compile", action="store_true", help="graphs of the uncompiled UNet and VAE encoder")
     ap.add_argument("--profile", action="store_true",
                     help="profile the SDS step (graphed UNet) after timing it, and the fit's static stage")
     args = ap.parse_args()
@@ -165,7 +181,7 @@ def main() -> None:
         if case == "step":
             print(json.dumps(case_step(components, device)), flush=True)
             if args.profile:
-                profile_sds_step(guidance_for(components, graphs), device)
+                profile_sds_step(guidance_for(components, graphs, compiled=not args.no_compile), device)
                 print("The eager step by operator and input shape (which operators the kernels belong to):",
                       flush=True)
                 profile_sds_step(guidance_for(components, "none"), device, by_operator=True)
@@ -174,7 +190,7 @@ def main() -> None:
         warm_up_engine(device)
         print(f"engine warm-up {time.perf_counter() - start:.1f} s", flush=True)
         for run in range(1, args.repeat + 1):
-            row = case_fit(components, device, args.scale, graphs, args.profile)
+            row = case_fit(components, device, args.scale, graphs, args.profile, compiled=not args.no_compile)
             print(json.dumps({**row, "run": run, "first_in_process": run == 1}), flush=True)
 
 

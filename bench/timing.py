@@ -20,6 +20,18 @@ def peak_mib() -> float | None:
     return torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
 
 
+def sds_first_step_seconds(guidance, device: torch.device, batch: int = 4, size: int = 256) -> float:
+    """Seconds of a guidance's first SDS step (loss + backward): moving the networks, encoding the condition,
+    capturing the graphs and, with ``torch_compile``, compiling the passes."""
+    cams = sample_guidance_cameras(PoseSampling(batch=batch), 0.0, torch.Generator().manual_seed(0))
+    images = torch.rand(batch, size, size, 3, device=device, requires_grad=True)
+    sync()
+    start = time.perf_counter()
+    guidance.sds_loss(images, cams, 0.0, 0.0).backward()
+    sync()
+    return time.perf_counter() - start
+
+
 def sds_step_seconds(guidance, device: torch.device, batch: int = 4, size: int = 256, repeats: int = 12) -> float:
     """Median seconds of one SDS step (loss + backward) on random renders, after two warm-up steps."""
     cams = sample_guidance_cameras(PoseSampling(batch=batch), 0.0, torch.Generator().manual_seed(0))

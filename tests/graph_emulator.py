@@ -4,7 +4,8 @@
 A graphed callable returns its outputs and its gradients in static buffers that its next replay
 overwrites, and copies new inputs into static input buffers. The stand-in does the same around an
 eager pass, so a fit loop that keeps a graphed output past its step, or reads a gradient buffer after
-the next replay, goes wrong on the CPU as it would on a GPU.
+the next replay, goes wrong on the CPU as it would on a GPU. Like the real one, it first runs the pass
+(forward and backward) a few times eagerly, which is where a compiled pass compiles.
 """
 
 from __future__ import annotations
@@ -24,6 +25,14 @@ def make_graphed_callables(module: nn.Module, sample_args: tuple, num_warmup_ite
     static = {"outputs": None, "grads": {}}
     count = len(static_inputs)
     module.replays = 0
+    for _ in range(num_warmup_iters):  # eager passes before the capture, forward and backward, as the real one runs
+        with torch.enable_grad():
+            leaves = [a.detach().clone().requires_grad_(a.requires_grad) for a in sample_args]
+            outputs = [o for o in original(*leaves) if o.requires_grad]
+            wanted = [x for x in leaves if x.requires_grad]
+            if outputs and wanted:
+                torch.autograd.grad(outputs, wanted, [torch.ones_like(o) for o in outputs],
+                                    allow_unused=allow_unused_input)
 
     class Replay(torch.autograd.Function):
         @staticmethod

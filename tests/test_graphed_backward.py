@@ -116,3 +116,58 @@ def test_a_function_that_cannot_be_captured_falls_back_to_eager():
     out = graphed(x)
     out.sum().backward()
     assert graphed.enabled is False and graphed._captures == {} and x.grad is not None
+
+
+def _recording_inductor(traced: list):
+    """Inductor, noting each graph it compiles (so a test can tell a compiled capture from an eager one)."""
+    from torch._inductor.compile_fx import compile_fx
+
+    def backend(gm, example_inputs):
+        traced.append(gm)
+        return compile_fx(gm, example_inputs)
+
+    return backend
+
+
+@cuda
+def test_a_compiled_capture_gives_the_eager_output_and_gradient(monkeypatch):
+    from gen4d.backends import graph_cache
+
+    torch._dynamo.reset()
+    traced = []
+    monkeypatch.setattr(graph_cache, "COMPILE_BACKEND", _recording_inductor(traced))
+    net = _encoder().cuda()
+    graphed = GraphedBackward(net, net, compiled=True, label="test encoder")
+    upstream = torch.randn(2, 4, 8, 8, device="cuda")
+    for seed in range(3):  # capture, then replays with new inputs
+        x = _input(seed, "cuda")
+        out, grad = _forward_and_grad(graphed, x, upstream)
+        ref_out, ref_grad = _forward_and_grad(net, x.detach().clone().requires_grad_(True), upstream)
+        torch.testing.assert_close(out, ref_out, rtol=2e-3, atol=2e-3 * float(ref_out.abs().max()))
+        torch.testing.assert_close(grad, ref_grad, rtol=2e-3, atol=2e-3 * float(ref_grad.abs().max()))
+    assert traced, "the capture recorded the compiled pass"
+    assert graphed.compiled and len(graphed._captures) == 1
+    torch._dynamo.reset()
+
+
+@cuda
+def test_a_compile_that_fails_captures_the_uncompiled_pass(monkeypatch, caplog):
+    from gen4d.backends import graph_cache
+
+    def broken(gm, example_inputs):
+        raise RuntimeError("no working compiler")
+
+    torch._dynamo.reset()
+    monkeypatch.setattr(graph_cache, "COMPILE_BACKEND", broken)
+    net = _encoder().cuda()
+    graphed = GraphedBackward(net, net, compiled=True, label="test encoder")
+    x = _input(0, "cuda")
+    with caplog.at_level("WARNING"):
+        out, grad = _forward_and_grad(graphed, x, torch.ones(2, 4, 8, 8, device="cuda"))
+    ref_out, ref_grad = _forward_and_grad(net, x.detach().clone().requires_grad_(True), torch.ones(2, 4, 8, 8,
+                                                                                                  device="cuda"))
+    torch.testing.assert_close(out, ref_out)
+    torch.testing.assert_close(grad, ref_grad)
+    assert "test encoder: torch.compile failed" in caplog.text
+    assert graphed.enabled and not graphed.compiled and len(graphed._captures) == 1, "graphs of the uncompiled pass"
+    torch._dynamo.reset()

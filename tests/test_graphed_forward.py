@@ -82,3 +82,21 @@ def test_a_function_that_cannot_be_captured_falls_back_to_eager():
         torch.testing.assert_close(graphed(x), reads_back(x))
         torch.testing.assert_close(graphed(x), reads_back(x))
     assert not graphed.enabled
+
+
+@cuda
+def test_a_compiled_capture_equals_the_eager_pass(monkeypatch):
+    from gen4d.backends import graph_cache
+    from torch._inductor.compile_fx import compile_fx
+
+    torch._dynamo.reset()
+    traced = []
+    monkeypatch.setattr(graph_cache, "COMPILE_BACKEND", lambda gm, inputs: traced.append(gm) or compile_fx(gm, inputs))
+    net = _net().cuda()
+    graphed = GraphedForward(net, net, compiled=True)
+    with torch.no_grad():
+        for seed in range(3):
+            x = torch.randn(5, 8, generator=torch.Generator().manual_seed(seed)).cuda()
+            torch.testing.assert_close(graphed(x).clone(), net(x), rtol=1e-4, atol=1e-5)
+    assert traced and graphed.compiled and len(graphed._captures) == 1
+    torch._dynamo.reset()

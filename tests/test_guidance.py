@@ -388,6 +388,7 @@ def test_the_graphed_encoder_gives_the_eager_loss_and_gradient_and_a_fits_end_dr
     monkeypatch.setattr(torch.cuda, "make_graphed_callables", capture)
     monkeypatch.setattr(graphed_backward, "graphs_supported", lambda device: True)
     graphed = make(seed=3)
+    graphed.torch_compile = False  # graphs of the uncompiled pass (compiled captures: the test after this one)
     for fit in range(2):
         graphed.reseed() if fit else None
         for (loss, grad), ratio in zip(expected, (0.2, 0.7, 0.7)):
@@ -398,6 +399,46 @@ def test_the_graphed_encoder_gives_the_eager_loss_and_gradient_and_a_fits_end_dr
         graphed.end_fit()
         assert graphed._graphed_encoder._captures == {}
     assert [m.replays for m in captured] == [3, 3], "one capture a fit, replayed every step"
+
+
+def test_zero123_captures_its_encoder_compiled_by_default_with_the_eager_loss_and_gradient(models_dir, monkeypatch):
+    """The loader's torch_compile (on by default) has the encoder's graphs record the pass as torch.compile
+    traces it (a recording backend stands in for inductor, the emulator for CUDA graphs): the same loss and
+    gradient as eager, step after step; off, the uncompiled pass is captured; a compile that fails falls back
+    to graphs of the uncompiled pass with the same results."""
+    from gen4d.backends import graph_cache, graphed_backward
+    from graph_emulator import make_graphed_callables
+
+    cams = cameras([10.0, -20.0], [30.0, 200.0])
+    eager = zero123(seed=3)
+    eager.cuda_graphs = False
+    expected = [sds_grad(eager, cams, step_ratio=ratio, seed=4) for ratio in (0.2, 0.7, 0.7)]
+    monkeypatch.setattr(torch.cuda, "make_graphed_callables", make_graphed_callables)
+    monkeypatch.setattr(graphed_backward, "graphs_supported", lambda device: True)
+    traced = []
+
+    def recording(gm, example_inputs):
+        traced.append(gm)
+        return gm.forward
+
+    def broken(gm, example_inputs):
+        raise RuntimeError("no working compiler")
+
+    for backend, overrides, compiled_after in ((recording, {}, True), (recording, {"torch_compile": False}, False),
+                                               (broken, {}, False)):
+        torch._dynamo.reset()
+        traced.clear()
+        monkeypatch.setattr(graph_cache, "COMPILE_BACKEND", backend)
+        guidance = zero123(seed=3, **overrides)
+        assert guidance.torch_compile is overrides.get("torch_compile", True)
+        for (loss, grad), ratio in zip(expected, (0.2, 0.7, 0.7)):
+            got_loss, got_grad = sds_grad(guidance, cams, step_ratio=ratio, seed=4)
+            torch.testing.assert_close(got_loss, loss, rtol=1e-5, atol=1e-7)
+            torch.testing.assert_close(got_grad, grad, rtol=1e-4, atol=1e-7)
+        encoder = guidance._graphed_encoder
+        assert encoder.enabled and len(encoder._captures) == 1, "graphs in every case"
+        assert encoder.compiled is compiled_after and bool(traced) is compiled_after
+    torch._dynamo.reset()
 
 
 @pytest.mark.parametrize("make", [zero123, sd], ids=["zero123", "sd"])

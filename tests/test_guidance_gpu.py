@@ -83,22 +83,29 @@ def test_sds_loss_on_the_gpu_repeats_under_its_seed(models_dir, name):
 
 @pytest.mark.parametrize("name", ["zero123", "sd"])
 def test_the_graphed_unet_and_encoder_give_the_eager_loss_and_gradient(models_dir, name):
+    """Graphs of the uncompiled passes replay the eager kernels (close to eager); graphs of the compiled passes
+    run other kernels in bf16, so their gradient is held to the eager one's direction and size."""
     cams = _cameras(3)
     images = torch.rand(3, S, S, 3, generator=torch.Generator().manual_seed(5)).cuda()
-    results = []
-    for graphs in (False, True):
+    results = {}
+    for mode in ("eager", "graphs", "compiled graphs"):
+        torch._dynamo.reset()
         guidance = _guidances()[name]
-        guidance.cuda_graphs = graphs
+        guidance.cuda_graphs, guidance.torch_compile = mode != "eager", mode == "compiled graphs"
         guidance.reseed(11)
-        for ratio in (0.2, 0.7, 0.7):  # the second call at a shape replays the graph the first captured
-            results.append(_loss_and_gradient(guidance, images, cams, ratio))
-        assert (guidance._graphed._captures != {}) == graphs
-        assert (guidance._graphed_encoder._captures != {}) == graphs
-    eager, graphed = results[:3], results[3:]
-    for (le, ge), (lg, gg) in zip(eager, graphed):
+        # the second call at a shape replays the graph the first captured
+        results[mode] = [_loss_and_gradient(guidance, images, cams, ratio) for ratio in (0.2, 0.7, 0.7)]
+        for graphed in (guidance._graphed, guidance._graphed_encoder):
+            assert (graphed._captures != {}) == guidance.cuda_graphs
+            assert graphed.compiled is guidance.torch_compile, "compiled where asked, and compiling worked"
+    for (le, ge), (lg, gg) in zip(results["eager"], results["graphs"]):
         assert lg == pytest.approx(le, rel=1e-3, abs=1e-6)
         torch.testing.assert_close(gg, ge, rtol=1e-2, atol=1e-5)
-
+    for (le, ge), (lc, gc) in zip(results["eager"], results["compiled graphs"]):
+        assert lc == pytest.approx(le, rel=5e-2, abs=1e-6)
+        cosine = torch.nn.functional.cosine_similarity(gc.flatten(), ge.flatten(), dim=0)
+        assert cosine > 0.99 and float(gc.norm() / ge.norm()) == pytest.approx(1.0, rel=5e-2)
+    torch._dynamo.reset()
 
 
 @pytest.mark.parametrize("name", ["zero123", "sd"])
