@@ -9,9 +9,10 @@ eagerly from then on.
 
 With ``compiled`` the graphs record the pass as ``torch.compile`` (inductor) builds it: element-wise work
 and normalisations fused into a few generated kernels, convolutions in the layout their kernels want.
-Graphs alone remove the launches, not the kernels; on one H100 a real-size Zero123 SDS step (UNet
-forward, VAE encoder forward and backward, batch 4 at 256 px, bf16) took 28.8 ms of device time a step
-as graphs of the eager passes and 20.0 ms compiled (``bench/guidance_bench.py --case step``). Compiling
+Graphs alone remove the launches, not the kernels; on one H100 real-size Zero123 SDS steps (UNet
+forward, VAE encoder forward and backward, batch 4 at 256 px, bf16), queued back to back, took 28.8 ms
+each as graphs of the uncompiled passes and 20.0 ms compiled, their kernels 27.8 and 18.7 ms (an A/B
+that ``bench/guidance_bench.py --case step`` now repeats). Compiling
 happens once, in the warm-up before the first capture (tens of seconds for a diffusion UNet; inductor's
 on-disk cache shortens it in later processes). Where compiling fails (no Triton, an unsupported
 operation), the uncompiled pass is captured instead, with a warning.

@@ -423,10 +423,10 @@ class Zero123Guidance(GuidanceLifecycle):
             (eager when off, on a CPU, or where a capture fails). On one H100 a Zero123 SDS step at batch 4
             took 31 ms with the UNet graphed, 45 ms eager (the encoder's graphs came later, not yet timed).
         torch_compile: capture those graphs from the passes as ``torch.compile`` builds them (fused kernels;
-            ``backends.graph_cache``): on one H100 a real-size Zero123 SDS step (batch 4, 256 px, bf16) ran at
-            20.0 ms a step against 28.8 ms with the uncompiled passes' graphs. The first step of a process
-            compiles both passes (about 80 s on that machine's 16 cores, less once inductor's on-disk cache
-            holds them); the uncompiled passes are captured where compiling fails. GPU graphs only.
+            ``backends.graph_cache``): on one H100 real-size Zero123 SDS steps (batch 4, 256 px, bf16) queued
+            back to back took 20.0 ms each against 28.8 ms with the uncompiled passes' graphs. The first step
+            of a process compiles both passes (about 80 s on that machine's 16 cores, less once inductor's
+            on-disk cache holds them); the uncompiled passes are captured where compiling fails. GPU graphs only.
     """
 
     components: Zero123Components
