@@ -96,9 +96,11 @@ class GraphCache:
             return self._capture(inputs)
         try:
             return self._capture(inputs)
-        except Exception as exc:  # compiling failed (no Triton or C compiler, an unsupported operation)
-            # The uncompiled pass computes the same; its graphs still save the launches.
-            logger.warning("%s: torch.compile failed, capturing the uncompiled pass instead: %s", self.what,
+        except Exception as exc:  # compiling failed (no Triton or C compiler, an unsupported operation), or the
+            # compiled pass could not be captured. The uncompiled pass computes the same; its graphs still save the
+            # launches (and if it cannot be captured either, the caller runs it eagerly).
+            logger.warning("%s: the compiled pass could not be built or captured (torch.compile), capturing the "
+                           "uncompiled pass instead: %s", self.what,
                            str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
             self.compiled, self._compiled_fn = False, None
             return self._capture(inputs)

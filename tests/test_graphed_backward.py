@@ -168,6 +168,6 @@ def test_a_compile_that_fails_captures_the_uncompiled_pass(monkeypatch, caplog):
                                                                                                   device="cuda"))
     torch.testing.assert_close(out, ref_out)
     torch.testing.assert_close(grad, ref_grad)
-    assert "test encoder: torch.compile failed" in caplog.text
+    assert "test encoder: the compiled pass could not be built or captured" in caplog.text
     assert graphed.enabled and not graphed.compiled and len(graphed._captures) == 1, "graphs of the uncompiled pass"
     torch._dynamo.reset()
