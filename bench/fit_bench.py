@@ -11,7 +11,7 @@ Cases (pick with --case, default all):
                 5000-point sphere, then 800 deformation iterations at batch 4 (target < 30 s).
 
 Usage: python bench/fit_bench.py [--case static] [--scale 1.0] [--eager-field] [--eager-loss] [--profile]
-                                [--repeat N] [--changes JSON] [--with-depth] [--json out.json]
+                                [--repeat N] [--changes JSON] [--versus JSON] [--with-depth] [--json out.json]
 ``--scale`` multiplies every iteration count (quick checks on a CPU; with ``--profile``, a short profile);
 ``--eager-field`` runs the deformation stages with ``DeformationFitConfig.cuda_graphs`` off and
 ``--eager-loss`` every stage's ``graphed_loss`` (the loss and its backward replayed as CUDA graphs); both are
@@ -24,6 +24,11 @@ object whose ``"static"`` entry changes the static case's ``StaticFitConfig`` (a
 stage), ``"coarse"`` and ``"fine"`` the orbital stages, ``"deformation"`` CoCo4D foreground's deformation
 stage; nested settings (``densify``, ``loss``, ``learning_rates``, ``hexplane``) are built from their dicts,
 e.g. ``--changes '{"static": {"densify": {"grad_threshold": 0.0001}}}'``.
+``--versus`` takes a second set of changes in the same format and makes each repeat an A/B pair: the case with
+``--changes`` (variant ``a``), then with ``--versus`` (variant ``b``), in turn in one process. The machine's load
+drifts between runs (a host-bound step slowed by 45 % from one call to the next in one sitting, with the same
+settings), so only runs side by side compare: it prints each variant's spread and the paired differences b - a,
+e.g. ``--case orbital --repeat 3 --versus '{"fine": {"graphed_update": true}}'``.
 """
 
 from __future__ import annotations
@@ -256,6 +261,17 @@ def spread(case: str, rows: list[dict]) -> dict:
     return out
 
 
+def paired_differences(case: str, a_rows: list[dict], b_rows: list[dict]) -> dict:
+    """Mean, min and max over A/B pairs of ``b - a`` for each timing and quality figure (``--versus``)."""
+    if len(a_rows) != len(b_rows) or not a_rows:
+        raise ValueError(f"paired_differences: {len(a_rows)} a runs against {len(b_rows)} b runs")
+    pairs = [{k: b[k] - a[k] for k in a if isinstance(a[k], float) and isinstance(b.get(k), float)}
+             for a, b in zip(a_rows, b_rows)]
+    out = spread(case, pairs)
+    out["differences"] = "b - a, per pair of runs side by side"
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--case", choices=list(CASES), action="append")
@@ -268,6 +284,9 @@ def main() -> None:
                          "stage kernel time against wall time (their times are then not speed figures)")
     ap.add_argument("--repeat", type=int, default=1, help="runs of each case (prints their spread)")
     ap.add_argument("--changes", default="{}", help="other settings per stage, as JSON (see above)")
+    ap.add_argument("--versus", default=None,
+                    help="a second set of changes (JSON, as --changes): each repeat runs the case with --changes, "
+                         "then with these, and the paired differences are printed (see above)")
     ap.add_argument("--with-depth", action="store_true", help="render depth in every fit even where no loss reads it")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -284,23 +303,32 @@ def main() -> None:
         ap.error("--repeat must be >= 1")
     cases = args.case or list(CASES)
     try:
-        changes = checked_changes(args.changes, cases)
+        variants = {"a": checked_changes(args.changes, cases)}
+        if args.versus is not None:
+            variants["b"] = checked_changes(args.versus, cases)
     except (ValueError, json.JSONDecodeError) as exc:
         ap.error(str(exc))
     results = []
     for case in cases:
         graphs = not args.eager_field
         extra = {"profiled": True} if args.profile and case in ("static", "orbital") else {}
-        rows = []
+        rows: dict[str, list[dict]] = {label: [] for label in variants}
         for _ in range(args.repeat):
-            row = {**CASES[case](args.scale, graphs, not args.eager_loss, changes=changes, **extra),
-                   "cuda_graphs": graphs, "graphed_loss": not args.eager_loss, "with_depth": args.with_depth,
-                   "changes": {k: v for k, v in changes.items() if k in STAGES[case]}}
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-        results += rows
-        if args.repeat > 1:
-            print(json.dumps(spread(case, rows)), flush=True)
+            for label, changes in variants.items():  # side by side: the pairs share the machine's load
+                row = {**CASES[case](args.scale, graphs, not args.eager_loss, changes=changes, **extra),
+                       "cuda_graphs": graphs, "graphed_loss": not args.eager_loss, "with_depth": args.with_depth,
+                       "changes": {k: v for k, v in changes.items() if k in STAGES[case]}}
+                if len(variants) > 1:
+                    row["variant"] = label
+                rows[label].append(row)
+                print(json.dumps(row), flush=True)
+        for label, runs in rows.items():
+            results += runs
+            if args.repeat > 1:
+                print(json.dumps({**spread(case, runs), **({"variant": label} if len(variants) > 1 else {})}),
+                      flush=True)
+        if len(variants) > 1:
+            print(json.dumps(paired_differences(case, rows["a"], rows["b"])), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
 

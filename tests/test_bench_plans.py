@@ -68,6 +68,21 @@ def test_fit_bench_changes_name_the_stages_of_the_cases_run(fit_bench):
         fit_bench.checked_changes('{"static": 3}', ["static"])
 
 
+
+def test_fit_bench_pairs_its_ab_runs_side_by_side(fit_bench):
+    a = [{"seconds": 30.0, "heldout_psnr": 29.0, "gaussians": 7000}, {"seconds": 34.0, "heldout_psnr": 28.6,
+                                                                      "gaussians": 7100}]
+    b = [{"seconds": 27.5, "heldout_psnr": 29.1, "gaussians": 7050}, {"seconds": 32.5, "heldout_psnr": 28.4,
+                                                                      "gaussians": 7000}]
+    out = fit_bench.paired_differences("orbital", a, b)
+    # a load that slowed the second pair by 4 s does not hide the 1.5 to 2.5 s the variant saves in each pair
+    assert out["seconds"]["min"] == pytest.approx(-2.5) and out["seconds"]["max"] == pytest.approx(-1.5)
+    assert out["seconds"]["mean"] == pytest.approx(-2.0)
+    assert out["heldout_psnr"]["mean"] == pytest.approx(-0.05)
+    assert "gaussians" not in out and out["runs"] == 2
+    with pytest.raises(ValueError, match="2 a runs against 1 b"):
+        fit_bench.paired_differences("orbital", a, b[:1])
+
 def _views(n: int = 4, masks: bool = False):
     from gen4d.core.engine.cameras import Cameras
     from gen4d.core.engine.views import PosedImages
