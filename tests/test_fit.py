@@ -330,6 +330,34 @@ def test_static_fit_divergence_keeps_last_good_state(tiny):
     assert not torch.equal(good.gaussians.sh, sphere(300).sh), "the kept state is a fitted one, not the init"
 
 
+
+@pytest.mark.parametrize("decay_steps", [None, 3])
+def test_static_fit_decays_the_position_rate_over_its_decay_steps_then_holds_it(tiny, monkeypatch, decay_steps):
+    import gen4d.core.engine.fit_static as fs
+
+    seen = []
+    real = fs.set_learning_rate
+
+    def record(group, value):
+        if group.get("name") == "means":
+            seen.append(float(value))
+        real(group, value)
+
+    monkeypatch.setattr(fs, "set_learning_rate", record)
+    rates = GaussianLearningRates(position=1e-2, position_final_ratio=0.02, position_decay_steps=decay_steps)
+    fit_static(sphere(100), tiny.orbit, training_render, static_config(6, views_per_step=1, learning_rates=rates,
+                                                                       densify=None))
+    span = decay_steps or 6
+    expected = [1e-2 * 0.02 ** min(step / span, 1.0) for step in range(6)]
+    assert seen == pytest.approx(expected, rel=1e-9)
+    if decay_steps:
+        assert seen[3:] == pytest.approx([2e-4] * 3, rel=1e-9)
+
+
+def test_learning_rates_refuse_a_decay_span_below_one_step():
+    with pytest.raises(ValueError, match="position_decay_steps"):
+        GaussianLearningRates(position_decay_steps=0)
+
 def test_deformation_fit_divergence_keeps_last_good_state(tiny, object_world):
     canonical = synthetic.surface_motion(object_world, [0.0], 300, seed=0).gaussians
     config = deformation_config(40, times_per_step=1)

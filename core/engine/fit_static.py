@@ -72,12 +72,20 @@ PARAM_NAMES = ("means", "quats", "log_scales", "logit_opacities", "sh")
 class GaussianLearningRates:
     """Adam learning rates per parameter (CoCo4D App. A Table 3).
 
-    ``position`` decays log-linearly to ``position * position_final_ratio`` over the fit.
+    ``position`` decays log-linearly to ``position * position_final_ratio`` over ``position_decay_steps``
+    steps (``None``: the whole fit) and stays there (3DGS / DreamGaussian ``position_lr_max_steps``).
     """
 
     feature: float = 0.01
     position: float = 0.001
     position_final_ratio: float = 0.01
+    position_decay_steps: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.position_decay_steps is not None and (not isinstance(self.position_decay_steps, int)
+                                                      or self.position_decay_steps < 1):
+            raise ValueError(f"GaussianLearningRates: position_decay_steps must be an integer >= 1 or None, got "
+                             f"{self.position_decay_steps!r}")
     scaling: float = 0.005
     opacity: float = 0.05
     rotation: float = 0.005
@@ -335,7 +343,8 @@ def fit_static(
             if should_stop is not None and should_stop():
                 result.stopped = True
                 break
-            lr = dens.exponential_lr(step, lr0, lr0 * cfg.learning_rates.position_final_ratio, cfg.iterations)
+            lr = dens.exponential_lr(step, lr0, lr0 * lrs.position_final_ratio,
+                                     lrs.position_decay_steps or cfg.iterations)
             for group in optimizer.param_groups:
                 if group.get("name") == "means":
                     set_learning_rate(group, lr)
