@@ -16,7 +16,7 @@ from ..core.engine.cameras import gaze_sphere
 from ..core.engine.densify import DensifyConfig
 from ..core.engine.fit_dynamic import DeformationFitConfig, fine_stage_densify, fit_deformation
 from ..core.engine.fit_options import FitOptions
-from ..core.engine.fit_static import StaticFitConfig, fit_static
+from ..core.engine.fit_static import StaticFitConfig, fit_static, rates_for_given_start
 from ..core.engine.gaussians import sphere_init
 from ..core.engine.guidance import PoseSampling
 from ..core.engine.scene import Scene4D, ScenePart
@@ -102,7 +102,9 @@ class StaticGaussians:
             },
             "optional": {
                 **_COMMON_OPTIONAL,
-                "init": socket_in(T.GAUSSIANS, "Start from these Gaussians instead of a sphere (e.g. lifted depth)."),
+                "init": socket_in(T.GAUSSIANS, "Start from these Gaussians instead of a sphere (e.g. lifted depth); "
+                                  "their positions then train at a tenth of the sphere's rate, as "
+                                  "DreamGaussian trains a given point cloud."),
                 "options": _OPTIONS_IN,
             },
         }
@@ -119,7 +121,7 @@ class StaticGaussians:
         gen = torch.Generator().manual_seed(seed)
         start = init if init is not None else _sphere(num_points, sphere_radius, clip.views, gen)
         config = static_fit_config(views, iterations, views_per_step, sds_weight, densify, max_scale, background,
-                                   preview_every, seed, options)
+                                   preview_every, seed, options, given_start=init is not None)
         device = host.compute_device()
         if device.type == "cpu":
             _cpu_step_check(len(start), min(config.views_per_step, len(views))
@@ -243,18 +245,19 @@ def _sphere(num_points: int, radius: float, views: PosedImages, gen: torch.Gener
 
 
 def static_fit_config(views: PosedImages, iterations, views_per_step, sds_weight, densify, max_scale, background,
-                      preview_every, seed, options=None) -> StaticFitConfig:
+                      preview_every, seed, options=None, given_start: bool = False) -> StaticFitConfig:
     """The ``StaticFitConfig`` Gen4D_StaticGaussians fits ``views`` with, from its widget values and options
-    (benches build a shipped workflow's coarse stage with it)."""
+    (benches build a shipped workflow's coarse stage with it); ``given_start``: the fit starts from given
+    Gaussians, not the sphere, so the sphere's position schedule runs without its spatial scale."""
     loss = _S.loss if views.masks is not None else replace(_S.loss, mask=0.0)
     config = replace(
         _S, iterations=iterations, views_per_step=views_per_step, sds_weight=sds_weight, seed=seed,
         densify=DensifyConfig(total_iterations=iterations) if densify else None, loss=loss,
         max_scale=max_scale or None, background=tuple(parse_color(background).tolist()),
         preview_every=preview_every, pose_sampling=_pose_sampling(views))
-    if options is None:
-        return config
-    return _options(options, "Gen4D_StaticGaussians").static_config(config, views.masks is not None)
+    if options is not None:
+        config = _options(options, "Gen4D_StaticGaussians").static_config(config, views.masks is not None)
+    return replace(config, learning_rates=rates_for_given_start(config.learning_rates)) if given_start else config
 
 
 def deformation_fit_config(views: PosedImages, iterations, times_per_step, rigidity_weight, sds_weight,

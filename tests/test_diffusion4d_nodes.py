@@ -218,11 +218,13 @@ def test_coarse_to_fine_through_the_fit_nodes_on_held_out_view_time_pairs():
                f"white image {blank_db:.2f}")
     assert math.isfinite(fine_db)
     # Measured on the 2-core CPU (render-script orbit, fovy 39.6: the figure fills more of the frame, so a white
-    # image scores 11.2 dB): fine 16.9 dB (pairs 14.5..18.3), coarse 13.8; world seed 1: fine 17.8 (pairs from
-    # 16.8), coarse 14.0. Bars relative to the white image: the fit must explain the figure, not the background.
-    assert fine_db >= blank_db + 5.0, summary
-    assert float(per_pair.min()) >= blank_db + 2.5, summary
-    assert fine_db - coarse_db >= 2.0, summary  # the fine stage learns the motion (measured +3.1 / +3.8)
+    # image scores 11.2 dB), the static node starting from its sphere at DreamGaussian's position schedule: fine
+    # 21.8 dB (pairs 19.5..23.3), coarse 20.1; world seed 1: fine 22.1 (pairs from 20.7), coarse 20.8 (with the
+    # former 1e-3 position rate: fine 16.9 / 17.8, coarse 13.8 / 14.0). Bars relative to the white image: the fit
+    # must explain the figure, not the background.
+    assert fine_db >= blank_db + 9.0, summary
+    assert float(per_pair.min()) >= blank_db + 6.5, summary
+    assert fine_db - coarse_db >= 0.8, summary  # the fine stage learns the motion (measured +1.7 / +1.3)
 
 
 # --------------------------------------------------------------------------- the shipped workflow

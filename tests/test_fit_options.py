@@ -32,7 +32,12 @@ SIZE, FRAMES = 32, 3
 def test_presets_carry_the_papers_numbers():
     fg = FIT_PRESETS["coco4d_foreground"]  # CoCo4D App. A Table 3, eqs. 1 and 3 (L2)
     lr = fg.learning_rates
-    assert (lr.feature, lr.position, lr.scaling, lr.opacity, lr.rotation) == (0.01, 0.001, 0.005, 0.05, 0.005)
+    assert (lr.feature, lr.scaling, lr.opacity, lr.rotation) == (0.01, 0.005, 0.05, 0.005)
+    # Table 3's position_lr 1e-3 (final 2e-5 at step 500) times the sphere start's spatial scale 10 (DreamGaussian)
+    assert (lr.position, lr.position * lr.position_final_ratio, lr.position_decay_steps) == pytest.approx(
+        (0.01, 0.0002, 500))
+    canonical = FitOptions("coco4d_foreground").deformation_config(DeformationFitConfig()).canonical_learning_rates
+    assert canonical.position == pytest.approx(0.001), "a deformation fit's canonical set is a given start"
     assert (fg.deformation_lr, fg.grid_lr, fg.iterations) == (0.00064, 0.0064, 1000)
     assert (fg.loss.l2, fg.loss.l1, fg.loss.mask) == (1.0, 0.0, 1.0)
     bg = FIT_PRESETS["coco4d_background"]  # Table 4, §3.2 (L1 + HexPlane TV)
@@ -175,8 +180,16 @@ def test_options_change_what_the_static_fit_optimises(world, monkeypatch):
     # without options: CoCo4D's L2 (d/dr mean (r-t)^2 = 2 (r-t) / N); with 4DGS's: L1 (sign(r-t) / N)
     torch.testing.assert_close(_rgb_gradient(default.loss, rendered, target), 2 * (rendered - target) / n)
     torch.testing.assert_close(_rgb_gradient(chosen.loss, rendered, target), torch.sign(rendered - target) / n)
-    assert (default.learning_rates.position, chosen.learning_rates.position) == (0.001, 0.0005)
+    assert (default.learning_rates.position, chosen.learning_rates.position) == (0.01, 0.0005)
     assert chosen.learning_rates.feature == 0.0025 and chosen.iterations == 2, "the node's own widgets still rule"
+    # a given start trains its positions without the sphere's spatial scale; other schedules are left alone
+    (start,) = run("Gen4D_StaticGaussians", **common)
+    run("Gen4D_StaticGaussians", **common, init=start)
+    run("Gen4D_StaticGaussians", **common, init=start, options=opts)
+    given, given_with_options = seen[3:]
+    assert given.learning_rates.position == pytest.approx(0.001)
+    assert given.learning_rates.position_decay_steps == 500 and given.learning_rates.feature == 0.01
+    assert given_with_options.learning_rates.position == 0.0005
 
 
 def test_options_shape_the_deformation_field(world, monkeypatch):

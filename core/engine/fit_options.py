@@ -37,7 +37,7 @@ from dataclasses import dataclass, field, fields, replace
 
 from .deformation import COCO4D_FOREGROUND_LR, HexPlaneConfig
 from .fit_dynamic import DeformationFitConfig
-from .fit_static import GaussianLearningRates, StaticFitConfig
+from .fit_static import COCO4D_SPHERE_LEARNING_RATES, GaussianLearningRates, StaticFitConfig, rates_for_given_start
 from .losses import ReconstructionLoss
 
 __all__ = ["FitPreset", "FIT_PRESETS", "FitOptions", "LOSS_TERMS", "LEARNING_RATES", "FOURDGS_LEARNING_RATES"]
@@ -100,9 +100,10 @@ _POSED_FRAMES_LOSS = ReconstructionLoss(l1=1.0, l2=0.0, dssim=0.0, mask=0.0, dep
 
 FIT_PRESETS: dict[str, FitPreset] = {
     "coco4d_foreground": FitPreset(
-        "coco4d_foreground", "CoCo4D §3.1 eqs. 1, 3 (L2) + silhouette; App. A Table 3 (Gaussian rates, "
-        "deformation 6.4e-4, grid 6.4e-3; 1000 static / 800 dynamic iterations)",
-        ReconstructionLoss(l1=0.0, l2=1.0, dssim=0.0, mask=1.0), GaussianLearningRates(),
+        "coco4d_foreground", "CoCo4D §3.1 eqs. 1, 3 (L2) + silhouette; App. A Table 3 (Gaussian rates, positions "
+        "as DreamGaussian's sphere start runs them: 1e-2 to 2e-4 over 500 steps; deformation 6.4e-4, grid 6.4e-3; "
+        "1000 static / 800 dynamic iterations)",
+        ReconstructionLoss(l1=0.0, l2=1.0, dssim=0.0, mask=1.0), COCO4D_SPHERE_LEARNING_RATES,
         COCO4D_FOREGROUND_LR[0], COCO4D_FOREGROUND_LR[1], iterations=1000),
     "coco4d_background": FitPreset(
         "coco4d_background", "CoCo4D §3.2 (L1 + HexPlane TV); App. A Table 4 (Gaussian rates, deformation "
@@ -241,10 +242,11 @@ class FitOptions:
                        lr_scale_with_extent=self.base.lr_scale_with_extent)
 
     def deformation_config(self, base: DeformationFitConfig, has_masks: bool = True) -> DeformationFitConfig:
-        """``base`` with the loss, field and canonical-Gaussian rates, HexPlane and regularisers of these options."""
+        """``base`` with the loss, field and canonical-Gaussian rates, HexPlane and regularisers of these options
+        (the canonical set is a given start: a sphere schedule's positions run without its spatial scale)."""
         p = self.base
         return replace(
-            base, loss=self.loss(has_masks), canonical_learning_rates=self.learning_rates(),
+            base, loss=self.loss(has_masks), canonical_learning_rates=rates_for_given_start(self.learning_rates()),
             deformation_lr=float(self.deformation_lr if self.deformation_lr is not None else p.deformation_lr),
             grid_lr=float(self.grid_lr if self.grid_lr is not None else p.grid_lr),
             hexplane=self.field_config(p.hexplane), adapt_time_resolution=self.time_resolution is None,

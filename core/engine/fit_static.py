@@ -44,6 +44,8 @@ from .views import PosedImages
 
 __all__ = [
     "GaussianLearningRates",
+    "COCO4D_SPHERE_LEARNING_RATES",
+    "rates_for_given_start",
     "StaticFitConfig",
     "FitResult",
     "FitDivergedError",
@@ -91,6 +93,27 @@ class GaussianLearningRates:
     rotation: float = 0.005
 
 
+# DreamGaussian's sphere initialisation gives the positions a spatial_lr_scale of 10 (gs_renderer.py:
+# create_from_pcd(pcd, 10)); a point cloud given as the start keeps 1.
+SPHERE_POSITION_SCALE = 10.0
+
+COCO4D_SPHERE_LEARNING_RATES = GaussianLearningRates(position=0.001 * SPHERE_POSITION_SCALE,
+                                                     position_final_ratio=0.02, position_decay_steps=500)
+"""CoCo4D's static stage as it runs from its 5000-point sphere. App. A Table 3 repeats DreamGaussian's
+configs/image.yaml (position_lr 1e-3, final 2e-5 at position_lr_max_steps 500), whose code scales both
+position rates by the sphere's spatial_lr_scale of 10: 1e-2 decaying to 2e-4 by step 500, held after."""
+
+
+def rates_for_given_start(rates: GaussianLearningRates) -> GaussianLearningRates:
+    """``rates`` for Gaussians given as the start instead of the sphere: the sphere schedule without its
+    spatial scale (DreamGaussian's 1 for a given point cloud); other rates unchanged."""
+    sphere = COCO4D_SPHERE_LEARNING_RATES
+    if (rates.position, rates.position_final_ratio, rates.position_decay_steps) != (
+            sphere.position, sphere.position_final_ratio, sphere.position_decay_steps):
+        return rates
+    return replace(rates, position=rates.position / SPHERE_POSITION_SCALE)
+
+
 @dataclass(frozen=True)
 class StaticFitConfig:
     """Settings of :func:`fit_static` (defaults: CoCo4D foreground, App. A Table 3).
@@ -98,7 +121,8 @@ class StaticFitConfig:
     Args:
         iterations: optimisation steps (CoCo4D foreground 1000, background 300).
         views_per_step: posed images rendered per step (all of them when fewer).
-        learning_rates: per-parameter Adam learning rates.
+        learning_rates: per-parameter Adam learning rates (:data:`COCO4D_SPHERE_LEARNING_RATES`, the
+            sphere start's; :func:`rates_for_given_start` for another start).
         loss: reconstruction loss on posed views (CoCo4D eq. 1 is L2; with masks, a silhouette
             term keeps the object's outline).
         densify: adaptive density control; ``None`` turns it off.
@@ -126,7 +150,7 @@ class StaticFitConfig:
 
     iterations: int = 1000
     views_per_step: int = 1
-    learning_rates: GaussianLearningRates = field(default_factory=GaussianLearningRates)
+    learning_rates: GaussianLearningRates = COCO4D_SPHERE_LEARNING_RATES
     loss: ReconstructionLoss = field(default_factory=lambda: ReconstructionLoss(l1=0.0, l2=1.0, dssim=0.0,
                                                                                 mask=1.0))
     densify: dens.DensifyConfig | None = field(default_factory=dens.DensifyConfig)
