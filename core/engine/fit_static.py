@@ -81,6 +81,9 @@ class GaussianLearningRates:
     feature: float = 0.01
     position: float = 0.001
     position_final_ratio: float = 0.01
+    scaling: float = 0.005
+    opacity: float = 0.05
+    rotation: float = 0.005
     position_decay_steps: int | None = None
 
     def __post_init__(self) -> None:
@@ -88,9 +91,6 @@ class GaussianLearningRates:
                                                       or self.position_decay_steps < 1):
             raise ValueError(f"GaussianLearningRates: position_decay_steps must be an integer >= 1 or None, got "
                              f"{self.position_decay_steps!r}")
-    scaling: float = 0.005
-    opacity: float = 0.05
-    rotation: float = 0.005
 
 
 # DreamGaussian's sphere initialisation gives the positions a spatial_lr_scale of 10 (gs_renderer.py:
