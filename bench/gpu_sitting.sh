@@ -11,9 +11,9 @@
 #   3. the SDS step (its first step, which compiles, apart) and its profile;
 #   4. fit_bench's orbital case (the Diffusion4D construction), twice as shipped (8 frames a fine step),
 #      twice with 16, two A/B pairs (run side by side) of the fine stage's update eager and graphed, and a
-#      profile of its fine stage (at a
-#      tenth of the lengths); the Zero123-guided CoCo4D foreground (twice in one process: a process's first
-#      fit, which compiles the guidance's passes, and one after it), again with graphs of the uncompiled passes
+#      profile of its fine stage (at a tenth of the lengths); the Zero123-guided CoCo4D foreground (twice
+#      in one process: a process's first fit, which compiles the guidance's passes, and one after it), again
+#      with graphs of the uncompiled passes
 #      and with its VAE encoder eager (the A/Bs of torch.compile and of the encoder's CUDA graphs), and a
 #      profile of its static stage;
 #   5. a posed-frames dataset exported from the object world, PosedFrames4D's nodes fitted on it, and the

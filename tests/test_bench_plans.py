@@ -68,7 +68,6 @@ def test_fit_bench_changes_name_the_stages_of_the_cases_run(fit_bench):
         fit_bench.checked_changes('{"static": 3}', ["static"])
 
 
-
 def test_fit_bench_pairs_its_ab_runs_side_by_side(fit_bench):
     a = [{"seconds": 30.0, "heldout_psnr": 29.0, "gaussians": 7000}, {"seconds": 34.0, "heldout_psnr": 28.6,
                                                                       "gaussians": 7100}]
@@ -82,6 +81,7 @@ def test_fit_bench_pairs_its_ab_runs_side_by_side(fit_bench):
     assert "gaussians" not in out and out["runs"] == 2
     with pytest.raises(ValueError, match="2 a runs against 1 b"):
         fit_bench.paired_differences("orbital", a, b[:1])
+
 
 def _views(n: int = 4, masks: bool = False):
     from gen4d.core.engine.cameras import Cameras

@@ -330,7 +330,6 @@ def test_static_fit_divergence_keeps_last_good_state(tiny):
     assert not torch.equal(good.gaussians.sh, sphere(300).sh), "the kept state is a fitted one, not the init"
 
 
-
 @pytest.mark.parametrize("decay_steps", [None, 3])
 def test_static_fit_decays_the_position_rate_over_its_decay_steps_then_holds_it(tiny, monkeypatch, decay_steps):
     import gen4d.core.engine.fit_static as fs
@@ -357,6 +356,7 @@ def test_static_fit_decays_the_position_rate_over_its_decay_steps_then_holds_it(
 def test_learning_rates_refuse_a_decay_span_below_one_step():
     with pytest.raises(ValueError, match="position_decay_steps"):
         GaussianLearningRates(position_decay_steps=0)
+
 
 def test_deformation_fit_divergence_keeps_last_good_state(tiny, object_world):
     canonical = synthetic.surface_motion(object_world, [0.0], 300, seed=0).gaussians
