@@ -20,7 +20,7 @@ from ..core.formats.convert import parse_color
 from ..core.formats.posed_frames import SPLITS, dataset_folder, find_datasets, read_posed_frames
 from . import host
 from . import types as T
-from .widgets import color_error, combo_in, int_in, str_in
+from .widgets import bool_in, color_error, combo_in, int_in, str_in
 
 NODE = "Gen4D_LoadPosedFrames"
 NO_DATASETS = "(no datasets found)"
@@ -88,6 +88,10 @@ class LoadPosedFrames:
                                     "intrinsics follow."),
                 "background": str_in("#ffffff", "Colour behind transparent pixels (#rrggbb); the fit nodes' "
                                      "default is white, like D-NeRF's."),
+                "undistort": bool_in(True, "Resample frames taken through a distorted lens (nerfstudio's OPENCV "
+                                     "and OPENCV_FISHEYE coefficients) to the pinhole of their own intrinsics, which "
+                                     "is what the fits render; pixels the capture does not cover become transparent "
+                                     "(mask 0). Off: OPENCV's coefficients are ignored and a fisheye is refused."),
             },
         }
 
@@ -105,7 +109,7 @@ class LoadPosedFrames:
         return True
 
     @classmethod
-    def IS_CHANGED(cls, folder, path, split=None, downscale=None, background=None):
+    def IS_CHANGED(cls, folder, path, split=None, downscale=None, background=None, undistort=None):
         """A stamp of every file's time and size in the dataset folder (NaN when it does not resolve)."""
         try:
             root = _resolve(folder, path)
@@ -122,7 +126,7 @@ class LoadPosedFrames:
                 stamp.append(f"{name}:{st.st_mtime_ns}:{st.st_size}")
         return "|".join(stamp)
 
-    def load(self, folder, path, split, downscale, background):
+    def load(self, folder, path, split, downscale, background, undistort=True):
         root = _resolve(folder, path)
         bar: list[host.Progress] = []
 
@@ -133,7 +137,8 @@ class LoadPosedFrames:
             bar[0](done, total)
 
         frames = read_posed_frames(root, split, tuple(parse_color(background).tolist()), int(downscale),
-                                   root=host.input_directory(), who=NODE, callback=progress)
+                                   root=host.input_directory(), who=NODE, callback=progress,
+                                   undistort=bool(undistort))
         device = host.intermediate_device()
         return frames.images.to(device), frames.masks.to(device), frames.cameras
 

@@ -190,18 +190,50 @@ def test_nerfstudio_layout_with_per_frame_intrinsics_and_split_lists(tmp_path, c
     })
     assert available_splits(ds) == ["train", "test", "all"]
     with caplog.at_level(logging.WARNING):
-        got = read_posed_frames(ds, "all")
-    assert "distortion" in caplog.text and "k1" in caplog.text
-    assert got.layout == "nerfstudio" and not got.has_alpha
+        got = read_posed_frames(ds, "all", undistort=False)
+    assert "distortion" in caplog.text and "k1" in caplog.text and "undistort is off" in caplog.text
+    assert got.layout == "nerfstudio" and not got.has_alpha and got.undistorted == 0
     assert got.masks.eq(1).all()
     assert got.cameras.Ks[0].tolist() == [[7.0, 0, 5.5], [0, 8.0, 3.25], [0, 0, 1]]
     assert got.cameras.Ks[2].tolist() == [[9.0, 0, 4.5], [0, 11.0, 2.5], [0, 0, 1]]
     assert got.cameras.times.tolist() == pytest.approx([0.0, 0.5, 1.0])  # no times: even spacing
-    train = read_posed_frames(ds, "train")
+    train = read_posed_frames(ds, "train", undistort=False)
     assert train.files == ("images/frame_00000.png", "images/frame_00002.png")
     assert read_posed_frames(ds, "test").files == ("images/frame_00001.png",)
     raw = np.asarray(Image.open(ds / "images" / "frame_00002.png")).astype(np.float32) / 255.0
     assert torch.allclose(train.images[1], torch.from_numpy(raw), atol=1e-6)
+    # by default the lens is taken out: same cameras, resampled pixels
+    undistorted = read_posed_frames(ds, "train")
+    assert undistorted.undistorted == 2 and torch.equal(undistorted.cameras.Ks, train.cameras.Ks)
+    assert not torch.allclose(undistorted.images[1], train.images[1], atol=1e-3)
+
+
+@pytest.mark.parametrize("model,coefficients", [("OPENCV", {"k1": -0.3, "k2": 0.08, "p1": 0.003}),
+                                                ("OPENCV_FISHEYE", {"k1": 0.05, "k2": -0.01})],
+                         ids=["opencv", "fisheye"])
+def test_frames_taken_through_a_lens_load_as_their_pinhole_images(tmp_path, model, coefficients):
+    from test_lens import H, K, W, capture, pinhole_image
+
+    ds = tmp_path / "capture"
+    captured = (capture(model, coefficients).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    png(ds / "images" / "a.png", W, H, captured, mode="RGB")
+    write_json(ds / "transforms.json", {
+        "camera_model": model, "fl_x": float(K[0, 0]), "fl_y": float(K[1, 1]), "cx": float(K[0, 2]),
+        "cy": float(K[1, 2]), "w": W, "h": H, **coefficients,
+        "frames": [{"file_path": "images/a.png", "transform_matrix": IDENTITY}]})
+    got = read_posed_frames(ds, downscale=2, background=(0.0, 0.0, 0.0))
+    assert got.undistorted == 1
+    assert torch.allclose(got.cameras.Ks[0], K.float() * torch.tensor([[0.5], [0.5], [1.0]]))
+    truth = torch.nn.functional.avg_pool2d(pinhole_image().permute(2, 0, 1)[None], 2)[0].permute(1, 2, 0)
+    covered = got.masks[0] > 0.999
+    assert covered.float().mean() > 0.9
+    assert (got.images[0] - truth).abs().amax(-1)[covered].max() < 0.03
+    raw = torch.nn.functional.avg_pool2d(torch.from_numpy(captured).float().div(255).permute(2, 0, 1)[None], 2)
+    assert (raw[0].permute(1, 2, 0) - truth).abs().amax(-1)[covered].max() > 0.1  # the lens mattered
+    if model == "OPENCV_FISHEYE":
+        with pytest.raises(ValueError, match=r"transforms\.json: camera_model: a fisheye image cannot be used as a "
+                                             "pinhole one; turn undistort on"):
+            read_posed_frames(ds, undistort=False)
 
 
 def test_instant_ngp_layout_angles_and_ignored_fields(tmp_path):
@@ -287,8 +319,15 @@ BAD = [
     ("scaled matrix", lambda ds: _set(ds, lambda d: d["frames"][1].update(
         transform_matrix=[[2, 0, 0, 0], [0, 2, 0, 0], [0, 0, 2, 4], [0, 0, 0, 1]])),
      r"transforms_train\.json: frames\[1\]\.transform_matrix: rotation part is not a rotation"),
-    ("unknown camera model", lambda ds: _set(ds, lambda d: d.update(camera_model="OPENCV_FISHEYE")),
-     r"transforms_train\.json: camera_model: camera model 'OPENCV_FISHEYE' is not supported"),
+    ("unknown camera model", lambda ds: _set(ds, lambda d: d.update(camera_model="FOV")),
+     r"transforms_train\.json: camera_model: camera model 'FOV' is not supported"),
+    ("instant-ngp fisheye", lambda ds: _set(ds, lambda d: d.update(is_fisheye=True)),
+     r"transforms_train\.json: is_fisheye: instant-ngp's fisheye cameras are not supported"),
+    ("coefficient the lens lacks", lambda ds: _set(ds, lambda d: d.update(camera_model="OPENCV_FISHEYE", p2=0.1)),
+     r"transforms_train\.json: p2: OPENCV_FISHEYE has no coefficient p2"),
+    ("non-finite coefficient", lambda ds: _set(ds, lambda d: d["frames"][1].update(camera_model="OPENCV",
+                                                                                   k1=math.inf)),
+     r"transforms_train\.json: frames\[1\]\.k1: must be a finite number"),
     ("per-frame camera model", lambda ds: _set(ds, lambda d: d["frames"][1].update(camera_model="EQUIRECTANGULAR")),
      r"transforms_train\.json: frames\[1\]\.camera_model: camera model 'EQUIRECTANGULAR'"),
     ("missing frames", lambda ds: _set(ds, lambda d: d.pop("frames")),

@@ -31,11 +31,13 @@ Design notes:
     (``f = size / (2 tan(angle / 2))``); a missing one copies the other (square pixels); the
     principal point defaults to the image centre. Pixel coordinates follow the pack's convention
     (pixel ``(i, j)`` covers ``[j, j+1) x [i, i+1)``, centre at ``+0.5``), which is the one these
-    files' ``cx = w / 2`` means. Camera models: PINHOLE, SIMPLE_PINHOLE and OPENCV. OPENCV's
-    distortion coefficients (``k1..k4``, ``p1``, ``p2``) are ignored with a logged warning: the
-    images are used as if undistorted, which is close for the small distortions of most phone
-    captures and wrong for strong ones (undistort those first). Fisheye and other models are
-    refused.
+    files' ``cx = w / 2`` means. Camera models: PINHOLE, SIMPLE_PINHOLE, OPENCV (``k1..k4``,
+    ``p1``, ``p2``; also distortion given without a model, as instant-ngp writes it) and
+    OPENCV_FISHEYE (``k1..k4``), with nerfstudio's meaning of the coefficients
+    (:mod:`core.formats.lens`). Distorted images are resampled to the pinhole of their own K
+    (``undistort``, on by default); pixels the capture does not cover come out transparent.
+    With ``undistort`` off, OPENCV's coefficients are ignored with a logged warning and a
+    fisheye is refused. instant-ngp's ``is_fisheye`` and other models are refused.
 
     Conversion: the OpenCV camera-to-world is the file's with the camera y and z axes negated,
     ``c2w_cv = c2w_gl diag(1, -1, -1, 1)``, and the pack's viewmat is its inverse. The world
@@ -71,6 +73,7 @@ import torch
 from torch import Tensor
 
 from ..engine.cameras import Cameras
+from . import lens as lenses
 from .paths import atomic_writer
 
 __all__ = [
@@ -99,8 +102,9 @@ DEFAULT_MAX_BYTES = 16 * 2**30
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _GL_TO_CV = torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0], dtype=torch.float64))
-_PINHOLE_MODELS = ("PINHOLE", "SIMPLE_PINHOLE", "OPENCV")
-_DISTORTION = ("k1", "k2", "k3", "k4", "p1", "p2")
+_PINHOLE_MODELS = ("PINHOLE", "SIMPLE_PINHOLE")
+_CAMERA_MODELS = (*_PINHOLE_MODELS, *lenses.LENS_MODELS)
+_DISTORTION = lenses.LENS_COEFFICIENTS["OPENCV"]
 _INTRINSIC_KEYS = ("fl_x", "fl_y", "cx", "cy", "w", "h", "camera_angle_x", "camera_angle_y", "camera_model",
                    "is_fisheye", *_DISTORTION)
 
@@ -116,6 +120,7 @@ class PosedFrames:
         files: the image files, relative to the dataset folder (posix).
         layout: ``"dnerf"``, ``"blender"``, ``"nerfstudio"`` or ``"instant-ngp"`` (of the first file).
         has_alpha: whether any image had an alpha channel.
+        undistorted: how many images were resampled from a distorted lens to their pinhole.
     """
 
     images: Tensor
@@ -124,6 +129,7 @@ class PosedFrames:
     files: tuple[str, ...]
     layout: str
     has_alpha: bool
+    undistorted: int = 0
 
 
 # -- conventions ---------------------------------------------------------------------------------
@@ -263,6 +269,7 @@ class _Frame:
     width: int = 0
     height: int = 0
     has_alpha: bool = False
+    lens: tuple[str, tuple[tuple[str, float], ...]] | None = None  # (model, nonzero coefficients) of a distorted lens
 
 
 class _Reader:
@@ -388,7 +395,8 @@ class _Reader:
             raise self.fail(frame.shown, field, f"{self.shown(frame.image)} claims {frame.width}x{frame.height} "
                                                 f"pixels; images over {MAX_IMAGE_PIXELS} pixels are refused")
 
-    def intrinsics(self, frame: _Frame, warned: set[str]) -> tuple[float, float, float, float]:
+    def intrinsics(self, frame: _Frame, warned: set[str], undistorting: bool) -> tuple[float, float, float, float]:
+        """The frame's ``fx, fy, cx, cy``; sets ``frame.lens`` where its lens distorts and ``undistorting``."""
         shown, f, w, h = frame.shown, frame.fields, frame.width, frame.height
         where = f"frames[{frame.index}]"
 
@@ -396,12 +404,14 @@ class _Reader:
             return f"{where}.{key}" if key in frame.own_keys else key
 
         model = f.get("camera_model")
-        if model is not None and model not in _PINHOLE_MODELS:
+        if model is not None and model not in _CAMERA_MODELS:
             raise self.fail(shown, field_name("camera_model"), f"camera model {model!r} is not supported; expected one "
-                                                               f"of {_PINHOLE_MODELS} (undistort fisheye images first)")
+                                                               f"of {_CAMERA_MODELS}")
         if f.get("is_fisheye"):
-            raise self.fail(shown, field_name("is_fisheye"), "fisheye cameras are not supported; expected a pinhole "
-                                                             "camera (undistort the images first)")
+            raise self.fail(shown, field_name("is_fisheye"), "instant-ngp's fisheye cameras are not supported; "
+                                                             "expected a pinhole or OPENCV camera (undistort the "
+                                                             "images first, or describe the lens as nerfstudio's "
+                                                             "OPENCV_FISHEYE)")
         for key, size in (("w", w), ("h", h)):
             if key in f:
                 declared = self.number(f[key], shown, field_name(key))
@@ -410,10 +420,27 @@ class _Reader:
                                                             f"{self.shown(frame.image)} is {w}x{h}; sizes are "
                                                             "inconsistent")
         distortion = {k: self.number(f[k], shown, field_name(k)) for k in _DISTORTION if k in f}
-        if any(v != 0.0 for v in distortion.values()) and shown not in warned:
-            warned.add(shown)
-            log.warning("%s: %s: distortion %s ignored; the images are used as if undistorted", self.who, shown,
-                        {k: v for k, v in distortion.items() if v != 0.0})
+        distortion = {k: v for k, v in distortion.items() if v != 0.0}
+        lens_model = "OPENCV" if model is None else model  # instant-ngp gives OpenCV's coefficients without a model
+        if distortion and lens_model in _PINHOLE_MODELS:
+            if shown not in warned:
+                warned.add(shown)
+                log.warning("%s: %s: camera model %s has no distortion; %s ignored", self.who, shown, lens_model,
+                            distortion)
+        elif distortion or lens_model == "OPENCV_FISHEYE":  # a fisheye distorts with every coefficient zero too
+            extra = sorted(set(distortion) - set(lenses.LENS_COEFFICIENTS[lens_model]))
+            if extra:
+                raise self.fail(shown, field_name(extra[0]), f"{lens_model} has no coefficient {extra[0]} (it takes "
+                                                             f"{', '.join(lenses.LENS_COEFFICIENTS[lens_model])})")
+            if undistorting:
+                frame.lens = (lens_model, tuple(sorted(distortion.items())))
+            elif lens_model == "OPENCV_FISHEYE":
+                raise self.fail(shown, field_name("camera_model"), "a fisheye image cannot be used as a pinhole one; "
+                                                                   "turn undistort on")
+            elif shown not in warned:
+                warned.add(shown)
+                log.warning("%s: %s: distortion %s ignored (undistort is off); the images are used as if "
+                            "undistorted", self.who, shown, distortion)
 
         def focal(fl_key: str, angle_key: str, size: int) -> float | None:
             if fl_key in f:
@@ -499,6 +526,7 @@ def read_posed_frames(
     max_bytes: int = DEFAULT_MAX_BYTES,
     callback: Callable[[int, int], None] | None = None,
     workers: int | None = None,
+    undistort: bool = True,
 ) -> PosedFrames:
     """Read one split of a posed-frame dataset.
 
@@ -515,6 +543,9 @@ def read_posed_frames(
             raises (an interruption) stops the read, the images not yet decoded are dropped.
         workers: threads decoding images at once (Pillow decodes without holding the GIL); ``None``: up
             to 8, as the CPUs allow.
+        undistort: resample images taken through a distorted lens (OPENCV, OPENCV_FISHEYE) to the
+            pinhole of their own intrinsics, at full size before ``downscale``; off, OPENCV's
+            coefficients are ignored (with a warning) and a fisheye is refused.
 
     Returns:
         :class:`PosedFrames` on the CPU.
@@ -532,6 +563,8 @@ def read_posed_frames(
         raise ValueError(f"{who}: split must be one of {SPLITS}, got {split!r}")
     if isinstance(downscale, bool) or not isinstance(downscale, int) or downscale < 1:
         raise ValueError(f"{who}: downscale must be an integer >= 1, got {downscale!r}")
+    if not isinstance(undistort, bool):
+        raise ValueError(f"{who}: undistort must be True or False, got {undistort!r}")
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise ValueError(f"{who}: workers must be an integer >= 1 or None, got {workers!r}")
     bg = torch.as_tensor(background, dtype=torch.float32).reshape(-1)
@@ -568,8 +601,15 @@ def read_posed_frames(
     warned: set[str] = set()
     Ks = torch.zeros(len(frames), 3, 3)
     for i, frame in enumerate(frames):
-        fx, fy, cx, cy = reader.intrinsics(frame, warned)
+        fx, fy, cx, cy = reader.intrinsics(frame, warned, undistort)
         Ks[i] = torch.tensor([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
+    grids: dict[tuple, Tensor] = {}  # one sampling grid per distinct lens and intrinsics (frames usually share one)
+    lens_keys: list[tuple | None] = []
+    for i, frame in enumerate(frames):
+        key = None if frame.lens is None else (frame.lens, tuple(Ks[i].flatten().tolist()))
+        if key is not None and key not in grids:
+            grids[key] = lenses.undistortion_grid(Ks[i], frame.lens[0], dict(frame.lens[1]), frame.width, frame.height)
+        lens_keys.append(key)
 
     w, h = first.width, first.height
     if downscale > min(w, h):
@@ -592,7 +632,7 @@ def read_posed_frames(
     masks = torch.empty(n, hd, wd)
 
     def load(i: int) -> None:
-        rgb, alpha = _decode(frames[i], reader, hd, wd)
+        rgb, alpha = _decode(frames[i], reader, hd, wd, grids.get(lens_keys[i]))
         images[i] = rgb + (1.0 - alpha[..., None]) * bg
         masks[i] = alpha
 
@@ -611,12 +651,16 @@ def read_posed_frames(
                   for f in frames)
     log.info("%s: %d frames of %dx%d (%s layout, split %s) from %s", who, n, wd, hd, layout, split,
              reader.shown(folder_p))
+    undistorted = sum(key is not None for key in lens_keys)
+    if undistorted:
+        log.info("%s: %d of %d frames resampled from their distorted lens to its pinhole", who, undistorted, n)
     return PosedFrames(images.clamp_(0.0, 1.0), masks.clamp_(0.0, 1.0), cameras, files, layout or "blender",
-                       any(f.has_alpha for f in frames))
+                       any(f.has_alpha for f in frames), undistorted)
 
 
-def _decode(frame: _Frame, reader: _Reader, hd: int, wd: int) -> tuple[Tensor, Tensor]:
-    """Premultiplied rgb ``[hd,wd,3]`` and alpha ``[hd,wd]`` of one image, area-averaged to the target size."""
+def _decode(frame: _Frame, reader: _Reader, hd: int, wd: int, grid: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Premultiplied rgb ``[hd,wd,3]`` and alpha ``[hd,wd]`` of one image, resampled through ``grid`` (a
+    distorted lens's, at the image's own size) when given, then area-averaged to the target size."""
     import numpy as np
     from PIL import Image
 
@@ -644,6 +688,9 @@ def _decode(frame: _Frame, reader: _Reader, hd: int, wd: int) -> tuple[Tensor, T
     else:
         alpha = torch.ones(pixels.shape[:2])
         rgb = pixels[..., :3]
+    if grid is not None:  # premultiplied, so a pixel the capture does not cover comes out transparent
+        resampled = lenses.undistort(torch.cat([rgb, alpha[..., None]], dim=-1), grid)
+        rgb, alpha = resampled[..., :3], resampled[..., 3]
     if (hd, wd) != tuple(alpha.shape):
         stacked = torch.cat([rgb, alpha[..., None]], dim=-1).permute(2, 0, 1)[None]
         stacked = torch.nn.functional.interpolate(stacked, size=(hd, wd), mode="area")[0].permute(1, 2, 0)
