@@ -73,16 +73,16 @@ def pixel_centres(width: int = W, height: int = H) -> tuple[torch.Tensor, torch.
     return u, v
 
 
-def pinhole_image() -> torch.Tensor:
+def pinhole_image(k: torch.Tensor = K) -> torch.Tensor:
     u, v = pixel_centres()
-    return pattern((u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1]).float()
+    return pattern((u - k[0, 2]) / k[0, 0], (v - k[1, 2]) / k[1, 1]).float()
 
 
-def capture(model: str, c: dict) -> torch.Tensor:
-    """What a camera with this lens records of the pattern: each captured pixel shows the pinhole point the
-    lens bent onto it."""
+def capture(model: str, c: dict, k: torch.Tensor = K) -> torch.Tensor:
+    """What a camera with this lens and intrinsics ``k`` records of the pattern: each captured pixel shows the
+    pinhole point the lens bent onto it."""
     u, v = pixel_centres()
-    x, y = to_pinhole((u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], model, c)
+    x, y = to_pinhole((u - k[0, 2]) / k[0, 0], (v - k[1, 2]) / k[1, 1], model, c)
     return pattern(x, y).float()
 
 

@@ -236,6 +236,28 @@ def test_frames_taken_through_a_lens_load_as_their_pinhole_images(tmp_path, mode
             read_posed_frames(ds, undistort=False)
 
 
+def test_each_frame_is_undistorted_with_its_own_intrinsics(tmp_path):
+    from test_lens import H, K, W, capture, pinhole_image
+
+    lens = {"k1": -0.25, "k2": 0.05}
+    own = torch.tensor([[90.0, 0.0, 66.0], [0.0, 92.0, 46.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+    ds = tmp_path / "capture"
+    frames = []
+    for i, k in enumerate((K, own, K)):  # two frames share the file's camera, one has its own
+        image = (capture("OPENCV", lens, k).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+        png(ds / "images" / f"{i}.png", W, H, image, mode="RGB")
+        frames.append({"file_path": f"images/{i}.png", "transform_matrix": IDENTITY})
+    frames[1].update(fl_x=float(own[0, 0]), fl_y=float(own[1, 1]), cx=float(own[0, 2]), cy=float(own[1, 2]))
+    write_json(ds / "transforms.json", {
+        "camera_model": "OPENCV", "fl_x": float(K[0, 0]), "fl_y": float(K[1, 1]), "cx": float(K[0, 2]),
+        "cy": float(K[1, 2]), **lens, "frames": frames})
+    got = read_posed_frames(ds)
+    assert got.undistorted == 3
+    for i, k in enumerate((K, own, K)):
+        error = (got.images[i] - pinhole_image(k)).abs().amax(-1)[got.masks[i] > 0.999]
+        assert error.max() < 0.02, (i, float(error.max()))
+
+
 def test_instant_ngp_layout_angles_and_ignored_fields(tmp_path):
     ds = tmp_path / "ngp"
     for i in range(2):

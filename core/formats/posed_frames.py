@@ -64,6 +64,7 @@ import os
 import posixpath
 import re
 import warnings
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -603,13 +604,8 @@ def read_posed_frames(
     for i, frame in enumerate(frames):
         fx, fy, cx, cy = reader.intrinsics(frame, warned, undistort)
         Ks[i] = torch.tensor([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
-    grids: dict[tuple, Tensor] = {}  # one sampling grid per distinct lens and intrinsics (frames usually share one)
-    lens_keys: list[tuple | None] = []
-    for i, frame in enumerate(frames):
-        key = None if frame.lens is None else (frame.lens, tuple(Ks[i].flatten().tolist()))
-        if key is not None and key not in grids:
-            grids[key] = lenses.undistortion_grid(Ks[i], frame.lens[0], dict(frame.lens[1]), frame.width, frame.height)
-        lens_keys.append(key)
+    lens_keys = [None if f.lens is None else (f.lens, tuple(Ks[i].flatten().tolist())) for i, f in enumerate(frames)]
+    grids = _LensGrids(lens_keys, frames, Ks)
 
     w, h = first.width, first.height
     if downscale > min(w, h):
@@ -632,7 +628,7 @@ def read_posed_frames(
     masks = torch.empty(n, hd, wd)
 
     def load(i: int) -> None:
-        rgb, alpha = _decode(frames[i], reader, hd, wd, grids.get(lens_keys[i]))
+        rgb, alpha = _decode(frames[i], reader, hd, wd, grids.get(i))
         images[i] = rgb + (1.0 - alpha[..., None]) * bg
         masks[i] = alpha
 
@@ -656,6 +652,30 @@ def read_posed_frames(
         log.info("%s: %d of %d frames resampled from their distorted lens to its pinhole", who, undistorted, n)
     return PosedFrames(images.clamp_(0.0, 1.0), masks.clamp_(0.0, 1.0), cameras, files, layout or "blender",
                        any(f.has_alpha for f in frames), undistorted)
+
+
+class _LensGrids:
+    """The undistortion grid of each frame, made once for intrinsics that several frames share (a capture
+    usually has one camera) and on demand for the others, so per-frame intrinsics hold no grid per frame."""
+
+    def __init__(self, keys: list[tuple | None], frames: list[_Frame], Ks: Tensor):
+        self.keys, self.frames, self.Ks = keys, frames, Ks
+        first: dict[tuple, int] = {}
+        counts = Counter(k for k in keys if k is not None)
+        for i, k in enumerate(keys):
+            if k is not None and counts[k] > 1:
+                first.setdefault(k, i)
+        self.cache = {k: self._make(i) for k, i in first.items()}
+
+    def _make(self, i: int) -> Tensor:
+        frame = self.frames[i]
+        return lenses.undistortion_grid(self.Ks[i], frame.lens[0], dict(frame.lens[1]), frame.width, frame.height)
+
+    def get(self, i: int) -> Tensor | None:
+        key = self.keys[i]
+        if key is None:
+            return None
+        return self.cache[key] if key in self.cache else self._make(i)
 
 
 def _decode(frame: _Frame, reader: _Reader, hd: int, wd: int, grid: Tensor | None = None) -> tuple[Tensor, Tensor]:
