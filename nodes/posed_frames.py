@@ -2,7 +2,8 @@
 """Gen4D_LoadPosedFrames: a ``transforms*.json`` dataset (D-NeRF, nerfstudio, instant-ngp) from the input folder.
 
 Public API:
-    LoadPosedFrames     node ``Gen4D_LoadPosedFrames``: dataset folder + split -> IMAGE, MASK, GEN4D_CAMERAS
+    LoadPosedFrames     node ``Gen4D_LoadPosedFrames``: dataset folder + split -> IMAGE, MASK, GEN4D_CAMERAS,
+                        and the capture's point cloud as GEN4D_GAUSSIANS (or None)
     dataset_choices()   the folder picker's entries
 
 Design notes:
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import os
 
+from ..core.engine.point_init import from_points
 from ..core.formats.convert import parse_color
 from ..core.formats.posed_frames import SPLITS, dataset_folder, find_datasets, read_posed_frames
 from . import host
@@ -60,14 +62,17 @@ class LoadPosedFrames:
         "a 4D scene (example workflow PosedFrames4D)."
     )
     CATEGORY = f"{T.CATEGORY}/io"
-    RETURN_TYPES = (T.IMAGE, T.MASK, T.CAMERAS)
-    RETURN_NAMES = ("images", "masks", "cameras")
+    RETURN_TYPES = (T.IMAGE, T.MASK, T.CAMERAS, T.GAUSSIANS)
+    RETURN_NAMES = ("images", "masks", "cameras", "points")
     OUTPUT_TOOLTIPS = (
         "The frames [N,H,W,3], composited on the background colour.",
         "Each frame's alpha [N,H,W] (all ones for images without alpha). The frames are composited already, so "
         "the fits need no masks: given these, they composite their targets again at soft edges. Connect it for a "
         "silhouette term (the fit options' mask weight).",
         "One camera per frame: OpenCV world-to-camera pose, pixel intrinsics, image size and time in [0, 1].",
+        "The capture's structure-from-motion points (nerfstudio's ply_file_path) as Gaussians, one per point, "
+        "scaled by its three nearest neighbours (3DGS's start): connect it to Static Gaussians' init. None when "
+        "the dataset names no point cloud (the fit then starts from its sphere).",
     )
     FUNCTION = "load"
 
@@ -140,7 +145,11 @@ class LoadPosedFrames:
                                    root=host.input_directory(), who=NODE, callback=progress,
                                    undistort=bool(undistort))
         device = host.intermediate_device()
-        return frames.images.to(device), frames.masks.to(device), frames.cameras
+        points = None
+        if frames.points is not None:
+            # the neighbour search is N^2 / blocks: on the compute device for a capture's 100k points
+            points = from_points(frames.points.to(host.compute_device()), frames.point_colors).to(device)
+        return frames.images.to(device), frames.masks.to(device), frames.cameras, points
 
 
 NODES = {

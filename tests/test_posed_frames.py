@@ -258,6 +258,44 @@ def test_each_frame_is_undistorted_with_its_own_intrinsics(tmp_path):
         assert error.max() < 0.02, (i, float(error.max()))
 
 
+def test_a_capture_s_point_cloud_starts_the_fit_as_3dgs_does(fake_comfy):
+    from gen4d.core.formats.ply import save_points_ply
+
+    ds = fake_comfy.input / "capture"
+    png(ds / "images" / "a.png", 10, 6, mode="RGB")
+    rng = np.random.default_rng(3)
+    grid = np.stack(np.meshgrid(*[np.arange(4.0)] * 3, indexing="ij"), -1).reshape(-1, 3)  # spacing 1
+    points = np.concatenate([grid * 0.1, grid * 2.0 + 5.0]).astype(np.float32)  # a dense and a sparse block
+    colors = rng.uniform(0, 1, points.shape).astype(np.float32)
+    save_points_ply(points, colors, ds / "sparse_pc.ply")
+    write_json(ds / "transforms.json", {"camera_model": "PINHOLE", "fl_x": 7.0, "w": 10, "h": 6,
+                                        "ply_file_path": "sparse_pc.ply",
+                                        "frames": [{"file_path": "images/a.png", "transform_matrix": IDENTITY}]})
+    got = read_posed_frames(ds)
+    assert torch.allclose(got.points, torch.from_numpy(points))
+    assert torch.allclose(got.point_colors, torch.from_numpy(colors), atol=1 / 255)  # stored as uchar
+    *_, gaussians = run(NODE, folder="capture")
+    assert torch.allclose(gaussians.means, torch.from_numpy(points))
+    scales = gaussians.scales
+    assert torch.allclose(scales[:, 0], scales[:, 2])  # isotropic
+    # a grid point's three nearest neighbours lie one spacing away: the scale is that spacing
+    assert torch.allclose(scales[:64, 0], torch.full((64,), 0.1), rtol=1e-4)
+    assert torch.allclose(scales[64:, 0], torch.full((64,), 2.0), rtol=1e-4)
+    assert torch.allclose(gaussians.opacities, torch.full((128,), 0.1), atol=1e-6)
+    assert torch.allclose(gaussians.colors, got.point_colors, atol=1e-5)
+    # a named cloud that is missing or leaves the input folder is an error naming the field
+    for name, message in (("gone.ply", "point cloud not found"), ("../../outside.ply", "outside the input folder")):
+        _set_single(ds, name)
+        with pytest.raises(ValueError, match=rf"transforms\.json: ply_file_path: .*{message}"):
+            read_posed_frames(ds, root=fake_comfy.input)
+
+
+def _set_single(ds: Path, ply: str) -> None:
+    data = json.loads((ds / "transforms.json").read_text())
+    data["ply_file_path"] = ply
+    write_json(ds / "transforms.json", data)
+
+
 def test_instant_ngp_layout_angles_and_ignored_fields(tmp_path):
     ds = tmp_path / "ngp"
     for i in range(2):
@@ -468,11 +506,11 @@ def test_node_lists_loads_and_confines_datasets(input_dir, tmp_path):
                             size=12, supersample=1)
     dnerf_folder(input_dir)
     assert cls.INPUT_TYPES()["required"]["folder"][0] == ["dnerf", "scenes/toy"]
-    images, masks, cameras = run(NODE, folder="scenes/toy")
-    assert images.shape == (3, 12, 12, 3) and masks.shape == (3, 12, 12)
+    images, masks, cameras, points = run(NODE, folder="scenes/toy")
+    assert images.shape == (3, 12, 12, 3) and masks.shape == (3, 12, 12) and points is None
     assert torch.allclose(cameras.viewmats, exported["train"].viewmats, atol=1e-5)
-    images, masks, cameras = run(NODE, folder="dnerf", path="scenes\\toy", split="test", downscale=2,
-                                 background="#000000")
+    images, masks, cameras, _ = run(NODE, folder="dnerf", path="scenes\\toy", split="test", downscale=2,
+                                    background="#000000")
     assert images.shape == (1, 6, 6, 3) and cameras.width == 6
     assert cls.VALIDATE_INPUTS(folder="dnerf", path="", background="#ffffff") is True
 
@@ -501,7 +539,7 @@ def test_node_lists_loads_and_confines_datasets(input_dir, tmp_path):
 def test_node_reports_each_image_and_stops_on_interrupt(fake_comfy):
     dnerf_folder(fake_comfy.input)
     cls = gen4d.NODE_CLASS_MAPPINGS[NODE]
-    images, _, _ = cls().load(folder="dnerf", path="", split="train", downscale=1, background="#ffffff")
+    images, _, _, _ = cls().load(folder="dnerf", path="", split="train", downscale=1, background="#ffffff")
     assert len(images) == 3 and [u[:2] for u in fake_comfy.updates] == [(1, 3), (2, 3), (3, 3)]
     fake_comfy.updates.clear()
     fake_comfy.interrupt_after = 1

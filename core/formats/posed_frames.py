@@ -22,7 +22,8 @@ Design notes:
       ``camera_angle_x`` (horizontal field of view, radians) and a per-frame ``time`` in [0, 1].
     - nerfstudio: one ``transforms.json`` with ``camera_model``, ``fl_x``, ``fl_y``, ``cx``, ``cy``,
       ``w``, ``h`` at the top and/or per frame (per-frame values win), optional ``*_filenames``
-      split lists.
+      split lists; ``ply_file_path`` names the capture's structure-from-motion points (in the
+      poses' world frame), read as ``points`` / ``point_colors`` to start a fit from.
     - instant-ngp: one ``transforms.json`` with ``camera_angle_x`` / ``camera_angle_y`` and/or
       ``fl_x``, ``fl_y``, ``cx``, ``cy``, ``w``, ``h``; ``aabb_scale``, ``scale``, ``offset`` and
       ``sharpness`` describe its own scene box and are ignored.
@@ -100,6 +101,7 @@ SINGLE_FILE = "transforms.json"
 MAX_JSON_BYTES = 64 * 2**20
 MAX_IMAGE_PIXELS = 2**27  # 134 M pixels: a 16k x 8k panorama still loads, a lying header does not
 DEFAULT_MAX_BYTES = 16 * 2**30
+MAX_POINT_CLOUD_BYTES = 2**31  # 2 GiB: some 70 M coloured points
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _GL_TO_CV = torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0], dtype=torch.float64))
@@ -122,6 +124,8 @@ class PosedFrames:
         layout: ``"dnerf"``, ``"blender"``, ``"nerfstudio"`` or ``"instant-ngp"`` (of the first file).
         has_alpha: whether any image had an alpha channel.
         undistorted: how many images were resampled from a distorted lens to their pinhole.
+        points: ``[P,3]`` float32 point cloud the dataset names (nerfstudio's ``ply_file_path``), or None.
+        point_colors: ``[P,3]`` its colours in 0..1, or None.
     """
 
     images: Tensor
@@ -131,6 +135,8 @@ class PosedFrames:
     layout: str
     has_alpha: bool
     undistorted: int = 0
+    points: Tensor | None = None
+    point_colors: Tensor | None = None
 
 
 # -- conventions ---------------------------------------------------------------------------------
@@ -360,6 +366,36 @@ class _Reader:
             raise self.fail(shown, "frames", "none of the frames is listed in the selected split's *_filenames")
         return out, _layout(data, frames)
 
+    def point_cloud(self, path: Path) -> tuple[Tensor, Tensor] | None:
+        """The points and colours of the PLY a transforms file names in ``ply_file_path``, or None."""
+        from .ply import load_points_ply
+
+        shown = self.shown(path)
+        data, _ = self.load_json(path)
+        name = data.get("ply_file_path")
+        if name is None:
+            return None
+        parts = _relative_parts(name, f"{self.who}: {shown}", "ply_file_path")
+        resolved = path.parent.joinpath(*parts).resolve() if parts else path.parent
+        if not _inside(resolved, self.root):
+            raise self.fail(shown, "ply_file_path", f"{name!r} resolves to {str(resolved)!r}, outside the input "
+                                                    f"folder {str(self.root)!r} (symlinks are followed)")
+        if not resolved.is_file():
+            raise self.fail(shown, "ply_file_path", f"point cloud not found ({self.shown(resolved)})")
+        if resolved.stat().st_size > MAX_POINT_CLOUD_BYTES:
+            limit = MAX_POINT_CLOUD_BYTES >> 20
+            raise self.fail(shown, "ply_file_path", f"{self.shown(resolved)} is over {limit} MiB; thin the point "
+                                                    "cloud first")
+        try:
+            points, colors = load_points_ply(resolved)
+        except (OSError, ValueError) as exc:
+            raise self.fail(shown, "ply_file_path", f"{self.shown(resolved)} is not a readable point cloud "
+                                                    f"({exc})") from None
+        points, colors = torch.from_numpy(points).float(), torch.from_numpy(colors).float()
+        if len(points) == 0 or not torch.isfinite(points).all():
+            raise self.fail(shown, "ply_file_path", f"{self.shown(resolved)} holds no points or non-finite ones")
+        return points, colors.clamp(0.0, 1.0)
+
     def image_path(self, frame: _Frame) -> Path:
         field = f"frames[{frame.index}].file_path"
         parts = _relative_parts(frame.file_path, f"{self.who}: {frame.shown}", field)
@@ -577,11 +613,12 @@ def read_posed_frames(
                          f"{'/'.join(SPLIT_FILES.values())}")
 
     frames: list[_Frame] = []
-    layout = None
+    layout, cloud = None, None
     for path, keep in _selected_files(folder_p, split, reader):
         parsed, file_layout = reader.parse_file(path, keep)
         frames += parsed
         layout = layout or file_layout
+        cloud = cloud or reader.point_cloud(path)
 
     timed = [f.time is not None for f in frames]
     if any(timed) and not all(timed):
@@ -651,7 +688,7 @@ def read_posed_frames(
     if undistorted:
         log.info("%s: %d of %d frames resampled from their distorted lens to its pinhole", who, undistorted, n)
     return PosedFrames(images.clamp_(0.0, 1.0), masks.clamp_(0.0, 1.0), cameras, files, layout or "blender",
-                       any(f.has_alpha for f in frames), undistorted)
+                       any(f.has_alpha for f in frames), undistorted, *(cloud or (None, None)))
 
 
 class _LensGrids:
