@@ -37,3 +37,26 @@ def test_coincident_points_get_a_small_finite_scale_and_two_points_suffice():
 def test_bad_input_is_refused(points, colors, message):
     with pytest.raises(ValueError, match=message):
         from_points(points, colors)
+
+
+@pytest.mark.parametrize("shape", ["volume", "shell", "clusters"])
+def test_large_clouds_search_the_z_curves_and_find_nearly_every_neighbour(monkeypatch, shape):
+    import gen4d.core.engine.point_init as point_init
+
+    g = torch.Generator().manual_seed(1)
+    n = 6000
+    if shape == "volume":
+        points = torch.rand(n, 3, generator=g)
+    elif shape == "shell":  # a scanned surface: SfM points lie on the scene's surfaces
+        points = torch.nn.functional.normalize(torch.randn(n, 3, generator=g), dim=-1) * 2.0
+    else:  # a dense object in front of a sparse background
+        points = torch.cat([torch.randn(n // 2, 3, generator=g) * 0.01, torch.randn(n // 2, 3, generator=g) + 5])
+    exact = point_init.neighbour_variance(points).sqrt()
+    monkeypatch.setattr(point_init, "EXACT_POINTS", 100)
+    monkeypatch.setattr(point_init, "_CHUNK", 1000)  # several chunks
+    searched = point_init.neighbour_variance(points).sqrt()
+    ratio = searched / exact
+    assert ratio.min() > 1 - 1e-4  # candidates are real points: never nearer than the true neighbours
+    assert (ratio < 1 + 1e-4).float().mean() > 0.9
+    assert ratio.quantile(0.99) < 1.5
+    assert from_points(points, torch.zeros(n, 3)).scales[:, 0].allclose(searched.clamp_min(MIN_VARIANCE ** 0.5))
