@@ -147,7 +147,7 @@ class LoadPosedFrames:
         device = host.intermediate_device()
         points = None
         if frames.points is not None:
-            # the neighbour search is N^2 / blocks: on the compute device for a capture's 100k points
+            # the neighbour search runs on the compute device: a capture has 10k to 1M points
             points = from_points(frames.points.to(host.compute_device()), frames.point_colors).to(device)
         return frames.images.to(device), frames.masks.to(device), frames.cameras, points
 

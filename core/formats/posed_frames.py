@@ -339,8 +339,9 @@ class _Reader:
                                           f"{torch.linalg.det(r).item():.3g}); expected a rigid camera-to-world pose")
         return m
 
-    def parse_file(self, path: Path, keep: set[str] | None) -> tuple[list[_Frame], str]:
-        """Frames of one transforms file (only those whose normalised file_path is in ``keep``)."""
+    def parse_file(self, path: Path, keep: set[str] | None) -> tuple[list[_Frame], str, object]:
+        """Frames of one transforms file (only those whose normalised file_path is in ``keep``), its layout
+        and the point cloud it names (``ply_file_path``, unchecked; None when absent)."""
         shown = self.shown(path)
         data, frames = self.load_json(path)
         top = {k: data[k] for k in _INTRINSIC_KEYS if k in data}
@@ -364,22 +365,25 @@ class _Reader:
             out.append(_Frame(path, shown, i, file_path, c2w, {**top, **{k: frame[k] for k in own}}, own, time))
         if keep is not None and not out:
             raise self.fail(shown, "frames", "none of the frames is listed in the selected split's *_filenames")
-        return out, _layout(data, frames)
+        return out, _layout(data, frames), data.get("ply_file_path")
 
-    def point_cloud(self, path: Path) -> tuple[Tensor, Tensor] | None:
-        """The points and colours of the PLY a transforms file names in ``ply_file_path``, or None."""
+    def confined(self, path: Path, shown: str, field: str, name: str) -> Path:
+        """``path`` resolved (symlinks followed), refused when it leaves the input folder."""
+        resolved = path.resolve()
+        if not _inside(resolved, self.root):
+            raise self.fail(shown, field, f"{name!r} resolves to {str(resolved)!r}, outside the input folder "
+                                          f"{str(self.root)!r} (symlinks are followed)")
+        return resolved
+
+    def point_cloud(self, path: Path, name) -> tuple[Tensor, Tensor] | None:
+        """The points and colours of the PLY named ``name`` by the transforms file ``path``, or None."""
         from .ply import load_points_ply
 
-        shown = self.shown(path)
-        data, _ = self.load_json(path)
-        name = data.get("ply_file_path")
         if name is None:
             return None
+        shown = self.shown(path)
         parts = _relative_parts(name, f"{self.who}: {shown}", "ply_file_path")
-        resolved = path.parent.joinpath(*parts).resolve() if parts else path.parent
-        if not _inside(resolved, self.root):
-            raise self.fail(shown, "ply_file_path", f"{name!r} resolves to {str(resolved)!r}, outside the input "
-                                                    f"folder {str(self.root)!r} (symlinks are followed)")
+        resolved = self.confined(path.parent.joinpath(*parts), shown, "ply_file_path", name)
         if not resolved.is_file():
             raise self.fail(shown, "ply_file_path", f"point cloud not found ({self.shown(resolved)})")
         if resolved.stat().st_size > MAX_POINT_CLOUD_BYTES:
@@ -404,10 +408,7 @@ class _Reader:
         raw = frame.source.parent.joinpath(*parts)
         tried = []
         for candidate in (raw, raw.with_name(raw.name + ".png")):
-            resolved = candidate.resolve()
-            if not _inside(resolved, self.root):
-                raise self.fail(frame.shown, field, f"{frame.file_path!r} resolves to {str(resolved)!r}, outside the "
-                                                    f"input folder {str(self.root)!r} (symlinks are followed)")
+            resolved = self.confined(candidate, frame.shown, field, frame.file_path)
             if resolved.is_file():
                 return resolved
             tried.append(self.shown(candidate))
@@ -615,10 +616,10 @@ def read_posed_frames(
     frames: list[_Frame] = []
     layout, cloud = None, None
     for path, keep in _selected_files(folder_p, split, reader):
-        parsed, file_layout = reader.parse_file(path, keep)
+        parsed, file_layout, cloud_name = reader.parse_file(path, keep)
         frames += parsed
         layout = layout or file_layout
-        cloud = cloud or reader.point_cloud(path)
+        cloud = cloud or reader.point_cloud(path, cloud_name)
 
     timed = [f.time is not None for f in frames]
     if any(timed) and not all(timed):
