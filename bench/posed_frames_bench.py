@@ -285,7 +285,9 @@ def fit(args) -> dict:
     test = read_posed_frames(folder, test_split, background, args.downscale)
     # The reader composites the frames on the background, so no masks (as PosedFrames4D.json passes none): a
     # fit given masks composites its targets again, which moves every anti-aliased edge towards the background.
-    views = PosedImages(train.images, train.cameras)
+    # Pixels the dataset marks to ignore (nerfstudio's mask_path, a lens's uncovered corners) are, as the
+    # workflow links them.
+    views = PosedImages(train.images, train.cameras, ignore=train.ignore)
     init, center, radius = init_sphere(train.cameras, args.init_points, args.init_radius, args.seed)
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"

@@ -34,6 +34,11 @@ _D = DeformationFitConfig()
 _OPTIONS_IN = socket_in(T.FIT_OPTIONS, "Fit options (Gen4D Fit Options): a paper preset of loss weights, learning "
                         "rates and HexPlane field with overrides. Unconnected: CoCo4D's foreground setting.")
 
+# Appended after every other optional socket: saved workflows link inputs by position.
+_IGNORE_IN = socket_in(T.MASK, "Pixels to leave out of the fit (1 = ignore): people or cars passing through a "
+                       "capture, a watermark, a lens's uncovered corners (Load Posed Frames' ignore output). The "
+                       "scene there is learned from the other views.")
+
 _COMMON_OPTIONAL = {
     "masks": socket_in(T.MASK, "Object masks per frame (e.g. from SAM2): add a silhouette loss and let the "
                        "object be centred like CoCo4D."),
@@ -45,14 +50,18 @@ _COMMON_OPTIONAL = {
 }
 
 
-def _setup(images, masks, cameras, center, background):
+def _setup(images, masks, cameras, center, background, ignore_mask=None):
     # Inputs are data, never part of the fit's graph: an IMAGE that carries autograd history from an
     # upstream node would otherwise be backpropagated through again at every step.
     images = images.detach() if isinstance(images, torch.Tensor) else images
     masks = masks.detach() if isinstance(masks, torch.Tensor) else masks
+    ignore_mask = ignore_mask.detach() if isinstance(ignore_mask, torch.Tensor) else ignore_mask
     frames = check_image(images, "images")
     mask_t = None if masks is None else check_mask(masks, "masks", like=frames)
-    return reference_clip(frames, mask_t, cameras, center, tuple(parse_color(background).tolist()))
+    ignore = None if ignore_mask is None else check_mask(ignore_mask, "ignore_mask", like=frames).clamp(0.0, 1.0)
+    if ignore is not None and not (ignore > 0).any():  # an empty mask (Load Posed Frames' default) ignores nothing
+        ignore = None
+    return reference_clip(frames, mask_t, cameras, center, tuple(parse_color(background).tolist()), ignore=ignore)
 
 
 def _stopped_or_done(result) -> None:
@@ -106,6 +115,7 @@ class StaticGaussians:
                                   "their positions then train at a tenth of the sphere's rate, as "
                                   "DreamGaussian trains a given point cloud."),
                 "options": _OPTIONS_IN,
+                "ignore_mask": _IGNORE_IN,
             },
         }
 
@@ -115,8 +125,8 @@ class StaticGaussians:
 
     def fit(self, images, fit_frames, iterations, num_points, sphere_radius, views_per_step, sds_weight, densify,
             max_scale, center_object, background, preview_every, seed, masks=None, cameras=None, guidance=None,
-            init=None, options=None):
-        clip = _setup(images, masks, cameras, center_object, background)
+            init=None, options=None, ignore_mask=None):
+        clip = _setup(images, masks, cameras, center_object, background, ignore_mask)
         views = clip.views if fit_frames == "all" else clip.views.subset([0])
         gen = torch.Generator().manual_seed(seed)
         start = init if init is not None else _sphere(num_points, sphere_radius, clip.views, gen)
@@ -179,7 +189,7 @@ class DeformationFit:
                                    "stage: clone/split/prune every 100 steps from step 200 to 80 % of the fit). "
                                    "Needs freeze_canonical off."),
             },
-            "optional": {**_COMMON_OPTIONAL, "options": _OPTIONS_IN},
+            "optional": {**_COMMON_OPTIONAL, "options": _OPTIONS_IN, "ignore_mask": _IGNORE_IN},
         }
 
     @classmethod
@@ -190,8 +200,8 @@ class DeformationFit:
 
     def fit(self, gaussians, images, iterations, times_per_step, rigidity_weight, sds_weight, freeze_canonical,
             center_object, trajectory_iterations, fps, background, preview_every, seed, densify=False, masks=None,
-            cameras=None, guidance=None, options=None):
-        clip = _setup(images, masks, cameras, center_object, background)
+            cameras=None, guidance=None, options=None, ignore_mask=None):
+        clip = _setup(images, masks, cameras, center_object, background, ignore_mask)
         config = deformation_fit_config(clip.views, iterations, times_per_step, rigidity_weight, sds_weight,
                                         freeze_canonical, background, preview_every, seed, options, densify)
         progress = host.Progress(iterations + trajectory_iterations)
@@ -302,7 +312,8 @@ def _refine(canonical, motion, clip, iterations):
                   for i, t in enumerate(clip.views.times.tolist())]
     alpha = torch.cat([f.alpha for f in frames])[..., 0].cpu()
     rgb = torch.cat([f.rgb for f in frames]).cpu() / alpha[..., None].clamp_min(1e-6)
-    refined, losses = refine_trajectory(rgb, alpha, clip.frames, clip.masks, clip.trajectory, iterations)
+    refined, losses = refine_trajectory(rgb, alpha, clip.frames, clip.masks, clip.trajectory, iterations,
+                                        ignore=clip.ignore)
     logger.info("screen trajectory refined: loss %.3g -> %.3g", losses[0], losses[-1])
     return refined
 

@@ -3,7 +3,7 @@
 
 Public API:
     LoadPosedFrames     node ``Gen4D_LoadPosedFrames``: dataset folder + split -> IMAGE, MASK, GEN4D_CAMERAS,
-                        and the capture's point cloud as GEN4D_GAUSSIANS (or None)
+                        the capture's point cloud as GEN4D_GAUSSIANS (or None) and a MASK of pixels to ignore
     dataset_choices()   the folder picker's entries
 
 Design notes:
@@ -16,6 +16,8 @@ Design notes:
 from __future__ import annotations
 
 import os
+
+import torch
 
 from ..core.engine.point_init import from_points
 from ..core.formats.convert import parse_color
@@ -54,16 +56,17 @@ class LoadPosedFrames:
     DESCRIPTION = (
         "Load posed frames from a transforms*.json dataset under ComfyUI's input folder: D-NeRF "
         "(transforms_train/val/test.json with camera_angle_x and per-frame time), nerfstudio (camera_model "
-        "PINHOLE or OPENCV, fl_x/fl_y/cx/cy/w/h, per-frame intrinsics; distortion is ignored with a warning) "
-        "and instant-ngp (camera_angle_x/y or fl_x..., aabb_scale ignored). Poses are converted from the files' "
+        "PINHOLE, OPENCV or OPENCV_FISHEYE, fl_x/fl_y/cx/cy/w/h, per-frame intrinsics, mask_path, ply_file_path; "
+        "distorted frames are undistorted) and instant-ngp (camera_angle_x/y or fl_x..., aabb_scale ignored). "
+        "Poses are converted from the files' "
         "OpenGL/Blender axes to the pack's OpenCV cameras; times come from the frames' 'time' or are spread "
         "evenly over [0, 1]. Alpha becomes the mask and the images are composited on the background colour. "
         "Feed images and cameras to Static Gaussians (fit_frames 'all', sphere_radius 0) and Deformation Fit to fit "
         "a 4D scene (example workflow PosedFrames4D)."
     )
     CATEGORY = f"{T.CATEGORY}/io"
-    RETURN_TYPES = (T.IMAGE, T.MASK, T.CAMERAS, T.GAUSSIANS)
-    RETURN_NAMES = ("images", "masks", "cameras", "points")
+    RETURN_TYPES = (T.IMAGE, T.MASK, T.CAMERAS, T.GAUSSIANS, T.MASK)
+    RETURN_NAMES = ("images", "masks", "cameras", "points", "ignore")
     OUTPUT_TOOLTIPS = (
         "The frames [N,H,W,3], composited on the background colour.",
         "Each frame's alpha [N,H,W] (all ones for images without alpha). The frames are composited already, so "
@@ -73,6 +76,9 @@ class LoadPosedFrames:
         "The capture's structure-from-motion points (nerfstudio's ply_file_path) as Gaussians, one per point, "
         "scaled by its three nearest neighbours (3DGS's start): connect it to Static Gaussians' init. None when "
         "the dataset names no point cloud (the fit then starts from its sphere).",
+        "Pixels to leave out of training [N,H,W] (1 = ignore): where a frame's nerfstudio mask_path is 0 "
+        "(passers-by, the capture rig) and where an undistorted frame sees past the capture's edge. Connect it to "
+        "the fits' ignore_mask. A single empty mask when the dataset has neither.",
     )
     FUNCTION = "load"
 
@@ -149,7 +155,9 @@ class LoadPosedFrames:
         if frames.points is not None:
             # the neighbour search runs on the compute device: a capture has 10k to 1M points
             points = from_points(frames.points.to(host.compute_device()), frames.point_colors).to(device)
-        return frames.images.to(device), frames.masks.to(device), frames.cameras, points
+        n, h, w = frames.masks.shape
+        ignore = frames.ignore if frames.ignore is not None else torch.zeros(1, h, w)
+        return frames.images.to(device), frames.masks.to(device), frames.cameras, points, ignore.to(device)
 
 
 NODES = {

@@ -45,7 +45,8 @@ def png(path: Path, width: int, height: int, rgba=None, mode: str = "RGBA") -> n
     path.parent.mkdir(parents=True, exist_ok=True)
     channels = len(mode)
     if rgba is None:
-        rgba = np.random.default_rng(len(str(path))).integers(0, 256, (height, width, channels), dtype=np.uint8)
+        shape = (height, width, channels) if channels > 1 else (height, width)
+        rgba = np.random.default_rng(len(str(path))).integers(0, 256, shape, dtype=np.uint8)
     Image.fromarray(rgba, mode).save(path)
     return rgba
 
@@ -274,7 +275,7 @@ def test_a_capture_s_point_cloud_starts_the_fit_as_3dgs_does(fake_comfy):
     got = read_posed_frames(ds)
     assert torch.allclose(got.points, torch.from_numpy(points))
     assert torch.allclose(got.point_colors, torch.from_numpy(colors), atol=1 / 255)  # stored as uchar
-    *_, gaussians = run(NODE, folder="capture")
+    _, _, _, gaussians, _ = run(NODE, folder="capture")
     assert torch.allclose(gaussians.means, torch.from_numpy(points))
     scales = gaussians.scales
     assert torch.allclose(scales[:, 0], scales[:, 2])  # isotropic
@@ -288,6 +289,50 @@ def test_a_capture_s_point_cloud_starts_the_fit_as_3dgs_does(fake_comfy):
         _set_single(ds, name)
         with pytest.raises(ValueError, match=rf"transforms\.json: ply_file_path: .*{message}"):
             read_posed_frames(ds, root=fake_comfy.input)
+
+
+def test_nerfstudio_masks_and_uncovered_lens_pixels_become_pixels_to_ignore(tmp_path):
+    """mask_path's 0 marks pixels to leave out of training: ignore is 1 - mask, frames without a mask ignore
+    nothing, a downscale averages it, and an undistorted frame also ignores what its pinhole sees past the
+    capture's edge (which is transparent too)."""
+    from test_lens import H, K, W, capture
+
+    ds = tmp_path / "capture"
+    keep = np.full((6, 10), 255, np.uint8)
+    keep[1:5, 2:6] = 0  # a passer-by
+    keep[0, 9] = 128
+    png(ds / "images" / "a.png", 10, 6, mode="RGB")
+    png(ds / "images" / "b.png", 10, 6, mode="RGB")
+    png(ds / "masks" / "a.png", 10, 6, keep, mode="L")
+    png(ds / "masks" / "b.png", 10, 6, np.dstack([keep[::-1]] * 3), mode="RGB")  # 3 channels: the first counts
+    frames = [{"file_path": "images/a.png", "mask_path": "masks/a.png", "transform_matrix": IDENTITY},
+              {"file_path": "images/b.png", "transform_matrix": IDENTITY},
+              {"file_path": "images/b.png", "mask_path": "masks/b.png", "transform_matrix": IDENTITY}]
+    write_json(ds / "transforms.json", {"camera_model": "PINHOLE", "fl_x": 7.0, "w": 10, "h": 6, "frames": frames})
+    got = read_posed_frames(ds)
+    expected = 1.0 - torch.from_numpy(keep).float() / 255.0
+    assert torch.allclose(got.ignore[0], expected, atol=1e-6)
+    assert got.ignore[1].eq(0).all()
+    assert torch.allclose(got.ignore[2], expected.flip(0), atol=1e-6)
+    assert got.masks.eq(1).all(), "the mask marks pixels to ignore, not the subject's alpha"
+    half = read_posed_frames(ds, downscale=2)
+    assert torch.allclose(half.ignore[0], torch.nn.functional.avg_pool2d(expected[None, None], 2)[0, 0], atol=1e-6)
+    (ds / "transforms.json").write_text(json.dumps({"camera_model": "PINHOLE", "fl_x": 7.0, "w": 10, "h": 6,
+                                                    "frames": frames[1:2]}))
+    assert read_posed_frames(ds).ignore is None, "no mask and no lens: nothing is tracked"
+
+    lens = tmp_path / "lens"
+    captured = (capture("OPENCV", {"k1": 0.3}).clamp(0, 1) * 255).round().to(torch.uint8).numpy()  # pincushion
+    png(lens / "a.png", W, H, captured, mode="RGB")
+    write_json(lens / "transforms.json", {
+        "camera_model": "OPENCV", "fl_x": float(K[0, 0]), "fl_y": float(K[1, 1]), "cx": float(K[0, 2]),
+        "cy": float(K[1, 2]), "w": W, "h": H, "k1": 0.3,
+        "frames": [{"file_path": "a.png", "transform_matrix": IDENTITY}]})
+    got = read_posed_frames(lens)
+    uncovered, covered = got.masks[0] < 1e-3, got.masks[0] > 0.999
+    assert uncovered.any() and covered.float().mean() > 0.5, "a pincushion capture leaves the corners uncovered"
+    assert got.ignore[0][uncovered].min() > 0.999 and got.ignore[0][covered].max() < 1e-3
+    torch.testing.assert_close(got.ignore[0], 1.0 - got.masks[0], rtol=0, atol=1e-5)  # opaque capture
 
 
 def _set_single(ds: Path, ply: str) -> None:
@@ -410,6 +455,20 @@ BAD = [
      r"transforms_train\.json: frames\[0\]\.file_path: must be relative to the input folder; absolute path"),
     ("symlink out", _symlink_out,
      r"transforms_train\.json: frames\[2\]\.file_path: '\./train/r_009' resolves to .*outside the input folder"),
+    ("missing mask", lambda ds: _set(ds, lambda d: d["frames"][1].update(mask_path="./train/nothing.png")),
+     r"transforms_train\.json: frames\[1\]\.mask_path: mask not found"),
+    ("mask of another size", lambda ds: (png(ds / "masks" / "m.png", 5, 4, mode="L"),
+                                         _set(ds, lambda d: d["frames"][0].update(mask_path="masks/m.png"))),
+     r"transforms_train\.json: frames\[0\]\.mask_path: dnerf/masks/m\.png is 5x4 but its image .* is 8x6"),
+    ("mask not a name", lambda ds: _set(ds, lambda d: d["frames"][2].update(mask_path=3)),
+     r"transforms_train\.json: frames\[2\]\.mask_path: must name an image file, got 3"),
+    ("mask not an image", lambda ds: ((ds / "m.png").write_text("hello"),
+                                      _set(ds, lambda d: d["frames"][1].update(mask_path="m.png"))),
+     r"transforms_train\.json: frames\[1\]\.mask_path: dnerf/m\.png is not a readable image"),
+    ("mask leaves the input folder", lambda ds: (png(ds.parent.parent / "outside.png", 8, 6, mode="L"),
+                                                 _set(ds, lambda d: d["frames"][1].update(
+                                                     mask_path="../../outside.png"))),
+     r"transforms_train\.json: frames\[1\]\.mask_path: '\.\./\.\./outside\.png' resolves to .*outside the input"),
     ("not json", lambda ds: (ds / "transforms_train.json").write_text("{'frames': "),
      r"transforms_train\.json: \(file\): is not valid UTF-8 JSON"),
     ("not an image", lambda ds: (ds / "train" / "r_001.png").write_text("hello"),
@@ -506,10 +565,11 @@ def test_node_lists_loads_and_confines_datasets(input_dir, tmp_path):
                             size=12, supersample=1)
     dnerf_folder(input_dir)
     assert cls.INPUT_TYPES()["required"]["folder"][0] == ["dnerf", "scenes/toy"]
-    images, masks, cameras, points = run(NODE, folder="scenes/toy")
+    images, masks, cameras, points, ignore = run(NODE, folder="scenes/toy")
     assert images.shape == (3, 12, 12, 3) and masks.shape == (3, 12, 12) and points is None
+    assert ignore.shape == (1, 12, 12) and ignore.eq(0).all(), "nothing to ignore: one empty mask"
     assert torch.allclose(cameras.viewmats, exported["train"].viewmats, atol=1e-5)
-    images, masks, cameras, _ = run(NODE, folder="dnerf", path="scenes\\toy", split="test", downscale=2,
+    images, masks, cameras, *_ = run(NODE, folder="dnerf", path="scenes\\toy", split="test", downscale=2,
                                     background="#000000")
     assert images.shape == (1, 6, 6, 3) and cameras.width == 6
     assert cls.VALIDATE_INPUTS(folder="dnerf", path="", background="#ffffff") is True
@@ -539,7 +599,7 @@ def test_node_lists_loads_and_confines_datasets(input_dir, tmp_path):
 def test_node_reports_each_image_and_stops_on_interrupt(fake_comfy):
     dnerf_folder(fake_comfy.input)
     cls = gen4d.NODE_CLASS_MAPPINGS[NODE]
-    images, _, _, _ = cls().load(folder="dnerf", path="", split="train", downscale=1, background="#ffffff")
+    images, *_ = cls().load(folder="dnerf", path="", split="train", downscale=1, background="#ffffff")
     assert len(images) == 3 and [u[:2] for u in fake_comfy.updates] == [(1, 3), (2, 3), (3, 3)]
     fake_comfy.updates.clear()
     fake_comfy.interrupt_after = 1

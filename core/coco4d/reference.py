@@ -61,6 +61,7 @@ class ReferenceClip:
         views: the frames as fitted (centred when a trajectory exists) with their cameras.
         trajectory: places centred renders back into the original frames; None without centring.
         frames, masks: the original frames ``[T,H,W,3]`` and masks ``[T,H,W]`` (masks may be None).
+        ignore: the original pixels to leave out of the loss ``[T,H,W]`` (None: every pixel counts).
         notes: options asked for but not applied, with the reason (plain sentences).
     """
 
@@ -69,6 +70,7 @@ class ReferenceClip:
     frames: Tensor
     masks: Tensor | None
     notes: list[str] = field(default_factory=list)
+    ignore: Tensor | None = None
 
 
 def reference_clip(
@@ -79,6 +81,7 @@ def reference_clip(
     background=(1.0, 1.0, 1.0),
     radius: float = 2.5,
     fovy_deg: float = 49.1,
+    ignore: Tensor | None = None,
 ) -> ReferenceClip:
     """Build the posed views of a reference video.
 
@@ -90,6 +93,8 @@ def reference_clip(
             multi-view images are already where their cameras see them).
         background: fill colour of centred frames.
         radius, fovy_deg: seen-view camera when ``cameras`` is None.
+        ignore: optional ``[T,H,W]`` pixels to leave out of the loss (1 = ignore); centred with the
+            frames, so it marks the same content in the fitted views.
 
     Raises:
         ValueError: mismatched counts or sizes, empty masks.
@@ -97,10 +102,12 @@ def reference_clip(
     t, h, w = frames.shape[:3]
     cams = cameras if cameras is not None else seen_view_cameras(t, w, h, radius, fovy_deg)
     trajectory = None
-    fitted, fitted_masks = frames, masks
+    fitted, fitted_masks, fitted_ignore = frames, masks, ignore
     notes = []
     if center and masks is not None and cameras is None:
         fitted, fitted_masks, trajectory = center_object(frames, masks, background)
+        if ignore is not None:
+            fitted_ignore = trajectory.centred(ignore).clamp(0.0, 1.0)
     elif center and cameras is not None:
         notes.append("center_object is on but not applied: cameras are connected, so the images are fitted where "
                      "those cameras see them (posed views are never moved). Turn center_object off to silence "
@@ -108,7 +115,8 @@ def reference_clip(
     elif center:
         notes.append("center_object is on but not applied: it needs masks (connect the object masks, e.g. from "
                      "SAM2), so the frames are fitted as they are.")
-    return ReferenceClip(PosedImages(fitted, cams, fitted_masks), trajectory, frames, masks, notes)
+    return ReferenceClip(PosedImages(fitted, cams, fitted_masks, fitted_ignore), trajectory, frames, masks, notes,
+                         ignore)
 
 
 def square_view(images: Tensor, fill=(1.0, 1.0, 1.0)) -> Tensor:

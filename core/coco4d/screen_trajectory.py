@@ -108,6 +108,14 @@ class ScreenTrajectory:
         scale = self.scale if index is None else self.scale[index]
         return _warp(images, shift, scale)
 
+    def centred(self, images: Tensor) -> Tensor:
+        """The inverse of :meth:`warp` for all frames: frame-space images ``[T,H,W,C]`` (or ``[T,H,W]``)
+        moved as :func:`center_object` moves the frames, zeros where the frame shows nothing."""
+        flat = images.dim() == 3
+        stacked = images[..., None] if flat else images
+        out = _warp(stacked, -self.shift / self.scale[:, None], 1.0 / self.scale)
+        return out[..., 0] if flat else out
+
 
 def _warp(images: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
     """``out(p) = images((p - c - shift) / scale + c)`` with bilinear sampling, zeros outside."""
@@ -181,6 +189,7 @@ def refine_trajectory(
     iterations: int = 50,
     shift_lr: float = 0.1,
     scale_lr: float = 0.01,
+    ignore: Tensor | None = None,
 ) -> tuple[ScreenTrajectory, list[float]]:
     """Refine shift and scale so the warped renders match the frames (CoCo4D App. A: 50 steps, lr 0.1).
 
@@ -193,12 +202,17 @@ def refine_trajectory(
         iterations: Adam steps.
         shift_lr: learning rate of the shift in pixels.
         scale_lr: learning rate of the log-scale.
+        ignore: optional ``[T,H,W]`` frame pixels left out of the loss (1 = ignore).
 
     Returns:
         ``(refined trajectory, loss per step)``; the loss compares premultiplied colour and alpha.
     """
     if rendered_rgb.shape != frames.shape or rendered_alpha.shape != masks.shape or frames.shape[:3] != masks.shape:
         raise ValueError("refine_trajectory: renders, frames and masks must share [T,H,W]")
+    if ignore is not None and ignore.shape != masks.shape:
+        raise ValueError(f"refine_trajectory: ignore must be {list(masks.shape)} like the masks, got "
+                         f"{list(ignore.shape)}")
+    keep = None if ignore is None else (1.0 - ignore.float())[..., None]
     shift = trajectory.shift.detach().clone().float().requires_grad_(True)
     log_scale = trajectory.scale.detach().clone().float().log().requires_grad_(True)
     opt = torch.optim.Adam([{"params": [shift], "lr": shift_lr}, {"params": [log_scale], "lr": scale_lr}])
@@ -208,7 +222,8 @@ def refine_trajectory(
     with torch.enable_grad():
         for _ in range(iterations):
             warped = _warp(source, shift, log_scale.exp())
-            loss = ((warped - target) ** 2).mean()
+            error = (warped - target) ** 2
+            loss = (error if keep is None else error * keep).mean()
             opt.zero_grad()
             loss.backward()
             opt.step()

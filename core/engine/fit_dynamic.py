@@ -59,7 +59,7 @@ from .graphed_update import GraphedUpdate, capturable_adam
 from .guidance import Guidance, PoseSampling, guidance_released, restart_guidance, sample_guidance_cameras
 from .joint_render import same_image_plane, screen_gradients, split_render
 from .losses import ReconstructionLoss
-from .views import PosedImages
+from .views import PosedImages, keep_ignored
 
 __all__ = [
     "DeformationFitConfig",
@@ -341,6 +341,7 @@ def fit_deformation(
             rendered = {key: torch.cat([getattr(o, key) for o in outs]) for key in ("rgb", "alpha", "depth")
                         if getattr(outs[0], key) is not None}
             target, masks = targets[index], None if views.masks is None else views.masks[index]
+            rendered = keep_ignored(rendered, target, masks, None if views.ignore is None else views.ignore[index])
             total, parts = loss_fn(rendered, target, masks)
             terms = dict(parts)
             if knn_index is not None:

@@ -40,7 +40,7 @@ from .graphed_update import GraphedUpdate, capturable_adam
 from .guidance import Guidance, PoseSampling, guidance_released, restart_guidance, sample_guidance_cameras
 from .joint_render import render_together, screen_gradients
 from .losses import ReconstructionLoss, psnr
-from .views import PosedImages
+from .views import PosedImages, keep_ignored
 
 __all__ = [
     "GaussianLearningRates",
@@ -383,8 +383,10 @@ def fit_static(
                 out, sds_out = joint.first, joint.second
             else:
                 out = render_fn(gaussians, views.cameras[index], background)
-            rendered = {"rgb": out.rgb, "alpha": out.alpha, "depth": out.depth}
-            total, parts = loss_fn({k: v for k, v in rendered.items() if v is not None}, target, masks)
+            rendered = {k: v for k, v in (("rgb", out.rgb), ("alpha", out.alpha), ("depth", out.depth))
+                        if v is not None}
+            rendered = keep_ignored(rendered, target, masks, None if views.ignore is None else views.ignore[index])
+            total, parts = loss_fn(rendered, target, masks)
             terms = {**parts}
             if guided:
                 sds = cfg.sds_weight * guidance.sds_loss(sds_out.rgb, cams, t, step / max(cfg.iterations - 1, 1))

@@ -3,7 +3,7 @@
 
 Public API:
     SPLITS                                   the split selector's choices: train, val, test, all
-    PosedFrames                              images [N,H,W,3], masks [N,H,W], Cameras, files, layout
+    PosedFrames                              images [N,H,W,3], masks [N,H,W], Cameras, files, layout, ignore
     find_datasets(root)                      sub-folders of ``root`` holding a transforms file
     dataset_folder(root, name, who)          a user-given relative folder resolved strictly inside ``root``
     available_splits(folder)                 the splits a dataset folder offers
@@ -23,7 +23,9 @@ Design notes:
     - nerfstudio: one ``transforms.json`` with ``camera_model``, ``fl_x``, ``fl_y``, ``cx``, ``cy``,
       ``w``, ``h`` at the top and/or per frame (per-frame values win), optional ``*_filenames``
       split lists; ``ply_file_path`` names the capture's structure-from-motion points (in the
-      poses' world frame), read as ``points`` / ``point_colors`` to start a fit from.
+      poses' world frame), read as ``points`` / ``point_colors`` to start a fit from; a frame's
+      ``mask_path`` names a one-channel image of its own size whose 0 marks pixels to leave out of
+      training (passers-by, the capture rig), read as ``ignore``.
     - instant-ngp: one ``transforms.json`` with ``camera_angle_x`` / ``camera_angle_y`` and/or
       ``fl_x``, ``fl_y``, ``cx``, ``cy``, ``w``, ``h``; ``aabb_scale``, ``scale``, ``offset`` and
       ``sharpness`` describe its own scene box and are ignored.
@@ -48,6 +50,10 @@ Design notes:
     spacing ``i / (N - 1)`` in the order the frames are listed. Alpha: an image with an alpha
     channel gives it as the mask and is composited on the background colour; an opaque image
     gives a mask of ones.
+
+    Ignore: ``1 - mask_path's value`` where a frame has one, and 1 where an undistorted frame's
+    pinhole sees past the capture's edge (those pixels are also transparent); None when no frame
+    has either, so datasets without them cost no memory.
 
     Safety: the dataset folder and every image must resolve (symlinks followed) inside ``root``
     (ComfyUI's input folder for the node); absolute paths are refused. Sizes are checked before
@@ -126,6 +132,9 @@ class PosedFrames:
         undistorted: how many images were resampled from a distorted lens to their pinhole.
         points: ``[P,3]`` float32 point cloud the dataset names (nerfstudio's ``ply_file_path``), or None.
         point_colors: ``[P,3]`` its colours in 0..1, or None.
+        ignore: ``[N,H,W]`` float32 in 0..1, pixels to leave out of training (nerfstudio's
+            ``mask_path`` inverted; the parts of an undistorted frame the capture does not cover), or
+            None when no frame has such pixels.
     """
 
     images: Tensor
@@ -137,6 +146,7 @@ class PosedFrames:
     undistorted: int = 0
     points: Tensor | None = None
     point_colors: Tensor | None = None
+    ignore: Tensor | None = None
 
 
 # -- conventions ---------------------------------------------------------------------------------
@@ -277,6 +287,8 @@ class _Frame:
     height: int = 0
     has_alpha: bool = False
     lens: tuple[str, tuple[tuple[str, float], ...]] | None = None  # (model, nonzero coefficients) of a distorted lens
+    mask_name: str | None = None  # nerfstudio's mask_path as written
+    mask: Path | None = None
 
 
 class _Reader:
@@ -361,8 +373,12 @@ class _Reader:
                 time = self.number(frame["time"], shown, f"{where}.time")
                 if not 0.0 <= time <= 1.0:
                     raise self.fail(shown, f"{where}.time", f"must lie in [0, 1], got {time}")
+            mask_name = frame.get("mask_path")
+            if mask_name is not None and (not isinstance(mask_name, str) or not mask_name.strip()):
+                raise self.fail(shown, f"{where}.mask_path", f"must name an image file, got {_brief(mask_name)}")
             own = frozenset(k for k in _INTRINSIC_KEYS if k in frame)
-            out.append(_Frame(path, shown, i, file_path, c2w, {**top, **{k: frame[k] for k in own}}, own, time))
+            out.append(_Frame(path, shown, i, file_path, c2w, {**top, **{k: frame[k] for k in own}}, own, time,
+                              mask_name=mask_name))
         if keep is not None and not out:
             raise self.fail(shown, "frames", "none of the frames is listed in the selected split's *_filenames")
         return out, _layout(data, frames), data.get("ply_file_path")
@@ -413,6 +429,29 @@ class _Reader:
                 return resolved
             tried.append(self.shown(candidate))
         raise self.fail(frame.shown, field, f"image not found (tried {', '.join(tried)})")
+
+    def mask_path(self, frame: _Frame) -> Path | None:
+        """The frame's ``mask_path`` file, checked to be a readable image of the frame's size."""
+        from PIL import Image, UnidentifiedImageError
+
+        if frame.mask_name is None:
+            return None
+        field = f"frames[{frame.index}].mask_path"
+        parts = _relative_parts(frame.mask_name, f"{self.who}: {frame.shown}", field)
+        resolved = self.confined(frame.source.parent.joinpath(*parts), frame.shown, field, frame.mask_name)
+        if not resolved.is_file():
+            raise self.fail(frame.shown, field, f"mask not found ({self.shown(resolved)})")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size must match the image's
+                with Image.open(resolved) as im:
+                    size = (int(im.size[0]), int(im.size[1]))
+        except (OSError, UnidentifiedImageError, SyntaxError, Image.DecompressionBombError) as exc:
+            raise self.fail(frame.shown, field, f"{self.shown(resolved)} is not a readable image ({exc})") from None
+        if size != (frame.width, frame.height):
+            raise self.fail(frame.shown, field, f"{self.shown(resolved)} is {size[0]}x{size[1]} but its image "
+                                                f"{self.shown(frame.image)} is {frame.width}x{frame.height}")
+        return resolved
 
     def header(self, frame: _Frame) -> None:
         """Image size and alpha from the file header, without decoding the pixels."""
@@ -630,6 +669,7 @@ def read_posed_frames(
     for frame in frames:
         frame.image = reader.image_path(frame)
         reader.header(frame)
+        frame.mask = reader.mask_path(frame)
     first = frames[0]
     for frame in frames[1:]:
         if (frame.width, frame.height) != (first.width, first.height):
@@ -650,7 +690,8 @@ def read_posed_frames(
         raise ValueError(f"{who}: downscale {downscale} is larger than the images ({w}x{h})")
     wd, hd = w // downscale, h // downscale
     n = len(frames)
-    need = n * hd * wd * 4 * 4
+    tracked = any(f.mask is not None or key is not None for f, key in zip(frames, lens_keys))
+    need = n * hd * wd * 4 * (5 if tracked else 4)
     if need > max_bytes:
         raise ValueError(f"{who}: {n} images of {wd}x{hd} need {need / 2**30:.2f} GiB as float32, over the limit of "
                          f"{max_bytes / 2**30:.2f} GiB; raise downscale or pick a smaller split")
@@ -664,11 +705,14 @@ def read_posed_frames(
 
     images = torch.empty(n, hd, wd, 3)
     masks = torch.empty(n, hd, wd)
+    ignore = torch.empty(n, hd, wd) if tracked else None
 
     def load(i: int) -> None:
-        rgb, alpha = _decode(frames[i], reader, hd, wd, grids.get(i))
+        rgb, alpha, keep = _decode(frames[i], reader, hd, wd, grids.get(i), tracked)
         images[i] = rgb + (1.0 - alpha[..., None]) * bg
         masks[i] = alpha
+        if ignore is not None:
+            ignore[i] = 1.0 - keep
 
     with ThreadPoolExecutor(max_workers=min(workers or min(8, os.cpu_count() or 1), n)) as pool:
         pending = [pool.submit(load, i) for i in range(n)]
@@ -688,8 +732,12 @@ def read_posed_frames(
     undistorted = sum(key is not None for key in lens_keys)
     if undistorted:
         log.info("%s: %d of %d frames resampled from their distorted lens to its pinhole", who, undistorted, n)
+    if any(f.mask is not None for f in frames):
+        log.info("%s: %d of %d frames have a mask of pixels to leave out of training", who,
+                 sum(f.mask is not None for f in frames), n)
     return PosedFrames(images.clamp_(0.0, 1.0), masks.clamp_(0.0, 1.0), cameras, files, layout or "blender",
-                       any(f.has_alpha for f in frames), undistorted, *(cloud or (None, None)))
+                       any(f.has_alpha for f in frames), undistorted, *(cloud or (None, None)),
+                       ignore=None if ignore is None else ignore.clamp_(0.0, 1.0))
 
 
 class _LensGrids:
@@ -716,9 +764,12 @@ class _LensGrids:
         return self.cache[key] if key in self.cache else self._make(i)
 
 
-def _decode(frame: _Frame, reader: _Reader, hd: int, wd: int, grid: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """Premultiplied rgb ``[hd,wd,3]`` and alpha ``[hd,wd]`` of one image, resampled through ``grid`` (a
-    distorted lens's, at the image's own size) when given, then area-averaged to the target size."""
+def _decode(frame: _Frame, reader: _Reader, hd: int, wd: int, grid: Tensor | None = None,
+            tracked: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Premultiplied rgb ``[hd,wd,3]``, alpha ``[hd,wd]`` and, when ``tracked``, the share of each pixel to
+    train on ``[hd,wd]`` (the frame's mask image, ones without one) of one image, resampled through
+    ``grid`` (a distorted lens's, at the image's own size) when given, then area-averaged to the target
+    size. Resampling gives 0 past the capture's edge in every channel: transparent and not trained on."""
     import numpy as np
     from PIL import Image
 
@@ -746,14 +797,39 @@ def _decode(frame: _Frame, reader: _Reader, hd: int, wd: int, grid: Tensor | Non
     else:
         alpha = torch.ones(pixels.shape[:2])
         rgb = pixels[..., :3]
+    channels = [rgb, alpha[..., None]]
+    if tracked:
+        channels.append((_read_mask(frame, reader) if frame.mask is not None else torch.ones_like(alpha))[..., None])
+    stacked = torch.cat(channels, dim=-1)
     if grid is not None:  # premultiplied, so a pixel the capture does not cover comes out transparent
-        resampled = lenses.undistort(torch.cat([rgb, alpha[..., None]], dim=-1), grid)
-        rgb, alpha = resampled[..., :3], resampled[..., 3]
-    if (hd, wd) != tuple(alpha.shape):
-        stacked = torch.cat([rgb, alpha[..., None]], dim=-1).permute(2, 0, 1)[None]
-        stacked = torch.nn.functional.interpolate(stacked, size=(hd, wd), mode="area")[0].permute(1, 2, 0)
-        rgb, alpha = stacked[..., :3], stacked[..., 3]
-    return rgb, alpha
+        stacked = lenses.undistort(stacked, grid)
+    if (hd, wd) != tuple(stacked.shape[:2]):
+        stacked = torch.nn.functional.interpolate(stacked.permute(2, 0, 1)[None], size=(hd, wd), mode="area")
+        stacked = stacked[0].permute(1, 2, 0)
+    return stacked[..., :3], stacked[..., 3], stacked[..., 4] if tracked else None
+
+
+def _read_mask(frame: _Frame, reader: _Reader) -> Tensor:
+    """A frame's mask image as ``[H,W]`` in 0..1 (0 = leave out of training), its first channel."""
+    import numpy as np
+    from PIL import Image
+
+    field = f"frames[{frame.index}].mask_path"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # its size matched the image's
+            with Image.open(frame.mask) as im:
+                size = (int(im.size[0]), int(im.size[1]))
+                if im.mode.startswith("I;16") or im.mode == "I":
+                    values = np.asarray(im).astype(np.float32) / 65535.0
+                else:
+                    values = np.asarray(im.getchannel(0) if im.mode not in ("1", "L", "P") else im.convert("L"),
+                                        dtype=np.uint8).astype(np.float32) / 255.0
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise reader.fail(frame.shown, field, f"{reader.shown(frame.mask)} could not be decoded ({exc})") from None
+    if size != (frame.width, frame.height):
+        raise reader.fail(frame.shown, field, f"{reader.shown(frame.mask)} changed while being read")
+    return torch.from_numpy(np.ascontiguousarray(values)).clamp_(0.0, 1.0)
 
 
 # -- writing -------------------------------------------------------------------------------------
