@@ -56,6 +56,7 @@ from gen4d.core.engine.cameras import Cameras, gaze_sphere  # noqa: E402
 from gen4d.core.engine.coarse_to_fine import CoarseToFineConfig, fit_coarse_to_fine  # noqa: E402
 from gen4d.core.engine.gaussians import sphere_init  # noqa: E402
 from gen4d.core.engine.losses import psnr, ssim  # noqa: E402
+from gen4d.core.engine.point_init import from_points  # noqa: E402
 from gen4d.core.engine.scene import Scene4D, ScenePart  # noqa: E402
 from gen4d.core.engine.views import PosedImages  # noqa: E402
 from gen4d.core.formats.convert import parse_color  # noqa: E402
@@ -223,13 +224,13 @@ def fit_nodes(init, views: PosedImages, args, background, device, windows):
                                        min(args.profile_steps, static_in["iterations"] // 4), device)
         windows.append(stage["window"])
         (gaussians,) = _result(classes["Gen4D_StaticGaussians"]().fit(
-            images=views.images, cameras=views.cameras, init=init,
+            images=views.images, cameras=views.cameras, init=init, ignore_mask=views.ignore,
             options=options["Gen4D_StaticGaussians"], **static_in))
         stage["window"] = KernelWindow("fine", fine_in["iterations"] // 2,
                                        min(args.profile_steps, fine_in["iterations"] // 4), device)
         windows.append(stage["window"])
         (scene,) = _result(classes["Gen4D_DeformationFit"]().fit(
-            gaussians=gaussians, images=views.images, cameras=views.cameras,
+            gaussians=gaussians, images=views.images, cameras=views.cameras, ignore_mask=views.ignore,
             options=options["Gen4D_DeformationFit"], **fine_in))
     finally:
         host.set_progress_sink(None)
@@ -289,6 +290,11 @@ def fit(args) -> dict:
     # workflow links them.
     views = PosedImages(train.images, train.cameras, ignore=train.ignore)
     init, center, radius = init_sphere(train.cameras, args.init_points, args.init_radius, args.seed)
+    start_from = (f"init {args.init_points} Gaussians, sphere radius {radius:.3f} at "
+                  f"{[round(c, 3) for c in center.tolist()]}")
+    if train.points is not None:  # as PosedFrames4D.json links the loader's points to the coarse stage's init
+        init = from_points(train.points.to(device), train.point_colors).to("cpu")
+        start_from = f"init the dataset's {len(init)} structure-from-motion points"
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     start = time.perf_counter()
@@ -299,8 +305,7 @@ def fit(args) -> dict:
     print(f"device {name}, backends {available_backends()}, torch {torch.__version__}, "
           f"warm-up {time.perf_counter() - start:.1f} s", flush=True)
     print(f"{folder}: {train.layout} layout, {len(train.cameras)} train frames, {len(test.cameras)} {test_split} "
-          f"frames, {train.cameras.width}x{train.cameras.height}; init {args.init_points} Gaussians, sphere radius "
-          f"{radius:.3f} at {[round(c, 3) for c in center.tolist()]}", flush=True)
+          f"frames, {train.cameras.width}x{train.cameras.height}; {start_from}", flush=True)
 
     windows: list[KernelWindow] = []
     if device.type == "cuda":

@@ -45,6 +45,33 @@ def test_bench_fits_and_scores(dataset, tmp_path, via):
     assert row["test_psnr"] > 0 and row["coarse_only_psnr"] > 0
 
 
+def test_bench_takes_what_the_workflow_links_points_and_pixels_to_ignore(dataset, tmp_path):
+    """A dataset naming a point cloud and a frame's mask: the bench starts from the points and leaves the
+    masked pixels out, as PosedFrames4D.json links them (a mask that ignores a whole frame's top half)."""
+    import shutil
+
+    import numpy as np
+    from gen4d.core.formats.ply import save_points_ply
+    from PIL import Image
+
+    copy = tmp_path / "ds"
+    shutil.copytree(dataset, copy)
+    data = json.loads((copy / "transforms_train.json").read_text())
+    w = Image.open(copy / (data["frames"][0]["file_path"] + ".png")).size[0]
+    keep = np.full((w, w), 255, np.uint8)
+    keep[: w // 2] = 0
+    Image.fromarray(keep, "L").save(copy / "mask0.png")
+    data["frames"][0]["mask_path"] = "mask0.png"
+    rng = np.random.default_rng(0)
+    save_points_ply(rng.normal(0, 0.3, (200, 3)).astype(np.float32), rng.uniform(0, 1, (200, 3)).astype(np.float32),
+                    copy / "points.ply")
+    data["ply_file_path"] = "points.ply"
+    (copy / "transforms_train.json").write_text(json.dumps(data))
+    printed = _run(str(BENCH / "posed_frames_bench.py"), str(copy), "--coarse-iterations", "3", "--fine-iterations",
+                   "2", "--device", "cpu", "--via", "nodes")
+    assert "init the dataset's 200 structure-from-motion points" in printed, printed[-1500:]
+
+
 def test_sweep_runs_a_plan(dataset, tmp_path):
     plan = tmp_path / "plan.json"
     plan.write_text(json.dumps([{"name": "tiny", "coarse": {"iterations": 3},
