@@ -93,8 +93,9 @@ class LoadPosedFrames:
                                "overrides folder when not empty. Absolute paths, '..' and symlinks leading out of "
                                "the input folder are refused."),
                 "split": combo_in(SPLITS, "Which frames: train, val or test (transforms_<split>.json, or the "
-                                  "<split>_filenames lists of a single transforms.json, which otherwise counts as "
-                                  "train), or all of them.", default="train"),
+                                  "<split>_filenames lists of a single transforms.json; a transforms.json without "
+                                  "lists is split as nerfstudio splits it: every tenth or so frame by name held out "
+                                  "as val and test, none under 10 frames), or all of them.", default="train"),
                 "downscale": int_in(1, 1, 16, "Shrink the images by this integer factor (area average); the "
                                     "intrinsics follow."),
                 "background": str_in("#ffffff", "Colour behind transparent pixels (#rrggbb); the fit nodes' "

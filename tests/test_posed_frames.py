@@ -291,6 +291,38 @@ def test_a_capture_s_point_cloud_starts_the_fit_as_3dgs_does(fake_comfy):
             read_posed_frames(ds, root=fake_comfy.input)
 
 
+def test_a_capture_without_split_lists_holds_frames_out_as_nerfstudio_does(tmp_path):
+    """20 frames listed out of name order, no *_filenames: nerfstudio's default keeps ceil(0.9 * 20) = 18 of the
+    frames sorted by name, at floor(i * 19 / 17) for i < 17 and the last (0..8, 10..17, 19), and holds out
+    names 9 and 18 as val and test. Without times, each frame keeps its place in the whole file's list."""
+    ds = tmp_path / "capture"
+    order = [7, 19, 3, 12, 0, 18, 5, 9, 14, 1, 16, 10, 4, 8, 13, 2, 17, 11, 6, 15]  # listing order of frame names
+    frames = []
+    for k in order:
+        png(ds / "images" / f"frame_{k:05d}.png", 4, 3, mode="RGB")
+        c2w = [row[:] for row in IDENTITY]
+        c2w[0][3] = float(k)  # the camera says which frame it is
+        frames.append({"file_path": f"images/frame_{k:05d}.png", "transform_matrix": c2w})
+    write_json(ds / "transforms.json", {"camera_model": "PINHOLE", "fl_x": 3.0, "w": 4, "h": 3, "frames": frames})
+    assert available_splits(ds) == ["train", "val", "test", "all"]
+    names = lambda got: sorted(int(f[-9:-4]) for f in got.files)  # noqa: E731
+    train, test, val = (read_posed_frames(ds, s) for s in ("train", "test", "val"))
+    assert names(train) == [*range(9), *range(10, 18), 19]
+    assert names(test) == names(val) == [9, 18]
+    listed_at = {k: i / 19 for i, k in enumerate(order)}
+    for got in (train, test):
+        for f, t, x in zip(got.files, got.cameras.times.tolist(), got.cameras.centers[:, 0].tolist()):
+            k = int(f[-9:-4])
+            assert t == pytest.approx(listed_at[k]) and x == pytest.approx(k)
+    assert len(read_posed_frames(ds, "all").files) == 20
+    # fewer than 10 frames hold none out
+    write_json(ds / "transforms.json", {"camera_model": "PINHOLE", "fl_x": 3.0, "w": 4, "h": 3, "frames": frames[:9]})
+    assert available_splits(ds) == ["train", "all"]
+    assert len(read_posed_frames(ds, "train").files) == 9
+    with pytest.raises(ValueError, match=r"split 'test' is not available .* it offers \['train', 'all'\]"):
+        read_posed_frames(ds, "test")
+
+
 def test_nerfstudio_masks_and_uncovered_lens_pixels_become_pixels_to_ignore(tmp_path):
     """mask_path's 0 marks pixels to leave out of training: ignore is 1 - mask, frames without a mask ignore
     nothing, a downscale averages it, and an undistorted frame also ignores what its pinhole sees past the

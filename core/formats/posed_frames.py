@@ -22,10 +22,13 @@ Design notes:
       ``camera_angle_x`` (horizontal field of view, radians) and a per-frame ``time`` in [0, 1].
     - nerfstudio: one ``transforms.json`` with ``camera_model``, ``fl_x``, ``fl_y``, ``cx``, ``cy``,
       ``w``, ``h`` at the top and/or per frame (per-frame values win), optional ``*_filenames``
-      split lists; ``ply_file_path`` names the capture's structure-from-motion points (in the
-      poses' world frame), read as ``points`` / ``point_colors`` to start a fit from; a frame's
-      ``mask_path`` names a one-channel image of its own size whose 0 marks pixels to leave out of
-      training (passers-by, the capture rig), read as ``ignore``.
+      split lists (without any, nerfstudio's default split: of the frames sorted by ``file_path``,
+      ``ceil(0.9 N)`` evenly spaced ones from the first to the last train, the rest are ``val`` and
+      ``test``; fewer than 10 frames leave none to hold out); ``ply_file_path`` names the capture's
+      structure-from-motion points (in the poses' world frame), read as ``points`` /
+      ``point_colors`` to start a fit from; a frame's ``mask_path`` names a one-channel image of its
+      own size whose 0 marks pixels to leave out of training (passers-by, the capture rig), read as
+      ``ignore``.
     - instant-ngp: one ``transforms.json`` with ``camera_angle_x`` / ``camera_angle_y`` and/or
       ``fl_x``, ``fl_y``, ``cx``, ``cy``, ``w``, ``h``; ``aabb_scale``, ``scale``, ``offset`` and
       ``sharpness`` describe its own scene box and are ignored.
@@ -47,7 +50,8 @@ Design notes:
     frame is kept as the file gives it (Blender scenes are z-up; the pack's own worlds are -y up).
 
     Time: per-frame ``time`` where every selected frame has one (values in [0, 1]), else even
-    spacing ``i / (N - 1)`` in the order the frames are listed. Alpha: an image with an alpha
+    spacing ``i / (N - 1)`` by the frame's place ``i`` among the ``N`` frames its file lists, so a
+    split's frames keep the times they have in the whole capture. Alpha: an image with an alpha
     channel gives it as the mask and is composited on the background colour; an opaque image
     gives a mask of ones.
 
@@ -249,8 +253,9 @@ def _split_files(folder: Path) -> dict[str, Path]:
 
 def available_splits(folder: str | os.PathLike) -> list[str]:
     """The splits ``folder`` offers: those with a ``transforms_<split>.json``; with only a
-    ``transforms.json``, ``train`` (every frame, or its ``train_filenames``), the splits its
-    ``<split>_filenames`` lists name, and ``all``. Empty when there is no transforms file."""
+    ``transforms.json``, ``train`` and the splits its ``<split>_filenames`` lists name, or without any
+    list nerfstudio's default split (``val`` and ``test`` where it holds frames out), and ``all``.
+    Empty when there is no transforms file."""
     folder = Path(folder)
     files = _split_files(folder)
     if files:
@@ -263,7 +268,10 @@ def available_splits(folder: str | os.PathLike) -> list[str]:
         if single.stat().st_size <= MAX_JSON_BYTES:
             data = json.loads(single.read_text(encoding="utf-8"))
             if isinstance(data, dict):
-                splits += [s for s in ("val", "test") if isinstance(data.get(f"{s}_filenames"), list)]
+                if any(f"{s}_filenames" in data for s in SPLIT_FILES):
+                    splits += [s for s in ("val", "test") if isinstance(data.get(f"{s}_filenames"), list)]
+                elif isinstance(data.get("frames"), list) and _default_split(data["frames"])[1]:
+                    splits += ["val", "test"]
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         pass  # reported with file and field when the split is read
     return splits + ["all"]
@@ -288,6 +296,7 @@ class _Frame:
     has_alpha: bool = False
     lens: tuple[str, tuple[tuple[str, float], ...]] | None = None  # (model, nonzero coefficients) of a distorted lens
     mask_name: str | None = None  # nerfstudio's mask_path as written
+    listed: int = 1  # how many frames its file lists
     mask: Path | None = None
 
 
@@ -378,7 +387,7 @@ class _Reader:
                 raise self.fail(shown, f"{where}.mask_path", f"must name an image file, got {_brief(mask_name)}")
             own = frozenset(k for k in _INTRINSIC_KEYS if k in frame)
             out.append(_Frame(path, shown, i, file_path, c2w, {**top, **{k: frame[k] for k in own}}, own, time,
-                              mask_name=mask_name))
+                              mask_name=mask_name, listed=len(frames)))
         if keep is not None and not out:
             raise self.fail(shown, "frames", "none of the frames is listed in the selected split's *_filenames")
         return out, _layout(data, frames), data.get("ply_file_path")
@@ -583,14 +592,30 @@ def _selected_files(folder: Path, split: str, reader: _Reader) -> list[tuple[Pat
     single = folder / SINGLE_FILE
     if split == "all":
         return [(single, None)]
-    data, _ = reader.load_json(single)
+    data, frames = reader.load_json(single)
     names = data.get(f"{split}_filenames")
-    if names is None:  # only "train" gets here without a list: every frame
+    if names is None and not any(f"{s}_filenames" in data for s in SPLIT_FILES):
+        train, held_out = _default_split(frames)
+        return [(single, set(train if split == "train" else held_out))]
+    if names is None:  # only "train" gets here without its list: every frame
         return [(single, None)]
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise reader.fail(reader.shown(single), f"{split}_filenames", f"must be a list of file paths, got "
                                                                       f"{_brief(names)}")
     return [(single, {_norm(n) for n in names})]
+
+
+def _default_split(frames: list) -> tuple[list[str], list[str]]:
+    """nerfstudio's split of a file without split lists (its ``fraction`` mode, 0.9): the normalised file
+    paths of the train frames and of the held-out ones. Frames are ordered by ``file_path`` first, as
+    nerfstudio orders them; entries without a usable ``file_path`` are left to the parser to report."""
+    names = sorted({_norm(f["file_path"]) for f in frames
+                    if isinstance(f, dict) and isinstance(f.get("file_path"), str) and f["file_path"].strip()})
+    n = len(names)
+    count = math.ceil(n * 0.9)
+    step = (n - 1) / (count - 1) if count > 1 else 0.0
+    picked = {int(i * step) for i in range(count - 1)} | ({n - 1} if n else set())  # numpy.linspace, as ints
+    return [m for i, m in enumerate(names) if i in picked], [m for i, m in enumerate(names) if i not in picked]
 
 
 def read_posed_frames(
@@ -697,8 +722,8 @@ def read_posed_frames(
                          f"{max_bytes / 2**30:.2f} GiB; raise downscale or pick a smaller split")
 
     viewmats = opengl_to_opencv(torch.stack([f.c2w for f in frames]))
-    times = (torch.tensor([f.time for f in frames], dtype=torch.float32) if all(timed)
-             else (torch.linspace(0.0, 1.0, n) if n > 1 else torch.zeros(1)))
+    times = torch.tensor([f.time if f.time is not None else f.index / max(f.listed - 1, 1) for f in frames],
+                         dtype=torch.float32)
     cameras = Cameras(viewmats, Ks, w, h, times)
     if downscale > 1:
         cameras = cameras.resized(wd, hd)
