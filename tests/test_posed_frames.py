@@ -323,7 +323,7 @@ def test_a_capture_without_split_lists_holds_frames_out_as_nerfstudio_does(tmp_p
         read_posed_frames(ds, "test")
 
 
-def test_nerfstudio_masks_and_uncovered_lens_pixels_become_pixels_to_ignore(tmp_path):
+def test_nerfstudio_masks_and_uncovered_lens_pixels_become_pixels_to_ignore(tmp_path, caplog):
     """mask_path's 0 marks pixels to leave out of training: ignore is 1 - mask, frames without a mask ignore
     nothing, a downscale averages it, and an undistorted frame also ignores what its pinhole sees past the
     capture's edge (which is transparent too)."""
@@ -338,10 +338,12 @@ def test_nerfstudio_masks_and_uncovered_lens_pixels_become_pixels_to_ignore(tmp_
     png(ds / "masks" / "a.png", 10, 6, keep, mode="L")
     png(ds / "masks" / "b.png", 10, 6, np.dstack([keep[::-1]] * 3), mode="RGB")  # 3 channels: the first counts
     frames = [{"file_path": "images/a.png", "mask_path": "masks/a.png", "transform_matrix": IDENTITY},
-              {"file_path": "images/b.png", "transform_matrix": IDENTITY},
+              {"file_path": "images/b.png", "transform_matrix": IDENTITY, "depth_file_path": "depth/b.png"},
               {"file_path": "images/b.png", "mask_path": "masks/b.png", "transform_matrix": IDENTITY}]
     write_json(ds / "transforms.json", {"camera_model": "PINHOLE", "fl_x": 7.0, "w": 10, "h": 6, "frames": frames})
-    got = read_posed_frames(ds)
+    with caplog.at_level(logging.INFO):
+        got = read_posed_frames(ds, "all")
+    assert "1 of 3 frames name a depth map (depth_file_path)" in caplog.text, "what is not used is said"
     expected = 1.0 - torch.from_numpy(keep).float() / 255.0
     assert torch.allclose(got.ignore[0], expected, atol=1e-6)
     assert got.ignore[1].eq(0).all()

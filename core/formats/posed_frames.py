@@ -297,6 +297,7 @@ class _Frame:
     lens: tuple[str, tuple[tuple[str, float], ...]] | None = None  # (model, nonzero coefficients) of a distorted lens
     mask_name: str | None = None  # nerfstudio's mask_path as written
     listed: int = 1  # how many frames its file lists
+    names_depth: bool = False  # nerfstudio's depth_file_path, which the fits do not use
     mask: Path | None = None
 
 
@@ -387,7 +388,7 @@ class _Reader:
                 raise self.fail(shown, f"{where}.mask_path", f"must name an image file, got {_brief(mask_name)}")
             own = frozenset(k for k in _INTRINSIC_KEYS if k in frame)
             out.append(_Frame(path, shown, i, file_path, c2w, {**top, **{k: frame[k] for k in own}}, own, time,
-                              mask_name=mask_name, listed=len(frames)))
+                              mask_name=mask_name, listed=len(frames), names_depth="depth_file_path" in frame))
         if keep is not None and not out:
             raise self.fail(shown, "frames", "none of the frames is listed in the selected split's *_filenames")
         return out, _layout(data, frames), data.get("ply_file_path")
@@ -757,6 +758,9 @@ def read_posed_frames(
     undistorted = sum(key is not None for key in lens_keys)
     if undistorted:
         log.info("%s: %d of %d frames resampled from their distorted lens to its pinhole", who, undistorted, n)
+    if any(f.names_depth for f in frames):
+        log.info("%s: %d of %d frames name a depth map (depth_file_path); the fits take no depth supervision, so "
+                 "the maps are not read", who, sum(f.names_depth for f in frames), n)
     if any(f.mask is not None for f in frames):
         log.info("%s: %d of %d frames have a mask of pixels to leave out of training", who,
                  sum(f.mask is not None for f in frames), n)
