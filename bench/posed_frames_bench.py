@@ -242,7 +242,10 @@ def fit_nodes(init, views: PosedImages, args, background, device, windows):
 # --------------------------------------------------------------------------- scoring
 
 
-def score(scene, cameras: Cameras, truth: torch.Tensor, background, device) -> tuple[dict, torch.Tensor]:
+def score(scene, cameras: Cameras, truth: torch.Tensor, background, device,
+          ignore: torch.Tensor | None = None) -> tuple[dict, torch.Tensor]:
+    """PSNR and SSIM of the scene's renders against ``truth``; PSNR over the pixels not ignored when the
+    dataset marks some (a passer-by in a test frame is not the scene)."""
     bg = torch.tensor(background)
     rgb = []
     with torch.no_grad():
@@ -250,7 +253,8 @@ def score(scene, cameras: Cameras, truth: torch.Tensor, background, device) -> t
             rgb.append(render_scene(scene, cameras[i], bg, device=device).rgb.clamp(0, 1).cpu())
     rgb = torch.cat(rgb)
     window = 11 if min(truth.shape[1:3]) >= 11 else max(1, min(truth.shape[1:3]) // 2 * 2 - 1)
-    return {"psnr": float(psnr(rgb, truth)), "ssim": float(ssim(rgb, truth, window=window))}, rgb
+    keep = None if ignore is None else 1.0 - ignore
+    return {"psnr": float(psnr(rgb, truth, keep)), "ssim": float(ssim(rgb, truth, window=window))}, rgb
 
 
 def save_renders(folder: Path, names, rgb: torch.Tensor, truth: torch.Tensor) -> None:
@@ -327,8 +331,8 @@ def fit(args) -> dict:
     else:
         peak = {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
-    fine_score, rgb = score(scene, test.cameras, test.images, background, device)
-    coarse_score, _ = score(Scene4D.static(coarse), test.cameras, test.images, background, device)
+    fine_score, rgb = score(scene, test.cameras, test.images, background, device, test.ignore)
+    coarse_score, _ = score(Scene4D.static(coarse), test.cameras, test.images, background, device, test.ignore)
     if args.save_renders:
         save_renders(Path(args.save_renders), test.files, rgb, test.images)
     kernel = [r for r in (w.report() for w in windows) if r is not None]

@@ -89,3 +89,30 @@ def test_sweep_runs_a_plan(dataset, tmp_path):
     phases = re.findall(r"^  (\S[^\n]*?)\s+[0-9.]+ ms host per step", printed, re.MULTILINE)
     assert {"render", "loss", "densify", "backward"} <= set(phases)  # the coarse stage's phases
     assert "deformation" in phases  # the fine stage's
+
+
+def test_test_psnr_leaves_ignored_pixels_out():
+    """Changing the truth only where it is ignored leaves the score as it was; a fully kept mask scores as
+    no mask does."""
+    import torch
+
+    sys.path.insert(0, str(BENCH))
+    import posed_frames_bench as bench
+    from gen4d.core.engine.cameras import diffusion4d_orbit
+    from gen4d.core.engine.gaussians import sphere_init
+    from gen4d.core.engine.scene import Scene4D
+
+    cams = diffusion4d_orbit(16, 16, 2, dynamic=False)
+    scene = Scene4D.static(sphere_init(200, 0.5, generator=torch.Generator().manual_seed(0)))
+    truth = torch.rand(2, 16, 16, 3, generator=torch.Generator().manual_seed(1))
+    ignore = torch.zeros(2, 16, 16)
+    ignore[:, :6] = 1.0
+    painted = truth.clone()
+    painted[:, :6] = torch.tensor([1.0, 0.0, 0.0])
+    white, cpu = (1.0, 1.0, 1.0), torch.device("cpu")
+    first, _ = bench.score(scene, cams, truth, white, cpu, ignore)
+    second, _ = bench.score(scene, cams, painted, white, cpu, ignore)
+    assert first["psnr"] == pytest.approx(second["psnr"], abs=1e-5)
+    assert bench.score(scene, cams, painted, white, cpu)[0]["psnr"] != pytest.approx(second["psnr"], abs=0.1)
+    kept, _ = bench.score(scene, cams, truth, white, cpu, torch.zeros(2, 16, 16))
+    assert kept["psnr"] == pytest.approx(bench.score(scene, cams, truth, white, cpu)[0]["psnr"], abs=1e-4)
