@@ -156,7 +156,7 @@ class LoadPosedFrames:
         if frames.points is not None:
             # the neighbour search runs on the compute device: a capture has 10k to 1M points
             points = from_points(frames.points.to(host.compute_device()), frames.point_colors).to(device)
-        n, h, w = frames.masks.shape
+        _, h, w = frames.masks.shape
         ignore = frames.ignore if frames.ignore is not None else torch.zeros(1, h, w)
         return frames.images.to(device), frames.masks.to(device), frames.cameras, points, ignore.to(device)
 
