@@ -10,9 +10,9 @@
 #      profiles of the first two;
 #   3. the SDS step (its first step, which compiles, apart) and its profile;
 #   4. fit_bench's orbital case (the Diffusion4D construction), twice as shipped (8 frames a fine step),
-#      twice with 16, two A/B pairs (run side by side) of the fine stage's update eager and graphed, and a
-#      profile of its fine stage (at a tenth of the lengths); the Zero123-guided CoCo4D foreground (twice
-#      in one process: a process's first fit, which compiles the guidance's passes, and one after it), again
+#      twice with 16, and a profile of its fine stage (at a tenth of the lengths); the Zero123-guided CoCo4D
+#      foreground (twice in one process: a process's first fit, which compiles the guidance's passes, and one
+#      after it; then in a new process, which finds the compiled passes in inductor's on-disk cache), again
 #      with graphs of the uncompiled passes
 #      and with its VAE encoder eager (the A/Bs of torch.compile and of the encoder's CUDA graphs), and a
 #      profile of its static stage;
@@ -78,10 +78,10 @@ step sds_step 200 "$PY" bench/guidance_bench.py --case step --profile
 step orbital 140 "$PY" bench/fit_bench.py --case orbital --repeat 2 --json "$OUT_DIR/orbital.json"
 step orbital_16_frames 130 "$PY" bench/fit_bench.py --case orbital --repeat 2 --json "$OUT_DIR/orbital_16_frames.json" \
     --changes '{"fine": {"times_per_step": 16}}'
-step orbital_fine_graphed_update 170 "$PY" bench/fit_bench.py --case orbital --repeat 2 \
-    --json "$OUT_DIR/orbital_fine_graphed_update.json" --versus '{"fine": {"graphed_update": true}}'
 step orbital_profile 90 "$PY" bench/fit_bench.py --case orbital --scale 0.1 --profile
 step guided_fit 300 "$PY" bench/guidance_bench.py --case fit --repeat 2
+# a new process, as a ComfyUI restart is: its passes come from the compile of the step before, on disk
+step guided_fit_new_process 200 "$PY" bench/guidance_bench.py --case fit
 step guided_fit_uncompiled 130 "$PY" bench/guidance_bench.py --case fit --no-compile
 step guided_fit_eager_encoder 130 "$PY" bench/guidance_bench.py --case fit --eager-encoder
 step guided_fit_profile 130 "$PY" bench/guidance_bench.py --case fit --profile
