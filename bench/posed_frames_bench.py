@@ -290,8 +290,8 @@ def fit(args) -> dict:
     test = read_posed_frames(folder, test_split, background, args.downscale)
     # The reader composites the frames on the background, so no masks (as PosedFrames4D.json passes none): a
     # fit given masks composites its targets again, which moves every anti-aliased edge towards the background.
-    # Pixels the dataset marks to ignore (nerfstudio's mask_path, a lens's uncovered corners) are, as the
-    # workflow links them.
+    # Pixels the dataset marks to ignore (nerfstudio's mask_path, a lens's uncovered corners) are left out of
+    # both fits, as the workflow links them.
     views = PosedImages(train.images, train.cameras, ignore=train.ignore)
     init, center, radius = init_sphere(train.cameras, args.init_points, args.init_radius, args.seed)
     start_from = (f"init {args.init_points} Gaussians, sphere radius {radius:.3f} at "

@@ -46,8 +46,8 @@ def test_bench_fits_and_scores(dataset, tmp_path, via):
 
 
 def test_bench_takes_what_the_workflow_links_points_and_pixels_to_ignore(dataset, tmp_path):
-    """A dataset naming a point cloud and a frame's mask: the bench starts from the points and leaves the
-    masked pixels out, as PosedFrames4D.json links them (a mask that ignores a whole frame's top half)."""
+    """A dataset naming a point cloud and a frame's mask (ignoring its top half): the bench starts from the
+    points and fits with the mask through the nodes, as PosedFrames4D.json links them."""
     import shutil
 
     import numpy as np
