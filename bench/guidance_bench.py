@@ -13,8 +13,10 @@ Cases:
             fit runs them (its pace, ``..._pipelined``).
     fit     CoCo4D foreground with guidance on the object world: 1000 static + 800 deformation
             iterations, one SDS step (batch 4) per iteration (target: 60 s or less).
+    first_step  only a process's first SDS step; in a second process right after, compiled passes come
+            from inductor's on-disk cache, as in a restarted ComfyUI.
 
-Usage: python bench/guidance_bench.py [--case step] [--scale 1.0] [--repeat 1]
+Usage: python bench/guidance_bench.py [--case step|fit|first_step] [--scale 1.0] [--repeat 1]
 [--eager | --eager-encoder | --no-compile] [--profile]
 The fit case first warms the fit engine as ``fit_bench`` does (``warm_up.py``: gsplat's extension, SSIM's
 convolutions, fused Adam, the field's graphs, all paid once per process); the guidance's own first use stays
@@ -155,7 +157,10 @@ def case_fit(components, device, scale: float, graphs: str = "all", profiled: bo
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--case", choices=("step", "fit"), action="append")
+    ap.add_argument("--case", choices=("step", "fit", "first_step"), action="append",
+                    help="first_step: only the process's first SDS step (moving, capturing and, compiled, compiling "
+                         "or reading inductor's on-disk cache); run it in two processes in a row to see what the "
+                         "cache saves a restarted ComfyUI")
     ap.add_argument("--scale", type=float, default=1.0)
     ap.add_argument("--repeat", type=int, default=1,
                     help="fits in one process: the first also meets the guidance's first use in the process; "
@@ -178,6 +183,11 @@ def main() -> None:
     if args.repeat < 1:
         ap.error("--repeat must be at least 1")
     for case in args.case or ["step", "fit"]:
+        if case == "first_step":
+            guidance = guidance_for(components, graphs, compiled=not args.no_compile)
+            print(json.dumps({"case": "first_step", "seconds": sds_first_step_seconds(guidance, device),
+                              "cuda_graphs": graphs, "torch_compile": not args.no_compile}), flush=True)
+            continue
         if case == "step":
             print(json.dumps(case_step(components, device)), flush=True)
             if args.profile:
