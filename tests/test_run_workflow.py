@@ -97,3 +97,40 @@ def test_posed_frames_workflow_fits_an_exported_dataset(tmp_path, one_thread):
     assert batch.shape == (4, 24, 24, 3), "2 test renders followed by the 2 test frames"
     files = [p.name for p in (tmp_path / "out").rglob("*") if p.is_file()]
     assert any(f.endswith(".gen4d.safetensors") for f in files) and any(f.endswith(".webp") for f in files), files
+
+
+def test_posed_frames_workflow_reads_a_capture_without_split_lists(tmp_path, one_thread):
+    """A single transforms.json with no split lists (what ns-process-data writes) and a mask on one frame:
+    the workflow's test-split loader gets nerfstudio's held-out frame (10 frames: 9 train, 1 held out) and the
+    mask reaches both fits as pixels to ignore."""
+    import json
+
+    import numpy as np
+    from gen4d import synthetic
+    from gen4d.synthetic.export_posed import export_dnerf
+    from PIL import Image
+
+    inputs = tmp_path / "input"
+    export_dnerf(synthetic.object_world(0), inputs / "cap", num_train=10, num_test=1, size=24, supersample=1, seed=0)
+    data = json.loads((inputs / "cap" / "transforms_train.json").read_text())
+    for split in ("train", "test"):
+        (inputs / "cap" / f"transforms_{split}.json").unlink()
+    keep = np.full((24, 24), 255, np.uint8)
+    keep[:, :6] = 0
+    Image.fromarray(keep, "L").save(inputs / "cap" / "mask.png")
+    data["frames"][3]["mask_path"] = "mask.png"
+    (inputs / "cap" / "transforms.json").write_text(json.dumps(data))
+    path = ROOT / "example_workflows" / "PosedFrames4D.json"
+    nodes = load_workflow(path)["nodes"]
+    loaders = [n["id"] for n in nodes if n["type"] == "Gen4D_LoadPosedFrames"]
+    static = next(n["id"] for n in nodes if n["type"] == "Gen4D_StaticGaussians")
+    fine = next(n["id"] for n in nodes if n["type"] == "Gen4D_DeformationFit")
+    assert all(any(i["name"] == "ignore_mask" and i.get("link") is not None for i in n["inputs"])
+               for n in nodes if n["id"] in (static, fine)), "the loader's ignore output reaches both fits"
+    overrides = {**{f"{i}.path": "cap" for i in loaders}, f"{static}.iterations": 8, f"{static}.num_points": 300,
+                 f"{fine}.iterations": 4}
+    results = run_workflow(path, tmp_path / "out", overrides=overrides, input_dir=inputs)
+    train_loader = next(i for i in loaders if results[str(i)][0].shape[0] == 9)
+    assert results[str(train_loader)][4].shape == (9, 24, 24) and results[str(train_loader)][4].max() == 1.0
+    batch = results[str(next(n["id"] for n in nodes if n["type"] == "ImageBatch"))][0]
+    assert batch.shape == (2, 24, 24, 3), "the held-out frame's render followed by the frame"
