@@ -442,8 +442,6 @@ class _Reader:
 
     def mask_path(self, frame: _Frame) -> Path | None:
         """The frame's ``mask_path`` file, checked to be a readable image of the frame's size."""
-        from PIL import Image, UnidentifiedImageError
-
         if frame.mask_name is None:
             return None
         field = f"frames[{frame.index}].mask_path"
@@ -451,33 +449,30 @@ class _Reader:
         resolved = self.confined(frame.source.parent.joinpath(*parts), frame.shown, field, frame.mask_name)
         if not resolved.is_file():
             raise self.fail(frame.shown, field, f"mask not found ({self.shown(resolved)})")
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size must match the image's
-                with Image.open(resolved) as im:
-                    size = (int(im.size[0]), int(im.size[1]))
-        except (OSError, UnidentifiedImageError, SyntaxError, Image.DecompressionBombError) as exc:
-            raise self.fail(frame.shown, field, f"{self.shown(resolved)} is not a readable image ({exc})") from None
-        if size != (frame.width, frame.height):
-            raise self.fail(frame.shown, field, f"{self.shown(resolved)} is {size[0]}x{size[1]} but its image "
+        width, height, _ = self.opened(resolved, frame.shown, field)
+        if (width, height) != (frame.width, frame.height):
+            raise self.fail(frame.shown, field, f"{self.shown(resolved)} is {width}x{height} but its image "
                                                 f"{self.shown(frame.image)} is {frame.width}x{frame.height}")
         return resolved
 
-    def header(self, frame: _Frame) -> None:
-        """Image size and alpha from the file header, without decoding the pixels."""
+    def opened(self, path: Path, shown: str, field: str) -> tuple[int, int, bool]:
+        """An image file's width, height and whether it has alpha, from its header (pixels not decoded)."""
         from PIL import Image, UnidentifiedImageError
 
-        field = f"frames[{frame.index}].file_path"
         try:
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size is checked below
-                with Image.open(frame.image) as im:
-                    frame.width, frame.height = int(im.size[0]), int(im.size[1])
-                    frame.has_alpha = _has_alpha(im)
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the caller checks the size
+                with Image.open(path) as im:
+                    return int(im.size[0]), int(im.size[1]), _has_alpha(im)
         except Image.DecompressionBombError as exc:
-            raise self.fail(frame.shown, field, f"{self.shown(frame.image)} claims too many pixels ({exc})") from None
+            raise self.fail(shown, field, f"{self.shown(path)} claims too many pixels ({exc})") from None
         except (OSError, UnidentifiedImageError, SyntaxError) as exc:
-            raise self.fail(frame.shown, field, f"{self.shown(frame.image)} is not a readable image ({exc})") from None
+            raise self.fail(shown, field, f"{self.shown(path)} is not a readable image ({exc})") from None
+
+    def header(self, frame: _Frame) -> None:
+        """Image size and alpha from the file header, without decoding the pixels."""
+        field = f"frames[{frame.index}].file_path"
+        frame.width, frame.height, frame.has_alpha = self.opened(frame.image, frame.shown, field)
         if frame.width * frame.height > MAX_IMAGE_PIXELS or min(frame.width, frame.height) < 1:
             raise self.fail(frame.shown, field, f"{self.shown(frame.image)} claims {frame.width}x{frame.height} "
                                                 f"pixels; images over {MAX_IMAGE_PIXELS} pixels are refused")
@@ -800,26 +795,13 @@ def _decode(frame: _Frame, reader: _Reader, hd: int, wd: int, grid: Tensor | Non
     ``grid`` (a distorted lens's, at the image's own size) when given, then area-averaged to the target
     size. Resampling gives 0 past the capture's edge in every channel: transparent and not trained on."""
     import numpy as np
-    from PIL import Image
 
-    field = f"frames[{frame.index}].file_path"
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # checked from the header already
-            with Image.open(frame.image) as im:
-                size = (int(im.size[0]), int(im.size[1]))
-                if size == (frame.width, frame.height):
-                    if im.mode.startswith("I;16") or im.mode == "I":  # 16-bit grey
-                        grey = np.asarray(im).astype(np.float32) / 65535.0
-                        array = np.repeat(grey[..., None], 3, axis=-1)
-                    else:
-                        array = np.asarray(im.convert("RGBA" if frame.has_alpha else "RGB"), dtype=np.uint8)
-                        array = array.astype(np.float32) / 255.0
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise reader.fail(frame.shown, field, f"{reader.shown(frame.image)} could not be decoded ({exc})") from None
-    if size != (frame.width, frame.height):
-        raise reader.fail(frame.shown, field, f"{reader.shown(frame.image)} changed while being read")
-    pixels = torch.from_numpy(np.ascontiguousarray(array))
+    def read(im):
+        if _is_16_bit(im):
+            return np.repeat((np.asarray(im).astype(np.float32) / 65535.0)[..., None], 3, axis=-1)
+        return np.asarray(im.convert("RGBA" if frame.has_alpha else "RGB"), dtype=np.uint8).astype(np.float32) / 255.0
+
+    pixels = _pixels(frame, reader, frame.image, f"frames[{frame.index}].file_path", read)
     if frame.has_alpha and pixels.shape[-1] == 4:
         alpha = pixels[..., 3]
         rgb = pixels[..., :3] * alpha[..., None]
@@ -841,24 +823,37 @@ def _decode(frame: _Frame, reader: _Reader, hd: int, wd: int, grid: Tensor | Non
 def _read_mask(frame: _Frame, reader: _Reader) -> Tensor:
     """A frame's mask image as ``[H,W]`` in 0..1 (0 = leave out of training), its first channel."""
     import numpy as np
+
+    def read(im):
+        if _is_16_bit(im):
+            return np.asarray(im).astype(np.float32) / 65535.0
+        first = im.convert("L") if im.mode in ("1", "L", "P") else im.getchannel(0)
+        return np.asarray(first, dtype=np.uint8).astype(np.float32) / 255.0
+
+    return _pixels(frame, reader, frame.mask, f"frames[{frame.index}].mask_path", read).clamp_(0.0, 1.0)
+
+
+def _is_16_bit(im) -> bool:
+    return im.mode.startswith("I;16") or im.mode == "I"
+
+
+def _pixels(frame: _Frame, reader: _Reader, path: Path, field: str, read: Callable) -> Tensor:
+    """``read(image)`` of the file at ``path`` as a float tensor, checked to still have the frame's size (the
+    header was read before, so a file replaced in between is caught)."""
+    import numpy as np
     from PIL import Image
 
-    field = f"frames[{frame.index}].mask_path"
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # its size matched the image's
-            with Image.open(frame.mask) as im:
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # checked from the header already
+            with Image.open(path) as im:
                 size = (int(im.size[0]), int(im.size[1]))
-                if im.mode.startswith("I;16") or im.mode == "I":
-                    values = np.asarray(im).astype(np.float32) / 65535.0
-                else:
-                    values = np.asarray(im.getchannel(0) if im.mode not in ("1", "L", "P") else im.convert("L"),
-                                        dtype=np.uint8).astype(np.float32) / 255.0
+                array = read(im) if size == (frame.width, frame.height) else None
     except (OSError, SyntaxError, ValueError) as exc:
-        raise reader.fail(frame.shown, field, f"{reader.shown(frame.mask)} could not be decoded ({exc})") from None
-    if size != (frame.width, frame.height):
-        raise reader.fail(frame.shown, field, f"{reader.shown(frame.mask)} changed while being read")
-    return torch.from_numpy(np.ascontiguousarray(values)).clamp_(0.0, 1.0)
+        raise reader.fail(frame.shown, field, f"{reader.shown(path)} could not be decoded ({exc})") from None
+    if array is None:
+        raise reader.fail(frame.shown, field, f"{reader.shown(path)} changed while being read")
+    return torch.from_numpy(np.ascontiguousarray(array))
 
 
 # -- writing -------------------------------------------------------------------------------------
