@@ -42,6 +42,7 @@ the fit moved the Gaussians with SDS evaluated every step; and for bad inputs th
 import asyncio
 import atexit
 import importlib
+import inspect
 import json
 import shutil
 import sys
@@ -301,7 +302,18 @@ class Server:
 
 
 SERVER = Server()
-EXECUTOR = execution.PromptExecutor(SERVER, cache_type=execution.CacheType.CLASSIC)
+
+
+def prompt_executor(server) -> "execution.PromptExecutor":
+    """ComfyUI's executor built as its main.py builds it: from 0.3.68 on it reads its cache settings
+    (``cache_args``, the RAM-pressure headroom) on every prompt; earlier releases take none."""
+    if "cache_args" not in inspect.signature(execution.PromptExecutor).parameters:
+        return execution.PromptExecutor(server, cache_type=execution.CacheType.CLASSIC)
+    return execution.PromptExecutor(server, cache_type=execution.CacheType.CLASSIC,
+                                    cache_args={"lru": args.cache_lru, "ram": args.cache_ram})
+
+
+EXECUTOR = prompt_executor(SERVER)
 
 
 def node(class_type, **inputs):
