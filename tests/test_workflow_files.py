@@ -74,6 +74,16 @@ def test_layout_check_sees_an_off_screen_note_and_groups_out_of_order():
     assert any("numbered" in p for p in layout_problems(workflow))
 
 
+def test_layout_check_sees_a_view_that_opens_under_the_frontends_bars():
+    """Frontends from 1.3x draw the side bar and the workflow's name over the canvas: the view the files saved
+    before (offset 30, 60 at 0.7) put the note's left edge and the first group's title under them."""
+    workflow = copy.deepcopy(load_workflow(FOLDER / "PosedFrames4D.json"))
+    assert layout_problems(workflow) == []
+    workflow["extra"]["ds"] = {"scale": 0.7, "offset": [30, 60]}
+    problems = layout_problems(workflow)
+    assert any("note" in p for p in problems) and any("under the frontend's bars" in p for p in problems), problems
+
+
 def test_every_node_type_has_a_measured_size():
     sizes = frontend_sizes()
     types = {n["type"] for p in WORKFLOWS for n in load_workflow(p)["nodes"]}

@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 import make_native_workflows as native  # noqa: E402
 from workflow_builder import Graph  # noqa: E402
-from workflow_layout import SHOWN_HEIGHT, Layout  # noqa: E402
+from workflow_layout import OPENING_VIEW, SHOWN_HEIGHT, Layout  # noqa: E402
 
 FOLDER = ROOT / "example_workflows"
 
@@ -321,7 +321,7 @@ def build(path: Path, classes) -> dict:
     if name in TEST_OVERRIDES:
         gen4d["test_overrides"] = TEST_OVERRIDES[name]
     g.extra["gen4d"] = gen4d
-    g.extra["ds"] = {"scale": 0.7, "offset": [30, 60]}
+    g.extra["ds"] = {"scale": OPENING_VIEW["scale"], "offset": list(OPENING_VIEW["offset"])}
     return g.to_dict()
 
 

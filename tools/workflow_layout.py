@@ -34,10 +34,13 @@ SHOWN_HEIGHT = {"PreviewImage": 300, "SaveAnimatedWEBP": 340, "SaveVideo": 340, 
 WIDE = {"Gen4D_Preview4D": 450, "UNETLoader": 380, "LoraLoaderModelOnly": 380, "CLIPLoader": 380,
         "CheckpointLoaderSimple": 380, "ImageOnlyCheckpointLoader": 380, "Gen4D_NativeVideoInpaintModel": 380,
         "Gen4D_NativeInpaintModel": 380, "Gen4D_NativeSDGuidance": 380, "Gen4D_NativeZero123Guidance": 380}
-# The view a file opens at must show the note: a browser window of this size, less the frontend's side bar
-# and top bars (64 px, 100 px), at the file's saved scale.
+# The view a file opens at must show the note and the first group's title: a browser window of this size, less
+# the frontend's side bar and top bars (64 px, 100 px), at the file's saved scale. Frontends up to 1.2x start the
+# canvas beside and below those bars; from 1.3x the canvas fills the window and the bars (and the workflow's name
+# at the top left) are drawn over it, so the view must also keep its content out from under them.
 DEFAULT_WINDOW = (1280, 720)
 FRONTEND_CHROME = (64, 100)
+OPENING_VIEW = {"scale": 0.7, "offset": [110, 150]}  # what build_workflows saves: content from about (77, 105) px
 
 
 def frontend_sizes() -> dict[str, list[int]]:
@@ -172,8 +175,15 @@ def layout_problems(workflow: dict, sizes: dict[str, list[int]] | None = None) -
             problems.append("the note is not at the left of the first group")
         ds: dict[str, Any] = workflow.get("extra", {}).get("ds", {"scale": 1, "offset": [0, 0]})
         scale, (ox, oy) = ds["scale"], ds["offset"]
+        # the canvas's left and top edges (graph units) hidden under the bars in frontends from 1.3x
+        hidden_x, hidden_y = FRONTEND_CHROME[0] / scale - ox, FRONTEND_CHROME[1] / scale - oy
+        # the right and bottom edges shown by frontends up to 1.2x, whose canvas is the window less the bars
         width = (DEFAULT_WINDOW[0] - FRONTEND_CHROME[0]) / scale - ox
         height = (DEFAULT_WINDOW[1] - FRONTEND_CHROME[1]) / scale - oy
-        if note[0] + ox < 0 or note[1] + oy < 0 or note[2] > width or note[3] > height:
-            problems.append(f"the note {note} is outside the view the file opens at ({width:.0f} x {height:.0f})")
+        if note[0] < hidden_x or note[1] < hidden_y or note[2] > width or note[3] > height:
+            problems.append(f"the note {note} is outside the view the file opens at (x {hidden_x:.0f}..{width:.0f}, "
+                            f"y {hidden_y:.0f}..{height:.0f})")
+        if first[0] < hidden_x or first[1] < hidden_y:
+            problems.append(f"the first group's corner {first[:2]} lies under the frontend's bars in the view the "
+                            f"file opens at (from x {hidden_x:.0f}, y {hidden_y:.0f})")
     return problems

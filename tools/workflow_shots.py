@@ -10,8 +10,9 @@ writes to --out two screenshots of each workflow (``<name>.png`` at the view it 
 fitted to the window) and the drawn node boxes. It fails when the frontend draws a node larger than the
 file saves it (the layout would overlap). ``--thumbnails`` makes each screenshot at the opening view the
 workflow's thumbnail for ComfyUI's templates dialog (``example_workflows/<name>.jpg``: the frontend asks a
-custom node's template for ``/api/workflow_templates/<pack>/<name>.jpg``); ``--sizes`` stores the measured
-node sizes in ``tools/frontend_node_sizes.json``, which tools/build_workflows.py lays out with.
+custom node's template for ``/api/workflow_templates/<pack>/<name>.jpg``); ``--sizes`` folds the measured
+node sizes into ``tools/frontend_node_sizes.json`` (per node type the largest over every frontend measured so
+far), which tools/build_workflows.py lays out with.
 """
 
 from __future__ import annotations
@@ -45,6 +46,11 @@ def start_comfyui(comfy: Path, python: str, base: Path) -> tuple[subprocess.Pope
     link = base / "custom_nodes" / "ComfyUI-Gen4D"
     if not link.exists():
         link.symlink_to(ROOT, target_is_directory=True)
+    # A user who has opened ComfyUI before: frontends from 1.3x open the templates browser for a new user, over
+    # the canvas the screenshots show.
+    settings = base / "user" / "default" / "comfy.settings.json"
+    settings.parent.mkdir(parents=True, exist_ok=True)
+    settings.write_text(json.dumps({"Comfy.TutorialCompleted": True}))
     port = _free_port()
     log = open(base / "server.log", "wb")
     process = subprocess.Popen(
@@ -87,6 +93,23 @@ def thumbnail(screenshot: Path, target: Path) -> None:
         card.resize((THUMB_WIDTH, thumb_height), Image.LANCZOS).save(target, "JPEG", quality=85, optimize=True)
 
 
+def merged_sizes(table: dict | None, frontend: str, measured: dict[str, list[float]]) -> dict:
+    """The size table with one more frontend's measurement folded in: each node type keeps the larger width and
+    the larger height of every frontend measured, so a layout built from it fits all of them (frontend releases
+    draw labels a few pixels wider or narrower, and a widget row can move)."""
+    table = table or {"measured_with": [], "nodes": {}}
+    frontends = table.get("measured_with", [])
+    frontends = [frontends] if isinstance(frontends, str) else list(frontends)
+    nodes = dict(table.get("nodes", {}))
+    for name, (width, height) in measured.items():
+        old = nodes.get(name, (0, 0))
+        nodes[name] = [max(old[0], width), max(old[1], height)]
+    if frontend not in frontends:
+        frontends.append(frontend)
+    return {"measured_with": frontends, "how": "LGraphNode.computeSize of a new node, by tests/browser/workflows.mjs; "
+            "the largest width and height over the frontends listed", "nodes": dict(sorted(nodes.items()))}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(ROOT / "outputs" / "workflow_shots"))
@@ -122,10 +145,11 @@ def main(argv=None) -> int:
         measured = json.loads((out / "node_sizes.json").read_text())
         meta = measured.pop("_meta")
         comfy = f"ComfyUI {comfy_version}, " if comfy_version else ""
-        table = {"measured_with": f"{comfy}frontend {meta['frontend']} (LGraphNode.computeSize of a new node, "
-                                  "by tests/browser/workflows.mjs)",
-                 "nodes": {k: v["computed"] for k, v in sorted(measured.items()) if v}}
-        (ROOT / "tools" / "frontend_node_sizes.json").write_text(json.dumps(table, indent=1) + "\n")
+        table_file = ROOT / "tools" / "frontend_node_sizes.json"
+        table = merged_sizes(json.loads(table_file.read_text()) if table_file.is_file() else None,
+                             f"{comfy}frontend {meta['frontend']}",
+                             {k: v["computed"] for k, v in measured.items() if v})
+        table_file.write_text(json.dumps(table, indent=1) + "\n")
     print(f"screenshots and drawn boxes in {out}")
     return result.returncode
 

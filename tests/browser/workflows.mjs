@@ -33,6 +33,20 @@ const context = await chromium.launchPersistentContext(profile, {
     "--disable-default-apps", "--disable-extensions"],
 });
 await context.route("**/*", (route) => (route.request().url().startsWith(BASE) ? route.continue() : route.abort()));
+// Dialogs still open (a modal covers the canvas): Escape, then their close buttons; throws if one stays.
+async function closeDialogs(page) {
+  const open = page.locator("[role=dialog]:visible, .p-dialog:visible");
+  for (let attempt = 0; attempt < 5 && (await open.count()); attempt++) {
+    await page.keyboard.press("Escape");
+    await page.waitForTimeout(400);
+    if (!(await open.count())) break;
+    const close = open.first().locator("button[aria-label='Close'], .p-dialog-close-button, .p-dialog-header-close");
+    if (await close.count()) await close.first().click().catch(() => {});
+    await page.waitForTimeout(400);
+  }
+  if (await open.count()) throw new Error("a dialog stays open over the canvas; the screenshots would show it");
+}
+
 let failed = 0;
 try {
   const page = context.pages()[0] || (await context.newPage());
@@ -41,8 +55,12 @@ try {
   await page.goto(BASE);
   await page.waitForFunction(() => window.app?.graph && window.LiteGraph, null, { timeout: 120000 });
   await page.waitForTimeout(3000);
-  // close whatever dialog a first start opens (templates browser, release notes)
-  await page.keyboard.press("Escape");
+  // a first start opens dialogs (templates browser, release notes); frontends from 1.3x open the templates
+  // browser for a new user, and it would cover every screenshot
+  await page.evaluate(async () => {
+    try { await window.app.extensionManager?.setting?.set("Comfy.TutorialCompleted", true); } catch (e) { /* older */ }
+  });
+  await closeDialogs(page);
   // the minimap would cover the bottom right of every screenshot
   await page.evaluate(async () => {
     try { await window.app.extensionManager?.setting?.set("Comfy.Minimap.Visible", false); } catch (e) { /* older */ }
@@ -93,6 +111,7 @@ try {
     });
     drawn.grown = grown.map((n) => ({ id: n.id, type: n.type, saved: drawn.saved[n.id].size, drawn: n.size }));
     writeFileSync(join(out, `${name}.json`), JSON.stringify(drawn, null, 1));
+    await closeDialogs(page);
     await page.screenshot({ path: join(out, `${name}.png`) });
     // the whole graph, fitted to the window (the thumbnail for the templates dialog)
     await page.evaluate(() => {
