@@ -100,8 +100,9 @@ class Preview4D:
                 host.raise_if_interrupted()
                 raise
             if scene is not None and scene.reference_cameras is None:
-                notes.append("the scene records no cameras (saved before scenes recorded them): the viewer frames "
-                             "its bounds instead of starting at the reference view.")
+                notes.append("the scene records no cameras (it was made without any, or saved before scenes "
+                             "recorded them): the viewer frames its bounds instead of starting at the reference "
+                             "view.")
         elif tracks is not None:
             points, colors, visibility, fps = _tracks_fields(tracks)
             data = encode_tracks(points, colors, visibility, fps, int(max_splats), background=bg)

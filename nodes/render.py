@@ -119,7 +119,7 @@ def _cameras(source, cameras, notes: list[str]) -> Cameras:
     recorded = source.reference_cameras if isinstance(source, Scene4D) else None
     if recorded is None:
         what = "a Gaussian set" if not isinstance(source, Scene4D) \
-            else "this scene (saved before scenes recorded cameras)"
+            else "this scene (made without cameras, or saved before scenes recorded them)"
         raise ValueError(f"{NODE}: no cameras connected, and {what} records none; connect a camera path "
                          "(e.g. Gen4D Camera Path)")
     notes.append(f"no cameras connected: rendering the {len(recorded)} reference camera(s) the scene records "

@@ -103,7 +103,7 @@ class SyntheticWorld:
             host.raise_if_interrupted()
             views = render(w, cams, supersample=supersample, should_stop=stop)
             host.raise_if_interrupted()
-            twin = build_twin(w, num_frames, twin_points, seed, fps)
+            twin = build_twin(w, num_frames, twin_points, seed, fps, reference_cameras=cams)
             alpha = views["alpha"]
             host.raise_if_interrupted()
             static = static_views(w, cams, views["rgb"], supersample, should_stop=stop)
@@ -133,16 +133,20 @@ def static_views(world, cameras: Cameras, rgb, supersample: int, should_stop=Non
                   should_stop=should_stop)["rgb"]
 
 
-def build_twin(world, num_frames: int, num_points: int, seed: int, fps: float, cameras=None) -> Scene4D:
+def build_twin(world, num_frames: int, num_points: int, seed: int, fps: float, cameras=None,
+               reference_cameras: Cameras | None = None) -> Scene4D:
     """The world as a 4D Gaussian scene: surface samples with exact per-frame motion.
 
     With ``cameras``, points go where those cameras see the world (about one per pixel), which
-    makes renders from them much sharper.
+    makes renders from them much sharper. ``reference_cameras`` (the views the node rendered) are
+    recorded in the scene, so a renderer or the 4D preview without cameras of its own starts there.
     """
     frames = max(int(num_frames), 2)
     times = [i / (frames - 1) for i in range(frames)]
     motion = surface_motion(world, times, num_points, seed, cameras=cameras)
-    part = ScenePart(world.name, motion.gaussians, KeyframeMotion(motion.means, motion.quats))
+    recorded = None if reference_cameras is None else reference_cameras.to("cpu")
+    part = ScenePart(world.name, motion.gaussians, KeyframeMotion(motion.means, motion.quats),
+                     reference_cameras=recorded)
     return Scene4D([part], num_frames=frames, fps=fps)
 
 

@@ -226,6 +226,17 @@ def save(scene, prefix: str = "gen4d/scene", **kw):
     return run("Gen4D_SaveScene", scene=scene, filename_prefix=prefix, **kw)[0]
 
 
+def test_twin_records_the_views_it_was_rendered_for(twin_case):
+    """The twin carries the node's cameras: Render without cameras draws the same views as the world's images
+    (its own recorded cameras, not a default path), and the 4D preview starts there instead of noting none."""
+    c = twin_case
+    recorded = c.twin.reference_cameras
+    assert recorded is not None and len(recorded) == len(c.cams)
+    assert torch.equal(recorded.viewmats, c.cams.viewmats) and torch.equal(recorded.Ks, c.cams.Ks)
+    images, alpha, _depth = render(None, scene=c.twin, background="#ffffff")
+    assert torch.allclose(alpha, c.r_alpha, atol=1e-5) and torch.allclose(images, c.r_images, atol=1e-5)
+
+
 def test_save_load_round_trip(folders, twin_case):
     out, _ = folders
     twin = twin_case.twin
