@@ -56,8 +56,10 @@ class LoadPosedFrames:
     DESCRIPTION = (
         "Load posed frames from a transforms*.json dataset under ComfyUI's input folder: D-NeRF "
         "(transforms_train/val/test.json with camera_angle_x and per-frame time), nerfstudio (camera_model "
-        "PINHOLE, OPENCV or OPENCV_FISHEYE, fl_x/fl_y/cx/cy/w/h, per-frame intrinsics, mask_path, ply_file_path; "
-        "distorted frames are undistorted) and instant-ngp (camera_angle_x/y or fl_x..., aabb_scale ignored). "
+        "PINHOLE, SIMPLE_RADIAL, RADIAL, OPENCV or OPENCV_FISHEYE, fl_x/fl_y/cx/cy/w/h, per-frame intrinsics, "
+        "*_filenames splits, mask_path, ply_file_path; distorted frames are undistorted) and instant-ngp "
+        "(camera_angle_x/y or fl_x..., dynamic_mask_<name>.png, aabb_scale ignored). Frames of one transforms.json "
+        "come in file-name order. "
         "Poses are converted from the files' "
         "OpenGL/Blender axes to the pack's OpenCV cameras; times come from the frames' 'time' or are spread "
         "evenly over [0, 1]. Alpha becomes the mask and the images are composited on the background colour. "
@@ -77,7 +79,8 @@ class LoadPosedFrames:
         "scaled by its three nearest neighbours (3DGS's start): connect it to Static Gaussians' init. None when "
         "the dataset names no point cloud (the fit then starts from its sphere).",
         "Pixels to leave out of training [N,H,W] (1 = ignore): where a frame's nerfstudio mask_path is 0 "
-        "(passers-by, the capture rig) and where an undistorted frame sees past the capture's edge. Connect it to "
+        "(passers-by, the capture rig), where instant-ngp's dynamic mask is not 0, and where an undistorted frame "
+        "sees past the capture's edge. Connect it to "
         "the fits' ignore_mask. A single empty mask when the dataset has neither.",
     )
     FUNCTION = "load"
@@ -100,10 +103,11 @@ class LoadPosedFrames:
                                     "intrinsics follow."),
                 "background": str_in("#ffffff", "Colour behind transparent pixels (#rrggbb); the fit nodes' "
                                      "default is white, like D-NeRF's."),
-                "undistort": bool_in(True, "Resample frames taken through a distorted lens (nerfstudio's OPENCV "
-                                     "and OPENCV_FISHEYE coefficients) to the pinhole of their own intrinsics, which "
-                                     "is what the fits render; pixels the capture does not cover become transparent "
-                                     "(mask 0). Off: OPENCV's coefficients are ignored and a fisheye is refused."),
+                "undistort": bool_in(True, "Resample frames taken through a distorted lens (radial-tangential "
+                                     "coefficients k1..k4, p1, p2 of a perspective model, or OPENCV_FISHEYE) to the "
+                                     "pinhole of their own intrinsics, which is what the fits render; pixels the "
+                                     "capture does not cover become transparent (mask 0). Off: radial-tangential "
+                                     "coefficients are ignored and a fisheye is refused."),
             },
         }
 

@@ -294,7 +294,8 @@ def test_a_capture_s_point_cloud_starts_the_fit_as_3dgs_does(fake_comfy):
 def test_a_capture_without_split_lists_holds_frames_out_as_nerfstudio_does(tmp_path):
     """20 frames listed out of name order, no *_filenames: nerfstudio's default keeps ceil(0.9 * 20) = 18 of the
     frames sorted by name, at floor(i * 19 / 17) for i < 17 and the last (0..8, 10..17, 19), and holds out
-    names 9 and 18 as val and test. Without times, each frame keeps its place in the whole file's list."""
+    names 9 and 18 as val and test. Frames come in name order, and without times each frame's time is its place
+    in the whole capture by name (nerfstudio and instant-ngp sort a transforms.json's frames by file name)."""
     ds = tmp_path / "capture"
     order = [7, 19, 3, 12, 0, 18, 5, 9, 14, 1, 16, 10, 4, 8, 13, 2, 17, 11, 6, 15]  # listing order of frame names
     frames = []
@@ -309,11 +310,11 @@ def test_a_capture_without_split_lists_holds_frames_out_as_nerfstudio_does(tmp_p
     train, test, val = (read_posed_frames(ds, s) for s in ("train", "test", "val"))
     assert names(train) == [*range(9), *range(10, 18), 19]
     assert names(test) == names(val) == [9, 18]
-    listed_at = {k: i / 19 for i, k in enumerate(order)}
     for got in (train, test):
+        assert [int(f[-9:-4]) for f in got.files] == names(got), "frames in name order"
         for f, t, x in zip(got.files, got.cameras.times.tolist(), got.cameras.centers[:, 0].tolist()):
             k = int(f[-9:-4])
-            assert t == pytest.approx(listed_at[k]) and x == pytest.approx(k)
+            assert t == pytest.approx(k / 19) and x == pytest.approx(k)
     assert len(read_posed_frames(ds, "all").files) == 20
     # fewer than 10 frames hold none out
     write_json(ds / "transforms.json", {"camera_model": "PINHOLE", "fl_x": 3.0, "w": 4, "h": 3, "frames": frames[:9]})
@@ -324,9 +325,10 @@ def test_a_capture_without_split_lists_holds_frames_out_as_nerfstudio_does(tmp_p
 
 
 def test_nerfstudio_masks_and_uncovered_lens_pixels_become_pixels_to_ignore(tmp_path, caplog):
-    """mask_path's 0 marks pixels to leave out of training: ignore is 1 - mask, frames without a mask ignore
-    nothing, a downscale averages it, and an undistorted frame also ignores what its pinhole sees past the
-    capture's edge (which is transparent too)."""
+    """mask_path's 0 marks pixels to leave out of training and any other value keeps them, as nerfstudio reads
+    it (a 0/1 label image means what a 0/255 one does); frames without a mask ignore nothing, a downscale
+    averages it, and an undistorted frame also ignores what its pinhole sees past the capture's edge (which is
+    transparent too)."""
     from test_lens import H, K, W, capture
 
     ds = tmp_path / "capture"
@@ -337,17 +339,21 @@ def test_nerfstudio_masks_and_uncovered_lens_pixels_become_pixels_to_ignore(tmp_
     png(ds / "images" / "b.png", 10, 6, mode="RGB")
     png(ds / "masks" / "a.png", 10, 6, keep, mode="L")
     png(ds / "masks" / "b.png", 10, 6, np.dstack([keep[::-1]] * 3), mode="RGB")  # 3 channels: the first counts
+    png(ds / "masks" / "c.png", 10, 6, (keep > 0).astype(np.uint8), mode="L")  # a label image: 0 and 1
     frames = [{"file_path": "images/a.png", "mask_path": "masks/a.png", "transform_matrix": IDENTITY},
               {"file_path": "images/b.png", "transform_matrix": IDENTITY, "depth_file_path": "depth/b.png"},
-              {"file_path": "images/b.png", "mask_path": "masks/b.png", "transform_matrix": IDENTITY}]
+              {"file_path": "images/b.png", "mask_path": "masks/b.png", "transform_matrix": IDENTITY},
+              {"file_path": "images/b.png", "mask_path": "masks/c.png", "transform_matrix": IDENTITY}]
     write_json(ds / "transforms.json", {"camera_model": "PINHOLE", "fl_x": 7.0, "w": 10, "h": 6, "frames": frames})
     with caplog.at_level(logging.INFO):
         got = read_posed_frames(ds, "all")
-    assert "1 of 3 frames name a depth map (depth_file_path)" in caplog.text, "what is not used is said"
-    expected = 1.0 - torch.from_numpy(keep).float() / 255.0
-    assert torch.allclose(got.ignore[0], expected, atol=1e-6)
+    assert "1 of 4 frames name a depth map (depth_file_path)" in caplog.text, "what is not used is said"
+    expected = torch.from_numpy(keep == 0).float()
+    assert expected.sum() == 16 and expected[0, 9] == 0, "128 keeps its pixel"
+    assert torch.equal(got.ignore[0], expected)
     assert got.ignore[1].eq(0).all()
-    assert torch.allclose(got.ignore[2], expected.flip(0), atol=1e-6)
+    assert torch.equal(got.ignore[2], expected.flip(0))
+    assert torch.equal(got.ignore[3], expected), "a 0/1 label mask keeps its 1s"
     assert got.masks.eq(1).all(), "the mask marks pixels to ignore, not the subject's alpha"
     half = read_posed_frames(ds, downscale=2)
     assert torch.allclose(half.ignore[0], torch.nn.functional.avg_pool2d(expected[None, None], 2)[0, 0], atol=1e-6)
@@ -652,3 +658,93 @@ def test_node_is_changed_follows_the_files(input_dir):
     os.utime(image, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     assert cls.IS_CHANGED(folder="dnerf", path="") != first
     assert math.isnan(cls.IS_CHANGED(folder="dnerf", path="../x"))
+
+
+def _capture_json(ds: Path, count: int = 4, **top) -> list[str]:
+    """``count`` 4x3 opaque frames named frame_<k> (unpadded) under ds/images and a transforms.json listing them
+    in reverse; the camera's x position is k. Returns the file paths."""
+    names = [f"images/frame_{k}.png" for k in range(count)]
+    frames = []
+    for k, name in reversed(list(enumerate(names))):
+        png(ds / name, 4, 3, mode="RGB")
+        c2w = [row[:] for row in IDENTITY]
+        c2w[0][3] = float(k)
+        frames.append({"file_path": name, "transform_matrix": c2w})
+    write_json(ds / "transforms.json", {"fl_x": 3.0, "w": 4, "h": 3, "frames": frames, **top})
+    return names
+
+
+def test_frames_of_a_capture_come_in_natural_name_order_with_times_to_match(tmp_path):
+    """A transforms.json listing frame_11 .. frame_0: the frames come sorted as instant-ngp and nerfstudio sort
+    them (frame_2 before frame_10), and evenly spaced times follow that order, not the listing's."""
+    ds = tmp_path / "capture"
+    names = _capture_json(ds, 12)
+    got = read_posed_frames(ds, "all")
+    assert list(got.files) == names
+    assert torch.allclose(got.cameras.centers[:, 0], torch.arange(12.0).double().float(), atol=1e-5)
+    assert torch.allclose(got.cameras.times, torch.arange(12.0) / 11)
+
+
+def test_split_lists_hold_their_frames_out_of_training_and_must_name_frames(tmp_path):
+    """With test_filenames alone, train is every frame the list leaves out (nothing held out leaks into
+    training); a list naming a file no frame has is an error naming the list."""
+    ds = tmp_path / "capture"
+    names = _capture_json(ds, 4, camera_model="PINHOLE")
+    data = json.loads((ds / "transforms.json").read_text())
+    write_json(ds / "transforms.json", {**data, "test_filenames": [names[1]]})
+    assert available_splits(ds) == ["train", "test", "all"]
+    assert list(read_posed_frames(ds, "train").files) == [names[0], names[2], names[3]]
+    assert list(read_posed_frames(ds, "test").files) == [names[1]]
+    write_json(ds / "transforms.json", {**data, "test_filenames": names})
+    with pytest.raises(ValueError, match=r"transforms\.json: train_filenames: .*nothing is left to train on"):
+        read_posed_frames(ds, "train")
+    write_json(ds / "transforms.json", {**data, "train_filenames": names[:3], "test_filenames": ["images/gone.png"]})
+    with pytest.raises(ValueError, match=r"test_filenames: names 1 file\(s\) no frame has.*gone\.png"):
+        read_posed_frames(ds, "train")
+
+
+@pytest.mark.parametrize("model, fields", [
+    ("OPENCV", {"distortion_params": [-0.25, 0.05, 0.0, 0.0, 0.001, -0.002]}),  # nerfstudio's list form
+    ("PINHOLE", {"k1": -0.25, "k2": 0.05, "p1": 0.001, "p2": -0.002}),  # COLMAP pinhole with coefficients
+    ("SIMPLE_RADIAL", {"k1": -0.25, "k2": 0.05, "p1": 0.001, "p2": -0.002}),
+])
+def test_every_way_of_giving_a_perspective_lens_undistorts_the_same(tmp_path, model, fields):
+    """nerfstudio reads the coefficients as a distortion_params list or by name, and applies them to every
+    perspective model (PINHOLE, SIMPLE_RADIAL, ... as OPENCV): each spelling gives the image the named OPENCV
+    coefficients give, which is not the captured image."""
+    from test_lens import H, K, W, capture
+
+    captured = (capture("OPENCV", {"k1": -0.25, "k2": 0.05, "p1": 0.001, "p2": -0.002}).clamp(0, 1) * 255)
+    intrinsics = {"fl_x": float(K[0, 0]), "fl_y": float(K[1, 1]), "cx": float(K[0, 2]), "cy": float(K[1, 2]),
+                  "w": W, "h": H}
+    results = {}
+    for name, lens in (("named", {"camera_model": "OPENCV", "k1": -0.25, "k2": 0.05, "p1": 0.001, "p2": -0.002}),
+                       ("given", {"camera_model": model, **fields})):
+        ds = tmp_path / name
+        png(ds / "a.png", W, H, captured.round().to(torch.uint8).numpy(), mode="RGB")
+        write_json(ds / "transforms.json", {**intrinsics, **lens,
+                                            "frames": [{"file_path": "a.png", "transform_matrix": IDENTITY}]})
+        results[name] = read_posed_frames(ds)
+    assert results["given"].undistorted == 1
+    torch.testing.assert_close(results["given"].images, results["named"].images, rtol=0, atol=1e-6)
+    assert (results["given"].images[0] - captured / 255).abs().mean() > 0.01, "the lens was undone"
+
+
+def test_instant_ngp_dynamic_masks_mark_pixels_to_ignore(tmp_path):
+    """colmap2nerf's --mask_categories writes images/dynamic_mask_<name>.png beside each image; instant-ngp
+    leaves out of training the pixels where it is not 0 (any of red, green, blue)."""
+    ds = tmp_path / "capture"
+    names = _capture_json(ds, 2, aabb_scale=16)
+    marked = np.zeros((3, 4, 3), np.uint8)
+    marked[1, 2] = (0, 0, 9)
+    marked[0, 0] = (255, 255, 255)
+    png(ds / "images" / "dynamic_mask_frame_1.png", 4, 3, marked, mode="RGB")
+    got = read_posed_frames(ds, "all")
+    assert got.layout == "instant-ngp" and list(got.files) == names
+    assert got.ignore[0].eq(0).all(), "frame_0 has no dynamic mask"
+    expected = torch.zeros(3, 4)
+    expected[1, 2] = expected[0, 0] = 1.0
+    assert torch.equal(got.ignore[1], expected)
+    png(ds / "images" / "dynamic_mask_frame_0.png", 5, 3, mode="RGB")
+    with pytest.raises(ValueError, match=r"frames\[1\]\.file_path \(its dynamic_mask_<name>\.png\).* is 5x3"):
+        read_posed_frames(ds, "all")

@@ -22,40 +22,46 @@ Design notes:
       ``camera_angle_x`` (horizontal field of view, radians) and a per-frame ``time`` in [0, 1].
     - nerfstudio: one ``transforms.json`` with ``camera_model``, ``fl_x``, ``fl_y``, ``cx``, ``cy``,
       ``w``, ``h`` at the top and/or per frame (per-frame values win), optional ``*_filenames``
-      split lists (without any, nerfstudio's default split: of the frames sorted by ``file_path``,
-      ``ceil(0.9 N)`` evenly spaced ones from the first to the last train, the rest are ``val`` and
-      ``test``; fewer than 10 frames leave none to hold out); ``ply_file_path`` names the capture's
+      split lists (each must name frames; without ``train_filenames`` the train split is the frames
+      the other lists leave out; without any list, nerfstudio's default split: of the frames sorted
+      by ``file_path``, ``ceil(0.9 N)`` evenly spaced ones from the first to the last train, the rest
+      are ``val`` and ``test``; fewer than 10 frames leave none to hold out); ``ply_file_path`` names the capture's
       structure-from-motion points (in the poses' world frame), read as ``points`` /
       ``point_colors`` to start a fit from; a frame's ``mask_path`` names a one-channel image of its
-      own size whose 0 marks pixels to leave out of training (passers-by, the capture rig), read as
-      ``ignore``.
+      own size whose 0 marks pixels to leave out of training (passers-by, the capture rig) and whose
+      other values keep them (0/255 and 0/1 images alike, as nerfstudio reads them), read as ``ignore``.
     - instant-ngp: one ``transforms.json`` with ``camera_angle_x`` / ``camera_angle_y`` and/or
       ``fl_x``, ``fl_y``, ``cx``, ``cy``, ``w``, ``h``; ``aabb_scale``, ``scale``, ``offset`` and
-      ``sharpness`` describe its own scene box and are ignored.
+      ``sharpness`` describe its own scene box and are ignored. A ``dynamic_mask_<image name>.png``
+      beside an image (colmap2nerf's ``--mask_categories``) marks with any nonzero colour the pixels
+      to leave out, read as ``ignore``.
 
     Intrinsics per frame: focal lengths from ``fl_x`` / ``fl_y`` (pixels) or from the angles
     (``f = size / (2 tan(angle / 2))``); a missing one copies the other (square pixels); the
     principal point defaults to the image centre. Pixel coordinates follow the pack's convention
     (pixel ``(i, j)`` covers ``[j, j+1) x [i, i+1)``, centre at ``+0.5``), which is the one these
-    files' ``cx = w / 2`` means. Camera models: PINHOLE, SIMPLE_PINHOLE, OPENCV (``k1..k4``,
-    ``p1``, ``p2``; also distortion given without a model, as instant-ngp writes it) and
-    OPENCV_FISHEYE (``k1..k4``), with nerfstudio's meaning of the coefficients
-    (:mod:`core.formats.lens`). Distorted images are resampled to the pinhole of their own K
-    (``undistort``, on by default); pixels the capture does not cover come out transparent.
-    With ``undistort`` off, OPENCV's coefficients are ignored with a logged warning and a
-    fisheye is refused. instant-ngp's ``is_fisheye`` and other models are refused.
+    files' ``cx = w / 2`` means. Camera models: the perspective ones (PINHOLE, SIMPLE_PINHOLE,
+    SIMPLE_RADIAL, RADIAL, OPENCV; and distortion given without a model, as instant-ngp writes it)
+    take radial-tangential coefficients ``k1..k4``, ``p1``, ``p2`` where given (by name or as
+    nerfstudio's ``distortion_params`` list), OPENCV_FISHEYE ``k1..k4``, with nerfstudio's meaning
+    of the coefficients (:mod:`core.formats.lens`). Distorted images are resampled to the pinhole
+    of their own K (``undistort``, on by default); pixels the capture does not cover come out
+    transparent. With ``undistort`` off, the radial-tangential coefficients are ignored with a
+    logged warning and a fisheye is refused. instant-ngp's ``is_fisheye`` and other models are refused.
 
     Conversion: the OpenCV camera-to-world is the file's with the camera y and z axes negated,
     ``c2w_cv = c2w_gl diag(1, -1, -1, 1)``, and the pack's viewmat is its inverse. The world
     frame is kept as the file gives it (Blender scenes are z-up; the pack's own worlds are -y up).
 
-    Time: per-frame ``time`` where every selected frame has one (values in [0, 1]), else even
-    spacing ``i / (N - 1)`` by the frame's place ``i`` among the ``N`` frames its file lists, so a
-    split's frames keep the times they have in the whole capture. Alpha: an image with an alpha
-    channel gives it as the mask and is composited on the background colour; an opaque image
-    gives a mask of ones.
+    Order and time: a single ``transforms.json``'s frames come sorted by ``file_path`` in natural
+    order (``frame_2`` before ``frame_10``), as nerfstudio and instant-ngp order them; a split file's
+    keep their listing order. Per-frame ``time`` where every selected frame has one (values in
+    [0, 1]), else even spacing ``i / (N - 1)`` by the frame's place ``i`` in that order among the
+    ``N`` frames its file lists, so a split's frames keep the times they have in the whole capture.
+    Alpha: an image with an alpha channel gives it as the mask and is composited on the background
+    colour; an opaque image gives a mask of ones.
 
-    Ignore: ``1 - mask_path's value`` where a frame has one, and 1 where an undistorted frame's
+    Ignore: 1 where a frame's mask leaves the pixel out (above), and 1 where an undistorted frame's
     pinhole sees past the capture's edge (those pixels are also transparent); None when no frame
     has either, so datasets without them cost no memory.
 
@@ -115,11 +121,15 @@ MAX_POINT_CLOUD_BYTES = 2**31  # 2 GiB: some 70 M coloured points
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _GL_TO_CV = torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0], dtype=torch.float64))
-_PINHOLE_MODELS = ("PINHOLE", "SIMPLE_PINHOLE")
-_CAMERA_MODELS = (*_PINHOLE_MODELS, *lenses.LENS_MODELS)
+# COLMAP's perspective models as nerfstudio reads them: radial-tangential with the coefficients given (none: pinhole)
+_PERSPECTIVE_MODELS = ("PINHOLE", "SIMPLE_PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV")
+_CAMERA_MODELS = (*_PERSPECTIVE_MODELS, "OPENCV_FISHEYE")
 _DISTORTION = lenses.LENS_COEFFICIENTS["OPENCV"]
+# nerfstudio's distortion_params list: the coefficients in this order
+_DISTORTION_LIST = ("k1", "k2", "k3", "k4", "p1", "p2")
 _INTRINSIC_KEYS = ("fl_x", "fl_y", "cx", "cy", "w", "h", "camera_angle_x", "camera_angle_y", "camera_model",
-                   "is_fisheye", *_DISTORTION)
+                   "is_fisheye", "distortion_params", *_DISTORTION)
+_DYNAMIC_MASK = "dynamic_mask_{}.png"  # instant-ngp: beside the image, nonzero marks pixels to leave out
 
 
 @dataclass(frozen=True)
@@ -296,7 +306,10 @@ class _Frame:
     has_alpha: bool = False
     lens: tuple[str, tuple[tuple[str, float], ...]] | None = None  # (model, nonzero coefficients) of a distorted lens
     mask_name: str | None = None  # nerfstudio's mask_path as written
+    mask_keeps: bool = True  # a mask's nonzero pixels are kept (nerfstudio) or left out (instant-ngp's dynamic mask)
     listed: int = 1  # how many frames its file lists
+    order: int = 0  # its place in time: by file name in a single transforms.json, else its place in its file
+    layout: str = "blender"
     names_depth: bool = False  # nerfstudio's depth_file_path, which the fits do not use
     mask: Path | None = None
 
@@ -367,6 +380,8 @@ class _Reader:
         shown = self.shown(path)
         data, frames = self.load_json(path)
         top = {k: data[k] for k in _INTRINSIC_KEYS if k in data}
+        layout = _layout(data, frames)
+        order = _name_order(frames) if path.name == SINGLE_FILE else {}
         out = []
         for i, frame in enumerate(frames):
             where = f"frames[{i}]"
@@ -388,10 +403,12 @@ class _Reader:
                 raise self.fail(shown, f"{where}.mask_path", f"must name an image file, got {_brief(mask_name)}")
             own = frozenset(k for k in _INTRINSIC_KEYS if k in frame)
             out.append(_Frame(path, shown, i, file_path, c2w, {**top, **{k: frame[k] for k in own}}, own, time,
-                              mask_name=mask_name, listed=len(frames), names_depth="depth_file_path" in frame))
+                              mask_name=mask_name, listed=len(frames), names_depth="depth_file_path" in frame,
+                              order=order.get(i, i), layout=layout))
         if keep is not None and not out:
             raise self.fail(shown, "frames", "none of the frames is listed in the selected split's *_filenames")
-        return out, _layout(data, frames), data.get("ply_file_path")
+        out.sort(key=lambda f: f.order)
+        return out, layout, data.get("ply_file_path")
 
     def confined(self, path: Path, shown: str, field: str, name: str) -> Path:
         """``path`` resolved (symlinks followed), refused when it leaves the input folder."""
@@ -441,14 +458,23 @@ class _Reader:
         raise self.fail(frame.shown, field, f"image not found (tried {', '.join(tried)})")
 
     def mask_path(self, frame: _Frame) -> Path | None:
-        """The frame's ``mask_path`` file, checked to be a readable image of the frame's size."""
+        """The frame's mask file, checked to be a readable image of the frame's size: nerfstudio's ``mask_path``,
+        or in an instant-ngp dataset the ``dynamic_mask_<image name>.png`` beside the image when there is one."""
         if frame.mask_name is None:
-            return None
-        field = f"frames[{frame.index}].mask_path"
-        parts = _relative_parts(frame.mask_name, f"{self.who}: {frame.shown}", field)
-        resolved = self.confined(frame.source.parent.joinpath(*parts), frame.shown, field, frame.mask_name)
-        if not resolved.is_file():
-            raise self.fail(frame.shown, field, f"mask not found ({self.shown(resolved)})")
+            if frame.layout != "instant-ngp" or frame.image is None:
+                return None
+            field = f"frames[{frame.index}].file_path (its {_DYNAMIC_MASK.format('<name>')})"
+            candidate = frame.image.with_name(_DYNAMIC_MASK.format(frame.image.stem))
+            if not candidate.is_file():
+                return None
+            resolved = self.confined(candidate, frame.shown, field, candidate.name)
+            frame.mask_keeps = False
+        else:
+            field = f"frames[{frame.index}].mask_path"
+            parts = _relative_parts(frame.mask_name, f"{self.who}: {frame.shown}", field)
+            resolved = self.confined(frame.source.parent.joinpath(*parts), frame.shown, field, frame.mask_name)
+            if not resolved.is_file():
+                raise self.fail(frame.shown, field, f"mask not found ({self.shown(resolved)})")
         width, height, _ = self.opened(resolved, frame.shown, field)
         if (width, height) != (frame.width, frame.height):
             raise self.fail(frame.shown, field, f"{self.shown(resolved)} is {width}x{height} but its image "
@@ -501,15 +527,21 @@ class _Reader:
                     raise self.fail(shown, field_name(key), f"says {declared:g} but the image "
                                                             f"{self.shown(frame.image)} is {w}x{h}; sizes are "
                                                             "inconsistent")
-        distortion = {k: self.number(f[k], shown, field_name(k)) for k in _DISTORTION if k in f}
+        distortion = {}
+        if "distortion_params" in f:  # nerfstudio's list form; a coefficient also given by name wins
+            listed = f["distortion_params"]
+            if not isinstance(listed, list) or len(listed) > len(_DISTORTION_LIST):
+                raise self.fail(shown, field_name("distortion_params"), f"must be a list of at most "
+                                                                        f"{len(_DISTORTION_LIST)} numbers "
+                                                                        f"({', '.join(_DISTORTION_LIST)}), got "
+                                                                        f"{_brief(listed)}")
+            distortion = {k: self.number(v, shown, f"{field_name('distortion_params')}[{j}]")
+                          for j, (k, v) in enumerate(zip(_DISTORTION_LIST, listed))}
+        distortion.update({k: self.number(f[k], shown, field_name(k)) for k in _DISTORTION if k in f})
         distortion = {k: v for k, v in distortion.items() if v != 0.0}
-        lens_model = "OPENCV" if model is None else model  # instant-ngp gives OpenCV's coefficients without a model
-        if distortion and lens_model in _PINHOLE_MODELS:
-            if shown not in warned:
-                warned.add(shown)
-                log.warning("%s: %s: camera model %s has no distortion; %s ignored", self.who, shown, lens_model,
-                            distortion)
-        elif distortion or lens_model == "OPENCV_FISHEYE":  # a fisheye distorts with every coefficient zero too
+        # instant-ngp gives OpenCV's coefficients without a model; COLMAP's perspective models distort as OPENCV
+        lens_model = "OPENCV" if model is None or model in _PERSPECTIVE_MODELS else model
+        if distortion or lens_model == "OPENCV_FISHEYE":  # a fisheye distorts with every coefficient zero too
             extra = sorted(set(distortion) - set(lenses.LENS_COEFFICIENTS[lens_model]))
             if extra:
                 raise self.fail(shown, field_name(extra[0]), f"{lens_model} has no coefficient {extra[0]} (it takes "
@@ -548,6 +580,21 @@ class _Reader:
         cx = self.number(f["cx"], shown, field_name("cx")) if "cx" in f else w / 2.0
         cy = self.number(f["cy"], shown, field_name("cy")) if "cy" in f else h / 2.0
         return fx, fy, cx, cy
+
+
+def _natural_key(name: str) -> list:
+    """``name`` split into text and numbers, so that ``frame_2`` sorts before ``frame_10``."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name) if part]
+
+
+def _name_order(frames: list) -> dict[int, int]:
+    """Each frame's place (by its index in ``frames``) when the frames are sorted by ``file_path`` in natural
+    order, as nerfstudio and instant-ngp order a ``transforms.json``'s frames (capture apps do not always list
+    them in time order); entries without a usable ``file_path`` are left to the parser to report."""
+    named = [(i, _norm(f["file_path"])) for i, f in enumerate(frames)
+             if isinstance(f, dict) and isinstance(f.get("file_path"), str) and f["file_path"].strip()]
+    ranked = sorted(named, key=lambda item: (_natural_key(item[1]), item[0]))
+    return {i: place for place, (i, _) in enumerate(ranked)}
 
 
 def _brief(value) -> str:
@@ -589,16 +636,33 @@ def _selected_files(folder: Path, split: str, reader: _Reader) -> list[tuple[Pat
     if split == "all":
         return [(single, None)]
     data, frames = reader.load_json(single)
-    names = data.get(f"{split}_filenames")
-    if names is None and not any(f"{s}_filenames" in data for s in SPLIT_FILES):
+    lists = {s: data[f"{s}_filenames"] for s in SPLIT_FILES if f"{s}_filenames" in data}
+    if not lists:
         train, held_out = _default_split(frames)
         return [(single, set(train if split == "train" else held_out))]
-    if names is None:  # only "train" gets here without its list: every frame
-        return [(single, None)]
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise reader.fail(reader.shown(single), f"{split}_filenames", f"must be a list of file paths, got "
-                                                                      f"{_brief(names)}")
-    return [(single, {_norm(n) for n in names})]
+    shown = reader.shown(single)
+    present = {_norm(f["file_path"]) for f in frames
+               if isinstance(f, dict) and isinstance(f.get("file_path"), str) and f["file_path"].strip()}
+    listed: dict[str, set[str]] = {}
+    for name, names in lists.items():
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise reader.fail(shown, f"{name}_filenames", f"must be a list of file paths, got {_brief(names)}")
+        listed[name] = {_norm(n) for n in names}
+        unknown = sorted(listed[name] - present)
+        if unknown:
+            raise reader.fail(shown, f"{name}_filenames", f"names {len(unknown)} file(s) no frame has, e.g. "
+                                                          f"{unknown[:3]}; the lists must name frames' file_path")
+    if split in listed:
+        return [(single, listed[split])]
+    # only "train" gets here without its list: the frames no other list holds out, so none leaks into training
+    held_out = set().union(*listed.values())
+    rest = present - held_out
+    if not rest:
+        raise reader.fail(shown, "train_filenames", f"missing, and the other lists ({', '.join(sorted(listed))}) "
+                                                    "hold every frame: nothing is left to train on")
+    log.info("%s: %s has no train_filenames: training on the %d frames its %s lists leave out", reader.who, shown,
+             len(rest), "/".join(f"{n}_filenames" for n in sorted(listed)))
+    return [(single, rest)]
 
 
 def _default_split(frames: list) -> tuple[list[str], list[str]]:
@@ -718,7 +782,7 @@ def read_posed_frames(
                          f"{max_bytes / 2**30:.2f} GiB; raise downscale or pick a smaller split")
 
     viewmats = opengl_to_opencv(torch.stack([f.c2w for f in frames]))
-    times = torch.tensor([f.time if f.time is not None else f.index / max(f.listed - 1, 1) for f in frames],
+    times = torch.tensor([f.time if f.time is not None else f.order / max(f.listed - 1, 1) for f in frames],
                          dtype=torch.float32)
     cameras = Cameras(viewmats, Ks, w, h, times)
     if downscale > 1:
@@ -821,16 +885,24 @@ def _decode(frame: _Frame, reader: _Reader, hd: int, wd: int, grid: Tensor | Non
 
 
 def _read_mask(frame: _Frame, reader: _Reader) -> Tensor:
-    """A frame's mask image as ``[H,W]`` in 0..1 (0 = leave out of training), its first channel."""
+    """A frame's mask image as ``[H,W]`` of 1 (train on the pixel) and 0 (leave it out), read as the layout's
+    own reader reads it: nerfstudio keeps the pixels whose value is not 0 (so a 0/1 label image and a 0/255
+    one mean the same; a palette image by its indices), instant-ngp's dynamic mask leaves out those whose
+    red, green or blue is not 0."""
     import numpy as np
 
     def read(im):
-        if _is_16_bit(im):
-            return np.asarray(im).astype(np.float32) / 65535.0
-        first = im.convert("L") if im.mode in ("1", "L", "P") else im.getchannel(0)
-        return np.asarray(first, dtype=np.uint8).astype(np.float32) / 255.0
+        if im.mode in ("1", "L", "P", "F") or _is_16_bit(im):
+            marked = np.asarray(im) != 0
+        elif frame.mask_keeps:
+            marked = np.asarray(im.getchannel(0)) != 0
+        else:
+            marked = (np.asarray(im.convert("RGB")) != 0).any(axis=-1)
+        keep = marked if frame.mask_keeps else ~marked
+        return keep.astype(np.float32)
 
-    return _pixels(frame, reader, frame.mask, f"frames[{frame.index}].mask_path", read).clamp_(0.0, 1.0)
+    field = f"frames[{frame.index}].mask_path" if frame.mask_keeps else f"frames[{frame.index}].file_path"
+    return _pixels(frame, reader, frame.mask, field, read)
 
 
 def _is_16_bit(im) -> bool:
