@@ -748,3 +748,17 @@ def test_instant_ngp_dynamic_masks_mark_pixels_to_ignore(tmp_path):
     png(ds / "images" / "dynamic_mask_frame_0.png", 5, 3, mode="RGB")
     with pytest.raises(ValueError, match=r"frames\[1\]\.file_path \(its dynamic_mask_<name>\.png\).* is 5x3"):
         read_posed_frames(ds, "all")
+
+
+def test_instant_ngp_fields_of_view_in_degrees(tmp_path):
+    """instant-ngp also takes the field of view in degrees (x_fov, y_fov): 90 degrees across 8 pixels is f = 4."""
+    ds = tmp_path / "ngp"
+    png(ds / "a.png", 8, 6, mode="RGB")
+    write_json(ds / "transforms.json", {"x_fov": 90.0, "aabb_scale": 4,
+                                        "frames": [{"file_path": "a.png", "transform_matrix": IDENTITY}]})
+    K = read_posed_frames(ds).cameras.Ks[0]
+    assert float(K[0, 0]) == pytest.approx(4.0) and float(K[1, 1]) == pytest.approx(4.0)
+    write_json(ds / "transforms.json", {"x_fov": 180.0, "frames": [{"file_path": "a.png",
+                                                                      "transform_matrix": IDENTITY}]})
+    with pytest.raises(ValueError, match=r"x_fov: field of view must lie in \(0, 180\) degrees"):
+        read_posed_frames(ds)

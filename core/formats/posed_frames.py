@@ -21,7 +21,9 @@ Design notes:
     - D-NeRF (and the static Blender set): ``transforms_{train,val,test}.json`` with
       ``camera_angle_x`` (horizontal field of view, radians) and a per-frame ``time`` in [0, 1].
     - nerfstudio: one ``transforms.json`` with ``camera_model``, ``fl_x``, ``fl_y``, ``cx``, ``cy``,
-      ``w``, ``h`` at the top and/or per frame (per-frame values win), optional ``*_filenames``
+      ``w``, ``h`` at the top and/or per frame (per-frame values win, as instant-ngp reads them;
+      nerfstudio's own reader would keep a top-level value, but its tools write one level or the
+      other, never both), optional ``*_filenames``
       split lists (each must name frames; without ``train_filenames`` the train split is the frames
       the other lists leave out; without any list, nerfstudio's default split: of the frames sorted
       by ``file_path``, ``ceil(0.9 N)`` evenly spaced ones from the first to the last train, the rest
@@ -37,7 +39,8 @@ Design notes:
       to leave out, read as ``ignore``.
 
     Intrinsics per frame: focal lengths from ``fl_x`` / ``fl_y`` (pixels) or from the angles
-    (``f = size / (2 tan(angle / 2))``); a missing one copies the other (square pixels); the
+    (``f = size / (2 tan(angle / 2))``: ``camera_angle_x`` / ``_y`` in radians, else instant-ngp's
+    ``x_fov`` / ``y_fov`` in degrees); a missing one copies the other (square pixels); the
     principal point defaults to the image centre. Pixel coordinates follow the pack's convention
     (pixel ``(i, j)`` covers ``[j, j+1) x [i, i+1)``, centre at ``+0.5``), which is the one these
     files' ``cx = w / 2`` means. Camera models: the perspective ones (PINHOLE, SIMPLE_PINHOLE,
@@ -127,8 +130,8 @@ _CAMERA_MODELS = (*_PERSPECTIVE_MODELS, "OPENCV_FISHEYE")
 _DISTORTION = lenses.LENS_COEFFICIENTS["OPENCV"]
 # nerfstudio's distortion_params list: the coefficients in this order
 _DISTORTION_LIST = ("k1", "k2", "k3", "k4", "p1", "p2")
-_INTRINSIC_KEYS = ("fl_x", "fl_y", "cx", "cy", "w", "h", "camera_angle_x", "camera_angle_y", "camera_model",
-                   "is_fisheye", "distortion_params", *_DISTORTION)
+_INTRINSIC_KEYS = ("fl_x", "fl_y", "cx", "cy", "w", "h", "camera_angle_x", "camera_angle_y", "x_fov", "y_fov",
+                   "camera_model", "is_fisheye", "distortion_params", *_DISTORTION)
 _DYNAMIC_MASK = "dynamic_mask_{}.png"  # instant-ngp: beside the image, nonzero marks pixels to leave out
 
 
@@ -556,25 +559,26 @@ class _Reader:
                 log.warning("%s: %s: distortion %s ignored (undistort is off); the images are used as if "
                             "undistorted", self.who, shown, distortion)
 
-        def focal(fl_key: str, angle_key: str, size: int) -> float | None:
+        def focal(fl_key: str, angle_key: str, degrees_key: str, size: int) -> float | None:
             if fl_key in f:
                 value = self.number(f[fl_key], shown, field_name(fl_key))
                 if value <= 0:
                     raise self.fail(shown, field_name(fl_key), f"focal length must be positive, got {value}")
                 return value
-            if angle_key in f:
-                angle = self.number(f[angle_key], shown, field_name(angle_key))
-                if not 0.0 < angle < math.pi:
-                    raise self.fail(shown, field_name(angle_key), f"field of view must lie in (0, pi) radians, "
-                                                                  f"got {angle}")
-                return 0.5 * size / math.tan(0.5 * angle)
+            for key, unit, half_turn in ((angle_key, "radians", math.pi), (degrees_key, "degrees", 180.0)):
+                if key in f:
+                    angle = self.number(f[key], shown, field_name(key))
+                    if not 0.0 < angle < half_turn:
+                        raise self.fail(shown, field_name(key), f"field of view must lie in (0, {half_turn:g}) "
+                                                                f"{unit}, got {angle}")
+                    return 0.5 * size / math.tan(0.5 * angle * math.pi / half_turn)
             return None
 
-        fx, fy = focal("fl_x", "camera_angle_x", w), focal("fl_y", "camera_angle_y", h)
+        fx, fy = focal("fl_x", "camera_angle_x", "x_fov", w), focal("fl_y", "camera_angle_y", "y_fov", h)
         if fx is None and fy is None:
             raise self.fail(shown, f"{where}: fl_x / camera_angle_x", "missing; the frame and the file top level give "
-                                                                      "no focal length (fl_x, fl_y, camera_angle_x or "
-                                                                      "camera_angle_y)")
+                                                                      "no focal length (fl_x, fl_y, camera_angle_x, "
+                                                                      "camera_angle_y, x_fov or y_fov)")
         fx = fy if fx is None else fx
         fy = fx if fy is None else fy
         cx = self.number(f["cx"], shown, field_name("cx")) if "cx" in f else w / 2.0
