@@ -23,11 +23,11 @@ Design notes:
     - nerfstudio: one ``transforms.json`` with ``camera_model``, ``fl_x``, ``fl_y``, ``cx``, ``cy``,
       ``w``, ``h`` at the top and/or per frame (per-frame values win, as instant-ngp reads them;
       nerfstudio's own reader would keep a top-level value, but its tools write one level or the
-      other, never both), optional ``*_filenames``
-      split lists (each must name frames; without ``train_filenames`` the train split is the frames
-      the other lists leave out; without any list, nerfstudio's default split: of the frames sorted
-      by ``file_path``, ``ceil(0.9 N)`` evenly spaced ones from the first to the last train, the rest
-      are ``val`` and ``test``; fewer than 10 frames leave none to hold out); ``ply_file_path`` names the capture's
+      other, never both), optional ``*_filenames`` split lists (each must name frames; without
+      ``train_filenames`` the train split is the frames the other lists leave out; without any
+      list, nerfstudio's default split: of the frames sorted by ``file_path``, ``ceil(0.9 N)``
+      evenly spaced ones from the first to the last train, the rest are ``val`` and ``test``; fewer
+      than 10 frames leave none to hold out); ``ply_file_path`` names the capture's
       structure-from-motion points (in the poses' world frame), read as ``points`` /
       ``point_colors`` to start a fit from; a frame's ``mask_path`` names a one-channel image of its
       own size whose 0 marks pixels to leave out of training (passers-by, the capture rig) and whose
