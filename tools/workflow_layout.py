@@ -28,7 +28,14 @@ GROUP_GAP = 40
 MIN_WIDTH = 320
 # Nodes that show images, video or text after a run get room for it (the frontend draws it inside the box).
 SHOWN_HEIGHT = {"PreviewImage": 300, "SaveAnimatedWEBP": 340, "SaveVideo": 340, "LoadImage": 340,
-                "PreviewAny": 140, "Gen4D_Preview4D": 450, "SaveImage": 300, "CLIPTextEncode": 140}
+                "PreviewAny": 140, "Gen4D_Preview4D": 450, "SaveImage": 300, "CLIPTextEncode": 140,
+                # the savers say what they wrote in a notes panel under their widgets (web/gen4d_notes.js)
+                "Gen4D_SaveScene": 240, "Gen4D_SaveTracks": 220}
+# Nodes that show their work while they run (a live preview image under their widgets, ComfyUI keeps the last one
+# on the node afterwards): room for a preview about as tall as 0.7 of the node's width (a square image).
+LIVE_PREVIEW = {"Gen4D_Render", "Gen4D_StaticGaussians", "Gen4D_DeformationFit", "Gen4D_ProgressiveOutpaint",
+                "Gen4D_Compose", "Gen4D_ViSMRender", "Gen4D_Inpaint", "Gen4D_VideoInpaint"}
+LIVE_PREVIEW_ROOM = 0.7
 # Least widths: the 4D viewer; loaders whose file names and adaptors whose titles (with the pack's badge)
 # are cut short at the computed width.
 WIDE = {"Gen4D_Preview4D": 450, "UNETLoader": 380, "LoraLoaderModelOnly": 380, "CLIPLoader": 380,
@@ -90,7 +97,10 @@ class Layout:
         if node["type"] in ("MarkdownNote", "Note"):
             return float(note_size[0]), float(note_size[1])
         w, h = drawn_size(node, self.sizes)
-        return max(w, width), max(h, SHOWN_HEIGHT.get(node["type"], 0))
+        w = max(w, width)
+        if node["type"] in LIVE_PREVIEW:
+            h += LIVE_PREVIEW_ROOM * w
+        return w, max(h, SHOWN_HEIGHT.get(node["type"], 0))
 
     def apply(self, plan: Iterable[tuple[str, list[list[int]]]], note_size=(460, 420)) -> None:
         self.g.groups = []

@@ -12,7 +12,8 @@ file saves it (the layout would overlap). ``--thumbnails`` makes each screenshot
 workflow's thumbnail for ComfyUI's templates dialog (``example_workflows/<name>.jpg``: the frontend asks a
 custom node's template for ``/api/workflow_templates/<pack>/<name>.jpg``); ``--sizes`` folds the measured
 node sizes into ``tools/frontend_node_sizes.json`` (per node type the largest over every frontend measured so
-far), which tools/build_workflows.py lays out with.
+far), which tools/build_workflows.py lays out with. ``--run`` also queues each weight-free workflow from the page,
+as a user presses Run, and fails unless it succeeds and every 4D preview's viewer loads frames and draws them.
 """
 
 from __future__ import annotations
@@ -116,6 +117,8 @@ def main(argv=None) -> int:
     parser.add_argument("--url", help="a running ComfyUI with this pack (skips starting one)")
     parser.add_argument("--thumbnails", action="store_true")
     parser.add_argument("--sizes", action="store_true")
+    parser.add_argument("--run", action="store_true",
+                        help="also queue each weight-free workflow from the page and check what its 4D preview draws")
     args = parser.parse_args(argv)
     out = Path(args.out)
     files = sorted(FOLDER.glob("*.json"))
@@ -134,7 +137,8 @@ def main(argv=None) -> int:
             process, url = start_comfyui(comfy, os.environ.get("COMFYUI_PYTHON", sys.executable), Path(tmp))
         try:
             result = subprocess.run(["node", str(ROOT / "tests" / "browser" / "workflows.mjs"), str(out),
-                                     *map(str, files)], env={**os.environ, "COMFY_URL": url}, timeout=900)
+                                     *map(str, files)], timeout=900 + (3600 if args.run else 0),
+                                    env={**os.environ, "COMFY_URL": url, "GEN4D_RUN": "1" if args.run else "0"})
         finally:
             if process is not None:
                 stop(process)

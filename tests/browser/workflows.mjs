@@ -5,6 +5,10 @@
 //     grows a saved node to when a workflow loads) -> <out>/node_sizes.json
 //   - per workflow: every node's box after loading, the groups, the view, and a screenshot at the
 //     view the file opens at -> <out>/<name>.json, <out>/<name>.png
+//   - with GEN4D_RUN=1, each workflow marked runnable (extra.gen4d.runnable) is queued from the page as a
+//     user queues it, and its 4D preview's viewer is read back: the run's result and time, the frames the
+//     viewer loaded and the share of its first frame that is not background -> <out>/<name>.run.json,
+//     <out>/<name>.run.png (the preview node, centred)
 // Usage: COMFY_URL=http://127.0.0.1:8188 node tests/browser/workflows.mjs <out> <workflow.json>...
 // Driven by tools/workflow_shots.py (make workflow-shots), which starts ComfyUI with the pack.
 import { mkdirSync, readFileSync, rmSync, mkdtempSync, writeFileSync } from "node:fs";
@@ -16,6 +20,8 @@ const BASE = process.env.COMFY_URL || "http://127.0.0.1:8188";
 const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
 const WIDTH = Number(process.env.SHOT_WIDTH || 1600);
 const HEIGHT = Number(process.env.SHOT_HEIGHT || 900);
+const RUN = process.env.GEN4D_RUN === "1";
+const RUN_TIMEOUT_MS = Number(process.env.GEN4D_RUN_TIMEOUT_S || 600) * 1000;
 const [out, ...files] = process.argv.slice(2);
 if (!out || !files.length) {
   console.error("usage: node workflows.mjs <out> <workflow.json>...");
@@ -45,6 +51,74 @@ async function closeDialogs(page) {
     await page.waitForTimeout(400);
   }
   if (await open.count()) throw new Error("a dialog stays open over the canvas; the screenshots would show it");
+}
+
+// Queue the loaded workflow as the Run button does and wait for the server's verdict; then read what each
+// 4D preview's viewer drew (its WebGL buffer, first frame).
+async function runAndReadPreviews(page) {
+  const t0 = Date.now();
+  await page.evaluate(async () => {
+    window.__gen4dRun = null;
+    if (!window.__gen4dListening) {
+      window.__gen4dListening = true;
+      window.app.api.addEventListener("execution_success", () => { window.__gen4dRun = { ok: true }; });
+      window.app.api.addEventListener("execution_error", (e) => {
+        const d = e.detail ?? {};
+        window.__gen4dRun = { ok: false, error: `${d.node_type ?? "?"}: ${d.exception_message ?? "error"}` };
+      });
+    }
+    await window.app.queuePrompt(0, 1);
+  });
+  const finished = await page.waitForFunction(() => window.__gen4dRun, null, { timeout: RUN_TIMEOUT_MS, polling: 500 })
+    .then(() => true, () => false);
+  if (!finished) {
+    await page.evaluate(() => window.app.api.interrupt?.()).catch(() => {});
+    return { ok: false, error: `no result within ${RUN_TIMEOUT_MS / 1000} s (GEN4D_RUN_TIMEOUT_S)`,
+      seconds: (Date.now() - t0) / 1000 };
+  }
+  const run = await page.evaluate(() => window.__gen4dRun);
+  run.seconds = (Date.now() - t0) / 1000;
+  if (!run.ok) return run;
+  await page.waitForFunction(() => window.app.graph._nodes.filter((n) => n.type === "Gen4D_Preview4D")
+    .every((n) => n.gen4dViewer?.numFrames > 0), null, { timeout: 60000, polling: 250 }).catch(() => {});
+  run.previews = await page.evaluate(async () => {
+    const out = [];
+    for (const node of window.app.graph._nodes.filter((n) => n.type === "Gen4D_Preview4D")) {
+      const viewer = node.gen4dViewer;
+      if (!viewer || !(viewer.numFrames > 0)) { out.push({ id: node.id, frames: 0, drawn: 0 }); continue; }
+      viewer.pause();
+      viewer.setFrame(0);
+      await viewer.ready();
+      const gl = viewer.gl, w = gl.drawingBufferWidth, h = gl.drawingBufferHeight;
+      const px = new Uint8Array(w * h * 4);
+      gl.readPixels(0, 0, w, h, gl.RGBA, gl.UNSIGNED_BYTE, px);
+      const bg = viewer.background.map((v) => Math.round(v * 255));
+      let drawn = 0;
+      for (let i = 0; i < px.length; i += 4) {
+        if (Math.abs(px[i] - bg[0]) + Math.abs(px[i + 1] - bg[1]) + Math.abs(px[i + 2] - bg[2]) > 24) drawn++;
+      }
+      out.push({ id: node.id, frames: viewer.numFrames, drawn: drawn / (w * h), size: [w, h] });
+    }
+    return out;
+  });
+  // what a run leaves on nodes (notes, images) must not grow a node over the one below it; live previews
+  // shown while a node runs are gone a moment later
+  await page.waitForTimeout(3000);
+  run.overlaps = await page.evaluate(() => {
+    const title = window.LiteGraph.NODE_TITLE_HEIGHT;
+    const boxes = window.app.graph._nodes.filter((n) => !["MarkdownNote", "Note"].includes(n.type))
+      .map((n) => ({ id: n.id, type: n.type, size: [n.size[0], n.size[1]],
+        box: [n.pos[0], n.pos[1] - title, n.pos[0] + n.size[0], n.pos[1] + n.size[1]] }));
+    const hits = [];
+    for (let i = 0; i < boxes.length; i++) {
+      for (let j = i + 1; j < boxes.length; j++) {
+        const a = boxes[i].box, b = boxes[j].box;
+        if (a[0] < b[2] && b[0] < a[2] && a[1] < b[3] && b[1] < a[3]) hits.push([boxes[i], boxes[j]]);
+      }
+    }
+    return hits;
+  });
+  return run;
 }
 
 let failed = 0;
@@ -139,6 +213,25 @@ try {
     console.log(`${grown.length ? "GROWN" : "ok   "} ${name}: ${drawn.nodes.length} nodes` +
       (grown.length ? ` — drawn larger than saved: ${JSON.stringify(drawn.grown)}` : ""));
     if (grown.length) failed++;
+    if (RUN && data.extra?.gen4d?.runnable) {
+      const run = await runAndReadPreviews(page);
+      writeFileSync(join(out, `${name}.run.json`), JSON.stringify(run, null, 1));
+      const previews = run.previews ?? [];
+      const good = run.ok && previews.length > 0 && previews.every((v) => v.frames > 0 && v.drawn > 0.01) &&
+        !run.overlaps?.length;
+      await page.evaluate(() => {
+        const node = window.app.graph._nodes.find((n) => n.type === "Gen4D_Preview4D");
+        const c = window.app.canvas;
+        if (node) { c.ds.scale = 1; c.ds.offset = [-node.pos[0] + 300, -node.pos[1] + 150]; c.setDirty(true, true); }
+      });
+      await page.waitForTimeout(1500);
+      await page.screenshot({ path: join(out, `${name}.run.png`) });
+      console.log(`${good ? "ran  " : "FAILED"} ${name}: ${run.ok ? "success" : run.error} in ${run.seconds.toFixed(1)} s` +
+        previews.map((v) => `; preview ${v.id}: ${v.frames} frames, ${(100 * v.drawn).toFixed(1)} % drawn`).join("") +
+        (run.overlaps?.length ? `; after the run these nodes overlap: ${JSON.stringify(run.overlaps.map(
+          ([a, b]) => [`${a.type} #${a.id} ${a.size.map(Math.round)}`, `${b.type} #${b.id}`]))}` : ""));
+      if (!good) failed++;
+    }
   }
   if (errors.length) console.log(`page errors: ${errors.join("; ")}`);
 } finally {
