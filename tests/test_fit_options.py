@@ -233,3 +233,51 @@ def test_diffusion4d_workflows_fit_with_the_papers_construction(name):
             overrides = {k: v for k, v in source["inputs"].items() if isinstance(v, float) and v >= 0}
             assert not overrides, f"the paper preset runs as it is, got overrides {overrides}"
     assert presets == {"Gen4D_StaticGaussians": "diffusion4d_coarse", "Gen4D_DeformationFit": "diffusion4d_fine"}
+
+
+def _scaled(cameras, s: float):
+    """The same cameras in a world ``s`` times larger (centres scaled about the origin, near/far too)."""
+    from dataclasses import replace
+
+    c2w = torch.linalg.inv(cameras.viewmats.double())
+    c2w[:, :3, 3] *= s
+    return replace(cameras, viewmats=torch.linalg.inv(c2w).float(), near=cameras.near * s, far=cameras.far * s)
+
+
+@pytest.mark.parametrize("relative", [True, False])
+def test_posed_frames_stages_fit_a_capture_the_same_at_any_scale(relative):
+    """A capture is in its maker's units: the posed-frames stages (rates relative to the scene extent, as 3DGS
+    and 4DGS scale them) fit the same pixels with cameras 20 times further apart to the same Gaussians, 20 times
+    further apart; with the rates taken as absolute, the larger world's Gaussians barely move (the control)."""
+    from dataclasses import replace
+
+    from gen4d import synthetic
+    from gen4d.backends.render import training_render
+    from gen4d.core.engine.cameras import diffusion4d_orbit
+    from gen4d.core.engine.coarse_to_fine import CoarseToFineConfig
+    from gen4d.core.engine.fit_static import fit_static
+    from gen4d.core.engine.gaussians import sphere_init
+    from gen4d.core.engine.views import PosedImages
+
+    world = synthetic.object_world(0)
+    cams = diffusion4d_orbit(16, 16, 8, dynamic=False)
+    truth = synthetic.render(world, cams, supersample=1)
+    coarse = replace(CoarseToFineConfig().coarse, iterations=12, densify=None, preview_every=0,
+                     lr_scale_with_extent=relative)
+    init = sphere_init(150, 0.5, generator=torch.Generator().manual_seed(0))
+    fits = {}
+    for s in (1.0, 20.0):
+        views = PosedImages(truth["rgb"], _scaled(cams, s))
+        start = init.detach().clone()
+        start = type(start)(**{**start.tensors(), "means": start.means * s,
+                              "log_scales": start.log_scales + torch.log(torch.tensor(s))})
+        fits[s] = fit_static(start, views, training_render, coarse, device="cpu").gaussians
+    moved = (fits[1.0].means - init.means).abs().max()
+    gap = (fits[20.0].means / 20.0 - fits[1.0].means).abs().max()
+    assert moved > 1e-3, "the fit moved the Gaussians"
+    if relative:
+        assert gap < 0.02 * moved, (float(gap), float(moved))
+        torch.testing.assert_close(fits[20.0].log_scales - torch.log(torch.tensor(20.0)), fits[1.0].log_scales,
+                                   rtol=0, atol=1e-2)
+    else:
+        assert gap > 0.5 * moved, (float(gap), float(moved))
