@@ -155,3 +155,15 @@ def test_install_copies_the_example_inputs_without_overwriting(tmp_path):
     assert {p.name for p in copied} == shipped - {"example.png"}
     assert (tmp_path / "example.png").read_bytes() == b"the user's own file"
     assert (tmp_path / "front_view.png").read_bytes() == (FOLDER / "input" / "front_view.png").read_bytes()
+
+
+def test_measured_sizes_fold_to_the_largest_over_frontends():
+    """Each frontend measured widens or heightens a node type's size, never shrinks it, and is listed once."""
+    from workflow_shots import merged_sizes
+
+    old = {"measured_with": "ComfyUI 0.3.64, frontend 1.27.10 (how it was measured)",
+           "nodes": {"A": [210, 150], "B": [300, 90]}}
+    table = merged_sizes(old, "frontend 1.35.9", {"A": [220, 140], "C": [100, 50]})
+    assert table["nodes"] == {"A": [220, 150], "B": [300, 90], "C": [100, 50]}
+    assert table["measured_with"] == ["ComfyUI 0.3.64, frontend 1.27.10 (how it was measured)", "frontend 1.35.9"]
+    assert merged_sizes(table, "frontend 1.35.9", {"A": [1, 1]})["measured_with"] == table["measured_with"]

@@ -13,7 +13,8 @@ workflow's thumbnail for ComfyUI's templates dialog (``example_workflows/<name>.
 custom node's template for ``/api/workflow_templates/<pack>/<name>.jpg``); ``--sizes`` folds the measured
 node sizes into ``tools/frontend_node_sizes.json`` (per node type the largest over every frontend measured so
 far), which tools/build_workflows.py lays out with. ``--run`` also queues each weight-free workflow from the page,
-as a user presses Run, and fails unless it succeeds and every 4D preview's viewer loads frames and draws them.
+as a user presses Run, and fails unless it succeeds, every 4D preview's viewer loads frames and draws them, and
+nothing the run leaves on the nodes (notes, live previews) grows one node over another.
 """
 
 from __future__ import annotations
