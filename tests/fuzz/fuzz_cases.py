@@ -82,6 +82,10 @@ class Context:
         self.values["IMAGE"], self.values["MASK"], self.values["GEN4D_CAMERAS"] = world[0], world[1], world[3]
         self.depth_image = world[2]
         scene = self.values.get("GEN4D_SCENE")
+        # Compose's background: the twin records the object's own orbit views, and composing the object onto itself
+        # from those views leaves no background pixel; without recorded views it is placed by the seen-view fallback
+        self.background_scene = None if scene is None else type(scene)(
+            [dataclasses.replace(part, reference_cameras=None) for part in scene.parts], scene.num_frames, scene.fps)
         self._try("GEN4D_GAUSSIANS", lambda: call("Gen4D_StaticGaussians", self._cheap(
             "Gen4D_StaticGaussians", {"images": world[0][:1]}))[0])
         self._try("GEN4D_FIT_OPTIONS", lambda: call("Gen4D_FitOptions", {"preset": "coco4d_foreground"})[0])
@@ -165,6 +169,8 @@ class Context:
                     return None
                 if kind == "IMAGE" and "depth" in name:
                     value = self.depth_image
+                if (node_id, name) == ("Gen4D_Compose", "background"):
+                    value = self.background_scene
                 inputs[name] = value
         return {**inputs, **OVERRIDES.get(node_id, {}), **self.overrides.get(node_id, {})}
 
